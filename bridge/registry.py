@@ -1,0 +1,82 @@
+"""Maps a ``kind:`` in the mapping to a connector, so the core never imports a connector by name.
+
+Connectors register themselves from a ``register()`` function named in the ``bridge.connectors``
+entry-point group (see pyproject.toml); ``load_plugins()`` calls them once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import BaseModel
+
+from bridge.types import Sink, SinkContext, Source, SourceTag
+
+__all__ = [
+    "SinkKind",
+    "SourceKind",
+    "load_plugins",
+    "register_sink",
+    "register_source",
+    "sink_kinds",
+    "source_kinds",
+]
+
+SourceFactory = Callable[[str, Any, Sequence[SourceTag]], Source]
+SinkFactory = Callable[[str, Any, SinkContext], Sink]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceKind:
+    """``settings_model`` validates a ``sources.<name>`` block (without ``kind``);
+    ``address_model`` validates each tag's ``address`` for sources of this kind."""
+
+    kind: str
+    settings_model: type[BaseModel]
+    address_model: type[BaseModel]
+    factory: SourceFactory
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkKind:
+    kind: str
+    settings_model: type[BaseModel]
+    factory: SinkFactory
+    description: str = ""
+
+
+_sources: dict[str, SourceKind] = {}
+_sinks: dict[str, SinkKind] = {}
+_loaded = False
+
+
+def register_source(kind: SourceKind) -> None:
+    _sources[kind.kind] = kind
+
+
+def register_sink(kind: SinkKind) -> None:
+    _sinks[kind.kind] = kind
+
+
+def load_plugins() -> None:
+    """Import every installed connector once (idempotent)."""
+    global _loaded
+    if _loaded:
+        return
+    for ep in entry_points(group="bridge.connectors"):
+        ep.load()()
+    _loaded = True
+
+
+def source_kinds() -> dict[str, SourceKind]:
+    load_plugins()
+    return dict(_sources)
+
+
+def sink_kinds() -> dict[str, SinkKind]:
+    load_plugins()
+    return dict(_sinks)

@@ -1,0 +1,160 @@
+"""Plain, frozen data that flows through the gateway. No protocol types ever appear here."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "ComponentHealth",
+    "InputSnapshot",
+    "Prediction",
+    "PredictionSlot",
+    "Quality",
+    "Sink",
+    "SinkContext",
+    "Source",
+    "SourceTag",
+    "TagSample",
+    "TagValue",
+]
+
+TagValue = float | int | bool | str | None
+
+
+class Quality(enum.IntEnum):
+    """Ordered so that ``max()`` of several qualities is the worst one."""
+
+    GOOD = 0
+    UNCERTAIN = 1
+    BAD = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.capitalize()
+
+    @staticmethod
+    def worst(qualities: Sequence[Quality]) -> Quality:
+        return max(qualities, default=Quality.BAD)
+
+
+@dataclass(frozen=True, slots=True)
+class TagSample:
+    """One raw reading from a source, keyed by the mapping's tag id (``asset.tag``).
+
+    Times are UNIX epoch seconds. ``source_time`` is when the device measured it (if known),
+    ``server_time`` when the server/PLC stamped it, ``received_time`` when the gateway got it.
+    ``reason`` says why quality is not Good (e.g. ``BadNodeIdUnknown``, ``modbus exception 2``).
+    """
+
+    tag: str
+    value: TagValue
+    quality: Quality
+    received_time: float
+    source_time: float | None = None
+    server_time: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceTag:
+    """What a source needs to know about one tag: its id and its protocol address.
+
+    ``address`` is the connector's own validated pydantic model (see ``bridge.registry``).
+    """
+
+    tag: str
+    address: Any
+
+
+@dataclass(frozen=True, slots=True)
+class InputSnapshot:
+    """The state of one model input when a prediction was made (lineage)."""
+
+    tag: str
+    value: TagValue
+    quality: Quality
+    source_time: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One model output for one asset.
+
+    ``id`` is a deterministic UUID (gateway, asset, model, sequence): it is the MES
+    Idempotency-Key and never changes across retries.
+    """
+
+    id: str
+    seq: int
+    asset: str
+    model: str
+    version: str
+    sha256: str
+    value: str | float | None
+    score: float | None
+    quality: Quality
+    timestamp: float
+    input_age_s: float | None
+    inputs: tuple[InputSnapshot, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionSlot:
+    """One (asset, model) pair that will produce predictions; sinks build their layout from it."""
+
+    asset: str
+    model: str
+    version: str
+    sha256: str
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    gateway_id: str
+    slots: tuple[PredictionSlot, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentHealth:
+    name: str
+    state: Literal["ok", "degraded", "down", "starting", "stopped"]
+    detail: str = ""
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A connection to one server/PLC.
+
+    ``connect`` and iteration raise ``bridge.errors.ConnectorError`` (or ``NotConnected``) when
+    the link fails; a source never retries by itself: the runtime owns reconnects.
+    A value problem of a single tag is not an error: it is a TagSample with Bad quality.
+    """
+
+    name: str
+
+    async def connect(self) -> None: ...
+
+    def samples(self) -> AsyncIterator[Sequence[TagSample]]: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A destination for predictions. ``write`` must return quickly: slow I/O is queued inside."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def write(self, batch: Sequence[Prediction]) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def health(self) -> ComponentHealth: ...
