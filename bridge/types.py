@@ -9,6 +9,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "ComponentHealth",
+    "HealthState",
     "InputSnapshot",
     "Prediction",
     "PredictionSlot",
@@ -119,10 +120,13 @@ class SinkContext:
     slots: tuple[PredictionSlot, ...]
 
 
+HealthState = Literal["ok", "degraded", "down", "starting", "stopped"]
+
+
 @dataclass(frozen=True, slots=True)
 class ComponentHealth:
     name: str
-    state: Literal["ok", "degraded", "down", "starting", "stopped"]
+    state: HealthState
     detail: str = ""
     counters: Mapping[str, int] = field(default_factory=dict)
 

@@ -1,0 +1,380 @@
+"""The one place a mapping file is read. Collects every mistake with file, line, key and a fix."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from collections.abc import Mapping as MappingABC
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from bridge import registry
+from bridge.config.models import AssetConfig, MappingFile, ModelConfig, TagConfig
+from bridge.config.resolved import Endpoint, Feature, Mapping, ResolvedModel, ResolvedTag
+from bridge.config.yamlsource import LineIndex, read_yaml
+from bridge.errors import ConfigError, ConfigIssue
+
+__all__ = ["load_mapping"]
+
+Loc = tuple[str | int, ...]
+_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Issues:
+    def __init__(self, file: str, index: LineIndex) -> None:
+        self.file = file
+        self.index = index
+        self.items: list[ConfigIssue] = []
+
+    def add(self, loc: Loc, message: str, hint: str = "", line_loc: Loc | None = None) -> None:
+        line = self.index.line_of(line_loc if line_loc is not None else loc)
+        self.items.append(ConfigIssue(self.file, line, _dotted(loc), message, hint))
+
+    def from_validation(
+        self,
+        exc: ValidationError,
+        prefix: Loc,
+        line_prefix: Loc | None = None,
+        model: type[BaseModel] | None = None,
+    ) -> None:
+        for err in exc.errors(include_url=False):
+            loc: Loc = tuple(err["loc"])
+            full = (*prefix, *loc)
+            line_loc = (*(line_prefix if line_prefix is not None else prefix), *loc)
+            self.add(full, _message(err), _hint(err, model, loc), line_loc)
+
+
+def load_mapping(path: str | Path, env: MappingABC[str, str] | None = None) -> Mapping:
+    """Read, validate and resolve a mapping; raise ``ConfigError`` with every issue found."""
+    path = Path(path)
+    doc = read_yaml(path, env)
+    issues = _Issues(doc.file, doc.index)
+    issues.items.extend(doc.issues)
+    if doc.data is None:
+        raise ConfigError(issues.items)
+    if not isinstance(doc.data, dict):
+        issues.add(
+            (),
+            "the mapping must be a YAML mapping with sources:, assets:, ...",
+            "start from mappings/example.yaml",
+        )
+        raise ConfigError(issues.items)
+    try:
+        spec = MappingFile.model_validate(doc.data)
+    except ValidationError as exc:
+        issues.from_validation(exc, (), model=MappingFile)
+        raise ConfigError(issues.items) from None
+
+    sources = _endpoints("sources", spec.sources, _source_models(), issues)
+    outputs = _endpoints("outputs", spec.outputs, _sink_models(), issues)
+    tags, assets = _expand_assets(spec, sources, issues)
+    models = _resolve_models(spec, path.parent, assets, tags, issues)
+    if issues.items:
+        raise ConfigError(issues.items)
+    return Mapping(
+        path=path,
+        revision=hashlib.sha256(path.read_bytes()).hexdigest(),
+        gateway=spec.gateway,
+        sources=sources,
+        tags=tags,
+        assets=assets,
+        models=models,
+        outputs=outputs,
+        index=doc.index,
+    )
+
+
+def _source_models() -> dict[str, type[BaseModel]]:
+    return {k: v.settings_model for k, v in registry.source_kinds().items()}
+
+
+def _sink_models() -> dict[str, type[BaseModel]]:
+    return {k: v.settings_model for k, v in registry.sink_kinds().items()}
+
+
+def _endpoints(
+    section: str,
+    blocks: dict[str, dict[str, Any]],
+    models: dict[str, type[BaseModel]],
+    issues: _Issues,
+) -> dict[str, Endpoint]:
+    out: dict[str, Endpoint] = {}
+    for name, block in blocks.items():
+        loc: Loc = (section, name)
+        kind = block.get("kind")
+        if kind is None:
+            issues.add(
+                loc, "missing `kind`", f"add `kind:` with one of: {', '.join(sorted(models))}"
+            )
+            continue
+        model = models.get(str(kind))
+        if model is None:
+            issues.add(
+                (*loc, "kind"),
+                f"unknown kind {kind!r}",
+                _suggest(str(kind), models) or f"use one of: {', '.join(sorted(models))}",
+            )
+            continue
+        settings = {k: v for k, v in block.items() if k != "kind"}
+        try:
+            out[name] = Endpoint(name, str(kind), model.model_validate(settings))
+        except ValidationError as exc:
+            issues.from_validation(exc, loc, model=model)
+    return out
+
+
+def _expand_assets(
+    spec: MappingFile, sources: dict[str, Endpoint], issues: _Issues
+) -> tuple[dict[str, ResolvedTag], dict[str, tuple[str, ...]]]:
+    address_models = {k: v.address_model for k, v in registry.source_kinds().items()}
+    tags: dict[str, ResolvedTag] = {}
+    assets: dict[str, tuple[str, ...]] = {}
+    for asset_name, asset in spec.assets.items():
+        ids: list[str] = []
+        for tag_name, tag, origin in _asset_tags(spec, asset_name, asset, issues):
+            loc: Loc = ("assets", asset_name, "tags", tag_name)
+            source = sources.get(tag.source)
+            if tag.source not in spec.sources:
+                issues.add(
+                    (*loc, "source"),
+                    f"unknown source {tag.source!r}",
+                    _suggest(tag.source, spec.sources)
+                    or f"define it under `sources:` or use one of: "
+                    f"{', '.join(spec.sources) or '(none defined)'}",
+                    (*origin, "source"),
+                )
+                continue
+            if source is None:
+                continue  # the source block itself is invalid and already reported
+            model = address_models[source.kind]
+            try:
+                address = model.model_validate(tag.address)
+            except ValidationError as exc:
+                issues.from_validation(exc, (*loc, "address"), (*origin, "address"), model)
+                continue
+            tag_id = f"{asset_name}.{tag_name}"
+            tags[tag_id] = ResolvedTag(
+                id=tag_id,
+                asset=asset_name,
+                name=tag_name,
+                source=tag.source,
+                address=address,
+                unit=tag.unit,
+                scale=tag.scale,
+                offset=tag.offset,
+                deadband=tag.deadband,
+                clamp=tag.clamp,
+                max_age_s=tag.max_age_s or spec.gateway.default_max_age_s,
+                description=tag.description,
+            )
+            ids.append(tag_id)
+        assets[asset_name] = tuple(ids)
+    return tags, assets
+
+
+def _asset_tags(
+    spec: MappingFile, asset_name: str, asset: AssetConfig, issues: _Issues
+) -> list[tuple[str, TagConfig, Loc]]:
+    """The asset's tags with the location each came from (template or asset)."""
+    out: dict[str, tuple[TagConfig, Loc]] = {}
+    if asset.template is not None:
+        template = spec.templates.get(asset.template)
+        if template is None:
+            issues.add(
+                ("assets", asset_name, "template"),
+                f"unknown template {asset.template!r}",
+                _suggest(asset.template, spec.templates)
+                or f"define it under `templates:` or use one of: "
+                f"{', '.join(spec.templates) or '(none defined)'}",
+            )
+        else:
+            variables = {"asset": asset_name, **{k: str(v) for k, v in asset.vars.items()}}
+            for tag_name, tag in template.tags.items():
+                origin: Loc = ("templates", asset.template, "tags", tag_name)
+                filled = _fill(tag.model_dump(), variables, origin, asset_name, issues)
+                out[tag_name] = (TagConfig.model_validate(filled), origin)
+    elif asset.vars:
+        issues.add(
+            ("assets", asset_name, "vars"),
+            "`vars` without a `template`",
+            "add `template:` or remove `vars:`",
+        )
+    for tag_name, tag in asset.tags.items():
+        out[tag_name] = (tag, ("assets", asset_name, "tags", tag_name))
+    if not out:
+        issues.add(("assets", asset_name), "asset has no tags", "add `template:` or `tags:`")
+    return [(name, tag, origin) for name, (tag, origin) in out.items()]
+
+
+def _fill(value: Any, variables: dict[str, str], origin: Loc, asset: str, issues: _Issues) -> Any:
+    if isinstance(value, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in variables:
+                issues.add(
+                    origin,
+                    f"placeholder {{{name}}} has no value for asset {asset!r}",
+                    f"add `vars: {{{name}: ...}}` to assets.{asset}",
+                )
+                return m.group(0)
+            return variables[name]
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _fill(v, variables, origin, asset, issues) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_fill(v, variables, origin, asset, issues) for v in value]
+    return value
+
+
+def _resolve_models(
+    spec: MappingFile,
+    base: Path,
+    assets: dict[str, tuple[str, ...]],
+    tags: dict[str, ResolvedTag],
+    issues: _Issues,
+) -> dict[str, ResolvedModel]:
+    out: dict[str, ResolvedModel] = {}
+    for name, m in spec.models.items():
+        loc: Loc = ("models", name)
+        served = _served_assets(spec, name, m, issues)
+        for i, feature in enumerate(m.features):
+            missing = [a for a in served if f"{a}.{feature.tag}" not in tags and a in assets]
+            if missing:
+                where = ", ".join(missing[:5])
+                issues.add(
+                    (*loc, "features", i, "tag"),
+                    f"tag {feature.tag!r} does not exist on asset(s) {where}",
+                    "use a tag name the served assets have, e.g. "
+                    + ", ".join(sorted({t.name for t in tags.values() if t.asset in served})[:8]),
+                )
+        names = [f.name for f in m.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            issues.add(
+                (*loc, "features"),
+                f"feature(s) listed twice: {', '.join(dupes)}",
+                "list each tag/stat pair once",
+            )
+        file = (base / m.file).resolve()
+        if not file.is_file():
+            issues.add(
+                (*loc, "file"),
+                f"model file not found: {m.file}",
+                "the path is relative to the mapping file",
+            )
+        out[name] = ResolvedModel(
+            name=name,
+            path=file,
+            version=m.version,
+            sha256=m.sha256,
+            assets=tuple(served),
+            input=m.input,
+            features=tuple(Feature(f.tag, f.stat) for f in m.features),
+            outputs=m.outputs,
+            labels=tuple(m.labels) if m.labels else None,
+            period_s=m.period_s,
+            window_s=m.window_s,
+            max_samples=m.max_samples,
+        )
+    return out
+
+
+def _served_assets(spec: MappingFile, name: str, m: ModelConfig, issues: _Issues) -> list[str]:
+    served: list[str] = []
+    for i, asset in enumerate(m.assets or []):
+        if asset not in spec.assets:
+            issues.add(
+                ("models", name, "assets", i),
+                f"unknown asset {asset!r}",
+                _suggest(asset, spec.assets) or "list assets defined under `assets:`",
+            )
+        elif asset not in served:
+            served.append(asset)
+    if m.template is not None:
+        if m.template not in spec.templates:
+            issues.add(
+                ("models", name, "template"),
+                f"unknown template {m.template!r}",
+                _suggest(m.template, spec.templates) or "use a template under `templates:`",
+            )
+        served += [
+            a for a, cfg in spec.assets.items() if cfg.template == m.template and a not in served
+        ]
+    return served
+
+
+def _suggest(word: str, known: MappingABC[str, Any] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err["msg"])
+    if (
+        "input" in err
+        and kind not in ("model_type", "dict_type")
+        and not isinstance(err["input"], dict | list)
+    ):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def _hint(err: Any, model: type[BaseModel] | None, loc: Loc) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        if allowed:
+            near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            lead = f"did you mean {near[0]!r}? " if near else ""
+            return f"{lead}allowed keys here: {', '.join(allowed)}"
+        return "remove it or check its spelling"
+    if kind == "missing":
+        return f"add `{loc[-1]}:`"
+    if kind.startswith(("int_", "float_")):
+        return "write a number"
+    if kind == "string_pattern_mismatch":
+        return "names start with a letter and use letters, digits, '-' or '_'"
+    return ""
+
+
+def _allowed_keys(model: type[BaseModel] | None, loc: Loc) -> list[str]:
+    """Walk the model along ``loc`` to list the keys allowed where an unknown one was written."""
+    current: Any = model
+    for step in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(step))
+        if field is None:
+            # dict[str, Model] values: the step is a user-chosen name, keep the value type
+            continue
+        current = _unwrap(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    args: tuple[Any, ...] = tuple(getattr(annotation, "__args__", ()))
+    origin = getattr(annotation, "__origin__", None)
+    if origin in (dict,) and len(args) == 2:
+        return _unwrap(args[1])
+    if origin in (list, tuple) and args:
+        return _unwrap(args[0])
+    for arg in args:
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"

@@ -1,0 +1,200 @@
+"""The mapping file, as typed pydantic models. Every field says what it is for: the JSON Schema
+for editors and the docs come from these descriptions.
+
+Connector-specific blocks (a source's settings, a tag's address, an output's settings) are
+validated by the connector's own models, found through ``bridge.registry``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "ApiSettings",
+    "AssetConfig",
+    "FeatureConfig",
+    "GatewaySettings",
+    "MappingFile",
+    "ModelConfig",
+    "ModelOutputs",
+    "Stat",
+    "TagConfig",
+    "TemplateConfig",
+]
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
+TAG_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Stat = Literal["mean", "std", "min", "max", "last", "slope"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiSettings(Strict):
+    enabled: bool = Field(True, description="Serve the REST API for MES systems.")
+    host: str = Field("127.0.0.1", description="Address the REST API binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port of the REST API.")
+
+
+class GatewaySettings(Strict):
+    id: Name = Field(
+        "bridge", description="This gateway's id; part of every event's idempotency key."
+    )
+    store: str = Field(
+        "sqlite:///var/bridge.db",
+        description="SQLAlchemy database URL of the store (prediction history, models). "
+        "A relative SQLite path is relative to the directory bridge is started in.",
+    )
+    api: ApiSettings = Field(default_factory=ApiSettings, description="The REST API.")
+    default_max_age_s: float = Field(
+        10.0,
+        gt=0,
+        description="A model input not updated for longer than this counts as Bad "
+        "(stale), unless the tag sets its own max_age_s.",
+    )
+
+
+class TagConfig(Strict):
+    source: str = Field(description="Name of the source (under `sources:`) this tag is read from.")
+    address: Any = Field(
+        description="Where the tag lives on its source: for OPC UA a NodeId written "
+        "`nsu=<namespace uri>;s=<id>`, for Modbus a register block (table, address, type, "
+        "word_order). Template variables like `{n}` are replaced per asset."
+    )
+    unit: str = Field("", description="Engineering unit after scaling, e.g. `degC`, `bar`, `mm/s`.")
+    scale: float = Field(1.0, description="value = raw * scale + offset.")
+    offset: float = Field(0.0, description="value = raw * scale + offset.")
+    deadband: float = Field(
+        0.0, ge=0, description="Ignore changes smaller than this (absolute, in engineering units)."
+    )
+    clamp: tuple[float, float] | None = Field(
+        None, description="[min, max]: values outside are clamped and marked Uncertain."
+    )
+    max_age_s: float | None = Field(
+        None,
+        gt=0,
+        description="As a model input, older than this counts as Bad (stale). "
+        "Default: gateway.default_max_age_s.",
+    )
+    description: str = Field("", description="Free text for people.")
+
+    @field_validator("clamp")
+    @classmethod
+    def _clamp_order(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[0] >= v[1]:
+            raise ValueError("clamp must be [min, max] with min < max")
+        return v
+
+
+TagName = Annotated[str, Field(pattern=TAG_PATTERN)]
+
+
+class TemplateConfig(Strict):
+    description: str = Field("", description="What kind of machine this template describes.")
+    tags: dict[TagName, TagConfig] = Field(
+        description="Tags every asset made from this template has. Strings may use `{var}` "
+        "placeholders filled from the asset's `vars` (and `{asset}`, the asset's name)."
+    )
+
+
+class AssetConfig(Strict):
+    template: str | None = Field(None, description="Name of the template (under `templates:`).")
+    vars: dict[str, str | int] = Field(
+        default_factory=dict, description="Values for the template's `{var}` placeholders."
+    )
+    tags: dict[TagName, TagConfig] = Field(
+        default_factory=dict,
+        description="Tags of this asset alone; a tag named like a template tag replaces it.",
+    )
+    description: str = Field("", description="Free text for people.")
+
+
+class FeatureConfig(Strict):
+    tag: TagName = Field(description="A tag name of the served assets, e.g. `vibration`.")
+    stat: Stat = Field(
+        description="Statistic over the window: mean, std, min, max, last, slope "
+        "(units per second)."
+    )
+
+    @property
+    def name(self) -> str:
+        return f"{self.tag}.{self.stat}"
+
+
+class ModelOutputs(Strict):
+    label: str | None = Field(None, description="ONNX output holding the class index per row.")
+    scores: str | None = Field(
+        None,
+        description="ONNX output holding class probabilities "
+        "[rows, classes]; the score is the chosen class's probability.",
+    )
+    value: str | None = Field(
+        None, description="ONNX output holding a number per row (regression models)."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelOutputs:
+        if (self.label is None) == (self.value is None):
+            raise ValueError("name exactly one of `label` (classifier) or `value` (regressor)")
+        return self
+
+
+class ModelConfig(Strict):
+    file: str = Field(description="Path of the .onnx file, relative to this mapping file.")
+    version: str = Field(min_length=1, description="Version shown on the HMI and sent to the MES.")
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Pin the model file: bridge refuses to load a file with another hash.",
+    )
+    assets: list[str] | None = Field(None, description="Assets this model serves.")
+    template: str | None = Field(None, description="Serve every asset made from this template.")
+    input: str = Field("features", description="Name of the ONNX input that takes the features.")
+    features: list[FeatureConfig] = Field(
+        min_length=1, description="Model inputs, in the order the model expects them."
+    )
+    outputs: ModelOutputs = Field(
+        default_factory=lambda: ModelOutputs(label="label", scores="probabilities"),
+        description="Which ONNX outputs hold the result.",
+    )
+    labels: list[str] | None = Field(
+        None, description="Class names by index; default: the model's `labels` metadata."
+    )
+    period_s: float = Field(1.0, gt=0, description="Run the model every this many seconds.")
+    window_s: float = Field(
+        30.0,
+        gt=0,
+        description="Features are computed over the last window_s seconds of Good samples.",
+    )
+    max_samples: int = Field(2048, ge=8, description="Samples kept per input tag for the window.")
+
+    @model_validator(mode="after")
+    def _served(self) -> ModelConfig:
+        if not self.assets and not self.template:
+            raise ValueError(
+                "say which assets the model serves: `assets: [...]` or `template: ...`"
+            )
+        return self
+
+
+class MappingFile(Strict):
+    """The whole mapping file. ``sources`` and ``outputs`` entries are checked per ``kind``."""
+
+    version: Literal[1] = Field(1, description="Mapping format version.")
+    gateway: GatewaySettings = Field(
+        default_factory=GatewaySettings, description="Gateway-wide settings."
+    )
+    sources: dict[Name, dict[str, Any]] = Field(description="Servers and PLCs to read from.")
+    templates: dict[Name, TemplateConfig] = Field(
+        default_factory=dict, description="Reusable machine definitions."
+    )
+    assets: dict[Name, AssetConfig] = Field(description="Machines and their tags.")
+    models: dict[Name, ModelConfig] = Field(default_factory=dict, description="ONNX models.")
+    outputs: dict[Name, dict[str, Any]] = Field(
+        default_factory=dict, description="Where predictions go."
+    )

@@ -1,0 +1,82 @@
+"""The mapping after loading: templates expanded, references resolved, connector blocks typed.
+
+Everything after the loader works on these; nothing downstream reads YAML or dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bridge.config.models import GatewaySettings, ModelOutputs, Stat
+from bridge.config.yamlsource import LineIndex
+
+__all__ = ["Endpoint", "Feature", "Mapping", "ResolvedModel", "ResolvedTag"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedTag:
+    id: str  # "<asset>.<tag>"
+    asset: str
+    name: str
+    source: str
+    address: Any  # the source connector's validated address model
+    unit: str
+    scale: float
+    offset: float
+    deadband: float
+    clamp: tuple[float, float] | None
+    max_age_s: float
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    tag: str
+    stat: Stat
+
+    @property
+    def name(self) -> str:
+        return f"{self.tag}.{self.stat}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    name: str
+    path: Path
+    version: str
+    sha256: str | None
+    assets: tuple[str, ...]
+    input: str
+    features: tuple[Feature, ...]
+    outputs: ModelOutputs
+    labels: tuple[str, ...] | None
+    period_s: float
+    window_s: float
+    max_samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A source or an output: its name, its kind and the connector's validated settings model."""
+
+    name: str
+    kind: str
+    settings: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    path: Path
+    revision: str  # sha256 of the mapping file's bytes
+    gateway: GatewaySettings
+    sources: dict[str, Endpoint]
+    tags: dict[str, ResolvedTag]
+    assets: dict[str, tuple[str, ...]]  # asset -> tag ids
+    models: dict[str, ResolvedModel]
+    outputs: dict[str, Endpoint]
+    index: LineIndex  # key path -> line, for errors found after loading (e.g. model checks)
+
+    def tags_of_source(self, source: str) -> list[ResolvedTag]:
+        return [t for t in self.tags.values() if t.source == source]

@@ -1,0 +1,86 @@
+"""Everything checked before any socket opens: the mapping, then each model against it.
+
+``bridge validate`` runs exactly this; ``bridge run`` runs it first and stops on any issue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.config import Mapping, ResolvedModel, load_mapping
+from bridge.errors import ConfigError, ConfigIssue, InferenceError
+from bridge.inference.model import LoadedModel, OutputRoles
+
+__all__ = ["Prepared", "load_model_for", "prepare"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    mapping: Mapping
+    models: dict[str, LoadedModel]
+    labels: dict[str, tuple[str, ...]]
+
+
+def prepare(path: str | Path, env: MappingABC[str, str] | None = None) -> Prepared:
+    mapping = load_mapping(path, env)
+    issues: list[ConfigIssue] = []
+    models: dict[str, LoadedModel] = {}
+    labels: dict[str, tuple[str, ...]] = {}
+    for name, model in mapping.models.items():
+        try:
+            loaded = load_model_for(model)
+        except InferenceError as exc:
+            issues.append(
+                _issue(
+                    mapping,
+                    ("models", name, "file"),
+                    str(exc),
+                    "rebuild or re-copy the model file, or fix `sha256:`",
+                )
+            )
+            continue
+        problems = loaded.check(
+            model.input,
+            len(model.features),
+            model.outputs.label,
+            model.outputs.scores,
+            model.outputs.value,
+        )
+        for problem in problems:
+            issues.append(
+                _issue(
+                    mapping,
+                    ("models", name),
+                    problem,
+                    "make `input:`, `features:` and `outputs:` match the model",
+                )
+            )
+        names = model.labels or loaded.labels
+        if model.outputs.label is not None and not names:
+            issues.append(
+                _issue(
+                    mapping,
+                    ("models", name, "outputs", "label"),
+                    "the model has no `labels` metadata to name its classes",
+                    "add `labels: [name0, name1, ...]` to the model",
+                )
+            )
+        models[name] = loaded
+        labels[name] = tuple(names)
+    if issues:
+        raise ConfigError(issues)
+    return Prepared(mapping, models, labels)
+
+
+def load_model_for(model: ResolvedModel) -> LoadedModel:
+    roles = OutputRoles(
+        label=model.outputs.label, scores=model.outputs.scores, value=model.outputs.value
+    )
+    return LoadedModel.load(model.path, expected_sha256=model.sha256, roles=roles)
+
+
+def _issue(mapping: Mapping, loc: tuple[str | int, ...], message: str, hint: str) -> ConfigIssue:
+    key = ".".join(str(p) for p in loc)
+    return ConfigIssue(str(mapping.path), mapping.index.line_of(loc), key, message, hint)

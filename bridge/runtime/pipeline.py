@@ -1,0 +1,202 @@
+"""Wires the flow together: sources -> normalize -> windows -> models -> sinks, plus the REST API.
+
+Start order is store and sinks, then inference, then normalization, then sources; stop is the
+reverse, draining the normalize queue so nothing read is lost on the way down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from bridge import registry
+from bridge.api.app import create_app
+from bridge.api.view import ModelInfo
+from bridge.prepare import Prepared
+from bridge.runtime.apiserver import ApiServer
+from bridge.runtime.fanout import PredictionFanout
+from bridge.runtime.models import ModelRunner
+from bridge.runtime.sources import SourceSupervisor
+from bridge.runtime.tagtable import TagTable
+from bridge.runtime.tasks import TaskSet
+from bridge.runtime.view import RuntimeView
+from bridge.store.db import open_store
+from bridge.store.repository import ModelRepository, PredictionRepository
+from bridge.store.sink import StoreSink
+from bridge.types import ComponentHealth, PredictionSlot, Sink, SinkContext, SourceTag, TagSample
+
+__all__ = ["Gateway", "run_gateway"]
+
+log = structlog.get_logger(__name__)
+
+NORMALIZE_QUEUE_BATCHES = 1024
+
+
+@dataclass
+class Gateway:
+    """The running parts, for whoever needs to look inside (tests, the demo)."""
+
+    table: TagTable
+    fanout: PredictionFanout
+    runners: list[ModelRunner]
+    supervisors: list[SourceSupervisor]
+    sinks: list[Sink]
+    api: ApiServer | None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def run_gateway(
+    prepared: Prepared, stop: asyncio.Event, on_started: asyncio.Queue[Gateway] | None = None
+) -> None:
+    """Run until ``stop`` is set; raise if a part of the gateway failed."""
+    mapping = prepared.mapping
+    gid = mapping.gateway.id
+    boot_id = uuid.uuid4().hex[:12]
+    tasks = TaskSet(stop)
+    log.info(
+        "gateway_starting",
+        gateway=gid,
+        mapping=str(mapping.path),
+        revision=mapping.revision[:12],
+        tags=len(mapping.tags),
+        assets=len(mapping.assets),
+        models=len(mapping.models),
+    )
+
+    store = await asyncio.to_thread(open_store, mapping.gateway.store)
+    models_repo = ModelRepository(store)
+    for name, loaded in prepared.models.items():
+        m = mapping.models[name]
+        await asyncio.to_thread(
+            models_repo.record_loaded, name, m.version, loaded.sha256, str(m.path)
+        )
+
+    slots = tuple(
+        PredictionSlot(asset, name, m.version, prepared.models[name].sha256, prepared.labels[name])
+        for name, m in mapping.models.items()
+        for asset in m.assets
+    )
+    context = SinkContext(gid, slots)
+    sinks: list[Sink] = [StoreSink(store)]
+    sink_kinds = registry.sink_kinds()
+    for out in mapping.outputs.values():
+        sinks.append(sink_kinds[out.kind].factory(out.name, out.settings, context))
+
+    table = TagTable(mapping)
+    fanout = PredictionFanout(sinks)
+    runners = [
+        ModelRunner(
+            m, prepared.models[name], prepared.labels[name], table.get, fanout.publish, gid, boot_id
+        )
+        for name, m in mapping.models.items()
+    ]
+    queue: asyncio.Queue[Sequence[TagSample]] = asyncio.Queue(NORMALIZE_QUEUE_BATCHES)
+    source_kinds = registry.source_kinds()
+    supervisors = []
+    for src in mapping.sources.values():
+        tags = mapping.tags_of_source(src.name)
+        if not tags:
+            log.warning("source_unused", source=src.name)
+            continue
+        source = source_kinds[src.kind].factory(
+            src.name, src.settings, [SourceTag(t.id, t.address) for t in tags]
+        )
+        supervisors.append(
+            SourceSupervisor(source, src.kind, [t.id for t in tags], queue.put, table.mark_bad)
+        )
+
+    now = time.time()
+    infos = [
+        ModelInfo(
+            name,
+            m.version,
+            prepared.models[name].sha256,
+            str(m.path),
+            now,
+            m.assets,
+            tuple(f.name for f in m.features),
+        )
+        for name, m in mapping.models.items()
+    ]
+    probes = (
+        [s.health for s in supervisors]
+        + [r.health for r in runners]
+        + [s.health for s in sinks]
+        + [lambda: _normalize_health(table, queue)]
+    )
+    view = RuntimeView(gid, table, fanout, infos, probes, now)
+    api = None
+    if mapping.gateway.api.enabled:
+        app = create_app(view, PredictionRepository(store))
+        api = ApiServer(app, mapping.gateway.api.host, mapping.gateway.api.port)
+    gateway = Gateway(table, fanout, runners, supervisors, sinks, api)
+
+    started: list[Sink] = []
+    try:
+        for sink in sinks:
+            await sink.start()
+            started.append(sink)
+        if api is not None:
+            await api.start()
+        for runner in runners:
+            tasks.spawn(f"model:{runner.model.name}", runner.run())
+        tasks.spawn("normalize", _normalize(queue, table))
+        for sup in supervisors:
+            tasks.spawn(f"source:{sup.name}", sup.run())
+        log.info(
+            "gateway_started",
+            gateway=gid,
+            sources=len(supervisors),
+            sinks=len(sinks),
+            api=api.url if api else None,
+        )
+        gateway.started.set()
+        if on_started is not None:
+            on_started.put_nowait(gateway)
+        await stop.wait()
+    finally:
+        log.info("gateway_stopping", gateway=gid)
+        await tasks.cancel("source:")
+        _drain(queue, table)
+        await tasks.cancel("normalize", "model:")
+        if api is not None:
+            await api.stop()
+        for sink in reversed(started):
+            try:
+                await sink.close()
+            except Exception:
+                log.exception("sink_close_failed", sink=sink.name)
+        await asyncio.to_thread(store.dispose)
+        log.info(
+            "gateway_stopped", gateway=gid, predictions=fanout.published, tag_updates=table.updates
+        )
+    if tasks.failure is not None:
+        raise tasks.failure
+
+
+async def _normalize(queue: asyncio.Queue[Sequence[TagSample]], table: TagTable) -> None:
+    while True:
+        batch = await queue.get()
+        table.apply(batch)
+
+
+def _drain(queue: asyncio.Queue[Sequence[TagSample]], table: TagTable) -> None:
+    while not queue.empty():
+        table.apply(queue.get_nowait())
+
+
+def _normalize_health(
+    table: TagTable, queue: asyncio.Queue[Sequence[TagSample]]
+) -> ComponentHealth:
+    counters = {
+        "updates": table.updates,
+        "suppressed_by_deadband": table.suppressed,
+        "unknown_tags": table.unknown,
+        "queue_depth": queue.qsize(),
+    }
+    return ComponentHealth("normalize", "ok", "", counters)

@@ -1,0 +1,118 @@
+"""The live state of every tag: latest value, quality, timestamps, and its window if a model
+reads it.
+
+The normalize stage writes here (one writer); feature building and the API read it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from bridge.api.view import TagState
+from bridge.config.resolved import Mapping, ResolvedTag
+from bridge.features.window import Ring
+from bridge.normalize import Transform, compile_transform, passes_deadband
+from bridge.types import Quality, TagSample, TagValue
+
+__all__ = ["TagEntry", "TagTable"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class TagEntry:
+    tag: ResolvedTag
+    transform: Transform
+    ring: Ring | None
+    value: TagValue = None
+    quality: Quality = Quality.BAD
+    reason: str = "waiting for the first value"
+    source_time: float | None = None
+    server_time: float | None = None
+    updated: float | None = None  # when the gateway last heard of it (also within the deadband)
+
+    @property
+    def max_age_s(self) -> float:
+        return self.tag.max_age_s
+
+
+@dataclass
+class TagTable:
+    mapping: Mapping
+    entries: dict[str, TagEntry] = field(init=False)
+    updates: int = 0
+    suppressed: int = 0
+    unknown: int = 0
+
+    def __post_init__(self) -> None:
+        capacity: dict[str, int] = {}
+        for model in self.mapping.models.values():
+            for asset in model.assets:
+                for feature in model.features:
+                    key = f"{asset}.{feature.tag}"
+                    capacity[key] = max(capacity.get(key, 0), model.max_samples)
+        self.entries = {
+            tid: TagEntry(t, compile_transform(t), Ring(capacity[tid]) if tid in capacity else None)
+            for tid, t in self.mapping.tags.items()
+        }
+
+    def get(self, tag_id: str) -> TagEntry:
+        return self.entries[tag_id]
+
+    def apply(self, batch: Sequence[TagSample]) -> None:
+        """Normalize and store one batch from a source."""
+        now = time.time()
+        for sample in batch:
+            entry = self.entries.get(sample.tag)
+            if entry is None:
+                self.unknown += 1
+                continue
+            value, quality, why = entry.transform(sample.value, sample.quality)
+            reason = sample.reason or why
+            entry.updated = now
+            if (
+                quality is entry.quality
+                and quality is Quality.GOOD
+                and not passes_deadband(entry.value, value, entry.tag.deadband)
+            ):
+                self.suppressed += 1
+                continue
+            entry.value, entry.quality, entry.reason = value, quality, reason
+            entry.source_time, entry.server_time = sample.source_time, sample.server_time
+            self.updates += 1
+            if (
+                entry.ring is not None
+                and quality is Quality.GOOD
+                and isinstance(value, int | float)
+            ):
+                entry.ring.append(now, float(value))
+
+    def mark_bad(self, tag_ids: Iterable[str], reason: str) -> None:
+        """A source is down: its tags go Bad at once (their windows keep their Good history)."""
+        for tid in tag_ids:
+            entry = self.entries.get(tid)
+            if entry is not None:
+                entry.quality, entry.reason = Quality.BAD, reason
+
+    def snapshot(self, asset: str | None = None) -> list[TagState]:
+        return [
+            TagState(
+                tag=e.tag.id,
+                asset=e.tag.asset,
+                name=e.tag.name,
+                source=e.tag.source,
+                value=e.value,
+                unit=e.tag.unit,
+                quality=e.quality,
+                source_time=e.source_time,
+                server_time=e.server_time,
+                received_time=e.updated,
+                reason=e.reason,
+            )
+            for e in self.entries.values()
+            if asset is None or e.tag.asset == asset
+        ]

@@ -1,0 +1,52 @@
+"""Named background tasks whose failures are never silent: a crashed task is logged and stops
+the gateway, so nothing keeps running half-dead."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+__all__ = ["TaskSet"]
+
+log = structlog.get_logger(__name__)
+
+
+class TaskSet:
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self.failure: BaseException | None = None
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._done)
+        self._tasks[name] = task
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("task_crashed", task=task.get_name(), error=repr(exc), exc_info=exc)
+            if self.failure is None:
+                self.failure = exc
+            self._stop.set()
+        elif not self._stop.is_set():
+            log.error("task_ended_unexpectedly", task=task.get_name())
+            self._stop.set()
+
+    async def cancel(self, *prefixes: str) -> None:
+        """Cancel the tasks whose names start with any prefix and wait for them to finish."""
+        chosen = [t for n, t in self._tasks.items() if n.startswith(prefixes)]
+        for task in chosen:
+            task.cancel()
+        for task in chosen:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for name in [n for n, t in self._tasks.items() if t in chosen]:
+            del self._tasks[name]

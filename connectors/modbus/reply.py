@@ -1,0 +1,92 @@
+"""Check a read reply against its request and turn it into tag values. Pure: no I/O.
+
+pymodbus accepts replies with the wrong function code or fewer registers than asked for, so
+everything that can be checked is checked here before a single value is trusted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bridge.types import TagValue
+from connectors.modbus.codec import decode
+from connectors.modbus.config import Table
+from connectors.modbus.plan import ReadBlock
+
+__all__ = ["EXCEPTION_NAMES", "FUNCTION_CODES", "BadReply", "Reply", "block_values"]
+
+FUNCTION_CODES: dict[Table, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+
+EXCEPTION_NAMES: dict[int, str] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+class BadReply(Exception):
+    """The reply cannot be used; ``reason`` goes into the tags' ``TagSample.reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The parts of a read reply that matter, free of any library type."""
+
+    function_code: int
+    unit: int
+    exception_code: int = 0
+    registers: Sequence[int] = ()
+    bits: Sequence[bool] = ()
+
+
+def block_values(block: ReadBlock, reply: Reply, unit: int) -> list[tuple[str, TagValue]]:
+    """``(tag, value)`` for every tag of ``block``; raises ``BadReply`` if the reply is unusable."""
+    expected_fc = FUNCTION_CODES[block.table]
+    if reply.function_code & 0x80:
+        code = reply.exception_code
+        name = EXCEPTION_NAMES.get(code, "unknown exception")
+        raise BadReply(f"modbus exception {code} ({name})")
+    if reply.function_code != expected_fc:
+        raise BadReply(
+            f"reply function code {reply.function_code} does not match request {expected_fc}"
+        )
+    # Unit 0 is answered by whatever device sits behind the address, so it is not checked.
+    if unit and reply.unit != unit:
+        raise BadReply(f"reply from unit {reply.unit}, expected unit {unit}")
+    if block.is_bit:
+        return _bit_values(block, reply.bits)
+    return _register_values(block, reply.registers)
+
+
+def _bit_values(block: ReadBlock, bits: Sequence[bool]) -> list[tuple[str, TagValue]]:
+    # Bits travel packed in whole bytes, so a correct reply is padded to a multiple of 8.
+    expected = (block.count + 7) // 8 * 8
+    if len(bits) != expected:
+        raise BadReply(
+            f"short or long reply: {len(bits)} bits for {block.count} requested "
+            f"(expected {expected} with padding)"
+        )
+    return [(p.tag, bool(bits[p.offset])) for p in block.tags]
+
+
+def _register_values(block: ReadBlock, registers: Sequence[int]) -> list[tuple[str, TagValue]]:
+    if len(registers) != block.count:
+        raise BadReply(
+            f"short or long reply: {len(registers)} registers for {block.count} requested"
+        )
+    values: list[tuple[str, TagValue]] = []
+    for p in block.tags:
+        words = registers[p.offset : p.offset + p.address.register_count]
+        values.append((p.tag, decode(words, p.address.type, p.address.word_order)))
+    return values

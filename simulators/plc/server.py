@@ -1,0 +1,208 @@
+"""A Modbus TCP PLC simulator serving ``REGISTER_MAP``, with values that change over time.
+
+Built on pymodbus 3.16's ``SimDevice``/``SimData`` (what its server runs on internally; the
+older ``ModbusDeviceContext`` is converted to it and its ``async_setValues`` no longer writes).
+Addresses outside the map are marked invalid, so reading them gives exception 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import structlog
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from simulators.plc.register_map import REGISTER_MAP, Signal
+
+__all__ = ["PlcSimulator", "RequestRecord", "serve_forever"]
+
+log = structlog.get_logger(__name__)
+
+# Function code used to write each table through the server's datastore API.
+_WRITE_FC = {"holding": 16, "input": 4, "coil": 15, "discrete": 2}
+_TABLE_INDEX = {"coil": 0, "discrete": 1, "holding": 2, "input": 3}
+_REQUEST_LOG_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request the simulator received (for tests and diagnostics)."""
+
+    function_code: int
+    address: int
+    count: int
+    unit: int
+
+
+def _build_device(unit: int, signals: Sequence[Signal], t: float) -> SimDevice:
+    tables: tuple[list[SimData], list[SimData], list[SimData], list[SimData]] = ([], [], [], [])
+    for s in signals:
+        words = s.registers_at(t)
+        if s.table in ("coil", "discrete"):
+            data = SimData(s.address, values=[bool(words[0])], datatype=DataType.BITS)
+        else:
+            data = SimData(s.address, values=words, datatype=DataType.REGISTERS)
+        tables[_TABLE_INDEX[s.table]].append(data)
+    # Separate tables (not pymodbus's shared layout) so coil N is bit N, as on a real PLC.
+    return SimDevice(id=unit, simdata=tables)
+
+
+class PlcSimulator:
+    """Serves ``REGISTER_MAP`` on ``host:port`` for unit ``unit``; stoppable and restartable.
+
+    Simulator time ``t`` counts seconds from construction (a restart keeps counting). The
+    registers are refreshed every ``update_interval_s``; ``apply(t)`` sets them for any ``t``
+    (tests use a long interval and ``apply`` to freeze known values).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5020,
+        unit: int = 1,
+        update_interval_s: float = 0.5,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._unit = unit
+        self._interval = update_interval_s
+        self._epoch = time.monotonic()
+        self._server: ModbusTcpServer | None = None
+        self._updater: asyncio.Task[None] | None = None
+        self._time = 0.0
+        self._requests: deque[RequestRecord] = deque(maxlen=_REQUEST_LOG_SIZE)
+
+    @property
+    def port(self) -> int:
+        """The listening port (the real one when constructed with port 0)."""
+        return self._port
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def unit(self) -> int:
+        return self._unit
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def time(self) -> float:
+        """Simulator time of the values currently in the registers."""
+        return self._time
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """Requests received so far (the most recent 10,000)."""
+        return list(self._requests)
+
+    def clear_requests(self) -> None:
+        self._requests.clear()
+
+    def now(self) -> float:
+        return time.monotonic() - self._epoch
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        self._time = self.now()
+        device = _build_device(self._unit, REGISTER_MAP, self._time)
+        server = ModbusTcpServer(
+            device, address=(self._host, self._port), trace_pdu=self._trace_pdu
+        )
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:
+            if ModbusTcpServer.active_server is server:
+                ModbusTcpServer.active_server = None
+            raise OSError(f"PLC simulator cannot listen on {self._host}:{self._port}") from exc
+        listener = server.transport
+        sockets = getattr(listener, "sockets", None)
+        if sockets:
+            self._port = int(sockets[0].getsockname()[1])
+        self._server = server
+        self._updater = asyncio.create_task(self._update_loop(), name="plc-simulator-update")
+        log.info("plc_simulator_started", host=self._host, port=self._port, unit=self._unit)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        updater, self._updater = self._updater, None
+        if updater is not None:
+            updater.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await updater
+        if server is None:
+            return
+        listener = server.transport
+        # Closes the listener and every client connection (clients see the link drop).
+        await server.shutdown()  # type: ignore[no-untyped-call]
+        if isinstance(listener, asyncio.Server):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.wait_closed(), timeout=2.0)
+        if ModbusTcpServer.active_server is server:
+            ModbusTcpServer.active_server = None
+        log.info("plc_simulator_stopped", host=self._host, port=self._port)
+
+    async def apply(self, t: float) -> None:
+        """Put the values of simulator time ``t`` into the registers."""
+        server = self._server
+        if server is None:
+            raise RuntimeError("PLC simulator is not running")
+        for s in REGISTER_MAP:
+            words = s.registers_at(t)
+            values: list[int] | list[bool] = (
+                [bool(w) for w in words] if s.table in ("coil", "discrete") else words
+            )
+            # One call per signal: a 32-bit value is never seen half-written.
+            await server.async_setValues(self._unit, _WRITE_FC[s.table], s.address, values)
+        self._time = t
+
+    async def _update_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.apply(self.now())
+            except Exception:
+                log.exception("plc_simulator_update_failed")
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if not sending:
+            self._requests.append(
+                RequestRecord(pdu.function_code, pdu.address, pdu.count, pdu.dev_id)
+            )
+        return pdu
+
+    async def __aenter__(self) -> PlcSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def serve_forever(
+    host: str = "127.0.0.1",
+    port: int = 5020,
+    unit: int = 1,
+    update_interval_s: float = 0.5,
+) -> None:
+    """Run the simulator until cancelled (used by the CLI)."""
+    async with PlcSimulator(host, port, unit, update_interval_s) as sim:
+        log.info("plc_simulator_serving", host=sim.host, port=sim.port, signals=len(REGISTER_MAP))
+        await asyncio.Event().wait()
