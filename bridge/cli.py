@@ -7,21 +7,15 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol
 
 import click
 
 from bridge.errors import BridgeError, ConfigError
 from bridge.logging import configure_logging
 
-__all__ = ["main"]
-
-
-class _Simulator(Protocol):
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
+__all__ = ["main", "run_async", "until_stopped"]
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -30,7 +24,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _until_stopped(duration: float | None, stop: asyncio.Event) -> None:
+async def until_stopped(duration: float | None, stop: asyncio.Event) -> None:
     _stop_on_signals(stop)
     if duration is not None:
         asyncio.get_running_loop().call_later(duration, stop.set)
@@ -43,21 +37,27 @@ def _print_issues(err: ConfigError) -> None:
     click.echo(f"{len(err.issues)} problem(s) found", err=True)
 
 
+# Commands that only check or print: their output is the answer, info logs would be noise.
+QUIET_COMMANDS = {"validate", "schema"}
+
+
 @click.group()
 @click.option(
     "--log-level",
-    default="info",
-    show_default=True,
+    default=None,
     type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Default: info (warning for validate and schema).",
 )
 @click.option(
     "--log-json/--log-console",
     default=None,
     help="Log format; default: JSON unless stderr is a terminal.",
 )
-def main(log_level: str, log_json: bool | None) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None, log_json: bool | None) -> None:
     """bridge: edge gateway from OPC UA / Modbus tags to ONNX models, SCADA and MES."""
-    configure_logging(log_level, log_json)
+    quiet = ctx.invoked_subcommand in QUIET_COMMANDS
+    configure_logging(log_level or ("warning" if quiet else "info"), log_json)
 
 
 @main.command()
@@ -107,95 +107,17 @@ def run(mapping: Path, duration: float | None) -> None:
 
     async def go() -> None:
         stop = asyncio.Event()
-        waiter = asyncio.create_task(_until_stopped(duration, stop))
+        waiter = asyncio.create_task(until_stopped(duration, stop))
         try:
             await run_gateway(prepared, stop)
         finally:
             stop.set()
             await waiter
 
-    _run(go)
+    run_async(go)
 
 
-@main.command()
-@click.option("--duration", type=float, help="Stop after this many seconds.")
-@click.option(
-    "--mapping",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Demo mapping (default: mappings/demo.yaml of this repository).",
-)
-def demo(duration: float | None, mapping: Path | None) -> None:
-    """Simulated plant + PLC + MES and the gateway with the bundled model, all on 127.0.0.1."""
-    from simulators.demo import run_demo
-
-    _run(lambda: run_demo(mapping, duration))
-
-
-@main.group()
-def simulate() -> None:
-    """Run one simulator on its own."""
-
-
-@simulate.command("plant")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=4840, show_default=True)
-@click.option("--pumps", default=8, show_default=True)
-@click.option("--faulty", default="3", show_default=True, help="Comma-separated pump numbers.")
-@click.option("--interval", default=0.1, show_default=True, help="Update interval, seconds.")
-@click.option("--duration", type=float)
-def simulate_plant(
-    host: str, port: int, pumps: int, faulty: str, interval: float, duration: float | None
-) -> None:
-    """OPC UA plant: pumps with physics, noise and a developing bearing fault."""
-    from simulators.plant.server import PlantSimulator
-
-    bad = tuple(int(x) for x in faulty.split(",") if x.strip())
-    sim = PlantSimulator(host=host, port=port, pumps=pumps, faulty=bad, update_interval_s=interval)
-    _run(lambda: _serve(sim, f"plant on {sim.endpoint}", duration))
-
-
-@simulate.command("plc")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5020, show_default=True)
-@click.option("--duration", type=float)
-def simulate_plc(host: str, port: int, duration: float | None) -> None:
-    """Modbus TCP PLC serving values in several encodings."""
-    from simulators.plc.server import PlcSimulator
-
-    sim = PlcSimulator(host=host, port=port)
-    _run(lambda: _serve(sim, f"PLC on {host}:{port}", duration))
-
-
-@simulate.command("mes")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8081, show_default=True)
-@click.option(
-    "--log",
-    "log_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Append every call as a JSON line to this file.",
-)
-@click.option("--duration", type=float)
-def simulate_mes(host: str, port: int, log_path: Path | None, duration: float | None) -> None:
-    """MES receiver: records calls, counts duplicate Idempotency-Keys, fails on command."""
-    from simulators.mes.server import MesReceiver
-
-    sim = MesReceiver(host=host, port=port, log_path=log_path)
-    _run(lambda: _serve(sim, f"MES receiver on {sim.url}", duration))
-
-
-async def _serve(sim: _Simulator, what: str, duration: float | None) -> None:
-    await sim.start()
-    click.echo(f"{what} (Ctrl+C to stop)")
-    try:
-        await _until_stopped(duration, asyncio.Event())
-    finally:
-        await sim.stop()
-
-
-def _run(factory: Callable[[], Awaitable[None]]) -> None:
+def run_async(factory: Callable[[], Awaitable[None]]) -> None:
     async def go() -> None:
         await factory()
 
@@ -207,3 +129,12 @@ def _run(factory: Callable[[], Awaitable[None]]) -> None:
     except BridgeError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
+
+
+def _add_plugin_commands() -> None:
+    """Commands contributed by installed packages (the simulators' `demo` and `simulate`)."""
+    for ep in entry_points(group="bridge.commands"):
+        main.add_command(ep.load(), ep.name)
+
+
+_add_plugin_commands()

@@ -1,4 +1,4 @@
-"""One exception tree for the whole gateway. Library exceptions are mapped with ``raise ... from``."""
+"""One exception tree for the gateway. Library exceptions are mapped with ``raise ... from``."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ def free_port() -> int:
 
 async def wait_until(
     condition: Callable[[], bool | Awaitable[bool]],
-    timeout: float = 10.0,
+    timeout: float = 10.0,  # noqa: ASYNC109 - a polling deadline, not a cancel scope
     interval: float = 0.05,
     what: str = "condition",
 ) -> None:

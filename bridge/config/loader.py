@@ -70,7 +70,8 @@ def load_mapping(path: str | Path, env: MappingABC[str, str] | None = None) -> M
 
     sources = _endpoints("sources", spec.sources, _source_models(), issues)
     outputs = _endpoints("outputs", spec.outputs, _sink_models(), issues)
-    tags, assets = _expand_assets(spec, sources, issues)
+    kinds = {name: str(block.get("kind")) for name, block in spec.sources.items()}
+    tags, assets = _expand_assets(spec, kinds, issues)
     models = _resolve_models(spec, path.parent, assets, tags, issues)
     if issues.items:
         raise ConfigError(issues.items)
@@ -127,8 +128,10 @@ def _endpoints(
 
 
 def _expand_assets(
-    spec: MappingFile, sources: dict[str, Endpoint], issues: _Issues
+    spec: MappingFile, kinds: dict[str, str], issues: _Issues
 ) -> tuple[dict[str, ResolvedTag], dict[str, tuple[str, ...]]]:
+    """Tags per asset, with addresses checked by their source's kind (even when the source's
+    own settings are wrong, so all mistakes show up in one run)."""
     address_models = {k: v.address_model for k, v in registry.source_kinds().items()}
     tags: dict[str, ResolvedTag] = {}
     assets: dict[str, tuple[str, ...]] = {}
@@ -136,7 +139,6 @@ def _expand_assets(
         ids: list[str] = []
         for tag_name, tag, origin in _asset_tags(spec, asset_name, asset, issues):
             loc: Loc = ("assets", asset_name, "tags", tag_name)
-            source = sources.get(tag.source)
             if tag.source not in spec.sources:
                 issues.add(
                     (*loc, "source"),
@@ -147,9 +149,9 @@ def _expand_assets(
                     (*origin, "source"),
                 )
                 continue
-            if source is None:
-                continue  # the source block itself is invalid and already reported
-            model = address_models[source.kind]
+            model = address_models.get(kinds[tag.source])
+            if model is None:
+                continue  # the source's kind is unknown: already reported
             try:
                 address = model.model_validate(tag.address)
             except ValidationError as exc:
@@ -204,7 +206,7 @@ def _asset_tags(
         )
     for tag_name, tag in asset.tags.items():
         out[tag_name] = (tag, ("assets", asset_name, "tags", tag_name))
-    if not out:
+    if not out and asset.template is None:
         issues.add(("assets", asset_name), "asset has no tags", "add `template:` or `tags:`")
     return [(name, tag, origin) for name, (tag, origin) in out.items()]
 
@@ -319,7 +321,7 @@ def _message(err: Any) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
-    msg = str(err["msg"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
     if (
         "input" in err
         and kind not in ("model_type", "dict_type")
@@ -344,7 +346,16 @@ def _hint(err: Any, model: type[BaseModel] | None, loc: Loc) -> str:
         return "write a number"
     if kind == "string_pattern_mismatch":
         return "names start with a letter and use letters, digits, '-' or '_'"
-    return ""
+    ctx = err.get("ctx") or {}
+    if "hint" in ctx:  # validators may carry their own fix (PydanticCustomError ctx)
+        return str(ctx["hint"])
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return "use a value within the allowed range"
+    if kind in ("literal_error", "enum"):
+        return "use one of the values listed"
+    if kind.startswith(("string_", "bool_")) or kind.endswith("_type"):
+        return "check the value's type against `bridge schema`"
+    return "correct the value as the message says (see `bridge schema` for what each key takes)"
 
 
 def _allowed_keys(model: type[BaseModel] | None, loc: Loc) -> list[str]:

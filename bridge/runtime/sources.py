@@ -80,7 +80,7 @@ class SourceSupervisor:
     async def _connect_with_backoff(self) -> None:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(ConnectorError),
-            wait=wait_exponential_jitter(initial=0.5, max=self.max_backoff_s, jitter=1.0),
+            wait=wait_exponential_jitter(multiplier=0.5, max=self.max_backoff_s, jitter=1.0),
             before_sleep=self._before_retry,
             reraise=True,
         )

@@ -10,7 +10,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-__all__ = ["FaultPlan", "PumpReading", "PumpState", "SIGNALS"]
+__all__ = ["SIGNALS", "FaultPlan", "PumpReading", "PumpState"]
 
 NOMINAL_SPEED_RPM = 1480.0
 NOMINAL_PRESSURE_BAR = 4.5
@@ -84,7 +84,9 @@ class PumpState:
         sev = self.severity(t)
         speed = NOMINAL_SPEED_RPM * (0.97 + 0.03 * self.load) + g(0, 4.0)
         ratio = speed / NOMINAL_SPEED_RPM
-        pressure = NOMINAL_PRESSURE_BAR * ratio**2 * (0.9 + 0.1 * self.load) - 0.4 * sev + g(0, 0.04)
+        pressure = (
+            NOMINAL_PRESSURE_BAR * ratio**2 * (0.9 + 0.1 * self.load) - 0.4 * sev + g(0, 0.04)
+        )
         # Bearing wear: broadband vibration rises, with bursts as the defect rolls over.
         burst = abs(g(0, 1.2 * sev)) if sev > 0 else 0.0
         vibration = HEALTHY_VIBRATION_MM_S * (0.8 + 0.4 * self.load) + 6.0 * sev + burst

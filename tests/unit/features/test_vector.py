@@ -29,11 +29,18 @@ class State:
 
 def model(assets: tuple[str, ...] = ("a", "b")) -> ResolvedModel:
     return ResolvedModel(
-        name="m", path=None, version="1", sha256=None, assets=assets,  # type: ignore[arg-type]
-        input="features", features=(Feature("x", "mean"), Feature("y", "max"),
-                                    Feature("x", "slope")),
-        outputs=ModelOutputs(label="label", scores="probabilities"), labels=None,
-        period_s=1.0, window_s=10.0, max_samples=64,
+        name="m",
+        path=None,
+        version="1",
+        sha256=None,
+        assets=assets,  # type: ignore[arg-type]
+        input="features",
+        features=(Feature("x", "mean"), Feature("y", "max"), Feature("x", "slope")),
+        outputs=ModelOutputs(label="label", scores="probabilities"),
+        labels=None,
+        period_s=1.0,
+        window_s=10.0,
+        max_samples=64,
     )
 
 
@@ -46,8 +53,12 @@ def filled(values: list[float], start: float = NOW - 4.0) -> State:
 
 
 def test_rows_in_feature_order_with_hand_computed_values() -> None:
-    states = {"a.x": filled([1.0, 2.0, 3.0, 4.0]), "a.y": filled([5.0, 9.0, 7.0]),
-              "b.x": filled([10.0, 10.0]), "b.y": filled([0.5])}
+    states = {
+        "a.x": filled([1.0, 2.0, 3.0, 4.0]),
+        "a.y": filled([5.0, 9.0, 7.0]),
+        "b.x": filled([10.0, 10.0]),
+        "b.y": filled([0.5]),
+    }
     batch = build_batch(model(), states.__getitem__, NOW)
     assert [r.asset for r in batch.runnable] == ["a", "b"]
     assert batch.x.dtype == np.float32

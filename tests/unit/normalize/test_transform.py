@@ -12,9 +12,19 @@ G, U, B = Quality.GOOD, Quality.UNCERTAIN, Quality.BAD
 
 
 def tag(**kw: object) -> ResolvedTag:
-    base: dict[str, object] = dict(id="a.t", asset="a", name="t", source="s", address=None,
-                                   unit="", scale=1.0, offset=0.0, deadband=0.0, clamp=None,
-                                   max_age_s=10.0)
+    base: dict[str, object] = dict(
+        id="a.t",
+        asset="a",
+        name="t",
+        source="s",
+        address=None,
+        unit="",
+        scale=1.0,
+        offset=0.0,
+        deadband=0.0,
+        clamp=None,
+        max_age_s=10.0,
+    )
     base.update(kw)
     return ResolvedTag(**base)  # type: ignore[arg-type]
 
@@ -32,8 +42,12 @@ def tag(**kw: object) -> ResolvedTag:
         ({"clamp": (0.0, 100.0)}, 50.0, G, (50.0, G, "")),
     ],
 )
-def test_value_table(settings: dict[str, object], raw: object, quality: Quality,
-                     expected: tuple[object, Quality, str]) -> None:
+def test_value_table(
+    settings: dict[str, object],
+    raw: object,
+    quality: Quality,
+    expected: tuple[object, Quality, str],
+) -> None:
     assert compile_transform(tag(**settings))(raw, quality) == expected  # type: ignore[arg-type]
 
 

@@ -1,0 +1,1 @@
+"""The running gateway: the pipeline, its tasks, source supervision, model runners."""

@@ -1,0 +1,94 @@
+"""Prediction <-> row values. Pure, so the round trip is tested without a database."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bridge.types import InputSnapshot, Prediction, Quality, TagValue
+
+from .models import PredictionRow
+
+__all__ = ["inputs_from_json", "inputs_to_json", "prediction_from_row", "prediction_to_values"]
+
+
+def _quality(label: str) -> Quality:
+    try:
+        return Quality[label.upper()]
+    except KeyError:
+        # A label this version does not know is not trustworthy data.
+        return Quality.BAD
+
+
+def inputs_to_json(inputs: tuple[InputSnapshot, ...]) -> str:
+    return json.dumps(
+        [
+            {
+                "tag": i.tag,
+                "value": i.value,
+                "quality": i.quality.label,
+                "source_time": i.source_time,
+            }
+            for i in inputs
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _tag_value(raw: Any) -> TagValue:
+    if raw is None or isinstance(raw, bool | int | float | str):
+        return raw
+    return str(raw)
+
+
+def inputs_from_json(text: str) -> tuple[InputSnapshot, ...]:
+    items = json.loads(text) if text else []
+    return tuple(
+        InputSnapshot(
+            tag=str(item["tag"]),
+            value=_tag_value(item.get("value")),
+            quality=_quality(str(item.get("quality", "Bad"))),
+            source_time=None if item.get("source_time") is None else float(item["source_time"]),
+        )
+        for item in items
+    )
+
+
+def prediction_to_values(p: Prediction) -> dict[str, Any]:
+    """Column values of one ``predictions`` row (without the surrogate ``id``)."""
+    is_text = isinstance(p.value, str)
+    return {
+        "prediction_id": p.id,
+        "seq": p.seq,
+        "asset": p.asset,
+        "model": p.model,
+        "version": p.version,
+        "sha256": p.sha256,
+        "value_text": p.value if is_text else None,
+        "value_num": None if is_text or p.value is None else float(p.value),
+        "score": p.score,
+        "quality": p.quality.label,
+        "reason": p.reason,
+        "timestamp": p.timestamp,
+        "input_age_s": p.input_age_s,
+        "inputs_json": inputs_to_json(p.inputs),
+    }
+
+
+def prediction_from_row(row: PredictionRow) -> Prediction:
+    value: str | float | None = row.value_text if row.value_text is not None else row.value_num
+    return Prediction(
+        id=row.prediction_id,
+        seq=row.seq,
+        asset=row.asset,
+        model=row.model,
+        version=row.version,
+        sha256=row.sha256,
+        value=value,
+        score=row.score,
+        quality=_quality(row.quality),
+        timestamp=row.timestamp,
+        input_age_s=row.input_age_s,
+        inputs=inputs_from_json(row.inputs_json),
+        reason=row.reason or "",
+    )

@@ -1,0 +1,145 @@
+"""Synchronous repositories: callers on the event loop wrap them in ``asyncio.to_thread``."""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from bridge.errors import StoreError
+from bridge.types import Prediction
+
+from .codec import prediction_from_row, prediction_to_values
+from .db import Store
+from .models import ModelRow, PredictionRow
+
+__all__ = ["ModelRecord", "ModelRepository", "PredictionRepository"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    name: str
+    version: str
+    sha256: str
+    path: str
+    loaded_at: float
+
+
+def _insert_ignoring(store: Store, table: Any, keys: list[str]) -> Any:
+    """INSERT that skips rows whose ``keys`` already exist (SQLite and PostgreSQL)."""
+    if store.dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
+    if store.dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=keys)
+    return insert(table)
+
+
+class PredictionRepository:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def add_many(self, predictions: Sequence[Prediction]) -> None:
+        """Insert a batch in one transaction; predictions already stored (same id) are skipped."""
+        if not predictions:
+            return
+        stmt = _insert_ignoring(self._store, PredictionRow.__table__, ["prediction_id"])
+        rows = [prediction_to_values(p) for p in predictions]
+        try:
+            with self._store.sessions.begin() as session:
+                session.execute(stmt, rows)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store {len(rows)} predictions: {exc}") from exc
+
+    def query(
+        self,
+        asset: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[Prediction]:
+        """Newest first; ``since`` and ``until`` (epoch seconds) are inclusive."""
+        stmt = select(PredictionRow)
+        if asset is not None:
+            stmt = stmt.where(PredictionRow.asset == asset)
+        if since is not None:
+            stmt = stmt.where(PredictionRow.timestamp >= since)
+        if until is not None:
+            stmt = stmt.where(PredictionRow.timestamp <= until)
+        stmt = stmt.order_by(PredictionRow.timestamp.desc(), PredictionRow.id.desc()).limit(limit)
+        try:
+            with self._store.sessions() as session:
+                return [prediction_from_row(row) for row in session.scalars(stmt)]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot query predictions: {exc}") from exc
+
+    def latest(self, asset: str | None = None) -> list[Prediction]:
+        """The newest prediction of every (asset, model), ordered by asset then model."""
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=(PredictionRow.asset, PredictionRow.model),
+                order_by=(PredictionRow.timestamp.desc(), PredictionRow.id.desc()),
+            )
+            .label("rank")
+        )
+        inner = select(PredictionRow.id, rank)
+        if asset is not None:
+            inner = inner.where(PredictionRow.asset == asset)
+        ranked = inner.subquery()
+        stmt = (
+            select(PredictionRow)
+            .join(ranked, ranked.c.id == PredictionRow.id)
+            .where(ranked.c.rank == 1)
+            .order_by(PredictionRow.asset, PredictionRow.model)
+        )
+        try:
+            with self._store.sessions() as session:
+                return [prediction_from_row(row) for row in session.scalars(stmt)]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot query latest predictions: {exc}") from exc
+
+
+class ModelRepository:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def record_loaded(self, name: str, version: str, sha256: str, path: str) -> None:
+        """Remember that a model was loaded now; loading it again only moves ``loaded_at``."""
+        now = time.time()
+        try:
+            with self._store.sessions.begin() as session:
+                row = session.scalars(
+                    select(ModelRow)
+                    .where(ModelRow.name == name)
+                    .where(ModelRow.version == version)
+                    .where(ModelRow.sha256 == sha256)
+                ).one_or_none()
+                if row is None:
+                    session.add(
+                        ModelRow(
+                            name=name, version=version, sha256=sha256, path=path, loaded_at=now
+                        )
+                    )
+                else:
+                    row.path = path
+                    row.loaded_at = now
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record model {name} {version}: {exc}") from exc
+
+    def list(self) -> builtins.list[ModelRecord]:
+        """Every model ever loaded, most recently loaded first."""
+        stmt = select(ModelRow).order_by(ModelRow.loaded_at.desc(), ModelRow.id.desc())
+        try:
+            with self._store.sessions() as session:
+                return [
+                    ModelRecord(r.name, r.version, r.sha256, r.path, r.loaded_at)
+                    for r in session.scalars(stmt)
+                ]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot list models: {exc}") from exc

@@ -1,0 +1,23 @@
+"""MES REST sink: POSTs each prediction as JSON, with retries and an idempotency key."""
+
+from __future__ import annotations
+
+from bridge.registry import SinkKind, register_sink
+
+from .config import MesSinkSettings
+from .payload import prediction_to_json
+from .sink import MesSink
+
+__all__ = ["MesSink", "MesSinkSettings", "prediction_to_json", "register"]
+
+
+def register() -> None:
+    register_sink(
+        SinkKind(
+            kind="mes-rest",
+            settings_model=MesSinkSettings,
+            factory=MesSink,
+            description="POST every prediction as JSON to an MES REST endpoint "
+            "(Idempotency-Key = prediction id, retries with backoff, bounded queue).",
+        )
+    )

@@ -1,0 +1,60 @@
+"""Prediction -> MES JSON body. Pure: no I/O, so it is tested with plain values."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.types import Prediction, TagValue
+
+__all__ = ["iso_utc", "prediction_to_json"]
+
+
+def iso_utc(ts: float | None) -> str | None:
+    """Epoch seconds -> ``2024-05-01T12:00:00.123Z`` (None stays None)."""
+    if ts is None:
+        return None
+    moment = datetime.fromtimestamp(ts, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _finite(value: float | None) -> float | None:
+    # NaN/inf are not valid JSON; an MES parser would reject the whole event.
+    if value is None or math.isfinite(value):
+        return value
+    return None
+
+
+def _json_value(value: TagValue) -> TagValue:
+    if isinstance(value, float):
+        return _finite(value)
+    return value
+
+
+def prediction_to_json(p: Prediction, gateway_id: str) -> dict[str, Any]:
+    value: str | float | None = p.value if isinstance(p.value, str) else _finite(p.value)
+    return {
+        "id": p.id,
+        "seq": p.seq,
+        "gateway_id": gateway_id,
+        "asset": p.asset,
+        "model": p.model,
+        "version": p.version,
+        "sha256": p.sha256,
+        "value": value,
+        "score": _finite(p.score),
+        "quality": p.quality.label,
+        "reason": p.reason,
+        "timestamp": iso_utc(p.timestamp),
+        "input_age_s": _finite(p.input_age_s),
+        "inputs": [
+            {
+                "tag": i.tag,
+                "value": _json_value(i.value),
+                "quality": i.quality.label,
+                "source_time": iso_utc(i.source_time),
+            }
+            for i in p.inputs
+        ],
+    }

@@ -1,0 +1,144 @@
+"""Pure encoding of predictions into OPC UA DataValues for the prediction server.
+
+Status codes written to ``Value`` (and ``Score``/``InputAge``), chosen so an HMI shows the
+right colour without knowing bridge:
+
+- ``Good``: the model ran on Good inputs.
+- ``UncertainLastUsableValue``: the prediction is Uncertain (some inputs stale or uncertain).
+- ``BadNoCommunication``: the prediction is Bad (inputs missing/bad or the model failed).
+- ``BadWaitingForInitialData``: no prediction was made since the server started.
+- ``BadTypeMismatch``: the value does not fit the variable (e.g. text for a numeric slot).
+- ``BadNoData``: an optional field (score, input age) is absent in this prediction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from asyncua import ua
+from asyncua.ua.status_codes import StatusCodes
+
+from bridge.types import Prediction, PredictionSlot, Quality
+
+__all__ = [
+    "FIELDS",
+    "STATUS_FOR_QUALITY",
+    "encode_prediction",
+    "initial_values",
+    "make_status",
+    "node_string",
+    "status_for",
+    "value_type",
+]
+
+# Variable name -> variant type, apart from Value whose type depends on the slot.
+FIELDS: dict[str, ua.VariantType] = {
+    "Value": ua.VariantType.Double,
+    "Score": ua.VariantType.Double,
+    "ModelName": ua.VariantType.String,
+    "ModelVersion": ua.VariantType.String,
+    "ModelSha256": ua.VariantType.String,
+    "Quality": ua.VariantType.String,
+    "Timestamp": ua.VariantType.DateTime,
+    "InputAge": ua.VariantType.Double,
+}
+
+STATUS_FOR_QUALITY: dict[Quality, int] = {
+    Quality.GOOD: StatusCodes.Good,
+    Quality.UNCERTAIN: StatusCodes.UncertainLastUsableValue,
+    Quality.BAD: StatusCodes.BadNoCommunication,
+}
+
+
+def node_string(asset: str, model: str, field: str | None = None) -> str:
+    """String identifier of a prediction node, e.g. ``Predictions.P1.bearing.Value``."""
+    base = f"Predictions.{asset}.{model}"
+    return f"{base}.{field}" if field else base
+
+
+def make_status(code: int) -> ua.StatusCode:
+    # asyncua annotates StatusCode with its own int subclass; a plain int is what it expects.
+    return ua.StatusCode(cast(Any, code))
+
+
+def value_type(slot: PredictionSlot) -> ua.VariantType:
+    return ua.VariantType.String if slot.labels else ua.VariantType.Double
+
+
+def status_for(quality: Quality) -> ua.StatusCode:
+    return make_status(STATUS_FOR_QUALITY[quality])
+
+
+def _dv(
+    value: Any, vtype: ua.VariantType, status: int, source: datetime | None, server: datetime
+) -> ua.DataValue:
+    variant = ua.Variant() if value is None else ua.Variant(value, vtype)
+    stamp: Any = source
+    now: Any = server
+    return ua.DataValue(
+        variant, StatusCode=make_status(status), SourceTimestamp=stamp, ServerTimestamp=now
+    )
+
+
+def initial_values(slot: PredictionSlot, now: datetime) -> dict[str, ua.DataValue]:
+    """What a slot shows before its first prediction."""
+    waiting = StatusCodes.BadWaitingForInitialData
+    good = StatusCodes.Good
+    return {
+        "Value": _dv(None, value_type(slot), waiting, None, now),
+        "Score": _dv(None, ua.VariantType.Double, waiting, None, now),
+        "ModelName": _dv(slot.model, ua.VariantType.String, good, now, now),
+        "ModelVersion": _dv(slot.version, ua.VariantType.String, good, now, now),
+        "ModelSha256": _dv(slot.sha256, ua.VariantType.String, good, now, now),
+        "Quality": _dv(Quality.BAD.label, ua.VariantType.String, good, now, now),
+        "Timestamp": _dv(None, ua.VariantType.DateTime, waiting, None, now),
+        "InputAge": _dv(None, ua.VariantType.Double, waiting, None, now),
+    }
+
+
+def _slot_value(slot: PredictionSlot, value: str | float | None) -> tuple[Any, int | None]:
+    """(value for the variable, status override) for the slot's Value type."""
+    if value is None:
+        return None, None
+    if slot.labels:
+        if isinstance(value, str):
+            return value, None
+        # A class index from a classifier that reports numbers: show its label.
+        if float(value).is_integer() and 0 <= int(value) < len(slot.labels):
+            return slot.labels[int(value)], None
+        return str(value), None
+    if isinstance(value, str):
+        return None, StatusCodes.BadTypeMismatch
+    return float(value), None
+
+
+def encode_prediction(
+    slot: PredictionSlot, prediction: Prediction, now: datetime
+) -> dict[str, ua.DataValue]:
+    """DataValues for every variable of the slot; SourceTimestamp is the prediction time."""
+    when = datetime.fromtimestamp(prediction.timestamp, UTC)
+    status = STATUS_FOR_QUALITY[prediction.quality]
+    good = StatusCodes.Good
+    value, override = _slot_value(slot, prediction.value)
+    value_status = override if override is not None else status
+    if value is None and value_status == good:
+        value_status = StatusCodes.BadNoData
+    score_status = status if prediction.score is not None else StatusCodes.BadNoData
+    age = prediction.input_age_s
+    return {
+        "Value": _dv(value, value_type(slot), value_status, when, now),
+        "Score": _dv(prediction.score, ua.VariantType.Double, score_status, when, now),
+        "ModelName": _dv(prediction.model, ua.VariantType.String, good, when, now),
+        "ModelVersion": _dv(prediction.version, ua.VariantType.String, good, when, now),
+        "ModelSha256": _dv(prediction.sha256, ua.VariantType.String, good, when, now),
+        "Quality": _dv(prediction.quality.label, ua.VariantType.String, good, when, now),
+        "Timestamp": _dv(when, ua.VariantType.DateTime, good, when, now),
+        "InputAge": _dv(
+            age,
+            ua.VariantType.Double,
+            good if age is not None else StatusCodes.BadNoData,
+            when,
+            now,
+        ),
+    }

@@ -1,0 +1,351 @@
+"""``OpcUaSource``: one session, one subscription, all tags; fails loudly, never reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import structlog
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.client.ua_client import UaClientState
+from asyncua.crypto import security_policies
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.uaerrors import UaError
+
+from bridge.errors import ConnectorError, NotConnected
+from bridge.types import Quality, SourceTag, TagSample
+from connectors.opcua._inbox import Inbox
+from connectors.opcua._subscription import InboxSubscription
+from connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings
+from connectors.opcua.convert import (
+    NodeRef,
+    data_value_to_sample_parts,
+    make_node_id,
+    node_id_for,
+    parse_nsu,
+)
+
+__all__ = ["OpcUaSource"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BATCH = 1000
+MAX_SAMPLES_PER_BATCH = 5000
+# Short enough that an abandoned session (crashed gateway) does not block a small PLC for long.
+SESSION_TIMEOUT_MS = 60_000
+SPILLED_REASON = "notifications dropped: client queue full"
+
+_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+_MODES = {
+    "Sign": ua.MessageSecurityMode.Sign,
+    "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
+}
+
+
+class OpcUaSource:
+    """Subscribes all tags of one server. Per-tag problems become Bad samples, link problems
+    raise ``ConnectorError``; the runtime decides when to call ``connect()`` again."""
+
+    def __init__(self, name: str, settings: OpcUaSourceSettings, tags: Sequence[SourceTag]) -> None:
+        self.name = name
+        self._settings = settings
+        self._tags = tuple(tags)
+        self._refs: tuple[NodeRef, ...] = tuple(parse_nsu(_address(t).node) for t in self._tags)
+        self._client: Client | None = None
+        self._subscription: InboxSubscription | None = None
+        self._inbox: Inbox[ua.DataValue] = Inbox(settings.queue_size)
+        self._initial: list[TagSample] = []
+        self._connected_at = 0.0
+        self._closed = True
+        self._dropped_before = 0
+        self._dropped_logged = 0
+        self._log = log.bind(source=name, endpoint=settings.endpoint)
+
+    @property
+    def dropped(self) -> int:
+        """Notifications superseded because the client queue was full (over all sessions)."""
+        return self._dropped_before + self._inbox.dropped
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._inbox.failure is None
+
+    async def connect(self) -> None:
+        await self.close()
+        settings = self._settings
+        self._dropped_before += self._inbox.dropped
+        self._inbox = Inbox(settings.queue_size)
+        client = Client(
+            settings.endpoint,
+            timeout=settings.timeout_s,
+            watchdog_intervall=min(1.0, settings.watchdog_s / 4),
+            auto_reconnect=False,
+        )
+        client.session_timeout = SESSION_TIMEOUT_MS
+        inbox = self._inbox
+
+        async def on_connection_lost(exc: Exception) -> None:
+            inbox.fail(f"connection lost: {exc!r}")
+
+        client.connection_lost_callback = on_connection_lost
+        self._client = client
+        self._closed = False
+        try:
+            await self._apply_identity(client)
+            async with asyncio.timeout(settings.timeout_s * 2):
+                await client.connect(auto_reconnect=False)
+            self._initial = await self._subscribe_all(client)
+        except Exception as exc:
+            await self.close()
+            self._log.warning("connect_failed", error=repr(exc))
+            raise ConnectorError(
+                f"{self.name}: cannot connect to {settings.endpoint}: {exc!r}"
+            ) from exc
+        self._connected_at = time.monotonic()
+        bad = sum(1 for s in self._initial if s.quality is Quality.BAD)
+        self._log.info("connected", tags=len(self._tags), bad_tags=bad)
+
+    async def _apply_identity(self, client: Client) -> None:
+        security = self._settings.security
+        if security.policy != "None":
+            assert security.certificate is not None and security.private_key is not None
+            await client.set_security(
+                _POLICIES[security.policy],
+                security.certificate,
+                security.private_key,
+                server_certificate=security.server_certificate,
+                mode=_MODES[security.mode],
+            )
+        if self._settings.username is not None:
+            client.set_user(self._settings.username)
+        if self._settings.password is not None:
+            client.set_password(self._settings.password)
+
+    async def _subscribe_all(self, client: Client) -> list[TagSample]:
+        timeout = self._settings.timeout_s
+        now = time.time()
+        async with asyncio.timeout(timeout):
+            namespaces: list[str] = await client.get_namespace_array()
+        index_of = {uri: i for i, uri in enumerate(namespaces)}
+        per_call, per_read = await self._operation_limits(client)
+
+        failed: list[TagSample] = []
+        requests: list[ua.MonitoredItemCreateRequest] = []
+        handles: list[int] = []
+        for handle, (tag, ref) in enumerate(zip(self._tags, self._refs, strict=True)):
+            ns = index_of.get(ref.uri)
+            if ns is None:
+                reason = f"BadNodeIdUnknown: namespace {ref.uri} not on server"
+                failed.append(TagSample(tag.tag, None, Quality.BAD, now, reason=reason))
+                continue
+            requests.append(self._monitor_request(handle, node_id_for(ref, ns), _address(tag)))
+            handles.append(handle)
+
+        subscription = InboxSubscription(
+            client.uaclient.session, self._subscription_params(), self._inbox
+        )
+        async with asyncio.timeout(timeout):
+            result = await subscription.init()
+        self._subscription = subscription
+        self._check_revised(result)
+
+        subscribed: list[int] = []
+        for start in range(0, len(requests), per_call):
+            chunk = requests[start : start + per_call]
+            async with asyncio.timeout(timeout):
+                results = await subscription.create_monitored_items(chunk)
+            for handle, outcome in zip(handles[start : start + per_call], results, strict=True):
+                if isinstance(outcome, ua.StatusCode):
+                    sample = TagSample(
+                        self._tags[handle].tag, None, Quality.BAD, now, reason=outcome.name
+                    )
+                    failed.append(sample)
+                else:
+                    subscribed.append(handle)
+        current = await self._read_current(client, subscribed, requests, handles, per_read)
+        return failed + current
+
+    async def _read_current(
+        self,
+        client: Client,
+        subscribed: list[int],
+        requests: list[ua.MonitoredItemCreateRequest],
+        handles: list[int],
+        per_read: int,
+    ) -> list[TagSample]:
+        node_of = {h: r.ItemToMonitor.NodeId for h, r in zip(handles, requests, strict=True)}
+        samples: list[TagSample] = []
+        for start in range(0, len(subscribed), per_read):
+            chunk = subscribed[start : start + per_read]
+            params = ua.ReadParameters()
+            params.TimestampsToReturn = ua.TimestampsToReturn.Both
+            params.NodesToRead = [
+                ua.ReadValueId(NodeId=node_of[h], AttributeId=AttributeIds.Value) for h in chunk
+            ]
+            async with asyncio.timeout(self._settings.timeout_s):
+                values = await client.uaclient.read(params)
+            received = time.time()
+            samples.extend(
+                self._sample(h, dv, received) for h, dv in zip(chunk, values, strict=True)
+            )
+        return samples
+
+    async def _operation_limits(self, client: Client) -> tuple[int, int]:
+        """Items per CreateMonitoredItems call and per Read, as the server allows (0 = no limit)."""
+        ids = (
+            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+        )
+        limits = [DEFAULT_BATCH, DEFAULT_BATCH]
+        try:
+            async with asyncio.timeout(self._settings.timeout_s):
+                values = await client.uaclient.read_attributes(
+                    [make_node_id(i, 0) for i in ids], AttributeIds.Value
+                )
+        except (TimeoutError, UaError) as exc:
+            self._log.debug("operation_limits_unavailable", error=repr(exc))
+            return DEFAULT_BATCH, DEFAULT_BATCH
+        for i, dv in enumerate(values):
+            raw: Any = dv.Value.Value if dv.Value is not None else None
+            if isinstance(raw, int) and raw > 0:
+                limits[i] = min(DEFAULT_BATCH, raw)
+        return limits[0], limits[1]
+
+    def _subscription_params(self) -> ua.CreateSubscriptionParameters:
+        interval = self._settings.publishing_interval_ms
+        # Keep-alives at least 3 times per watchdog period, so silence really means a dead link.
+        keepalive = max(1, int(self._settings.watchdog_s * 1000 / 3 / interval))
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = interval
+        params.RequestedMaxKeepAliveCount = keepalive
+        params.RequestedLifetimeCount = max(3 * keepalive, int(SESSION_TIMEOUT_MS / interval))
+        params.MaxNotificationsPerPublish = 10_000
+        params.PublishingEnabled = True
+        params.Priority = 0
+        return params
+
+    def _check_revised(self, result: ua.CreateSubscriptionResult) -> None:
+        keepalive_s = result.RevisedPublishingInterval * result.RevisedMaxKeepAliveCount / 1000
+        if keepalive_s > self._settings.watchdog_s / 2:
+            self._log.warning(
+                "keepalive_slower_than_watchdog",
+                keepalive_s=keepalive_s,
+                watchdog_s=self._settings.watchdog_s,
+            )
+
+    def _monitor_request(
+        self, handle: int, node_id: ua.NodeId, address: OpcUaAddress
+    ) -> ua.MonitoredItemCreateRequest:
+        sampling = address.sampling_interval_ms
+        if sampling is None:
+            sampling = self._settings.sampling_interval_ms
+        params = ua.MonitoringParameters()
+        # The handle is the tag's position, so a notification maps to its tag without a lookup.
+        params.ClientHandle = handle
+        params.SamplingInterval = sampling
+        params.QueueSize = 1
+        params.DiscardOldest = True
+        request = ua.MonitoredItemCreateRequest()
+        request.ItemToMonitor = ua.ReadValueId(NodeId=node_id, AttributeId=AttributeIds.Value)
+        request.MonitoringMode = ua.MonitoringMode.Reporting
+        request.RequestedParameters = params
+        return request
+
+    def _sample(
+        self, handle: int, dv: ua.DataValue, received: float, spilled: bool = False
+    ) -> TagSample:
+        value, quality, reason, source_time, server_time = data_value_to_sample_parts(dv)
+        if spilled and quality is Quality.GOOD:
+            quality, reason = Quality.UNCERTAIN, SPILLED_REASON
+        return TagSample(
+            self._tags[handle].tag, value, quality, received, source_time, server_time, reason
+        )
+
+    async def samples(self) -> AsyncIterator[Sequence[TagSample]]:
+        if self._client is None:
+            raise NotConnected(f"{self.name}: samples() before connect()")
+        if self._initial:
+            initial, self._initial = self._initial, []
+            yield initial
+        tick = min(0.5, self._settings.watchdog_s / 4)
+        while not self._closed:
+            self._check_alive()
+            await self._inbox.wait(tick)
+            if self._closed:
+                return
+            self._check_alive()
+            items, spilled = self._inbox.take(MAX_SAMPLES_PER_BATCH)
+            if not items and not spilled:
+                continue
+            received = time.time()
+            batch = [self._sample(h, dv, received) for h, dv in items]
+            batch.extend(self._sample(h, dv, received, spilled=True) for h, dv in spilled)
+            if spilled:
+                self._log_drops()
+            yield batch
+
+    def _log_drops(self) -> None:
+        if self._inbox.dropped != self._dropped_logged:
+            self._log.warning(
+                "notifications_dropped", dropped=self.dropped, queue_size=self._settings.queue_size
+            )
+            self._dropped_logged = self._inbox.dropped
+
+    def _check_alive(self) -> None:
+        client = self._client
+        if client is None:
+            raise NotConnected(f"{self.name}: not connected")
+        reason = self._inbox.failure
+        if reason is None and client.uaclient.state is not UaClientState.CONNECTED:
+            reason = f"client state {client.uaclient.state.value}"
+        if reason is None:
+            subscription = self._subscription
+            last = subscription.last_publish_at if subscription is not None else None
+            silent = time.monotonic() - max(last or 0.0, self._connected_at)
+            if silent > self._settings.watchdog_s:
+                reason = f"no notification or keep-alive for {silent:.1f}s"
+        if reason is not None:
+            self._inbox.fail(reason)
+            self._log.warning("link_lost", reason=reason)
+            raise ConnectorError(f"{self.name}: {reason}")
+
+    async def close(self) -> None:
+        """Delete the subscription and the session; bounded in time even if the server is gone."""
+        self._closed = True
+        client, subscription = self._client, self._subscription
+        self._client = self._subscription = None
+        if client is None:
+            return
+        self._inbox.fail("closed")
+        timeout = self._settings.timeout_s
+        alive = client.uaclient.state is UaClientState.CONNECTED
+        if subscription is not None and alive:
+            try:
+                async with asyncio.timeout(timeout):
+                    await subscription.delete()
+            except (TimeoutError, OSError, UaError) as exc:
+                self._log.debug("delete_subscription_failed", error=repr(exc))
+        try:
+            async with asyncio.timeout(timeout):
+                await client.disconnect()
+        except (TimeoutError, OSError, UaError) as exc:
+            self._log.debug("disconnect_failed", error=repr(exc))
+        finally:
+            # A timed-out disconnect can leave the socket open; drop it for sure.
+            client.disconnect_socket()
+        self._log.info("closed")
+
+
+def _address(tag: SourceTag) -> OpcUaAddress:
+    address = tag.address
+    if isinstance(address, OpcUaAddress):
+        return address
+    return OpcUaAddress.model_validate(address)

@@ -1,0 +1,98 @@
+"""The simulators' commands, added to the `bridge` CLI through the `bridge.commands` entry point:
+`bridge demo` and `bridge simulate plant|plc|mes`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Protocol
+
+import click
+
+from bridge.cli import run_async, until_stopped
+
+__all__ = ["demo", "simulate"]
+
+
+class _Simulator(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@click.command()
+@click.option("--duration", type=float, help="Stop after this many seconds.")
+@click.option(
+    "--mapping",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Demo mapping (default: mappings/demo.yaml of this repository).",
+)
+def demo(duration: float | None, mapping: Path | None) -> None:
+    """Simulated plant + PLC + MES and the gateway with the bundled model, all on 127.0.0.1."""
+    from simulators.demo import run_demo
+
+    run_async(lambda: run_demo(mapping, duration))
+
+
+@click.group()
+def simulate() -> None:
+    """Run one simulator on its own."""
+
+
+@simulate.command("plant")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=4840, show_default=True)
+@click.option("--pumps", default=8, show_default=True)
+@click.option("--faulty", default="3", show_default=True, help="Comma-separated pump numbers.")
+@click.option("--interval", default=0.1, show_default=True, help="Update interval, seconds.")
+@click.option("--duration", type=float)
+def simulate_plant(
+    host: str, port: int, pumps: int, faulty: str, interval: float, duration: float | None
+) -> None:
+    """OPC UA plant: pumps with physics, noise and a developing bearing fault."""
+    from simulators.plant.server import PlantSimulator
+
+    bad = tuple(int(x) for x in faulty.split(",") if x.strip())
+    sim = PlantSimulator(host=host, port=port, pumps=pumps, faulty=bad, update_interval_s=interval)
+    run_async(lambda: _serve(sim, f"plant on {sim.endpoint}", duration))
+
+
+@simulate.command("plc")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5020, show_default=True)
+@click.option("--duration", type=float)
+def simulate_plc(host: str, port: int, duration: float | None) -> None:
+    """Modbus TCP PLC serving values in several encodings."""
+    from simulators.plc.server import PlcSimulator
+
+    sim = PlcSimulator(host=host, port=port)
+    run_async(lambda: _serve(sim, f"PLC on {host}:{port}", duration))
+
+
+@simulate.command("mes")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8081, show_default=True)
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Append every call as a JSON line to this file.",
+)
+@click.option("--duration", type=float)
+def simulate_mes(host: str, port: int, log_path: Path | None, duration: float | None) -> None:
+    """MES receiver: records calls, counts duplicate Idempotency-Keys, fails on command."""
+    from simulators.mes.server import MesReceiver
+
+    sim = MesReceiver(host=host, port=port, log_path=log_path)
+    run_async(lambda: _serve(sim, f"MES receiver on {sim.url}", duration))
+
+
+async def _serve(sim: _Simulator, what: str, duration: float | None) -> None:
+    await sim.start()
+    click.echo(f"{what} (Ctrl+C to stop)")
+    try:
+        await until_stopped(duration, asyncio.Event())
+    finally:
+        await sim.stop()

@@ -1,0 +1,353 @@
+"""MES REST sink against a real MesReceiver on loopback; plus its pure payload/retry helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from support import free_port, wait_until
+
+from bridge import registry
+from bridge.types import InputSnapshot, Prediction, PredictionSlot, Quality, SinkContext
+from connectors.mes import MesSink, MesSinkSettings, prediction_to_json, register
+from connectors.mes.retry import backoff_delay, is_retryable_status, parse_retry_after
+from simulators.mes import MesReceiver
+
+GATEWAY = "gw-test"
+T0 = 1714564800.25  # 2024-05-01T12:00:00.250Z
+
+SinkFactory = Callable[..., MesSink]
+
+
+def prediction(asset: str, seq: int, value: str | float | None = "ok") -> Prediction:
+    pid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{GATEWAY}/{asset}/pump-health/{seq}"))
+    return Prediction(
+        id=pid,
+        seq=seq,
+        asset=asset,
+        model="pump-health",
+        version="1.2.0",
+        sha256="ab" * 32,
+        value=value,
+        score=0.875,
+        quality=Quality.GOOD,
+        timestamp=T0 + seq,
+        input_age_s=0.5,
+        inputs=(
+            InputSnapshot(f"{asset}.vibration", 4.5, Quality.GOOD, T0 + seq - 1),
+            InputSnapshot(f"{asset}.running", True, Quality.UNCERTAIN, None),
+        ),
+    )
+
+
+def context() -> SinkContext:
+    return SinkContext(GATEWAY, (PredictionSlot("p1", "pump-health", "1.2.0", "ab" * 32),))
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[MesReceiver]:
+    mes = MesReceiver(port=free_port())
+    await mes.start()
+    try:
+        yield mes
+    finally:
+        await mes.stop()
+
+
+@pytest.fixture
+async def make_sink() -> AsyncIterator[SinkFactory]:
+    sinks: list[MesSink] = []
+
+    def make(url: str, **overrides: Any) -> MesSink:
+        fields: dict[str, Any] = {
+            "url": url,
+            "initial_backoff_s": 0.02,
+            "max_backoff_s": 0.1,
+            "timeout_s": 2.0,
+            "drain_timeout_s": 1.0,
+            **overrides,
+        }
+        sink = MesSink("mes", MesSinkSettings(**fields), context())
+        sinks.append(sink)
+        return sink
+
+    try:
+        yield make
+    finally:
+        for sink in sinks:
+            await sink.close()
+
+
+def sink_tasks(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    """Tasks started since ``before``, leaving out the receiver's own request handlers."""
+    new = asyncio.all_tasks() - before - {asyncio.current_task()}
+    # A task's repr names the file its coroutine is running in.
+    return [t for t in new if "uvicorn" not in repr(t)]
+
+
+def events_url(mes: MesReceiver) -> str:
+    return f"{mes.url}/api/v1/events"
+
+
+def seqs_by_asset(mes: MesReceiver) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for call in mes.calls:
+        out.setdefault(call.body["asset"], []).append(call.body["seq"])
+    return out
+
+
+# -- pure helpers ------------------------------------------------------------------------------
+
+
+def test_payload_shape() -> None:
+    p = prediction("p1", 3, value=12.5)
+    body = prediction_to_json(p, GATEWAY)
+    assert body["id"] == p.id and body["seq"] == 3 and body["gateway_id"] == GATEWAY
+    assert (body["asset"], body["model"], body["version"]) == ("p1", "pump-health", "1.2.0")
+    assert body["sha256"] == "ab" * 32
+    assert (body["value"], body["score"], body["quality"]) == (12.5, 0.875, "Good")
+    assert body["timestamp"] == "2024-05-01T12:00:03.250Z"
+    assert body["inputs"] == [
+        {
+            "tag": "p1.vibration",
+            "value": 4.5,
+            "quality": "Good",
+            "source_time": "2024-05-01T12:00:02.250Z",
+        },
+        {"tag": "p1.running", "value": True, "quality": "Uncertain", "source_time": None},
+    ]
+    json.dumps(body, allow_nan=False)  # valid JSON as is
+
+
+def test_payload_replaces_non_finite_numbers() -> None:
+    p = prediction("p1", 1, value=math.nan)
+    body = prediction_to_json(p, GATEWAY)
+    assert body["value"] is None
+    json.dumps(body, allow_nan=False)
+
+
+def test_retry_classification_and_retry_after() -> None:
+    assert [s for s in (400, 401, 404, 408, 409, 422, 429, 500, 502, 503) if is_retryable_status(s)]
+    assert [is_retryable_status(s) for s in (400, 408, 422, 429, 500, 503)] == [
+        False,
+        True,
+        False,
+        True,
+        True,
+        True,
+    ]
+    now = 1_000_000.0
+    assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after(None, now) is None
+    assert parse_retry_after("soon", now) is None
+    date = "Mon, 12 Jan 1970 13:46:50 GMT"  # epoch 1_000_010
+    assert parse_retry_after(date, now) == pytest.approx(10.0)
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(n, 0.5, 8.0, rng) for n in range(1, 12)]
+    for n, d in enumerate(delays, start=1):
+        ceiling = min(8.0, 0.5 * 2 ** (n - 1))
+        assert ceiling / 2 <= d <= ceiling
+    assert backoff_delay(100_000, 0.5, 8.0, rng) <= 8.0
+
+
+def test_settings_reject_bad_url_and_unknown_keys() -> None:
+    with pytest.raises(ValidationError):
+        MesSinkSettings(url="ftp://127.0.0.1/x")
+    with pytest.raises(ValidationError):
+        MesSinkSettings.model_validate({"url": "http://127.0.0.1/x", "retries": 3})
+
+
+def test_register_adds_mes_rest_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_loaded", True)  # only this connector, not every plugin
+    monkeypatch.setattr(registry, "_sinks", {})
+    register()
+    kind = registry.sink_kinds()["mes-rest"]
+    assert kind.settings_model is MesSinkSettings
+    assert isinstance(
+        kind.factory("m", MesSinkSettings(url="http://127.0.0.1:1/"), context()), MesSink
+    )
+
+
+# -- against the receiver ----------------------------------------------------------------------
+
+
+async def test_events_arrive_with_payload_and_idempotency_key(
+    receiver: MesReceiver, make_sink: SinkFactory
+) -> None:
+    sink = make_sink(events_url(receiver), headers={"Authorization": "Bearer t0ken"})
+    await sink.start()
+    batch = [prediction("p1", 1), prediction("p2", 1), prediction("p1", 2, value=3.5)]
+    await sink.write(batch)
+    await wait_until(lambda: sink.health().counters["sent"] == 3, timeout=5, what="3 sent")
+
+    by_key = {c.idempotency_key: c for c in receiver.calls}
+    assert set(by_key) == {p.id for p in batch}
+    for p in batch:
+        assert by_key[p.id].body == prediction_to_json(p, GATEWAY)
+        assert by_key[p.id].body["id"] == p.id
+    health = sink.health()
+    assert health.state == "ok"
+    assert health.counters["sent"] == 3
+    assert health.counters["queue_depth"] == 0
+
+
+async def test_failing_mes_then_recovery_delivers_each_event_once_in_order(
+    receiver: MesReceiver, make_sink: SinkFactory
+) -> None:
+    sink = make_sink(events_url(receiver), concurrency=3)
+    await sink.start()
+    receiver.fail(500, count=6)
+    batch = [prediction(asset, seq) for seq in range(1, 9) for asset in ("p1", "p2", "p3")]
+    await sink.write(batch)
+    await wait_until(
+        lambda: sink.health().counters["sent"] == len(batch), timeout=10, what="all sent"
+    )
+
+    assert receiver.unique_keys == {p.id for p in batch}
+    assert len(receiver.calls) == len(batch)
+    assert receiver.duplicate_count == 0
+    assert seqs_by_asset(receiver) == {a: list(range(1, 9)) for a in ("p1", "p2", "p3")}
+    counters = sink.health().counters
+    assert counters["retries"] >= 6
+    assert counters["sent"] == len(batch)
+    assert sink.health().state == "ok"
+
+
+async def test_mes_down_then_started_loses_nothing(make_sink: SinkFactory) -> None:
+    mes = MesReceiver(port=free_port())  # not started: connection refused
+    sink = make_sink(events_url(mes), queue_size=100)
+    await sink.start()
+    batch = [prediction(asset, seq) for seq in range(1, 16) for asset in ("p1", "p2")]
+    await sink.write(batch)
+    await wait_until(lambda: sink.health().state == "degraded", timeout=5, what="degraded")
+    assert "ConnectError" in sink.health().detail
+    assert sink.health().counters["retries"] >= 1
+
+    await mes.start()
+    try:
+        await wait_until(
+            lambda: sink.health().counters["sent"] == len(batch), timeout=10, what="all sent"
+        )
+        assert seqs_by_asset(mes) == {"p1": list(range(1, 16)), "p2": list(range(1, 16))}
+        assert mes.duplicate_count == 0
+        assert sink.health().state == "ok"
+        assert sink.health().counters["dropped"] == 0
+    finally:
+        await mes.stop()
+
+
+async def test_rejected_event_is_counted_and_later_events_still_go(
+    receiver: MesReceiver, make_sink: SinkFactory
+) -> None:
+    sink = make_sink(events_url(receiver))
+    await sink.start()
+    receiver.fail(422, count=1)
+    first, second = prediction("p1", 1), prediction("p1", 2)
+    await sink.write([first, second])
+    await wait_until(lambda: sink.health().counters["sent"] == 1, timeout=5, what="second sent")
+
+    assert first.id not in receiver.unique_keys
+    counters = sink.health().counters
+    assert counters["rejected"] == 1
+    assert counters["retries"] == 0
+    assert counters["sent"] == 1
+
+
+async def test_full_queue_drops_oldest_and_counts(
+    receiver: MesReceiver, make_sink: SinkFactory
+) -> None:
+    sink = make_sink(events_url(receiver), queue_size=5)
+    batch = [prediction("p1" if i % 2 else "p2", i) for i in range(1, 9)]
+    await sink.write(batch)  # not started yet: everything waits in the queue
+    health = sink.health()
+    assert health.counters["dropped"] == 3
+    assert health.counters["queue_depth"] == 5
+
+    await sink.start()
+    await wait_until(lambda: len(receiver.calls) == 5, timeout=5, what="5 events")
+    assert receiver.unique_keys == {p.id for p in batch[3:]}
+
+
+async def test_retry_after_is_honoured_and_capped(
+    receiver: MesReceiver, make_sink: SinkFactory
+) -> None:
+    sink = make_sink(events_url(receiver), max_backoff_s=5.0)
+    await sink.start()
+    receiver.fail(503, count=1, retry_after=1)
+    started = time.monotonic()
+    await sink.write([prediction("p1", 1)])
+    await wait_until(lambda: len(receiver.calls) == 1, timeout=5, what="delivery")
+    assert time.monotonic() - started >= 0.9  # the backoff alone would be ~0.02 s
+
+    capped = make_sink(events_url(receiver), max_backoff_s=0.2)
+    await capped.start()
+    receiver.fail(429, count=1, retry_after=60)
+    started = time.monotonic()
+    await capped.write([prediction("p1", 2)])
+    await wait_until(lambda: len(receiver.calls) == 2, timeout=5, what="capped delivery")
+    assert time.monotonic() - started < 3
+
+
+async def test_lost_reply_is_resent_with_the_same_key(
+    receiver: MesReceiver, make_sink: SinkFactory
+) -> None:
+    sink = make_sink(events_url(receiver), timeout_s=0.3)
+    await sink.start()
+    receiver.set_delay(0.8)  # longer than the client timeout: the first reply is lost
+    p = prediction("p1", 1)
+    await sink.write([p])
+    await wait_until(lambda: sink.health().counters["retries"] >= 1, timeout=5, what="a retry")
+    receiver.set_delay(0)
+    await wait_until(lambda: sink.health().counters["sent"] == 1, timeout=5, what="sent")
+    await wait_until(lambda: receiver.duplicate_count >= 1, timeout=5, what="the duplicate")
+
+    assert receiver.unique_keys == {p.id}
+    assert len(receiver.calls) == 1
+    assert sink.health().counters["sent"] == 1
+
+
+async def test_write_returns_quickly_while_mes_hangs_and_close_is_clean(
+    receiver: MesReceiver, make_sink: SinkFactory
+) -> None:
+    before = asyncio.all_tasks()
+    sink = make_sink(events_url(receiver), timeout_s=10, drain_timeout_s=0.3)
+    await sink.start()
+    receiver.set_delay(10)
+    slowest = 0.0
+    for seq in range(200):
+        started = time.monotonic()
+        await sink.write([prediction(f"p{seq % 4}", seq)])
+        slowest = max(slowest, time.monotonic() - started)
+    assert slowest < 0.1  # in-memory only; generous for a loaded CI machine
+    await wait_until(lambda: sink.health().counters["in_flight"] == 4, timeout=5, what="4 POSTs")
+
+    started = time.monotonic()
+    await sink.close()
+    assert time.monotonic() - started < 2
+    assert sink.health().state == "stopped"
+    assert sink.health().counters["sent"] == 0
+    assert not sink_tasks(before)
+
+
+async def test_close_drains_queued_events(receiver: MesReceiver, make_sink: SinkFactory) -> None:
+    before = asyncio.all_tasks()
+    sink = make_sink(events_url(receiver), drain_timeout_s=5)
+    await sink.start()
+    batch = [prediction(f"p{i % 3}", i) for i in range(30)]
+    await sink.write(batch)
+    await sink.close()
+    assert receiver.unique_keys == {p.id for p in batch}
+    assert not sink_tasks(before)
+    with pytest.raises(Exception, match="closed"):
+        await sink.write([prediction("p1", 99)])

@@ -1,0 +1,223 @@
+"""OpcUaSource against the real plant simulator: samples, per-tag failures, link loss, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+import pytest_asyncio
+from support import free_port
+
+from bridge.errors import ConnectorError
+from bridge.types import Quality, SourceTag, TagSample
+from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
+from simulators.plant import PLANT_NAMESPACE, PlantSimulator
+from simulators.plant.physics import SIGNALS
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+PUMPS = 3
+
+
+def plant_tags(pumps: int = PUMPS) -> list[SourceTag]:
+    return [
+        SourceTag(
+            f"P{p}.{signal}",
+            OpcUaAddress.model_validate(f"nsu={PLANT_NAMESPACE};s=Pump{p:02d}.{signal}"),
+        )
+        for p in range(1, pumps + 1)
+        for signal in SIGNALS
+    ]
+
+
+def settings(endpoint: str, **kw: object) -> OpcUaSourceSettings:
+    return OpcUaSourceSettings.model_validate(
+        {"endpoint": endpoint, "timeout_s": 2, "watchdog_s": 3, **kw}
+    )
+
+
+async def collect(
+    source: OpcUaSource, until: set[str], within: float = 10.0
+) -> dict[str, TagSample]:
+    """Latest sample per tag until every tag in ``until`` was seen; bounded by ``within``."""
+    latest: dict[str, TagSample] = {}
+    async with asyncio.timeout(within):
+        async for batch in source.samples():
+            for sample in batch:
+                latest[sample.tag] = sample
+            if until <= latest.keys():
+                return latest
+    raise AssertionError("samples() ended early")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def plant() -> AsyncIterator[PlantSimulator]:
+    sim = PlantSimulator(port=free_port(), pumps=PUMPS, update_interval_s=0.1)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+async def test_all_tags_good_with_source_timestamps(plant: PlantSimulator) -> None:
+    tags = plant_tags()
+    source = OpcUaSource("plant", settings(plant.endpoint), tags)
+    await source.connect()
+    try:
+        first = await collect(source, {t.tag for t in tags})
+        assert all(s.quality is Quality.GOOD for s in first.values()), first
+        now = time.time()
+        for sample in first.values():
+            assert sample.source_time is not None and abs(sample.source_time - now) < 5
+            assert sample.server_time is not None
+        assert isinstance(first["P1.Running"].value, bool)
+        assert isinstance(first["P1.Vibration"].value, float)
+        # Values keep flowing: a later Speed sample carries a newer source timestamp.
+        t0 = first["P2.Speed"].source_time or 0.0
+        async with asyncio.timeout(5):
+            async for batch in source.samples():
+                newer = [s for s in batch if s.tag == "P2.Speed" and (s.source_time or 0) > t0]
+                if newer:
+                    break
+    finally:
+        await source.close()
+
+
+async def test_unknown_node_and_namespace_are_bad_others_good(plant: PlantSimulator) -> None:
+    tags = [
+        *plant_tags(1),
+        SourceTag("X.nope", OpcUaAddress(node=f"nsu={PLANT_NAMESPACE};s=Nope")),
+        SourceTag("X.other", OpcUaAddress(node="nsu=urn:not:on:this:server;s=Pump01.Speed")),
+    ]
+    source = OpcUaSource("plant", settings(plant.endpoint), tags)
+    await source.connect()
+    try:
+        seen = await collect(source, {t.tag for t in tags})
+        assert seen["X.nope"].quality is Quality.BAD
+        assert seen["X.nope"].reason == "BadNodeIdUnknown"
+        assert seen["X.other"].quality is Quality.BAD
+        assert "urn:not:on:this:server" in seen["X.other"].reason
+        good = [s for tag, s in seen.items() if not tag.startswith("X.")]
+        assert len(good) == len(SIGNALS)
+        assert all(s.quality is Quality.GOOD for s in good)
+    finally:
+        await source.close()
+
+
+async def test_full_queue_is_coalesced_counted_and_uncertain(plant: PlantSimulator) -> None:
+    tags = plant_tags()
+    source = OpcUaSource("plant", settings(plant.endpoint, queue_size=3), tags)
+    await source.connect()
+    try:
+        stream = source.samples()
+        await anext(stream)  # the initial read
+        await asyncio.sleep(1.0)  # a slow consumer: ~10 publishes pile up behind a 3-slot queue
+        assert source.dropped > 0
+        spilled: list[TagSample] = []
+        async with asyncio.timeout(5):
+            while not spilled:
+                batch: Sequence[TagSample] = await anext(stream)
+                spilled = [s for s in batch if s.quality is Quality.UNCERTAIN]
+        assert all("dropped" in s.reason for s in spilled)
+        assert all(s.value is not None for s in spilled)
+    finally:
+        await source.close()
+
+
+async def test_connect_to_nothing_raises_connector_error() -> None:
+    source = OpcUaSource("plant", settings(f"opc.tcp://127.0.0.1:{free_port()}"), plant_tags(1))
+    started = time.monotonic()
+    with pytest.raises(ConnectorError):
+        await source.connect()
+    assert time.monotonic() - started < 5
+    await source.close()
+
+
+async def test_server_stop_raises_close_is_bounded_and_restart_works() -> None:
+    sim = PlantSimulator(port=free_port(), pumps=1, update_interval_s=0.1)
+    await sim.start()
+    tags = plant_tags(1)
+    source = OpcUaSource("plant", settings(sim.endpoint), tags)
+    try:
+        await source.connect()
+        await collect(source, {t.tag for t in tags})
+
+        await sim.stop()
+        stopped = time.monotonic()
+        with pytest.raises(ConnectorError):
+            async with asyncio.timeout(10):
+                async for _ in source.samples():
+                    pass
+        assert time.monotonic() - stopped < 3.0
+
+        started = time.monotonic()
+        await source.close()
+        await source.close()  # idempotent
+        assert time.monotonic() - started < 3.0
+
+        await sim.start()  # same port, right after
+        await source.connect()
+        seen = await collect(source, {t.tag for t in tags})
+        assert all(s.quality is Quality.GOOD for s in seen.values())
+    finally:
+        await source.close()
+        await sim.stop()
+
+
+class FreezableProxy:
+    """A loopback TCP relay that can go silent without closing (a blackholed link)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.frozen = False
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if not self.frozen:
+                writer.write(data)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [writer, up_writer]
+        with contextlib.suppress(OSError):
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        for w in self._writers:
+            w.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_blackholed_link_raises_and_close_does_not_hang(plant: PlantSimulator) -> None:
+    proxy = FreezableProxy(plant.port)
+    await proxy.start()
+    tags = plant_tags(1)
+    source = OpcUaSource("plant", settings(f"opc.tcp://127.0.0.1:{proxy.port}"), tags)
+    try:
+        await source.connect()
+        await collect(source, {t.tag for t in tags})
+        proxy.frozen = True
+        frozen = time.monotonic()
+        with pytest.raises(ConnectorError):
+            async with asyncio.timeout(10):
+                async for _ in source.samples():
+                    pass
+        assert time.monotonic() - frozen < 4.0
+        started = time.monotonic()
+        await source.close()
+        assert time.monotonic() - started < 6.0  # two request timeouts at most, never a hang
+    finally:
+        await source.close()
+        await proxy.stop()

@@ -1,0 +1,204 @@
+"""Store repositories and StoreSink on a real SQLite file, and on PostgreSQL if a driver exists."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from bridge.errors import StoreError
+from bridge.store import (
+    ModelRepository,
+    PredictionRepository,
+    Store,
+    StoreSink,
+    open_store,
+)
+from bridge.types import InputSnapshot, Prediction, Quality
+
+PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
+T0 = 1714564800.0
+
+
+def _pg_skip_reason() -> str | None:
+    if importlib.util.find_spec("psycopg") is None:
+        return "PostgreSQL case needs the psycopg driver (pip install 'psycopg[binary]')"
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path / 'data' / 'bridge.db'}")
+        try:
+            yield s
+        finally:
+            s.dispose()
+        return
+    reason = _pg_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    # Each test gets its own schema, dropped afterwards, so nothing it creates is left behind.
+    schema = f"bridge_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    try:
+        try:
+            with admin.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        except Exception as exc:
+            pytest.skip(f"PostgreSQL at {PG_URL} not reachable: {exc}")
+        s = open_store(PG_URL, schema=schema)
+        try:
+            yield s
+        finally:
+            s.dispose()
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
+def pred(
+    asset: str, model: str, seq: int, ts: float, value: str | float | None = 1.0
+) -> Prediction:
+    return Prediction(
+        id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"gw/{asset}/{model}/{seq}")),
+        seq=seq,
+        asset=asset,
+        model=model,
+        version="1.0.0",
+        sha256="ef" * 32,
+        value=value,
+        score=0.25 * (seq % 4),
+        quality=Quality.GOOD if seq % 3 else Quality.UNCERTAIN,
+        timestamp=ts,
+        input_age_s=0.1 * seq,
+        inputs=(InputSnapshot(f"{asset}.temp", 20.0 + seq, Quality.GOOD, ts - 0.5),),
+    )
+
+
+def test_add_many_and_query_round_trip_newest_first(store: Store) -> None:
+    repo = PredictionRepository(store)
+    batch = [pred("p1", "health", i, T0 + i, value="ok" if i % 2 else 2.5 * i) for i in range(5)]
+    repo.add_many(batch)
+    got = repo.query(limit=100)
+    assert got == list(reversed(batch))
+
+
+def test_query_filters_and_limit(store: Store) -> None:
+    repo = PredictionRepository(store)
+    batch = [pred(a, "health", i, T0 + i) for i in range(10) for a in ("p1", "p2")]
+    repo.add_many(batch)
+
+    assert {p.asset for p in repo.query(asset="p2", limit=1000)} == {"p2"}
+    assert len(repo.query(asset="p2", limit=1000)) == 10
+    window = repo.query(asset="p1", since=T0 + 3, until=T0 + 6, limit=1000)
+    assert [p.seq for p in window] == [6, 5, 4, 3]  # inclusive, newest first
+    assert [p.seq for p in repo.query(asset="p1", since=T0 + 8, limit=1000)] == [9, 8]
+    assert [p.seq for p in repo.query(asset="p1", until=T0 + 1, limit=1000)] == [1, 0]
+    assert len(repo.query(limit=7)) == 7
+    assert repo.query(asset="nope", limit=10) == []
+
+
+def test_latest_per_asset_and_model(store: Store) -> None:
+    repo = PredictionRepository(store)
+    rows = [
+        pred("p1", "health", 1, T0 + 5),
+        pred("p1", "health", 2, T0 + 9),
+        pred("p1", "health", 3, T0 + 7),  # inserted later but older
+        pred("p1", "energy", 4, T0 + 1),
+        pred("p2", "health", 5, T0 + 2),
+        pred("p2", "health", 6, T0 + 3),
+    ]
+    repo.add_many(rows)
+    latest = repo.latest()
+    assert [(p.asset, p.model, p.seq) for p in latest] == [
+        ("p1", "energy", 4),
+        ("p1", "health", 2),
+        ("p2", "health", 6),
+    ]
+    assert [p.seq for p in repo.latest(asset="p2")] == [6]
+
+
+def test_add_many_skips_already_stored_predictions(store: Store) -> None:
+    repo = PredictionRepository(store)
+    first = [pred("p1", "health", i, T0 + i) for i in range(3)]
+    repo.add_many(first)
+    repo.add_many([*first, pred("p1", "health", 3, T0 + 3)])
+    assert [p.seq for p in repo.query(limit=100)] == [3, 2, 1, 0]
+
+
+def test_models_record_loaded_upserts(store: Store) -> None:
+    models = ModelRepository(store)
+    models.record_loaded("health", "1.0.0", "aa" * 32, "models/health.onnx")
+    models.record_loaded("energy", "2.0.0", "bb" * 32, "models/energy.onnx")
+    before = {m.name: m for m in models.list()}
+    models.record_loaded("health", "1.0.0", "aa" * 32, "models/v1/health.onnx")
+    after = models.list()
+    assert len(after) == 2
+    assert after[0].name == "health"  # most recently loaded first
+    assert after[0].path == "models/v1/health.onnx"
+    assert after[0].loaded_at >= before["health"].loaded_at
+
+
+def test_sqlite_runs_in_wal_mode_with_busy_timeout(tmp_path: Path) -> None:
+    db = tmp_path / "nested" / "dir" / "bridge.db"
+    s = open_store(f"sqlite:///{db}")
+    try:
+        with s.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+            assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 5000
+        assert db.exists()
+    finally:
+        s.dispose()
+
+
+def test_bad_url_is_a_store_error() -> None:
+    with pytest.raises(StoreError):
+        open_store("not a url")
+
+
+async def test_store_sink_writes_batches_and_drains_on_close(tmp_path: Path) -> None:
+    s = open_store(f"sqlite:///{tmp_path / 'sink.db'}")
+    before = asyncio.all_tasks()
+    sink = StoreSink(s, batch_size=50)
+    try:
+        await sink.start()
+        batch = [pred(f"p{i % 3}", "health", i, T0 + i) for i in range(230)]
+        for i in range(0, len(batch), 10):
+            await sink.write(batch[i : i + 10])
+        await sink.close()
+        stored = PredictionRepository(s).query(limit=1000)
+        assert len(stored) == 230
+        assert {p.id for p in stored} == {p.id for p in batch}
+        health = sink.health()
+        assert health.state == "stopped"
+        assert health.counters["written"] == 230
+        assert health.counters["batches"] >= 230 // 50
+        assert asyncio.all_tasks() - before - {asyncio.current_task()} == set()
+        with pytest.raises(StoreError):
+            await sink.write(batch[:1])
+    finally:
+        await sink.close()
+        s.dispose()
+
+
+async def test_store_sink_full_queue_drops_oldest(tmp_path: Path) -> None:
+    s = open_store(f"sqlite:///{tmp_path / 'sink.db'}")
+    sink = StoreSink(s, queue_size=4)
+    try:
+        batch = [pred("p1", "health", i, T0 + i) for i in range(7)]
+        await sink.write(batch)  # not started: all wait in the queue
+        assert sink.health().counters["dropped"] == 3
+        await sink.start()
+        await sink.close()
+        assert [p.seq for p in PredictionRepository(s).query(limit=100)] == [6, 5, 4, 3]
+    finally:
+        await sink.close()
+        s.dispose()

@@ -1,0 +1,92 @@
+"""OPC UA settings validation: addresses, security consistency, server settings."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from connectors.opcua import OpcUaAddress, OpcUaServerSettings, OpcUaSourceSettings
+
+
+def test_address_shorthand_and_full_form() -> None:
+    short = OpcUaAddress.model_validate("nsu=urn:bridge:sim:plant;s=Pump01.Speed")
+    full = OpcUaAddress.model_validate(
+        {"node": "nsu=urn:bridge:sim:plant;s=Pump01.Speed", "sampling_interval_ms": 50}
+    )
+    assert short.node == full.node
+    assert short.sampling_interval_ms is None and full.sampling_interval_ms == 50
+
+
+def test_address_with_namespace_index_names_the_fix() -> None:
+    with pytest.raises(ValidationError, match="use the namespace URI"):
+        OpcUaAddress.model_validate("ns=2;s=Pump01.Speed")
+
+
+def test_address_rejects_unknown_keys() -> None:
+    with pytest.raises(ValidationError):
+        OpcUaAddress.model_validate({"node": "nsu=urn:x;i=1", "ns": 2})
+
+
+def test_source_defaults() -> None:
+    s = OpcUaSourceSettings(endpoint="opc.tcp://127.0.0.1:4840")
+    assert (s.publishing_interval_ms, s.sampling_interval_ms, s.queue_size) == (100, 0, 10000)
+    assert (s.timeout_s, s.watchdog_s) == (4, 10)
+    assert s.security.policy == "None" and s.security.mode == "None"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"endpoint": "http://127.0.0.1:4840"},
+        {"endpoint": "opc.tcp://h:1", "security": {"policy": "Basic256Sha256", "mode": "None"}},
+        {"endpoint": "opc.tcp://h:1", "security": {"policy": "None", "mode": "Sign"}},
+        {"endpoint": "opc.tcp://h:1", "security": {"policy": "Basic256Sha256", "mode": "Sign"}},
+        {"endpoint": "opc.tcp://h:1", "security": {"policy": "Basic128Rsa15", "mode": "Sign"}},
+        {"endpoint": "opc.tcp://h:1", "password": "x"},
+        {"endpoint": "opc.tcp://h:1", "queue_size": 0},
+        {"endpoint": "opc.tcp://h:1", "kind": "opcua"},
+    ],
+)
+def test_invalid_source_settings(data: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        OpcUaSourceSettings.model_validate(data)
+
+
+def test_secured_source_with_certificate() -> None:
+    s = OpcUaSourceSettings.model_validate(
+        {
+            "endpoint": "opc.tcp://h:1",
+            "security": {
+                "policy": "Basic256Sha256",
+                "mode": "SignAndEncrypt",
+                "certificate": "client.der",
+                "private_key": "client.pem",
+            },
+            "username": "op",
+            "password": "pw",
+        }
+    )
+    assert s.security.mode == "SignAndEncrypt"
+
+
+def test_server_settings() -> None:
+    s = OpcUaServerSettings()
+    assert s.endpoint == "opc.tcp://127.0.0.1:4850" and s.security_policies == ["None"]
+    assert s.allow_anonymous is False
+    with pytest.raises(ValidationError, match="certificate"):
+        OpcUaServerSettings(security_policies=["Basic256Sha256_SignAndEncrypt"])
+    with pytest.raises(ValidationError):
+        OpcUaServerSettings.model_validate({"security_policies": ["Basic128Rsa15"]})
+    with pytest.raises(ValidationError, match="duplicate"):
+        OpcUaServerSettings.model_validate(
+            {"users": [{"username": "a", "password": "x"}, {"username": "a", "password": "y"}]}
+        )
+
+
+def test_register_adds_both_kinds() -> None:
+    from bridge import registry
+    from connectors.opcua import register
+
+    register()
+    assert registry._sources["opcua"].address_model is OpcUaAddress
+    assert registry._sinks["opcua-server"].settings_model is OpcUaServerSettings
