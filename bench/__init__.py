@@ -1,0 +1,1 @@
+"""Benchmarks: run on demand, print figures, write JSON to bench/results/. Never timed asserts."""
