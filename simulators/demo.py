@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import structlog
 
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, run_gateway
@@ -16,25 +16,55 @@ from simulators.mes.server import MesReceiver
 from simulators.plant.server import PlantSimulator
 from simulators.plc.server import PlcSimulator
 
-__all__ = ["DEFAULT_MAPPING", "run_demo"]
-
-log = structlog.get_logger(__name__)
+__all__ = ["DEFAULT_MAPPING", "DemoPorts", "run_demo"]
 
 DEFAULT_MAPPING = Path(__file__).resolve().parents[1] / "mappings" / "demo.yaml"
-MES_LOG = Path("var/demo/mes-calls.jsonl")
 STATUS_EVERY_S = 5.0
+PUMPS = 8
+FAULTY_PUMP = 3
 
 
-async def run_demo(mapping: Path | None, duration: float | None) -> None:
-    prepared = prepare(mapping or DEFAULT_MAPPING)
-    MES_LOG.parent.mkdir(parents=True, exist_ok=True)
-    plant = PlantSimulator(port=4840, pumps=8, faulty=(3,))
-    plc = PlcSimulator(port=5020)
-    mes = MesReceiver(port=8081, log_path=MES_LOG)
-    stop = asyncio.Event()
+@dataclass(frozen=True)
+class DemoPorts:
+    """The demo's ports; the demo mapping reads them from BRIDGE_DEMO_* variables."""
+
+    plant: int = 4840
+    plc: int = 5020
+    mes: int = 8081
+    api: int = 8000
+    hmi: int = 4850
+
+    def env(self, workdir: Path) -> dict[str, str]:
+        return {
+            "BRIDGE_DEMO_PLANT_PORT": str(self.plant),
+            "BRIDGE_DEMO_PLC_PORT": str(self.plc),
+            "BRIDGE_DEMO_MES_PORT": str(self.mes),
+            "BRIDGE_DEMO_API_PORT": str(self.api),
+            "BRIDGE_DEMO_HMI_PORT": str(self.hmi),
+            "BRIDGE_DEMO_STORE": f"sqlite:///{workdir / 'bridge.db'}",
+        }
+
+
+async def run_demo(
+    mapping: Path | None,
+    duration: float | None,
+    ports: DemoPorts = DemoPorts(),
+    workdir: Path = Path("var/demo"),
+    stop: asyncio.Event | None = None,
+    on_started: asyncio.Queue[tuple[Gateway, MesReceiver]] | None = None,
+) -> None:
+    """Run until ``duration`` passes, ``stop`` is set, or SIGINT/SIGTERM (when ``stop`` is None)."""
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    prepared = await asyncio.to_thread(prepare, mapping or DEFAULT_MAPPING, ports.env(workdir))
+    mes_log = workdir / "mes-calls.jsonl"
+    plant = PlantSimulator(port=ports.plant, pumps=PUMPS, faulty=(FAULTY_PUMP,))
+    plc = PlcSimulator(port=ports.plc)
+    mes = MesReceiver(port=ports.mes, log_path=mes_log)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
     if duration is not None:
         loop.call_later(duration, stop.set)
 
@@ -46,12 +76,14 @@ async def run_demo(mapping: Path | None, duration: float | None) -> None:
         gateway_task = asyncio.create_task(run_gateway(prepared, stop, started), name="gateway")
         getter = asyncio.create_task(started.get())
         await asyncio.wait({gateway_task, getter}, return_when=asyncio.FIRST_COMPLETED)
-        if gateway_task.done():
+        if not getter.done():
             getter.cancel()
             await gateway_task  # raises what went wrong at start-up
             return
         gateway = getter.result()
-        _banner(prepared.mapping.gateway.api.port, gateway)
+        _banner(ports, mes_log)
+        if on_started is not None:
+            on_started.put_nowait((gateway, mes))
         status = asyncio.create_task(_status(gateway, stop))
         try:
             await gateway_task
@@ -61,19 +93,22 @@ async def run_demo(mapping: Path | None, duration: float | None) -> None:
                 await status
     click.echo(
         f"demo stopped; MES receiver got {len(mes.calls)} calls "
-        f"({mes.duplicate_count} duplicate keys), log in {MES_LOG}"
+        f"({mes.duplicate_count} duplicate keys), log in {mes_log}",
+        err=True,
     )
 
 
-def _banner(api_port: int, gateway: Gateway) -> None:
-    api = f"http://127.0.0.1:{api_port}"
+def _banner(ports: DemoPorts, mes_log: Path) -> None:
+    api = f"http://127.0.0.1:{ports.api}"
     click.echo(
         "\nbridge demo is running (Ctrl+C to stop)\n"
         f"  REST API       {api}/docs   e.g. {api}/api/v1/predictions/latest\n"
-        "  OPC UA (HMI)   opc.tcp://127.0.0.1:4850   Objects/Predictions/<asset>/<model>/Value\n"
-        "  Plant (sim)    opc.tcp://127.0.0.1:4840   8 pumps, pump-03 develops a bearing fault\n"
-        "  PLC (sim)      modbus tcp 127.0.0.1:5020\n"
-        f"  MES receiver   http://127.0.0.1:8081/calls   log: {MES_LOG}\n",
+        f"  OPC UA (HMI)   opc.tcp://127.0.0.1:{ports.hmi}   "
+        "Objects/Predictions/<asset>/<model>/Value\n"
+        f"  Plant (sim)    opc.tcp://127.0.0.1:{ports.plant}   {PUMPS} pumps, "
+        f"pump-{FAULTY_PUMP:02d} develops a bearing fault\n"
+        f"  PLC (sim)      modbus tcp 127.0.0.1:{ports.plc}\n"
+        f"  MES receiver   http://127.0.0.1:{ports.mes}/calls   log: {mes_log}\n",
         err=True,
     )
 
