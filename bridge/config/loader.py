@@ -281,6 +281,7 @@ def _resolve_models(
             labels=tuple(m.labels) if m.labels else None,
             period_s=m.period_s,
             window_s=m.window_s,
+            min_window_s=m.window_s / 2 if m.min_window_s is None else m.min_window_s,
             max_samples=m.max_samples,
         )
     return out

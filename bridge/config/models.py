@@ -171,6 +171,13 @@ class ModelConfig(Strict):
         gt=0,
         description="Features are computed over the last window_s seconds of Good samples.",
     )
+    min_window_s: float | None = Field(
+        None,
+        ge=0,
+        description="Run the model only once its inputs have this much history "
+        "(models trained on full windows misjudge a few samples); until then the prediction "
+        "is Bad, 'warming up'. Default: half of window_s.",
+    )
     max_samples: int = Field(2048, ge=8, description="Samples kept per input tag for the window.")
 
     @model_validator(mode="after")
@@ -179,6 +186,8 @@ class ModelConfig(Strict):
             raise ValueError(
                 "say which assets the model serves: `assets: [...]` or `template: ...`"
             )
+        if self.min_window_s is not None and self.min_window_s > self.window_s:
+            raise ValueError("min_window_s cannot be longer than window_s")
         return self
 
 

@@ -54,6 +54,7 @@ class ResolvedModel:
     labels: tuple[str, ...] | None
     period_s: float
     window_s: float
+    min_window_s: float
     max_samples: int
 
 

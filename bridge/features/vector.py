@@ -7,7 +7,7 @@ asset (no inference, a Bad prediction saying why); Uncertain inputs make an Unce
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,7 +71,7 @@ def build_batch(
         if quality is Quality.BAD:
             blocked.append(AssetRow(asset, quality, reason, inputs, age))
             continue
-        row, missing = _row(model, states, start)
+        row, missing = _row(model, states, start, now)
         if missing:
             blocked.append(AssetRow(asset, Quality.BAD, missing, inputs, age))
             continue
@@ -105,13 +105,22 @@ def _inputs(
 
 
 def _row(
-    model: ResolvedModel, states: dict[str, WindowedTag], start: float
+    model: ResolvedModel, states: dict[str, WindowedTag], start: float, now: float
 ) -> tuple[list[float], str]:
     row: list[float] = []
     for feature in model.features:
         ring = states[feature.tag].ring
         if ring is None:
             return [], f"{feature.tag}: no window kept"
+        oldest = ring.oldest()
+        if oldest is None:
+            return [], f"{feature.tag}: no Good samples yet"
+        history = now - oldest
+        if history < model.min_window_s:
+            return [], (
+                f"warming up: {feature.tag} has {history:.1f} s of history, "
+                f"the model needs {model.min_window_s:g} s"
+            )
         t, v = ring.since(start)
         if len(v) == 0:
             return [], f"{feature.tag}: no Good samples in the last {model.window_s:g} s"
@@ -120,7 +129,3 @@ def _row(
             return [], f"{feature.name} is not a finite number"
         row.append(value)
     return row, ""
-
-
-def feature_names(model: ResolvedModel) -> Sequence[str]:
-    return [f.name for f in model.features]

@@ -35,6 +35,12 @@ class Ring:
         self._head = 0
         self._n = 0
 
+    def oldest(self) -> float | None:
+        """Time of the oldest sample kept, or None when empty."""
+        if self._n == 0:
+            return None
+        return float(self._t[0] if self._n < self.capacity else self._t[self._head])
+
     def since(self, start: float) -> tuple[F64, F64]:
         """Samples with time >= ``start``, oldest first."""
         t, v = self._ordered()

@@ -105,15 +105,26 @@ class ModelRunner:
         return str(uuid.uuid5(PREDICTION_NS, key)), seq
 
     def _made(self, row: AssetRow, result: BatchResult, i: int, now: float) -> Prediction:
-        value: str | float | None
+        value: str | float | None = None
         if result.labels is not None:
             index = int(result.labels[i])
             value = self.labels[index] if 0 <= index < len(self.labels) else str(index)
         elif result.values is not None:
             value = float(result.values[i])
-        else:
-            value = None
         score = float(result.scores[i]) if result.scores is not None else None
+        return self._prediction(row, now, value, score, row.quality)
+
+    def _blocked(self, row: AssetRow, now: float) -> Prediction:
+        return self._prediction(row, now, None, None, Quality.BAD)
+
+    def _prediction(
+        self,
+        row: AssetRow,
+        now: float,
+        value: str | float | None,
+        score: float | None,
+        quality: Quality,
+    ) -> Prediction:
         pid, seq = self._next_id(row.asset)
         return Prediction(
             id=pid,
@@ -124,25 +135,7 @@ class ModelRunner:
             sha256=self.loaded.sha256,
             value=value,
             score=score,
-            quality=row.quality,
-            timestamp=now,
-            input_age_s=row.input_age_s,
-            inputs=row.inputs,
-            reason=row.reason,
-        )
-
-    def _blocked(self, row: AssetRow, now: float) -> Prediction:
-        pid, seq = self._next_id(row.asset)
-        return Prediction(
-            id=pid,
-            seq=seq,
-            asset=row.asset,
-            model=self.model.name,
-            version=self.model.version,
-            sha256=self.loaded.sha256,
-            value=None,
-            score=None,
-            quality=Quality.BAD,
+            quality=quality,
             timestamp=now,
             input_age_s=row.input_age_s,
             inputs=row.inputs,

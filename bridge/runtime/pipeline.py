@@ -10,7 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
@@ -47,7 +47,6 @@ class Gateway:
     supervisors: list[SourceSupervisor]
     sinks: list[Sink]
     api: ApiServer | None
-    started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def run_gateway(
@@ -155,7 +154,6 @@ async def run_gateway(
             sinks=len(sinks),
             api=api.url if api else None,
         )
-        gateway.started.set()
         if on_started is not None:
             on_started.put_nowait(gateway)
         await stop.wait()

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from connectors.opcua.convert import parse_nsu
+
+
+def _opc_tcp(value: str) -> str:
+    if not value.startswith("opc.tcp://"):
+        raise ValueError("endpoint must start with opc.tcp://")
+    return value
+
+
+OpcTcpUrl = Annotated[str, AfterValidator(_opc_tcp)]
 
 __all__ = ["OpcUaAddress", "OpcUaSourceSettings", "SecuritySettings"]
 
@@ -53,7 +69,7 @@ class OpcUaSourceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    endpoint: str = Field(description="Server endpoint URL, e.g. opc.tcp://plc.local:4840.")
+    endpoint: OpcTcpUrl = Field(description="Server endpoint URL, e.g. opc.tcp://plc.local:4840.")
     security: SecuritySettings = Field(
         default_factory=SecuritySettings, description="Secure channel settings."
     )
@@ -80,13 +96,6 @@ class OpcUaSourceSettings(BaseModel):
         gt=0,
         description="No notification and no keep-alive for this long: the subscription is dead.",
     )
-
-    @field_validator("endpoint")
-    @classmethod
-    def _opc_tcp(cls, value: str) -> str:
-        if not value.startswith("opc.tcp://"):
-            raise ValueError("endpoint must start with opc.tcp://")
-        return value
 
     @model_validator(mode="after")
     def _user_pair(self) -> Self:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from connectors.opcua.config import OpcTcpUrl
 
 __all__ = ["OpcUaServerSettings", "OpcUaServerUser", "ServerSecurityPolicy"]
 
@@ -39,7 +41,7 @@ class OpcUaServerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    endpoint: str = Field(
+    endpoint: OpcTcpUrl = Field(
         "opc.tcp://127.0.0.1:4850",
         description="Endpoint URL; the server binds only to this host and port.",
     )
@@ -64,13 +66,6 @@ class OpcUaServerSettings(BaseModel):
     server_name: str = Field(
         "bridge", min_length=1, description="Application name shown to clients."
     )
-
-    @field_validator("endpoint")
-    @classmethod
-    def _opc_tcp(cls, value: str) -> str:
-        if not value.startswith("opc.tcp://"):
-            raise ValueError("endpoint must start with opc.tcp://")
-        return value
 
     @model_validator(mode="after")
     def _certificates(self) -> Self:

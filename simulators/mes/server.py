@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import structlog
@@ -23,6 +22,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from simulators.service import Service
 
 __all__ = ["MesReceiver", "ReceivedCall", "serve_forever"]
 
@@ -47,7 +48,7 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-class MesReceiver:
+class MesReceiver(Service):
     """``async with MesReceiver(port=free_port()) as mes: ... mes.calls ...``"""
 
     def __init__(
@@ -163,18 +164,6 @@ class MesReceiver:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-
-    async def __aenter__(self) -> MesReceiver:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- HTTP ------------------------------------------------------------------------------
 

@@ -12,8 +12,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 
 import structlog
 from asyncua import ua
@@ -21,6 +20,7 @@ from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
 
 from simulators.plant.physics import SIGNALS, FaultPlan, PumpState
+from simulators.service import Service
 
 __all__ = ["OTHER_NAMESPACE", "PLANT_NAMESPACE", "PlantSimulator", "serve_forever"]
 
@@ -58,7 +58,7 @@ class _AnonymousReader(UserManager):
         return User(role=UserRole.User)
 
 
-class PlantSimulator:
+class PlantSimulator(Service):
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -92,18 +92,6 @@ class PlantSimulator:
     @property
     def running(self) -> bool:
         return self._server is not None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         if self._server is not None:

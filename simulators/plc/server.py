@@ -13,7 +13,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
 import structlog
 from pymodbus.pdu import ModbusPDU
@@ -21,6 +20,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.plc.register_map import REGISTER_MAP, Signal
+from simulators.service import Service
 
 __all__ = ["PlcSimulator", "RequestRecord", "serve_forever"]
 
@@ -55,7 +55,7 @@ def _build_device(unit: int, signals: Sequence[Signal], t: float) -> SimDevice:
     return SimDevice(id=unit, simdata=tables)
 
 
-class PlcSimulator:
+class PlcSimulator(Service):
     """Serves ``REGISTER_MAP`` on ``host:port`` for unit ``unit``; stoppable and restartable.
 
     Simulator time ``t`` counts seconds from construction (a restart keeps counting). The
@@ -182,18 +182,6 @@ class PlcSimulator:
                 RequestRecord(pdu.function_code, pdu.address, pdu.count, pdu.dev_id)
             )
         return pdu
-
-    async def __aenter__(self) -> PlcSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 async def serve_forever(

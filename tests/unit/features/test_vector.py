@@ -40,6 +40,7 @@ def model(assets: tuple[str, ...] = ("a", "b")) -> ResolvedModel:
         labels=None,
         period_s=1.0,
         window_s=10.0,
+        min_window_s=3.0,
         max_samples=64,
     )
 
@@ -106,4 +107,21 @@ def test_uncertain_input_gives_an_uncertain_row() -> None:
 def test_no_samples_in_window_blocks() -> None:
     empty = State()
     batch = build_batch(model(("a",)), {"a.x": empty, "a.y": filled([1.0])}.__getitem__, NOW)
-    assert not batch.runnable and "no Good samples" in batch.blocked[0].reason
+    assert not batch.runnable and "x: no Good samples yet" in batch.blocked[0].reason
+    # Samples that all fell out of the window: the history is there, the window is empty.
+    old = filled([1.0, 2.0], start=NOW - 30.0)
+    batch = build_batch(model(("a",)), {"a.x": old, "a.y": filled([1.0])}.__getitem__, NOW)
+    assert "x: no Good samples in the last 10 s" in batch.blocked[0].reason
+
+
+def test_short_history_is_warming_up_not_a_prediction() -> None:
+    # 1.5 s of samples: a slope over so little data is mostly noise, so the model waits.
+    young = {"a.x": filled([1.0, 5.0], start=NOW - 1.5), "a.y": filled([1.0])}
+    batch = build_batch(model(("a",)), young.__getitem__, NOW)
+    assert not batch.runnable
+    assert "warming up: x has 1.5 s of history, the model needs 3 s" in batch.blocked[0].reason
+    # Old samples before the window count as history: a full window is never warming up.
+    seasoned = filled([1.0], start=NOW - 60.0)
+    seasoned.ring.append(NOW - 1.0, 2.0)  # type: ignore[union-attr]
+    batch = build_batch(model(("a",)), {"a.x": seasoned, "a.y": filled([1.0])}.__getitem__, NOW)
+    assert [r.asset for r in batch.runnable] == ["a"]

@@ -30,3 +30,11 @@ def test_clear() -> None:
     ring.append(1.0, 1.0)
     ring.clear()
     assert len(ring) == 0 and ring.since(0.0)[0].size == 0
+
+
+def test_oldest_follows_the_ring() -> None:
+    ring = Ring(3)
+    assert ring.oldest() is None
+    for i in range(5):
+        ring.append(float(i), 0.0)
+    assert ring.oldest() == 2.0
