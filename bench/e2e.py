@@ -55,7 +55,8 @@ models:
     features: [{{tag: x, stat: last}}]
     outputs: {{value: value}}
 outputs:
-  hmi: {{kind: opcua-server, endpoint: "opc.tcp://127.0.0.1:{hmi}", allow_anonymous: true}}
+  hmi: {{kind: opcua-server, endpoint: "opc.tcp://127.0.0.1:{hmi}", allow_anonymous: true,
+        security_policies: ["None"]}}
 """
 
 PLANT_MAPPING = """

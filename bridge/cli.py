@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from bridge.apikeys_cli import apikeys
 from bridge.errors import BridgeError, ConfigError
 from bridge.logging import configure_logging
 
@@ -38,7 +39,7 @@ def _print_issues(err: ConfigError) -> None:
 
 
 # Commands that only check or print: their output is the answer, info logs would be noise.
-QUIET_COMMANDS = {"validate", "schema"}
+QUIET_COMMANDS = {"validate", "schema", "apikeys", "verify"}
 
 
 @click.group()
@@ -137,4 +138,5 @@ def _add_plugin_commands() -> None:
         main.add_command(ep.load(), ep.name)
 
 
+main.add_command(apikeys)
 _add_plugin_commands()

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import click
 
+from bridge.auth import Scope
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, run_gateway
+from bridge.store.apikeys import ApiKeyRepository
+from bridge.store.db import open_store
 from simulators.mes.server import MesReceiver
 from simulators.plant.server import PlantSimulator
 from simulators.plc.server import PlcSimulator
 
-__all__ = ["DEFAULT_MAPPING", "DemoPorts", "run_demo"]
+__all__ = ["DEFAULT_MAPPING", "DemoPorts", "demo_api_key", "run_demo"]
 
 DEFAULT_MAPPING = Path(__file__).resolve().parents[1] / "mappings" / "demo.yaml"
 STATUS_EVERY_S = 5.0
@@ -56,6 +59,7 @@ async def run_demo(
     """Run until ``duration`` passes, ``stop`` is set, or SIGINT/SIGTERM (when ``stop`` is None)."""
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     prepared = await asyncio.to_thread(prepare, mapping or DEFAULT_MAPPING, ports.env(workdir))
+    api_key = await asyncio.to_thread(demo_api_key, prepared.mapping.gateway.store, workdir)
     mes_log = workdir / "mes-calls.jsonl"
     plant = PlantSimulator(port=ports.plant, pumps=PUMPS, faulty=(FAULTY_PUMP,))
     plc = PlcSimulator(port=ports.plc)
@@ -81,7 +85,7 @@ async def run_demo(
             await gateway_task  # raises what went wrong at start-up
             return
         gateway = getter.result()
-        _banner(ports, mes_log)
+        _banner(ports, mes_log, api_key)
         if on_started is not None:
             on_started.put_nowait((gateway, mes))
         status = asyncio.create_task(_status(gateway, stop))
@@ -98,11 +102,34 @@ async def run_demo(
     )
 
 
-def _banner(ports: DemoPorts, mes_log: Path) -> None:
+def demo_api_key(store_url: str, workdir: Path) -> str:
+    """The demo's read-only API key, kept in ``workdir/api-key`` and reused while it is valid.
+
+    The store keeps only hashes, so the file is the one place the key can be read again.
+    """
+    key_file = workdir / "api-key"
+    store = open_store(store_url)
+    try:
+        keys = ApiKeyRepository(store)
+        if key_file.exists():
+            key = key_file.read_text(encoding="utf-8").strip()
+            if keys.authenticate(key) is not None:
+                return key
+        _, key = keys.create("demo", Scope.READ)
+    finally:
+        store.dispose()
+    key_file.touch(mode=0o600)
+    key_file.write_text(key + "\n", encoding="utf-8")
+    return key
+
+
+def _banner(ports: DemoPorts, mes_log: Path, api_key: str) -> None:
     api = f"http://127.0.0.1:{ports.api}"
     click.echo(
         "\nbridge demo is running (Ctrl+C to stop)\n"
         f"  REST API       {api}/docs   e.g. {api}/api/v1/predictions/latest\n"
+        f"  API key (read) {api_key}   (also in {mes_log.parent / 'api-key'}; "
+        "send it as `Authorization: Bearer <key>`)\n"
         f"  OPC UA (HMI)   opc.tcp://127.0.0.1:{ports.hmi}   "
         "Objects/Predictions/<asset>/<model>/Value\n"
         f"  Plant (sim)    opc.tcp://127.0.0.1:{ports.plant}   {PUMPS} pumps, "

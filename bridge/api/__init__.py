@@ -1,4 +1,5 @@
-"""Read-only REST API of the gateway (FastAPI)."""
+"""REST API of the gateway (FastAPI): read endpoints, alerts, API keys; every operation but
+health needs an API key."""
 
 from __future__ import annotations
 

@@ -6,10 +6,18 @@ import structlog
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from bridge.errors import StoreError
-from bridge.store.repository import PredictionRepository
+from bridge.store.alerts import AlertRepository
+from bridge.store.apikeys import ApiKeyRepository
+from bridge.store.db import Store
+from bridge.store.history import PredictionHistory
 
+from .alerts import build_alert_router
+from .auth import KeyCache
+from .keys import build_key_router
+from .methods import method_not_allowed
 from .routes import build_router
 from .view import GatewayView
 
@@ -21,8 +29,11 @@ log = structlog.get_logger(__name__)
 def _describe(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "path", "body"))
-        parts.append(f"{where or 'request'}: {error.get('msg', 'invalid')}")
+        loc = tuple(error.get("loc", ()))
+        where = ".".join(str(p) for p in loc if p not in ("query", "path", "body"))
+        # A body that is wrong as a whole (not an object, no JSON) has only ("body",) as loc.
+        where = where or (str(loc[0]) if loc else "request")
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
 
 
@@ -40,15 +51,21 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_app(view: GatewayView, predictions: PredictionRepository) -> FastAPI:
+def create_app(view: GatewayView, store: Store) -> FastAPI:
+    """Every operation but health needs an API key (see bridge.api.auth)."""
     app = FastAPI(
         title="bridge gateway",
-        summary="Tags, predictions, models and health of one edge gateway (read-only).",
+        summary="Tags, predictions, models, alerts and health of one edge gateway.",
         version="1",
     )
     app.state.view = view
-    app.state.predictions = predictions
+    app.state.history = PredictionHistory(store)
+    app.state.key_cache = KeyCache(ApiKeyRepository(store))
+    app.state.alerts = AlertRepository(store)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(HTTPException, method_not_allowed)
     app.include_router(build_router())
+    app.include_router(build_alert_router())
+    app.include_router(build_key_router())
     return app

@@ -8,18 +8,27 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 
-from bridge.store.repository import PredictionRepository
+from bridge.auth import Scope
+from bridge.store.history import PredictionHistory
 
-from .schemas import ErrorOut, HealthOut, ModelOut, PredictionOut, TagOut
-from .timeparse import parse_time
+from .auth import secured
+from .cursor import HISTORY_CURSOR_PATTERN, decode_history, encode_history
+from .params import MAX_LIMIT, Since, Until, time_range
+from .schemas import HealthOut, ModelOut, PredictionOut, TagOut
 from .view import GatewayView
 
 __all__ = ["build_router"]
 
-MAX_LIMIT = 1000
-
-_ERRORS: dict[int | str, dict[str, object]] = {
-    422: {"model": ErrorOut, "description": "Invalid query parameter"},
+NEXT_CURSOR_HEADER = "X-Next-Cursor"
+_PAGE_HEADERS = {
+    NEXT_CURSOR_HEADER: {
+        "description": "Cursor of the next page (pass it as `cursor`); absent on the last page.",
+        "schema": {"type": "string"},
+    },
+    "Link": {
+        "description": 'URL of the next page, `<...>; rel="next"`; absent on the last page.',
+        "schema": {"type": "string"},
+    },
 }
 
 
@@ -28,29 +37,23 @@ def _view(request: Request) -> GatewayView:
     return view
 
 
-def _predictions(request: Request) -> PredictionRepository:
-    repo: PredictionRepository = request.app.state.predictions
-    return repo
+def _history(request: Request) -> PredictionHistory:
+    history: PredictionHistory = request.app.state.history
+    return history
 
 
 View = Annotated[GatewayView, Depends(_view)]
-Predictions = Annotated[PredictionRepository, Depends(_predictions)]
-AssetFilter = Annotated[str | None, Query(description="Only this asset.", min_length=1)]
-
-
-def _time_param(name: str, value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except ValueError as exc:
-        raise HTTPException(422, f"{name}: {exc}") from exc
+History = Annotated[PredictionHistory, Depends(_history)]
+AssetFilter = Annotated[
+    str | None, Query(description="Only this asset.", min_length=1, max_length=200)
+]
 
 
 def build_router() -> APIRouter:
     # Handlers that read the view are async on purpose: they run on the event loop that owns
     # the live state, never in FastAPI's thread pool where they would race with it.
     router = APIRouter(prefix="/api/v1")
+    read = secured(Scope.READ)
 
     @router.get(
         "/health",
@@ -68,7 +71,7 @@ def build_router() -> APIRouter:
         "/tags",
         response_model=list[TagOut],
         summary="Current value of every tag",
-        responses=_ERRORS,
+        **read,
     )
     async def tags(view: View, asset: AssetFilter = None) -> list[TagOut]:
         now = time.time()
@@ -82,7 +85,7 @@ def build_router() -> APIRouter:
         "/predictions/latest",
         response_model=list[PredictionOut],
         summary="Latest prediction of every asset and model",
-        responses=_ERRORS,
+        **read,
     )
     async def latest_predictions(view: View, asset: AssetFilter = None) -> list[PredictionOut]:
         return [
@@ -91,32 +94,48 @@ def build_router() -> APIRouter:
             if asset is None or p.asset == asset
         ]
 
+    history_route = secured(Scope.READ)
+    history_route["responses"][200] = {"description": "One page", "headers": _PAGE_HEADERS}
+
     @router.get(
         "/predictions",
         response_model=list[PredictionOut],
-        summary="Stored predictions, newest first",
-        responses=_ERRORS,
+        summary="Stored predictions, newest first, one page at a time",
+        description="The next page's cursor is in the `X-Next-Cursor` and `Link` headers.",
+        **history_route,
     )
     async def predictions(
-        repo: Predictions,
+        history: History,
+        request: Request,
+        response: Response,
         asset: AssetFilter = None,
-        since: Annotated[
-            str | None, Query(description="From this time (inclusive): ISO 8601 or epoch seconds.")
-        ] = None,
-        until: Annotated[
-            str | None, Query(description="Up to this time (inclusive): ISO 8601 or epoch seconds.")
-        ] = None,
+        since: Since = None,
+        until: Until = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="At most this many.")] = 100,
+        cursor: Annotated[
+            str | None,
+            Query(
+                pattern=HISTORY_CURSOR_PATTERN,
+                description="`X-Next-Cursor` of the previous page.",
+            ),
+        ] = None,
     ) -> list[PredictionOut]:
-        since_ts = _time_param("since", since)
-        until_ts = _time_param("until", until)
-        if since_ts is not None and until_ts is not None and since_ts > until_ts:
-            raise HTTPException(422, "since is after until")
+        since_ts, until_ts = time_range(since, until)
+        try:
+            after = None if cursor is None else decode_history(cursor)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
         # The query is blocking database I/O: keep it off the event loop.
-        rows = await asyncio.to_thread(repo.query, asset, since_ts, until_ts, limit)
-        return [PredictionOut.of(p) for p in rows]
+        page = await asyncio.to_thread(history.page, asset, since_ts, until_ts, limit, after)
+        if page.next_key is not None:
+            # A header, not an envelope, keeps the body the plain list older clients expect.
+            token = encode_history(page.next_key)
+            response.headers[NEXT_CURSOR_HEADER] = token
+            next_url = request.url.include_query_params(cursor=token)
+            response.headers["Link"] = f'<{next_url}>; rel="next"'
+        return [PredictionOut.of(p) for p in page.items]
 
-    @router.get("/models", response_model=list[ModelOut], summary="Loaded models")
+    @router.get("/models", response_model=list[ModelOut], summary="Loaded models", **read)
     async def models(view: View) -> list[ModelOut]:
         return [ModelOut.of(m) for m in sorted(view.models(), key=lambda m: (m.name, m.version))]
 

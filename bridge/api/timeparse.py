@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-__all__ = ["epoch_to_datetime", "parse_time"]
+__all__ = ["MAX_EPOCH_S", "epoch_to_datetime", "parse_time"]
+
+MAX_EPOCH_S = 1e11  # year 5138: anything larger is a mistake (milliseconds, not seconds)
 
 
 def epoch_to_datetime(ts: float | None) -> datetime | None:
@@ -26,8 +28,10 @@ def parse_time(text: str) -> float:
     except ValueError:
         pass
     else:
-        if not math.isfinite(number):
-            raise ValueError(f"{text!r} is not a finite number of seconds")
+        if not 0 <= number <= MAX_EPOCH_S:
+            raise ValueError(
+                f"{text!r} is not a finite number of seconds from 0 to {MAX_EPOCH_S:.0e}"
+            )
         return number
     try:
         moment = datetime.fromisoformat(raw.replace("z", "Z"))

@@ -14,11 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "ApiSettings",
     "AssetConfig",
+    "DurabilitySettings",
     "FeatureConfig",
     "GatewaySettings",
     "MappingFile",
     "ModelConfig",
     "ModelOutputs",
+    "OutboxSettings",
     "Stat",
     "TagConfig",
     "TemplateConfig",
@@ -41,6 +43,62 @@ class ApiSettings(Strict):
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the REST API.")
 
 
+class DurabilitySettings(Strict):
+    profile: Literal["default", "production"] = Field(
+        "default",
+        description="`production` refuses any store setting that can lose a commit on power "
+        "loss: SQLite must use synchronous FULL, PostgreSQL synchronous_commit=on and fsync=on.",
+    )
+    sqlite_synchronous: Literal["NORMAL", "FULL"] | None = Field(
+        None,
+        description="SQLite `PRAGMA synchronous` (the store always runs in WAL mode). NORMAL "
+        "survives process crashes but may lose the last commits on power loss; FULL does not. "
+        "Default: FULL with the production profile, else NORMAL.",
+    )
+
+    @model_validator(mode="after")
+    def _production_is_full(self) -> DurabilitySettings:
+        if self.profile == "production" and self.sqlite_synchronous == "NORMAL":
+            raise ValueError("the production profile requires sqlite_synchronous: FULL")
+        return self
+
+    @property
+    def synchronous(self) -> Literal["NORMAL", "FULL"]:
+        if self.sqlite_synchronous is not None:
+            return self.sqlite_synchronous
+        return "FULL" if self.profile == "production" else "NORMAL"
+
+
+class OutboxSettings(Strict):
+    max_pending: int = Field(
+        2_000_000,
+        ge=1,
+        description="Events kept per durable destination (e.g. mes-rest) while it is down or "
+        "slow; what happens beyond is `when_full`.",
+    )
+    when_full: Literal["refuse-new", "drop-oldest"] = Field(
+        "refuse-new",
+        description="A full outbox refuses new events (the history keeps them) or drops the "
+        "oldest pending ones; either way it is counted, logged and shown in health.",
+    )
+    dead_letter_after: int = Field(
+        3,
+        ge=1,
+        description="Rejections (a non-retryable 4xx) after which an event moves to the dead "
+        "letters, so the asset's later events flow; `bridge outbox replay` sends it again.",
+    )
+    reject_retry_s: float = Field(
+        1.0, ge=0, description="Wait before sending a rejected event again (below the limit)."
+    )
+    batch_size: int = Field(
+        500,
+        ge=1,
+        le=10000,
+        description="Events (one per asset) a relay claims per round; they are sent in "
+        "parallel up to the destination's concurrency.",
+    )
+
+
 class GatewaySettings(Strict):
     id: Name = Field(
         "bridge", description="This gateway's id; part of every event's idempotency key."
@@ -51,6 +109,14 @@ class GatewaySettings(Strict):
         "A relative SQLite path is relative to the directory bridge is started in.",
     )
     api: ApiSettings = Field(default_factory=ApiSettings, description="The REST API.")
+    durability: DurabilitySettings = Field(
+        default_factory=DurabilitySettings,
+        description="How hard the store holds on to a commit (profile, SQLite synchronous).",
+    )
+    outbox: OutboxSettings = Field(
+        default_factory=OutboxSettings,
+        description="The transactional outbox of durable destinations (mes-rest).",
+    )
     default_max_age_s: float = Field(
         10.0,
         gt=0,

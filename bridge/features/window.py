@@ -27,7 +27,8 @@ class Ring:
     def append(self, t: float, v: float) -> None:
         self._t[self._head] = t
         self._v[self._head] = v
-        self._head = (self._head + 1) % self.capacity
+        head = self._head + 1
+        self._head = 0 if head == self.capacity else head
         if self._n < self.capacity:
             self._n += 1
 
@@ -44,7 +45,9 @@ class Ring:
     def since(self, start: float) -> tuple[F64, F64]:
         """Samples with time >= ``start``, oldest first."""
         t, v = self._ordered()
-        i = int(np.searchsorted(t, start, side="left"))
+        if self._n == 0 or t[0] >= start:  # the whole history is in the window: no search
+            return t, v
+        i = int(t.searchsorted(start, side="left"))
         return t[i:], v[i:]
 
     def _ordered(self) -> tuple[F64, F64]:

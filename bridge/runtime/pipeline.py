@@ -10,14 +10,17 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
 from bridge import registry
 from bridge.api.app import create_app
 from bridge.api.view import ModelInfo
+from bridge.outbox.relay import Relay
+from bridge.outbox.wiring import split_outputs
 from bridge.prepare import Prepared
+from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.apiserver import ApiServer
 from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.models import ModelRunner
@@ -25,8 +28,10 @@ from bridge.runtime.sources import SourceSupervisor
 from bridge.runtime.tagtable import TagTable
 from bridge.runtime.tasks import TaskSet
 from bridge.runtime.view import RuntimeView
+from bridge.store.alerts import AlertRepository
 from bridge.store.db import open_store
-from bridge.store.repository import ModelRepository, PredictionRepository
+from bridge.store.outbox import OutboxRepository
+from bridge.store.repository import ModelRepository
 from bridge.store.sink import StoreSink
 from bridge.types import ComponentHealth, PredictionSlot, Sink, SinkContext, SourceTag, TagSample
 
@@ -47,6 +52,7 @@ class Gateway:
     supervisors: list[SourceSupervisor]
     sinks: list[Sink]
     api: ApiServer | None
+    relays: list[Relay] = field(default_factory=list)
 
 
 async def run_gateway(
@@ -67,7 +73,14 @@ async def run_gateway(
         models=len(mapping.models),
     )
 
-    store = await asyncio.to_thread(open_store, mapping.gateway.store)
+    durability = mapping.gateway.durability
+    store = await asyncio.to_thread(
+        lambda: open_store(
+            mapping.gateway.store,
+            synchronous=durability.synchronous,
+            profile=durability.profile,
+        )
+    )
     models_repo = ModelRepository(store)
     for name, loaded in prepared.models.items():
         m = mapping.models[name]
@@ -81,13 +94,21 @@ async def run_gateway(
         for asset in m.assets
     )
     context = SinkContext(gid, slots)
-    sinks: list[Sink] = [StoreSink(store)]
     sink_kinds = registry.sink_kinds()
-    for out in mapping.outputs.values():
-        sinks.append(sink_kinds[out.kind].factory(out.name, out.settings, context))
+    outputs = [
+        sink_kinds[out.kind].factory(out.name, out.settings, context)
+        for out in mapping.outputs.values()
+    ]
+    # Durable outputs (mes-rest) are fed from the outbox, written with each prediction batch.
+    _, durable = split_outputs(outputs, OutboxRepository(store), mapping.gateway.outbox)
+    sinks: list[Sink] = [
+        StoreSink(store, outbox=durable.feeds),
+        AlertSink(AlertRepository(store), slots),
+        *outputs,
+    ]
 
     table = TagTable(mapping)
-    fanout = PredictionFanout(sinks)
+    fanout = PredictionFanout([s for s in sinks if not durable.owns(s)])
     runners = [
         ModelRunner(
             m, prepared.models[name], prepared.labels[name], table.get, fanout.publish, gid, boot_id
@@ -126,20 +147,22 @@ async def run_gateway(
         [s.health for s in supervisors]
         + [r.health for r in runners]
         + [s.health for s in sinks]
+        + [r.health for r in durable.relays]
         + [lambda: _normalize_health(table, queue)]
     )
     view = RuntimeView(gid, table, fanout, infos, probes, now)
     api = None
     if mapping.gateway.api.enabled:
-        app = create_app(view, PredictionRepository(store))
+        app = create_app(view, store)
         api = ApiServer(app, mapping.gateway.api.host, mapping.gateway.api.port)
-    gateway = Gateway(table, fanout, runners, supervisors, sinks, api)
+    gateway = Gateway(table, fanout, runners, supervisors, sinks, api, durable.relays)
 
     started: list[Sink] = []
     try:
         for sink in sinks:
             await sink.start()
             started.append(sink)
+        await durable.start()
         if api is not None:
             await api.start()
         for runner in runners:
@@ -164,6 +187,7 @@ async def run_gateway(
         await tasks.cancel("normalize", "model:")
         if api is not None:
             await api.stop()
+        await durable.close()
         for sink in reversed(started):
             try:
                 await sink.close()

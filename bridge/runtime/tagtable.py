@@ -65,31 +65,36 @@ class TagTable:
 
     def apply(self, batch: Sequence[TagSample]) -> None:
         """Normalize and store one batch from a source."""
+        # The hottest loop of the gateway (every sample of every source passes here): names
+        # are bound locally and the counters are summed once per batch.
         now = time.time()
+        entries = self.entries
+        good = Quality.GOOD
+        updates = suppressed = unknown = 0
         for sample in batch:
-            entry = self.entries.get(sample.tag)
+            entry = entries.get(sample.tag)
             if entry is None:
-                self.unknown += 1
+                unknown += 1
                 continue
             value, quality, why = entry.transform(sample.value, sample.quality)
-            reason = sample.reason or why
             entry.updated = now
             if (
-                quality is entry.quality
-                and quality is Quality.GOOD
+                quality is good
+                and entry.quality is good
+                and entry.tag.deadband > 0
                 and not passes_deadband(entry.value, value, entry.tag.deadband)
             ):
-                self.suppressed += 1
+                suppressed += 1
                 continue
-            entry.value, entry.quality, entry.reason = value, quality, reason
+            entry.value, entry.quality, entry.reason = value, quality, sample.reason or why
             entry.source_time, entry.server_time = sample.source_time, sample.server_time
-            self.updates += 1
-            if (
-                entry.ring is not None
-                and quality is Quality.GOOD
-                and isinstance(value, int | float)
-            ):
-                entry.ring.append(now, float(value))
+            updates += 1
+            ring = entry.ring
+            if ring is not None and quality is good and isinstance(value, (int, float)):
+                ring.append(now, float(value))
+        self.updates += updates
+        self.suppressed += suppressed
+        self.unknown += unknown
 
     def mark_bad(self, tag_ids: Iterable[str], reason: str) -> None:
         """A source is down: its tags go Bad at once (their windows keep their Good history)."""

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bridge.errors import StoreError
 
-from .models import Base
+from .migrate import upgrade
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Profile", "Store", "Synchronous", "open_store"]
 
 log = structlog.get_logger(__name__)
 
 _SQLITE_BUSY_TIMEOUT_MS = 5000
+# PRAGMA synchronous answers with a number.
+_SYNC_LEVELS = {"NORMAL": 1, "FULL": 2}
+
+Synchronous = Literal["NORMAL", "FULL"]
+Profile = Literal["default", "production"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,24 +41,62 @@ class Store:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the API read while the sink writes; NORMAL is crash-safe under WAL and only
-    # risks the last commits on power loss, which the MES outbox covers.
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
-    finally:
-        cursor.close()
+def _sqlite_pragmas(synchronous: Synchronous) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets the API read while the sink writes. NORMAL survives process crashes and only
+        # risks the last commits on power loss; the production profile asks for FULL.
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        finally:
+            cursor.close()
+
+    return on_connect
 
 
-def open_store(url: str, *, schema: str | None = None) -> Store:
-    """Connect and make sure the tables exist.
+def _check_durability(engine: Engine, synchronous: Synchronous, profile: Profile) -> None:
+    """Read the settings back: a database that silently ignored them must not run production."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            mode = str(conn.execute(text("PRAGMA journal_mode")).scalar())
+            level = conn.execute(text("PRAGMA synchronous")).scalar()
+            memory = mode.lower() == "memory"
+            if not memory and mode.lower() != "wal":
+                raise StoreError(f"SQLite refused WAL mode (journal_mode={mode})")
+            if profile == "production" and (memory or level != _SYNC_LEVELS["FULL"]):
+                raise StoreError(
+                    "production profile needs an SQLite file with synchronous=FULL "
+                    f"(got journal_mode={mode}, synchronous={level})"
+                )
+            if not memory and level != _SYNC_LEVELS[synchronous]:
+                raise StoreError(f"SQLite refused synchronous={synchronous} (got {level})")
+        elif engine.dialect.name == "postgresql" and profile == "production":
+            commit = str(conn.execute(text("SHOW synchronous_commit")).scalar())
+            fsync = str(conn.execute(text("SHOW fsync")).scalar())
+            if commit != "on" or fsync != "on":
+                raise StoreError(
+                    "production profile needs PostgreSQL with synchronous_commit=on and "
+                    f"fsync=on (got synchronous_commit={commit}, fsync={fsync})"
+                )
+
+
+def open_store(
+    url: str,
+    *,
+    schema: str | None = None,
+    synchronous: Synchronous = "NORMAL",
+    profile: Profile = "default",
+) -> Store:
+    """Connect, check durability settings and migrate the schema to the newest revision.
 
     ``schema`` (PostgreSQL) puts the tables in that schema, which must exist; tests use it to
-    keep their tables apart.
+    keep their tables apart. The ``production`` profile refuses anything weaker than
+    SQLite ``synchronous=FULL`` or PostgreSQL ``synchronous_commit=on`` with ``fsync=on``.
     """
+    if profile == "production" and synchronous != "FULL":
+        raise StoreError("production profile requires synchronous=FULL (refusing NORMAL)")
     try:
         sa_url = make_url(url)
     except ArgumentError as exc:
@@ -64,19 +107,26 @@ def open_store(url: str, *, schema: str | None = None) -> Store:
             if database and database != ":memory:" and not database.startswith("file:"):
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(sa_url)
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "connect", _sqlite_pragmas(synchronous))
         else:
-            engine = create_engine(sa_url, pool_pre_ping=True)
+            # search_path as a connection option survives the pool's rollbacks, unlike a SET.
+            connect_args = {"options": f"-csearch_path={schema}"} if schema else {}
+            engine = create_engine(sa_url, pool_pre_ping=True, connect_args=connect_args)
     except (SQLAlchemyError, ImportError, OSError) as exc:
         raise StoreError(f"cannot open store {sa_url.render_as_string()}: {exc}") from exc
-    if schema is not None:
-        engine = engine.execution_options(schema_translate_map={None: schema})
     try:
-        # Until Alembic migrations exist, create_all sets up a fresh database; it never alters
-        # an existing table, so a schema change needs a migration (or a new file) for now.
-        Base.metadata.create_all(engine)
-    except SQLAlchemyError as exc:
+        _check_durability(engine, synchronous, profile)
+        upgrade(engine)
+    except (SQLAlchemyError, StoreError) as exc:
         engine.dispose()
-        raise StoreError(f"cannot create tables in {sa_url.render_as_string()}: {exc}") from exc
-    log.info("store_opened", url=sa_url.render_as_string(), dialect=engine.dialect.name)
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"cannot prepare {sa_url.render_as_string()}: {exc}") from exc
+    log.info(
+        "store_opened",
+        url=sa_url.render_as_string(),
+        dialect=engine.dialect.name,
+        synchronous=synchronous,
+        profile=profile,
+    )
     return Store(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))

@@ -5,7 +5,10 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Double, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "ModelRow", "PredictionRow"]
+__all__ = ["Base", "DeadLetterRow", "ModelRow", "OutboxRow", "PredictionRow"]
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+_ID = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -46,3 +49,44 @@ class ModelRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     loaded_at: Mapped[float] = mapped_column(Double)
+
+
+class OutboxRow(Base):
+    """One event waiting for one destination. Deleted only once the destination accepted it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("destination", "event_id", name="uq_outbox_event"),
+        # The relay reads "oldest row of each asset of a destination": this index serves it.
+        Index("ix_outbox_dest_asset_id", "destination", "asset", "id"),
+    )
+
+    # Insertion order is the delivery order within (destination, asset).
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    destination: Mapped[str] = mapped_column(String(200))
+    asset: Mapped[str] = mapped_column(String(200))
+    # The Idempotency-Key: the prediction id (a uuid5), so a resend after a crash reuses it.
+    event_id: Mapped[str] = mapped_column(String(36))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Double)
+    # Rejections (non-retryable answers) so far, and when the next attempt may run.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Double, default=0.0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class DeadLetterRow(Base):
+    """An event its destination rejected ``dead_letter_after`` times; replayable via the CLI."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (UniqueConstraint("destination", "event_id", name="uq_dead_letters_event"),)
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    destination: Mapped[str] = mapped_column(String(200))
+    asset: Mapped[str] = mapped_column(String(200))
+    event_id: Mapped[str] = mapped_column(String(36))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Double)
+    failed_at: Mapped[float] = mapped_column(Double)
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text, default="")

@@ -18,6 +18,7 @@ from bridge.types import Prediction
 from .codec import prediction_from_row, prediction_to_values
 from .db import Store
 from .models import ModelRow, PredictionRow
+from .outbox import EnqueueResult, OutboxFeed, enqueue
 
 __all__ = ["ModelRecord", "ModelRepository", "PredictionRepository"]
 
@@ -44,17 +45,46 @@ class PredictionRepository:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def add_many(self, predictions: Sequence[Prediction]) -> None:
-        """Insert a batch in one transaction; predictions already stored (same id) are skipped."""
+    def add_many(
+        self, predictions: Sequence[Prediction], outbox: Sequence[OutboxFeed] = ()
+    ) -> None:
+        """Insert a batch and its outbox rows in one transaction.
+
+        Predictions already stored (same id) are skipped, and so are their outbox rows: a batch
+        retried after a commit whose reply was lost queues nothing twice.
+        """
         if not predictions:
             return
         stmt = _insert_ignoring(self._store, PredictionRow.__table__, ["prediction_id"])
         rows = [prediction_to_values(p) for p in predictions]
+        results: list[tuple[OutboxFeed, EnqueueResult]] = []
         try:
             with self._store.sessions.begin() as session:
-                session.execute(stmt, rows)
+                if not outbox:
+                    session.execute(stmt, rows)
+                else:
+                    returning = stmt.returning(PredictionRow.prediction_id)
+                    new_ids = set(session.execute(returning, rows).scalars())
+                    fresh = [p for p in predictions if p.id in new_ids]
+                    for feed in outbox:
+                        events = [
+                            (p.asset, p.id, body)
+                            for p in fresh
+                            if (body := feed.encode(p)) is not None
+                        ]
+                        results.append(
+                            (
+                                feed,
+                                enqueue(
+                                    session, feed.destination, events, feed.budget, feed.pending
+                                ),
+                            )
+                        )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store {len(rows)} predictions: {exc}") from exc
+        # Counted only once committed: a failed batch is retried and would count twice.
+        for feed, result in results:
+            feed.count(result)
 
     def query(
         self,

@@ -15,6 +15,7 @@ from bridge.errors import BridgeError, StoreError
 from bridge.types import ComponentHealth, Prediction
 
 from .db import Store
+from .outbox import OutboxFeed
 from .repository import PredictionRepository
 
 __all__ = ["StoreSink"]
@@ -35,8 +36,13 @@ class StoreSink:
         batch_size: int = 500,
         drain_timeout_s: float = 10.0,
         max_backoff_s: float = 30.0,
+        outbox: Sequence[OutboxFeed] = (),
     ) -> None:
         self.name = "store"
+        # Outbox rows of durable destinations go in the same transaction as their predictions.
+        self._outbox = tuple(outbox)
+        self._outbox_losses = {f.destination: 0 for f in self._outbox}
+        self._last_outbox_log = -math.inf
         self._repo = PredictionRepository(store)
         self._queue: deque[Prediction] = deque()
         self._queue_size = queue_size
@@ -125,6 +131,26 @@ class StoreSink:
             self._drops_unlogged = 0
             self._last_drop_log = now
 
+    def _report_outbox_losses(self) -> None:
+        """A full outbox is never silent: logged (at most once per interval) and in health."""
+        now = time.monotonic()
+        if now - self._last_outbox_log < _DROP_LOG_INTERVAL_S:
+            return
+        for feed in self._outbox:
+            lost = feed.refused + feed.dropped
+            if lost == self._outbox_losses[feed.destination]:
+                continue
+            self._last_outbox_log = now
+            self._outbox_losses[feed.destination] = lost
+            log.warning(
+                "outbox_full",
+                destination=feed.destination,
+                policy=feed.budget.when_full,
+                max_pending=feed.budget.max_pending,
+                refused_total=feed.refused,
+                dropped_total=feed.dropped,
+            )
+
     async def _run(self) -> None:
         try:
             await self._write_forever()
@@ -145,7 +171,7 @@ class StoreSink:
                     self._has_items.clear()
                 self._writing = len(batch)
             try:
-                await asyncio.to_thread(self._repo.add_many, batch)
+                await asyncio.to_thread(self._repo.add_many, batch, self._outbox)
             except BridgeError as exc:
                 # Keep the batch and retry: the database may be locked or restarting.
                 failures += 1
@@ -159,6 +185,7 @@ class StoreSink:
                 log.info("store_write_recovered", after_failures=failures)
             failures = 0
             self._last_error = ""
+            self._report_outbox_losses()
             self._counters["written"] += len(batch)
             self._counters["batches"] += 1
             batch = []

@@ -1,4 +1,4 @@
-"""MES REST sink: POSTs each prediction as JSON, with retries and an idempotency key."""
+"""MES REST destination: the gateway's outbox relay POSTs each prediction through it as JSON."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def register() -> None:
             kind="mes-rest",
             settings_model=MesSinkSettings,
             factory=MesSink,
-            description="POST every prediction as JSON to an MES REST endpoint "
-            "(Idempotency-Key = prediction id, retries with backoff, bounded queue).",
+            description="POST every prediction as JSON to an MES REST endpoint, durably through "
+            "the store's outbox (Idempotency-Key = prediction id, retries with backoff, "
+            "dead letters).",
         )
     )

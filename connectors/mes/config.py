@@ -1,4 +1,4 @@
-"""Settings of the MES REST sink (one ``sinks.<name>`` block with ``kind: mes-rest``)."""
+"""Settings of the MES REST destination (one ``sinks.<name>`` block with ``kind: mes-rest``)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,6 @@ class MesSinkSettings(BaseModel):
         "(e.g. Authorization: Bearer ${MES_TOKEN}).",
     )
     timeout_s: float = Field(5.0, gt=0, description="Timeout of one POST (connect, read, write).")
-    queue_size: int = Field(
-        10000,
-        ge=1,
-        description="Predictions kept in memory while the MES is slow or down; "
-        "when full the oldest is dropped and counted.",
-    )
     max_backoff_s: float = Field(
         30.0, gt=0, description="Cap of the exponential retry backoff and of Retry-After."
     )
@@ -35,16 +29,11 @@ class MesSinkSettings(BaseModel):
         0.5, gt=0, description="First retry delay; doubles on each further attempt."
     )
     concurrency: int = Field(
-        4,
+        8,
         ge=1,
         le=64,
-        description="POSTs in flight at once; events of one asset are still sent one at a time, "
-        "in order.",
-    )
-    drain_timeout_s: float = Field(
-        5.0,
-        ge=0,
-        description="On shutdown, how long queued and in-flight events may still be sent.",
+        description="POSTs in flight at once (of different assets); events of one asset are "
+        "sent one at a time, in order, from the gateway's outbox.",
     )
 
     @field_validator("url")

@@ -1,19 +1,18 @@
-"""MES REST sink: predictions wait in a bounded in-memory queue and are POSTed by a few workers.
+"""MES REST destination: sends one event at a time as JSON, for the gateway's outbox relay.
 
-``write`` never touches the network, so a slow or failing MES cannot stall inference. Events of
-one asset are sent one at a time and in order; different assets go out in parallel.
+The gateway keeps every event in its store's outbox until the MES accepted it; this class only
+knows how to encode a prediction and how to send one event, retrying *retryable* failures
+(connection errors, timeouts, 408/425/429/5xx, honouring ``Retry-After``) forever with
+exponential backoff and jitter. A rejection (any other 4xx) is returned to the relay, which
+counts it and dead-letters the event after its limit.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
-import math
+import json
+import socket
 import time
-from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
 import httpx
 import structlog
@@ -30,9 +29,8 @@ __all__ = ["MesSink"]
 
 log = structlog.get_logger(__name__)
 
-# A full queue drops on every write; one warning per interval is enough to see it.
-_DROP_LOG_INTERVAL_S = 5.0
 _BODY_EXCERPT_CHARS = 200
+_JSON = {"Content-Type": "application/json"}
 
 
 class _RetryableError(Exception):
@@ -53,36 +51,21 @@ class _RejectedError(Exception):
 
 
 class MesSink:
-    """A ``bridge.types.Sink`` that POSTs each prediction as JSON with ``Idempotency-Key: <id>``."""
+    """An outbox destination that POSTs each event with ``Idempotency-Key: <prediction id>``."""
 
     def __init__(self, name: str, settings: MesSinkSettings, context: SinkContext) -> None:
         self.name = name
         self._settings = settings
         self._gateway_id = context.gateway_id
-        # Per-asset FIFOs keep per-asset order; the counter gives the global age for drop-oldest.
-        self._pending: dict[str, deque[tuple[int, Prediction]]] = {}
-        self._order = itertools.count()
-        self._depth = 0
-        # Assets with something pending and nothing in flight, in the order they became ready.
-        self._ready: asyncio.Queue[str] = asyncio.Queue()
-        self._ready_set: set[str] = set()
-        self._in_flight: dict[str, Prediction] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._workers: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
-        self._accepting = True
         self._closed = False
+        self._in_flight = 0
         self._last_error = ""
-        self._counters: dict[str, int] = {
-            "sent": 0,
-            "retries": 0,
-            "rejected": 0,
-            "dropped": 0,
-            "failed": 0,
-        }
-        self._drops_unlogged = 0
-        self._last_drop_log = -math.inf
+        self._counters: dict[str, int] = {"sent": 0, "retries": 0, "rejected": 0}
+
+    @property
+    def concurrency(self) -> int:
+        return self._settings.concurrency
 
     async def start(self) -> None:
         if self._closed:
@@ -94,136 +77,51 @@ class MesSink:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(s.timeout_s),
             headers=s.headers,
-            limits=httpx.Limits(
-                max_connections=s.concurrency, max_keepalive_connections=s.concurrency
-            ),
             follow_redirects=False,
             trust_env=False,
+            # Small requests on kept-alive connections: never hold a segment back (Nagle).
+            transport=httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=s.concurrency, max_keepalive_connections=s.concurrency
+                ),
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            ),
         )
-        self._workers = [
-            asyncio.create_task(self._worker(), name=f"mes-sink-{self.name}-{i}")
-            for i in range(s.concurrency)
-        ]
         log.info("mes_sink_started", sink=self.name, url=s.url, concurrency=s.concurrency)
 
     async def write(self, batch: Sequence[Prediction]) -> None:
-        if not self._accepting:
-            raise ConnectorError(f"mes sink {self.name!r} is closed")
-        for prediction in batch:
-            self._enqueue(prediction)
+        # Events reach the MES only through the outbox, so that none is lost on a crash.
+        raise ConnectorError(f"mes sink {self.name!r} is fed by the outbox relay, not by write()")
 
     async def close(self) -> None:
         if self._closed:
             return
-        self._accepting = False
         self._closed = True
-        try:
-            if self._workers:
-                drain_s = self._settings.drain_timeout_s
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._idle.wait(), timeout=drain_s)
-        finally:
-            unsent = self._depth + len(self._in_flight)
-            await self._stop_workers()
-            if self._client is not None:
-                await self._client.aclose()
-                self._client = None
-            fields: dict[str, Any] = {"sink": self.name, "unsent": unsent, **self._counters}
-            if unsent:
-                log.warning("mes_sink_closed", **fields)
-            else:
-                log.info("mes_sink_closed", **fields)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        log.info("mes_sink_closed", sink=self.name, **self._counters)
 
     def health(self) -> ComponentHealth:
-        counters = {
-            **self._counters,
-            "queue_depth": self._depth,
-            "in_flight": len(self._in_flight),
-        }
+        counters = {**self._counters, "in_flight": self._in_flight}
         if self._closed:
             return ComponentHealth(self.name, "stopped", counters=counters)
         if self._client is None:
             return ComponentHealth(self.name, "starting", counters=counters)
-        dead = [t for t in self._workers if t.done()]
-        if dead:
-            return ComponentHealth(self.name, "down", f"{len(dead)} worker(s) ended", counters)
         if self._last_error:
             return ComponentHealth(self.name, "degraded", f"retrying: {self._last_error}", counters)
         return ComponentHealth(self.name, "ok", counters=counters)
 
-    # -- queue -----------------------------------------------------------------------------
+    # -- one event -------------------------------------------------------------------------
 
-    def _enqueue(self, prediction: Prediction) -> None:
-        if self._depth >= self._settings.queue_size:
-            self._drop_oldest()
-        self._pending.setdefault(prediction.asset, deque()).append((next(self._order), prediction))
-        self._depth += 1
-        self._idle.clear()
-        self._mark_ready(prediction.asset)
-
-    def _mark_ready(self, asset: str) -> None:
-        if asset in self._in_flight or asset in self._ready_set:
-            return
-        self._ready_set.add(asset)
-        self._ready.put_nowait(asset)
-
-    def _take(self, asset: str) -> Prediction | None:
-        queue = self._pending.get(asset)
-        if not queue:
-            return None
-        _, prediction = queue.popleft()
-        if not queue:
-            del self._pending[asset]
-        self._depth -= 1
-        return prediction
-
-    def _drop_oldest(self) -> None:
-        asset = min(self._pending, key=lambda a: self._pending[a][0][0])
-        self._take(asset)
-        self._counters["dropped"] += 1
-        self._drops_unlogged += 1
-        now = time.monotonic()
-        if now - self._last_drop_log >= _DROP_LOG_INTERVAL_S:
-            log.warning(
-                "mes_queue_full_dropped_oldest",
-                sink=self.name,
-                dropped=self._drops_unlogged,
-                dropped_total=self._counters["dropped"],
-                queue_size=self._settings.queue_size,
-            )
-            self._drops_unlogged = 0
-            self._last_drop_log = now
-
-    def _update_idle(self) -> None:
-        if self._depth == 0 and not self._in_flight:
-            self._idle.set()
-
-    # -- sending ---------------------------------------------------------------------------
-
-    async def _worker(self) -> None:
-        while True:
-            asset = await self._ready.get()
-            self._ready_set.discard(asset)
-            prediction = self._take(asset)
-            if prediction is None:  # its events were dropped while it waited
-                continue
-            self._in_flight[asset] = prediction
-            try:
-                await self._deliver(prediction)
-            except Exception:
-                # A bug or an unexpected library error: lose this event, keep the worker alive.
-                self._counters["failed"] += 1
-                log.exception("mes_send_failed", sink=self.name, prediction_id=prediction.id)
-            finally:
-                del self._in_flight[asset]
-                if asset in self._pending:
-                    self._mark_ready(asset)
-                self._update_idle()
-
-    async def _deliver(self, prediction: Prediction) -> None:
+    def encode(self, prediction: Prediction) -> str | None:
         body = prediction_to_json(prediction, self._gateway_id)
+        return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+    async def deliver(self, key: str, body: str) -> str | None:
+        """Send until accepted (None) or rejected (the reason); retryable failures never end."""
         # The same key on every retry lets the MES discard a repeat whose first reply was lost.
-        headers = {"Idempotency-Key": prediction.id}
+        headers = {**_JSON, "Idempotency-Key": key}
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_RetryableError),
             wait=self._wait,
@@ -231,32 +129,29 @@ class MesSink:
             before_sleep=self._before_sleep,
             reraise=True,
         )
+        self._in_flight += 1
         try:
             async for attempt in retrying:
                 with attempt:
                     await self._post(body, headers)
         except _RejectedError as exc:
             self._counters["rejected"] += 1
-            log.warning(
-                "mes_rejected",
-                sink=self.name,
-                prediction_id=prediction.id,
-                asset=prediction.asset,
-                status=exc.status,
-                body=exc.body,
-            )
-            return
+            log.warning("mes_rejected", sink=self.name, key=key, status=exc.status, body=exc.body)
+            return f"HTTP {exc.status}: {exc.body}"
+        finally:
+            self._in_flight -= 1
         self._counters["sent"] += 1
         if self._last_error:
             log.info("mes_recovered", sink=self.name, after_error=self._last_error)
             self._last_error = ""
+        return None
 
-    async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> None:
+    async def _post(self, body: str, headers: dict[str, str]) -> None:
         client = self._client
         if client is None:
             raise ConnectorError(f"mes sink {self.name!r} is not started")
         try:
-            response = await client.post(self._settings.url, json=body, headers=headers)
+            response = await client.post(self._settings.url, content=body, headers=headers)
         except httpx.TransportError as exc:
             raise _RetryableError(f"{type(exc).__name__}: {exc}") from exc
         if response.is_success:
@@ -291,12 +186,3 @@ class MesSink:
                 retry_in_s=round(delay, 2),
             )
         self._last_error = error
-
-    async def _stop_workers(self) -> None:
-        for task in self._workers:
-            task.cancel()
-        results = await asyncio.gather(*self._workers, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                log.error("mes_worker_crashed", sink=self.name, error=repr(result))
-        self._workers = []

@@ -1,4 +1,5 @@
-"""Modbus TCP source: polls holding/input registers, coils and discrete inputs.
+"""Modbus source (TCP, RTU-over-TCP, RTU serial): polls holding/input registers, coils and
+discrete inputs of one or more units per connection.
 
 Only this package imports pymodbus; the core finds it through ``register()``.
 """
@@ -21,7 +22,8 @@ def register() -> None:
             settings_model=ModbusSourceSettings,
             address_model=ModbusAddress,
             factory=ModbusSource,
-            description="Modbus TCP polling: holding/input registers, coils, discrete inputs; "
-            "16/32-bit integers and float32 in any byte/word order.",
+            description="Modbus polling over TCP, RTU-over-TCP or an RTU serial line: "
+            "holding/input registers, coils, discrete inputs of several units; 16/32/64-bit "
+            "integers, float32/64, strings and bit fields in any byte/word order.",
         )
     )

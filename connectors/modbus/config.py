@@ -1,4 +1,5 @@
-"""Configuration of a Modbus TCP source and of one tag's Modbus address.
+"""Configuration of a Modbus source (TCP, RTU-over-TCP or RTU on a serial line) and of one
+tag's Modbus address.
 
 The ``description=`` of each field is the user documentation: docs and the JSON Schema that
 editors use are generated from it.
@@ -12,30 +13,82 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from connectors.modbus.codec import RegisterType, WordOrder, register_count
 
-__all__ = ["BIT_TABLES", "ModbusAddress", "ModbusSourceSettings", "Table"]
+__all__ = [
+    "BIT_TABLES",
+    "DeviceSettings",
+    "ExpectedValue",
+    "ModbusAddress",
+    "ModbusSourceSettings",
+    "SerialSettings",
+    "Table",
+    "Transport",
+]
 
 Table = Literal["holding", "input", "coil", "discrete"]
+Transport = Literal["tcp", "rtu-over-tcp", "rtu"]
 BIT_TABLES: frozenset[str] = frozenset({"coil", "discrete"})
 
 
-class ModbusSourceSettings(BaseModel):
-    """A ``sources.<name>`` block with ``kind: modbus`` (the ``kind`` key itself is not here)."""
+class SerialSettings(BaseModel):
+    """The serial line of an RTU source."""
 
     model_config = ConfigDict(extra="forbid")
 
-    host: str = Field(description="Host name or IP address of the Modbus TCP server (PLC).")
+    port: str = Field(description="Serial device, e.g. /dev/ttyUSB0 or COM3.")
+    baudrate: int = Field(19200, ge=300, le=921600, description="Line speed in bit/s.")
+    parity: Literal["N", "E", "O"] = Field("E", description="Parity: N none, E even, O odd.")
+    stopbits: Literal[1, 2] = Field(1, description="Stop bits.")
+    bytesize: Literal[7, 8] = Field(8, description="Data bits per character.")
+
+
+class DeviceSettings(BaseModel):
+    """One unit behind this source that polls at its own rate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unit: int = Field(ge=0, le=247, description="Modbus unit (device / slave) id of the device.")
+    poll_interval_ms: int = Field(
+        ge=10, description="Time between the starts of two polls of this device, in milliseconds."
+    )
+
+
+class ModbusSourceSettings(BaseModel):
+    """A ``sources.<name>`` block with ``kind: modbus`` (the ``kind`` key itself is not here).
+
+    One source is one connection (a TCP socket or a serial line); every unit reached through
+    it shares it, one request at a time.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    transport: Transport = Field(
+        "tcp",
+        description="tcp: Modbus TCP (MBAP header). rtu-over-tcp: RTU frames (CRC, no "
+        "transaction id) over a TCP socket, as serial-to-Ethernet converters speak. rtu: RTU on "
+        "a serial line (give `serial:`).",
+    )
+    host: str | None = Field(
+        None,
+        description="Host name or IP address of the Modbus server or gateway (tcp transports).",
+    )
     port: int = Field(502, ge=1, le=65535, description="TCP port of the Modbus server.")
+    serial: SerialSettings | None = Field(None, description="The serial line (transport rtu).")
     unit: int = Field(
         1,
         ge=0,
         le=247,
-        description="Modbus unit (device / slave) id, 0..247; gateways route on it.",
+        description="Default Modbus unit (device / slave) id, 0..247, for tags whose address "
+        "names none; gateways route on it.",
     )
     poll_interval_ms: int = Field(
         1000,
         ge=10,
-        description="Time between the starts of two poll cycles, in milliseconds. A slow cycle "
-        "is never overlapped: the next one starts when it ends.",
+        description="Time between the starts of two poll cycles of a device, in milliseconds. A "
+        "slow cycle is never overlapped: the next one starts when it ends.",
+    )
+    devices: list[DeviceSettings] = Field(
+        default_factory=list,
+        description="Units polled at their own rate; units not listed use `poll_interval_ms`.",
     )
     timeout_s: float = Field(
         2.0,
@@ -57,6 +110,57 @@ class ModbusSourceSettings(BaseModel):
         description="Largest number of registers asked for in one request (the protocol "
         "allows 125; some devices want less).",
     )
+    breaker_failures: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Failed polls in a row (timeouts, exception or invalid replies) after which a "
+        "unit is skipped for a while, so a dead unit does not eat the line's time.",
+    )
+    breaker_backoff_s: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="First pause of a failing unit; it doubles on every failed probe.",
+    )
+    breaker_max_backoff_s: float = Field(
+        60.0, gt=0, le=86400, description="Longest pause of a failing unit."
+    )
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> ModbusSourceSettings:
+        if self.transport == "rtu":
+            if self.serial is None:
+                raise ValueError("transport rtu needs `serial:` (port, baudrate, ...)")
+        elif not self.host:
+            raise ValueError(f"transport {self.transport} needs `host:`")
+        units = [d.unit for d in self.devices]
+        if len(units) != len(set(units)):
+            raise ValueError("a unit is listed twice under `devices:`")
+        return self
+
+    def interval_s(self, unit: int) -> float:
+        """Poll interval of ``unit``, in seconds."""
+        for device in self.devices:
+            if device.unit == unit:
+                return device.poll_interval_ms / 1000.0
+        return self.poll_interval_ms / 1000.0
+
+
+class ExpectedValue(BaseModel):
+    """A value the tag is known to have (a golden vector for `bridge verify --live`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: bool | int | float | str = Field(
+        description="The engineering value (after scale and offset) the tag shows now, e.g. "
+        "read off the PLC's panel."
+    )
+    tolerance: float = Field(
+        0.0,
+        ge=0,
+        description="Largest accepted difference; 0 allows float32 rounding only.",
+    )
 
 
 class ModbusAddress(BaseModel):
@@ -74,21 +178,54 @@ class ModbusAddress(BaseModel):
     )
     type: RegisterType = Field(
         "uint16",
-        description="Data type in the registers. 32-bit types use two consecutive registers. "
-        "Coils and discrete inputs are always bool (the default there).",
+        description="Data type in the registers. 32-bit types use two consecutive registers, "
+        "64-bit types four, strings `length`/2. Coils and discrete inputs are always bool (the "
+        "default there).",
     )
     word_order: WordOrder = Field(
         "ABCD",
-        description="Byte order of 32-bit values as sent, A = most significant byte: ABCD "
-        "big-endian, CDAB word swap, BADC byte swap, DCBA reversed. Ignored for 16-bit types.",
+        description="Byte order of 32/64-bit values as sent, A = most significant byte: ABCD "
+        "big-endian, CDAB word swap, BADC byte swap, DCBA reversed (for 64-bit: word order "
+        "reversed and/or bytes swapped). Strings: BADC/DCBA put the low byte first. Ignored for "
+        "16-bit types.",
+    )
+    unit: int | None = Field(
+        None,
+        ge=0,
+        le=247,
+        description="Unit id of the device holding this tag (default: the source's `unit`).",
+    )
+    bit: int | None = Field(
+        None,
+        ge=0,
+        le=15,
+        description="Bit field: first bit (0 = least significant) of a holding/input register. "
+        "With `bits: 1` (default) the type is bool, wider fields are uint16.",
+    )
+    bits: int = Field(1, ge=1, le=16, description="Width of the bit field starting at `bit`.")
+    length: int = Field(
+        0, ge=0, le=250, description="Characters of a string (two per register; required there)."
+    )
+    expect: ExpectedValue | None = Field(
+        None,
+        description="Known value for `bridge verify --live`: a number, bool or text, or "
+        "{value, tolerance}.",
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _bits_default_to_bool(cls, data: Any) -> Any:
+    def _shorthands(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
         # Bit tables hold nothing but bools, so a mapping need not say so.
-        if isinstance(data, dict) and data.get("table") in BIT_TABLES and "type" not in data:
-            return {**data, "type": "bool"}
+        if data.get("table") in BIT_TABLES and "type" not in data:
+            data = {**data, "type": "bool"}
+        # A bit field of one bit is a bool unless the mapping says otherwise.
+        if data.get("bit") is not None and "type" not in data:
+            data = {**data, "type": "bool" if data.get("bits", 1) == 1 else "uint16"}
+        expect = data.get("expect")
+        if expect is not None and not isinstance(expect, dict):
+            data = {**data, "expect": {"value": expect}}
         return data
 
     @model_validator(mode="after")
@@ -98,6 +235,12 @@ class ModbusAddress(BaseModel):
                 f"a {self.table} is a single bit: type must be 'bool' (or left out), "
                 f"not {self.type!r}"
             )
+        if self.bit is not None:
+            self._check_bit_field()
+        elif self.type == "bool" and self.table not in BIT_TABLES:
+            raise ValueError("a bool in a register needs `bit:` (which bit of the register)")
+        if self.type == "string" and self.length == 0:
+            raise ValueError("a string needs `length:` (number of characters)")
         last = self.address + self.register_count - 1
         if last > 65535:
             raise ValueError(
@@ -105,10 +248,22 @@ class ModbusAddress(BaseModel):
             )
         return self
 
+    def _check_bit_field(self) -> None:
+        assert self.bit is not None
+        if self.table in BIT_TABLES:
+            raise ValueError(f"`bit:` selects a bit of a register; a {self.table} is one bit")
+        if self.bit + self.bits > 16:
+            raise ValueError(f"bit field {self.bit}+{self.bits} runs past bit 15")
+        wanted = "bool" if self.bits == 1 else "uint16"
+        if self.type != wanted:
+            raise ValueError(f"a {self.bits}-bit field has type {wanted!r}, not {self.type!r}")
+
     @property
     def register_count(self) -> int:
-        """Registers (or bits, for coil/discrete) the value occupies: 1 or 2."""
-        return 1 if self.table in BIT_TABLES else register_count(self.type)
+        """Registers (or bits, for coil/discrete) the value occupies."""
+        if self.table in BIT_TABLES or self.bit is not None:
+            return 1
+        return register_count(self.type, self.length)
 
     @property
     def is_bit(self) -> bool:

@@ -1,8 +1,9 @@
 """Coalesce tags into as few read requests as possible. Pure: no I/O.
 
-A request costs about the same whatever its size, so neighbouring tags of one table are read
-together: sorted by address, merged while the unused gap between them is at most ``max_gap``
-and the block stays within the per-request limit. A tag is never split across two blocks.
+A request costs about the same whatever its size, so neighbouring tags of one table of one unit
+are read together: sorted by address, merged while the unused gap between them is at most
+``max_gap`` and the block stays within the per-request limit. A tag is never split across two
+blocks.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ class PlannedTag:
 
 @dataclass(frozen=True, slots=True)
 class ReadBlock:
-    """One read request: ``count`` registers (or bits) of ``table`` from ``start``."""
+    """One read request: ``count`` registers (or bits) of ``table`` of ``unit`` from ``start``."""
 
     table: Table
     start: int
     count: int
     tags: tuple[PlannedTag, ...]
+    unit: int = 1
 
     @property
     def is_bit(self) -> bool:
@@ -47,26 +49,31 @@ def plan_reads(
     tags: Iterable[tuple[str, ModbusAddress]],
     max_gap: int,
     max_registers_per_read: int,
+    default_unit: int = 1,
 ) -> list[ReadBlock]:
-    """Read blocks for ``tags`` (``(tag id, address)`` pairs), per table, in address order.
+    """Read blocks for ``tags`` (``(tag id, address)`` pairs), per unit (ascending), per table,
+    in address order. A tag's unit is its address's ``unit`` or else ``default_unit``.
 
     A tag wider than the limit (a 32-bit value with a limit of 1) gets a block of its own
     rather than being split.
     """
-    by_table: dict[Table, list[tuple[str, ModbusAddress]]] = {}
+    by_key: dict[tuple[int, Table], list[tuple[str, ModbusAddress]]] = {}
     for tag, address in tags:
-        by_table.setdefault(address.table, []).append((tag, address))
+        unit = default_unit if address.unit is None else address.unit
+        by_key.setdefault((unit, address.table), []).append((tag, address))
     blocks: list[ReadBlock] = []
-    for table in _TABLE_ORDER:
-        members = by_table.get(table)
-        if members:
-            limit = MAX_BITS_PER_READ if table in ("coil", "discrete") else max_registers_per_read
-            blocks.extend(_plan_table(table, members, max_gap, limit))
+    for unit in sorted({u for u, _ in by_key}):
+        for table in _TABLE_ORDER:
+            members = by_key.get((unit, table))
+            if members:
+                bit = table in ("coil", "discrete")
+                limit = MAX_BITS_PER_READ if bit else max_registers_per_read
+                blocks.extend(_plan_table(unit, table, members, max_gap, limit))
     return blocks
 
 
 def _plan_table(
-    table: Table, members: Sequence[tuple[str, ModbusAddress]], max_gap: int, limit: int
+    unit: int, table: Table, members: Sequence[tuple[str, ModbusAddress]], max_gap: int, limit: int
 ) -> list[ReadBlock]:
     ordered = sorted(members, key=lambda m: (m[1].address, -m[1].register_count, m[0]))
     blocks: list[ReadBlock] = []
@@ -81,16 +88,16 @@ def _plan_table(
             end = max(end, last)
             continue
         if current:
-            blocks.append(_block(table, start, end, current))
+            blocks.append(_block(unit, table, start, end, current))
         current = [(tag, address)]
         start, end = first, last
     if current:
-        blocks.append(_block(table, start, end, current))
+        blocks.append(_block(unit, table, start, end, current))
     return blocks
 
 
 def _block(
-    table: Table, start: int, end: int, members: Sequence[tuple[str, ModbusAddress]]
+    unit: int, table: Table, start: int, end: int, members: Sequence[tuple[str, ModbusAddress]]
 ) -> ReadBlock:
     planned = tuple(PlannedTag(tag, address, address.address - start) for tag, address in members)
-    return ReadBlock(table=table, start=start, count=end - start, tags=planned)
+    return ReadBlock(table=table, start=start, count=end - start, tags=planned, unit=unit)

@@ -10,11 +10,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bridge.types import TagValue
-from connectors.modbus.codec import decode
-from connectors.modbus.config import Table
+from connectors.modbus.codec import decode, decode_bits, decode_string
+from connectors.modbus.config import ModbusAddress, Table
 from connectors.modbus.plan import ReadBlock
 
-__all__ = ["EXCEPTION_NAMES", "FUNCTION_CODES", "BadReply", "Reply", "block_values"]
+__all__ = [
+    "EXCEPTION_NAMES",
+    "FUNCTION_CODES",
+    "BadReply",
+    "Reply",
+    "block_values",
+    "decode_address",
+]
 
 FUNCTION_CODES: dict[Table, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
@@ -41,17 +48,37 @@ class BadReply(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The parts of a read reply that matter, free of any library type."""
+    """The parts of a read reply that matter, free of any library type.
+
+    ``transaction_id`` is the reply's MBAP transaction id and ``request_transaction_id`` the one
+    the request carried (both 0 on RTU, which has none).
+    """
 
     function_code: int
     unit: int
     exception_code: int = 0
     registers: Sequence[int] = ()
     bits: Sequence[bool] = ()
+    transaction_id: int = 0
+    request_transaction_id: int = 0
 
 
-def block_values(block: ReadBlock, reply: Reply, unit: int) -> list[tuple[str, TagValue]]:
-    """``(tag, value)`` for every tag of ``block``; raises ``BadReply`` if the reply is unusable."""
+def block_values(
+    block: ReadBlock, reply: Reply, unit: int | None = None
+) -> list[tuple[str, TagValue]]:
+    """``(tag, value)`` for every tag of ``block``; raises ``BadReply`` if the reply is unusable.
+
+    ``unit`` defaults to the block's unit.
+    """
+    if unit is None:
+        unit = block.unit
+    # pymodbus accepts a reply with transaction id 0 for any request: a late reply to an
+    # earlier request (or a stray frame) would otherwise pass as this one's answer.
+    if reply.transaction_id != reply.request_transaction_id:
+        raise BadReply(
+            f"reply transaction id {reply.transaction_id} does not match request "
+            f"{reply.request_transaction_id}"
+        )
     expected_fc = FUNCTION_CODES[block.table]
     if reply.function_code & 0x80:
         code = reply.exception_code
@@ -88,5 +115,16 @@ def _register_values(block: ReadBlock, registers: Sequence[int]) -> list[tuple[s
     values: list[tuple[str, TagValue]] = []
     for p in block.tags:
         words = registers[p.offset : p.offset + p.address.register_count]
-        values.append((p.tag, decode(words, p.address.type, p.address.word_order)))
+        values.append((p.tag, decode_address(words, p.address)))
     return values
+
+
+def decode_address(words: Sequence[int], address: ModbusAddress) -> TagValue:
+    """The value ``address`` describes, from its own registers (``address.register_count``)."""
+    if address.bit is not None:
+        if len(words) != 1:
+            raise ValueError(f"a bit field needs 1 register, got {len(words)}")
+        return decode_bits(words[0], address.bit, address.bits)
+    if address.type == "string":
+        return decode_string(words, address.length, address.word_order)
+    return decode(words, address.type, address.word_order)

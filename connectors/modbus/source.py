@@ -1,8 +1,12 @@
-"""Modbus TCP polling source: one connection, one request in flight, coalesced reads.
+"""Modbus polling source: one connection, one request in flight, coalesced reads, per-unit
+poll rates and circuit breakers.
 
-The runtime owns reconnects, so pymodbus's own retries and reconnect loop are switched off
-and every link failure surfaces as ``ConnectorError``. A problem confined to one block (an
-exception reply, a short reply, a single timeout) only makes that block's tags Bad.
+A source is one connection (TCP socket, RTU-over-TCP socket or serial line) shared by every
+unit reached through it. The runtime owns reconnects, so pymodbus's own retries and reconnect
+loop are switched off (``connectors.modbus.link``) and a dead link surfaces as
+``ConnectorError``. A problem confined to one block (an exception reply, a short or mismatched
+reply) only makes that block's tags Bad; a unit that stops answering is skipped for a while
+(``connectors.modbus.breaker``) so it does not eat the line's time.
 """
 
 from __future__ import annotations
@@ -10,23 +14,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import structlog
-from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.pdu import ModbusPDU
 
 from bridge.errors import ConnectorError, NotConnected
 from bridge.types import Quality, SourceTag, TagSample
+from connectors.modbus.breaker import Breaker
 from connectors.modbus.config import ModbusAddress, ModbusSourceSettings
+from connectors.modbus.link import Link, MalformedFrame
 from connectors.modbus.plan import ReadBlock, plan_reads
-from connectors.modbus.reply import BadReply, Reply, block_values
+from connectors.modbus.reply import BadReply, block_values
 
 __all__ = ["MAX_CONSECUTIVE_FAILURES", "ModbusSource"]
 
 log = structlog.get_logger(__name__)
 
-# Requests in a row without a usable reply before the connection is declared dead. A
+# Requests in a row without any reply before the connection is declared dead (and only once
+# every unit has been silent: one dead unit behind a gateway says nothing about the link). A
 # half-open TCP link (peer gone, no RST) never fails by itself: this is what ends it.
 MAX_CONSECUTIVE_FAILURES = 3
 
@@ -40,18 +46,23 @@ def _address(tag: SourceTag) -> ModbusAddress:
     return ModbusAddress.model_validate(tag.address)
 
 
-def _reply(pdu: ModbusPDU) -> Reply:
-    return Reply(
-        function_code=pdu.function_code,
-        unit=pdu.dev_id,
-        exception_code=pdu.exception_code,
-        registers=tuple(pdu.registers),
-        bits=tuple(pdu.bits),
-    )
+@dataclass(slots=True)
+class _Device:
+    """One unit: its blocks (with their index in ``ModbusSource.blocks``), rate and breaker."""
+
+    unit: int
+    interval_s: float
+    blocks: tuple[tuple[int, ReadBlock], ...]
+    breaker: Breaker
+    next_due: float = 0.0
+
+
+class _NoReply(Exception):
+    """A request got no usable frame at all (timeout, garbage): the unit may be dead."""
 
 
 class ModbusSource:
-    """Polls one Modbus TCP device. Implements ``bridge.types.Source``."""
+    """Polls the devices behind one Modbus connection. Implements ``bridge.types.Source``."""
 
     def __init__(
         self, name: str, settings: ModbusSourceSettings, tags: Sequence[SourceTag]
@@ -59,18 +70,51 @@ class ModbusSource:
         self.name = name
         self._settings = settings
         pairs = [(t.tag, _address(t)) for t in tags]
-        self._blocks = tuple(plan_reads(pairs, settings.max_gap, settings.max_registers_per_read))
-        self._client: AsyncModbusTcpClient | None = None
-        self._failures = 0
+        self._blocks = tuple(
+            plan_reads(pairs, settings.max_gap, settings.max_registers_per_read, settings.unit)
+        )
+        units = sorted({b.unit for b in self._blocks})
+        self._devices = tuple(
+            _Device(
+                unit=u,
+                interval_s=settings.interval_s(u),
+                blocks=tuple((i, b) for i, b in enumerate(self._blocks) if b.unit == u),
+                breaker=Breaker(
+                    settings.breaker_failures,
+                    settings.breaker_backoff_s,
+                    settings.breaker_max_backoff_s,
+                ),
+            )
+            for u in units
+        )
+        self._link = Link(name, settings)
+        # A lock, not just sequential code: poll() and samples() may be driven by different
+        # callers (e.g. `bridge verify`), and the line must still carry one request at a time.
+        self._line = asyncio.Lock()
+        self._silent_requests = 0
+        self._silent_units: set[int] = set()
         self._block_reason: dict[int, str] = {}
         self._counters: dict[str, int] = dict.fromkeys(
-            ("polls", "requests", "bad_blocks", "no_reply", "overruns"), 0
+            (
+                "polls",
+                "requests",
+                "bad_blocks",
+                "no_reply",
+                "overruns",
+                "skipped",
+                "breaker_opened",
+            ),
+            0,
         )
 
     @property
     def blocks(self) -> tuple[ReadBlock, ...]:
-        """The read requests one poll cycle makes, in order."""
+        """The read requests one poll of every device makes, in order."""
         return self._blocks
+
+    @property
+    def units(self) -> tuple[int, ...]:
+        return tuple(d.unit for d in self._devices)
 
     @property
     def counters(self) -> Mapping[str, int]:
@@ -78,150 +122,184 @@ class ModbusSource:
 
     @property
     def endpoint(self) -> str:
-        return f"{self._settings.host}:{self._settings.port}"
+        return self._link.endpoint
 
     async def connect(self) -> None:
-        if self._client is not None:
-            if self._client.connected:
+        if self._link.is_open:
+            if self._link.connected:
                 return
-            self._drop_client()
-        s = self._settings
-        client = AsyncModbusTcpClient(
-            s.host,
-            port=s.port,
-            name=f"modbus-{self.name}",
-            timeout=s.timeout_s,
-            # One attempt per request; the runtime decides what happens after a failure.
-            retries=0,
-            # In pymodbus 3.16.1 a delay of 0 means no reconnect task is ever started
-            # (transport.connection_lost only schedules one when the delay is truthy).
-            reconnect_delay=0,
-        )
+            self._link.close()
+        deadline = self._settings.timeout_s + _DEADLINE_MARGIN_S
         try:
-            ok = await asyncio.wait_for(client.connect(), timeout=s.timeout_s + _DEADLINE_MARGIN_S)
+            ok = await self._link.connect(deadline)
         except (TimeoutError, OSError, ModbusException) as exc:
-            client.close()
             raise ConnectorError(f"modbus {self.name}: cannot connect to {self.endpoint}") from exc
         if not ok:
-            client.close()
             raise ConnectorError(f"modbus {self.name}: cannot connect to {self.endpoint}")
-        self._client = client
-        self._failures = 0
+        self._silent_requests = 0
+        self._silent_units.clear()
         log.info(
             "connected",
             source=self.name,
             endpoint=self.endpoint,
-            unit=s.unit,
+            transport=self._settings.transport,
+            units=list(self.units),
             blocks=len(self._blocks),
         )
 
     async def samples(self) -> AsyncIterator[list[TagSample]]:
-        """One batch per poll cycle, forever; raises ``ConnectorError`` when the link fails."""
-        interval = self._settings.poll_interval_ms / 1000.0
-        next_start = time.monotonic()
+        """One batch per device poll, each device on its own rate, forever.
+
+        Polls run one after the other, so a device's poll never overlaps its previous one
+        (nor any other poll on the line). Raises ``ConnectorError`` when the link fails.
+        """
+        if not self._devices:
+            # No tags on this source: nothing to ask, but keep the contract (a live iterator).
+            while True:
+                if not self._link.is_open:
+                    raise NotConnected(f"modbus {self.name}: not connected")
+                yield []
+                await asyncio.sleep(self._settings.poll_interval_ms / 1000.0)
+        now = time.monotonic()
+        for device in self._devices:
+            device.next_due = now
         while True:
-            batch = await self.poll()
-            yield batch
-            next_start += interval
-            delay = next_start - time.monotonic()
-            if delay < 0:
-                # Overran: start the next cycle now instead of bursting to catch up.
+            device = min(self._devices, key=lambda d: d.next_due)
+            delay = device.next_due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield await self._poll_device(device)
+            device.next_due += device.interval_s
+            if device.next_due < time.monotonic():
+                # Overran: start the next poll now instead of bursting to catch up.
                 self._counters["overruns"] += 1
-                next_start = time.monotonic()
-                delay = 0.0
-            await asyncio.sleep(delay)
+                device.next_due = time.monotonic()
 
     async def poll(self) -> list[TagSample]:
-        """Read every block once, sequentially (one request in flight per connection)."""
-        client = self._client
-        if client is None:
-            raise NotConnected(f"modbus {self.name}: not connected")
-        self._counters["polls"] += 1
+        """Poll every device once, in unit order (one request in flight at a time)."""
         batch: list[TagSample] = []
-        try:
-            for index, block in enumerate(self._blocks):
-                batch.extend(await self._read_block(client, index, block))
-        except ConnectorError:
-            # The link is unusable: drop it so a half-open socket is not left behind.
-            self._drop_client()
-            raise
+        for device in self._devices:
+            batch.extend(await self._poll_device(device))
         return batch
 
     async def close(self) -> None:
-        if self._client is not None:
-            self._drop_client()
+        if self._link.is_open:
+            self._link.close()
             log.info("closed", source=self.name, endpoint=self.endpoint)
 
-    def _drop_client(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+    async def _poll_device(self, device: _Device) -> list[TagSample]:
+        if not self._link.is_open:
+            raise NotConnected(f"modbus {self.name}: not connected")
+        now = time.monotonic()
+        if device.breaker.is_open(now):
+            return self._skipped(device, now)
+        self._counters["polls"] += 1
+        batch: list[TagSample] = []
+        good = False
+        try:
+            for n, (index, block) in enumerate(device.blocks):
+                try:
+                    samples = await self._read_block(index, block)
+                except _NoReply as exc:
+                    # The unit did not answer: asking it for its other blocks would only
+                    # hold the line for another timeout each.
+                    reason = str(exc)
+                    for rest_index, rest in device.blocks[n:]:
+                        batch.extend(self._bad(rest_index, rest, reason, time.time()))
+                    break
+                good = good or any(s.quality is Quality.GOOD for s in samples)
+                batch.extend(samples)
+        except ConnectorError:
+            # The link is unusable: drop it so a half-open socket is not left behind.
+            self._link.close()
+            raise
+        if good:
+            device.breaker.success()
+        elif device.breaker.failure(time.monotonic()):
+            self._counters["breaker_opened"] += 1
+            log.warning(
+                "unit_backing_off",
+                source=self.name,
+                unit=device.unit,
+                failures=device.breaker.failed_in_a_row,
+                retry_in_s=round(device.breaker.retry_in(time.monotonic()), 3),
+            )
+        return batch
 
-    async def _read_block(
-        self, client: AsyncModbusTcpClient, index: int, block: ReadBlock
-    ) -> list[TagSample]:
-        if not client.connected:
+    def _skipped(self, device: _Device, now: float) -> list[TagSample]:
+        self._counters["skipped"] += 1
+        reason = (
+            f"unit {device.unit} skipped after {device.breaker.failed_in_a_row} failed polls "
+            f"in a row (retry in {device.breaker.retry_in(now):.1f}s)"
+        )
+        received = time.time()
+        return [
+            TagSample(p.tag, None, Quality.BAD, received, reason=reason)
+            for _, block in device.blocks
+            for p in block.tags
+        ]
+
+    async def _read_block(self, index: int, block: ReadBlock) -> list[TagSample]:
+        if not self._link.connected:
             raise NotConnected(f"modbus {self.name}: connection to {self.endpoint} lost")
         self._counters["requests"] += 1
         deadline = self._settings.timeout_s + _DEADLINE_MARGIN_S
         try:
-            pdu = await asyncio.wait_for(self._request(client, block), timeout=deadline)
-        except ConnectionException as exc:
+            async with self._line:
+                reply = await asyncio.wait_for(self._link.read(block), timeout=deadline)
+        except (ConnectionException, ConnectionError) as exc:
             raise NotConnected(f"modbus {self.name}: connection to {self.endpoint} lost") from exc
+        except MalformedFrame as exc:
+            self._silent_requests = 0  # bytes came back: the link itself is alive
+            self._silent_units.clear()
+            return self._bad(index, block, f"malformed reply ({exc})", time.time())
         except (TimeoutError, ModbusIOException) as exc:
-            return self._no_reply(client, index, block, exc)
+            self._no_reply(block, exc)
         except Exception as exc:
             # Malformed frames have surfaced as struct.error and friends: keep polling.
-            log.exception("request_failed", source=self.name, table=block.table, start=block.start)
-            return self._no_reply(client, index, block, exc)
+            log.exception("request_failed", source=self.name, unit=block.unit, start=block.start)
+            self._no_reply(block, exc)
         received = time.time()
-        self._failures = 0
+        self._silent_requests = 0
+        self._silent_units.clear()
         try:
-            values = block_values(block, _reply(pdu), self._settings.unit)
+            values = block_values(block, reply)
         except BadReply as exc:
             return self._bad(index, block, exc.reason, received)
         except Exception as exc:
-            log.exception("decode_failed", source=self.name, table=block.table, start=block.start)
+            log.exception("decode_failed", source=self.name, unit=block.unit, start=block.start)
             return self._bad(index, block, f"decode error: {exc}", received)
         if self._block_reason.pop(index, None) is not None:
-            log.info("block_recovered", source=self.name, table=block.table, start=block.start)
+            log.info("block_recovered", source=self.name, unit=block.unit, start=block.start)
         return [TagSample(tag, value, Quality.GOOD, received) for tag, value in values]
 
-    async def _request(self, client: AsyncModbusTcpClient, block: ReadBlock) -> ModbusPDU:
-        unit = self._settings.unit
-        if block.table == "holding":
-            return await client.read_holding_registers(
-                block.start, count=block.count, device_id=unit
-            )
-        if block.table == "input":
-            return await client.read_input_registers(block.start, count=block.count, device_id=unit)
-        if block.table == "coil":
-            return await client.read_coils(block.start, count=block.count, device_id=unit)
-        return await client.read_discrete_inputs(block.start, count=block.count, device_id=unit)
-
-    def _no_reply(
-        self, client: AsyncModbusTcpClient, index: int, block: ReadBlock, exc: Exception
-    ) -> list[TagSample]:
-        if not client.connected:
+    def _no_reply(self, block: ReadBlock, exc: Exception) -> None:
+        """Count a request without a usable reply; raise ``_NoReply``, or ``ConnectorError``
+        once the whole link looks dead."""
+        if not self._link.connected:
             raise NotConnected(f"modbus {self.name}: connection to {self.endpoint} lost") from exc
         self._counters["no_reply"] += 1
-        self._failures += 1
-        if self._failures >= MAX_CONSECUTIVE_FAILURES:
+        self._silent_requests += 1
+        self._silent_units.add(block.unit)
+        now = time.monotonic()
+        backing_off = {d.unit for d in self._devices if d.breaker.is_open(now)}
+        everyone_silent = self._silent_units | backing_off >= set(self.units)
+        if self._silent_requests >= MAX_CONSECUTIVE_FAILURES and everyone_silent:
             log.warning(
                 "connection_dead",
                 source=self.name,
                 endpoint=self.endpoint,
-                failures=self._failures,
+                failures=self._silent_requests,
             )
             raise ConnectorError(
-                f"modbus {self.name}: {self._failures} requests in a row to {self.endpoint} "
-                "got no valid reply"
+                f"modbus {self.name}: {self._silent_requests} requests in a row to "
+                f"{self.endpoint} got no valid reply"
             ) from exc
         reason = f"no valid reply within {self._settings.timeout_s:g}s"
         detail = str(exc)
         if detail:
             reason = f"{reason} ({detail})"
-        return self._bad(index, block, reason, time.time())
+        raise _NoReply(reason) from exc
 
     def _bad(self, index: int, block: ReadBlock, reason: str, received: float) -> list[TagSample]:
         self._counters["bad_blocks"] += 1
@@ -231,6 +309,7 @@ class ModbusSource:
             log.warning(
                 "block_bad",
                 source=self.name,
+                unit=block.unit,
                 table=block.table,
                 start=block.start,
                 count=block.count,

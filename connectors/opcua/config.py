@@ -49,7 +49,25 @@ class SecuritySettings(BaseModel):
     )
     server_certificate: str | None = Field(
         None,
-        description="Path to the server certificate to trust; default: taken from the endpoint.",
+        description="Path to the server certificate to pin; default: taken from the endpoint and "
+        "checked against the trust store.",
+    )
+    pki_dir: str = Field(
+        "pki",
+        description="Trust store: server certificates in <pki_dir>/trusted are accepted, unknown "
+        "ones are refused and copied to <pki_dir>/rejected.",
+    )
+    trust_on_first_use: bool = Field(
+        False,
+        description="Accept an unknown server certificate once and store it in trusted/ "
+        "(only for commissioning: it trusts whoever answers first).",
+    )
+    rejected_cap: int = Field(
+        100, ge=1, description="At most this many certificates are kept in <pki_dir>/rejected."
+    )
+    application_uri: str = Field(
+        "urn:bridge:gateway",
+        description="ApplicationUri announced to the server; must equal the certificate's SAN URI.",
     )
 
     @model_validator(mode="after")
@@ -77,6 +95,18 @@ class OpcUaSourceSettings(BaseModel):
     password: str | None = Field(
         None, description="Password; pass it as ${ENV_VAR}, never literally in the mapping."
     )
+    password_file: str | None = Field(
+        None, description="File holding the password (first line), e.g. a container secret."
+    )
+    user_certificate: str | None = Field(
+        None, description="X.509 user identity: certificate path (DER or PEM)."
+    )
+    user_private_key: str | None = Field(
+        None, description="X.509 user identity: private key path (PEM)."
+    )
+    retry_failed_items_s: float = Field(
+        30, gt=0, description="Items the server refused are retried this often (seconds)."
+    )
     publishing_interval_ms: float = Field(
         100, gt=0, description="Requested subscription publishing interval in milliseconds."
     )
@@ -99,8 +129,14 @@ class OpcUaSourceSettings(BaseModel):
 
     @model_validator(mode="after")
     def _user_pair(self) -> Self:
-        if self.password is not None and self.username is None:
+        if (self.password is not None or self.password_file) and self.username is None:
             raise ValueError("password given without username")
+        if self.password is not None and self.password_file:
+            raise ValueError("give password or password_file, not both")
+        if bool(self.user_certificate) != bool(self.user_private_key):
+            raise ValueError("user_certificate and user_private_key go together")
+        if self.user_certificate and self.username:
+            raise ValueError("choose one identity: username or user_certificate")
         return self
 
 
@@ -109,10 +145,17 @@ class OpcUaAddress(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    node: str = Field(
+    node: str | None = Field(
+        None,
         description="Node id as nsu=<namespace uri>;<i=|s=|g=|b=><identifier>, "
-        "e.g. nsu=urn:bridge:sim:plant;s=Pump01.Vibration."
+        "e.g. nsu=urn:bridge:sim:plant;s=Pump01.Vibration.",
     )
+    path: str | None = Field(
+        None,
+        description="Instead of node: browse names below Objects, '/'-separated, e.g. "
+        "Plant/Pump01/Vibration; resolved to a node id on every new session.",
+    )
+    namespace: str | None = Field(None, description="Namespace URI of the browse names in path.")
     sampling_interval_ms: float | None = Field(
         None, ge=0, description="Sampling interval for this item; default from the source settings."
     )
@@ -127,6 +170,18 @@ class OpcUaAddress(BaseModel):
 
     @field_validator("node")
     @classmethod
-    def _nsu_form(cls, value: str) -> str:
-        parse_nsu(value)
+    def _nsu_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_nsu(value)
         return value
+
+    @model_validator(mode="after")
+    def _node_or_path(self) -> Self:
+        if (self.node is None) == (self.path is None):
+            raise ValueError("give either node (nsu=...) or path (with namespace)")
+        if self.path is not None:
+            if not self.namespace:
+                raise ValueError("path needs namespace: the URI of its browse names")
+            if not [p for p in self.path.split("/") if p]:
+                raise ValueError("path is empty")
+        return self

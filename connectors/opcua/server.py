@@ -15,16 +15,20 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import structlog
 from asyncua import ua
 from asyncua.common.node import Node
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.server import Server
 
 from bridge.errors import ConnectorError
 from bridge.types import ComponentHealth, Prediction, PredictionSlot, SinkContext
 from connectors.opcua._access import ReaderUserManager, ReadOnlyRuleset
+from connectors.opcua._guard import GuardedServer
 from connectors.opcua.convert import make_node_id
 from connectors.opcua.encode import FIELDS, encode_prediction, initial_values, value_type
 from connectors.opcua.encode import node_string as prediction_node_string
@@ -73,17 +77,22 @@ class PredictionServer:
         if self._server is not None:
             return
         settings = self._settings
-        server = Server(
-            user_manager=cast(Any, ReaderUserManager(settings.allow_anonymous, settings.users))
+        server = GuardedServer(
+            user_manager=cast(Any, ReaderUserManager(settings.allow_anonymous, settings.users)),
+            allow_none="None" in settings.security_policies,
+            max_subscriptions_per_session=settings.max_subscriptions_per_session,
         )
         try:
             await server.init()
             server.set_endpoint(settings.endpoint)
             server.set_server_name(settings.server_name)
+            await server.set_application_uri(settings.application_uri)
             server.allow_remote_admin(False)
+            self._apply_limits(server)
             if settings.certificate and settings.private_key:
                 await server.load_certificate(settings.certificate)
                 await server.load_private_key(settings.private_key)
+                await self._trust_clients(server)
             server.set_security_policy(
                 [_POLICY_TYPES[p] for p in settings.security_policies],
                 permission_ruleset=cast(Any, ReadOnlyRuleset()),
@@ -104,6 +113,28 @@ class PredictionServer:
         self._state, self._detail = "ok", ""
         self._warn_about_access()
         self._log.info("server_started", slots=len(self._slots), namespace_index=ns)
+
+    def _apply_limits(self, server: Server) -> None:
+        settings = self._settings
+        limits = server.limits
+        # asyncua's default accepts 100 MB messages; a small HMI server needs far less.
+        limits.max_message_size = settings.max_message_size
+        limits.max_chunk_count = -(-settings.max_message_size // limits.max_recv_buffer)
+        server.iserver.max_connections = settings.max_connections
+
+    async def _trust_clients(self, server: Server) -> None:
+        """Client application certificates are accepted only if found in <pki_dir>/trusted."""
+        trusted = Path(self._settings.pki_dir) / "trusted"
+        trusted.mkdir(parents=True, exist_ok=True)
+        store = TrustStore([trusted], [])
+        await store.load()
+        options = (
+            CertificateValidatorOptions.TIME_RANGE
+            | CertificateValidatorOptions.URI
+            | CertificateValidatorOptions.TRUSTED
+            | CertificateValidatorOptions.PEER_CLIENT
+        )
+        server.set_certificate_validator(cast(Any, CertificateValidator(options, store)))
 
     def _identity_tokens(self) -> list[type]:
         tokens: list[type] = []

@@ -21,12 +21,21 @@ ServerSecurityPolicy = Literal[
 ]
 
 
-def _only_none() -> list[ServerSecurityPolicy]:
-    return ["None"]
+def _secured() -> list[ServerSecurityPolicy]:
+    # Secure by default: None must be listed explicitly (demo, isolated test benches).
+    return [
+        "Basic256Sha256_SignAndEncrypt",
+        "Aes128_Sha256_RsaOaep_SignAndEncrypt",
+        "Aes256_Sha256_RsaPss_SignAndEncrypt",
+        "Basic256Sha256_Sign",
+        "Aes128_Sha256_RsaOaep_Sign",
+        "Aes256_Sha256_RsaPss_Sign",
+    ]
 
 
 class OpcUaServerUser(BaseModel):
-    """A user that may log in; every user is read-only (the prediction tree is read-only)."""
+    """A user that may log in. ``reader``: browse, read, subscribe. ``operator``: also the
+    Write service (only nodes whose AccessLevel allows it; the prediction tree allows none)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -34,6 +43,7 @@ class OpcUaServerUser(BaseModel):
     password: str = Field(
         min_length=1, description="Password; pass it as ${ENV_VAR}, never literally."
     )
+    role: Literal["reader", "operator"] = Field("reader", description="What the user may do.")
 
 
 class OpcUaServerSettings(BaseModel):
@@ -52,9 +62,10 @@ class OpcUaServerSettings(BaseModel):
         False, description="Let clients log in anonymously (read-only, like every session)."
     )
     security_policies: list[ServerSecurityPolicy] = Field(
-        default_factory=_only_none,
+        default_factory=_secured,
         min_length=1,
-        description="Offered security policies; anything but None needs certificate and key.",
+        description="Offered security policies (default: the three policies with Sign and "
+        "SignAndEncrypt); None is refused unless listed here; secured ones need certificate/key.",
     )
     certificate: str | None = Field(
         None, description="Path to the server application certificate (DER or PEM)."
@@ -66,6 +77,18 @@ class OpcUaServerSettings(BaseModel):
     server_name: str = Field(
         "bridge", min_length=1, description="Application name shown to clients."
     )
+    application_uri: str = Field(
+        "urn:bridge:gateway", description="ApplicationUri; must equal the certificate's SAN URI."
+    )
+    pki_dir: str = Field(
+        "pki",
+        description="Client application certificates must be in <pki_dir>/trusted (DER/PEM).",
+    )
+    max_message_size: int = Field(
+        4 * 1024 * 1024, ge=65536, description="Largest accepted request in bytes."
+    )
+    max_connections: int = Field(50, ge=1, description="Concurrent client connections.")
+    max_subscriptions_per_session: int = Field(10, ge=1, description="Per client session.")
 
     @model_validator(mode="after")
     def _certificates(self) -> Self:

@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import structlog
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
+from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from bridge.errors import ConnectorError, NotConnected
 from bridge.types import Quality, SourceTag, TagSample
@@ -28,6 +33,7 @@ from connectors.opcua.convert import (
     node_id_for,
     parse_nsu,
 )
+from connectors.opcua.trust import TrustStore, UntrustedCertificate
 
 __all__ = ["OpcUaSource"]
 
@@ -58,7 +64,7 @@ class OpcUaSource:
         self.name = name
         self._settings = settings
         self._tags = tuple(tags)
-        self._refs: tuple[NodeRef, ...] = tuple(parse_nsu(_address(t).node) for t in self._tags)
+        self._refs: tuple[NodeRef | None, ...] = tuple(_ref(_address(t)) for t in self._tags)
         self._client: Client | None = None
         self._subscription: InboxSubscription | None = None
         self._inbox: Inbox[ua.DataValue] = Inbox(settings.queue_size)
@@ -67,6 +73,12 @@ class OpcUaSource:
         self._closed = True
         self._dropped_before = 0
         self._dropped_logged = 0
+        # Per session: tag handles the server refused, retried every retry_failed_items_s.
+        self._failed: list[int] = []
+        self._next_retry = 0.0
+        self._index_of: dict[str, int] = {}
+        self._per_call = DEFAULT_BATCH
+        self._per_read = DEFAULT_BATCH
         self._log = log.bind(source=name, endpoint=settings.endpoint)
 
     @property
@@ -90,6 +102,7 @@ class OpcUaSource:
             auto_reconnect=False,
         )
         client.session_timeout = SESSION_TIMEOUT_MS
+        client.application_uri = settings.security.application_uri
         inbox = self._inbox
 
         async def on_connection_lost(exc: Exception) -> None:
@@ -99,7 +112,9 @@ class OpcUaSource:
         self._client = client
         self._closed = False
         try:
-            await self._apply_identity(client)
+            # set_security may fetch the endpoints over the network: bounded like every call
+            async with asyncio.timeout(settings.timeout_s * 2):
+                await self._apply_identity(client)
             async with asyncio.timeout(settings.timeout_s * 2):
                 await client.connect(auto_reconnect=False)
             self._initial = await self._subscribe_all(client)
@@ -124,31 +139,41 @@ class OpcUaSource:
                 server_certificate=security.server_certificate,
                 mode=_MODES[security.mode],
             )
-        if self._settings.username is not None:
-            client.set_user(self._settings.username)
-        if self._settings.password is not None:
-            client.set_password(self._settings.password)
+            if security.server_certificate is None:
+                client.certificate_validator = self._validate_server_certificate
+        settings = self._settings
+        if settings.username is not None:
+            client.set_user(settings.username)
+        if settings.password is not None:
+            client.set_password(settings.password)
+        elif settings.password_file:
+            text = await asyncio.to_thread(_read_first_line, settings.password_file)
+            client.set_password(text)
+        if settings.user_certificate and settings.user_private_key:
+            await client.load_client_certificate(settings.user_certificate)
+            await client.load_private_key(Path(settings.user_private_key))
+
+    async def _validate_server_certificate(self, cert: x509.Certificate, _app: object) -> None:
+        """Called by asyncua during CreateSession, before any credential is sent."""
+        security = self._settings.security
+        store = TrustStore(
+            Path(security.pki_dir),
+            trust_on_first_use=security.trust_on_first_use,
+            rejected_cap=security.rejected_cap,
+        )
+        try:
+            await asyncio.to_thread(store.check, cert.public_bytes(Encoding.DER))
+        except UntrustedCertificate as exc:
+            self._log.error("server_certificate_untrusted", detail=str(exc))
+            raise ServiceError(StatusCodes.BadCertificateUntrusted) from exc
 
     async def _subscribe_all(self, client: Client) -> list[TagSample]:
         timeout = self._settings.timeout_s
-        now = time.time()
         async with asyncio.timeout(timeout):
             namespaces: list[str] = await client.get_namespace_array()
-        index_of = {uri: i for i, uri in enumerate(namespaces)}
-        per_call, per_read = await self._operation_limits(client)
-
-        failed: list[TagSample] = []
-        requests: list[ua.MonitoredItemCreateRequest] = []
-        handles: list[int] = []
-        for handle, (tag, ref) in enumerate(zip(self._tags, self._refs, strict=True)):
-            ns = index_of.get(ref.uri)
-            if ns is None:
-                reason = f"BadNodeIdUnknown: namespace {ref.uri} not on server"
-                failed.append(TagSample(tag.tag, None, Quality.BAD, now, reason=reason))
-                continue
-            requests.append(self._monitor_request(handle, node_id_for(ref, ns), _address(tag)))
-            handles.append(handle)
-
+        # Resolved per session: a restarted server may have renumbered its namespaces.
+        self._index_of = {uri: i for i, uri in enumerate(namespaces)}
+        self._per_call, self._per_read = await self._operation_limits(client)
         subscription = InboxSubscription(
             client.uaclient.session, self._subscription_params(), self._inbox
         )
@@ -156,22 +181,107 @@ class OpcUaSource:
             result = await subscription.init()
         self._subscription = subscription
         self._check_revised(result)
+        self._failed = []
+        self._next_retry = time.monotonic() + self._settings.retry_failed_items_s
+        return await self._create_items(client, list(range(len(self._tags))))
 
+    async def _create_items(self, client: Client, wanted: list[int]) -> list[TagSample]:
+        """Monitor ``wanted`` tag handles in batches; refused ones go to ``self._failed``."""
+        assert self._subscription is not None
+        timeout = self._settings.timeout_s
+        now = time.time()
+        failed: list[TagSample] = []
+        requests: list[ua.MonitoredItemCreateRequest] = []
+        handles: list[int] = []
+        by_path = await self._resolve_paths(client, [h for h in wanted if self._refs[h] is None])
+        for handle in wanted:
+            tag, ref = self._tags[handle], self._refs[handle]
+            node_id: ua.NodeId | str
+            if ref is None:
+                node_id = by_path[handle]
+            else:
+                ns = self._index_of.get(ref.uri)
+                node_id = (
+                    node_id_for(ref, ns)
+                    if ns is not None
+                    else f"BadNodeIdUnknown: namespace {ref.uri} not on server"
+                )
+            if isinstance(node_id, str):  # the reason it could not be resolved
+                failed.append(TagSample(tag.tag, None, Quality.BAD, now, reason=node_id))
+                self._failed.append(handle)
+                continue
+            requests.append(self._monitor_request(handle, node_id, _address(tag)))
+            handles.append(handle)
+
+        per_call = self._per_call
         subscribed: list[int] = []
         for start in range(0, len(requests), per_call):
             chunk = requests[start : start + per_call]
             async with asyncio.timeout(timeout):
-                results = await subscription.create_monitored_items(chunk)
+                results = await self._subscription.create_monitored_items(chunk)
             for handle, outcome in zip(handles[start : start + per_call], results, strict=True):
                 if isinstance(outcome, ua.StatusCode):
                     sample = TagSample(
                         self._tags[handle].tag, None, Quality.BAD, now, reason=outcome.name
                     )
                     failed.append(sample)
+                    self._failed.append(handle)
                 else:
                     subscribed.append(handle)
-        current = await self._read_current(client, subscribed, requests, handles, per_read)
+        current = await self._read_current(client, subscribed, requests, handles, self._per_read)
         return failed + current
+
+    async def _resolve_paths(
+        self, client: Client, handles: list[int]
+    ) -> dict[int, ua.NodeId | str]:
+        """Browse paths -> node ids for this session (TranslateBrowsePaths, batched)."""
+        resolved: dict[int, ua.NodeId | str] = {}
+        paths: list[ua.BrowsePath] = []
+        for handle in handles:
+            address = _address(self._tags[handle])
+            assert address.path is not None and address.namespace is not None
+            ns = self._index_of.get(address.namespace)
+            if ns is None:
+                resolved[handle] = f"BadNodeIdUnknown: namespace {address.namespace} not on server"
+                continue
+            paths.append(_browse_path(address.path, ns))
+        pending = [h for h in handles if h not in resolved]
+        for start in range(0, len(paths), self._per_call):
+            chunk = paths[start : start + self._per_call]
+            async with asyncio.timeout(self._settings.timeout_s):
+                results = await client.uaclient.translate_browsepaths_to_nodeids(chunk)
+            for handle, result in zip(pending[start : start + len(chunk)], results, strict=True):
+                if result.StatusCode.is_good() and result.Targets:
+                    target = result.Targets[0].TargetId
+                    resolved[handle] = make_node_id(
+                        target.Identifier, target.NamespaceIndex, target.NodeIdType
+                    )
+                else:
+                    resolved[handle] = f"{result.StatusCode.name}: path not found"
+        return resolved
+
+    async def _retry_failed(self) -> list[TagSample]:
+        """Try the refused items again (a node may have been created since); others untouched."""
+        client = self._client
+        self._next_retry = time.monotonic() + self._settings.retry_failed_items_s
+        if client is None or not self._failed:
+            return []
+        wanted, self._failed = self._failed, []
+        try:
+            async with asyncio.timeout(self._settings.timeout_s):
+                namespaces: list[str] = await client.get_namespace_array()
+            self._index_of = {uri: i for i, uri in enumerate(namespaces)}
+            samples = await self._create_items(client, wanted)
+        except (TimeoutError, OSError, UaError) as exc:
+            # A failing retry is a link problem: let the runtime reconnect.
+            self._inbox.fail(f"retry of failed items: {exc!r}")
+            raise ConnectorError(f"{self.name}: retry of failed items failed: {exc!r}") from exc
+        recovered = len(wanted) - len(self._failed)
+        if recovered:
+            self._log.info(
+                "failed_items_recovered", recovered=recovered, still_bad=len(self._failed)
+            )
+        return samples
 
     async def _read_current(
         self,
@@ -282,6 +392,10 @@ class OpcUaSource:
             if self._closed:
                 return
             self._check_alive()
+            if self._failed and time.monotonic() >= self._next_retry:
+                retried = await self._retry_failed()
+                if retried:
+                    yield retried
             items, spilled = self._inbox.take(MAX_SAMPLES_PER_BATCH)
             if not items and not spilled:
                 continue
@@ -342,6 +456,32 @@ class OpcUaSource:
             # A timed-out disconnect can leave the socket open; drop it for sure.
             client.disconnect_socket()
         self._log.info("closed")
+
+
+def _read_first_line(path: str) -> str:
+    return (
+        Path(path).read_text(encoding="utf-8").splitlines()[0] if Path(path).stat().st_size else ""
+    )
+
+
+def _ref(address: OpcUaAddress) -> NodeRef | None:
+    return parse_nsu(address.node) if address.node is not None else None
+
+
+def _browse_path(path: str, ns: int) -> ua.BrowsePath:
+    elements = []
+    for name in (p for p in path.split("/") if p):
+        element = ua.RelativePathElement()
+        element.ReferenceTypeId = make_node_id(ObjectIds.HierarchicalReferences, 0)
+        # asyncua annotates these with its own Boolean type; plain bools are what it encodes
+        element.IsInverse = cast(Any, False)
+        element.IncludeSubtypes = cast(Any, True)
+        element.TargetName = ua.QualifiedName(name, ns)
+        elements.append(element)
+    browse_path = ua.BrowsePath()
+    browse_path.StartingNode = make_node_id(ObjectIds.ObjectsFolder, 0)
+    browse_path.RelativePath = ua.RelativePath(Elements=elements)
+    return browse_path
 
 
 def _address(tag: SourceTag) -> OpcUaAddress:

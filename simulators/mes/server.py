@@ -11,7 +11,7 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -64,6 +64,9 @@ class MesReceiver(Service):
         self._fail_remaining: int | None = 0  # None: fail until recover()
         self._retry_after: float | None = None
         self._delay_s = 0.0
+        # Poison events: these Idempotency-Keys are refused with this status until accepted.
+        self._poison: dict[str, int] = {}
+        self.poison_answers = 0
         self._stopping = asyncio.Event()
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -91,6 +94,14 @@ class MesReceiver(Service):
         self._fail_remaining = count
         self._retry_after = retry_after
 
+    def reject_keys(self, keys: Iterable[str], status: int = 422) -> None:
+        """Refuse the events with these Idempotency-Keys with ``status`` until ``accept_keys``."""
+        for key in keys:
+            self._poison[key] = status
+
+    def accept_keys(self) -> None:
+        self._poison.clear()
+
     def recover(self) -> None:
         self._fail_remaining = 0
         self._retry_after = None
@@ -115,6 +126,9 @@ class MesReceiver(Service):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Accepted sockets inherit it: without it a kept-alive connection waits ~40 ms per
+            # reply (Nagle on the response's second write against the client's delayed ACK).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((self.host, self.port))
             sock.listen(128)
             sock.setblocking(False)
@@ -212,6 +226,11 @@ class MesReceiver(Service):
         except ValueError:
             return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
         key = request.headers.get("idempotency-key")
+        if key is not None and key in self._poison:
+            self.poison_answers += 1
+            return JSONResponse(
+                {"error": "simulated poison event: unprocessable"}, status_code=self._poison[key]
+            )
         if key is not None and key in self._keys:
             self.duplicate_count += 1
             return JSONResponse({"status": "duplicate", "key": key}, status_code=200)

@@ -1,4 +1,5 @@
-"""A Modbus TCP PLC simulator serving ``REGISTER_MAP``, with values that change over time.
+"""A Modbus PLC simulator serving ``REGISTER_MAP``, with values that change over time, over
+Modbus TCP, RTU framing on TCP (as serial-to-Ethernet gateways speak) or an RTU serial line.
 
 Built on pymodbus 3.16's ``SimDevice``/``SimData`` (what its server runs on internally; the
 older ``ModbusDeviceContext`` is converted to it and its ``async_setValues`` no longer writes).
@@ -15,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
+from pymodbus import FramerType
 from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.plc.register_map import REGISTER_MAP, Signal
@@ -56,7 +58,12 @@ def _build_device(unit: int, signals: Sequence[Signal], t: float) -> SimDevice:
 
 
 class PlcSimulator(Service):
-    """Serves ``REGISTER_MAP`` on ``host:port`` for unit ``unit``; stoppable and restartable.
+    """Serves ``REGISTER_MAP`` on ``host:port`` for unit ``unit`` (and ``more_units``, each
+    with the same registers); stoppable and restartable.
+
+    ``framer`` ``rtu`` speaks RTU frames over TCP; ``serial_port`` serves RTU on that serial
+    device instead of TCP. ``silent_units=True`` makes requests to unknown units go unanswered
+    (a dead device behind a gateway) instead of answering exception 11.
 
     Simulator time ``t`` counts seconds from construction (a restart keeps counting). The
     registers are refreshed every ``update_interval_s``; ``apply(t)`` sets them for any ``t``
@@ -69,13 +76,22 @@ class PlcSimulator(Service):
         port: int = 5020,
         unit: int = 1,
         update_interval_s: float = 0.5,
+        *,
+        more_units: Sequence[int] = (),
+        framer: str = "socket",
+        serial_port: str | None = None,
+        silent_units: bool = False,
     ) -> None:
         self._host = host
         self._port = port
         self._unit = unit
+        self._units = (unit, *more_units)
+        self._framer = FramerType.RTU if framer == "rtu" or serial_port else FramerType.SOCKET
+        self._serial_port = serial_port
+        self._silent_units = silent_units
         self._interval = update_interval_s
         self._epoch = time.monotonic()
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._updater: asyncio.Task[None] | None = None
         self._time = 0.0
         self._requests: deque[RequestRecord] = deque(maxlen=_REQUEST_LOG_SIZE)
@@ -117,15 +133,29 @@ class PlcSimulator(Service):
         if self._server is not None:
             return
         self._time = self.now()
-        device = _build_device(self._unit, REGISTER_MAP, self._time)
-        server = ModbusTcpServer(
-            device, address=(self._host, self._port), trace_pdu=self._trace_pdu
-        )
+        devices = [_build_device(u, REGISTER_MAP, self._time) for u in self._units]
+        server: ModbusTcpServer | ModbusSerialServer
+        if self._serial_port is not None:
+            server = ModbusSerialServer(
+                devices,
+                framer=FramerType.RTU,
+                port=self._serial_port,
+                trace_packet=self._trace_packet,
+                trace_pdu=self._trace_pdu,
+            )
+        else:
+            server = ModbusTcpServer(
+                devices,
+                framer=self._framer,
+                address=(self._host, self._port),
+                trace_packet=self._trace_packet,
+                trace_pdu=self._trace_pdu,
+            )
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
-            if ModbusTcpServer.active_server is server:
-                ModbusTcpServer.active_server = None
+            if ModbusBaseServer.active_server is server:
+                ModbusBaseServer.active_server = None
             raise OSError(f"PLC simulator cannot listen on {self._host}:{self._port}") from exc
         listener = server.transport
         sockets = getattr(listener, "sockets", None)
@@ -150,8 +180,8 @@ class PlcSimulator(Service):
         if isinstance(listener, asyncio.Server):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(listener.wait_closed(), timeout=2.0)
-        if ModbusTcpServer.active_server is server:
-            ModbusTcpServer.active_server = None
+        if ModbusBaseServer.active_server is server:
+            ModbusBaseServer.active_server = None
         log.info("plc_simulator_stopped", host=self._host, port=self._port)
 
     async def apply(self, t: float) -> None:
@@ -165,7 +195,8 @@ class PlcSimulator(Service):
                 [bool(w) for w in words] if s.table in ("coil", "discrete") else words
             )
             # One call per signal: a 32-bit value is never seen half-written.
-            await server.async_setValues(self._unit, _WRITE_FC[s.table], s.address, values)
+            for unit in self._units:
+                await server.async_setValues(unit, _WRITE_FC[s.table], s.address, values)
         self._time = t
 
     async def _update_loop(self) -> None:
@@ -175,6 +206,16 @@ class PlcSimulator(Service):
                 await self.apply(self.now())
             except Exception:
                 log.exception("plc_simulator_update_failed")
+
+    def _trace_packet(self, sending: bool, packet: bytes) -> bytes:
+        # pymodbus 3.16's ignore_missing_devices has no effect with SimDevice lists (an
+        # unknown id fails inside the datastore and is answered with an exception), so a
+        # silent unit's answer is dropped here: nothing is sent, as with a dead device.
+        if sending and self._silent_units and packet:
+            unit = packet[0] if self._framer == FramerType.RTU else packet[6]
+            if unit not in self._units:
+                return b""
+        return packet
 
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if not sending:

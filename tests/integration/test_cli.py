@@ -41,7 +41,8 @@ assets:
         address: {{table: holding, address: 0, type: float32, word_order: CDAB}}
       flow_rate: {{source: plc, address: {{table: holding, address: 4, type: uint16}}, scale: 0.1}}
 outputs:
-  hmi: {{kind: opcua-server, endpoint: "opc.tcp://127.0.0.1:{hmi}", allow_anonymous: true}}
+  hmi: {{kind: opcua-server, endpoint: "opc.tcp://127.0.0.1:{hmi}", allow_anonymous: true,
+        security_policies: ["None"]}}
 """
 
 
@@ -102,6 +103,9 @@ async def test_run_serves_then_stops_cleanly_on_signal(
     tmp_path: Path, plc: PlcSimulator, sig: signal.Signals
 ) -> None:
     mapping, api = _mapping(tmp_path, plc.port)
+    created = CliRunner().invoke(main, ["apikeys", "create", "ops", "--mapping", str(mapping)])
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
         *BRIDGE,
@@ -116,7 +120,9 @@ async def test_run_serves_then_stops_cleanly_on_signal(
     assert proc.stdout is not None
     reader = asyncio.create_task(proc.stdout.read())  # drain the pipe so logging never blocks
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api}", timeout=2) as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{api}", timeout=2, headers={"X-API-Key": key}
+        ) as http:
 
             async def tags_good() -> bool:
                 try:

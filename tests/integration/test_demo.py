@@ -45,9 +45,22 @@ async def test_demo_flags_the_faulty_pump_within_30_seconds(tmp_path: Path) -> N
         assert len(current) == PUMPS
         assert all(v == "healthy" for a, v in current.items() if a != faulty), current
 
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.api}") as http:
+        # The demo's read key, as its banner shows it; it also sees the alert the fault raised.
+        key = (tmp_path / "api-key").read_text().strip()
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{ports.api}", headers={"Authorization": f"Bearer {key}"}
+        ) as http:
             latest = (await http.get("/api/v1/predictions/latest")).json()
-        assert {p["asset"]: p["value"] for p in latest}[faulty] == "bearing_fault"
+            assert {p["asset"]: p["value"] for p in latest}[faulty] == "bearing_fault"
+
+            async def fault_alert() -> bool:
+                alerts = (await http.get("/api/v1/alerts", params={"asset": faulty})).json()
+                return any(a["label"] == "bearing_fault" for a in alerts["items"])
+
+            await wait_until(fault_alert, 10, what="an alert for the faulty pump")
+            assert (await http.get("/api/v1/alerts")).json()["items"][-1]["previous"] == "healthy"
+            no_key = await http.get("/api/v1/tags", headers={"Authorization": ""})
+            assert no_key.status_code == 401
         await wait_until(
             lambda: any(
                 c.body["asset"] == faulty and c.body["value"] == "bearing_fault" for c in mes.calls

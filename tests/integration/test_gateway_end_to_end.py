@@ -14,8 +14,11 @@ import pytest
 from asyncua import Client, ua
 from support import free_port, wait_until
 
+from bridge.auth import Scope
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, run_gateway
+from bridge.store import open_store
+from bridge.store.apikeys import ApiKeyRepository
 from bridge.types import Quality
 from simulators.mes.server import MesReceiver
 from simulators.plant.physics import FaultPlan
@@ -77,7 +80,8 @@ models:
       - {{tag: discharge_pressure, stat: mean}}
       - {{tag: speed, stat: mean}}
 outputs:
-  hmi: {{kind: opcua-server, endpoint: "opc.tcp://127.0.0.1:{hmi}", allow_anonymous: true}}
+  hmi: {{kind: opcua-server, endpoint: "opc.tcp://127.0.0.1:{hmi}", allow_anonymous: true,
+        security_policies: ["None"]}}
   mes: {{kind: mes-rest, url: "http://127.0.0.1:{mes}/api/v1/predictions"}}
 """
 
@@ -160,7 +164,17 @@ async def _read_hmi(url: str, asset: str) -> tuple[ua.DataValue, str, str]:
         return value, version, quality
 
 
-async def test_plant_to_hmi_mes_and_api_then_plant_restart(running: Running) -> None:
+def _new_key(db: Path) -> str:
+    store = open_store(f"sqlite:///{db}")
+    try:
+        return ApiKeyRepository(store).create("e2e", Scope.READ)[1]
+    finally:
+        store.dispose()
+
+
+async def test_plant_to_hmi_mes_and_api_then_plant_restart(
+    running: Running, tmp_path: Path
+) -> None:
     g = running.gateway
     faulty = f"pump-{FAULTY:02d}"
     healthy = [f"pump-{i:02d}" for i in range(1, PUMPS + 1) if i != FAULTY]
@@ -209,7 +223,9 @@ async def test_plant_to_hmi_mes_and_api_then_plant_restart(running: Running) -> 
         assert call.idempotency_key == call.body["id"]
 
     # The REST API serves the latest predictions, history and tags.
-    async with httpx.AsyncClient(base_url=running.api, timeout=5) as http:
+    key = await asyncio.to_thread(_new_key, tmp_path / "bridge.db")  # the gateway's store
+    headers = {"X-API-Key": key}
+    async with httpx.AsyncClient(base_url=running.api, timeout=5, headers=headers) as http:
         latest_api = (await http.get("/api/v1/predictions/latest")).json()
         by_asset = {p["asset"]: p for p in latest_api}
         assert set(by_asset) == {*healthy, faulty}

@@ -54,6 +54,7 @@ async def sink() -> AsyncIterator[PredictionServer]:
         endpoint=f"opc.tcp://127.0.0.1:{free_port()}",
         namespace=NS,
         allow_anonymous=True,
+        security_policies=["None"],
         users=[OpcUaServerUser(username="hmi", password="s3cret")],
     )
     server = PredictionServer("hmi", settings, SinkContext("gw1", SLOTS))
@@ -193,7 +194,9 @@ async def test_configured_user_can_read_but_not_write(sink: PredictionServer) ->
 
 
 async def test_anonymous_refused_unless_allowed() -> None:
-    settings = OpcUaServerSettings(endpoint=f"opc.tcp://127.0.0.1:{free_port()}", namespace=NS)
+    settings = OpcUaServerSettings(
+        endpoint=f"opc.tcp://127.0.0.1:{free_port()}", namespace=NS, security_policies=["None"]
+    )
     server = PredictionServer("hmi", settings, SinkContext("gw1", SLOTS))
     await server.start()
     try:

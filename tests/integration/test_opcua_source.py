@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import pytest_asyncio
+from asyncua import ua
 from support import free_port
 
 from bridge.errors import ConnectorError
@@ -221,3 +222,59 @@ async def test_blackholed_link_raises_and_close_does_not_hang(plant: PlantSimula
     finally:
         await source.close()
         await proxy.stop()
+
+
+async def test_browse_path_addresses_resolved_per_session(plant: PlantSimulator) -> None:
+    tags = [
+        SourceTag(
+            "by_path",
+            OpcUaAddress.model_validate(
+                {"path": "Plant/Pump02/Speed", "namespace": PLANT_NAMESPACE}
+            ),
+        ),
+        SourceTag(
+            "missing",
+            OpcUaAddress.model_validate({"path": "Plant/Nope/Speed", "namespace": PLANT_NAMESPACE}),
+        ),
+    ]
+    source = OpcUaSource("plant", settings(plant.endpoint), tags)
+    await source.connect()
+    try:
+        latest = await collect(source, {"by_path", "missing"})
+    finally:
+        await source.close()
+    assert latest["by_path"].quality is Quality.GOOD
+    assert isinstance(latest["by_path"].value, float)
+    assert latest["missing"].quality is Quality.BAD
+    assert latest["missing"].reason is not None and "BadNoMatch" in latest["missing"].reason
+
+
+async def test_refused_item_retried_on_timer_others_untouched(plant: PlantSimulator) -> None:
+    late_id = f"Late{free_port()}"  # unique per run: the module's plant is shared
+    tags = [
+        *plant_tags(1),
+        SourceTag("late", OpcUaAddress.model_validate(f"nsu={PLANT_NAMESPACE};s={late_id}")),
+    ]
+    source = OpcUaSource("plant", settings(plant.endpoint, retry_failed_items_s=0.5), tags)
+    await source.connect()
+    seen_bad_other = False
+    try:
+        first = await collect(source, {t.tag for t in tags})
+        assert first["late"].quality is Quality.BAD
+        assert first["late"].reason == "BadNodeIdUnknown"
+        server = plant._server
+        assert server is not None and plant.namespace_index is not None
+        nid = ua.NodeId(late_id, plant.namespace_index)
+        await server.nodes.objects.add_variable(nid, f"{plant.namespace_index}:{late_id}", 7.5)
+        async with asyncio.timeout(10):
+            async for batch in source.samples():
+                seen_bad_other |= any(
+                    s.quality is not Quality.GOOD for s in batch if s.tag != "late"
+                )
+                late = [s for s in batch if s.tag == "late"]
+                if late and late[-1].quality is Quality.GOOD:
+                    assert late[-1].value == 7.5
+                    break
+    finally:
+        await source.close()
+    assert not seen_bad_other

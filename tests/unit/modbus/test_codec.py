@@ -8,7 +8,16 @@ import struct
 
 import pytest
 
-from connectors.modbus.codec import RegisterType, WordOrder, decode, encode, register_count
+from connectors.modbus.codec import (
+    RegisterType,
+    WordOrder,
+    decode,
+    decode_bits,
+    decode_string,
+    encode,
+    encode_string,
+    register_count,
+)
 
 ORDERS: tuple[WordOrder, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
 
@@ -61,6 +70,32 @@ GOLDEN: list[tuple[RegisterType, WordOrder, int | float, list[int]]] = [
     # Orders do not apply to 16-bit values.
     ("int16", "DCBA", -200, [0xFF38]),
     ("uint16", "CDAB", 0x1234, [0x1234]),
+    # 64-bit: ABCD = ABCDEFGH, CDAB = GHEFCDAB (words reversed), BADC = BADCFEHG (bytes swapped
+    # in each word), DCBA = HGFEDCBA. 0x0102030405060708:
+    ("int64", "ABCD", 0x0102030405060708, [0x0102, 0x0304, 0x0506, 0x0708]),
+    ("int64", "CDAB", 0x0102030405060708, [0x0708, 0x0506, 0x0304, 0x0102]),
+    ("int64", "BADC", 0x0102030405060708, [0x0201, 0x0403, 0x0605, 0x0807]),
+    ("int64", "DCBA", 0x0102030405060708, [0x0807, 0x0605, 0x0403, 0x0201]),
+    # -2 = 0xFFFFFFFFFFFFFFFE
+    ("int64", "ABCD", -2, [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE]),
+    ("int64", "CDAB", -2, [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF]),
+    ("int64", "BADC", -2, [0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF]),
+    ("int64", "DCBA", -2, [0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF]),
+    ("int64", "ABCD", -(2**63), [0x8000, 0, 0, 0]),
+    ("uint64", "ABCD", 2**64 - 1, [0xFFFF] * 4),
+    # 2**63 = 0x8000000000000000: above the int64 range, must stay positive
+    ("uint64", "ABCD", 2**63, [0x8000, 0, 0, 0]),
+    ("uint64", "CDAB", 2**63, [0, 0, 0, 0x8000]),
+    ("uint64", "BADC", 2**63, [0x0080, 0, 0, 0]),
+    ("uint64", "DCBA", 2**63, [0, 0, 0, 0x0080]),
+    # -123.456 = 0xC05EDD2F1A9FBE77
+    ("float64", "ABCD", -123.456, [0xC05E, 0xDD2F, 0x1A9F, 0xBE77]),
+    ("float64", "CDAB", -123.456, [0xBE77, 0x1A9F, 0xDD2F, 0xC05E]),
+    ("float64", "BADC", -123.456, [0x5EC0, 0x2FDD, 0x9F1A, 0x77BE]),
+    ("float64", "DCBA", -123.456, [0x77BE, 0x9F1A, 0x2FDD, 0x5EC0]),
+    # 1.0 = 0x3FF0000000000000
+    ("float64", "ABCD", 1.0, [0x3FF0, 0, 0, 0]),
+    ("float64", "DCBA", 1.0, [0, 0, 0, 0xF03F]),
 ]
 
 
@@ -69,7 +104,9 @@ def test_decode_golden(
     type_: RegisterType, order: WordOrder, value: float, registers: list[int]
 ) -> None:
     decoded = decode(registers, type_, order)
-    if type_ == "float32":
+    if type_ == "float64":
+        assert decoded == value  # exact: a float64 holds the Python float unchanged
+    elif type_ == "float32":
         assert isinstance(decoded, float)
         assert decoded == pytest.approx(value, rel=1e-7)
     else:
@@ -102,6 +139,54 @@ def test_nan_and_infinity_decode_as_floats() -> None:
 def test_register_count() -> None:
     assert [register_count(t) for t in ("bool", "int16", "uint16")] == [1, 1, 1]
     assert [register_count(t) for t in ("int32", "uint32", "float32")] == [2, 2, 2]
+    assert [register_count(t) for t in ("int64", "uint64", "float64")] == [4, 4, 4]
+    assert [register_count("string", n) for n in (1, 2, 3, 10)] == [1, 1, 2, 5]
+
+
+# (text, length, order, registers): ASCII codes written by hand ("A" = 0x41, "1" = 0x31).
+STRINGS: list[tuple[str, int, WordOrder, list[int]]] = [
+    ("AB12", 4, "ABCD", [0x4142, 0x3132]),
+    ("AB12", 4, "BADC", [0x4241, 0x3231]),
+    ("AB12", 4, "DCBA", [0x4241, 0x3231]),
+    ("AB12", 4, "CDAB", [0x4142, 0x3132]),  # strings ignore word order
+    ("ABC", 3, "ABCD", [0x4142, 0x4300]),
+    ("ABC", 6, "ABCD", [0x4142, 0x4300, 0x0000]),  # NUL padding is not text
+    ("ABC", 6, "BADC", [0x4241, 0x0043, 0x0000]),
+    ("", 2, "ABCD", [0x0000]),
+]
+
+
+@pytest.mark.parametrize(("text", "length", "order", "registers"), STRINGS)
+def test_string_golden(text: str, length: int, order: WordOrder, registers: list[int]) -> None:
+    assert decode_string(registers, length, order) == text
+    assert encode_string(text, length, order) == registers
+
+
+def test_string_edge_cases() -> None:
+    assert decode_string([0x41FF], 2) == "A\ufffd"  # not ASCII: visible, not guessed
+    with pytest.raises(ValueError, match="register"):
+        decode_string([0x4142], 3)
+    with pytest.raises(ValueError, match="longer"):
+        encode_string("ABCDE", 4)
+    with pytest.raises(ValueError):
+        decode([0x4142], "string")
+
+
+# 0xA005 = 1010 0000 0000 0101
+@pytest.mark.parametrize(
+    ("bit", "bits", "value"),
+    [(0, 1, True), (1, 1, False), (2, 1, True), (15, 1, True), (14, 1, False),
+     (0, 3, 5), (12, 4, 0xA), (13, 3, 5), (0, 16, 0xA005)],
+)  # fmt: skip
+def test_bit_field_golden(bit: int, bits: int, value: int | bool) -> None:
+    decoded = decode_bits(0xA005, bit, bits)
+    assert decoded == value and type(decoded) is type(value)
+
+
+@pytest.mark.parametrize(("bit", "bits"), [(-1, 1), (16, 1), (15, 2), (0, 0), (0, 17)])
+def test_bit_field_rejects_fields_outside_the_register(bit: int, bits: int) -> None:
+    with pytest.raises(ValueError):
+        decode_bits(0xFFFF, bit, bits)
 
 
 @pytest.mark.parametrize(
@@ -129,6 +214,9 @@ def test_decode_rejects_out_of_range_words(word: int) -> None:
         (2**31, "int32"),
         (2**32, "uint32"),
         (-1, "uint32"),
+        (2**63, "int64"),
+        (2**64, "uint64"),
+        (-1, "uint64"),
         (1e39, "float32"),
         (1.5, "int32"),
     ],

@@ -70,16 +70,28 @@ def test_secured_source_with_certificate() -> None:
 
 
 def test_server_settings() -> None:
-    s = OpcUaServerSettings()
-    assert s.endpoint == "opc.tcp://127.0.0.1:4850" and s.security_policies == ["None"]
+    # secure by default: without a certificate only an explicit None is possible
+    with pytest.raises(ValidationError, match="certificate"):
+        OpcUaServerSettings()
+    s = OpcUaServerSettings(certificate="c.der", private_key="k.pem")
+    assert s.endpoint == "opc.tcp://127.0.0.1:4850" and "None" not in s.security_policies
+    assert {p.rsplit("_", 1)[0] for p in s.security_policies} == {
+        "Basic256Sha256",
+        "Aes128_Sha256_RsaOaep",
+        "Aes256_Sha256_RsaPss",
+    }
     assert s.allow_anonymous is False
+    assert OpcUaServerSettings(security_policies=["None"]).security_policies == ["None"]
     with pytest.raises(ValidationError, match="certificate"):
         OpcUaServerSettings(security_policies=["Basic256Sha256_SignAndEncrypt"])
     with pytest.raises(ValidationError):
         OpcUaServerSettings.model_validate({"security_policies": ["Basic128Rsa15"]})
     with pytest.raises(ValidationError, match="duplicate"):
         OpcUaServerSettings.model_validate(
-            {"users": [{"username": "a", "password": "x"}, {"username": "a", "password": "y"}]}
+            {
+                "security_policies": ["None"],
+                "users": [{"username": "a", "password": "x"}, {"username": "a", "password": "y"}],
+            }
         )
 
 
@@ -90,3 +102,26 @@ def test_register_adds_both_kinds() -> None:
     register()
     assert registry._sources["opcua"].address_model is OpcUaAddress
     assert registry._sinks["opcua-server"].settings_model is OpcUaServerSettings
+
+
+def test_address_by_browse_path() -> None:
+    a = OpcUaAddress.model_validate({"path": "Plant/Pump01/Speed", "namespace": "urn:x"})
+    assert a.node is None and a.path == "Plant/Pump01/Speed"
+    with pytest.raises(ValidationError, match="namespace"):
+        OpcUaAddress.model_validate({"path": "Plant/Pump01/Speed"})
+    with pytest.raises(ValidationError, match="either node"):
+        OpcUaAddress.model_validate({"node": "nsu=urn:x;s=a", "path": "a", "namespace": "urn:x"})
+
+
+def test_source_identity_choices() -> None:
+    base = {"endpoint": "opc.tcp://h:4840"}
+    with pytest.raises(ValidationError, match="not both"):
+        OpcUaSourceSettings.model_validate(
+            {**base, "username": "u", "password": "p", "password_file": "f"}
+        )
+    with pytest.raises(ValidationError, match="one identity"):
+        OpcUaSourceSettings.model_validate(
+            {**base, "username": "u", "user_certificate": "c", "user_private_key": "k"}
+        )
+    with pytest.raises(ValidationError, match="go together"):
+        OpcUaSourceSettings.model_validate({**base, "user_certificate": "c"})

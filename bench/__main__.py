@@ -1,0 +1,202 @@
+"""The benchmark suite: every figure side by side with its floor, measured in the same run.
+
+    python -m bench            # full run, on demand (several minutes)
+    python -m bench --quick    # smoke run for CI (< 2 minutes): same code paths, smaller sizes
+    python -m bench --only pipeline,inference
+
+Prints a table and writes bench/results/bench.json (bench-quick.json for --quick) with the
+figures, the ratios, the versions and the machine. Targets are reported, never asserted: the
+exit status is non-zero only when a part of this suite crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import api, inference, memory, peer, pipeline
+from bench.common import RESULTS, ROOT, row, write_result
+from bench.peer import NODERED
+
+# Benchmarks other issues add to bench/: run when present, read from their own JSON result.
+EXTERNAL = ("opcua_ingest", "modbus_poll", "outbox", "api_auth")
+EXTERNAL_TIMEOUT_S = {True: 90, False: 900}
+
+
+def _e2e(quick: bool) -> dict[str, Any]:
+    figures = _run_module("e2e", [], EXTERNAL_TIMEOUT_S[quick])
+    lat = figures.get("latency")
+    if lat:
+        note = (
+            f"source publishing {lat['source_publishing_interval_ms']} ms, model period "
+            f"{lat['model_period_ms']:g} ms, HMI publishing {lat['hmi_publishing_interval_ms']}"
+            " ms; one tag, no background load"
+        )
+        figures["rows"] = [
+            row(
+                "input change -> HMI node, p99 (ms)",
+                lat["p99_ms"],
+                None,
+                "ms",
+                "p99 <= 50 ms at 10,000 updates/s",
+                None,
+                note,
+            )
+        ]
+    return figures
+
+
+def _run_module(name: str, args: list[str], timeout: float) -> dict[str, Any]:
+    """``python -m bench.<name> ARGS`` in its own process; its figures from results/<name>.json."""
+    result = RESULTS / f"{name}.json"
+    started = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"bench.{name} exited {proc.returncode}: {' | '.join(tail)}")
+    if not result.exists() or result.stat().st_mtime < started:
+        raise RuntimeError(f"bench.{name} wrote no {result.name}")
+    figures: dict[str, Any] = json.loads(result.read_text())["figures"]
+    return figures
+
+
+def _external(name: str, quick: bool) -> dict[str, Any]:
+    help_text = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    args = ["--quick"] if quick and "--quick" in help_text else []
+    if quick and not args:
+        return {"skipped": f"bench.{name} has no --quick mode", "rows": []}
+    figures = _run_module(name, args, EXTERNAL_TIMEOUT_S[quick])
+    if "rows" not in figures:
+        figures["rows"] = [row(name, None, None, "", "", None, f"see bench/results/{name}.json")]
+    return figures
+
+
+def parts(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
+    found: dict[str, Callable[[], dict[str, Any]]] = {
+        "pipeline": lambda: asyncio.run(pipeline.run(quick)),
+        "inference": lambda: inference.run(quick),
+        "api": lambda: api.run(quick),
+        "memory": lambda: memory.run(quick, pumps=1000 if quick else 20_000),
+        "peer": lambda: peer.run(quick),
+    }
+    if not quick:  # 30 s even when small: the smoke run leaves the latency figure out
+        found["e2e"] = lambda: _e2e(quick)
+    for name in EXTERNAL:
+        if importlib.util.find_spec(f"bench.{name}") is not None:
+            found[name] = lambda name=name: _external(name, quick)  # type: ignore[misc]
+    return found
+
+
+def tools() -> dict[str, str | None]:
+    def first_line(cmd: list[str]) -> str | None:
+        if shutil.which(cmd[0]) is None:
+            return None
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return (done.stdout or done.stderr).strip().splitlines()[0] if done else None
+
+    nodered = None
+    if NODERED.exists():
+        nodered = json.loads((NODERED.parent / "package.json").read_text())["version"]
+    return {
+        "node": first_line(["node", "--version"]),
+        "node-red": nodered,
+        "wrk": first_line(["wrk", "-v"]),
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value < 100:
+        return f"{value:,.2f}"
+    if isinstance(value, int | float):
+        return f"{value:,.0f}"
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("measure", "bridge", "floor", "ratio", "target", "met")
+    lines = [
+        (
+            r["measure"],
+            _fmt(r["bridge"]),
+            _fmt(r["floor"]),
+            _fmt(r["ratio"]),
+            r["target"],
+            {True: "yes", False: "NO", None: "-"}[r["met"]],
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:{'<' if i in (0, 4) else '>'}{w}}}" for i, w in enumerate(widths))
+    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    notes = [f"  {r['measure']}: {r['note']}" for r in rows if r.get("note")]
+    return "\n".join([*out, "notes:", *notes])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke run, < 2 minutes")
+    parser.add_argument("--only", default="", help="comma-separated parts to run")
+    parser.add_argument("--out", type=Path, help="write the JSON here instead of bench/results/")
+    args = parser.parse_args()
+    from bridge.logging import configure_logging
+
+    configure_logging("warning")
+    available = parts(args.quick)
+    chosen = [p for p in args.only.split(",") if p] or list(available)
+    figures: dict[str, Any] = {"quick": args.quick, "tools": tools(), "parts": {}}
+    crashed = False
+    t_all = time.perf_counter()
+    for name in chosen:
+        if name not in available:
+            print(f"unknown part {name!r}; known: {', '.join(available)}", file=sys.stderr)
+            return 2
+        print(f"[{name}] ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            result = available[name]()
+        except Exception as exc:
+            crashed = crashed or name not in EXTERNAL
+            traceback.print_exc()
+            result = {"error": f"{type(exc).__name__}: {exc}", "rows": []}
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        if "skipped" in result:
+            print(f"[{name}] skipped: {result['skipped']}")
+        figures["parts"][name] = result
+        # Written after every part, so a long run that is stopped still leaves its figures.
+        write_result("bench-quick" if args.quick else "bench", figures, args.out)
+    figures["seconds"] = round(time.perf_counter() - t_all, 1)
+    figures["rows"] = [r for part in figures["parts"].values() for r in part.get("rows", [])]
+    print()
+    print(table(figures["rows"]))
+    path = write_result("bench-quick" if args.quick else "bench", figures, args.out)
+    print(f"\nwritten {path} in {figures['seconds']} s")
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

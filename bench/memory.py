@@ -1,0 +1,150 @@
+"""Memory and validation at 100,000 tags (20,000 pumps x 5 tags, the pump model on every pump):
+
+- memory: a fresh process loads the mapping and the model, builds the tag table and keeps every
+  tag updating (rounds of one value per tag through ``TagTable.apply``, the model ticking once a
+  period); its resident set size (RSS) is read from /proc at the end, and its peak.
+- validate: the wall time of ``bridge validate`` on the same file, as a user runs it.
+
+    python -m bench.memory [--pumps 20000] [--rounds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import PUMP_TAGS, ROOT, pump_mapping, row, rss_mb, write_result
+from bridge.types import Prediction, Quality, TagSample
+
+
+async def _hold(mapping_path: Path, rounds: int) -> dict[str, Any]:
+    """Runs inside the child process: load, build, keep updating, report RSS."""
+    from bridge.prepare import prepare
+    from bridge.runtime.models import ModelRunner
+    from bridge.runtime.tagtable import TagTable
+
+    base = rss_mb()
+    prepared = prepare(mapping_path)
+    loaded_mb = rss_mb()
+    table = TagTable(prepared.mapping)
+    model = prepared.mapping.models["pump-health"]
+
+    async def null_sink(batch: Sequence[Prediction]) -> None:
+        return None
+
+    runner = ModelRunner(
+        model,
+        prepared.models["pump-health"],
+        prepared.labels["pump-health"],
+        table.get,
+        null_sink,
+        "bench",
+        "boot",
+    )
+    ids = list(prepared.mapping.tags)
+    for k in range(rounds):
+        now = time.time()
+        batch = [
+            TagSample(
+                t,
+                (k % 2 == 0) if t.endswith(".running") else float(k % 13) + i % 7,
+                Quality.GOOD,
+                now,
+            )
+            for i, t in enumerate(ids)
+        ]
+        for s in range(0, len(batch), 1000):
+            table.apply(batch[s : s + 1000])
+        if k % 10 == 9:
+            await runner.tick()
+    return {
+        "tags": len(ids),
+        "rounds": rounds,
+        "updates": table.updates,
+        "python_baseline_mb": round(base, 1),
+        "after_load_mb": round(loaded_mb, 1),
+        "rss_mb": round(rss_mb(), 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def run(quick: bool = False, pumps: int = 20_000, rounds: int | None = None) -> dict[str, Any]:
+    rounds = rounds or (10 if quick else 30)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.yaml"
+        path.write_text(pump_mapping(pumps, f"sqlite:///{tmp}/big.db"))
+        t0 = time.perf_counter()
+        check = subprocess.run(
+            [sys.executable, "-m", "bridge", "validate", str(path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        validate_s = time.perf_counter() - t0
+        child = subprocess.run(
+            [sys.executable, "-m", "bench.memory", "--child", str(path), "--rounds", str(rounds)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
+    memory = json.loads(child.stdout.strip().splitlines()[-1])
+    tags = pumps * len(PUMP_TAGS)
+    return {
+        "tags": tags,
+        "validate_s": round(validate_s, 2),
+        "validate_exit": check.returncode,
+        "memory": memory,
+        "rows": [
+            row(
+                f"RSS, {tags:,}-tag mapping loaded and updating (MB)",
+                memory["peak_rss_mb"],
+                None,
+                "MB",
+                "<= 500 MB",
+                memory["peak_rss_mb"] <= 500,
+                f"peak; {memory['rss_mb']} MB at the end, {rounds} rounds",
+            ),
+            row(
+                f"bridge validate, {tags:,} tags (s)",
+                round(validate_s, 2),
+                None,
+                "s",
+                "<= 2 s",
+                check.returncode == 0 and validate_s <= 2,
+                f"exit {check.returncode}; whole process incl. interpreter start",
+            ),
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pumps", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        from bridge.logging import configure_logging
+
+        configure_logging("warning")
+        print(json.dumps(asyncio.run(_hold(args.child, args.rounds))))
+        return
+    figures = run(pumps=args.pumps, rounds=args.rounds)
+    print({k: v for k, v in figures.items() if k != "rows"})
+    print(f"written {write_result('memory', figures)}")
+
+
+if __name__ == "__main__":
+    main()

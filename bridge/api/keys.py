@@ -1,0 +1,106 @@
+"""API key management over HTTP (admin scope); the same as `bridge apikeys`."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from pydantic import BaseModel, Field
+
+from bridge.auth import Scope
+from bridge.store.apikeys import MAX_NAME, ApiKeyRecord, ApiKeyRepository
+
+from .auth import KeyCache, secured
+from .timeparse import epoch_to_datetime
+
+__all__ = ["ApiKeyIn", "ApiKeyOut", "CreatedApiKeyOut", "build_key_router"]
+
+ScopeLabel = Literal["read", "operate", "admin"]
+
+
+class ApiKeyOut(BaseModel):
+    key_id: str = Field(description="Public id of the key (its first part); used to revoke it.")
+    name: str
+    scope: ScopeLabel
+    created_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, r: ApiKeyRecord) -> ApiKeyOut:
+        scope: ScopeLabel = "read"
+        if r.scope is Scope.OPERATE:
+            scope = "operate"
+        elif r.scope is Scope.ADMIN:
+            scope = "admin"
+        return cls(
+            key_id=r.key_id,
+            name=r.name,
+            scope=scope,
+            created_at=epoch_to_datetime(r.created_at),
+            revoked_at=epoch_to_datetime(r.revoked_at),
+        )
+
+
+class CreatedApiKeyOut(ApiKeyOut):
+    key: str = Field(description="The key itself. Shown only here: store it now.")
+
+
+class ApiKeyIn(BaseModel):
+    name: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"\S")
+    scope: ScopeLabel = "read"
+
+
+def _keys(request: Request) -> ApiKeyRepository:
+    cache: KeyCache = request.app.state.key_cache
+    return cache.repo
+
+
+def _cache(request: Request) -> KeyCache:
+    cache: KeyCache = request.app.state.key_cache
+    return cache
+
+
+Keys = Annotated[ApiKeyRepository, Depends(_keys)]
+
+
+def build_key_router() -> APIRouter:
+    router = APIRouter(prefix="/api/v1/apikeys", tags=["api keys"])
+
+    @router.get("", response_model=list[ApiKeyOut], summary="API keys", **secured(Scope.ADMIN))
+    async def list_keys(
+        keys: Keys,
+        include_revoked: Annotated[bool, Query(description="Also list revoked keys.")] = False,
+    ) -> list[ApiKeyOut]:
+        return [ApiKeyOut.of(r) for r in await asyncio.to_thread(keys.list, include_revoked)]
+
+    @router.post(
+        "",
+        response_model=CreatedApiKeyOut,
+        status_code=status.HTTP_201_CREATED,
+        summary="Create an API key (the key is returned once)",
+        **secured(Scope.ADMIN, (400, "The body is not readable")),
+    )
+    async def create_key(keys: Keys, body: ApiKeyIn) -> CreatedApiKeyOut:
+        record, key = await asyncio.to_thread(keys.create, body.name, Scope.parse(body.scope))
+        return CreatedApiKeyOut(**ApiKeyOut.of(record).model_dump(), key=key)
+
+    @router.delete(
+        "/{key_id}",
+        response_model=ApiKeyOut,
+        summary="Revoke an API key",
+        **secured(Scope.ADMIN),
+    )
+    async def revoke_key(
+        keys: Keys,
+        cache: Annotated[KeyCache, Depends(_cache)],
+        key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")],
+    ) -> ApiKeyOut:
+        record = await asyncio.to_thread(keys.revoke, key_id)
+        cache.forget()  # revoked here: refused from the next request on
+        if record is None:
+            raise HTTPException(404, f"no API key {key_id}")
+        return ApiKeyOut.of(record)
+
+    return router

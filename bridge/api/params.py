@@ -1,0 +1,61 @@
+"""Query parameters shared by several endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import HTTPException, Query, Request
+
+from .timeparse import MAX_EPOCH_S, parse_time
+
+__all__ = ["MAX_LIMIT", "Since", "Until", "single_valued_query", "time_param", "time_range"]
+
+MAX_LIMIT = 1000
+
+# The documented forms, so a client (and schemathesis) knows what is accepted: epoch seconds,
+# or an RFC 3339 date-time / date (any ISO 8601 that Python reads is accepted too).
+_TIME_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "maximum": MAX_EPOCH_S},
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "format": "date"},
+    ]
+}
+Since = Annotated[
+    str | None,
+    Query(
+        description="From this time (inclusive): ISO 8601 or epoch seconds. "
+        "After `until`: nothing matches.",
+        json_schema_extra=_TIME_SCHEMA,
+    ),
+]
+Until = Annotated[
+    str | None,
+    Query(
+        description="Up to this time (inclusive): ISO 8601 or epoch seconds.",
+        json_schema_extra=_TIME_SCHEMA,
+    ),
+]
+
+
+def time_param(name: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise HTTPException(422, f"{name}: {exc}") from exc
+
+
+def time_range(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    # ``since`` after ``until`` is an empty range, not an error: the answer is simply empty.
+    return time_param("since", since), time_param("until", until)
+
+
+async def single_valued_query(request: Request) -> None:
+    """No parameter of this API is a list: a repeated one is an error, not "the last wins"."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name in seen:
+            raise HTTPException(422, f"{name}: given more than once")
+        seen.add(name)

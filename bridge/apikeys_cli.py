@@ -1,0 +1,130 @@
+"""`bridge apikeys create|list|revoke`: manage the REST API's keys in the gateway's store.
+
+The store is the mapping's ``gateway.store`` (``--mapping``) or a database URL (``--store``).
+`create` prints the key once, alone on stdout, so a script can capture it; nothing can show
+it again (only its hash is stored).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from bridge.auth import Scope
+from bridge.errors import BridgeError, ConfigError
+
+if TYPE_CHECKING:
+    from bridge.store.apikeys import ApiKeyRepository
+
+__all__ = ["apikeys"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _where(command: F) -> F:
+    command = click.option(
+        "--store", "store_url", help="Database URL of the store (instead of --mapping)."
+    )(command)
+    return click.option(
+        "--mapping",
+        type=click.Path(path_type=Path),
+        help="Use the store of this mapping's gateway.store.",
+    )(command)
+
+
+def _store_url(mapping: Path | None, store_url: str | None) -> str:
+    if (mapping is None) == (store_url is None):
+        raise click.UsageError("give exactly one of --mapping FILE or --store URL")
+    if store_url is not None:
+        return store_url
+    from bridge.config.loader import load_mapping
+
+    assert mapping is not None
+    try:
+        return load_mapping(mapping).gateway.store
+    except ConfigError as err:
+        for issue in err.issues:
+            click.echo(str(issue), err=True)
+        sys.exit(1)
+
+
+def _repo(mapping: Path | None, store_url: str | None) -> ApiKeyRepository:
+    from bridge.store.apikeys import ApiKeyRepository
+    from bridge.store.db import open_store
+
+    url = _store_url(mapping, store_url)
+    try:
+        return ApiKeyRepository(open_store(url))
+    except BridgeError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@click.group()
+def apikeys() -> None:
+    """Create, list and revoke API keys of the REST API."""
+
+
+@apikeys.command()
+@click.argument("name")
+@click.option(
+    "--scope",
+    type=click.Choice([s.label for s in Scope]),
+    default="read",
+    show_default=True,
+    help="read < operate (acknowledge alerts) < admin (manage keys).",
+)
+@_where
+def create(name: str, scope: str, mapping: Path | None, store_url: str | None) -> None:
+    """Create a key called NAME and print it (once: it is not stored)."""
+    repo = _repo(mapping, store_url)
+    try:
+        record, key = repo.create(name, Scope.parse(scope))
+    except (ValueError, BridgeError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    click.echo(
+        f"created key {record.key_id} '{record.name}' with scope {scope}; "
+        "store it now, it cannot be shown again:",
+        err=True,
+    )
+    click.echo(key)
+
+
+@apikeys.command("list")
+@click.option("--all", "include_revoked", is_flag=True, help="Also list revoked keys.")
+@_where
+def list_keys(include_revoked: bool, mapping: Path | None, store_url: str | None) -> None:
+    """List keys (id, scope, name, created, revoked); never the keys themselves."""
+    repo = _repo(mapping, store_url)
+    records = repo.list(include_revoked)
+    click.echo(f"{'KEY ID':<12}  {'SCOPE':<7}  {'CREATED':<20}  {'REVOKED':<20}  NAME")
+    for r in records:
+        click.echo(
+            f"{r.key_id:<12}  {r.scope.label:<7}  {_when(r.created_at):<20}  "
+            f"{_when(r.revoked_at):<20}  {r.name}"
+        )
+
+
+@apikeys.command()
+@click.argument("key_id")
+@_where
+def revoke(key_id: str, mapping: Path | None, store_url: str | None) -> None:
+    """Revoke the key KEY_ID (the id shown by `list`); it stops working at once."""
+    repo = _repo(mapping, store_url)
+    record = repo.revoke(key_id)
+    if record is None:
+        click.echo(f"error: no key {key_id}", err=True)
+        sys.exit(1)
+    click.echo(f"revoked {record.key_id} '{record.name}'")

@@ -1,0 +1,197 @@
+"""One Modbus connection (TCP, RTU-over-TCP or an RTU serial line) and the read requests on it.
+
+This is the only module that builds pymodbus clients. pymodbus's own retries, reconnect loop
+and "close after N silent requests" are switched off: the source decides what a failure
+means (``connectors.modbus.source``) and the runtime owns reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusIOException
+from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu.bit_message import ReadCoilsRequest, ReadDiscreteInputsRequest
+from pymodbus.pdu.register_message import ReadHoldingRegistersRequest, ReadInputRegistersRequest
+
+from connectors.modbus.config import ModbusSourceSettings
+from connectors.modbus.plan import ReadBlock
+from connectors.modbus.reply import Reply
+
+__all__ = ["Link", "MalformedFrame"]
+
+
+class MalformedFrame(Exception):
+    """Bytes arrived for a request but do not decode as a Modbus reply."""
+
+
+_REQUESTS: dict[str, type[ModbusPDU]] = {
+    "holding": ReadHoldingRegistersRequest,
+    "input": ReadInputRegistersRequest,
+    "coil": ReadCoilsRequest,
+    "discrete": ReadDiscreteInputsRequest,
+}
+
+# Large enough that pymodbus never drops the link on its own after silent requests: a silent
+# unit behind a gateway says nothing about the link, and the source counts silence itself.
+_NEVER = 1_000_000
+
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+
+class Link:
+    """A connection that carries one request at a time (callers serialize; see the source)."""
+
+    def __init__(self, name: str, settings: ModbusSourceSettings) -> None:
+        self._name = name
+        self._settings = settings
+        self._client: Client | None = None
+
+    @property
+    def endpoint(self) -> str:
+        s = self._settings
+        if s.transport == "rtu":
+            assert s.serial is not None
+            return f"{s.serial.port}@{s.serial.baudrate}"
+        return f"{s.host}:{s.port}"
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and bool(self._client.connected)
+
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None
+
+    def _build(self) -> Client:
+        s = self._settings
+        name = f"modbus-{self._name}"
+        # retries=0: one attempt per request; the runtime decides what happens after a
+        # failure. reconnect_delay=0: in pymodbus 3.16 no reconnect task is then ever started
+        # (transport.connection_lost only schedules one when the delay is truthy).
+        client: Client
+        if s.transport == "rtu":
+            assert s.serial is not None
+            client = AsyncModbusSerialClient(
+                s.serial.port,
+                framer=FramerType.RTU,
+                baudrate=s.serial.baudrate,
+                bytesize=s.serial.bytesize,
+                parity=s.serial.parity,
+                stopbits=s.serial.stopbits,
+                name=name,
+                timeout=s.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+            )
+        else:
+            assert s.host is not None
+            framer = FramerType.RTU if s.transport == "rtu-over-tcp" else FramerType.SOCKET
+            client = AsyncModbusTcpClient(
+                s.host,
+                port=s.port,
+                framer=framer,
+                name=name,
+                timeout=s.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+            )
+        client.set_max_no_responses(_NEVER)
+        _check_byte_count(client)
+        _fail_request_on_undecodable_frame(client)
+        return client
+
+    async def connect(self, deadline_s: float) -> bool:
+        """Open the connection; False if it could not be opened within ``deadline_s``."""
+        self.close()
+        client = self._build()
+        try:
+            ok = bool(await asyncio.wait_for(client.connect(), timeout=deadline_s))
+        except BaseException:
+            client.close()
+            raise
+        if not ok:
+            client.close()
+            return False
+        self._client = client
+        return True
+
+    async def read(self, block: ReadBlock) -> Reply:
+        """Send one read request for ``block`` and return its reply, checked by nobody yet.
+
+        Raises pymodbus's ``ConnectionException`` / ``ModbusIOException`` (and, for malformed
+        frames, whatever the library raises) for the caller to classify.
+        """
+        client = self._client
+        if client is None:
+            raise ConnectionError("not connected")
+        request = _REQUESTS[block.table](address=block.start, count=block.count, dev_id=block.unit)
+        pdu: ModbusPDU = await client.execute(False, request)
+        return Reply(
+            function_code=pdu.function_code,
+            unit=pdu.dev_id,
+            exception_code=pdu.exception_code,
+            registers=tuple(pdu.registers),
+            bits=tuple(pdu.bits),
+            transaction_id=pdu.transaction_id,
+            # pymodbus stamps the request with its transaction id when sending it.
+            request_transaction_id=request.transaction_id,
+        )
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def _fail_request_on_undecodable_frame(client: Client) -> None:
+    """Make a frame pymodbus cannot decode fail the pending request instead of the link.
+
+    pymodbus 3.16 raises ``ModbusIOException("Unable to decode ...")`` from inside the
+    protocol's ``data_received``; asyncio then closes the transport, so one malformed frame
+    from one unit would drop the connection for every unit behind it. Here the bytes are
+    dropped and the waiting request fails at once with ``MalformedFrame``.
+    """
+    ctx = client.ctx
+    original = ctx.callback_data
+
+    def guarded(data: bytes, addr: tuple[str, int] | None = None) -> int:
+        try:
+            used: int = original(data, addr)
+        except ModbusIOException as exc:
+            future = ctx.response_future
+            if not future.done():
+                future.set_exception(MalformedFrame(str(exc)))
+            return len(data)
+        return used
+
+    ctx.callback_data = guarded  # type: ignore[method-assign]
+
+
+_READ_FUNCTION_CODES = frozenset({1, 2, 3, 4})
+
+
+def _check_byte_count(client: Client) -> None:
+    """Reject a read reply whose byte count field disagrees with the data that follows.
+
+    pymodbus 3.16 ignores the byte count of FC1/FC2 replies altogether (it unpacks whatever
+    bytes follow), so a frame claiming 3 bytes but carrying 1 would decode as 8 plausible
+    bits. The check runs on each frame's PDU before pymodbus decodes it.
+    """
+    decoder = client.ctx.framer.decoder
+    original = decoder.decode
+
+    def checked(frame: bytes) -> ModbusPDU | None:
+        if (
+            frame
+            and frame[0] in _READ_FUNCTION_CODES
+            and (len(frame) < 2 or frame[1] != len(frame) - 2)
+        ):
+            raise ModbusIOException(
+                f"byte count {frame[1] if len(frame) > 1 else None} for {len(frame) - 2} data bytes"
+            )
+        return original(frame)
+
+    decoder.decode = checked  # type: ignore[method-assign]

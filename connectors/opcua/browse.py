@@ -1,0 +1,241 @@
+"""Walk a live OPC UA server and write a mapping scaffold (``bridge browse``).
+
+Breadth-first over hierarchical references, one Browse request per level chunk (not one per
+node), bounded by depth and node count, with every call under a timeout. Variables are written
+as tags with ``nsu=`` node ids (never a namespace index), their data type and their engineering
+unit (the standard ``EngineeringUnits`` property); each tag goes under the asset named after its
+parent object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+
+from connectors.opcua.convert import make_node_id
+
+__all__ = ["BrowsedVariable", "browse_server", "scaffold_yaml"]
+
+_CHUNK = 100  # nodes per Browse / Read request; servers commonly allow >= 1,000
+_HIERARCHICAL = make_node_id(ObjectIds.HierarchicalReferences, 0)
+_KINDS = {
+    ua.NodeIdType.TwoByte: "i",
+    ua.NodeIdType.FourByte: "i",
+    ua.NodeIdType.Numeric: "i",
+    ua.NodeIdType.String: "s",
+    ua.NodeIdType.Guid: "g",
+    ua.NodeIdType.ByteString: "b",
+}
+
+
+@dataclass
+class BrowsedVariable:
+    node: str  # nsu=<uri>;s=...
+    path: tuple[str, ...]  # browse names from the root
+    data_type: str = ""
+    unit: str = ""
+    node_id: ua.NodeId = field(default_factory=ua.NodeId, repr=False)
+
+
+@dataclass
+class _Walk:
+    namespaces: list[str]
+    timeout: float
+    max_nodes: int
+    progress: Callable[[int, int], None]
+    seen: int = 0
+    variables: list[BrowsedVariable] = field(default_factory=list)
+    units: dict[int, ua.NodeId] = field(default_factory=dict)  # variable index -> EU property
+
+
+async def browse_server(
+    endpoint: str,
+    *,
+    root: str | None = None,
+    max_depth: int = 6,
+    max_nodes: int = 10_000,
+    timeout_s: float = 5.0,
+    progress: Callable[[int, int], None] = lambda nodes, variables: None,
+) -> list[BrowsedVariable]:
+    """Variables under ``root`` (a ``/``-separated browse-name path below Objects)."""
+    client = Client(endpoint, timeout=timeout_s)
+    client.session_timeout = 60_000  # a crashed browse must not hold a session for long
+    async with asyncio.timeout(timeout_s * 2):
+        await client.connect()
+    try:
+        async with asyncio.timeout(timeout_s):
+            namespaces: list[str] = await client.get_namespace_array()
+        walk = _Walk(namespaces, timeout_s, max_nodes, progress)
+        start = make_node_id(ObjectIds.ObjectsFolder, 0)
+        start_path: tuple[str, ...] = ()
+        for name in [p for p in (root or "").split("/") if p]:
+            children = await _browse_level(client, walk, [(start, start_path)])
+            match = [c for c in children if c[2].Name == name]
+            if not match:
+                raise LookupError(f"no child {name!r} under {'/'.join(start_path) or 'Objects'}")
+            start, start_path = match[0][0], (*start_path, name)
+        await _walk(client, walk, start, start_path, max_depth)
+        await _read_types_and_units(client, walk)
+        return walk.variables
+    finally:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await client.disconnect()
+        finally:
+            client.disconnect_socket()
+
+
+async def _browse_level(
+    client: Client, walk: _Walk, parents: list[tuple[ua.NodeId, tuple[str, ...]]]
+) -> list[tuple[ua.NodeId, tuple[str, ...], ua.QualifiedName, ua.NodeClass, tuple[str, ...]]]:
+    """Children of every parent: (node id, path, browse name, class, parent path)."""
+    found = []
+    for start in range(0, len(parents), _CHUNK):
+        chunk = parents[start : start + _CHUNK]
+        params = ua.BrowseParameters()
+        params.RequestedMaxReferencesPerNode = 1000
+        params.NodesToBrowse = [_describe(node) for node, _ in chunk]
+        async with asyncio.timeout(walk.timeout):
+            results = await client.uaclient.browse(params)
+        for (_, path), result in zip(chunk, results, strict=True):
+            refs = list(result.References or [])
+            point = result.ContinuationPoint
+            while point:  # the server split a long child list
+                next_params = ua.BrowseNextParameters()
+                next_params.ContinuationPoints = [point]
+                async with asyncio.timeout(walk.timeout):
+                    (more,) = await client.uaclient.browse_next(next_params)
+                refs.extend(more.References or [])
+                point = more.ContinuationPoint
+            for ref in refs:
+                child = ref.NodeId.NodeId if hasattr(ref.NodeId, "NodeId") else ref.NodeId
+                name = ref.BrowseName
+                found.append((child, (*path, name.Name), name, ref.NodeClass, path))
+    return found
+
+
+def _describe(node: ua.NodeId) -> ua.BrowseDescription:
+    desc = ua.BrowseDescription()
+    desc.NodeId = node
+    desc.BrowseDirection = ua.BrowseDirection.Forward
+    desc.ReferenceTypeId = _HIERARCHICAL
+    desc.IncludeSubtypes = True
+    desc.NodeClassMask = int(ua.NodeClass.Object) | int(ua.NodeClass.Variable)
+    desc.ResultMask = int(ua.BrowseResultMask.All)
+    return desc
+
+
+async def _walk(
+    client: Client, walk: _Walk, start: ua.NodeId, path: tuple[str, ...], max_depth: int
+) -> None:
+    level = [(start, path)]
+    variable_at: dict[tuple[str, ...], int] = {}  # browse path -> index in walk.variables
+    for _ in range(max_depth):
+        if not level or walk.seen >= walk.max_nodes:
+            return
+        children = await _browse_level(client, walk, level)
+        level = []
+        for node, child_path, name, node_class, parent_path in children:
+            if walk.seen >= walk.max_nodes:
+                break
+            walk.seen += 1
+            parent_var = variable_at.get(parent_path)
+            if parent_var is not None:
+                # children of a variable are its properties; only the unit is of interest
+                if name.Name == "EngineeringUnits":
+                    walk.units[parent_var] = node
+                continue
+            if node.NamespaceIndex == 0:
+                continue  # the standard Server object and its diagnostics, not process data
+            if node_class == ua.NodeClass.Variable:
+                variable_at[child_path] = len(walk.variables)
+                walk.variables.append(
+                    BrowsedVariable(_nsu(node, walk.namespaces), child_path, node_id=node)
+                )
+            level.append((node, child_path))
+        walk.progress(walk.seen, len(walk.variables))
+
+
+async def _read_types_and_units(client: Client, walk: _Walk) -> None:
+    variables = walk.variables
+    type_ids = await _read(client, walk, [v.node_id for v in variables], AttributeIds.DataType)
+    type_names = await _read(
+        client, walk, [t for t in type_ids if isinstance(t, ua.NodeId)], AttributeIds.BrowseName
+    )
+    name_of = {
+        t: n.Name
+        for t, n in zip([t for t in type_ids if isinstance(t, ua.NodeId)], type_names, strict=True)
+        if isinstance(n, ua.QualifiedName)
+    }
+    for var, type_id in zip(variables, type_ids, strict=True):
+        var.data_type = name_of.get(type_id, "") if isinstance(type_id, ua.NodeId) else ""
+    indexes = list(walk.units)
+    units = await _read(client, walk, [walk.units[i] for i in indexes], AttributeIds.Value)
+    for i, eu in zip(indexes, units, strict=True):
+        if isinstance(eu, ua.EUInformation) and eu.DisplayName is not None:
+            variables[i].unit = eu.DisplayName.Text or ""
+
+
+async def _read(client: Client, walk: _Walk, nodes: list[ua.NodeId], attr: int) -> list[Any]:
+    values: list[Any] = []
+    for start in range(0, len(nodes), _CHUNK):
+        params = ua.ReadParameters()
+        params.NodesToRead = [
+            ua.ReadValueId(NodeId=n, AttributeId=attr) for n in nodes[start : start + _CHUNK]
+        ]
+        async with asyncio.timeout(walk.timeout):
+            results = await client.uaclient.read(params)
+        values.extend(dv.Value.Value if dv.Value is not None else None for dv in results)
+    return values
+
+
+def _nsu(node: ua.NodeId, namespaces: list[str]) -> str:
+    uri = namespaces[node.NamespaceIndex]
+    kind = _KINDS[node.NodeIdType]
+    ident = node.Identifier
+    text = base64.b64encode(ident).decode() if isinstance(ident, bytes) else str(ident)
+    return f"nsu={uri};{kind}={text}"
+
+
+def _name(text: str, lower: bool) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
+    if lower:
+        cleaned = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cleaned).lower()
+    if not cleaned or not cleaned[0].isalpha():
+        cleaned = ("t_" if lower else "n") + cleaned
+    return cleaned
+
+
+def scaffold_yaml(variables: list[BrowsedVariable], endpoint: str, source: str = "server") -> str:
+    """A model-less mapping: one source, one asset per parent object, one tag per variable."""
+    assets: dict[str, dict[str, Any]] = {}
+    for var in variables:
+        asset = _name(var.path[-2] if len(var.path) > 1 else "root", lower=False)
+        tags = assets.setdefault(asset, {"tags": {}})["tags"]
+        tag = _name(var.path[-1], lower=True)
+        while tag in tags:
+            tag += "_"
+        entry: dict[str, Any] = {"source": source, "address": var.node}
+        if var.unit:
+            entry["unit"] = var.unit
+        entry["description"] = f"{var.data_type or 'unknown type'}; {'/'.join(var.path)}"
+        tags[tag] = entry
+    mapping = {
+        "version": 1,
+        "sources": {source: {"kind": "opcua", "endpoint": endpoint}},
+        "assets": assets,
+    }
+    header = (
+        "# Scaffold written by `bridge browse`: check names and units, add models and outputs.\n"
+    )
+    return header + yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,69 @@
+"""Application certificates for OPC UA (``bridge certs create``) and the file trust store.
+
+OPC UA peers check that the certificate's SubjectAltName URI equals the ApplicationUri the
+application announces; a mismatch is refused (BadCertificateUriInvalid) by strict servers, so the
+URI written here is the one the client and the server of this package announce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from pathlib import Path
+
+from asyncua.crypto import cert_gen
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+__all__ = ["APPLICATION_URI", "create_application_certificate", "load_der", "thumbprint"]
+
+# asyncua's Client announces this URI unless told otherwise; the source sets it explicitly too.
+APPLICATION_URI = "urn:bridge:gateway"
+
+
+def create_application_certificate(
+    cert_path: Path,
+    key_path: Path,
+    *,
+    application_uri: str = APPLICATION_URI,
+    hostnames: tuple[str, ...] = (),
+    common_name: str = "bridge",
+    days: int = 365 * 2,
+) -> x509.Certificate:
+    """Write a self-signed application certificate (DER) and its private key (PEM).
+
+    The certificate is valid as client and as server (the gateway is both), carries the
+    ApplicationUri as SAN URI and each host name as SAN DNS (the local host name by default).
+    """
+    names = hostnames or (socket.gethostname(),)
+    san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(application_uri)]
+    san.extend(x509.DNSName(h) for h in names)
+    key = cert_gen.generate_private_key()
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key,
+        common_name,
+        {"organizationName": "bridge"},
+        san,
+        extended=[ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
+        days=days,
+    )
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    cert_path.write_bytes(cert.public_bytes(Encoding.DER))
+    key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
+    key_path.chmod(0o600)
+    return cert
+
+
+def load_der(path: Path) -> bytes:
+    """A certificate file (DER or PEM) as DER bytes."""
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    return data
+
+
+def thumbprint(der: bytes) -> str:
+    """SHA-1 thumbprint, the identifier OPC UA tools use in trust-list file names."""
+    return hashlib.sha1(der).hexdigest()

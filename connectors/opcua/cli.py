@@ -1,0 +1,111 @@
+"""OPC UA commands for the `bridge` CLI, contributed through the `bridge.commands` entry point:
+`bridge certs create` and `bridge browse`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["browse", "certs"]
+
+
+@click.group()
+def certs() -> None:
+    """The gateway's OPC UA application certificate."""
+
+
+@certs.command("create")
+@click.option(
+    "--cert",
+    "cert_path",
+    type=click.Path(path_type=Path),
+    default=Path("pki/own/cert.der"),
+    show_default=True,
+)
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    default=Path("pki/own/key.pem"),
+    show_default=True,
+)
+@click.option(
+    "--application-uri",
+    default="urn:bridge:gateway",
+    show_default=True,
+    help="Must equal application_uri in the mapping (source security / opcua-server).",
+)
+@click.option("--hostname", "hostnames", multiple=True, help="DNS SAN; repeat. Default: this host.")
+@click.option("--days", default=730, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def certs_create(
+    cert_path: Path,
+    key_path: Path,
+    application_uri: str,
+    hostnames: tuple[str, ...],
+    days: int,
+    force: bool,
+) -> None:
+    """Create a self-signed application certificate (DER) and private key (PEM)."""
+    from connectors.opcua.certs import create_application_certificate, thumbprint
+
+    if not force and (cert_path.exists() or key_path.exists()):
+        click.echo(f"error: {cert_path} or {key_path} exists (use --force)", err=True)
+        sys.exit(1)
+    cert = create_application_certificate(
+        cert_path, key_path, application_uri=application_uri, hostnames=hostnames, days=days
+    )
+    der = cert_path.read_bytes()
+    click.echo(f"certificate {cert_path} (thumbprint {thumbprint(der)})")
+    click.echo(f"private key {key_path}")
+    click.echo(f"ApplicationUri {application_uri}, valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+    click.echo("copy the certificate into each server's trusted folder")
+
+
+@click.command()
+@click.argument("endpoint")
+@click.option("--root", default=None, help="Browse path below Objects, e.g. Plant/Pump01.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the scaffold here.")
+@click.option("--max-depth", default=6, show_default=True)
+@click.option("--max-nodes", default=10_000, show_default=True)
+@click.option("--timeout", "timeout_s", default=5.0, show_default=True, help="Per request, s.")
+@click.option("--source", default="server", show_default=True, help="Source name to write.")
+def browse(
+    endpoint: str,
+    root: str | None,
+    output: Path | None,
+    max_depth: int,
+    max_nodes: int,
+    timeout_s: float,
+    source: str,
+) -> None:
+    """Walk a live server (anonymous, None security) and write a mapping scaffold."""
+    from connectors.opcua.browse import browse_server, scaffold_yaml
+
+    def progress(nodes: int, variables: int) -> None:
+        click.echo(f"\rbrowsed {nodes} nodes, {variables} variables", nl=False, err=True)
+
+    try:
+        found = asyncio.run(
+            browse_server(
+                endpoint,
+                root=root,
+                max_depth=max_depth,
+                max_nodes=max_nodes,
+                timeout_s=timeout_s,
+                progress=progress,
+            )
+        )
+    except Exception as exc:  # reported as one line, not a traceback
+        click.echo(f"\nerror: cannot browse {endpoint}: {exc!r}", err=True)
+        sys.exit(2)
+    click.echo("", err=True)
+    text = scaffold_yaml(found, endpoint, source)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {len(found)} tags to {output}", err=True)

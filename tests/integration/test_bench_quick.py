@@ -1,0 +1,53 @@
+"""Smoke test of the benchmark suite: `python -m bench --quick` runs to the end and writes its
+JSON. Figures are never judged here (performance is shown by the benchmark, not by tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+OWN_PARTS = ("pipeline", "inference", "api", "memory", "peer")
+ROW_KEYS = {"measure", "bridge", "floor", "unit", "ratio", "target", "met", "note"}
+
+
+@pytest.mark.timeout(300)
+def test_quick_bench_completes_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "bench-quick"
+    machine = doc["machine"]
+    assert machine["cpus"] >= 1 and machine["python"]
+    assert {"onnxruntime", "numpy", "fastapi", "asyncua"} <= set(machine["versions"])
+    figures = doc["figures"]
+    assert figures["quick"] is True
+    assert set(OWN_PARTS) <= set(figures["parts"])
+    for name in OWN_PARTS:
+        part = figures["parts"][name]
+        assert "error" not in part, f"{name}: {part.get('error')}"
+        assert "skipped" in part or part["rows"], name
+    for row in figures["rows"]:
+        assert set(row) == ROW_KEYS
+    # The always-available parts carry both sides of their comparison.
+    pipeline = figures["parts"]["pipeline"]
+    assert pipeline["bridge"]["tag_updates"] > 0 and pipeline["floor"]["tag_updates"] > 0
+    assert pipeline["bridge"]["predictions_made"] == pipeline["bridge"]["predictions_expected"]
+    inference = figures["parts"]["inference"]
+    assert inference["bridge_rows_per_s"] > 0 and inference["raw_rows_per_s"] > 0
+    memory = figures["parts"]["memory"]
+    assert memory["validate_exit"] == 0 and memory["memory"]["updates"] > 0
+    # The table printed on stdout has a line per row.
+    for row in figures["rows"]:
+        assert row["measure"] in done.stdout

@@ -1,0 +1,213 @@
+"""Security end to end: our OpcUaSource against our PredictionServer with SignAndEncrypt + users,
+both sides checking certificates against their trust stores; and a raw client on a None channel.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from asyncua import Client, ua
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from support import free_port
+
+from bridge.errors import ConnectorError
+from bridge.types import PredictionSlot, Quality, SinkContext, SourceTag
+from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings, PredictionServer
+from connectors.opcua.certs import create_application_certificate
+from connectors.opcua.server_config import OpcUaServerSettings, OpcUaServerUser
+
+NS = "urn:test:secure"
+SLOT = PredictionSlot("P1", "rul", "1.0.0", "c" * 64)
+NODE = f"nsu={NS};s=Predictions.P1.rul.Value"
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@dataclass
+class Pki:
+    root: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    server_pki: Path  # the server's trust store
+    endpoint: str
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def secure(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pki]:
+    root = tmp_path_factory.mktemp("pki")
+    server_cert, server_key = root / "server" / "cert.der", root / "server" / "key.pem"
+    client_cert, client_key = root / "client" / "cert.der", root / "client" / "key.pem"
+    create_application_certificate(server_cert, server_key, hostnames=("localhost",))
+    create_application_certificate(client_cert, client_key, hostnames=("localhost",))
+    server_pki = root / "server-pki"
+    (server_pki / "trusted").mkdir(parents=True)
+    shutil.copy(client_cert, server_pki / "trusted" / "gateway.der")
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
+    settings = OpcUaServerSettings(
+        endpoint=endpoint,
+        namespace=NS,
+        security_policies=["Basic256Sha256_SignAndEncrypt", "Aes256_Sha256_RsaPss_Sign"],
+        certificate=str(server_cert),
+        private_key=str(server_key),
+        pki_dir=str(server_pki),
+        users=[OpcUaServerUser(username="hmi", password="s3cret")],
+    )
+    server = PredictionServer("hmi", settings, SinkContext("gw", (SLOT,)))
+    await server.start()
+    try:
+        yield Pki(root, server_cert, server_key, client_cert, client_key, server_pki, endpoint)
+    finally:
+        await server.close()
+
+
+def _source(pki: Pki, client_pki: Path, **kw: object) -> OpcUaSource:
+    security = {
+        "policy": "Basic256Sha256",
+        "mode": "SignAndEncrypt",
+        "certificate": str(pki.client_cert),
+        "private_key": str(pki.client_key),
+        "pki_dir": str(client_pki),
+        **kw.pop("security", {}),  # type: ignore[dict-item]
+    }
+    settings = OpcUaSourceSettings.model_validate(
+        {
+            "endpoint": pki.endpoint,
+            "timeout_s": 3,
+            "security": security,
+            "username": "hmi",
+            "password": "s3cret",
+            **kw,
+        }
+    )
+    tag = SourceTag("rul", OpcUaAddress.model_validate(NODE))
+    return OpcUaSource("hmi", settings, [tag])
+
+
+def _trusting(pki: Pki, name: str) -> Path:
+    """A client trust store that holds the server certificate."""
+    client_pki = pki.root / name
+    (client_pki / "trusted").mkdir(parents=True)
+    shutil.copy(pki.server_cert, client_pki / "trusted" / "server.der")
+    return client_pki
+
+
+async def _first_batch(source: OpcUaSource) -> list[object]:
+    async for batch in source.samples():
+        return list(batch)
+    raise AssertionError("no batch")
+
+
+async def test_sign_and_encrypt_with_user_works(secure: Pki) -> None:
+    source = _source(secure, _trusting(secure, "ok-pki"))
+    await source.connect()
+    try:
+        (sample,) = await _first_batch(source)
+        # The node exists and was read over the encrypted session (no prediction yet: Bad data).
+        assert sample.tag == "rul"  # type: ignore[attr-defined]
+        assert sample.reason == "BadWaitingForInitialData"  # type: ignore[attr-defined]
+        assert sample.quality is Quality.BAD  # type: ignore[attr-defined]
+    finally:
+        await source.close()
+
+
+async def test_password_from_file_works(secure: Pki, tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    source = _source(
+        secure, _trusting(secure, "file-pki"), password=None, password_file=str(secret)
+    )
+    await source.connect()
+    await source.close()
+
+
+async def test_bad_password_refused(secure: Pki) -> None:
+    source = _source(secure, _trusting(secure, "badpw-pki"), password="wrong")
+    with pytest.raises(ConnectorError, match=r"BadUserAccessDenied|BadIdentityTokenRejected"):
+        await source.connect()
+    assert not source.connected
+
+
+async def test_unknown_server_certificate_refused_and_filed(secure: Pki) -> None:
+    client_pki = secure.root / "empty-pki"
+    source = _source(secure, client_pki, security={"rejected_cap": 1})
+    with pytest.raises(ConnectorError):
+        await source.connect()
+    rejected = list((client_pki / "rejected").glob("*.der"))
+    assert [p.read_bytes() for p in rejected] == [secure.server_cert.read_bytes()]
+    assert not (client_pki / "trusted").exists()
+
+
+async def test_trust_on_first_use_only_when_asked(secure: Pki) -> None:
+    client_pki = secure.root / "tofu-pki"
+    source = _source(secure, client_pki, security={"trust_on_first_use": True})
+    await source.connect()
+    await source.close()
+    trusted = list((client_pki / "trusted").glob("*.der"))
+    assert [p.read_bytes() for p in trusted] == [secure.server_cert.read_bytes()]
+
+
+async def test_untrusted_client_certificate_refused_by_server(secure: Pki) -> None:
+    stranger_cert, stranger_key = secure.root / "s" / "cert.der", secure.root / "s" / "key.pem"
+    create_application_certificate(stranger_cert, stranger_key, hostnames=("localhost",))
+    source = _source(
+        secure,
+        _trusting(secure, "stranger-pki"),
+        security={"certificate": str(stranger_cert), "private_key": str(stranger_key)},
+    )
+    with pytest.raises(ConnectorError, match=r"BadCertificateUntrusted|BadSecurityChecksFailed"):
+        await source.connect()
+
+
+async def _raw_none_channel(endpoint: str) -> Client:
+    """A client on a None secure channel that skips endpoint selection (it asks no questions)."""
+    client = Client(endpoint, timeout=3)
+    await client.connect_socket()
+    await client.send_hello()
+    await client.open_secure_channel()
+    return client
+
+
+async def _refused(client: Client, call: object) -> None:
+    try:
+        with pytest.raises((UaStatusCodeError, UaError, ConnectionError, TimeoutError)) as info:
+            await call  # type: ignore[misc]
+        if isinstance(info.value, UaStatusCodeError):
+            assert info.value.code == ua.StatusCodes.BadSecurityPolicyRejected
+    finally:
+        client.disconnect_socket()
+
+
+async def test_none_channel_refused_for_session_services(secure: Pki) -> None:
+    # Discovery stays possible on None (clients learn the server certificate that way) ...
+    client = await _raw_none_channel(secure.endpoint)
+    endpoints = await client.uaclient.get_endpoints(ua.GetEndpointsParameters())
+    assert endpoints and all(e.SecurityMode != ua.MessageSecurityMode.None_ for e in endpoints)
+    client.disconnect_socket()
+
+    # ... but CreateSession, ActivateSession and Read are answered BadSecurityPolicyRejected.
+    client = await _raw_none_channel(secure.endpoint)
+    params = ua.CreateSessionParameters()
+    params.ClientDescription = ua.ApplicationDescription()
+    params.EndpointUrl = secure.endpoint
+    params.SessionName = "raw"
+    params.RequestedSessionTimeout = 10_000
+    params.ClientNonce = b"\x00" * 32
+    await _refused(client, client.uaclient.create_session(params))
+
+    client = await _raw_none_channel(secure.endpoint)
+    activate = ua.ActivateSessionParameters()
+    token = ua.UserNameIdentityToken()
+    token.UserName, token.Password = "hmi", b"s3cret"
+    activate.UserIdentityToken = token
+    await _refused(client, client.uaclient.activate_session(activate))
+
+    client = await _raw_none_channel(secure.endpoint)
+    read = ua.ReadParameters()
+    read.NodesToRead = [ua.ReadValueId(NodeId=ua.NodeId(2255, 0), AttributeId=13)]
+    await _refused(client, client.uaclient.read(read))

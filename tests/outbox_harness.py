@@ -1,0 +1,142 @@
+"""The durable MES path without the rest of the gateway: StoreSink -> outbox -> Relay -> MesSink.
+
+Used by the outbox tests, the crash-test child process and bench/outbox.py. Everything is real:
+SQLite files or the PostgreSQL on 127.0.0.1, HTTP to a MesReceiver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from bridge.outbox import Relay, RelaySettings
+from bridge.store.db import Store, open_store
+from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository, WhenFull
+from bridge.store.sink import StoreSink
+from bridge.types import Prediction, Quality, SinkContext
+from connectors.mes import MesSink, MesSinkSettings
+
+__all__ = ["PG_URL", "Durable", "pg_schema", "prediction", "received_in_order", "store_url"]
+
+PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
+GATEWAY = "gw-outbox"
+T0 = 1714564800.0
+
+
+def prediction(asset: str, seq: int) -> Prediction:
+    # The same deterministic id the runtime uses: gateway, asset, model and sequence.
+    pid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{GATEWAY}/{asset}/health/{seq}"))
+    return Prediction(
+        id=pid,
+        seq=seq,
+        asset=asset,
+        model="health",
+        version="1.0.0",
+        sha256="ab" * 32,
+        value="healthy",
+        score=0.9,
+        quality=Quality.GOOD,
+        timestamp=T0 + seq,
+        input_age_s=0.1,
+    )
+
+
+@contextlib.contextmanager
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema, dropped afterwards (with everything in it)."""
+    schema = f"bridge_outbox_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        try:
+            yield schema
+        finally:
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
+def store_url(backend: str, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'outbox.db'}" if backend == "sqlite" else PG_URL
+
+
+class Durable:
+    """One "gateway": its store writer, one MES destination and that destination's relay."""
+
+    def __init__(
+        self,
+        store: Store,
+        mes_url: str,
+        *,
+        name: str = "mes",
+        max_pending: int = 1_000_000,
+        when_full: WhenFull = "refuse-new",
+        dead_letter_after: int = 3,
+        concurrency: int = 8,
+        batch_size: int = 500,
+        timeout_s: float = 2.0,
+        **mes: Any,
+    ) -> None:
+        self.store = store
+        settings = MesSinkSettings(
+            url=mes_url,
+            timeout_s=timeout_s,
+            initial_backoff_s=mes.pop("initial_backoff_s", 0.02),
+            max_backoff_s=mes.pop("max_backoff_s", 0.2),
+            concurrency=concurrency,
+            **mes,
+        )
+        self.mes = MesSink(name, settings, SinkContext(GATEWAY, ()))
+        self.feed = OutboxFeed(name, self.mes.encode, Budget(max_pending, when_full))
+        self.writer = StoreSink(store, outbox=[self.feed], batch_size=batch_size)
+        self.repo = OutboxRepository(store)
+        self.relay = Relay(
+            self.mes,
+            self.repo,
+            self.feed,
+            RelaySettings(
+                batch_size=batch_size,
+                dead_letter_after=dead_letter_after,
+                reject_retry_s=0.05,
+                idle_poll_s=0.01,
+                rescan_s=0.2,
+                stats_every_s=0.1,
+                max_backoff_s=0.5,
+            ),
+        )
+
+    async def start(self, relay: bool = True) -> None:
+        await self.writer.start()
+        await self.mes.start()
+        if relay:
+            await self.relay.start()
+
+    async def write(self, batch: Sequence[Prediction]) -> None:
+        await self.writer.write(batch)
+
+    async def close(self) -> None:
+        await self.relay.close()
+        await self.mes.close()
+        await self.writer.close()
+
+    def backlog(self) -> int:
+        return self.repo.stats(self.feed.destination).backlog
+
+
+def open_test_store(backend: str, tmp_path: Path, schema: str | None) -> Store:
+    return open_store(store_url(backend, tmp_path), schema=schema)
+
+
+def received_in_order(calls: Sequence[Any]) -> dict[str, list[int]]:
+    """Sequence numbers per asset, in the order the MES recorded them."""
+    out: dict[str, list[int]] = {}
+    for call in calls:
+        out.setdefault(call.body["asset"], []).append(int(call.body["seq"]))
+    return out
