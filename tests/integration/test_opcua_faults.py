@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+import pytest
 import pytest_asyncio
 from faultproxy import FaultProxy, Mode
 from support import LOOPBACK, free_port, wait_until
@@ -24,8 +25,8 @@ from simulators.plant import PLANT_NAMESPACE, PlantSimulator
 from simulators.plant.physics import SIGNALS
 
 PUMPS = 2
-RESTARTS = 3
-BLACKHOLE_S = 4.0
+RESTARTS = 20  # as the issue asks: a server restarted 20 times
+BLACKHOLE_S = 60.0  # a 60 s blackhole: longer than every timeout and watchdog
 
 
 @dataclass
@@ -124,6 +125,7 @@ def _task_names() -> list[str]:
     return sorted(str(t.get_coro()).split(" at ")[0] for t in _client_tasks())
 
 
+@pytest.mark.timeout(600)
 async def test_restarts_bad_fast_fresh_after_no_task_growth(rig: Rig) -> None:
     await wait_until(lambda: rig.table.all_good_since(rig.tags, 0), 10, what="first values")
     baseline: int | None = None
@@ -146,6 +148,7 @@ async def test_restarts_bad_fast_fresh_after_no_task_growth(rig: Rig) -> None:
     assert rig.supervisor.connects == RESTARTS + 1
 
 
+@pytest.mark.timeout(300)
 async def test_blackhole_bad_then_recovers_without_hung_tasks(rig: Rig) -> None:
     await wait_until(lambda: rig.table.all_good_since(rig.tags, 0), 10, what="first values")
     await asyncio.sleep(0.2)
