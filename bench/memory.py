@@ -66,8 +66,15 @@ async def _hold(mapping_path: Path, rounds: int) -> dict[str, Any]:
             table.apply(batch[s : s + 1000])
         if k % 10 == 9:
             await runner.tick()
+    rings = [e.ring for e in table.entries.values() if e.ring is not None]
+    slots = sum(r.allocated for r in rings)
     return {
         "tags": len(ids),
+        "windowed_tags": len(rings),
+        # Rings grow with rate x window (bridge/features/window.py): in this run every sample is
+        # still inside the 10 s window; at >= max_samples per window they reach their capacity.
+        "ring_mb": round(slots * 16 / 1e6, 1),
+        "ring_mb_at_capacity": round(sum(r.capacity for r in rings) * 16 / 1e6, 1),
         "rounds": rounds,
         "updates": table.updates,
         "python_baseline_mb": round(base, 1),

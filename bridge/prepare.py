@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from bridge.config import Mapping, ResolvedModel, load_mapping
 from bridge.errors import ConfigError, ConfigIssue, InferenceError
 from bridge.inference.model import LoadedModel, OutputRoles
 
-__all__ = ["Prepared", "load_model_for", "prepare"]
+__all__ = ["Prepared", "load_model_for", "model_problems", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Prepared:
 
 
 def prepare(path: str | Path, env: MappingABC[str, str] | None = None) -> Prepared:
-    mapping = load_mapping(path, env)
+    mapping = _load_for_life(path, env)
     issues: list[ConfigIssue] = []
     models: dict[str, LoadedModel] = {}
     labels: dict[str, tuple[str, ...]] = {}
@@ -79,6 +80,36 @@ def load_model_for(model: ResolvedModel) -> LoadedModel:
         label=model.outputs.label, scores=model.outputs.scores, value=model.outputs.value
     )
     return LoadedModel.load(model.path, expected_sha256=model.sha256, roles=roles)
+
+
+def model_problems(model: ResolvedModel, loaded: LoadedModel) -> list[str]:
+    """The checks ``prepare`` makes of a model against its mapping entry, as plain sentences
+    (used when a registry version is loaded while the gateway runs)."""
+    problems = loaded.check(
+        model.input,
+        len(model.features),
+        model.outputs.label,
+        model.outputs.scores,
+        model.outputs.value,
+    )
+    if model.outputs.label is not None and not (model.labels or loaded.labels):
+        problems.append("the model has no `labels` metadata to name its classes")
+    return problems
+
+
+def _load_for_life(path: str | Path, env: MappingABC[str, str] | None) -> Mapping:
+    """``load_mapping`` with the cyclic garbage collector paused, then the loaded objects moved
+    out of its reach (``gc.freeze``): a 100,000-tag mapping is ~10^6 objects that live as long
+    as the process, and every full collection would walk them all again (bench/README.md)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        mapping = load_mapping(path, env)
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+    return mapping
 
 
 def _issue(mapping: Mapping, loc: tuple[str | int, ...], message: str, hint: str) -> ConfigIssue:

@@ -9,8 +9,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "ComponentHealth",
+    "Contribution",
+    "Explanation",
+    "Feedback",
+    "FeedbackAction",
+    "FeedbackService",
     "HealthState",
     "InputSnapshot",
+    "ModelStatus",
     "Prediction",
     "PredictionSlot",
     "Quality",
@@ -81,6 +87,26 @@ class InputSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Contribution:
+    """How much one model input moved a prediction: the output with the input as measured minus
+    the output with the input at its reference (training) mean."""
+
+    feature: str  # "<tag>.<stat>", e.g. "bearing_temperature.mean"
+    value: float
+    baseline: float
+    effect: float
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """The top contributing inputs of one prediction, largest effect first, and one line for
+    operators, e.g. ``bearing temperature +18 °C above normal``."""
+
+    reason: str
+    top: tuple[Contribution, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Prediction:
     """One model output for one asset.
 
@@ -101,6 +127,8 @@ class Prediction:
     input_age_s: float | None
     inputs: tuple[InputSnapshot, ...] = ()
     reason: str = ""
+    explanation: Explanation | None = None
+    drift_score: float | None = None  # the asset's drift (max PSI over features) at this time
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +143,52 @@ class PredictionSlot:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """What a model serves now, for sinks that show it (the HMI server's ``Models`` folder):
+    the active and candidate versions and, per asset, the candidate's agreement so far."""
+
+    model: str
+    active_version: str
+    active_sha256: str
+    candidate_version: str = ""
+    candidate_sha256: str = ""
+    candidate_mode: str = ""  # "", "shadow" or "canary"
+    canary_share: float | None = None
+    agreement: tuple[tuple[str, float | None], ...] = ()  # (asset, agreed/compared or None)
+
+
+FeedbackAction = Literal["acknowledge", "confirm", "reject"]
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """An operator's answer to one prediction: seen (acknowledge), right (confirm) or wrong
+    (reject, an override). ``channel`` is where it came from (``opcua``, ``rest``)."""
+
+    prediction_id: str
+    asset: str
+    model: str
+    action: FeedbackAction
+    by: str
+    channel: str
+    prediction_time: float
+    value: str | float | None = None
+    comment: str = ""
+    key_id: str | None = None
+
+
+class FeedbackService(Protocol):
+    """Where sinks (the HMI server's methods) hand operator feedback to the core; raises
+    ``bridge.errors.BridgeError`` when it cannot be stored."""
+
+    async def record(self, feedback: Feedback) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
 class SinkContext:
     gateway_id: str
     slots: tuple[PredictionSlot, ...]
+    feedback: FeedbackService | None = None
 
 
 HealthState = Literal["ok", "degraded", "down", "starting", "stopped"]

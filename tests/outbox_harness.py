@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from bridge.outbox import Relay, RelaySettings
+from bridge.outbox.wiring import feed_for
 from bridge.store.db import Store, open_store
-from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository, WhenFull
+from bridge.store.outbox import Budget, OutboxRepository, WhenFull
 from bridge.store.sink import StoreSink
-from bridge.types import Prediction, Quality, SinkContext
+from bridge.types import Prediction, PredictionSlot, Quality, SinkContext
 from connectors.mes import MesSink, MesSinkSettings
 
 __all__ = ["PG_URL", "Durable", "pg_schema", "prediction", "received_in_order", "store_url"]
@@ -82,6 +83,8 @@ class Durable:
         concurrency: int = 8,
         batch_size: int = 500,
         timeout_s: float = 2.0,
+        mes_batch_size: int = 1,
+        slots: Sequence[PredictionSlot] = (),
         **mes: Any,
     ) -> None:
         self.store = store
@@ -91,10 +94,12 @@ class Durable:
             initial_backoff_s=mes.pop("initial_backoff_s", 0.02),
             max_backoff_s=mes.pop("max_backoff_s", 0.2),
             concurrency=concurrency,
+            batch_size=mes_batch_size,
             **mes,
         )
-        self.mes = MesSink(name, settings, SinkContext(GATEWAY, ()))
-        self.feed = OutboxFeed(name, self.mes.encode, Budget(max_pending, when_full))
+        self.mes = MesSink(name, settings, SinkContext(GATEWAY, tuple(slots)))
+        # Built as the gateway builds it: the destination's event rules run in the store writer.
+        self.feed = feed_for(self.mes, Budget(max_pending, when_full), slots)
         self.writer = StoreSink(store, outbox=[self.feed], batch_size=batch_size)
         self.repo = OutboxRepository(store)
         self.relay = Relay(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
@@ -43,6 +44,10 @@ class AlertOut(BaseModel):
     acked_key: str | None = Field(description="Id of the API key that acknowledged it.")
     ack_comment: str | None
     time_to_ack_s: float | None
+    detail: dict[str, Any] | None = Field(
+        None,
+        description="For drift alerts (label `drift`): drifting features and window statistics.",
+    )
 
     @classmethod
     def of(cls, a: Alert) -> AlertOut:
@@ -61,6 +66,7 @@ class AlertOut(BaseModel):
             acked_key=a.acked_key,
             ack_comment=a.ack_comment,
             time_to_ack_s=None if a.acked_at is None else a.acked_at - a.raised_at,
+            detail=json.loads(a.detail) if a.detail else None,
         )
 
 

@@ -13,6 +13,7 @@ from bridge.store.history import PredictionHistory
 
 from .auth import secured
 from .cursor import HISTORY_CURSOR_PATTERN, decode_history, encode_history
+from .latest import LatestBody, encode_predictions
 from .params import MAX_LIMIT, Since, Until, time_range
 from .schemas import HealthOut, ModelOut, PredictionOut, TagOut
 from .view import GatewayView
@@ -54,6 +55,7 @@ def build_router() -> APIRouter:
     # the live state, never in FastAPI's thread pool where they would race with it.
     router = APIRouter(prefix="/api/v1")
     read = secured(Scope.READ)
+    latest_body = LatestBody()  # one per app, like the view it caches
 
     @router.get(
         "/health",
@@ -87,12 +89,14 @@ def build_router() -> APIRouter:
         summary="Latest prediction of every asset and model",
         **read,
     )
-    async def latest_predictions(view: View, asset: AssetFilter = None) -> list[PredictionOut]:
-        return [
-            PredictionOut.of(p)
-            for p in sorted(view.latest_predictions(), key=lambda p: (p.asset, p.model))
-            if asset is None or p.asset == asset
-        ]
+    async def latest_predictions(view: View, asset: AssetFilter = None) -> Response:
+        # Bytes, not models: the body is encoded once per change of the latest predictions
+        # (bridge/api/latest.py); response_model above still documents the schema.
+        if asset is None:
+            body = latest_body.get(view.latest_predictions())
+        else:
+            body = encode_predictions([p for p in view.latest_predictions() if p.asset == asset])
+        return Response(content=body, media_type="application/json")
 
     history_route = secured(Scope.READ)
     history_route["responses"][200] = {"description": "One page", "headers": _PAGE_HEADERS}

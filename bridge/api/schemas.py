@@ -9,14 +9,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from bridge.types import ComponentHealth, InputSnapshot, Prediction, Quality
+from bridge.types import ComponentHealth, Explanation, InputSnapshot, Prediction, Quality
 
 from .timeparse import epoch_to_datetime
 from .view import ModelInfo, TagState
 
 __all__ = [
     "ComponentOut",
+    "ContributionOut",
     "ErrorOut",
+    "ExplanationOut",
     "HealthOut",
     "InputOut",
     "ModelOut",
@@ -95,6 +97,35 @@ class InputOut(BaseModel):
         )
 
 
+class ContributionOut(BaseModel):
+    feature: str = Field(description="Model input, `<tag>.<stat>`.")
+    value: float = Field(description="The input's value in this prediction.")
+    baseline: float = Field(description="Its normal value (reference mean of the training data).")
+    effect: float = Field(
+        description="Output with the input as measured minus output with it at its baseline "
+        "(a classifier's probability of the chosen class, a regressor's value)."
+    )
+
+
+class ExplanationOut(BaseModel):
+    reason: str = Field(
+        description="One line for operators, e.g. `bearing temperature +18 °C above normal`."
+    )
+    top: list[ContributionOut] = Field(description="Top contributing inputs, largest first.")
+
+    @classmethod
+    def of(cls, e: Explanation) -> ExplanationOut:
+        return cls(
+            reason=e.reason,
+            top=[
+                ContributionOut(
+                    feature=c.feature, value=c.value, baseline=c.baseline, effect=c.effect
+                )
+                for c in e.top
+            ],
+        )
+
+
 class PredictionOut(BaseModel):
     id: str = Field(description="Deterministic UUID; also the MES Idempotency-Key.")
     seq: int
@@ -109,6 +140,12 @@ class PredictionOut(BaseModel):
     timestamp: datetime | None
     input_age_s: float | None = Field(description="Age of the oldest input when predicted.")
     inputs: list[InputOut]
+    explanation: ExplanationOut | None = Field(
+        None, description="Top contributing inputs, when the model's `explain:` chose this one."
+    )
+    drift_score: float | None = Field(
+        None, description="The asset's drift score (largest PSI over the inputs) at this time."
+    )
 
     @classmethod
     def of(cls, p: Prediction) -> PredictionOut:
@@ -126,6 +163,8 @@ class PredictionOut(BaseModel):
             timestamp=epoch_to_datetime(p.timestamp),
             input_age_s=p.input_age_s,
             inputs=[InputOut.of(i) for i in p.inputs],
+            explanation=None if p.explanation is None else ExplanationOut.of(p.explanation),
+            drift_score=p.drift_score,
         )
 
 

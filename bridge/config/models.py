@@ -14,12 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "ApiSettings",
     "AssetConfig",
+    "DriftConfig",
     "DurabilitySettings",
+    "ExplainConfig",
     "FeatureConfig",
     "GatewaySettings",
     "MappingFile",
     "ModelConfig",
     "ModelOutputs",
+    "ModelRegistrySettings",
     "OutboxSettings",
     "Stat",
     "TagConfig",
@@ -94,8 +97,24 @@ class OutboxSettings(Strict):
         500,
         ge=1,
         le=10000,
-        description="Events (one per asset) a relay claims per round; they are sent in "
-        "parallel up to the destination's concurrency.",
+        description="Assets a relay serves per round (up to 8 events each, sent one after the "
+        "other per asset); different assets go in parallel up to the destination's concurrency.",
+    )
+
+
+class ModelRegistrySettings(Strict):
+    poll_s: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="How often the gateway reads the model registry for versions activated, "
+        "shadowed, canaried or rolled back by the CLI, the API or another gateway.",
+    )
+    public_key: str | None = Field(
+        None,
+        description="PEM file of an Ed25519 public key (relative to the mapping file). When "
+        "set, every registered version must carry a signature made with its private key; "
+        "an unsigned or wrongly signed version is refused and the old one keeps serving.",
     )
 
 
@@ -116,6 +135,10 @@ class GatewaySettings(Strict):
     outbox: OutboxSettings = Field(
         default_factory=OutboxSettings,
         description="The transactional outbox of durable destinations (mes-rest).",
+    )
+    models: ModelRegistrySettings = Field(
+        default_factory=ModelRegistrySettings,
+        description="The model registry: how often to look for changes, signature checks.",
     )
     default_max_age_s: float = Field(
         10.0,
@@ -210,6 +233,54 @@ class ModelOutputs(Strict):
         return self
 
 
+class DriftConfig(Strict):
+    window: int = Field(
+        100,
+        ge=10,
+        description="Drift window: the latest this many Good feature rows of an asset are "
+        "compared with the model's reference statistics (PSI per feature).",
+    )
+    threshold: float = Field(
+        0.25,
+        gt=0,
+        description="An asset drifts when a feature's PSI exceeds this (0.1 slight, 0.25 "
+        "significant); one alert and one webhook call per crossing.",
+    )
+    clear_below: float | None = Field(
+        None,
+        ge=0,
+        description="The drift state clears (and may alert again) once every feature's PSI is "
+        "below this. Default: 0.8 x threshold.",
+    )
+    every: int = Field(1, ge=1, description="Compute drift every this many model runs.")
+    webhook: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Retraining webhook: POSTed once per crossing with model, version, "
+        "drifting features and window statistics; retried like MES calls, through the outbox.",
+    )
+    webhook_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra headers of webhook calls (e.g. Authorization: use ${ENV}).",
+    )
+
+    @model_validator(mode="after")
+    def _clear_below(self) -> DriftConfig:
+        if self.clear_below is not None and self.clear_below > self.threshold:
+            raise ValueError("clear_below cannot be above threshold")
+        return self
+
+
+class ExplainConfig(Strict):
+    mode: Literal["every", "label_change", "on_request"] = Field(
+        "label_change",
+        description="Which predictions get an explanation: `every` one (costs one extra "
+        "batched model call per run), those whose label changed (`label_change`), or only "
+        "when asked through the REST API (`on_request`, latest predictions).",
+    )
+    top: int = Field(3, ge=1, le=20, description="How many contributing inputs to keep.")
+
+
 class ModelConfig(Strict):
     file: str = Field(description="Path of the .onnx file, relative to this mapping file.")
     version: str = Field(min_length=1, description="Version shown on the HMI and sent to the MES.")
@@ -245,6 +316,18 @@ class ModelConfig(Strict):
         "is Bad, 'warming up'. Default: half of window_s.",
     )
     max_samples: int = Field(2048, ge=8, description="Samples kept per input tag for the window.")
+    reference: str | None = Field(
+        None,
+        description="Reference statistics of the training data (JSON, format "
+        "`bridge-reference/1`), relative to this mapping file; drift and explanations use it.",
+    )
+    drift: DriftConfig | None = Field(
+        None, description="Drift detection against the reference statistics (needs reference)."
+    )
+    explain: ExplainConfig | None = Field(
+        None,
+        description="Explanations: top contributing inputs per prediction (needs reference).",
+    )
 
     @model_validator(mode="after")
     def _served(self) -> ModelConfig:
@@ -254,6 +337,11 @@ class ModelConfig(Strict):
             )
         if self.min_window_s is not None and self.min_window_s > self.window_s:
             raise ValueError("min_window_s cannot be longer than window_s")
+        if (self.drift is not None or self.explain is not None) and self.reference is None:
+            raise ValueError(
+                "drift and explain compare inputs with the training data: add "
+                "`reference: stats.json` (reference statistics, see the README)"
+            )
         return self
 
 

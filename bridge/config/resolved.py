@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.config.models import GatewaySettings, ModelOutputs, Stat
+from bridge.config.models import (
+    DriftConfig,
+    ExplainConfig,
+    GatewaySettings,
+    ModelOutputs,
+    Stat,
+)
 from bridge.config.yamlsource import LineIndex
 
 __all__ = ["Endpoint", "Feature", "Mapping", "ResolvedModel", "ResolvedTag"]
@@ -56,6 +62,9 @@ class ResolvedModel:
     window_s: float
     min_window_s: float
     max_samples: int
+    reference: Path | None = None
+    drift: DriftConfig | None = None
+    explain: ExplainConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

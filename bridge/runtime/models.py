@@ -1,4 +1,15 @@
-"""Runs one model periodically: all its assets in one batched call, off the event loop."""
+"""Runs one model periodically: all its assets in one batched call, off the event loop.
+
+What runs is the runner's ``Deployment`` (``bridge.lifecycle.deployment``): the active version
+and, optionally, a candidate in shadow mode (same rows, outputs stored, never published) or in
+canary mode (it serves its share of the assets; the active version still runs on those rows so
+the two can be compared). ``swap`` replaces the deployment between two ticks.
+
+Hooks: every callable in ``observers`` is called once per tick, after the predictions are
+made and before they are published, with a ``TickOutcome`` (the feature batch, the active and
+candidate results and the predictions). Observers must be quick and must not raise; slow work
+belongs in their own task.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +17,49 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import structlog
 
 from bridge.config.resolved import ResolvedModel
-from bridge.errors import InferenceError
-from bridge.features.vector import AssetRow, WindowedTag, build_batch
+from bridge.errors import BridgeError, InferenceError
+from bridge.features.vector import AssetRow, FeatureBatch, WindowedTag, build_batch
 from bridge.inference.model import BatchResult, LoadedModel
+from bridge.lifecycle.deployment import Deployment, Served
+from bridge.lifecycle.shadow import agrees, value_text
+from bridge.lifecycle.stats import VersionStats
+from bridge.store.registry import Comparison
 from bridge.types import ComponentHealth, HealthState, Prediction, Quality
 
-__all__ = ["ModelRunner"]
+__all__ = ["Enricher", "ModelRunner", "Observer", "TickOutcome"]
 
 log = structlog.get_logger(__name__)
 
 # Stable namespace for prediction ids: uuid5(namespace, gateway/boot/asset/model/seq).
 PREDICTION_NS = uuid.UUID("6f1b2a3e-8c1d-5e0f-9a7b-2c4d6e8f0a1b")
+
+Value = str | float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TickOutcome:
+    """One tick, for observers. ``active`` is ``None`` when nothing ran or the run failed;
+    ``candidate_rows`` indexes ``batch.runnable`` rows the candidate ran on."""
+
+    model: str
+    deployment: Deployment
+    batch: FeatureBatch
+    active: BatchResult | None
+    candidate: BatchResult | None
+    candidate_rows: tuple[int, ...]
+    predictions: Sequence[Prediction]
+
+
+Observer = Callable[[TickOutcome], None]
+# Enrichers may replace predictions (same ids and order) before they are published, e.g. with
+# drift scores and explanations (bridge.runtime.insight); they run after the observers.
+Enricher = Callable[[TickOutcome], Awaitable[Sequence[Prediction]]]
 
 
 @dataclass
@@ -33,12 +71,47 @@ class ModelRunner:
     publish: Callable[[Sequence[Prediction]], Awaitable[None]]
     gateway_id: str
     boot_id: str
+    # Where shadow/canary comparisons go (the registry's store); None keeps them in memory only.
+    record_comparisons: Callable[[Sequence[Comparison]], Awaitable[None]] | None = None
+    observers: list[Observer] = field(default_factory=list)
+    enrichers: list[Enricher] = field(default_factory=list)
     runs: int = 0
     overruns: int = 0
     errors: int = 0
     last_latency_ms: float = 0.0
     last_error: str = ""
+    # Set when a canary crossed its guard limit; the registry watcher acts on it once.
+    guard_tripped: str | None = None
+    deployment: Deployment = field(init=False)
+    stats: dict[str, VersionStats] = field(default_factory=dict)
     _seq: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.deployment = Deployment(
+            Served(self.model.version, self.loaded.sha256, self.loaded, self.labels)
+        )
+
+    def swap(self, deployment: Deployment) -> None:
+        """Serve ``deployment`` from the next tick on. The sequence of each asset goes on."""
+        old = self.deployment
+        self.deployment = deployment
+        self.loaded, self.labels = deployment.active.loaded, deployment.active.labels
+        if old.candidate != deployment.candidate:
+            self.guard_tripped = None
+        log.info(
+            "model_deployment_changed",
+            model=self.model.name,
+            active=deployment.active.version,
+            previous=old.active.version,
+            candidate=deployment.candidate.version if deployment.candidate else None,
+            mode=deployment.mode,
+        )
+
+    def version_stats(self, version: str) -> VersionStats:
+        st = self.stats.get(version)
+        if st is None:
+            st = self.stats[version] = VersionStats(version)
+        return st
 
     def health(self) -> ComponentHealth:
         state: HealthState = "degraded" if self.last_error else "ok"
@@ -64,39 +137,184 @@ class ModelRunner:
             await asyncio.sleep(next_at - now)
 
     async def tick(self) -> list[Prediction]:
+        deployment = self.deployment  # one deployment for the whole tick
         now = time.time()
         batch = build_batch(self.model, self.lookup, now)
-        predictions = [self._blocked(row, now) for row in batch.blocked]
+        predictions = [self._blocked(row, now, deployment.active) for row in batch.blocked]
+        active: BatchResult | None = None
+        candidate: BatchResult | None = None
+        cand_rows: tuple[int, ...] = ()
+        comparisons: list[Comparison] = []
         if batch.runnable:
-            started = time.perf_counter()
-            try:
-                result = await self.loaded.run_async(batch.x)
-            except InferenceError as exc:
-                self.errors += 1
-                self.last_error = str(exc)
-                log.error("inference_failed", model=self.model.name, error=str(exc))
-                predictions += [
-                    self._blocked(
-                        AssetRow(
-                            r.asset,
-                            Quality.BAD,
-                            f"inference failed: {exc}",
-                            r.inputs,
-                            r.input_age_s,
-                        ),
-                        now,
-                    )
-                    for r in batch.runnable
-                ]
-            else:
-                self.last_error = ""
-                self.last_latency_ms = (time.perf_counter() - started) * 1000
-                predictions += [
-                    self._made(row, result, i, now) for i, row in enumerate(batch.runnable)
-                ]
+            active = await self._run_active(deployment.active, batch.x)
+            if deployment.candidate is not None:
+                cand_rows = tuple(
+                    i
+                    for i, row in enumerate(batch.runnable)
+                    if deployment.runs_candidate(self.model.name, row.asset)
+                )
+                if cand_rows:
+                    candidate = await self._run_candidate(deployment.candidate, batch.x, cand_rows)
+            predictions += self._made_all(
+                deployment, batch, active, candidate, cand_rows, now, comparisons
+            )
         self.runs += 1
+        outcome = TickOutcome(
+            self.model.name, deployment, batch, active, candidate, cand_rows, predictions
+        )
+        for observer in self.observers:
+            try:
+                observer(outcome)
+            except Exception:  # an observer's bug must not stop predictions
+                log.exception("model_observer_failed", model=self.model.name)
+        for enrich in self.enrichers:
+            try:
+                enriched = list(await enrich(outcome))
+            except Exception:  # an enricher's bug must not stop predictions
+                log.exception("model_enricher_failed", model=self.model.name)
+                continue
+            if [p.id for p in enriched] == [p.id for p in predictions]:
+                predictions = enriched
+                outcome = replace(outcome, predictions=predictions)
         await self.publish(predictions)
+        if comparisons and self.record_comparisons is not None:
+            try:
+                await self.record_comparisons(comparisons)
+            except BridgeError as exc:
+                log.warning("comparisons_not_stored", model=self.model.name, error=str(exc))
+        self._check_guard(deployment)
         return predictions
+
+    async def _run_active(self, served: Served, x: np.ndarray) -> BatchResult | None:
+        stats = self.version_stats(served.version)
+        started = time.perf_counter()
+        try:
+            result = await served.loaded.run_async(x)
+        except InferenceError as exc:
+            self.errors += 1
+            stats.failed_runs += 1
+            self.last_error = str(exc)
+            log.error("inference_failed", model=self.model.name, error=str(exc))
+            return None
+        self.last_error = ""
+        self.last_latency_ms = (time.perf_counter() - started) * 1000
+        stats.ran(self.last_latency_ms)
+        return result
+
+    async def _run_candidate(
+        self, served: Served, x: np.ndarray, rows: tuple[int, ...]
+    ) -> BatchResult | None:
+        """A failing candidate never costs a prediction: its rows fall back to the active one."""
+        stats = self.version_stats(served.version)
+        started = time.perf_counter()
+        try:
+            result = await served.loaded.run_async(x[list(rows)])
+        except InferenceError as exc:
+            stats.failed_runs += 1
+            log.warning(
+                "candidate_inference_failed",
+                model=self.model.name,
+                version=served.version,
+                error=str(exc),
+            )
+            return None
+        stats.ran((time.perf_counter() - started) * 1000)
+        return result
+
+    def _made_all(
+        self,
+        deployment: Deployment,
+        batch: FeatureBatch,
+        active: BatchResult | None,
+        candidate: BatchResult | None,
+        cand_rows: tuple[int, ...],
+        now: float,
+        comparisons: list[Comparison],
+    ) -> list[Prediction]:
+        cand = deployment.candidate
+        cand_index = {row: j for j, row in enumerate(cand_rows)} if candidate is not None else {}
+        out: list[Prediction] = []
+        for i, row in enumerate(batch.runnable):
+            a_value, a_score = (
+                self._value(active, i, deployment.active.labels) if active else (None, None)
+            )
+            j = cand_index.get(i)
+            c_value: Value = None
+            c_score: float | None = None
+            if cand is not None and candidate is not None and j is not None:
+                c_value, c_score = self._value(candidate, j, cand.labels)
+            serve_candidate = (
+                cand is not None
+                and j is not None
+                and deployment.serves_candidate(self.model.name, row.asset)
+            )
+            if serve_candidate and cand is not None:
+                prediction = self._prediction(row, now, c_value, c_score, row.quality, cand)
+                self.version_stats(cand.version).counted(c_value)
+            elif active is not None:
+                prediction = self._prediction(
+                    row, now, a_value, a_score, row.quality, deployment.active
+                )
+                self.version_stats(deployment.active.version).counted(a_value)
+            else:
+                failed = AssetRow(
+                    row.asset,
+                    Quality.BAD,
+                    f"inference failed: {self.last_error}",
+                    row.inputs,
+                    row.input_age_s,
+                )
+                prediction = self._blocked(failed, now, deployment.active)
+            out.append(prediction)
+            agree = agrees(a_value, c_value) if cand is not None and j is not None else None
+            if agree is not None and cand is not None and deployment.mode is not None:
+                self.version_stats(cand.version).agreement.add(row.asset, agree)
+                comparisons.append(
+                    Comparison(
+                        name=self.model.name,
+                        asset=row.asset,
+                        mode=deployment.mode,
+                        active_version=deployment.active.version,
+                        candidate_version=cand.version,
+                        prediction_id=prediction.id,
+                        active_value=value_text(a_value),
+                        candidate_value=value_text(c_value),
+                        candidate_score=c_score,
+                        agree=agree,
+                        timestamp=now,
+                        gateway=self.gateway_id,
+                    )
+                )
+        return out
+
+    def _check_guard(self, deployment: Deployment) -> None:
+        cand, guard = deployment.candidate, deployment.guard
+        if cand is None or not guard or self.guard_tripped is not None:
+            return
+        stats = self.version_stats(cand.version)
+        min_samples = int(guard.get("min_samples", 20))
+        reason = ""
+        limit = guard.get("max_disagreement")
+        if (
+            limit is not None
+            and stats.agreement.total >= min_samples
+            and stats.agreement.disagreement > limit
+        ):
+            reason = f"disagreement {stats.agreement.disagreement:.3f} > {limit}"
+        limit = guard.get("max_error_rate")
+        attempts = stats.runs + stats.failed_runs
+        if (
+            not reason
+            and limit is not None
+            and attempts >= min_samples
+            and stats.error_rate > limit
+        ):
+            reason = f"error rate {stats.error_rate:.3f} > {limit}"
+        if reason:
+            self.guard_tripped = reason
+            log.warning(
+                "canary_guard_tripped", model=self.model.name, version=cand.version, reason=reason
+            )
 
     def _next_id(self, asset: str) -> tuple[str, int]:
         seq = self._seq.get(asset, 0) + 1
@@ -104,26 +322,28 @@ class ModelRunner:
         key = f"{self.gateway_id}/{self.boot_id}/{asset}/{self.model.name}/{seq}"
         return str(uuid.uuid5(PREDICTION_NS, key)), seq
 
-    def _made(self, row: AssetRow, result: BatchResult, i: int, now: float) -> Prediction:
-        value: str | float | None = None
+    @staticmethod
+    def _value(result: BatchResult, i: int, labels: tuple[str, ...]) -> tuple[Value, float | None]:
+        value: Value = None
         if result.labels is not None:
             index = int(result.labels[i])
-            value = self.labels[index] if 0 <= index < len(self.labels) else str(index)
+            value = labels[index] if 0 <= index < len(labels) else str(index)
         elif result.values is not None:
             value = float(result.values[i])
         score = float(result.scores[i]) if result.scores is not None else None
-        return self._prediction(row, now, value, score, row.quality)
+        return value, score
 
-    def _blocked(self, row: AssetRow, now: float) -> Prediction:
-        return self._prediction(row, now, None, None, Quality.BAD)
+    def _blocked(self, row: AssetRow, now: float, served: Served) -> Prediction:
+        return self._prediction(row, now, None, None, Quality.BAD, served)
 
     def _prediction(
         self,
         row: AssetRow,
         now: float,
-        value: str | float | None,
+        value: Value,
         score: float | None,
         quality: Quality,
+        served: Served,
     ) -> Prediction:
         pid, seq = self._next_id(row.asset)
         return Prediction(
@@ -131,8 +351,8 @@ class ModelRunner:
             seq=seq,
             asset=row.asset,
             model=self.model.name,
-            version=self.model.version,
-            sha256=self.loaded.sha256,
+            version=served.version,
+            sha256=served.sha256,
             value=value,
             score=score,
             quality=quality,

@@ -23,6 +23,8 @@ from bridge.prepare import Prepared
 from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.apiserver import ApiServer
 from bridge.runtime.fanout import PredictionFanout
+from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
+from bridge.runtime.lifecycle import start_lifecycle
 from bridge.runtime.models import ModelRunner
 from bridge.runtime.sources import SourceSupervisor
 from bridge.runtime.tagtable import TagTable
@@ -30,6 +32,7 @@ from bridge.runtime.tasks import TaskSet
 from bridge.runtime.view import RuntimeView
 from bridge.store.alerts import AlertRepository
 from bridge.store.db import open_store
+from bridge.store.labels import LabelRepository
 from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import ModelRepository
 from bridge.store.sink import StoreSink
@@ -53,6 +56,7 @@ class Gateway:
     sinks: list[Sink]
     api: ApiServer | None
     relays: list[Relay] = field(default_factory=list)
+    insight: Insight | None = None
 
 
 async def run_gateway(
@@ -93,16 +97,17 @@ async def run_gateway(
         for name, m in mapping.models.items()
         for asset in m.assets
     )
-    context = SinkContext(gid, slots)
+    # Operator feedback (HMI methods) reaches the store through this narrow service.
+    context = SinkContext(gid, slots, feedback=StoreFeedback(LabelRepository(store)))
     sink_kinds = registry.sink_kinds()
     outputs = [
         sink_kinds[out.kind].factory(out.name, out.settings, context)
         for out in mapping.outputs.values()
     ]
     # Durable outputs (mes-rest) are fed from the outbox, written with each prediction batch.
-    _, durable = split_outputs(outputs, OutboxRepository(store), mapping.gateway.outbox)
+    _, durable = split_outputs(outputs, OutboxRepository(store), mapping.gateway.outbox, slots)
     sinks: list[Sink] = [
-        StoreSink(store, outbox=durable.feeds),
+        StoreSink(store, outbox=durable.feeds, mapping_revision=mapping.revision),
         AlertSink(AlertRepository(store), slots),
         *outputs,
     ]
@@ -115,6 +120,10 @@ async def run_gateway(
         )
         for name, m in mapping.models.items()
     ]
+    # Registry versions replace the mapping's files before the first tick (bridge.lifecycle).
+    live = await start_lifecycle(mapping, store, runners, sinks)
+    # Drift scores and explanations, drift alerts to the MES outbox and retraining webhooks.
+    insight = build_insight(mapping, store, runners, durable.alert_feeds, mapping.gateway.outbox)
     queue: asyncio.Queue[Sequence[TagSample]] = asyncio.Queue(NORMALIZE_QUEUE_BATCHES)
     source_kinds = registry.source_kinds()
     supervisors = []
@@ -149,13 +158,17 @@ async def run_gateway(
         + [s.health for s in sinks]
         + [r.health for r in durable.relays]
         + [lambda: _normalize_health(table, queue)]
+        + [lambda: insight.writer.health()]
+        + [r.health for r in insight.relays]
     )
     view = RuntimeView(gid, table, fanout, infos, probes, now)
     api = None
     if mapping.gateway.api.enabled:
         app = create_app(view, store)
+        live.attach(app)
+        app.state.insights = insight.insights
         api = ApiServer(app, mapping.gateway.api.host, mapping.gateway.api.port)
-    gateway = Gateway(table, fanout, runners, supervisors, sinks, api, durable.relays)
+    gateway = Gateway(table, fanout, runners, supervisors, sinks, api, durable.relays, insight)
 
     started: list[Sink] = []
     try:
@@ -163,10 +176,12 @@ async def run_gateway(
             await sink.start()
             started.append(sink)
         await durable.start()
+        await insight.start()
         if api is not None:
             await api.start()
         for runner in runners:
             tasks.spawn(f"model:{runner.model.name}", runner.run())
+        tasks.spawn("model:registry", live.watcher.run())
         tasks.spawn("normalize", _normalize(queue, table))
         for sup in supervisors:
             tasks.spawn(f"source:{sup.name}", sup.run())
@@ -188,6 +203,7 @@ async def run_gateway(
         if api is not None:
             await api.stop()
         await durable.close()
+        await insight.close()
         for sink in reversed(started):
             try:
                 await sink.close()

@@ -46,6 +46,8 @@ class AlertRow(Base):
     acked_by: Mapped[str | None] = mapped_column(String(200))
     acked_key: Mapped[str | None] = mapped_column(String(12))
     ack_comment: Mapped[str | None] = mapped_column(Text)
+    # JSON details of alerts that are not label changes (drift: features, window statistics).
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class Alert:
     acked_by: str | None
     acked_key: str | None
     ack_comment: str | None
+    detail: str | None = None  # JSON, for alerts that are not label changes (drift)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ def _alert(r: AlertRow) -> Alert:
         r.acked_by,
         r.acked_key,
         r.ack_comment,
+        r.detail,
     )
 
 

@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bridge.types import InputSnapshot, Prediction, Quality, TagValue
+from bridge.types import Contribution, Explanation, InputSnapshot, Prediction, Quality, TagValue
 
 from .models import PredictionRow
 
-__all__ = ["inputs_from_json", "inputs_to_json", "prediction_from_row", "prediction_to_values"]
+__all__ = [
+    "explanation_from_json",
+    "explanation_to_json",
+    "inputs_from_json",
+    "inputs_to_json",
+    "prediction_from_row",
+    "prediction_to_values",
+]
 
 
 def _quality(label: str) -> Quality:
@@ -54,6 +61,27 @@ def inputs_from_json(text: str) -> tuple[InputSnapshot, ...]:
     )
 
 
+def explanation_to_json(e: Explanation | None) -> str | None:
+    if e is None:
+        return None
+    top = [
+        {"feature": c.feature, "value": c.value, "baseline": c.baseline, "effect": c.effect}
+        for c in e.top
+    ]
+    return json.dumps({"reason": e.reason, "top": top}, separators=(",", ":"))
+
+
+def explanation_from_json(text: str | None) -> Explanation | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    top = tuple(
+        Contribution(str(c["feature"]), float(c["value"]), float(c["baseline"]), float(c["effect"]))
+        for c in data.get("top", [])
+    )
+    return Explanation(str(data.get("reason", "")), top)
+
+
 def prediction_to_values(p: Prediction) -> dict[str, Any]:
     """Column values of one ``predictions`` row (without the surrogate ``id``)."""
     is_text = isinstance(p.value, str)
@@ -72,6 +100,8 @@ def prediction_to_values(p: Prediction) -> dict[str, Any]:
         "timestamp": p.timestamp,
         "input_age_s": p.input_age_s,
         "inputs_json": inputs_to_json(p.inputs),
+        "explanation_json": explanation_to_json(p.explanation),
+        "drift_score": p.drift_score,
     }
 
 
@@ -91,4 +121,6 @@ def prediction_from_row(row: PredictionRow) -> Prediction:
         input_age_s=row.input_age_s,
         inputs=inputs_from_json(row.inputs_json),
         reason=row.reason or "",
+        explanation=explanation_from_json(row.explanation_json),
+        drift_score=row.drift_score,
     )

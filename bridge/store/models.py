@@ -37,6 +37,10 @@ class PredictionRow(Base):
     timestamp: Mapped[float] = mapped_column(Double)
     input_age_s: Mapped[float | None] = mapped_column(Double)
     inputs_json: Mapped[str] = mapped_column(Text, default="[]")
+    # Lineage: sha256 of the mapping file the prediction was made under (revision 0005).
+    mapping_revision: Mapped[str | None] = mapped_column(String(64))
+    explanation_json: Mapped[str | None] = mapped_column(Text)
+    drift_score: Mapped[float | None] = mapped_column(Double)
 
 
 class ModelRow(Base):

@@ -10,20 +10,36 @@ so several gateways can share one database without sending an event twice or out
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    String,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bridge.errors import StoreError
+from bridge.outbox.rules import EventSelector, Trigger
 from bridge.types import Prediction
 
+from .codec import prediction_from_row
 from .db import Store
-from .models import DeadLetterRow, OutboxRow
+from .models import DeadLetterRow, OutboxRow, PredictionRow
 
 __all__ = [
     "Budget",
@@ -54,19 +70,45 @@ class OutboxFeed:
     """What the store writer needs to fill one destination's outbox, and what it counted.
 
     ``encode`` turns a prediction into the JSON body for this destination, or None when the
-    destination does not want it. ``pending`` is a running estimate of the backlog that spares
-    a COUNT per batch (the writer adds, the relay subtracts and refreshes it).
+    destination does not want it. A destination with event rules gives a ``selector`` (which
+    predictions become events, and why) and ``render`` (the body of such an event) instead.
+    ``pending`` is a running estimate of the backlog that spares a COUNT per batch (the writer
+    adds, the relay subtracts and refreshes it).
     """
 
     destination: str
     encode: Callable[[Prediction], str | None]
     budget: Budget
+    selector: EventSelector | None = None
+    render: Callable[[Trigger], str] | None = None
     pending: int = 0
     added: int = 0
     refused: int = 0
     dropped: int = 0
 
+    @property
+    def wants_alerts(self) -> bool:
+        """Alerts raised outside the prediction flow (drift) go to ``every`` and ``alerts``."""
+        return self.selector is None or any(r in ("every", "alerts") for r in self.selector.rules)
+
+    def events(self, predictions: Sequence[Prediction]) -> list[tuple[str, str, str]]:
+        """``(asset, event_id, body)`` of the events a batch makes, inside its transaction.
+
+        The Idempotency-Key stays the prediction id: one prediction is at most one event per
+        destination (the first matching rule names it).
+        """
+        if self.selector is None or self.render is None:
+            return [(p.asset, p.id, b) for p in predictions if (b := self.encode(p)) is not None]
+        render = self.render
+        return [
+            (t.prediction.asset, t.prediction.id, render(t))
+            for t in self.selector.select(predictions)
+        ]
+
     def count(self, result: EnqueueResult) -> None:
+        """The batch committed: count it, and keep the rule state it reached."""
+        if self.selector is not None:
+            self.selector.commit()
         self.pending = max(0, self.pending + result.added - result.dropped)
         self.added += result.added
         self.refused += result.refused
@@ -83,6 +125,7 @@ class OutboxEvent:
     created_at: float
     attempts: int
     last_error: str
+    next_attempt_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +164,7 @@ _EVENT_COLUMNS = (
     OutboxRow.created_at,
     OutboxRow.attempts,
     OutboxRow.last_error,
+    OutboxRow.next_attempt_at,
 )
 
 
@@ -134,6 +178,21 @@ def _event(row: OutboxRow) -> OutboxEvent:
         row.created_at,
         row.attempts,
         row.last_error,
+        row.next_attempt_at,
+    )
+
+
+def _dead(r: DeadLetterRow) -> DeadLetter:
+    return DeadLetter(
+        r.id,
+        r.destination,
+        r.asset,
+        r.event_id,
+        r.body,
+        r.created_at,
+        r.failed_at,
+        r.attempts,
+        r.last_error,
     )
 
 
@@ -211,6 +270,74 @@ def _drop_oldest(session: Session, destination: str, count: int) -> int:
     return len(ids)
 
 
+def _among(session: Session, column: Any, values: list[Any]) -> Any:
+    """``column IN values`` for thousands of values, as one bound parameter.
+
+    A plain ``IN`` renders one placeholder per value, and with a round's 10,000+ ids that
+    rendering (SQLAlchemy, then psycopg splitting the query) costs more than the statement.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        item = BigInteger() if isinstance(values[0], int) else String()
+        return column == any_(bindparam(None, values, type_=ARRAY(item)))
+    if dialect == "sqlite":
+        table = func.json_each(bindparam(None, json.dumps(values), type_=String()))
+        return column.in_(select(literal_column("value")).select_from(table))
+    return column.in_(values)
+
+
+def _keep_queue_prefixes(
+    s: Session, destination: str, per_asset: dict[str, list[OutboxEvent]]
+) -> None:
+    """Keep, per asset, the rows that are its queue's prefix and that this claim could lock.
+
+    SKIP LOCKED may have skipped rows another gateway holds, at the head of an asset's queue or
+    in its middle: sending the rows after them would overtake them. And between the window and
+    the lock below, another gateway may take some of the chosen rows. So each asset keeps only
+    the part of its chosen rows that is the start of its queue, then only up to the first row
+    it could not lock.
+    """
+    last = max(q[-1].id for q in per_asset.values())
+    queued: dict[str, list[int]] = {}
+    for asset, row_id in s.execute(
+        select(OutboxRow.asset, OutboxRow.id)
+        .where(
+            OutboxRow.destination == destination,
+            _among(s, OutboxRow.asset, list(per_asset)),
+            OutboxRow.id <= last,
+        )
+        .order_by(OutboxRow.id)
+    ):
+        queued.setdefault(asset, []).append(row_id)
+    for asset in list(per_asset):
+        queue, actual = per_asset[asset], queued.get(asset, [])
+        same = 0
+        while same < len(queue) and same < len(actual) and queue[same].id == actual[same]:
+            same += 1
+        if same == 0:
+            del per_asset[asset]
+        else:
+            del queue[same:]
+    if not per_asset:
+        return
+    chosen = [e.id for q in per_asset.values() for e in q]
+    got = set(
+        s.execute(
+            select(OutboxRow.id)
+            .where(_among(s, OutboxRow.id, chosen))
+            .order_by(OutboxRow.id)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    for asset in list(per_asset):
+        queue = per_asset[asset]
+        cut = next((i for i, e in enumerate(queue) if e.id not in got), len(queue))
+        if cut == 0:
+            del per_asset[asset]
+        else:
+            del queue[cut:]
+
+
 def _dead_values(event: OutboxEvent, now: float, attempts: int, error: str) -> dict[str, Any]:
     return {
         "destination": event.destination,
@@ -254,7 +381,11 @@ class Claim:
         s = self._session
         try:
             if accepted:
-                s.execute(delete(OutboxRow).where(OutboxRow.id.in_(list(accepted))))
+                s.execute(
+                    delete(OutboxRow).where(_among(s, OutboxRow.id, list(accepted))),
+                    # No ORM objects to keep in sync: skip the RETURNING of every deleted id.
+                    execution_options={"synchronize_session": False},
+                )
             for row_id, error in rejected.items():
                 event = by_id[row_id]
                 attempts = event.attempts + 1
@@ -291,11 +422,87 @@ class OutboxRepository:
 
     # -- relay ------------------------------------------------------------------------------
 
-    def claim(self, destination: str, limit: int, now: float | None = None) -> Claim:
-        """The oldest pending event of up to ``limit`` assets that are due, oldest first."""
+    def claim(
+        self, destination: str, limit: int, now: float | None = None, depth: int = 1
+    ) -> Claim:
+        """The oldest pending events of up to ``limit`` due assets, at most ``depth`` each.
+
+        Each asset's events are a prefix of its queue (oldest first, starting at its head),
+        so the relay can send them one after the other and keep the order.
+        """
         when = time.time() if now is None else now
-        # The head (oldest row) of every asset, from an index-only GROUP BY: cheap even with a
-        # backlog of millions, unlike a per-row "no earlier row" test.
+        locked = self._store.dialect == "postgresql"
+        session = self._store.sessions()
+        try:
+            events = self._scan(session, destination, limit, depth, when, locked)
+            if events is None:
+                events = self._heads(session, destination, limit, when, locked)
+            if not locked:
+                session.rollback()
+        except SQLAlchemyError as exc:
+            session.close()
+            raise StoreError(f"cannot claim outbox events of {destination!r}: {exc}") from exc
+        return Claim(session, events, locked)
+
+    @staticmethod
+    def _scan(
+        s: Session, destination: str, limit: int, depth: int, when: float, locked: bool
+    ) -> list[OutboxEvent] | None:
+        """Fast path: the oldest rows by id (the primary key), cut into per-asset prefixes.
+
+        Rows are inserted in delivery order, so the lowest ids of a destination hold, for every
+        asset present, its oldest rows. None when that window holds nothing due (e.g. one asset
+        waiting after a rejection fills it): then the slower per-asset head query decides.
+        """
+        dest_col: Any = OutboxRow.destination
+        if not locked:
+            # SQLite would filter through the (destination, asset, id) index and then sort the
+            # whole backlog by id; an expression keeps it on the primary key, in order.
+            dest_col = OutboxRow.destination + ""
+        stmt = (
+            select(*_EVENT_COLUMNS)
+            .where(dest_col == destination)
+            .order_by(OutboxRow.id)
+            .limit(limit * depth)
+        )
+        if locked:
+            # The window is read with SKIP LOCKED, to see past rows other gateways hold, inside
+            # a savepoint whose rollback drops those locks again: only the rows chosen below
+            # stay locked, so other gateways can take the assets this one leaves.
+            stmt = stmt.with_for_update(skip_locked=True, of=OutboxRow)
+            window = s.begin_nested()
+            rows = [OutboxEvent(*row) for row in s.execute(stmt)]
+            window.rollback()
+        else:
+            rows = [OutboxEvent(*row) for row in s.execute(stmt)]
+        if not rows:
+            return []
+        per_asset: dict[str, list[OutboxEvent]] = {}
+        blocked: set[str] = set()
+        for e in rows:
+            if e.asset in blocked:
+                continue
+            queue = per_asset.get(e.asset)
+            if queue is None:
+                if e.next_attempt_at > when or len(per_asset) >= limit:
+                    blocked.add(e.asset)  # its head is not due (or no room): none of it
+                    continue
+                per_asset[e.asset] = queue = []
+            if len(queue) < depth:
+                queue.append(e)
+            else:
+                blocked.add(e.asset)
+        if locked and per_asset:
+            _keep_queue_prefixes(s, destination, per_asset)
+        if not per_asset:
+            return None if len(rows) == limit * depth else []
+        return sorted((e for q in per_asset.values() for e in q), key=lambda e: e.id)
+
+    @staticmethod
+    def _heads(
+        s: Session, destination: str, limit: int, when: float, locked: bool
+    ) -> list[OutboxEvent]:
+        """The head (oldest row) of every due asset, from an index-only GROUP BY."""
         heads = (
             select(func.min(OutboxRow.id).label("head"))
             .where(OutboxRow.destination == destination)
@@ -310,27 +517,26 @@ class OutboxRepository:
             .order_by(OutboxRow.id)
             .limit(limit)
         )
-        locked = self._store.dialect == "postgresql"
         if locked:
             stmt = stmt.with_for_update(skip_locked=True, of=OutboxRow)
-        session = self._store.sessions()
-        try:
-            events = [OutboxEvent(*row) for row in session.execute(stmt)]
-            if not locked:
-                session.rollback()
-        except SQLAlchemyError as exc:
-            session.close()
-            raise StoreError(f"cannot claim outbox events of {destination!r}: {exc}") from exc
-        return Claim(session, events, locked)
+        return [OutboxEvent(*row) for row in s.execute(stmt)]
 
     def stats(self, destination: str) -> OutboxStats:
         try:
             with self._store.sessions() as s:
-                backlog, oldest = s.execute(
-                    select(func.count(), func.min(OutboxRow.created_at)).where(
-                        OutboxRow.destination == destination
-                    )
-                ).one()
+                backlog = s.execute(
+                    select(func.count())
+                    .select_from(OutboxRow)
+                    .where(OutboxRow.destination == destination)
+                ).scalar_one()
+                # The row with the lowest id is the oldest (ids grow with time; a replay gets a
+                # new id and a new created_at): a primary-key walk, not a scan of created_at.
+                oldest = s.execute(
+                    select(OutboxRow.created_at)
+                    .where(OutboxRow.destination == destination)
+                    .order_by(OutboxRow.id)
+                    .limit(1)
+                ).scalar_one_or_none()
                 dead = s.execute(
                     select(func.count())
                     .select_from(DeadLetterRow)
@@ -347,6 +553,25 @@ class OutboxRepository:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot count outbox of {destination!r}: {exc}") from exc
 
+    def latest_predictions(self, pairs: Sequence[tuple[str, str]]) -> list[Prediction]:
+        """The last stored prediction of each ``(asset, model)``: where event rules resume."""
+        out: list[Prediction] = []
+        try:
+            with self._store.sessions() as s:
+                for asset, model in pairs:
+                    # One indexed look-up per pair (asset, timestamp): cheap on a long history.
+                    row = s.scalars(
+                        select(PredictionRow)
+                        .where(PredictionRow.asset == asset, PredictionRow.model == model)
+                        .order_by(PredictionRow.timestamp.desc(), PredictionRow.id.desc())
+                        .limit(1)
+                    ).first()
+                    if row is not None:
+                        out.append(prediction_from_row(row))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the last predictions: {exc}") from exc
+        return out
+
     # -- operators (CLI, API) -------------------------------------------------------------
 
     def pending(self, destination: str | None = None, limit: int = 100) -> list[OutboxEvent]:
@@ -359,24 +584,55 @@ class OutboxRepository:
         stmt = select(DeadLetterRow).order_by(DeadLetterRow.id).limit(limit)
         if destination is not None:
             stmt = stmt.where(DeadLetterRow.destination == destination)
-        return self._read(
-            stmt,
-            lambda r: DeadLetter(
-                r.id,
-                r.destination,
-                r.asset,
-                r.event_id,
-                r.body,
-                r.created_at,
-                r.failed_at,
-                r.attempts,
-                r.last_error,
-            ),
-        )
+        return self._read(stmt, _dead)
 
-    def replay(self, destination: str | None = None, event_ids: Sequence[str] = ()) -> int:
+    def destinations(self) -> dict[str, OutboxStats]:
+        """Stats of every destination that has pending events or dead letters in the store."""
+        try:
+            with self._store.sessions() as s:
+                pending = s.execute(
+                    select(
+                        OutboxRow.destination, func.count(), func.min(OutboxRow.created_at)
+                    ).group_by(OutboxRow.destination)
+                ).all()
+                dead = {
+                    str(name): int(n)
+                    for name, n in s.execute(
+                        select(DeadLetterRow.destination, func.count()).group_by(
+                            DeadLetterRow.destination
+                        )
+                    )
+                }
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read outbox stats: {exc}") from exc
+        out = {
+            str(name): OutboxStats(int(n), None if oldest is None else float(oldest), 0)
+            for name, n, oldest in pending
+        }
+        for name, n in dead.items():
+            base = out.get(name, OutboxStats(0, None, 0))
+            out[name] = OutboxStats(base.backlog, base.oldest_created_at, int(n))
+        return out
+
+    def dead_letter_page(
+        self, destination: str | None, limit: int, after_id: int | None = None
+    ) -> list[DeadLetter]:
+        """Dead letters oldest first, starting after ``after_id`` (keyset pagination)."""
+        stmt = select(DeadLetterRow).order_by(DeadLetterRow.id).limit(limit)
+        if destination is not None:
+            stmt = stmt.where(DeadLetterRow.destination == destination)
+        if after_id is not None:
+            stmt = stmt.where(DeadLetterRow.id > after_id)
+        return self._read(stmt, _dead)
+
+    def replay(
+        self,
+        destination: str | None = None,
+        event_ids: Sequence[str] = (),
+        ids: Sequence[int] = (),
+    ) -> int:
         """Put dead letters back at the end of their asset's queue, attempts reset."""
-        cond = self._dead_filter(destination, event_ids)
+        cond = self._dead_filter(destination, event_ids, ids)
         try:
             with self._store.sessions.begin() as s:
                 rows = list(
@@ -417,9 +673,14 @@ class OutboxRepository:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot replay dead letters: {exc}") from exc
 
-    def purge(self, destination: str | None = None, event_ids: Sequence[str] = ()) -> int:
+    def purge(
+        self,
+        destination: str | None = None,
+        event_ids: Sequence[str] = (),
+        ids: Sequence[int] = (),
+    ) -> int:
         """Delete dead letters for good."""
-        cond = self._dead_filter(destination, event_ids)
+        cond = self._dead_filter(destination, event_ids, ids)
         try:
             with self._store.sessions.begin() as s:
                 result = s.execute(delete(DeadLetterRow).where(*cond))
@@ -428,8 +689,12 @@ class OutboxRepository:
             raise StoreError(f"cannot purge dead letters: {exc}") from exc
 
     @staticmethod
-    def _dead_filter(destination: str | None, event_ids: Sequence[str]) -> list[Any]:
+    def _dead_filter(
+        destination: str | None, event_ids: Sequence[str], ids: Sequence[int] = ()
+    ) -> list[Any]:
         cond: list[Any] = []
+        if ids:
+            cond.append(DeadLetterRow.id.in_(list(ids)))
         if destination is not None:
             cond.append(DeadLetterRow.destination == destination)
         if event_ids:

@@ -42,8 +42,10 @@ def _insert_ignoring(store: Store, table: Any, keys: list[str]) -> Any:
 
 
 class PredictionRepository:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, mapping_revision: str | None = None) -> None:
         self._store = store
+        # Lineage: every row names the mapping (file hash) it was made under.
+        self._revision = mapping_revision
 
     def add_many(
         self, predictions: Sequence[Prediction], outbox: Sequence[OutboxFeed] = ()
@@ -57,6 +59,8 @@ class PredictionRepository:
             return
         stmt = _insert_ignoring(self._store, PredictionRow.__table__, ["prediction_id"])
         rows = [prediction_to_values(p) for p in predictions]
+        for row in rows:
+            row["mapping_revision"] = self._revision
         results: list[tuple[OutboxFeed, EnqueueResult]] = []
         try:
             with self._store.sessions.begin() as session:
@@ -67,11 +71,8 @@ class PredictionRepository:
                     new_ids = set(session.execute(returning, rows).scalars())
                     fresh = [p for p in predictions if p.id in new_ids]
                     for feed in outbox:
-                        events = [
-                            (p.asset, p.id, body)
-                            for p in fresh
-                            if (body := feed.encode(p)) is not None
-                        ]
+                        # Event rules run here, so an event exists iff its prediction committed.
+                        events = feed.events(fresh)
                         results.append(
                             (
                                 feed,

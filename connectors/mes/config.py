@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from bridge.outbox.rules import EventRule
+
+from .template import FIELDS, TemplateError, compile_template
 
 __all__ = ["MesSinkSettings"]
+
+
+def _every() -> list[EventRule]:
+    return ["every"]
 
 
 class MesSinkSettings(BaseModel):
@@ -35,6 +45,48 @@ class MesSinkSettings(BaseModel):
         description="POSTs in flight at once (of different assets); events of one asset are "
         "sent one at a time, in order, from the gateway's outbox.",
     )
+
+    events: list[EventRule] = Field(
+        default_factory=_every,
+        min_length=1,
+        description="Which predictions become events for this destination; an event is sent "
+        "when any rule matches (the first match names it). `every`, `label_change`, `alerts`, "
+        "`threshold: {field: score|value, above|below: limit, hysteresis: h, notify_clear: "
+        "false}`.",
+    )
+    template: dict[str, Any] | list[Any] | None = Field(
+        None,
+        description="Shape of the JSON body: a structure whose strings may hold `{field}` "
+        "placeholders (a string that is exactly one placeholder keeps the field's type). "
+        "Fields: " + ", ".join(FIELDS) + ". Default: the full event (see the connector README).",
+    )
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="Events per POST. 1 sends each event as a JSON object; above 1 the body is "
+        "a JSON array of {idempotency_key, event} (of different assets) and the MES answers "
+        "one result per event (see the connector README for the contract).",
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _template_compiles(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        try:
+            compile_template(value)
+        except TemplateError as exc:
+            raise PydanticCustomError(
+                "template_error",
+                "template{where}: {detail}",
+                {
+                    "where": f".{exc.path}" if exc.path else "",
+                    "detail": exc.detail,
+                    "hint": "placeholders name event fields: " + ", ".join(FIELDS),
+                },
+            ) from None
+        return value
 
     @field_validator("url")
     @classmethod

@@ -6,9 +6,10 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.outbox.rules import Trigger
 from bridge.types import Prediction, TagValue
 
-__all__ = ["iso_utc", "prediction_to_json"]
+__all__ = ["event_fields", "event_to_json", "iso_utc", "prediction_to_json"]
 
 
 def iso_utc(ts: float | None) -> str | None:
@@ -58,3 +59,26 @@ def prediction_to_json(p: Prediction, gateway_id: str) -> dict[str, Any]:
             for i in p.inputs
         ],
     }
+
+
+def event_fields(t: Trigger, gateway_id: str) -> dict[str, Any]:
+    """Every field a payload template may use (``template.FIELDS``), flat."""
+    return {
+        **prediction_to_json(t.prediction, gateway_id),
+        "event": t.event,
+        "previous": t.previous,
+        "crossing": t.crossing,
+        "limit": _finite(t.limit),
+        "field": t.field,
+    }
+
+
+def event_to_json(t: Trigger, gateway_id: str) -> dict[str, Any]:
+    """The default body: the prediction, what made it an event, and that rule's details."""
+    body = prediction_to_json(t.prediction, gateway_id)
+    body["event"] = t.event
+    if t.previous is not None:
+        body["previous"] = t.previous
+    if t.crossing is not None:
+        body["threshold"] = {"field": t.field, "limit": _finite(t.limit), "crossing": t.crossing}
+    return body

@@ -1,7 +1,8 @@
-"""MES REST destination: sends one event at a time as JSON, for the gateway's outbox relay.
+"""MES REST destination: sends events as JSON (one per POST, or batches), for the outbox relay.
 
 The gateway keeps every event in its store's outbox until the MES accepted it; this class only
-knows how to encode a prediction and how to send one event, retrying *retryable* failures
+knows how to encode an event (default body or the mapping's template) and how to send one
+event or a batch (see ``batch.py`` for the contract), retrying *retryable* failures
 (connection errors, timeouts, 408/425/429/5xx, honouring ``Retry-After``) forever with
 exponential backoff and jitter. A rejection (any other 4xx) is returned to the relay, which
 counts it and dead-letters the event after its limit.
@@ -13,17 +14,21 @@ import json
 import socket
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from bridge.errors import ConnectorError
+from bridge.outbox.rules import EventRule, Trigger
 from bridge.types import ComponentHealth, Prediction, SinkContext
 
+from .batch import BatchReplyError, batch_body, parse_batch_reply
 from .config import MesSinkSettings
-from .payload import prediction_to_json
+from .payload import event_fields, event_to_json
 from .retry import backoff_delay, is_retryable_status, parse_retry_after
+from .template import compile_template
 
 __all__ = ["MesSink"]
 
@@ -57,6 +62,7 @@ class MesSink:
         self.name = name
         self._settings = settings
         self._gateway_id = context.gateway_id
+        self._template = None if settings.template is None else compile_template(settings.template)
         self._client: httpx.AsyncClient | None = None
         self._closed = False
         self._in_flight = 0
@@ -66,6 +72,14 @@ class MesSink:
     @property
     def concurrency(self) -> int:
         return self._settings.concurrency
+
+    @property
+    def rules(self) -> Sequence[EventRule]:
+        return self._settings.events
+
+    @property
+    def batch_size(self) -> int:
+        return self._settings.batch_size
 
     async def start(self) -> None:
         if self._closed:
@@ -115,7 +129,14 @@ class MesSink:
     # -- one event -------------------------------------------------------------------------
 
     def encode(self, prediction: Prediction) -> str | None:
-        body = prediction_to_json(prediction, self._gateway_id)
+        return self.encode_event(Trigger(prediction))
+
+    def encode_event(self, trigger: Trigger) -> str:
+        body: Any
+        if self._template is None:
+            body = event_to_json(trigger, self._gateway_id)
+        else:
+            body = self._template.render(event_fields(trigger, self._gateway_id))
         return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
     async def deliver(self, key: str, body: str) -> str | None:
@@ -145,6 +166,79 @@ class MesSink:
             log.info("mes_recovered", sink=self.name, after_error=self._last_error)
             self._last_error = ""
         return None
+
+    async def deliver_batch(self, events: Sequence[tuple[str, str]]) -> list[str | None]:
+        """Send ``(key, body)`` pairs in one POST per attempt; retry the unsettled ones.
+
+        Accepted and rejected events are settled; events the MES answered with a retryable
+        status (or all of them, when the whole request failed retryably) go into the next
+        attempt, without the settled ones, with the same keys.
+        """
+        outcomes: dict[str, str | None] = {}
+        bodies = dict(events)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_RetryableError),
+            wait=self._wait,
+            stop=stop_never,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        self._in_flight += len(events)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    todo = [(k, bodies[k]) for k, _ in events if k not in outcomes]
+                    await self._post_batch(todo, outcomes)
+        finally:
+            self._in_flight -= len(events)
+        rejected = sum(1 for o in outcomes.values() if o is not None)
+        self._counters["rejected"] += rejected
+        self._counters["sent"] += len(events) - rejected
+        if self._last_error:
+            log.info("mes_recovered", sink=self.name, after_error=self._last_error)
+            self._last_error = ""
+        return [outcomes[k] for k, _ in events]
+
+    async def _post_batch(
+        self, events: list[tuple[str, str]], outcomes: dict[str, str | None]
+    ) -> None:
+        """Add the settled events to ``outcomes``; raise ``_RetryableError`` if any is left."""
+        client = self._client
+        if client is None:
+            raise ConnectorError(f"mes sink {self.name!r} is not started")
+        try:
+            response = await client.post(
+                self._settings.url, content=batch_body(events), headers=_JSON
+            )
+        except httpx.TransportError as exc:
+            raise _RetryableError(f"{type(exc).__name__}: {exc}") from exc
+        status = response.status_code
+        if not response.is_success:
+            if is_retryable_status(status):
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+                raise _RetryableError(f"HTTP {status}", retry_after)
+            # The MES refused the request as a whole: every event in it is a rejection.
+            excerpt = response.text[:_BODY_EXCERPT_CHARS]
+            log.warning("mes_batch_rejected", sink=self.name, status=status, body=excerpt)
+            outcomes.update((key, f"HTTP {status}: {excerpt}") for key, _ in events)
+            return
+        try:
+            results = parse_batch_reply(response.content, [k for k, _ in events])
+        except BatchReplyError as exc:
+            # Which events did it keep? Unknown: send them all again (same keys, no duplicate).
+            raise _RetryableError(f"batch reply not understood: {exc}") from exc
+        retry: list[str] = []
+        for key, (item_status, error) in results.items():
+            if 200 <= item_status < 300:
+                outcomes[key] = None
+            elif is_retryable_status(item_status):
+                retry.append(f"HTTP {item_status}")
+            else:
+                log.warning("mes_rejected", sink=self.name, key=key, status=item_status, body=error)
+                outcomes[key] = f"HTTP {item_status}: {error[:_BODY_EXCERPT_CHARS]}"
+        if retry:
+            # The settled ones are kept; the next attempt carries only the rest.
+            raise _RetryableError(f"{len(retry)} of {len(events)} events: {retry[0]}")
 
     async def _post(self, body: str, headers: dict[str, str]) -> None:
         client = self._client

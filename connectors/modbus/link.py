@@ -3,11 +3,22 @@
 This is the only module that builds pymodbus clients. pymodbus's own retries, reconnect loop
 and "close after N silent requests" are switched off: the source decides what a failure
 means (``connectors.modbus.source``) and the runtime owns reconnects.
+
+RTU frames (serial line and RTU-over-TCP) carry no transaction id, and pymodbus hands the next
+frame that arrives to whichever request is waiting. A reply that comes after its request timed
+out would then be taken as the answer to the next request, and when both ask the same unit
+with the same function code and count, no check of the reply can tell. So after a request on
+an RTU link ends without its reply, the line is drained before the next request is sent: the
+link waits until nothing has arrived for ``timeout_s`` (whatever arrives meanwhile is
+discarded), as libmodbus does after a timeout. A line that does not go quiet within
+``_SETTLE_ROUNDS`` timeouts is reset (closed; the runtime reconnects). Modbus TCP needs none of
+this: its replies carry the request's transaction id, which ``connectors.modbus.reply`` checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -20,11 +31,19 @@ from connectors.modbus.config import ModbusSourceSettings
 from connectors.modbus.plan import ReadBlock
 from connectors.modbus.reply import Reply
 
-__all__ = ["Link", "MalformedFrame"]
+__all__ = ["LineNotQuiet", "Link", "MalformedFrame"]
 
 
 class MalformedFrame(Exception):
     """Bytes arrived for a request but do not decode as a Modbus reply."""
+
+
+class LineNotQuiet(ConnectionError):
+    """Bytes kept arriving after a failed RTU request: the link was reset."""
+
+
+# Longest drain, in timeouts, before a chattering line is reset.
+_SETTLE_ROUNDS = 4
 
 
 _REQUESTS: dict[str, type[ModbusPDU]] = {
@@ -48,6 +67,23 @@ class Link:
         self._name = name
         self._settings = settings
         self._client: Client | None = None
+        self._rtu = settings.transport in ("rtu", "rtu-over-tcp")
+        self._last_rx = 0.0  # monotonic time bytes last arrived
+        self._unsettled_since: float | None = None  # an RTU request ended without its reply
+        self.drains = 0  # drains done (a late reply may have been discarded in each)
+        self.resets = 0  # links closed because the line did not go quiet
+
+    @property
+    def deadline_s(self) -> float:
+        """Longest a ``read`` may take: the request's timeout plus, on RTU, a full drain."""
+        timeout = self._settings.timeout_s
+        return timeout * (1 + _SETTLE_ROUNDS) if self._rtu else timeout
+
+    def suspect(self) -> None:
+        """The last reply did not fit its request (it may have been a late one): on RTU, drain
+        the line before the next request, since the real reply may still be coming."""
+        if self._rtu:
+            self._unsettled_since = time.monotonic()
 
     @property
     def endpoint(self) -> str:
@@ -101,7 +137,19 @@ class Link:
         client.set_max_no_responses(_NEVER)
         _check_byte_count(client)
         _fail_request_on_undecodable_frame(client)
+        self._note_arrivals(client)
         return client
+
+    def _note_arrivals(self, client: Client) -> None:
+        ctx = client.ctx
+        original = ctx.callback_data
+
+        def noted(data: bytes, addr: tuple[str, int] | None = None) -> int:
+            self._last_rx = time.monotonic()
+            used: int = original(data, addr)
+            return used
+
+        ctx.callback_data = noted  # type: ignore[method-assign]
 
     async def connect(self, deadline_s: float) -> bool:
         """Open the connection; False if it could not be opened within ``deadline_s``."""
@@ -127,8 +175,15 @@ class Link:
         client = self._client
         if client is None:
             raise ConnectionError("not connected")
+        if self._unsettled_since is not None:
+            await self._drain(client)
         request = _REQUESTS[block.table](address=block.start, count=block.count, dev_id=block.unit)
-        pdu: ModbusPDU = await client.execute(False, request)
+        try:
+            pdu: ModbusPDU = await client.execute(False, request)
+        except BaseException:
+            # Timeout, malformed or mismatched frame, cancellation: the reply may still come.
+            self.suspect()
+            raise
         return Reply(
             function_code=pdu.function_code,
             unit=pdu.dev_id,
@@ -140,8 +195,30 @@ class Link:
             request_transaction_id=request.transaction_id,
         )
 
+    async def _drain(self, client: Client) -> None:
+        """Wait until the line has been quiet for ``timeout_s``; bytes arriving meanwhile are
+        dropped by pymodbus (no request is waiting). Resets the link if it does not go quiet."""
+        assert self._unsettled_since is not None
+        quiet = self._settings.timeout_s
+        give_up = time.monotonic() + quiet * _SETTLE_ROUNDS
+        self.drains += 1
+        while True:
+            wait = max(self._last_rx, self._unsettled_since) + quiet - time.monotonic()
+            if wait <= 0:
+                break
+            if time.monotonic() + wait > give_up:
+                self.resets += 1
+                self.close()
+                raise LineNotQuiet(
+                    f"bytes still arriving {quiet * _SETTLE_ROUNDS:g}s after a failed request"
+                )
+            await asyncio.sleep(wait)
+        client.ctx.recv_buffer = b""  # a partial late frame must not prefix the next reply
+        self._unsettled_since = None
+
     def close(self) -> None:
         client, self._client = self._client, None
+        self._unsettled_since = None
         if client is not None:
             client.close()
 

@@ -39,11 +39,16 @@ EXCEPTION_NAMES: dict[int, str] = {
 
 
 class BadReply(Exception):
-    """The reply cannot be used; ``reason`` goes into the tags' ``TagSample.reason``."""
+    """The reply cannot be used; ``reason`` goes into the tags' ``TagSample.reason``.
 
-    def __init__(self, reason: str) -> None:
+    ``mismatch``: the reply does not fit the request (it may be a late reply to an earlier one,
+    so this request's own reply may still be coming); False for a proper exception reply.
+    """
+
+    def __init__(self, reason: str, *, mismatch: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.mismatch = mismatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +88,8 @@ def block_values(
     if reply.function_code & 0x80:
         code = reply.exception_code
         name = EXCEPTION_NAMES.get(code, "unknown exception")
-        raise BadReply(f"modbus exception {code} ({name})")
+        mismatch = reply.function_code != expected_fc | 0x80 or bool(unit and reply.unit != unit)
+        raise BadReply(f"modbus exception {code} ({name})", mismatch=mismatch)
     if reply.function_code != expected_fc:
         raise BadReply(
             f"reply function code {reply.function_code} does not match request {expected_fc}"

@@ -118,7 +118,9 @@ class ModbusSource:
 
     @property
     def counters(self) -> Mapping[str, int]:
-        return dict(self._counters)
+        # drains: RTU line drained after a request ended without its reply (late replies
+        # discarded); line_resets: links closed because the line would not go quiet.
+        return {**self._counters, "drains": self._link.drains, "line_resets": self._link.resets}
 
     @property
     def endpoint(self) -> str:
@@ -243,7 +245,7 @@ class ModbusSource:
         if not self._link.connected:
             raise NotConnected(f"modbus {self.name}: connection to {self.endpoint} lost")
         self._counters["requests"] += 1
-        deadline = self._settings.timeout_s + _DEADLINE_MARGIN_S
+        deadline = self._link.deadline_s + _DEADLINE_MARGIN_S
         try:
             async with self._line:
                 reply = await asyncio.wait_for(self._link.read(block), timeout=deadline)
@@ -265,6 +267,8 @@ class ModbusSource:
         try:
             values = block_values(block, reply)
         except BadReply as exc:
+            if exc.mismatch:
+                self._link.suspect()
             return self._bad(index, block, exc.reason, received)
         except Exception as exc:
             log.exception("decode_failed", source=self.name, unit=block.unit, start=block.start)

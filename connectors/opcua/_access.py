@@ -3,30 +3,48 @@
 asyncua's default user manager grants Admin to any client calling itself ``admin`` (with any
 password), and Admin skips every access-level check on writes; here nobody is ever Admin, a wrong
 password is refused, and the roles are: ``reader`` (and anonymous, when enabled): browse, read,
-subscribe; ``operator``: also the Write service, still bound by each node's AccessLevel. Call and
-HistoryUpdate are refused for everybody.
+subscribe; ``operator``: also the Write service, still bound by each node's AccessLevel, and the
+Call service (the feedback methods of predictions). HistoryUpdate is refused for everybody. A
+user may also log in with an X.509 user certificate that is configured with a role (pinned by its
+DER bytes); any other certificate is refused.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+from asyncua.crypto import uacrypto
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.object_ids import ObjectIds
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from connectors.opcua.convert import make_node_id
 from connectors.opcua.server_config import OpcUaServerUser
 
-__all__ = ["OPERATOR", "ReadOnlyRuleset", "ReaderUserManager", "RoleUser"]
+__all__ = [
+    "OPERATOR",
+    "CertificateRole",
+    "ReadOnlyRuleset",
+    "ReaderUserManager",
+    "RoleUser",
+    "UserCertificate",
+    "mark_user_certificates",
+]
+
+log = structlog.get_logger(__name__)
 
 _WRITE = ObjectIds.WriteRequest_Encoding_DefaultBinary
+_CALL = ObjectIds.CallRequest_Encoding_DefaultBinary
 _REFUSED = {
     _WRITE,
-    ObjectIds.CallRequest_Encoding_DefaultBinary,
+    _CALL,
     ObjectIds.HistoryUpdateRequest_Encoding_DefaultBinary,
 }
 OPERATOR = "operator"
@@ -39,10 +57,33 @@ class RoleUser(User):
     bridge_role: str = "reader"
 
 
+@dataclass(frozen=True)
+class CertificateRole:
+    name: str
+    role: str
+
+
+class UserCertificate(bytes):
+    """DER bytes of a certificate that came in an X509IdentityToken whose signature asyncua
+    verified. asyncua passes the channel's application certificate to ``get_user`` for every
+    other token type, so this marker is what tells a user certificate from that one."""
+
+
+def mark_user_certificates(iserver: Any) -> None:
+    """Make ``iserver.verify_x509_token`` hand a ``UserCertificate`` to the user manager."""
+    verify: Callable[..., bytes] = iserver.verify_x509_token
+
+    def verified(isession: Any, token: Any, signature: Any) -> bytes:
+        return UserCertificate(verify(isession, token, signature))
+
+    iserver.verify_x509_token = verified
+
+
 class ReadOnlyRuleset(PermissionRuleset):
     def __init__(self) -> None:
         self._allowed = {make_node_id(i, 0) for i in USER_TYPES if i not in _REFUSED}
-        self._operator = self._allowed | {make_node_id(_WRITE, 0)}
+        # Operators may also call methods (Acknowledge/Confirm/Reject of a prediction).
+        self._operator = self._allowed | {make_node_id(_WRITE, 0), make_node_id(_CALL, 0)}
 
     def check_validity(self, user: Any, action_type_id: Any, body: Any) -> bool:
         if user is None:
@@ -53,10 +94,16 @@ class ReadOnlyRuleset(PermissionRuleset):
 
 
 class ReaderUserManager(UserManager):
-    def __init__(self, allow_anonymous: bool, users: Sequence[OpcUaServerUser]) -> None:
+    def __init__(
+        self,
+        allow_anonymous: bool,
+        users: Sequence[OpcUaServerUser],
+        certificates: Mapping[bytes, CertificateRole] | None = None,
+    ) -> None:
         self._allow_anonymous = allow_anonymous
         self._passwords = {u.username: u.password.encode() for u in users}
         self._roles = {u.username: u.role for u in users}
+        self._certificates = dict(certificates or {})
 
     def get_user(
         self,
@@ -65,8 +112,10 @@ class ReaderUserManager(UserManager):
         password: str | None = None,
         certificate: Any = None,
     ) -> User | None:
-        # X509 identity tokens are never offered, so no user name means an anonymous token.
-        # (``certificate`` is the channel's application certificate here, not a user's.)
+        if isinstance(certificate, UserCertificate):
+            return self._certificate_user(certificate)
+        # No user name and no user certificate: an anonymous token. (``certificate`` is then
+        # the channel's application certificate, which identifies the program, not a user.)
         if username is None:
             return User(role=UserRole.User, name="anonymous") if self._allow_anonymous else None
         expected = self._passwords.get(username)
@@ -76,3 +125,18 @@ class ReaderUserManager(UserManager):
         if not ok:
             return None
         return RoleUser(role=UserRole.User, name=username, bridge_role=self._roles[username])
+
+    def _certificate_user(self, data: bytes) -> User | None:
+        crypto: Any = uacrypto  # untyped module
+        cert: x509.Certificate | None = crypto.x509_from_der(data)  # first one if a chain
+        if cert is None:
+            return None
+        known = self._certificates.get(cert.public_bytes(Encoding.DER))
+        if known is None:
+            log.warning("unknown_user_certificate", subject=cert.subject.rfc4514_string())
+            return None
+        now = datetime.now(UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            log.warning("user_certificate_out_of_validity", user=known.name)
+            return None
+        return RoleUser(role=UserRole.User, name=known.name, bridge_role=known.role)

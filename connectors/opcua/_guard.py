@@ -27,6 +27,7 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary
 
+from connectors.opcua._caller import CALLER
 from connectors.opcua.convert import make_node_id
 
 __all__ = ["GuardedServer"]
@@ -59,7 +60,12 @@ class _GuardedProcessor(UaProcessor):
             self._fault(header, seqhdr, StatusCodes.BadTooManySubscriptions)
             return True
         base = cast(Any, super())
-        return bool(await base.process_message(seqhdr, body))
+        # Method handlers learn who calls them from this (asyncua passes them no session).
+        token = CALLER.set(self.session.user if self.session is not None else None)
+        try:
+            return bool(await base.process_message(seqhdr, body))
+        finally:
+            CALLER.reset(token)
 
     def _on_none_channel(self) -> bool:
         return bool(self._connection.security_policy.URI == SecurityPolicyNone.URI)

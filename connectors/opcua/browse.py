@@ -4,7 +4,8 @@ Breadth-first over hierarchical references, one Browse request per level chunk (
 node), bounded by depth and node count, with every call under a timeout. Variables are written
 as tags with ``nsu=`` node ids (never a namespace index), their data type and their engineering
 unit (the standard ``EngineeringUnits`` property); each tag goes under the asset named after its
-parent object.
+parent object. The session may be secured and authenticated like a source's (same settings,
+same trust store).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 
+from connectors.opcua._identity import apply_identity
+from connectors.opcua.config import OpcUaSourceSettings
 from connectors.opcua.convert import make_node_id
 
 __all__ = ["BrowsedVariable", "browse_server", "scaffold_yaml"]
@@ -66,10 +69,21 @@ async def browse_server(
     max_nodes: int = 10_000,
     timeout_s: float = 5.0,
     progress: Callable[[int, int], None] = lambda nodes, variables: None,
+    settings: OpcUaSourceSettings | None = None,
 ) -> list[BrowsedVariable]:
-    """Variables under ``root`` (a ``/``-separated browse-name path below Objects)."""
+    """Variables under ``root`` (a ``/``-separated browse-name path below Objects).
+
+    ``settings`` gives security and identity (its endpoint must be ``endpoint``); default:
+    anonymous on a None channel.
+    """
+    if settings is None:
+        settings = OpcUaSourceSettings(endpoint=endpoint)
+    elif settings.endpoint != endpoint:
+        raise ValueError(f"settings are for {settings.endpoint}, not {endpoint}")
     client = Client(endpoint, timeout=timeout_s)
     client.session_timeout = 60_000  # a crashed browse must not hold a session for long
+    async with asyncio.timeout(timeout_s * 2):
+        await apply_identity(client, settings)
     async with asyncio.timeout(timeout_s * 2):
         await client.connect()
     try:
@@ -216,8 +230,16 @@ def _name(text: str, lower: bool) -> str:
     return cleaned
 
 
-def scaffold_yaml(variables: list[BrowsedVariable], endpoint: str, source: str = "server") -> str:
-    """A model-less mapping: one source, one asset per parent object, one tag per variable."""
+def scaffold_yaml(
+    variables: list[BrowsedVariable],
+    endpoint: str,
+    source: str = "server",
+    connection: dict[str, Any] | None = None,
+) -> str:
+    """A model-less mapping: one source, one asset per parent object, one tag per variable.
+
+    ``connection``: extra keys of the source block (security, identity), written as given.
+    """
     assets: dict[str, dict[str, Any]] = {}
     for var in variables:
         asset = _name(var.path[-2] if len(var.path) > 1 else "root", lower=False)
@@ -232,7 +254,7 @@ def scaffold_yaml(variables: list[BrowsedVariable], endpoint: str, source: str =
         tags[tag] = entry
     mapping = {
         "version": 1,
-        "sources": {source: {"kind": "opcua", "endpoint": endpoint}},
+        "sources": {source: {"kind": "opcua", "endpoint": endpoint, **(connection or {})}},
         "assets": assets,
     }
     header = (

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+
+from connectors.opcua._connection_options import connection_options
 
 __all__ = ["browse", "certs"]
 
@@ -73,6 +76,7 @@ def certs_create(
 @click.option("--max-nodes", default=10_000, show_default=True)
 @click.option("--timeout", "timeout_s", default=5.0, show_default=True, help="Per request, s.")
 @click.option("--source", default="server", show_default=True, help="Source name to write.")
+@connection_options
 def browse(
     endpoint: str,
     root: str | None,
@@ -81,9 +85,21 @@ def browse(
     max_nodes: int,
     timeout_s: float,
     source: str,
+    **connection: Any,
 ) -> None:
-    """Walk a live server (anonymous, None security) and write a mapping scaffold."""
+    """Walk a live server and write a mapping scaffold.
+
+    Anonymous on a None channel unless --policy (with --certificate/--private-key) and an
+    identity (--username with --password-env/--password-file, or --user-certificate) are given.
+    """
+    from connectors.opcua._connection_options import BadOptions, connection_settings
     from connectors.opcua.browse import browse_server, scaffold_yaml
+
+    try:
+        settings, block = connection_settings(endpoint, timeout_s, connection)
+    except BadOptions as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
     def progress(nodes: int, variables: int) -> None:
         click.echo(f"\rbrowsed {nodes} nodes, {variables} variables", nl=False, err=True)
@@ -97,13 +113,14 @@ def browse(
                 max_nodes=max_nodes,
                 timeout_s=timeout_s,
                 progress=progress,
+                settings=settings,
             )
         )
     except Exception as exc:  # reported as one line, not a traceback
         click.echo(f"\nerror: cannot browse {endpoint}: {exc!r}", err=True)
         sys.exit(2)
     click.echo("", err=True)
-    text = scaffold_yaml(found, endpoint, source)
+    text = scaffold_yaml(found, endpoint, source, block)
     if output is None:
         click.echo(text, nl=False)
     else:

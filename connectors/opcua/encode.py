@@ -42,6 +42,10 @@ FIELDS: dict[str, ua.VariantType] = {
     "Quality": ua.VariantType.String,
     "Timestamp": ua.VariantType.DateTime,
     "InputAge": ua.VariantType.Double,
+    # One line for operators with the top contributing inputs (when the model explains).
+    "Explanation": ua.VariantType.String,
+    # The asset's drift score: largest PSI of the model inputs against the training data.
+    "DriftScore": ua.VariantType.Double,
 }
 
 STATUS_FOR_QUALITY: dict[Quality, int] = {
@@ -94,6 +98,8 @@ def initial_values(slot: PredictionSlot, now: datetime) -> dict[str, ua.DataValu
         "Quality": _dv(Quality.BAD.label, ua.VariantType.String, good, now, now),
         "Timestamp": _dv(None, ua.VariantType.DateTime, waiting, None, now),
         "InputAge": _dv(None, ua.VariantType.Double, waiting, None, now),
+        "Explanation": _dv(None, ua.VariantType.String, waiting, None, now),
+        "DriftScore": _dv(None, ua.VariantType.Double, waiting, None, now),
     }
 
 
@@ -126,7 +132,7 @@ def encode_prediction(
         value_status = StatusCodes.BadNoData
     score_status = status if prediction.score is not None else StatusCodes.BadNoData
     age = prediction.input_age_s
-    return {
+    out = {
         "Value": _dv(value, value_type(slot), value_status, when, now),
         "Score": _dv(prediction.score, ua.VariantType.Double, score_status, when, now),
         "ModelName": _dv(prediction.model, ua.VariantType.String, good, when, now),
@@ -142,3 +148,12 @@ def encode_prediction(
             now,
         ),
     }
+    # Written only when the prediction carries them: a prediction the model did not explain
+    # leaves the last explanation (and drift score) on the HMI.
+    if prediction.explanation is not None:
+        out["Explanation"] = _dv(
+            prediction.explanation.reason, ua.VariantType.String, good, when, now
+        )
+    if prediction.drift_score is not None:
+        out["DriftScore"] = _dv(prediction.drift_score, ua.VariantType.Double, good, when, now)
+    return out

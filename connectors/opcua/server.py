@@ -3,15 +3,18 @@
 Address space (string node ids in the configured namespace, stable across restarts)::
 
     Objects/Predictions/<asset>/<model>/{Value, Score, ModelName, ModelVersion, ModelSha256,
-                                         Quality, Timestamp, InputAge}
+                                         Quality, Timestamp, InputAge, Explanation, DriftScore}
     nsu=urn:bridge:predictions;s=Predictions.<asset>.<model>.Value
 
-Every variable is read-only (AccessLevel CurrentRead, no write/call service for any session).
+Every variable is read-only (AccessLevel CurrentRead). Each prediction object has the methods
+Acknowledge, Confirm and Reject (input: a comment; output: the id of the prediction answered):
+only ``operator`` sessions may call them, and the answer goes to the core's FeedbackService.
 Status codes are documented in ``connectors.opcua.encode``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -24,14 +27,34 @@ from asyncua.common.node import Node
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.server import Server
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
-from bridge.errors import ConnectorError
-from bridge.types import ComponentHealth, Prediction, PredictionSlot, SinkContext
-from connectors.opcua._access import ReaderUserManager, ReadOnlyRuleset
+from bridge.errors import BridgeError, ConnectorError
+from bridge.types import (
+    ComponentHealth,
+    Feedback,
+    FeedbackAction,
+    ModelStatus,
+    Prediction,
+    PredictionSlot,
+    SinkContext,
+)
+from connectors.opcua._access import (
+    CertificateRole,
+    ReaderUserManager,
+    ReadOnlyRuleset,
+    mark_user_certificates,
+)
+from connectors.opcua._caller import caller_name, caller_role
 from connectors.opcua._guard import GuardedServer
+from connectors.opcua.certs import load_der, thumbprint
 from connectors.opcua.convert import make_node_id
 from connectors.opcua.encode import FIELDS, encode_prediction, initial_values, value_type
 from connectors.opcua.encode import node_string as prediction_node_string
+from connectors.opcua.models_folder import ModelsFolder
 from connectors.opcua.server_config import OpcUaServerSettings, ServerSecurityPolicy
 
 __all__ = ["PredictionServer"]
@@ -50,6 +73,12 @@ _POLICY_TYPES: dict[ServerSecurityPolicy, ua.SecurityPolicyType] = {
 }
 # Only "slowly changing" fields are skipped when unchanged; measurements are always written.
 _STICKY = ("ModelName", "ModelVersion", "ModelSha256")
+# Operator feedback methods on each prediction object: method name -> action.
+FEEDBACK_METHODS: dict[str, FeedbackAction] = {
+    "Acknowledge": "acknowledge",
+    "Confirm": "confirm",
+    "Reject": "reject",
+}
 
 
 class PredictionServer:
@@ -59,7 +88,11 @@ class PredictionServer:
         self._slots: dict[tuple[str, str], PredictionSlot] = {
             (s.asset, s.model): s for s in context.slots
         }
+        self._feedback = context.feedback
+        # The prediction each object shows now: what its feedback methods answer.
+        self._shown: dict[tuple[str, str], Prediction] = {}
         self._server: Server | None = None
+        self._models: ModelsFolder | None = None
         self._namespace_index: int | None = None
         self._nodes: dict[tuple[str, str], dict[str, ua.NodeId]] = {}
         self._sticky: dict[tuple[str, str], dict[str, str]] = {}
@@ -77,13 +110,20 @@ class PredictionServer:
         if self._server is not None:
             return
         settings = self._settings
+        try:
+            certificate_users = await asyncio.to_thread(self._certificate_users)
+        except (OSError, ValueError) as exc:
+            self._state, self._detail = "down", repr(exc)
+            raise ConnectorError(f"{self.name}: cannot load a user certificate: {exc!r}") from exc
+        users = ReaderUserManager(settings.allow_anonymous, settings.users, certificate_users)
         server = GuardedServer(
-            user_manager=cast(Any, ReaderUserManager(settings.allow_anonymous, settings.users)),
+            user_manager=cast(Any, users),
             allow_none="None" in settings.security_policies,
             max_subscriptions_per_session=settings.max_subscriptions_per_session,
         )
         try:
             await server.init()
+            mark_user_certificates(server.iserver)
             server.set_endpoint(settings.endpoint)
             server.set_server_name(settings.server_name)
             await server.set_application_uri(settings.application_uri)
@@ -101,6 +141,8 @@ class PredictionServer:
             ns = await server.register_namespace(settings.namespace)
             self._namespace_index = ns
             await self._build(server, ns)
+            self._models = ModelsFolder(self._nid, ns)
+            await self._models.build(server, list(self._slots.values()))
             await server.start()
         except Exception as exc:
             self._state, self._detail = "down", repr(exc)
@@ -142,14 +184,29 @@ class PredictionServer:
             tokens.append(ua.AnonymousIdentityToken)
         if self._settings.users:
             tokens.append(ua.UserNameIdentityToken)
+        if self._settings.user_certificates:
+            tokens.append(ua.X509IdentityToken)
         return tokens
+
+    def _certificate_users(self) -> dict[bytes, CertificateRole]:
+        """Configured user certificates by DER bytes (blocking file reads: run in a thread)."""
+        found: dict[bytes, CertificateRole] = {}
+        for user in self._settings.user_certificates:
+            der = load_der(Path(user.certificate))
+            cert = x509.load_der_x509_certificate(der)
+            names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            name = user.name or (str(names[0].value) if names else thumbprint(der))
+            found[der] = CertificateRole(name, user.role)
+        return found
 
     def _warn_about_access(self) -> None:
         settings = self._settings
         if settings.allow_anonymous:
             self._log.warning("anonymous_read_only_access_enabled")
-        if not settings.allow_anonymous and not settings.users:
-            self._log.warning("no_client_can_log_in", hint="set allow_anonymous or users")
+        if not settings.allow_anonymous and not settings.users and not settings.user_certificates:
+            self._log.warning(
+                "no_client_can_log_in", hint="set allow_anonymous, users or user_certificates"
+            )
         if settings.users and settings.security_policies == ["None"]:
             self._log.warning("passwords_sent_in_clear_text", hint="enable a SignAndEncrypt policy")
 
@@ -175,12 +232,77 @@ class PredictionServer:
                 await server.write_attribute_value(nodeid, initial[field])
                 ids[field] = nodeid
             self._nodes[key] = ids
+            if self._feedback is not None:
+                await self._add_feedback_methods(model_node, ns, key)
             self._sticky[key] = {"ModelName": slot.model, "ModelVersion": slot.version}
             self._sticky[key]["ModelSha256"] = slot.sha256
+
+    async def _add_feedback_methods(self, obj: Node, ns: int, key: tuple[str, str]) -> None:
+        comment = ua.Argument()
+        comment.Name = "Comment"
+        comment.DataType = make_node_id(ObjectIds.String, 0)
+        comment.ValueRank = -1
+        comment.Description = ua.LocalizedText("Free text (may be empty)")
+        answered = ua.Argument()
+        answered.Name = "PredictionId"
+        answered.DataType = make_node_id(ObjectIds.String, 0)
+        answered.ValueRank = -1
+        answered.Description = ua.LocalizedText("Id of the prediction the feedback is stored for")
+        for method, action in FEEDBACK_METHODS.items():
+            nodeid = self._nid(prediction_node_string(key[0], key[1], method))
+            await obj.add_method(
+                nodeid, f"{ns}:{method}", self._feedback_handler(key, action), [comment], [answered]
+            )
+
+    def _feedback_handler(self, key: tuple[str, str], action: FeedbackAction) -> Any:
+        async def handle(parent: Any, *args: Any) -> Any:
+            return await self._on_feedback(key, action, args)
+
+        return handle
+
+    async def _on_feedback(
+        self, key: tuple[str, str], action: FeedbackAction, args: Sequence[Any]
+    ) -> Any:
+        """Store the operator's answer to the prediction the object shows now."""
+        # The ruleset already refuses Call to non-operators; checked again where it matters.
+        if caller_role() != "operator":
+            self._counters["feedback_refused"] = self._counters.get("feedback_refused", 0) + 1
+            return ua.StatusCode(cast(Any, StatusCodes.BadUserAccessDenied))
+        shown = self._shown.get(key)
+        feedback = self._feedback
+        if shown is None or feedback is None:
+            return ua.StatusCode(cast(Any, StatusCodes.BadInvalidState))
+        first = args[0] if args else None
+        raw = getattr(first, "Value", first)
+        comment = raw if isinstance(raw, str) else ""
+        try:
+            await feedback.record(
+                Feedback(
+                    prediction_id=shown.id,
+                    asset=shown.asset,
+                    model=shown.model,
+                    action=action,
+                    by=caller_name(),
+                    channel="opcua",
+                    prediction_time=shown.timestamp,
+                    value=shown.value,
+                    comment=comment[:2000],
+                )
+            )
+        except BridgeError as exc:
+            self._log.error("feedback_not_stored", error=str(exc))
+            return ua.StatusCode(cast(Any, StatusCodes.BadResourceUnavailable))
+        self._counters["feedback"] = self._counters.get("feedback", 0) + 1
+        return [ua.Variant(shown.id, ua.VariantType.String)]
 
     def _nid(self, identifier: str) -> ua.NodeId:
         assert self._namespace_index is not None
         return make_node_id(identifier, self._namespace_index, ua.NodeIdType.String)
+
+    async def write_models(self, statuses: Sequence[ModelStatus]) -> None:
+        """Update the ``Models`` folder (connectors.opcua.models_folder)."""
+        if self._server is not None and self._models is not None:
+            self._counters["writes"] += await self._models.write(self._server, statuses)
 
     async def write(self, batch: Sequence[Prediction]) -> None:
         """Update the nodes through asyncua's in-process fast path; never waits on a client."""
@@ -198,6 +320,7 @@ class PredictionServer:
                     self._unknown_logged.add(key)
                     self._log.warning("prediction_for_unknown_slot", asset=key[0], model=key[1])
                 continue
+            self._shown[key] = prediction
             sticky = self._sticky[key]
             for field, dv in encode_prediction(slot, prediction, now).items():
                 if field in _STICKY:

@@ -8,7 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from connectors.opcua.config import OpcTcpUrl
 
-__all__ = ["OpcUaServerSettings", "OpcUaServerUser", "ServerSecurityPolicy"]
+__all__ = [
+    "OpcUaServerCertificateUser",
+    "OpcUaServerSettings",
+    "OpcUaServerUser",
+    "ServerSecurityPolicy",
+]
 
 ServerSecurityPolicy = Literal[
     "None",
@@ -46,6 +51,21 @@ class OpcUaServerUser(BaseModel):
     role: Literal["reader", "operator"] = Field("reader", description="What the user may do.")
 
 
+class OpcUaServerCertificateUser(BaseModel):
+    """A user that logs in with an X.509 user certificate (an X509IdentityToken signed with
+    its private key) instead of a password. The certificate is pinned: same DER bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    certificate: str = Field(
+        min_length=1, description="Path to the user's certificate (DER or PEM)."
+    )
+    role: Literal["reader", "operator"] = Field("reader", description="What the user may do.")
+    name: str | None = Field(
+        None, description="Name in logs; default: the certificate's common name."
+    )
+
+
 class OpcUaServerSettings(BaseModel):
     """A ``sinks.<name>`` block of kind ``opcua-server`` (the core strips the ``kind`` key)."""
 
@@ -74,6 +94,11 @@ class OpcUaServerSettings(BaseModel):
     users: list[OpcUaServerUser] = Field(
         default_factory=list, description="Users allowed to log in with user name and password."
     )
+    user_certificates: list[OpcUaServerCertificateUser] = Field(
+        default_factory=list,
+        description="Users allowed to log in with an X.509 user certificate (needs a secured "
+        "policy: the token is signed).",
+    )
     server_name: str = Field(
         "bridge", min_length=1, description="Application name shown to clients."
     )
@@ -98,4 +123,8 @@ class OpcUaServerSettings(BaseModel):
         names = [u.username for u in self.users]
         if len(names) != len(set(names)):
             raise ValueError("duplicate username in users")
+        if self.user_certificates and not secured:
+            raise ValueError(
+                "user_certificates need a secured security policy (the X.509 token is signed)"
+            )
         return self

@@ -5,24 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import structlog
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
-from asyncua.common.utils import ServiceError
-from asyncua.crypto import security_policies
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from bridge.errors import ConnectorError, NotConnected
 from bridge.types import Quality, SourceTag, TagSample
+from connectors.opcua._identity import apply_identity
 from connectors.opcua._inbox import Inbox
 from connectors.opcua._subscription import InboxSubscription
 from connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings
@@ -33,7 +28,6 @@ from connectors.opcua.convert import (
     node_id_for,
     parse_nsu,
 )
-from connectors.opcua.trust import TrustStore, UntrustedCertificate
 
 __all__ = ["OpcUaSource"]
 
@@ -44,16 +38,6 @@ MAX_SAMPLES_PER_BATCH = 5000
 # Short enough that an abandoned session (crashed gateway) does not block a small PLC for long.
 SESSION_TIMEOUT_MS = 60_000
 SPILLED_REASON = "notifications dropped: client queue full"
-
-_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
-    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
-    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
-    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
-}
-_MODES = {
-    "Sign": ua.MessageSecurityMode.Sign,
-    "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
-}
 
 
 class OpcUaSource:
@@ -102,7 +86,6 @@ class OpcUaSource:
             auto_reconnect=False,
         )
         client.session_timeout = SESSION_TIMEOUT_MS
-        client.application_uri = settings.security.application_uri
         inbox = self._inbox
 
         async def on_connection_lost(exc: Exception) -> None:
@@ -114,7 +97,7 @@ class OpcUaSource:
         try:
             # set_security may fetch the endpoints over the network: bounded like every call
             async with asyncio.timeout(settings.timeout_s * 2):
-                await self._apply_identity(client)
+                await apply_identity(client, settings, self._log)
             async with asyncio.timeout(settings.timeout_s * 2):
                 await client.connect(auto_reconnect=False)
             self._initial = await self._subscribe_all(client)
@@ -127,45 +110,6 @@ class OpcUaSource:
         self._connected_at = time.monotonic()
         bad = sum(1 for s in self._initial if s.quality is Quality.BAD)
         self._log.info("connected", tags=len(self._tags), bad_tags=bad)
-
-    async def _apply_identity(self, client: Client) -> None:
-        security = self._settings.security
-        if security.policy != "None":
-            assert security.certificate is not None and security.private_key is not None
-            await client.set_security(
-                _POLICIES[security.policy],
-                security.certificate,
-                security.private_key,
-                server_certificate=security.server_certificate,
-                mode=_MODES[security.mode],
-            )
-            if security.server_certificate is None:
-                client.certificate_validator = self._validate_server_certificate
-        settings = self._settings
-        if settings.username is not None:
-            client.set_user(settings.username)
-        if settings.password is not None:
-            client.set_password(settings.password)
-        elif settings.password_file:
-            text = await asyncio.to_thread(_read_first_line, settings.password_file)
-            client.set_password(text)
-        if settings.user_certificate and settings.user_private_key:
-            await client.load_client_certificate(settings.user_certificate)
-            await client.load_private_key(Path(settings.user_private_key))
-
-    async def _validate_server_certificate(self, cert: x509.Certificate, _app: object) -> None:
-        """Called by asyncua during CreateSession, before any credential is sent."""
-        security = self._settings.security
-        store = TrustStore(
-            Path(security.pki_dir),
-            trust_on_first_use=security.trust_on_first_use,
-            rejected_cap=security.rejected_cap,
-        )
-        try:
-            await asyncio.to_thread(store.check, cert.public_bytes(Encoding.DER))
-        except UntrustedCertificate as exc:
-            self._log.error("server_certificate_untrusted", detail=str(exc))
-            raise ServiceError(StatusCodes.BadCertificateUntrusted) from exc
 
     async def _subscribe_all(self, client: Client) -> list[TagSample]:
         timeout = self._settings.timeout_s
@@ -456,12 +400,6 @@ class OpcUaSource:
             # A timed-out disconnect can leave the socket open; drop it for sure.
             client.disconnect_socket()
         self._log.info("closed")
-
-
-def _read_first_line(path: str) -> str:
-    return (
-        Path(path).read_text(encoding="utf-8").splitlines()[0] if Path(path).stat().st_size else ""
-    )
 
 
 def _ref(address: OpcUaAddress) -> NodeRef | None:

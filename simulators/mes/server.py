@@ -20,7 +20,7 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from simulators.service import Service
@@ -39,6 +39,7 @@ class ReceivedCall:
     idempotency_key: str | None
     body: Any
     received_at: float
+    authorization: str | None = None
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -64,6 +65,7 @@ class MesReceiver(Service):
         self._fail_remaining: int | None = 0  # None: fail until recover()
         self._retry_after: float | None = None
         self._delay_s = 0.0
+        self._garbage = False
         # Poison events: these Idempotency-Keys are refused with this status until accepted.
         self._poison: dict[str, int] = {}
         self.poison_answers = 0
@@ -105,6 +107,10 @@ class MesReceiver(Service):
     def recover(self) -> None:
         self._fail_remaining = 0
         self._retry_after = None
+
+    def answer_garbage(self, on: bool = True) -> None:
+        """Answer event requests with 200 and a body that means nothing (nothing recorded)."""
+        self._garbage = on
 
     def set_delay(self, seconds: float) -> None:
         self._delay_s = max(0.0, seconds)
@@ -202,7 +208,7 @@ class MesReceiver(Service):
             return True
         return False
 
-    async def _record(self, request: Request) -> JSONResponse:
+    async def _record(self, request: Request) -> Response:
         # Read the body first: a slow MES still processes a request whose client gave up, which
         # is exactly the "reply lost" case the idempotency key exists for.
         raw = await request.body()
@@ -212,6 +218,8 @@ class MesReceiver(Service):
                     await self._stopping.wait()
             if self._stopping.is_set():
                 return JSONResponse({"error": "shutting down"}, status_code=503)
+        if self._garbage:
+            return PlainTextResponse("OK thanks", status_code=200)
         if self._take_failure():
             headers = {}
             if self._retry_after is not None:
@@ -225,22 +233,51 @@ class MesReceiver(Service):
             body = json.loads(raw)
         except ValueError:
             return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
+        auth = request.headers.get("authorization")
+        if isinstance(body, list):
+            return self._record_batch(request.url.path, body, auth)
         key = request.headers.get("idempotency-key")
+        status, answer = self._take(request.url.path, key, body, auth)
+        return JSONResponse(answer, status_code=status)
+
+    def _take(
+        self, path: str, key: str | None, body: Any, auth: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """One event, as the MES would process it: poison, duplicate or recorded."""
         if key is not None and key in self._poison:
             self.poison_answers += 1
-            return JSONResponse(
-                {"error": "simulated poison event: unprocessable"}, status_code=self._poison[key]
-            )
+            return self._poison[key], {"error": "simulated poison event: unprocessable"}
         if key is not None and key in self._keys:
             self.duplicate_count += 1
-            return JSONResponse({"status": "duplicate", "key": key}, status_code=200)
-        call = ReceivedCall(request.url.path, key, body, time.time())
+            return 200, {"status": "duplicate", "key": key}
+        call = ReceivedCall(path, key, body, time.time(), auth)
         if key is not None:
             self._keys.add(key)
         self.calls.append(call)
         if self._log_file is not None:
             self._log_file.write(json.dumps(asdict(call), separators=(",", ":")) + "\n")
-        return JSONResponse({"status": "recorded", "key": key}, status_code=201)
+        return 201, {"status": "recorded", "key": key}
+
+    def _record_batch(self, path: str, items: list[Any], auth: str | None) -> JSONResponse:
+        """The batch contract (connectors/mes/README.md): one result per item, deduplicated
+        per item by its own key, processed in array order."""
+        results = []
+        for item in items:
+            key = item.get("idempotency_key") if isinstance(item, dict) else None
+            if not isinstance(key, str) or "event" not in item:
+                results.append(
+                    {
+                        "idempotency_key": key if isinstance(key, str) else None,
+                        "status": 400,
+                        "error": "an item is {idempotency_key: string, event: {...}}",
+                    }
+                )
+                continue
+            status, answer = self._take(path, key, item["event"], auth)
+            results.append(
+                {"idempotency_key": key, "status": status, "error": answer.get("error", "")}
+            )
+        return JSONResponse({"results": results}, status_code=200)
 
     async def _calls(self, request: Request) -> JSONResponse:
         return JSONResponse([asdict(c) for c in self.calls])

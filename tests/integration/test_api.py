@@ -194,6 +194,27 @@ async def test_latest_predictions_from_view(client: httpx.AsyncClient) -> None:
     assert [p["asset"] for p in only.json()] == ["p2"]
 
 
+async def test_latest_predictions_follow_every_change_of_the_view(
+    client: httpx.AsyncClient, gateway: FakeGateway
+) -> None:
+    # The body is encoded once per change (bridge/api/latest.py): each kind of change must show.
+    first = await client.get("/api/v1/predictions/latest")
+    again = await client.get("/api/v1/predictions/latest")
+    assert first.content == again.content
+    assert first.headers["content-type"] == "application/json"
+    gateway.latest[1] = pred("p1", 10, T0 + 10, value="worn")  # replaced in place
+    replaced = (await client.get("/api/v1/predictions/latest")).json()
+    assert [(p["asset"], p["seq"], p["value"]) for p in replaced] == [
+        ("p1", 10, "worn"),
+        ("p2", 9, 3.25),
+    ]
+    gateway.latest.append(pred("p0", 1, T0 + 1))  # one more asset
+    grown = (await client.get("/api/v1/predictions/latest")).json()
+    assert [p["asset"] for p in grown] == ["p0", "p1", "p2"]
+    gateway.latest = []
+    assert (await client.get("/api/v1/predictions/latest")).json() == []
+
+
 async def test_prediction_history_filters(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/v1/predictions")
     assert r.status_code == 200

@@ -16,6 +16,7 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -25,6 +26,7 @@ from bridge.auth import Scope
 from bridge.store import PredictionRepository, Store, open_store
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.store.apikeys import ApiKeyRepository
+from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
 from bridge.types import ComponentHealth, InputSnapshot, Prediction, Quality
 
 NOW = time.time()
@@ -79,6 +81,17 @@ class Target:
     key: str
 
 
+def _add_dead_letters(store: Store) -> None:
+    """Pending outbox events and dead letters, so the outbox operations have data."""
+    feed = OutboxFeed("mes", lambda p: f'{{"id": "{p.id}"}}', Budget(1000))
+    PredictionRepository(store).add_many([_pred("p3", i, "healthy") for i in range(6)], [feed])
+    claim = OutboxRepository(store).claim("mes", 10, None, 10)
+    try:
+        claim.finish([], {e.id: "HTTP 422: no" for e in claim.events}, 1, 0.0)
+    finally:
+        claim.close()
+
+
 @pytest.fixture
 def target(tmp_path: Path) -> Iterator[Target]:
     store = open_store(f"sqlite:///{tmp_path / 'st.db'}")
@@ -92,6 +105,7 @@ def target(tmp_path: Path) -> Iterator[Target]:
                 for i in range(5)
             ]
         )
+        _add_dead_letters(store)
         _, key = ApiKeyRepository(store).create("schemathesis", Scope.ADMIN)
         yield Target(create_app(View(), store), key)
     finally:
@@ -119,4 +133,11 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", SERVED)
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_openapi(case: schemathesis.Case, target: Target) -> None:
     SERVED.app = target.app
-    case.call_and_validate(headers={"Authorization": f"Bearer {target.key}"})
+    # Registering a model version names a file on the gateway host: a schema-valid body names a
+    # file that does not exist there, which the API must refuse (a documented 422 with the
+    # reason). Only that one check is relaxed, and only for that operation.
+    registers = case.method == "POST" and case.operation.path.endswith("/versions")
+    case.call_and_validate(
+        headers={"Authorization": f"Bearer {target.key}"},
+        excluded_checks=[positive_data_acceptance] if registers else None,
+    )

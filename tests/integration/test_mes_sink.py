@@ -200,7 +200,8 @@ async def test_events_arrive_with_payload_and_idempotency_key(
     by_key = {c.idempotency_key: c for c in receiver.calls}
     assert set(by_key) == {p.id for p in batch}
     for p in batch:
-        assert by_key[p.id].body == prediction_to_json(p, GATEWAY)
+        # The default body: the prediction, and which rule made it an event (`every`).
+        assert by_key[p.id].body == {**prediction_to_json(p, GATEWAY), "event": "prediction"}
         assert by_key[p.id].body["id"] == p.id
     health = sink.health()
     assert health.state == "ok"

@@ -1,9 +1,12 @@
 """`bridge certs create` and `bridge browse` as a user runs them: the real CLI in a subprocess,
-against the real plant simulator; the scaffold must pass `bridge validate`."""
+against the real plant simulator and against a SignAndEncrypt + user-auth server (the gateway's
+own prediction server); the scaffold must pass `bridge validate`."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,17 +16,22 @@ import yaml
 from cryptography import x509
 from support import free_port
 
+from bridge.types import PredictionSlot, SinkContext
+from connectors.opcua import PredictionServer
+from connectors.opcua.certs import create_application_certificate
+from connectors.opcua.server_config import OpcUaServerSettings, OpcUaServerUser
 from simulators.plant import PLANT_NAMESPACE, PlantSimulator
 from simulators.plant.physics import SIGNALS
 
 
-async def _bridge(*args: str, cwd: Path) -> tuple[int, str, str]:
+async def _bridge(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         "from bridge.cli import main; main()",
         *args,
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -101,3 +109,103 @@ async def test_certs_create_sets_application_uri_and_hosts(tmp_path: Path) -> No
     assert (tmp_path / "pki/own/key.pem").stat().st_mode & 0o077 == 0
     code, _, err = await _bridge("certs", "create", cwd=tmp_path)
     assert code == 1 and "exists" in err
+
+
+SECURE_NS = "urn:test:browse-secure"
+
+
+@pytest_asyncio.fixture
+async def secured_server(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """SignAndEncrypt only, password users only (None channels and anonymous refused); the
+    client certificate in tmp_path/client is trusted by the server."""
+    server_cert, server_key = tmp_path / "server" / "cert.der", tmp_path / "server" / "key.pem"
+    client_cert = tmp_path / "client" / "cert.der"
+    create_application_certificate(server_cert, server_key, hostnames=("localhost",))
+    create_application_certificate(
+        client_cert, tmp_path / "client" / "key.pem", hostnames=("localhost",)
+    )
+    (tmp_path / "server-pki" / "trusted").mkdir(parents=True)
+    shutil.copy(client_cert, tmp_path / "server-pki" / "trusted" / "client.der")
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
+    settings = OpcUaServerSettings(
+        endpoint=endpoint,
+        namespace=SECURE_NS,
+        security_policies=["Basic256Sha256_SignAndEncrypt"],
+        certificate=str(server_cert),
+        private_key=str(server_key),
+        pki_dir=str(tmp_path / "server-pki"),
+        users=[OpcUaServerUser(username="eng", password="br0wse-pw")],
+    )
+    slots = (PredictionSlot("P1", "rul", "1.0.0", "c" * 64),)
+    server = PredictionServer("hmi", settings, SinkContext("gw", slots))
+    await server.start()
+    try:
+        yield endpoint, server_cert
+    finally:
+        await server.close()
+
+
+async def test_browse_over_sign_and_encrypt_with_user(
+    secured_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    endpoint, server_cert = secured_server
+    out = tmp_path / "mapping.yaml"
+    secure = [
+        "--policy", "Basic256Sha256",
+        "--certificate", "client/cert.der",
+        "--private-key", "client/key.pem",
+        "--pki-dir", "client-pki",
+        "--username", "eng",
+        "--password-env", "BROWSE_PW",
+    ]  # fmt: skip
+    args = ("browse", endpoint, "--root", "Predictions", "-o", str(out), *secure)
+
+    # Anonymous on None (the old default) is refused by this server.
+    code, _, err = await _bridge("browse", endpoint, cwd=tmp_path)
+    assert code == 2 and "BadSecurityPolicyRejected" in err, err
+    # The password comes from the environment, never from the command line.
+    code, _, err = await _bridge(*args, cwd=tmp_path)
+    assert code == 2 and "BROWSE_PW is not set" in err, err
+    # Unknown server certificate: refused and filed for the operator to trust.
+    code, _, err = await _bridge(*args, cwd=tmp_path, env={"BROWSE_PW": "br0wse-pw"})
+    assert code == 2 and "BadCertificateUntrusted" in err, err
+    (rejected,) = (tmp_path / "client-pki" / "rejected").glob("*.der")
+    assert rejected.read_bytes() == server_cert.read_bytes()
+    (tmp_path / "client-pki" / "trusted").mkdir()
+    shutil.move(rejected, tmp_path / "client-pki" / "trusted" / "server.der")
+    # Wrong password: refused.
+    code, _, err = await _bridge(*args, cwd=tmp_path, env={"BROWSE_PW": "wrong"})
+    assert code == 2 and "BadUserAccessDenied" in err, err
+    assert not out.exists()
+
+    code, _, err = await _bridge(*args, cwd=tmp_path, env={"BROWSE_PW": "br0wse-pw"})
+    assert code == 0, err
+    text = out.read_text()
+    assert "br0wse-pw" not in text
+    mapping = yaml.safe_load(text)
+    block = mapping["sources"]["server"]
+    assert block["security"]["policy"] == "Basic256Sha256"
+    assert block["security"]["mode"] == "SignAndEncrypt"
+    assert block["security"]["pki_dir"] == "client-pki"
+    assert block["username"] == "eng" and block["password"] == "${BROWSE_PW}"
+    tags = mapping["assets"]["rul"]["tags"]
+    assert tags["value"]["address"] == f"nsu={SECURE_NS};s=Predictions.P1.rul.Value"
+    assert tags["value"]["description"].startswith("Double;")
+    assert tags["model_name"]["description"].startswith("String;")
+    code, text, err = await _bridge(
+        "validate", str(out), cwd=tmp_path, env={"BROWSE_PW": "br0wse-pw"}
+    )
+    assert code == 0, text + err
+    assert f"{len(tags)} tags" in text
+
+
+async def test_browse_options_are_checked_before_connecting(tmp_path: Path) -> None:
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}"  # nothing listens: must not get that far
+    code, _, err = await _bridge("browse", endpoint, "--policy", "Basic256Sha256", cwd=tmp_path)
+    assert code == 2 and "needs certificate and private_key" in err, err
+    code, _, err = await _bridge(
+        "browse", endpoint, "--password-file", "pw", "--password-env", "X", cwd=tmp_path
+    )
+    assert code == 2 and "not both" in err, err
+    code, _, err = await _bridge("browse", endpoint, "--mode", "Sign", cwd=tmp_path)
+    assert code == 2 and "do not fit" in err, err

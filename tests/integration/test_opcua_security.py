@@ -1,5 +1,6 @@
-"""Security end to end: our OpcUaSource against our PredictionServer with SignAndEncrypt + users,
-both sides checking certificates against their trust stores; and a raw client on a None channel.
+"""Security end to end: our OpcUaSource against our PredictionServer with SignAndEncrypt + users
+(password and X.509 user certificates), both sides checking certificates against their trust
+stores; Write refused by role and AccessLevel; and a raw client on a None channel.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from asyncua import Client, ua
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from support import free_port
 
@@ -19,7 +21,11 @@ from bridge.errors import ConnectorError
 from bridge.types import PredictionSlot, Quality, SinkContext, SourceTag
 from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings, PredictionServer
 from connectors.opcua.certs import create_application_certificate
-from connectors.opcua.server_config import OpcUaServerSettings, OpcUaServerUser
+from connectors.opcua.server_config import (
+    OpcUaServerCertificateUser,
+    OpcUaServerSettings,
+    OpcUaServerUser,
+)
 
 NS = "urn:test:secure"
 SLOT = PredictionSlot("P1", "rul", "1.0.0", "c" * 64)
@@ -36,6 +42,10 @@ class Pki:
     client_key: Path
     server_pki: Path  # the server's trust store
     endpoint: str
+    operator_cert: Path  # X.509 user certificates known to the server, by role
+    operator_key: Path
+    reader_cert: Path
+    reader_key: Path
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -49,6 +59,11 @@ async def secure(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pki]
     (server_pki / "trusted").mkdir(parents=True)
     shutil.copy(client_cert, server_pki / "trusted" / "gateway.der")
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
+    users = root / "users"
+    for who in ("operator", "reader"):
+        create_application_certificate(
+            users / f"{who}.der", users / f"{who}.pem", common_name=f"{who}-person"
+        )
     settings = OpcUaServerSettings(
         endpoint=endpoint,
         namespace=NS,
@@ -56,12 +71,31 @@ async def secure(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pki]
         certificate=str(server_cert),
         private_key=str(server_key),
         pki_dir=str(server_pki),
-        users=[OpcUaServerUser(username="hmi", password="s3cret")],
+        users=[
+            OpcUaServerUser(username="hmi", password="s3cret"),
+            OpcUaServerUser(username="ops", password="0ps-pw", role="operator"),
+        ],
+        user_certificates=[
+            OpcUaServerCertificateUser(certificate=str(users / "operator.der"), role="operator"),
+            OpcUaServerCertificateUser(certificate=str(users / "reader.der")),
+        ],
     )
     server = PredictionServer("hmi", settings, SinkContext("gw", (SLOT,)))
     await server.start()
     try:
-        yield Pki(root, server_cert, server_key, client_cert, client_key, server_pki, endpoint)
+        yield Pki(
+            root,
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+            server_pki,
+            endpoint,
+            users / "operator.der",
+            users / "operator.pem",
+            users / "reader.der",
+            users / "reader.pem",
+        )
     finally:
         await server.close()
 
@@ -162,6 +196,141 @@ async def test_untrusted_client_certificate_refused_by_server(secure: Pki) -> No
     )
     with pytest.raises(ConnectorError, match=r"BadCertificateUntrusted|BadSecurityChecksFailed"):
         await source.connect()
+
+
+async def test_x509_user_certificate_identity_works(secure: Pki) -> None:
+    source = _source(
+        secure,
+        _trusting(secure, "x509-pki"),
+        username=None,
+        password=None,
+        user_certificate=str(secure.reader_cert),
+        user_private_key=str(secure.reader_key),
+    )
+    await source.connect()
+    try:
+        (sample,) = await _first_batch(source)
+        assert sample.reason == "BadWaitingForInitialData"  # type: ignore[attr-defined]
+    finally:
+        await source.close()
+
+
+async def test_unknown_user_certificate_refused(secure: Pki) -> None:
+    # A valid certificate whose private key the client holds, but not one the server knows.
+    cert, key = secure.root / "mallory" / "cert.der", secure.root / "mallory" / "key.pem"
+    create_application_certificate(cert, key, common_name="mallory")
+    source = _source(
+        secure,
+        _trusting(secure, "mallory-pki"),
+        username=None,
+        password=None,
+        user_certificate=str(cert),
+        user_private_key=str(key),
+    )
+    with pytest.raises(ConnectorError, match="BadUserAccessDenied"):
+        await source.connect()
+
+
+async def test_user_certificate_without_its_private_key_refused(secure: Pki) -> None:
+    # The known operator certificate, but the token signed with another key: no login.
+    stranger_key = secure.root / "forger" / "key.pem"
+    create_application_certificate(secure.root / "forger" / "cert.der", stranger_key)
+    source = _source(
+        secure,
+        _trusting(secure, "forger-pki"),
+        username=None,
+        password=None,
+        user_certificate=str(secure.operator_cert),
+        user_private_key=str(stranger_key),
+    )
+    with pytest.raises(ConnectorError, match=r"BadIdentityTokenInvalid|BadUserAccessDenied"):
+        await source.connect()
+
+
+async def _session(
+    pki: Pki, *, user: tuple[str, str] | None = None, user_cert: tuple[Path, Path] | None = None
+) -> Client:
+    """A plain asyncua client on SignAndEncrypt, logged in with a password or a certificate."""
+    client = Client(pki.endpoint, timeout=3)
+    client.application_uri = "urn:bridge:gateway"
+    await client.set_security(
+        SecurityPolicyBasic256Sha256,
+        str(pki.client_cert),
+        str(pki.client_key),
+        server_certificate=str(pki.server_cert),
+        mode=ua.MessageSecurityMode.SignAndEncrypt,
+    )
+    if user is not None:
+        client.set_user(user[0])
+        client.set_password(user[1])
+    if user_cert is not None:
+        await client.load_client_certificate(str(user_cert[0]))
+        await client.load_private_key(user_cert[1])
+    await client.connect()
+    return client
+
+
+def _writes(node: ua.NodeId) -> ua.WriteParameters:
+    """Write the Value attribute and, separately, the DisplayName of ``node``."""
+    value = ua.WriteValue()
+    value.NodeId, value.AttributeId = node, ua.AttributeIds.Value
+    value.Value = ua.DataValue(ua.Variant(42.0, ua.VariantType.Double))
+    name = ua.WriteValue()
+    name.NodeId, name.AttributeId = node, ua.AttributeIds.DisplayName
+    name.Value = ua.DataValue(ua.Variant(ua.LocalizedText("hacked")))
+    params = ua.WriteParameters()
+    params.NodesToWrite = [value, name]
+    return params
+
+
+async def _prediction_nodes(client: Client) -> list[ua.NodeId]:
+    ns = await client.get_namespace_index(NS)
+    fields = ("Value", "Score", "ModelName", "ModelVersion", "Quality", "Timestamp", "InputAge")
+    return [ua.NodeId(f"Predictions.P1.rul.{f}", ns) for f in fields]
+
+
+async def _values(client: Client, nodes: list[ua.NodeId]) -> list[tuple[object, object]]:
+    values = await client.uaclient.read_attributes(nodes, ua.AttributeIds.Value)
+    return [(dv.Value.Value if dv.Value else None, dv.StatusCode) for dv in values]
+
+
+@pytest.mark.parametrize("login", ["password", "certificate"])
+async def test_reader_write_is_refused_as_a_service(secure: Pki, login: str) -> None:
+    if login == "password":
+        client = await _session(secure, user=("hmi", "s3cret"))
+    else:
+        client = await _session(secure, user_cert=(secure.reader_cert, secure.reader_key))
+    try:
+        nodes = await _prediction_nodes(client)
+        before = await _values(client, nodes)
+        for node in nodes:
+            with pytest.raises(UaStatusCodeError) as info:
+                await client.uaclient.write(_writes(node))
+            assert info.value.code == ua.StatusCodes.BadUserAccessDenied
+        assert await _values(client, nodes) == before
+    finally:
+        await client.disconnect()
+
+
+@pytest.mark.parametrize("login", ["password", "certificate"])
+async def test_operator_write_meets_read_only_prediction_nodes(secure: Pki, login: str) -> None:
+    """An operator may call Write, but every prediction node is read-only (AccessLevel
+    CurrentRead, no session is Admin): each item is refused, nothing changes."""
+    if login == "password":
+        client = await _session(secure, user=("ops", "0ps-pw"))
+    else:
+        client = await _session(secure, user_cert=(secure.operator_cert, secure.operator_key))
+    try:
+        nodes = await _prediction_nodes(client)
+        before = await _values(client, nodes)
+        for node in nodes:
+            access = await client.uaclient.read_attributes([node], ua.AttributeIds.AccessLevel)
+            assert access[0].Value.Value == ua.AccessLevel.CurrentRead.mask
+            results = await client.uaclient.write(_writes(node))  # the service itself is allowed
+            assert [r.value for r in results] == [ua.StatusCodes.BadUserAccessDenied] * 2
+        assert await _values(client, nodes) == before
+    finally:
+        await client.disconnect()
 
 
 async def _raw_none_channel(endpoint: str) -> Client:

@@ -101,6 +101,8 @@ async def test_tree_is_browsable_and_waits_for_first_prediction(client: Client) 
         "Quality",
         "Timestamp",
         "InputAge",
+        "Explanation",
+        "DriftScore",
     }
     value = await (await rul.get_child(f"{ns}:Value")).read_data_value(raise_on_bad_status=False)
     assert value.StatusCode.value == ua.StatusCodes.BadWaitingForInitialData

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from click.testing import CliRunner
 from outbox_harness import PG_URL, pg_schema, prediction, store_url
 from pydantic import ValidationError
@@ -21,7 +23,7 @@ from bridge.cli import main
 from bridge.config.models import DurabilitySettings
 from bridge.errors import StoreError
 from bridge.store.db import Store, open_store
-from bridge.store.models import Base, ModelRow, PredictionRow
+from bridge.store.models import Base
 from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
 from bridge.store.repository import PredictionRepository
 from bridge.types import Prediction
@@ -165,7 +167,11 @@ def test_durability_settings_defaults_and_production_rule() -> None:
 def test_a_spine_database_made_by_create_all_is_adopted_and_upgraded(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     engine = create_engine(f"sqlite:///{db}")
-    Base.metadata.create_all(engine, tables=[PredictionRow.__table__, ModelRow.__table__])
+    # The spine's tables exactly as it made them (today's models have more columns), and no
+    # alembic_version table: the baseline migration's body, run outside Alembic's bookkeeping.
+    baseline = importlib.import_module("bridge.store.migrations.versions.0001_baseline")
+    with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        baseline.upgrade()
     with engine.begin() as conn:
         conn.execute(
             text(

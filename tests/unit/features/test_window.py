@@ -38,3 +38,58 @@ def test_oldest_follows_the_ring() -> None:
     for i in range(5):
         ring.append(float(i), 0.0)
     assert ring.oldest() == 2.0
+
+
+def _full_and_lazy(capacity: int, horizon: float) -> tuple[Ring, Ring]:
+    return Ring(capacity), Ring(capacity, horizon_s=horizon)
+
+
+def test_a_lazy_ring_answers_every_window_like_the_full_ring() -> None:
+    # Bursts and pauses: rate x window is sometimes above the capacity, sometimes far below.
+    rng = np.random.default_rng(7)
+    window, min_window = 10.0, 5.0
+    full, lazy = _full_and_lazy(64, window)
+    now = 1000.0
+    for step in range(3000):
+        now += float(rng.choice([0.01, 0.1, 1.0, 8.0], p=[0.3, 0.4, 0.25, 0.05]))
+        full.append(now, float(step))
+        lazy.append(now, float(step))
+        query = now + float(rng.uniform(0.0, 3.0))  # a model tick a little later
+        start = query - window
+        ft, fv = full.since(start)
+        lt, lv = lazy.since(start)
+        assert np.array_equal(ft, lt) and np.array_equal(fv, lv), step
+        f_old, l_old = full.oldest(), lazy.oldest()
+        assert f_old is not None and l_old is not None
+        assert (query - f_old >= min_window) == (query - l_old >= min_window), step
+        assert len(lazy) <= len(full)
+
+
+def test_a_lazy_ring_stays_as_small_as_its_rate_and_window_need() -> None:
+    full, lazy = _full_and_lazy(2048, 10.0)
+    for i in range(1000):  # 1 Hz for 1,000 s: ~11 samples reach back one window
+        full.append(float(i), 0.0)
+        lazy.append(float(i), 0.0)
+    assert len(full) == 1000
+    assert 11 <= len(lazy) <= 16
+    assert lazy.since(989.0)[0].tolist() == [float(i) for i in range(989, 1000)]
+
+
+def test_a_lazy_ring_grows_to_its_capacity_and_no_further() -> None:
+    lazy = Ring(100, horizon_s=60.0)
+    for i in range(500):  # 10 Hz: 600 samples a window, more than the capacity
+        lazy.append(i / 10, float(i))
+    assert len(lazy) == 100
+    _, v = lazy.since(0.0)
+    assert v.tolist() == [float(i) for i in range(400, 500)]
+
+
+def test_a_lazy_ring_keeps_the_sample_that_proves_enough_history() -> None:
+    # One old sample, then a burst: dropping the old one would make the tag look as if it had
+    # 1.5 s of history (warming up) where the full ring shows 15.5 s.
+    full, lazy = _full_and_lazy(64, 10.0)
+    for t in (0.0, 14.0, 14.1, 14.2, 14.3, 14.4, 14.5, 14.6, 15.0):
+        full.append(t, 1.0)
+        lazy.append(t, 1.0)
+    assert full.oldest() == lazy.oldest() == 0.0
+    assert lazy.since(5.5)[0].tolist() == full.since(5.5)[0].tolist()

@@ -263,3 +263,18 @@ async def test_run_async_does_not_block_the_loop(bundled_model: Path) -> None:
     assert blocked_ticks <= 1 and blocked_gap >= blocked_took * 0.8
     assert ticks >= 10, f"loop got only {ticks} ticks during a {took:.3f}s inference"
     assert gap < took * 0.5, f"loop stalled {gap:.3f}s during a {took:.3f}s inference"
+
+
+async def test_run_async_gives_run_results_inline_and_in_a_thread(bundled_model: Path) -> None:
+    from bridge.inference.model import INLINE_ROWS
+
+    m = LoadedModel.load(bundled_model)
+    rng = np.random.default_rng(5)
+    for rows in (1, INLINE_ROWS, INLINE_ROWS + 1, 512):
+        x = rng.normal(size=(rows, 7)).astype(np.float32)
+        sync, via = m.run(x), await m.run_async(x)
+        assert sync.labels is not None and via.labels is not None
+        assert np.array_equal(sync.labels, via.labels)
+        assert sync.scores is not None and via.scores is not None
+        assert np.array_equal(sync.scores, via.scores)
+        assert via.scores.dtype == np.float64 and via.labels.dtype == np.int64

@@ -94,3 +94,25 @@ def test_invalid_register_word_raises_value_error() -> None:
     # Out-of-range words cannot come from the wire; the source marks such a block Bad.
     with pytest.raises(ValueError):
         block_values(holding_block(), Reply(3, 1, registers=[0x10000] * 5), unit=1)
+
+
+def test_own_exception_reply_is_not_a_mismatch() -> None:
+    # A proper exception reply answers this request: no late reply can still be on its way.
+    with pytest.raises(BadReply) as err:
+        block_values(holding_block(), Reply(0x83, 1, exception_code=2), unit=1)
+    assert not err.value.mismatch
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(0x84, 1, exception_code=2),  # exception for another function code
+        Reply(0x83, 2, exception_code=2),  # exception from another unit
+        Reply(4, 1, registers=registers()),  # another function code
+        Reply(3, 1, registers=registers()[:-1]),  # another count
+    ],
+)
+def test_replies_that_do_not_fit_are_mismatches(reply: Reply) -> None:
+    with pytest.raises(BadReply) as err:
+        block_values(holding_block(), reply, unit=1)
+    assert err.value.mismatch

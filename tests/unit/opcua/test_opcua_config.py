@@ -125,3 +125,28 @@ def test_source_identity_choices() -> None:
         )
     with pytest.raises(ValidationError, match="go together"):
         OpcUaSourceSettings.model_validate({**base, "user_certificate": "c"})
+
+
+def test_server_user_certificates() -> None:
+    s = OpcUaServerSettings.model_validate(
+        {
+            "certificate": "c.der",
+            "private_key": "k.pem",
+            "user_certificates": [{"certificate": "alice.der", "role": "operator"}],
+        }
+    )
+    assert s.user_certificates[0].role == "operator"
+    assert s.user_certificates[0].name is None
+    # The X.509 token is signed: a server offering only None cannot check it.
+    with pytest.raises(ValidationError, match="user_certificates need a secured"):
+        OpcUaServerSettings.model_validate(
+            {"security_policies": ["None"], "user_certificates": [{"certificate": "a.der"}]}
+        )
+    with pytest.raises(ValidationError):
+        OpcUaServerSettings.model_validate(
+            {
+                "certificate": "c.der",
+                "private_key": "k.pem",
+                "user_certificates": [{"certificate": "a.der", "role": "admin"}],
+            }
+        )

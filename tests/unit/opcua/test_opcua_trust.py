@@ -53,4 +53,6 @@ def test_roles_reader_and_operator_wrong_password() -> None:
     assert rules.check_validity(reader, read, None) and rules.check_validity(operator, read, None)
     assert not rules.check_validity(reader, write, None)
     assert rules.check_validity(operator, write, None)
-    assert not rules.check_validity(operator, call, None)
+    # Operators call the feedback methods (Acknowledge/Confirm/Reject); readers may not.
+    assert rules.check_validity(operator, call, None)
+    assert not rules.check_validity(reader, call, None)

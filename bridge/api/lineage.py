@@ -1,0 +1,227 @@
+"""One prediction with its lineage; operator feedback on it; explanations on request; the
+feedback metrics (mean time to acknowledge, autonomous decision coverage)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from pydantic import BaseModel, Field
+
+from bridge.auth import Scope
+from bridge.store.apikeys import ApiKeyRecord
+from bridge.store.labels import FeedbackMetrics, LabelRecord, LabelRepository
+from bridge.store.lineage import LineageRepository
+from bridge.types import Feedback
+
+from .auth import require, secured
+from .params import Since, Until, time_range
+from .schemas import ExplanationOut, PredictionOut
+from .timeparse import epoch_to_datetime
+
+__all__ = [
+    "FeedbackIn",
+    "FeedbackMetricsOut",
+    "LabelOut",
+    "PredictionDetailOut",
+    "build_lineage_router",
+]
+
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+PredictionId = Annotated[
+    str, Path(pattern=UUID_PATTERN, description="The prediction's id (a UUID).")
+]
+
+
+class LabelOut(BaseModel):
+    id: int
+    prediction_id: str
+    action: Literal["acknowledge", "confirm", "reject"]
+    value: str | None = Field(description="The prediction's value the operator answered.")
+    by: str = Field(description="Who (OPC UA user, or `by` of the REST request).")
+    channel: str = Field(description="`opcua` or `rest`.")
+    key_id: str | None = Field(description="API key that sent it (REST).")
+    comment: str
+    at: datetime | None
+
+    @classmethod
+    def of(cls, r: LabelRecord) -> LabelOut:
+        action: Literal["acknowledge", "confirm", "reject"] = (
+            "confirm"
+            if r.action == "confirm"
+            else "reject"
+            if r.action == "reject"
+            else "acknowledge"
+        )
+        return cls(
+            id=r.id,
+            prediction_id=r.prediction_id,
+            action=action,
+            value=r.value,
+            by=r.by,
+            channel=r.channel,
+            key_id=r.key_id,
+            comment=r.comment,
+            at=epoch_to_datetime(r.at),
+        )
+
+
+class LineageOut(BaseModel):
+    mapping_revision: str | None = Field(
+        description="sha256 of the mapping file the prediction was made under "
+        "(null for predictions stored before lineage was recorded)."
+    )
+    model_sha256: str = Field(description="sha256 of the ONNX file that made it.")
+    model_version: str
+
+
+class PredictionDetailOut(PredictionOut):
+    lineage: LineageOut
+    labels: list[LabelOut] = Field(
+        description="Operator feedback on this prediction, oldest first."
+    )
+
+
+class FeedbackIn(BaseModel):
+    action: Literal["acknowledge", "confirm", "reject"] = Field(
+        description="`acknowledge`: seen; `confirm`: the prediction is right; `reject`: it is "
+        "wrong (an override, counted against autonomous decision coverage)."
+    )
+    by: str = Field(min_length=1, max_length=200, description="Who answers (a person).")
+    comment: str = Field(default="", max_length=2000)
+
+
+class FeedbackMetricsOut(BaseModel):
+    predictions: int = Field(description="Good predictions with a value in the period.")
+    with_feedback: int = Field(description="Of those, predictions with any operator feedback.")
+    acknowledged: int
+    confirmed: int
+    rejected: int
+    mean_time_to_acknowledge_s: float | None = Field(
+        description="Mean seconds from a prediction to its first operator feedback."
+    )
+    autonomous_decision_coverage: float | None = Field(
+        description="Share of the predictions no operator overrode (rejected); null without "
+        "predictions."
+    )
+
+    @classmethod
+    def of(cls, m: FeedbackMetrics) -> FeedbackMetricsOut:
+        return cls(
+            predictions=m.predictions,
+            with_feedback=m.with_feedback,
+            acknowledged=m.acknowledged,
+            confirmed=m.confirmed,
+            rejected=m.rejected,
+            mean_time_to_acknowledge_s=m.mean_time_to_acknowledge_s,
+            autonomous_decision_coverage=m.autonomous_decision_coverage,
+        )
+
+
+def _lineage(request: Request) -> LineageRepository:
+    repo: LineageRepository = request.app.state.lineage
+    return repo
+
+
+def _labels(request: Request) -> LabelRepository:
+    repo: LabelRepository = request.app.state.labels
+    return repo
+
+
+Lineage = Annotated[LineageRepository, Depends(_lineage)]
+Labels = Annotated[LabelRepository, Depends(_labels)]
+
+
+def build_lineage_router() -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["predictions"])
+
+    @router.get(
+        "/predictions/{prediction_id}",
+        response_model=PredictionDetailOut,
+        summary="One stored prediction with its lineage and operator feedback",
+        **secured(Scope.READ),
+    )
+    async def prediction(repo: Lineage, prediction_id: PredictionId) -> PredictionDetailOut:
+        found = await asyncio.to_thread(repo.get, prediction_id)
+        if found is None:
+            raise HTTPException(404, f"no stored prediction {prediction_id}")
+        p = found.prediction
+        base = PredictionOut.of(p)
+        return PredictionDetailOut(
+            **base.model_dump(),
+            lineage=LineageOut(
+                mapping_revision=found.mapping_revision,
+                model_sha256=p.sha256,
+                model_version=p.version,
+            ),
+            labels=[LabelOut.of(r) for r in found.labels],
+        )
+
+    @router.post(
+        "/predictions/{prediction_id}/feedback",
+        response_model=LabelOut,
+        status_code=201,
+        summary="Acknowledge, confirm or reject a prediction",
+        **secured(Scope.OPERATE, (400, "The body is not readable")),
+    )
+    async def feedback(
+        repo: Lineage,
+        labels: Labels,
+        key: Annotated[ApiKeyRecord, Depends(require(Scope.OPERATE))],
+        prediction_id: PredictionId,
+        body: FeedbackIn,
+    ) -> LabelOut:
+        found = await asyncio.to_thread(repo.get, prediction_id)
+        if found is None:
+            raise HTTPException(404, f"no stored prediction {prediction_id}")
+        p = found.prediction
+        record = await asyncio.to_thread(
+            labels.add,
+            Feedback(
+                prediction_id=p.id,
+                asset=p.asset,
+                model=p.model,
+                action=body.action,
+                by=body.by.strip() or key.name,
+                channel="rest",
+                prediction_time=p.timestamp,
+                value=p.value,
+                comment=body.comment,
+                key_id=key.key_id,
+            ),
+        )
+        return LabelOut.of(record)
+
+    @router.get(
+        "/predictions/{prediction_id}/explanation",
+        response_model=ExplanationOut,
+        summary="Explain a recent prediction now (models with `explain: {mode: on_request}`)",
+        **secured(Scope.READ),
+    )
+    async def explain(request: Request, prediction_id: PredictionId) -> ExplanationOut:
+        insights = getattr(request.app.state, "insights", {})
+        for insight in insights.values():
+            found = await asyncio.to_thread(insight.explain_kept, prediction_id)
+            if found is not None:
+                return ExplanationOut.of(found)
+        raise HTTPException(
+            404,
+            f"prediction {prediction_id} is not among the recent predictions kept for "
+            "explanation (only models with explain mode on_request keep them)",
+        )
+
+    @router.get(
+        "/feedback/metrics",
+        response_model=FeedbackMetricsOut,
+        summary="Mean time to acknowledge and autonomous decision coverage",
+        **secured(Scope.READ),
+    )
+    async def feedback_metrics(
+        labels: Labels, since: Since = None, until: Until = None
+    ) -> FeedbackMetricsOut:
+        since_ts, until_ts = time_range(since, until)
+        return FeedbackMetricsOut.of(await asyncio.to_thread(labels.metrics, since_ts, until_ts))
+
+    return router

@@ -1,0 +1,247 @@
+"""The model registry over HTTP (admin scope): the same operations as ``bridge models``.
+
+Changes take effect in this gateway at once (the registry watcher is woken) and in other
+gateways sharing the database within their ``gateway.models.poll_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path as FsPath
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from pydantic import BaseModel, Field
+
+from bridge.api.auth import secured
+from bridge.auth import Scope
+from bridge.errors import BridgeError, StoreError
+from bridge.lifecycle.service import RegistryService
+from bridge.store.registry import RegistryError, VersionRecord
+
+__all__ = ["build_models_admin_router"]
+
+NamePath = Annotated[str, Path(min_length=1, max_length=200)]
+VersionPath = Annotated[str, Path(min_length=1, max_length=100)]
+
+
+class VersionOut(BaseModel):
+    name: str
+    version: str
+    sha256: str
+    path: str
+    size_bytes: int
+    signed: bool
+    state: Literal["registered", "active", "shadow", "canary", "retired"]
+    canary_share: float | None
+    canary_assets: list[str] | None
+    guard: dict[str, float] | None
+    spec: dict[str, Any]
+    reference: dict[str, Any] | None
+    metrics: dict[str, Any]
+    registered_by: str
+    registered_at: float
+    state_changed_at: float
+
+    @classmethod
+    def of(cls, r: VersionRecord) -> VersionOut:
+        return cls(
+            name=r.name,
+            version=r.version,
+            sha256=r.sha256,
+            path=r.path,
+            size_bytes=r.size_bytes,
+            signed=r.signature is not None,
+            state=r.state,
+            canary_share=r.canary_share,
+            canary_assets=list(r.canary_assets) if r.canary_assets is not None else None,
+            guard=r.guard,
+            spec=r.spec,
+            reference=r.reference,
+            metrics=r.metrics,
+            registered_by=r.registered_by,
+            registered_at=r.registered_at,
+            state_changed_at=r.state_changed_at,
+        )
+
+
+class RegisterIn(BaseModel):
+    version: str = Field(min_length=1, max_length=100)
+    path: str = Field(min_length=1, description="Model file on the gateway's file system.")
+    reference: dict[str, Any] | None = Field(None, description="bridge-reference/1 statistics.")
+    signature: str | None = Field(None, description="Base64 Ed25519 signature of the sha256.")
+    metrics: dict[str, Any] | None = None
+
+
+class VersionIn(BaseModel):
+    version: str = Field(min_length=1, max_length=100)
+
+
+class CanaryIn(BaseModel):
+    version: str = Field(min_length=1, max_length=100)
+    share: float | None = Field(None, gt=0, le=100, description="Percent of assets.")
+    assets: list[str] | None = Field(None, min_length=1)
+    max_disagreement: float | None = Field(None, ge=0, le=1)
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+    min_samples: int | None = Field(None, ge=1)
+
+
+class AgreementOut(BaseModel):
+    asset: str
+    compared: int
+    agreed: int
+    rate: float | None
+
+
+class VersionMetricsOut(BaseModel):
+    version: str
+    state: str
+    predictions_stored: int
+    labels: dict[str, int]
+    agreement: list[AgreementOut]
+    live: dict[str, Any] | None = Field(
+        None, description="This gateway's counters since start (latency, errors, labels)."
+    )
+
+
+def _service(request: Request) -> RegistryService:
+    svc: RegistryService = request.app.state.registry
+    return svc
+
+
+Service = Annotated[RegistryService, Depends(_service)]
+
+
+def _wake(request: Request) -> None:
+    live = getattr(request.app.state, "models_live", None)
+    if live is not None:
+        live.wake()
+
+
+async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except RegistryError as exc:
+        code = 404 if "has no version" in str(exc) or "no active" in str(exc) else 409
+        raise HTTPException(code, str(exc)) from exc
+    except StoreError:
+        raise
+    except BridgeError as exc:  # tampered, unsigned, unloadable: refused
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+
+
+def build_models_admin_router() -> APIRouter:
+    router = APIRouter(prefix="/api/v1/models", tags=["model registry"])
+    admin = secured(Scope.ADMIN, (404, "No such model or version"), (409, "Not allowed now"))
+    read = secured(Scope.READ, (404, "No such model or version"))
+
+    @router.get("/{name}/versions", response_model=list[VersionOut], summary="Versions", **read)
+    async def versions(svc: Service, name: NamePath) -> list[VersionOut]:
+        return [VersionOut.of(r) for r in await _call(svc.list, name)]
+
+    @router.get(
+        "/{name}/versions/{version}", response_model=VersionOut, summary="One version", **read
+    )
+    async def version(svc: Service, name: NamePath, version: VersionPath) -> VersionOut:
+        return VersionOut.of(await _call(svc.show, name, version))
+
+    @router.post(
+        "/{name}/versions",
+        response_model=VersionOut,
+        status_code=status.HTTP_201_CREATED,
+        summary="Register a version (file already on the gateway)",
+        **secured(Scope.ADMIN, (409, "Version exists"), (422, "File refused")),
+    )
+    async def register(svc: Service, name: NamePath, body: RegisterIn) -> VersionOut:
+        record = await _call(
+            svc.register,
+            FsPath(body.path),
+            name,
+            body.version,
+            actor="api",
+            reference=body.reference,
+            signature=body.signature,
+            metrics=body.metrics,
+        )
+        return VersionOut.of(record)
+
+    @router.post("/{name}/activate", response_model=VersionOut, summary="Activate", **admin)
+    async def activate(
+        request: Request, svc: Service, name: NamePath, body: VersionIn
+    ) -> VersionOut:
+        record = await _call(svc.activate, name, body.version, "api")
+        _wake(request)
+        return VersionOut.of(record)
+
+    @router.post("/{name}/shadow", response_model=VersionOut, summary="Shadow", **admin)
+    async def shadow(request: Request, svc: Service, name: NamePath, body: VersionIn) -> VersionOut:
+        record = await _call(svc.shadow, name, body.version, "api")
+        _wake(request)
+        return VersionOut.of(record)
+
+    @router.post("/{name}/canary", response_model=VersionOut, summary="Canary", **admin)
+    async def canary(request: Request, svc: Service, name: NamePath, body: CanaryIn) -> VersionOut:
+        guard = {
+            k: float(v)
+            for k, v in (
+                ("max_disagreement", body.max_disagreement),
+                ("max_error_rate", body.max_error_rate),
+                ("min_samples", body.min_samples),
+            )
+            if v is not None
+        }
+        record = await _call(
+            svc.canary,
+            name,
+            body.version,
+            "api",
+            share=body.share,
+            assets=body.assets,
+            guard=guard or None,
+        )
+        _wake(request)
+        return VersionOut.of(record)
+
+    @router.post("/{name}/promote", response_model=VersionOut, summary="Promote", **admin)
+    async def promote(request: Request, svc: Service, name: NamePath) -> VersionOut:
+        record = await _call(svc.promote, name, "api")
+        _wake(request)
+        return VersionOut.of(record)
+
+    @router.post("/{name}/rollback", response_model=VersionOut, summary="Roll back", **admin)
+    async def rollback(request: Request, svc: Service, name: NamePath) -> VersionOut:
+        record = await _call(svc.rollback, name, "api")
+        _wake(request)
+        return VersionOut.of(record)
+
+    @router.get(
+        "/{name}/versions/{version}/metrics",
+        response_model=VersionMetricsOut,
+        summary="Per-version metrics: predictions, labels, agreement with the active version",
+        **read,
+    )
+    async def metrics(
+        request: Request, svc: Service, name: NamePath, version: VersionPath
+    ) -> VersionMetricsOut:
+        record = await _call(svc.show, name, version)
+        counts = (await _call(svc.repo.prediction_counts, name)).get(version, {})
+        agreement = await _call(svc.repo.agreement, name, version)
+        live = getattr(request.app.state, "models_live", None)
+        stats = (
+            next((s for s in live.version_stats(name) if s.version == version), None)
+            if live is not None
+            else None
+        )
+        return VersionMetricsOut(
+            version=version,
+            state=record.state,
+            predictions_stored=sum(counts.values()),
+            labels=counts,
+            agreement=[
+                AgreementOut(asset=a.asset, compared=a.compared, agreed=a.agreed, rate=a.rate)
+                for a in agreement
+            ],
+            live=stats.as_dict() if stats is not None else None,
+        )
+
+    return router

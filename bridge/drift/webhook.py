@@ -1,0 +1,169 @@
+"""The retraining webhook: an outbox destination that POSTs drift events to one URL.
+
+It takes no predictions (``encode`` is None for all of them); drift events are put into its
+outbox rows by the drift alert writer, so a webhook that is down loses nothing, and the relay
+sends each event once accepted. Retry policy as for MES calls: connection errors, timeouts,
+408/425/429 and 5xx are retried forever with exponential backoff and equal jitter, honouring
+``Retry-After``; another 4xx is a rejection, which the relay counts and dead-letters.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
+
+import httpx
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
+
+from bridge.errors import BridgeError
+from bridge.types import ComponentHealth, Prediction
+
+__all__ = ["WebhookDestination", "backoff_delay", "is_retryable", "retry_after_s"]
+
+log = structlog.get_logger(__name__)
+
+_RNG = random.Random()
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+def is_retryable(status: int) -> bool:
+    return status >= 500 or status in _RETRYABLE_4XX
+
+
+def retry_after_s(value: str | None, now: float) -> float | None:
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return None if when.tzinfo is None else max(0.0, when.timestamp() - now)
+
+
+def backoff_delay(attempt: int, initial: float, cap: float) -> float:
+    """Equal jitter: half fixed, half random, so many gateways do not retry in lock-step."""
+    ceiling = min(cap, initial * 2.0 ** min(max(0, attempt - 1), 62))
+    return ceiling / 2 + _RNG.uniform(0, ceiling / 2)
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class WebhookDestination:
+    """``bridge.outbox.protocol.OutboxDestination`` for one model's retraining webhook."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        headers: dict[str, str] | None = None,
+        *,
+        timeout_s: float = 10.0,
+        initial_backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self._headers = {"Content-Type": "application/json", **(headers or {})}
+        self._timeout_s = timeout_s
+        self._initial = initial_backoff_s
+        self._cap = max_backoff_s
+        self._client: httpx.AsyncClient | None = None
+        self._closed = False
+        self._last_error = ""
+        self._counters = {"sent": 0, "retries": 0, "rejected": 0}
+
+    @property
+    def concurrency(self) -> int:
+        return 1
+
+    async def start(self) -> None:
+        if self._client is None and not self._closed:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self._timeout_s),
+                follow_redirects=False,
+                trust_env=False,
+                transport=httpx.AsyncHTTPTransport(
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+                ),
+            )
+
+    async def close(self) -> None:
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def write(self, batch: Sequence[Prediction]) -> None:
+        raise BridgeError(f"{self.name} is fed by the outbox relay, not by write()")
+
+    def health(self) -> ComponentHealth:
+        counters = dict(self._counters)
+        if self._closed:
+            return ComponentHealth(self.name, "stopped", counters=counters)
+        if self._last_error:
+            return ComponentHealth(self.name, "degraded", f"retrying: {self._last_error}", counters)
+        return ComponentHealth(self.name, "ok", counters=counters)
+
+    def encode(self, prediction: Prediction) -> str | None:
+        return None  # drift events only
+
+    async def deliver(self, key: str, body: str) -> str | None:
+        headers = {**self._headers, "Idempotency-Key": key}
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_Retryable),
+            wait=self._wait,
+            stop=stop_never,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                status, text = await self._post(body, headers)
+        if status >= 400:
+            self._counters["rejected"] += 1
+            log.warning("webhook_rejected", destination=self.name, key=key, status=status)
+            return f"HTTP {status}: {text}"
+        self._counters["sent"] += 1
+        if self._last_error:
+            log.info("webhook_recovered", destination=self.name, after_error=self._last_error)
+            self._last_error = ""
+        return None
+
+    async def _post(self, body: str, headers: dict[str, str]) -> tuple[int, str]:
+        client = self._client
+        if client is None:
+            raise BridgeError(f"{self.name} is not started")
+        try:
+            response = await client.post(self.url, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+        status = response.status_code
+        if not response.is_success and is_retryable(status):
+            wait = retry_after_s(response.headers.get("Retry-After"), time.time())
+            raise _Retryable(f"HTTP {status}", wait)
+        return status, response.text[:200]
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            return min(exc.retry_after, self._cap)
+        return backoff_delay(state.attempt_number, self._initial, self._cap)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        self._counters["retries"] += 1
+        exc = state.outcome.exception() if state.outcome is not None else None
+        error = str(exc) if exc is not None else "unknown"
+        if not self._last_error:
+            log.warning("webhook_failing", destination=self.name, error=error)
+        self._last_error = error

@@ -1,0 +1,215 @@
+"""The registry's operations, shared by the CLI, the REST API and the runtime.
+
+Synchronous (file reads, SQL): callers on an event loop use ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from bridge.inference.model import LoadedModel, file_sha256
+from bridge.lifecycle.loading import load_verified
+from bridge.lifecycle.reference import load_reference, validate_reference
+from bridge.store.registry import (
+    CANDIDATE_STATES,
+    RegistryError,
+    RegistryRepository,
+    VersionRecord,
+)
+
+__all__ = ["GUARD_KEYS", "RegistryService", "spec_of"]
+
+log = structlog.get_logger(__name__)
+
+GUARD_KEYS = frozenset({"max_disagreement", "max_error_rate", "min_samples"})
+
+
+def spec_of(loaded: LoadedModel) -> dict[str, Any]:
+    """The input/output spec stored with a version (what the model says about itself)."""
+    return {
+        "inputs": [
+            {"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in loaded.io.inputs
+        ],
+        "outputs": [
+            {"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in loaded.io.outputs
+        ],
+        "metadata": dict(loaded.io.metadata),
+        "features": [
+            f.strip() for f in loaded.io.metadata.get("features", "").split(",") if f.strip()
+        ],
+    }
+
+
+@dataclass
+class RegistryService:
+    repo: RegistryRepository
+    public_key: Ed25519PublicKey | None = None
+
+    def register(
+        self,
+        path: Path,
+        name: str,
+        version: str,
+        *,
+        actor: str,
+        reference: Path | Mapping[str, Any] | None = None,
+        signature: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        activate: bool = False,
+    ) -> VersionRecord:
+        """Hash, open (to record the spec) and store a version. Nothing starts serving unless
+        ``activate`` (used for the first version, e.g. the one a mapping names)."""
+        path = path.resolve()
+        sha = file_sha256(path) if path.is_file() else ""
+        loaded = load_verified(path, sha, signature, self.public_key, what=f"{name} {version}")
+        spec = spec_of(loaded)
+        features = spec["features"] or None
+        ref: dict[str, Any] | None = None
+        if isinstance(reference, Path):
+            ref = load_reference(reference, features)
+        elif reference is not None:
+            ref = validate_reference(dict(reference), features)
+        now = time.time()
+        record = VersionRecord(
+            name=name,
+            version=version,
+            sha256=loaded.sha256,
+            path=str(path),
+            size_bytes=path.stat().st_size,
+            signature=signature,
+            spec=spec,
+            reference=ref,
+            metrics=dict(metrics or {}),
+            registered_by=actor,
+            registered_at=now,
+            state="active" if activate else "registered",
+            canary_share=None,
+            canary_assets=None,
+            guard=None,
+            state_changed_at=now,
+        )
+        stored = self.repo.add(record, actor)
+        log.info("model_registered", model=name, version=version, sha256=stored.sha256, by=actor)
+        return stored
+
+    def list(self, name: str | None = None) -> list[VersionRecord]:
+        return self.repo.list(name)
+
+    def show(self, name: str, version: str | None = None) -> VersionRecord:
+        """``version`` None: the active version."""
+        if version is None:
+            active = self._active(name)
+            if active is None:
+                raise RegistryError(f"model {name} has no active version")
+            return active
+        return self._get(name, version)
+
+    def activate(self, name: str, version: str, actor: str) -> VersionRecord:
+        record = self._get(name, version)
+        if record.state == "active":
+            raise RegistryError(f"model {name} version {version} is already active")
+        self._verify(record)
+        return self.repo.set_state(name, version, "active", actor, "activate")
+
+    def promote(self, name: str, actor: str) -> VersionRecord:
+        cand = self._candidate(name)
+        if cand is None:
+            raise RegistryError(f"model {name} has no shadow or canary version to promote")
+        self._verify(cand)
+        return self.repo.set_state(name, cand.version, "active", actor, "promote")
+
+    def rollback(self, name: str, actor: str, reason: str = "") -> VersionRecord:
+        """End the candidate if there is one; otherwise reactivate the previous active version."""
+        detail = {"reason": reason} if reason else {}
+        cand = self._candidate(name)
+        if cand is not None:
+            return self.repo.set_state(
+                name, cand.version, "retired", actor, "rollback-candidate", detail=detail
+            )
+        previous = self.repo.previous_active(name)
+        if previous is None:
+            raise RegistryError(f"model {name} has no earlier active version to roll back to")
+        record = self._get(name, previous)
+        self._verify(record)
+        return self.repo.set_state(name, previous, "active", actor, "rollback", detail=detail)
+
+    def shadow(self, name: str, version: str, actor: str) -> VersionRecord:
+        record = self._startable(name, version)
+        return self.repo.set_state(name, record.version, "shadow", actor, "shadow")
+
+    def canary(
+        self,
+        name: str,
+        version: str,
+        actor: str,
+        *,
+        share: float | None = None,
+        assets: Sequence[str] | None = None,
+        guard: Mapping[str, float] | None = None,
+    ) -> VersionRecord:
+        if (share is None) == (assets is None):
+            raise RegistryError("a canary needs either a share (percent) or a list of assets")
+        if share is not None and not 0 < share <= 100:
+            raise RegistryError(f"canary share must be in (0, 100] percent, got {share}")
+        if assets is not None and not [a for a in assets if a]:
+            raise RegistryError("a canary asset list must name at least one asset")
+        unknown = set(guard or {}) - GUARD_KEYS
+        if unknown:
+            raise RegistryError(
+                f"unknown guard keys {sorted(unknown)}; use {', '.join(sorted(GUARD_KEYS))}"
+            )
+        record = self._startable(name, version)
+        return self.repo.set_state(
+            name,
+            record.version,
+            "canary",
+            actor,
+            "canary",
+            canary_share=share,
+            canary_assets=[a for a in assets if a] if assets is not None else None,
+            guard=dict(guard) if guard else None,
+            detail={"share": share, "assets": list(assets) if assets else None},
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _verify(self, record: VersionRecord) -> None:
+        """Refuse a tampered file at the command, not only later in the runtime."""
+        load_verified(
+            Path(record.path),
+            record.sha256,
+            record.signature,
+            self.public_key,
+            what=f"{record.name} {record.version}",
+        )
+
+    def _startable(self, name: str, version: str) -> VersionRecord:
+        record = self._get(name, version)
+        if record.state == "active":
+            raise RegistryError(f"model {name} version {version} is the active version")
+        if self._active(name) is None:
+            raise RegistryError(
+                f"model {name} has no active version to compare with: activate one first"
+            )
+        self._verify(record)
+        return record
+
+    def _get(self, name: str, version: str) -> VersionRecord:
+        record = self.repo.get(name, version)
+        if record is None:
+            known = ", ".join(r.version for r in self.repo.list(name)) or "none"
+            raise RegistryError(f"model {name} has no version {version} (registered: {known})")
+        return record
+
+    def _active(self, name: str) -> VersionRecord | None:
+        return next((r for r in self.repo.list(name) if r.state == "active"), None)
+
+    def _candidate(self, name: str) -> VersionRecord | None:
+        return next((r for r in self.repo.list(name) if r.state in CANDIDATE_STATES), None)

@@ -1,0 +1,131 @@
+"""Builds the drift, explanation and feedback parts of a gateway from its mapping.
+
+Kept apart from ``pipeline`` so the pipeline only asks for them and starts/stops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from bridge.config.models import OutboxSettings
+from bridge.config.resolved import Mapping
+from bridge.drift.monitor import DriftCrossing
+from bridge.drift.webhook import WebhookDestination
+from bridge.drift.writer import DriftAlertWriter
+from bridge.errors import StoreError
+from bridge.lifecycle.reference import load_reference
+from bridge.outbox.relay import Relay, RelaySettings
+from bridge.runtime.insight import ModelInsight
+from bridge.runtime.models import ModelRunner
+from bridge.store.db import Store
+from bridge.store.drift import DriftAlertRepository
+from bridge.store.labels import LabelRepository
+from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
+from bridge.types import Feedback, Prediction
+
+__all__ = ["Insight", "StoreFeedback", "build_insight"]
+
+log = structlog.get_logger(__name__)
+
+
+class StoreFeedback:
+    """``bridge.types.FeedbackService`` over the store's label table."""
+
+    def __init__(self, labels: LabelRepository) -> None:
+        self._labels = labels
+
+    async def record(self, feedback: Feedback) -> None:
+        try:
+            await asyncio.to_thread(self._labels.add, feedback)
+        except StoreError:
+            log.error("feedback_not_stored", prediction=feedback.prediction_id)
+            raise
+        log.info(
+            "operator_feedback",
+            prediction=feedback.prediction_id,
+            asset=feedback.asset,
+            model=feedback.model,
+            action=feedback.action,
+            by=feedback.by,
+            channel=feedback.channel,
+        )
+
+
+@dataclass
+class Insight:
+    insights: dict[str, ModelInsight]
+    writer: DriftAlertWriter
+    webhooks: list[WebhookDestination] = field(default_factory=list)
+    relays: list[Relay] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self.writer.start()
+        for hook in self.webhooks:
+            await hook.start()
+        for relay in self.relays:
+            await relay.start()
+
+    async def close(self) -> None:
+        for relay in self.relays:
+            await relay.close()
+        for hook in self.webhooks:
+            await hook.close()
+        await self.writer.close()
+
+
+def build_insight(
+    mapping: Mapping,
+    store: Store,
+    runners: Sequence[ModelRunner],
+    alert_feeds: Sequence[OutboxFeed],
+    outbox: OutboxSettings,
+) -> Insight:
+    """One ``ModelInsight`` per model that has ``drift:`` or ``explain:``, hooked into its
+    runner; one webhook destination (outbox + relay) per model with ``drift.webhook``."""
+    gid = mapping.gateway.id
+    writer = DriftAlertWriter(DriftAlertRepository(store), gid, alert_feeds)
+    repo = OutboxRepository(store)
+    budget = Budget(outbox.max_pending, outbox.when_full)
+    relay_settings = RelaySettings(
+        batch_size=outbox.batch_size,
+        dead_letter_after=outbox.dead_letter_after,
+        reject_retry_s=outbox.reject_retry_s,
+    )
+    parts = Insight({}, writer)
+    for runner in runners:
+        m = runner.model
+        if m.reference is None or (m.drift is None and m.explain is None):
+            continue
+        reference = load_reference(m.reference, [f.name for f in m.features])
+        first = m.assets[0] if m.assets else ""
+        units = {
+            f.tag: mapping.tags[f"{first}.{f.tag}"].unit
+            for f in m.features
+            if f"{first}.{f.tag}" in mapping.tags
+        }
+        webhook_feed: OutboxFeed | None = None
+        if m.drift is not None and m.drift.webhook:
+            hook = WebhookDestination(f"webhook-{m.name}", m.drift.webhook, m.drift.webhook_headers)
+            webhook_feed = OutboxFeed(hook.name, hook.encode, budget)
+            parts.webhooks.append(hook)
+            parts.relays.append(Relay(hook, repo, webhook_feed, relay_settings))
+
+        def on_crossing(
+            c: DriftCrossing,
+            p: Prediction | None,
+            runner: ModelRunner = runner,
+            feed: OutboxFeed | None = webhook_feed,
+        ) -> None:
+            served = runner.deployment.active
+            version = p.version if p is not None else served.version
+            sha = p.sha256 if p is not None else served.sha256
+            writer.raise_crossing(runner.model.name, version, sha, c, feed)
+
+        insight = ModelInsight(m, reference, units, on_crossing)
+        runner.enrichers.append(insight.enrich)
+        parts.insights[m.name] = insight
+    return parts

@@ -1,0 +1,111 @@
+"""The ``Models`` folder of the gateway's OPC UA server: which versions serve, and how a
+candidate agrees with the active version per asset.
+
+    Objects/Models/<model>/{ActiveVersion, ActiveSha256, CandidateVersion, CandidateSha256,
+                            CandidateMode, CanaryShare}
+    Objects/Models/<model>/Agreement/<asset>       (Double, agreed/compared; Bad until compared)
+    nsu=<namespace>;s=Models.<model>.ActiveVersion
+
+Fed with plain ``bridge.types.ModelStatus`` values; read-only like every other node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncua import ua
+from asyncua.server.server import Server
+from asyncua.ua.status_codes import StatusCodes
+
+from bridge.types import ModelStatus, PredictionSlot
+from connectors.opcua.encode import make_status
+
+__all__ = ["STATUS_FIELDS", "ModelsFolder"]
+
+STATUS_FIELDS: dict[str, ua.VariantType] = {
+    "ActiveVersion": ua.VariantType.String,
+    "ActiveSha256": ua.VariantType.String,
+    "CandidateVersion": ua.VariantType.String,
+    "CandidateSha256": ua.VariantType.String,
+    "CandidateMode": ua.VariantType.String,
+    "CanaryShare": ua.VariantType.Double,
+}
+
+
+def _fields(s: ModelStatus) -> dict[str, object]:
+    return {
+        "ActiveVersion": s.active_version,
+        "ActiveSha256": s.active_sha256,
+        "CandidateVersion": s.candidate_version,
+        "CandidateSha256": s.candidate_sha256,
+        "CandidateMode": s.candidate_mode,
+        "CanaryShare": float(s.canary_share) if s.canary_share is not None else 0.0,
+    }
+
+
+class ModelsFolder:
+    def __init__(self, nid: Callable[[str], ua.NodeId], ns: int) -> None:
+        self._nid = nid
+        self._ns = ns
+        self._nodes: dict[tuple[str, str], ua.NodeId] = {}
+        self._last: dict[tuple[str, str], object] = {}
+
+    async def build(self, server: Server, slots: Sequence[PredictionSlot]) -> None:
+        ns = self._ns
+        root = await server.nodes.objects.add_folder(self._nid("Models"), f"{ns}:Models")
+        by_model: dict[str, list[PredictionSlot]] = {}
+        for slot in slots:
+            by_model.setdefault(slot.model, []).append(slot)
+        for model, its in sorted(by_model.items()):
+            node = await root.add_object(self._nid(f"Models.{model}"), f"{ns}:{model}")
+            first = its[0]
+            initial = ModelStatus(model, first.version, first.sha256)
+            for field, vtype in STATUS_FIELDS.items():
+                nodeid = self._nid(f"Models.{model}.{field}")
+                value = _fields(initial)[field]
+                await node.add_variable(nodeid, f"{ns}:{field}", value, vtype)
+                self._nodes[(model, field)] = nodeid
+                self._last[(model, field)] = value
+            folder = await node.add_folder(
+                self._nid(f"Models.{model}.Agreement"), f"{ns}:Agreement"
+            )
+            for slot in sorted(its, key=lambda s: s.asset):
+                nodeid = self._nid(f"Models.{model}.Agreement.{slot.asset}")
+                await folder.add_variable(nodeid, f"{ns}:{slot.asset}", 0.0, ua.VariantType.Double)
+                await server.write_attribute_value(nodeid, _dv(None))
+                self._nodes[(model, f"Agreement.{slot.asset}")] = nodeid
+
+    async def write(self, server: Server, statuses: Sequence[ModelStatus]) -> int:
+        """Write what changed; returns the number of node writes."""
+        writes = 0
+        for status in statuses:
+            values: dict[str, object] = dict(_fields(status))
+            for asset, rate in status.agreement:
+                values[f"Agreement.{asset}"] = rate
+            for field, value in values.items():
+                key = (status.model, field)
+                nodeid = self._nodes.get(key)
+                if nodeid is None or self._last.get(key, object()) == value:
+                    continue
+                self._last[key] = value
+                if field.startswith("Agreement."):
+                    dv = _dv(value if isinstance(value, float) else None)
+                else:
+                    now: Any = datetime.now(UTC)
+                    dv = ua.DataValue(ua.Variant(value, STATUS_FIELDS[field]), SourceTimestamp=now)
+                await server.write_attribute_value(nodeid, dv)
+                writes += 1
+        return writes
+
+
+def _dv(rate: float | None) -> ua.DataValue:
+    now: Any = datetime.now(UTC)
+    if rate is None:  # nothing compared yet: there is no agreement to show
+        return ua.DataValue(
+            ua.Variant(0.0, ua.VariantType.Double),
+            StatusCode=make_status(StatusCodes.BadWaitingForInitialData),
+            SourceTimestamp=now,
+        )
+    return ua.DataValue(ua.Variant(rate, ua.VariantType.Double), SourceTimestamp=now)
