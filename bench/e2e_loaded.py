@@ -1,15 +1,18 @@
 """Input change -> HMI latency while the gateway ingests 10,000 tag updates/s.
 
-Three processes, as deployed: a load server (``bench.opcua_ingest --serve``: 1,000 variables,
-each written 10 times a second = 10,000 updates/s; the plant simulator, with its physics per
-pump, offers only ~1,000/s on a loaded 2-core machine), the gateway (``bridge run``) and this
-one, which hosts the probe OPC UA server (one variable, X) and the HMI client. The gateway
+Processes as deployed: ``--load-procs`` load servers (``bench.opcua_ingest --serve``, each
+serving its share of the 1,000 variables, each variable written 10 times a second = 10,000
+updates/s offered; one asyncua server process tops out near 5,000 writes/s on a 2-core machine,
+and the plant simulator, with its physics per pump, offers only ~1,000/s), the gateway
+(``bridge run``, one OPC UA source per load server, as for several PLCs) and this one, which
+hosts the probe OPC UA server (one variable, X) and the HMI client. The gateway
 subscribes to the 1,000 load tags and to X; an "echo" model (value = last X) writes X to the
 gateway's OPC UA server, where the HMI client sees it. The latency is write of X -> HMI
 notification, on this process's monotonic clock; the gateway's ingest rate over the same window
-comes from its /api/v1/health counters, its CPU from /proc.
+comes from its /api/v1/health counters (the rate delivered, next to the rate offered), its CPU
+and the load servers' from /proc.
 
-    python -m bench.e2e_loaded [--samples 300] [--items 1000] [--period 0.1]
+    python -m bench.e2e_loaded [--samples 300] [--items 1000] [--period 0.1] [--load-procs 2]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,14 +39,14 @@ from bench.e2e import HMI_PUBLISH_MS, MODEL_PERIOD_S, SOURCE_PUBLISH_MS, echo_mo
 PLANT_PUBLISH_MS = 100  # the load tags: a normal SCADA rate; the probe uses 10 ms
 LOAD_NS = "urn:bench:ingest"
 TAGS_PER_ASSET = 5
+MAX_LOST = 5  # then the path is down, not slow: stop instead of waiting 5 s per sample
 
 MAPPING = """
 version: 1
 gateway: {{store: "sqlite:///{store}", api: {{host: 127.0.0.1, port: {api}}}}}
 sources:
   probe: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{probe}", publishing_interval_ms: {pub}}}
-  plant: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{plant}",
-          publishing_interval_ms: {plant_pub}}}
+{plants}
 assets:
   a1:
     tags:
@@ -66,7 +70,9 @@ outputs:
 @contextlib.contextmanager
 def _process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        # Unbuffered, so the log is complete when read while the process still runs.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             yield proc
         finally:
@@ -103,21 +109,33 @@ async def _wait_for(probe: Any, within_s: float) -> None:
     raise RuntimeError(f"not up within {within_s} s")
 
 
-async def measure(samples: int, items: int, period: float, nice: int, work: Path) -> dict[str, Any]:
-    probe_port, plant_port, hmi_port, api_port = (free_port() for _ in range(4))
+async def measure(
+    samples: int, items: int, period: float, nice: int, procs: int, work: Path
+) -> dict[str, Any]:
+    probe_port, hmi_port, api_port = (free_port() for _ in range(3))
+    # Whole assets per load server; server k serves v0.. of its own share.
+    assets_of = [list(range(items // TAGS_PER_ASSET))[k::procs] for k in range(procs)]
+    plant_ports = [free_port() for _ in range(procs)]
     server = Server()
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{probe_port}")
     ns = await server.register_namespace("urn:bench:plant")
     var = await server.nodes.objects.add_variable(ua.NodeId("X", ns), "X", 0.0)
     echo_model(work / "echo.onnx")
+    plants = "\n".join(
+        f'  plant{k}: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{port}", '
+        f"publishing_interval_ms: {PLANT_PUBLISH_MS}}}"
+        for k, port in enumerate(plant_ports)
+    )
     assets = "\n".join(
         f"  load-{a:04d}:\n    tags:\n"
         + "\n".join(
-            f'      s{j}: {{source: plant, address: "nsu={LOAD_NS};s=v{a * TAGS_PER_ASSET + j}"}}'
+            f"      s{j}: {{source: plant{k}, "
+            f'address: "nsu={LOAD_NS};s=v{i * TAGS_PER_ASSET + j}"}}'
             for j in range(TAGS_PER_ASSET)
         )
-        for a in range(items // TAGS_PER_ASSET)
+        for k, mine in enumerate(assets_of)
+        for i, a in enumerate(mine)
     )
     mapping = work / "loaded.yaml"
     mapping.write_text(
@@ -126,8 +144,7 @@ async def measure(samples: int, items: int, period: float, nice: int, work: Path
             api=api_port,
             probe=probe_port,
             pub=SOURCE_PUBLISH_MS,
-            plant=plant_port,
-            plant_pub=PLANT_PUBLISH_MS,
+            plants=plants,
             assets=assets,
             model=work / "echo.onnx",
             period=MODEL_PERIOD_S,
@@ -144,15 +161,22 @@ async def measure(samples: int, items: int, period: float, nice: int, work: Path
     py = sys.executable
     # Niced: on a 2-core box the load generator stands for another machine (the plant); at
     # normal priority it takes the core the probe and HMI client need to measure on time.
-    plant_cmd = ["nice", "-n", str(nice), py, "-m", "bench.opcua_ingest", "--serve"]
-    plant_cmd += [str(plant_port), str(items)]
-    plant_cmd.append(str(period))
+    serve = ["nice", "-n", str(nice), py, "-m", "bench.opcua_ingest", "--serve"]
     lat_ms: list[float] = []
     async with server:
-        with (
-            _process(plant_cmd, work / "plant.log"),
-            _process([py, "-m", "bridge", "run", str(mapping)], work / "gateway.log") as gw,
-        ):
+        with contextlib.ExitStack() as stack:
+            loads = [
+                stack.enter_context(
+                    _process(
+                        [*serve, str(port), str(len(mine) * TAGS_PER_ASSET), str(period)],
+                        work / f"plant{k}.log",
+                    )
+                )
+                for k, (port, mine) in enumerate(zip(plant_ports, assets_of, strict=True))
+            ]
+            gw = stack.enter_context(
+                _process([py, "-m", "bridge", "run", str(mapping)], work / "gateway.log")
+            )
             await _wait_for(lambda: _updates(api_port), 90)
             async with Client(f"opc.tcp://127.0.0.1:{hmi_port}", timeout=10) as client:
                 pns = await client.get_namespace_index("urn:bridge:predictions")
@@ -161,6 +185,7 @@ async def measure(samples: int, items: int, period: float, nice: int, work: Path
                 await sub.subscribe_data_change(node)
                 await asyncio.sleep(5.0)  # the plant subscription settles
                 u0, c0, t0 = _updates(api_port), proc_cpu_s(gw.pid), time.perf_counter()
+                l0 = [proc_cpu_s(p.pid) for p in loads]
                 for k in range(1, samples + 1):
                     value = float(k)
                     while not seen.empty():
@@ -176,8 +201,15 @@ async def measure(samples: int, items: int, period: float, nice: int, work: Path
                                     break
                     except TimeoutError:
                         print(f"  sample {k}: not seen within 5 s")
+                        if k - len(lat_ms) >= MAX_LOST:
+                            log = (work / "gateway.log").read_text(errors="replace")
+                            print("gateway log, last lines:\n" + "\n".join(log.splitlines()[-15:]))
+                            raise RuntimeError(
+                                f"{MAX_LOST} samples lost, the path is down"
+                            ) from None
                     await asyncio.sleep(0.05)
                 u1, c1, t1 = _updates(api_port), proc_cpu_s(gw.pid), time.perf_counter()
+                l1 = [proc_cpu_s(p.pid) for p in loads]
                 await sub.delete()
     rate = (u1 - u0) / (t1 - t0) if u0 is not None and u1 is not None else None
     return {
@@ -189,7 +221,11 @@ async def measure(samples: int, items: int, period: float, nice: int, work: Path
         "max_ms": round(max(lat_ms), 2),
         "load_items": items,
         "load_server_nice": nice,
-        "offered_updates_per_s": round(items / period),
+        "load_servers": procs,
+        "load_servers_cpu_percent": [
+            round(100 * (b - a) / (t1 - t0), 1) for a, b in zip(l0, l1, strict=True)
+        ],
+        "offered_updates_per_s": round(items // TAGS_PER_ASSET * TAGS_PER_ASSET / period),
         "gateway_updates_per_s": None if rate is None else round(rate),
         "gateway_cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 1),
         "probe_publishing_interval_ms": SOURCE_PUBLISH_MS,
@@ -204,13 +240,21 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--period", type=float, default=0.1, help="each item written per period")
-    parser.add_argument("--nice", type=int, default=10, help="niceness of the load server")
+    parser.add_argument("--nice", type=int, default=10, help="niceness of the load servers")
+    parser.add_argument("--load-procs", type=int, default=2, help="load server processes")
     args = parser.parse_args()
     from bridge.logging import configure_logging
 
     configure_logging("warning")
     with tempfile.TemporaryDirectory() as tmp:
-        figures = asyncio.run(measure(args.samples, args.items, args.period, args.nice, Path(tmp)))
+        figures = asyncio.run(
+            measure(args.samples, args.items, args.period, args.nice, args.load_procs, Path(tmp))
+        )
+    print(
+        f"offered {figures['offered_updates_per_s']} updates/s by {args.load_procs} load "
+        f"server(s) (CPU {figures['load_servers_cpu_percent']}%), delivered to the gateway "
+        f"{figures['gateway_updates_per_s']}/s"
+    )
     print(
         f"input change -> HMI node at {figures['gateway_updates_per_s']} updates/s: "
         f"p50 {figures['p50_ms']} ms, p95 {figures['p95_ms']} ms, p99 {figures['p99_ms']} ms, "

@@ -155,6 +155,8 @@ class ModelStatus:
     candidate_mode: str = ""  # "", "shadow" or "canary"
     canary_share: float | None = None
     agreement: tuple[tuple[str, float | None], ...] = ()  # (asset, agreed/compared or None)
+    # (asset, active accuracy, candidate accuracy) over operator-labelled predictions, or None
+    accuracy: tuple[tuple[str, float | None, float | None], ...] = ()
 
 
 FeedbackAction = Literal["acknowledge", "confirm", "reject"]

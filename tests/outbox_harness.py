@@ -6,13 +6,12 @@ SQLite files or the PostgreSQL on 127.0.0.1, HTTP to a MesReceiver.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from stores import PG_URL, pg_schema
 
 from bridge.outbox import Relay, RelaySettings
 from bridge.outbox.wiring import feed_for
@@ -24,7 +23,6 @@ from connectors.mes import MesSink, MesSinkSettings
 
 __all__ = ["PG_URL", "Durable", "pg_schema", "prediction", "received_in_order", "store_url"]
 
-PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 GATEWAY = "gw-outbox"
 T0 = 1714564800.0
 
@@ -45,23 +43,6 @@ def prediction(asset: str, seq: int) -> Prediction:
         timestamp=T0 + seq,
         input_age_s=0.1,
     )
-
-
-@contextlib.contextmanager
-def pg_schema() -> Iterator[str]:
-    """A fresh PostgreSQL schema, dropped afterwards (with everything in it)."""
-    schema = f"bridge_outbox_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        try:
-            yield schema
-        finally:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        admin.dispose()
 
 
 def store_url(backend: str, tmp_path: Path) -> str:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from bridge.api.auth import secured
 from bridge.auth import Scope
 from bridge.errors import BridgeError, StoreError
+from bridge.lifecycle.accuracy import accuracy
 from bridge.lifecycle.service import RegistryService
 from bridge.store.registry import RegistryError, VersionRecord
 
@@ -93,12 +94,31 @@ class AgreementOut(BaseModel):
     rate: float | None
 
 
+class AccuracyOut(BaseModel):
+    asset: str
+    active_version: str = Field(description="The version this one was compared with.")
+    labelled: int = Field(description="Compared predictions an operator confirmed or rejected.")
+    active_judged: int
+    active_correct: int
+    active_accuracy: float | None
+    candidate_judged: int = Field(
+        description="A reject judges a version only if it predicted the rejected value: "
+        "the right answer is not known otherwise."
+    )
+    candidate_correct: int
+    candidate_accuracy: float | None
+
+
 class VersionMetricsOut(BaseModel):
     version: str
     state: str
     predictions_stored: int
     labels: dict[str, int]
     agreement: list[AgreementOut]
+    accuracy: list[AccuracyOut] = Field(
+        description="Where operators labelled predictions this version was compared on: "
+        "per asset, how often the active and this (candidate) version were right."
+    )
     live: dict[str, Any] | None = Field(
         None, description="This gateway's counters since start (latency, errors, labels)."
     )
@@ -217,7 +237,8 @@ def build_models_admin_router() -> APIRouter:
     @router.get(
         "/{name}/versions/{version}/metrics",
         response_model=VersionMetricsOut,
-        summary="Per-version metrics: predictions, labels, agreement with the active version",
+        summary="Per-version metrics: predictions, labels, agreement with the active version "
+        "and accuracy where operators labelled predictions",
         **read,
     )
     async def metrics(
@@ -226,6 +247,7 @@ def build_models_admin_router() -> APIRouter:
         record = await _call(svc.show, name, version)
         counts = (await _call(svc.repo.prediction_counts, name)).get(version, {})
         agreement = await _call(svc.repo.agreement, name, version)
+        judged = await _call(accuracy, svc.repo, name, version)
         live = getattr(request.app.state, "models_live", None)
         stats = (
             next((s for s in live.version_stats(name) if s.version == version), None)
@@ -240,6 +262,20 @@ def build_models_admin_router() -> APIRouter:
             agreement=[
                 AgreementOut(asset=a.asset, compared=a.compared, agreed=a.agreed, rate=a.rate)
                 for a in agreement
+            ],
+            accuracy=[
+                AccuracyOut(
+                    asset=r.asset,
+                    active_version=r.active_version,
+                    labelled=r.labelled,
+                    active_judged=r.active_judged,
+                    active_correct=r.active_correct,
+                    active_accuracy=r.active_rate,
+                    candidate_judged=r.candidate_judged,
+                    candidate_correct=r.candidate_correct,
+                    candidate_accuracy=r.candidate_rate,
+                )
+                for r in judged
             ],
             live=stats.as_dict() if stats is not None else None,
         )

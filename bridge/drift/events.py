@@ -8,7 +8,7 @@ from typing import Any
 
 from .monitor import DriftCrossing
 
-__all__ = ["DRIFT_LABEL", "drift_event", "drift_event_id", "dumps"]
+__all__ = ["DRIFT_LABEL", "drift_details", "drift_event", "drift_event_id", "dumps"]
 
 DRIFT_LABEL = "drift"
 # uuid5 namespace of drift events: the id is the Idempotency-Key of the MES and webhook calls.
@@ -19,16 +19,9 @@ def drift_event_id(gateway: str, model: str, asset: str, at: float) -> str:
     return str(uuid.uuid5(_DRIFT_NS, f"{gateway}/{model}/{asset}/{at!r}"))
 
 
-def drift_event(
-    gateway: str, model: str, version: str, sha256: str, c: DriftCrossing
-) -> dict[str, Any]:
+def drift_details(c: DriftCrossing) -> dict[str, Any]:
+    """What a drift event says beyond whose it is: also the ``drift`` of its MES trigger."""
     return {
-        "event": "drift",
-        "gateway": gateway,
-        "asset": c.asset,
-        "model": model,
-        "version": version,
-        "sha256": sha256,
         "score": c.score,
         "threshold": c.threshold,
         "drifting_features": list(c.drifting),
@@ -48,6 +41,21 @@ def drift_event(
             },
         },
         "raised_at": c.at,
+    }
+
+
+def drift_event(
+    gateway: str, model: str, version: str, sha256: str, c: DriftCrossing
+) -> dict[str, Any]:
+    """The default body (webhook, alert detail, destinations without event rules)."""
+    return {
+        "event": "drift",
+        "gateway": gateway,
+        "asset": c.asset,
+        "model": model,
+        "version": version,
+        "sha256": sha256,
+        **drift_details(c),
     }
 
 

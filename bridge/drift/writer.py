@@ -4,25 +4,28 @@
 one transaction and retries while the database is unavailable. Drift crossings are rare (once
 per excursion per asset), so the queue bound is only a guard: when full the oldest is dropped,
 counted and logged.
+
+A destination with event rules (the MES) gets a drift event when its rules include ``every`` or
+``alerts``, shaped like its other events (its template, or its default body) from a ``drift``
+``Trigger``; other destinations and the webhook get the drift body of ``bridge.drift.events``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
-from bridge.errors import BridgeError
+from bridge.outbox.rules import Trigger
+from bridge.runtime.queuedwriter import QueuedWriter
 from bridge.store.alerts import NewAlert
 from bridge.store.drift import DriftAlertRepository, DriftOutboxEvent
 from bridge.store.outbox import OutboxFeed
-from bridge.types import ComponentHealth
+from bridge.types import Prediction, Quality
 
-from .events import DRIFT_LABEL, drift_event, drift_event_id, dumps
+from .events import DRIFT_LABEL, drift_details, drift_event, drift_event_id, dumps
 from .monitor import DriftCrossing
 
 __all__ = ["DriftAlertWriter"]
@@ -33,11 +36,12 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True, slots=True)
 class _Pending:
     alert: NewAlert
-    body: str
+    detail: str
     feeds: tuple[OutboxFeed, ...]
+    bodies: tuple[str, ...]  # one per feed
 
 
-class DriftAlertWriter:
+class DriftAlertWriter(QueuedWriter[_Pending]):
     def __init__(
         self,
         repo: DriftAlertRepository,
@@ -48,26 +52,19 @@ class DriftAlertWriter:
         drain_timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
     ) -> None:
-        self.name = "drift-alerts"
+        # One at a time: each alert and its outbox events are one transaction.
+        super().__init__(
+            "drift-alerts",
+            batch=False,
+            queue_size=queue_size,
+            drain_timeout_s=drain_timeout_s,
+            max_backoff_s=max_backoff_s,
+        )
         self._repo = repo
         self._gateway_id = gateway_id
         # Every durable destination (MES) gets drift alerts; a model's webhook only its own.
         self._alert_feeds = tuple(alert_feeds)
-        self._queue: deque[_Pending] = deque()
-        self._queue_size = queue_size
-        self._drain_timeout_s = drain_timeout_s
-        self._max_backoff_s = max_backoff_s
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._worker: asyncio.Task[None] | None = None
-        self._closed = False
-        self._last_error = ""
-        self.counters = {"raised": 0, "stored": 0, "duplicates": 0, "dropped": 0, "errors": 0}
-
-    async def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._run(), name="drift-alerts")
+        self.counters["duplicates"] = 0
 
     def raise_crossing(
         self,
@@ -76,12 +73,16 @@ class DriftAlertWriter:
         sha256: str,
         crossing: DriftCrossing,
         webhook: OutboxFeed | None,
+        prediction: Prediction | None = None,
     ) -> None:
+        """``prediction``: the asset's prediction of the tick that crossed (what a templated
+        MES event shows besides the drift), if there was one."""
         if self._closed:
             return
-        body = drift_event(self._gateway_id, model, version, sha256, crossing)
+        event_id = drift_event_id(self._gateway_id, model, crossing.asset, crossing.at)
+        detail = dumps(drift_event(self._gateway_id, model, version, sha256, crossing))
         alert = NewAlert(
-            prediction_id=drift_event_id(self._gateway_id, model, crossing.asset, crossing.at),
+            prediction_id=event_id,
             asset=crossing.asset,
             model=model,
             label=DRIFT_LABEL,
@@ -90,6 +91,12 @@ class DriftAlertWriter:
             raised_at=crossing.at,
         )
         feeds = (*self._alert_feeds, webhook) if webhook is not None else self._alert_feeds
+        trigger = Trigger(
+            _as_event(prediction, event_id, model, version, sha256, crossing),
+            "drift",
+            drift=drift_details(crossing),
+        )
+        bodies = tuple(self._body(f, trigger, detail) for f in feeds)
         log.warning(
             "drift_detected",
             asset=crossing.asset,
@@ -98,77 +105,61 @@ class DriftAlertWriter:
             score=round(crossing.score, 4),
             features=list(crossing.drifting),
         )
-        if len(self._queue) >= self._queue_size:
-            self._queue.popleft()
-            self.counters["dropped"] += 1
-            log.error("drift_alert_queue_full_dropped_oldest", queue_size=self._queue_size)
-        self._queue.append(_Pending(alert, dumps(body), feeds))
-        self.counters["raised"] += 1
-        self._idle.clear()
-        self._wake.set()
+        self._enqueue(_Pending(alert, detail, feeds, bodies))
 
-    async def close(self) -> None:
-        if self._closed:
+    def _body(self, feed: OutboxFeed, trigger: Trigger, default: str) -> str:
+        if feed.selector is None or feed.render is None:
+            return default
+        try:
+            return feed.render(trigger)
+        except (TypeError, ValueError) as exc:  # e.g. a non-finite statistic: still deliver
+            log.error("drift_event_not_rendered", destination=feed.destination, error=str(exc))
+            return default
+
+    async def _persist(self, items: Sequence[_Pending]) -> None:
+        (item,) = items
+        events = [
+            DriftOutboxEvent(f.destination, f.budget, f.pending, body)
+            for f, body in zip(item.feeds, item.bodies, strict=True)
+        ]
+        # The alert's detail is the event body: the API shows what the MES received.
+        results = await asyncio.to_thread(self._repo.raise_alert, item.alert, item.detail, events)
+        if results is None:
+            self.counters["duplicates"] += 1
             return
-        self._closed = True
-        worker, self._worker = self._worker, None
-        if worker is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout=self._drain_timeout_s)
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
-        if self._queue:
-            log.warning("drift_alerts_closed", unsent=len(self._queue), **self.counters)
+        self.counters["stored"] += 1
+        # Counted on the loop, like the store writer's counts: the relays read them.
+        for feed, r in zip(item.feeds, results, strict=True):
+            feed.pending = max(0, feed.pending + r.added - r.dropped)
+            feed.added += r.added
+            feed.refused += r.refused
+            feed.dropped += r.dropped
 
-    def health(self) -> ComponentHealth:
-        counters = {**self.counters, "queue_depth": len(self._queue)}
-        if self._closed:
-            return ComponentHealth(self.name, "stopped", counters=counters)
-        if self._worker is None:
-            return ComponentHealth(self.name, "starting", counters=counters)
-        if self._worker.done():
-            return ComponentHealth(self.name, "down", "writer task ended", counters)
-        if self._last_error:
-            return ComponentHealth(self.name, "degraded", self._last_error, counters)
-        return ComponentHealth(self.name, "ok", counters=counters)
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            if not self._queue:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            item = self._queue[0]
-            events = [
-                DriftOutboxEvent(f.destination, f.budget, f.pending, item.body) for f in item.feeds
-            ]
-            try:
-                # The alert's detail is the event body: the API shows what the MES received.
-                results = await asyncio.to_thread(
-                    self._repo.raise_alert, item.alert, item.body, events
-                )
-            except BridgeError as exc:
-                failures += 1
-                self.counters["errors"] += 1
-                self._last_error = str(exc)
-                delay = min(self._max_backoff_s, 0.5 * 2.0 ** min(failures - 1, 62))
-                log.error("drift_alert_store_failed", error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                continue
-            failures = 0
-            self._last_error = ""
-            self._queue.popleft()
-            if results is None:
-                self.counters["duplicates"] += 1
-                continue
-            self.counters["stored"] += 1
-            # Counted on the loop, like the store writer's counts: the relays read them.
-            for feed, r in zip(item.feeds, results, strict=True):
-                feed.pending = max(0, feed.pending + r.added - r.dropped)
-                feed.added += r.added
-                feed.refused += r.refused
-                feed.dropped += r.dropped
+def _as_event(
+    p: Prediction | None,
+    event_id: str,
+    model: str,
+    version: str,
+    sha256: str,
+    c: DriftCrossing,
+) -> Prediction:
+    """The prediction a drift event shows, under the event's own id: the prediction itself may
+    be an event of the same destination, and the MES would take one for a repeat of the other."""
+    if p is not None:
+        return replace(p, id=event_id)
+    return Prediction(
+        id=event_id,
+        seq=0,
+        asset=c.asset,
+        model=model,
+        version=version,
+        sha256=sha256,
+        value=None,
+        score=None,
+        quality=Quality.UNCERTAIN,
+        timestamp=c.at,
+        input_age_s=None,
+        reason="drift detected without a prediction in that run",
+        drift_score=c.score,
+    )

@@ -11,27 +11,38 @@ __all__ = ["Ring"]
 F64 = npt.NDArray[np.float64]
 
 
+# Shared by every lazy ring until its first sample: an empty array still costs ~100 bytes.
+_EMPTY: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
+
+
 class Ring:
     """Keeps the newest ``capacity`` samples.
 
-    With ``horizon_s`` (the longest window a model reads from it) the arrays start at 16
-    samples and grow, up to ``capacity``, only while the oldest samples are still needed: a
-    ring drops its oldest sample instead of growing once the next one is at least
-    ``horizon_s`` old, so it still holds one sample at or before any window start. ``since``
-    and ``oldest``-based decisions are then the same as with the full ring, and a tag's memory
-    follows its rate x window, not ``max_samples`` (at 100,000 tags that was most of the
-    gateway's memory).
+    With ``horizon_s`` (the longest window a model reads from it) the ring starts empty and
+    grows, up to ``capacity``, only while the oldest samples are still needed: a ring drops
+    its oldest sample instead of growing once the next one is at least ``horizon_s`` old, so
+    it still holds one sample at or before any window start. ``since`` and ``oldest``-based
+    decisions are then the same as with the full ring, and a tag's memory follows its rate x
+    window, not ``max_samples`` (at 100,000 tags that was most of the gateway's memory).
+
+    Growth doubles (16, 32, 64, ...) until the ring first finds its oldest sample no longer
+    needed; it is then cut to the samples it holds plus 1/16 ("settled": rate x window,
+    instead of the next power of two: 107 instead of 128 samples at 10 Hz x 10 s) and grows
+    by an eighth from there if the rate rises. Times and values share one float64 array (times in
+    [0, size), values in [size, 2 size): one array header per ring, and 1-D indexing, which
+    costs half of 2-D indexing per sample), so the values are the very float64 numbers the
+    statistics always read.
     """
 
-    __slots__ = ("_head", "_horizon_s", "_n", "_size", "_t", "_v", "capacity")
+    __slots__ = ("_buf", "_head", "_horizon_s", "_n", "_settled", "_size", "capacity")
 
     def __init__(self, capacity: int, horizon_s: float | None = None) -> None:
         self.capacity = capacity
         self._horizon_s = horizon_s
-        size = capacity if horizon_s is None else 0  # allocated on the first append
-        self._size = size  # len(self._t), kept: append reads it on every sample
-        self._t: F64 = np.zeros(size, dtype=np.float64)
-        self._v: F64 = np.zeros(size, dtype=np.float64)
+        self._settled = False
+        # Without a horizon the whole capacity is allocated now.
+        self._buf = _EMPTY if horizon_s is not None else np.zeros(2 * capacity, np.float64)
+        self._size = 0 if horizon_s is not None else capacity  # len of a row, read per sample
         self._head = 0  # next write position
         self._n = 0
 
@@ -44,37 +55,74 @@ class Ring:
         return self._size
 
     def append(self, t: float, v: float) -> None:
-        n, size = self._n, self._size
-        if n == size and size < self.capacity and self._keeps_oldest(t):
-            size = self._grow()
-        head = self._head
-        self._t[head] = t
-        self._v[head] = v
+        n, size, head = self._n, self._size, self._head
+        buf = self._buf
+        if n == size:
+            if size < self.capacity:
+                # _keeps_oldest, inlined: this runs for every sample of a settled ring.
+                horizon = self._horizon_s
+                if horizon is None or n < 2:
+                    size = self._grow()
+                else:
+                    second = head + 1  # the oldest is at head when full
+                    if second == size:
+                        second = 0
+                    if buf[second] > t - horizon:
+                        size = self._grow()
+                if size != n:
+                    head, buf = self._head, self._buf
+        elif (
+            self._horizon_s is not None
+            and not self._settled
+            and size > 16
+            and not self._keeps_oldest(t)
+        ):
+            size = self._settle()
+            head, buf = self._head, self._buf
+        buf[head] = t
+        buf[size + head] = v
         head += 1
         self._head = 0 if head == size else head
         if n < size:
             self._n = n + 1
 
     def _keeps_oldest(self, t: float) -> bool:
-        """Full: would dropping the oldest sample lose history a window may still need?"""
-        if self._n < 2 or self._horizon_s is None:
+        """Would dropping the oldest sample lose history a window may still need?"""
+        n = self._n
+        if n < 2 or self._horizon_s is None:
             return True
-        second = self._head + 1  # the oldest is at head when full
-        if second == self._n:
-            second = 0
-        return bool(self._t[second] > t - self._horizon_s)
+        second = self._head - n + 1  # the oldest is n places behind the next write
+        if second < 0:
+            second += self._size
+        return bool(self._buf[second] > t - self._horizon_s)
 
     def _grow(self) -> int:
-        size = min(self.capacity, max(16, 2 * self._size))
+        size = self._size
+        if self._settled:
+            size = min(self.capacity, size + max(8, size // 8))
+        else:
+            size = min(self.capacity, max(16, 2 * size))
+        self._resize(size)
+        return size
+
+    def _settle(self) -> int:
+        """Not full, and the oldest sample is no longer needed: the ring has seen what its rate
+        x window needs. Cut it to that, with 1/16 to spare for the jitter of a real source's
+        rate (which would otherwise make it grow again at once)."""
+        self._settled = True
+        size = min(self.capacity, self._n + max(2, self._n // 16))
+        self._resize(size)
+        return size
+
+    def _resize(self, size: int) -> None:
         t, v = self._ordered()
         n = self._n
-        self._t = np.zeros(size, dtype=np.float64)
-        self._v = np.zeros(size, dtype=np.float64)
-        self._t[:n] = t
-        self._v[:n] = v
-        self._head = n
+        buf = np.zeros(2 * size, dtype=np.float64)
+        buf[:n] = t
+        buf[size : size + n] = v
+        self._buf = buf
+        self._head = n if n < size else 0
         self._size = size
-        return size
 
     def clear(self) -> None:
         self._head = 0
@@ -82,9 +130,11 @@ class Ring:
 
     def oldest(self) -> float | None:
         """Time of the oldest sample kept, or None when empty."""
-        if self._n == 0:
+        n = self._n
+        if n == 0:
             return None
-        return float(self._t[0] if self._n < self._size else self._t[self._head])
+        i = self._head - n
+        return float(self._buf[i + self._size if i < 0 else i])
 
     def since(self, start: float) -> tuple[F64, F64]:
         """Samples with time >= ``start``, oldest first."""
@@ -94,10 +144,49 @@ class Ring:
         i = int(t.searchsorted(start, side="left"))
         return t[i:], v[i:]
 
+    def count_since(self, start: float) -> int:
+        """How many samples ``since(start)`` returns, without building them."""
+        older, newer = self._segments()
+        if older.size and older[0] >= start:
+            return self._n
+        k = newer.size - int(newer.searchsorted(start, side="left"))
+        if k == newer.size:
+            k += older.size - int(older.searchsorted(start, side="left"))
+        return k
+
+    def copy_newest(self, k: int, t_out: F64 | None, v_out: F64) -> None:
+        """Write the newest ``k`` samples, oldest first, into ``t_out`` (unless None) and
+        ``v_out``: the arrays ``since`` gives for a window of ``k`` samples, written straight
+        into a caller's stacked matrix (100,000 windows copied one by one were the largest
+        transient of a model tick)."""
+        buf, h, size = self._buf, self._head, self._size
+        first = h - k  # newest k are [h - k, h), wrapping below 0
+        if first >= 0:
+            if t_out is not None:
+                t_out[:] = buf[first:h]
+            v_out[:] = buf[size + first : size + h]
+            return
+        split = -first  # samples before the wrap point
+        if t_out is not None:
+            t_out[:split] = buf[size + first : size]
+            t_out[split:] = buf[:h]
+        v_out[:split] = buf[2 * size + first :]
+        v_out[split:] = buf[size : size + h]
+
+    def _segments(self) -> tuple[F64, F64]:
+        """The times in two ordered runs: older (from the oldest to the end of the array, when
+        wrapped) and newer (up to the next write)."""
+        n, h, buf = self._n, self._head, self._buf
+        if h >= n:
+            return buf[h:h], buf[h - n : h]
+        return buf[h - n + self._size : self._size], buf[:h]
+
     def _ordered(self) -> tuple[F64, F64]:
-        if self._n < self._size:
-            return self._t[: self._n], self._v[: self._n]
-        h = self._head
-        return np.concatenate((self._t[h:], self._t[:h])), np.concatenate(
-            (self._v[h:], self._v[:h])
+        n, h, buf, size = self._n, self._head, self._buf, self._size
+        if h >= n:  # not wrapped: the samples are [h - n, h)
+            return buf[h - n : h], buf[size + h - n : size + h]
+        first = h - n + size
+        return (
+            np.concatenate((buf[first:size], buf[:h])),
+            np.concatenate((buf[size + first :], buf[size : size + h])),
         )

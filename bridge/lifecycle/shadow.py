@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["AgreementTally", "agrees", "value_text"]
+__all__ = ["AccuracyTally", "AgreementTally", "agrees", "judge", "value_text"]
 
 REL_TOL = 0.01
 ABS_TOL = 1e-6
@@ -62,3 +62,52 @@ class AgreementTally:
     def disagreement(self) -> float:
         n = self.total
         return 1.0 - sum(self.agreed.values()) / n if n else 0.0
+
+
+def _same(a: str | None, b: str | None) -> bool | None:
+    """Stored values are text: numbers compare with ``agrees``' tolerance, labels exactly."""
+    if a is None or b is None:
+        return None
+    try:
+        return agrees(float(a), float(b))
+    except ValueError:
+        return a == b
+
+
+def judge(action: str, shown: str | None, value: str | None) -> bool | None:
+    """Was ``value`` right, given the operator's ``confirm``/``reject`` of the ``shown`` value?
+
+    A confirm makes the shown value the truth. A reject only says the shown value was wrong:
+    a version that predicted the same is wrong, one that predicted something else cannot be
+    judged (the right answer is not known), so ``None``.
+    """
+    same = _same(shown, value)
+    if same is None or action not in ("confirm", "reject"):
+        return None
+    if action == "confirm":
+        return same
+    return False if same else None
+
+
+@dataclass
+class AccuracyTally:
+    """Operator-judged predictions of the active and the candidate version for one asset."""
+
+    labelled: int = 0
+    active_judged: int = 0
+    active_correct: int = 0
+    candidate_judged: int = 0
+    candidate_correct: int = 0
+
+    def add(
+        self, action: str, shown: str | None, active: str | None, candidate: str | None
+    ) -> None:
+        self.labelled += 1
+        a = judge(action, shown, active)
+        if a is not None:
+            self.active_judged += 1
+            self.active_correct += int(a)
+        c = judge(action, shown, candidate)
+        if c is not None:
+            self.candidate_judged += 1
+            self.candidate_correct += int(c)

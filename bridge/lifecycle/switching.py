@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bridge.config.resolved import ResolvedModel
 from bridge.errors import BridgeError
+from bridge.lifecycle.accuracy import with_accuracy
 from bridge.lifecycle.deployment import Deployment, Served
 from bridge.lifecycle.loading import ModelRefused, load_version
 from bridge.lifecycle.service import RegistryService
@@ -104,7 +105,9 @@ class RegistryWatcher:
             rows = [r for r in serving if r.name == runner.model.name]
             changed |= await self._sync_one(runner, rows)
         if self.publish_status is not None:
-            await self.publish_status([self.status(r) for r in self.runners])
+            statuses = [self.status(r) for r in self.runners]
+            # Accuracy needs operator labels, which only the store has (from every gateway).
+            await self.publish_status(await asyncio.to_thread(with_accuracy, self.repo, statuses))
         if changed:
             log.debug("registry_synced", swaps=self.swaps)
 

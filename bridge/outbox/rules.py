@@ -13,7 +13,7 @@ Pure: no I/O. Connectors import these models for their settings (``events:``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 from bridge.types import Prediction, PredictionSlot, Quality
 
 __all__ = [
+    "DRIFT_RULES",
     "EVENT_KINDS",
     "EventRule",
     "EventSelector",
@@ -39,7 +40,9 @@ __all__ = [
 ]
 
 SimpleRule = Literal["every", "label_change", "alerts"]
-EVENT_KINDS = ("prediction", "label_change", "threshold", "alert")
+EVENT_KINDS = ("prediction", "label_change", "threshold", "alert", "drift")
+# Rules whose destinations also get the drift events raised outside the prediction flow.
+DRIFT_RULES = ("every", "alerts")
 
 
 class ThresholdSpec(BaseModel):
@@ -129,7 +132,9 @@ class Trigger:
     """Why a prediction became an event: the first matching rule (in the destination's order).
 
     ``previous`` is the label before a label change or alert; ``crossing`` (``enter`` or
-    ``clear``), ``limit`` and ``field`` describe a threshold crossing.
+    ``clear``), ``limit`` and ``field`` describe a threshold crossing. A ``drift`` event carries
+    the drift details (``bridge.drift.events.drift_details``) and the asset's latest prediction,
+    its id replaced by the drift event's id (the Idempotency-Key).
     """
 
     prediction: Prediction
@@ -138,6 +143,7 @@ class Trigger:
     crossing: str | None = None
     limit: float | None = None
     field: str | None = None
+    drift: Mapping[str, Any] | None = None
 
 
 _Key = tuple[str, str]

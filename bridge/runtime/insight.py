@@ -4,6 +4,15 @@
 enter the drift windows; every ``drift.every`` runs the windows are scored and crossings go to
 the drift alert writer; the predictions chosen by ``explain.mode`` get their top contributing
 inputs from one batched occlusion pass. The numpy and onnxruntime work runs in a worker thread.
+
+Reference statistics are those of the version that serves: the registry's (``reference_json``,
+given at ``bridge models register --reference``) when the version has them, else the mapping's
+``reference:`` file. When the active version changes, drift switches to its reference and that
+model's drift windows start empty (scores against a new reference are not comparable with the
+old ones); a switch that keeps the same reference keeps the windows. A version registered
+without reference statistics keeps the mapping's, with a warning (the mapping's own file,
+seeded into the registry at start, has none by design: no warning for it). Explanations use the
+reference (its means are the baseline) of the version that made each prediction.
 """
 
 from __future__ import annotations
@@ -21,10 +30,14 @@ import structlog
 
 from bridge.config.resolved import ResolvedModel
 from bridge.drift.monitor import DriftCrossing, DriftMonitor
+from bridge.errors import BridgeError
 from bridge.explain.occlusion import occlusion_effects
 from bridge.explain.reason import describe
 from bridge.inference.model import LoadedModel
+from bridge.lifecycle.deployment import Deployment, Served
+from bridge.lifecycle.reference import ReferenceError, validate_reference
 from bridge.runtime.models import TickOutcome
+from bridge.store.registry import VersionRecord
 from bridge.types import Contribution, Explanation, Prediction, Quality
 
 __all__ = ["ModelInsight", "score_function"]
@@ -35,6 +48,12 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 # Rows kept for explanations on request: the latest per asset, bounded overall.
 _ON_REQUEST_KEEP = 20_000
+# After the registry could not be read, the reference is looked up again this much later.
+_LOOKUP_RETRY_S = 30.0
+
+# (version, sha256) -> its registry record, or None if not registered; raises BridgeError.
+RecordLookup = Callable[[str, str], VersionRecord | None]
+_Key = tuple[str, str]
 
 
 def score_function(
@@ -70,6 +89,7 @@ def score_function(
 class _Kept:
     x: F32  # [1, features]
     loaded: LoadedModel
+    baseline: F64
     cls: int | None
     value: str | float | None
 
@@ -81,26 +101,21 @@ class ModelInsight:
         reference: Mapping[str, Any],
         units: Mapping[str, str],
         on_crossing: Callable[[DriftCrossing, Prediction | None], None] | None = None,
+        lookup: RecordLookup | None = None,
     ) -> None:
         self.model = model
         self._features = [f.name for f in model.features]
-        ref = reference["features"]
-        self._baseline = np.asarray([float(ref[f]["mean"]) for f in self._features])
+        self._mapping_reference = reference
+        self._lookup = lookup
         self._units = units  # tag name -> unit
         self._on_crossing = on_crossing
-        drift = model.drift
-        self.monitor = (
-            DriftMonitor(
-                model.assets,
-                self._features,
-                reference,
-                drift.window,
-                drift.threshold,
-                drift.clear_below,
-            )
-            if drift is not None
-            else None
-        )
+        # Per served version (version, sha256): its reference and explanation baseline.
+        self._references: dict[_Key, Mapping[str, Any]] = {}
+        self._baselines: dict[_Key, F64] = {}
+        self._retry_at = 0.0
+        self.reference: Mapping[str, Any] = reference  # what drift compares with now
+        self._baseline = self._baseline_of(reference)
+        self.monitor = self._monitor(reference)
         self._mode = model.explain.mode if model.explain is not None else None
         self._top = model.explain.top if model.explain is not None else 0
         self._last_value: dict[str, str | float | None] = {}
@@ -108,9 +123,92 @@ class ModelInsight:
         self.runs = 0
         self.explained = 0
 
+    def _baseline_of(self, reference: Mapping[str, Any]) -> F64:
+        ref = reference["features"]
+        return np.asarray([float(ref[f]["mean"]) for f in self._features])
+
+    def _monitor(self, reference: Mapping[str, Any]) -> DriftMonitor | None:
+        drift = self.model.drift
+        if drift is None:
+            return None
+        return DriftMonitor(
+            self.model.assets,
+            self._features,
+            reference,
+            drift.window,
+            drift.threshold,
+            drift.clear_below,
+        )
+
+    async def _follow(self, deployment: Deployment) -> None:
+        """Look up the reference of each newly served version; switch drift to the active's."""
+        served: list[Served] = [deployment.active]
+        if deployment.candidate is not None:
+            served.append(deployment.candidate)
+        new = [s for s in served if (s.version, s.sha256) not in self._references]
+        if new and time.monotonic() >= self._retry_at:
+            try:
+                for s in new:
+                    ref = await asyncio.to_thread(self._registry_reference, s)
+                    self._references[(s.version, s.sha256)] = ref
+                    self._baselines[(s.version, s.sha256)] = self._baseline_of(ref)
+            except BridgeError as exc:  # the store is down: keep what we have, try later
+                self._retry_at = time.monotonic() + _LOOKUP_RETRY_S
+                log.warning("reference_lookup_failed", model=self.model.name, error=str(exc))
+        active = self._references.get((deployment.active.version, deployment.active.sha256))
+        if active is None or active is self.reference:
+            return
+        if active == self.reference:  # another version, same statistics: keep the windows
+            self.reference = active
+            return
+        self.reference = active
+        self._baseline = self._baselines[(deployment.active.version, deployment.active.sha256)]
+        # The windows are scored against the new reference from their first row on.
+        self.monitor = self._monitor(active)
+        log.info(
+            "drift_reference_switched",
+            model=self.model.name,
+            version=deployment.active.version,
+            windows_reset=self.monitor is not None,
+        )
+
+    def _registry_reference(self, served: Served) -> Mapping[str, Any]:
+        """The registry's reference of ``served`` if usable, else the mapping's (see module)."""
+        if self._lookup is None:
+            return self._mapping_reference
+        record = self._lookup(served.version, served.sha256)
+        where = {"model": self.model.name, "version": served.version}
+        if record is None or record.sha256 != served.sha256:
+            return self._mapping_reference  # served from the mapping, not the registry
+        if record.reference is None:
+            if record.registered_by != "mapping":
+                log.warning("registry_reference_missing_using_mapping_reference", **where)
+            return self._mapping_reference
+        try:
+            ref = validate_reference(record.reference, self._features)
+            if self.model.drift is not None:
+                missing = [f for f in self._features if "bins" not in ref["features"][f]]
+                if missing:
+                    raise ReferenceError(f"no bins/fractions for {', '.join(missing)} (drift)")
+        except ReferenceError as exc:
+            log.warning(
+                "registry_reference_unusable_using_mapping_reference", error=str(exc), **where
+            )
+            return self._mapping_reference
+        return ref
+
+    def baseline(self, loaded: LoadedModel, outcome: TickOutcome) -> F64:
+        """The explanation baseline of the version ``loaded`` belongs to."""
+        d = outcome.deployment
+        served = (
+            d.candidate if d.candidate is not None and loaded is d.candidate.loaded else d.active
+        )
+        return self._baselines.get((served.version, served.sha256), self._baseline)
+
     async def enrich(self, outcome: TickOutcome) -> list[Prediction]:
         predictions = list(outcome.predictions)
         batch = outcome.batch
+        await self._follow(outcome.deployment)
         if not batch.runnable:
             return predictions
         index = {p.asset: k for k, p in enumerate(predictions)}
@@ -219,17 +317,16 @@ class ModelInsight:
                 if any(c is None for c in found):
                     continue
                 classes = np.asarray(found, dtype=np.int64)
-            effects = occlusion_effects(x, self._baseline, score_function(loaded, classes))
+            baseline = self.baseline(loaded, outcome)
+            effects = occlusion_effects(x, baseline, score_function(loaded, classes))
             for r, (_, k) in enumerate(group):
-                out[k] = self._explanation(x[r], effects[r])
+                out[k] = self._explanation(x[r], effects[r], baseline)
         return out
 
-    def _explanation(self, x: F32, effects: F64) -> Explanation:
+    def _explanation(self, x: F32, effects: F64, baseline: F64) -> Explanation:
         order = np.argsort(-np.abs(effects), kind="stable")[: self._top]
         top = tuple(
-            Contribution(
-                self._features[j], float(x[j]), float(self._baseline[j]), float(effects[j])
-            )
+            Contribution(self._features[j], float(x[j]), float(baseline[j]), float(effects[j]))
             for j in order
         )
         first = self.model.features[int(order[0])]
@@ -238,7 +335,7 @@ class ModelInsight:
             first.stat,
             self._units.get(first.tag, ""),
             float(x[order[0]]),
-            float(self._baseline[order[0]]),
+            float(baseline[order[0]]),
         )
         return Explanation(reason, top)
 
@@ -247,7 +344,13 @@ class ModelInsight:
             p = outcome.predictions[k]
             loaded = self._served(outcome, p)
             cls = self._class_of(p, self._labels(outcome, loaded))
-            self._kept[p.id] = _Kept(outcome.batch.x[i : i + 1].copy(), loaded, cls, p.value)
+            self._kept[p.id] = _Kept(
+                outcome.batch.x[i : i + 1].copy(),
+                loaded,
+                self.baseline(loaded, outcome),
+                cls,
+                p.value,
+            )
         while len(self._kept) > _ON_REQUEST_KEEP:
             self._kept.popitem(last=False)
 
@@ -259,5 +362,5 @@ class ModelInsight:
         classes = None if kept.cls is None else np.asarray([kept.cls], dtype=np.int64)
         if kept.loaded.roles.value is None and classes is None:
             return None
-        effects = occlusion_effects(kept.x, self._baseline, score_function(kept.loaded, classes))
-        return self._explanation(kept.x[0], effects[0])
+        effects = occlusion_effects(kept.x, kept.baseline, score_function(kept.loaded, classes))
+        return self._explanation(kept.x[0], effects[0], kept.baseline)

@@ -25,6 +25,7 @@ from bridge.store.db import Store
 from bridge.store.drift import DriftAlertRepository
 from bridge.store.labels import LabelRepository
 from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
+from bridge.store.registry import RegistryRepository, VersionRecord
 from bridge.types import Feedback, Prediction
 
 __all__ = ["Insight", "StoreFeedback", "build_insight"]
@@ -96,6 +97,7 @@ def build_insight(
         reject_retry_s=outbox.reject_retry_s,
     )
     parts = Insight({}, writer)
+    registry = RegistryRepository(store)
     for runner in runners:
         m = runner.model
         if m.reference is None or (m.drift is None and m.explain is None):
@@ -123,9 +125,12 @@ def build_insight(
             served = runner.deployment.active
             version = p.version if p is not None else served.version
             sha = p.sha256 if p is not None else served.sha256
-            writer.raise_crossing(runner.model.name, version, sha, c, feed)
+            writer.raise_crossing(runner.model.name, version, sha, c, feed, p)
 
-        insight = ModelInsight(m, reference, units, on_crossing)
+        def lookup(version: str, sha256: str, name: str = m.name) -> VersionRecord | None:
+            return registry.get(name, version)  # the insight compares the sha256
+
+        insight = ModelInsight(m, reference, units, on_crossing, lookup)
         runner.enrichers.append(insight.enrich)
         parts.insights[m.name] = insight
     return parts

@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bridge.errors import StoreError
-from bridge.outbox.rules import EventSelector, Trigger
+from bridge.outbox.rules import DRIFT_RULES, EventSelector, Trigger
 from bridge.types import Prediction
 
 from .codec import prediction_from_row
@@ -89,7 +89,7 @@ class OutboxFeed:
     @property
     def wants_alerts(self) -> bool:
         """Alerts raised outside the prediction flow (drift) go to ``every`` and ``alerts``."""
-        return self.selector is None or any(r in ("every", "alerts") for r in self.selector.rules)
+        return self.selector is None or any(r in DRIFT_RULES for r in self.selector.rules)
 
     def events(self, predictions: Sequence[Prediction]) -> list[tuple[str, str, str]]:
         """``(asset, event_id, body)`` of the events a batch makes, inside its transaction.

@@ -40,6 +40,7 @@ __all__ = [
     "CANDIDATE_STATES",
     "Agreement",
     "Comparison",
+    "LabelledComparison",
     "ModelEvent",
     "RegistryRepository",
     "VersionRecord",
@@ -95,6 +96,8 @@ class ComparisonRow(Base):
     __tablename__ = "model_comparisons"
     __table_args__ = (
         Index("ix_model_comparisons_name_cand_asset", "name", "candidate_version", "asset"),
+        # Operator labels find their comparison by prediction id (shadow/canary accuracy).
+        Index("ix_model_comparisons_prediction", "prediction_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -173,6 +176,19 @@ class Agreement:
     @property
     def rate(self) -> float | None:
         return self.agreed / self.compared if self.compared else None
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledComparison:
+    """A comparison whose prediction an operator confirmed or rejected (the latest answer);
+    ``shown`` is the value the operator judged (what was published)."""
+
+    asset: str
+    active_version: str
+    action: str
+    shown: str | None
+    active_value: str | None
+    candidate_value: str | None
 
 
 def _record(row: ModelVersionRow) -> VersionRecord:
@@ -260,6 +276,38 @@ class RegistryRepository:
             lambda s: [Agreement(a, int(n), int(k or 0)) for a, n, k in s.execute(stmt)],
             f"read agreement of {name} {candidate_version}",
         )
+
+    def labelled_comparisons(
+        self, name: str, candidate_version: str
+    ) -> builtins.list[LabelledComparison]:
+        """Comparisons of ``candidate_version`` joined with the operator's latest confirm or
+        reject of the same prediction (all gateways). Labels are few, so this stays small."""
+        from .labels import PredictionLabelRow as L
+
+        C = ComparisonRow
+        latest = (
+            select(L.prediction_id, func.max(L.id).label("last"))
+            .where(L.model == name)
+            .where(L.action.in_(("confirm", "reject")))
+            .group_by(L.prediction_id)
+            .subquery()
+        )
+        stmt = (
+            select(C.asset, C.active_version, L.action, L.value, C.active_value, C.candidate_value)
+            .join(latest, latest.c.prediction_id == C.prediction_id)
+            .join(L, L.id == latest.c.last)
+            .where(C.name == name)
+            .where(C.candidate_version == candidate_version)
+            .order_by(C.asset, C.id)
+        )
+
+        def read(s: Session) -> builtins.list[LabelledComparison]:
+            return [
+                LabelledComparison(asset, active, action, shown, a, c)
+                for asset, active, action, shown, a, c in s.execute(stmt)
+            ]
+
+        return self._read(read, f"read labelled comparisons of {name} {candidate_version}")
 
     def prediction_counts(self, name: str) -> dict[str, dict[str, int]]:
         """Per version, stored predictions by value (label, or ``"<number>"``, or ``"<none>"``)."""

@@ -141,25 +141,23 @@ class ModelRepository:
         self._store = store
 
     def record_loaded(self, name: str, version: str, sha256: str, path: str) -> None:
-        """Remember that a model was loaded now; loading it again only moves ``loaded_at``."""
+        """Remember that a model was loaded now; loading it again only moves ``loaded_at``.
+
+        One upsert statement: gateways sharing a database load the same model at the same
+        moment, and a select-then-insert would make one of them fail on the unique key.
+        """
         now = time.time()
+        dialect = postgresql if self._store.dialect == "postgresql" else sqlite
+        stmt = dialect.insert(ModelRow).values(
+            name=name, version=version, sha256=sha256, path=path, loaded_at=now
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name", "version", "sha256"],
+            set_={"path": stmt.excluded.path, "loaded_at": stmt.excluded.loaded_at},
+        )
         try:
             with self._store.sessions.begin() as session:
-                row = session.scalars(
-                    select(ModelRow)
-                    .where(ModelRow.name == name)
-                    .where(ModelRow.version == version)
-                    .where(ModelRow.sha256 == sha256)
-                ).one_or_none()
-                if row is None:
-                    session.add(
-                        ModelRow(
-                            name=name, version=version, sha256=sha256, path=path, loaded_at=now
-                        )
-                    )
-                else:
-                    row.path = path
-                    row.loaded_at = now
+                session.execute(stmt)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record model {name} {version}: {exc}") from exc
 

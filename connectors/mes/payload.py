@@ -63,6 +63,7 @@ def prediction_to_json(p: Prediction, gateway_id: str) -> dict[str, Any]:
 
 def event_fields(t: Trigger, gateway_id: str) -> dict[str, Any]:
     """Every field a payload template may use (``template.FIELDS``), flat."""
+    drift = t.drift or {}
     return {
         **prediction_to_json(t.prediction, gateway_id),
         "event": t.event,
@@ -70,6 +71,11 @@ def event_fields(t: Trigger, gateway_id: str) -> dict[str, Any]:
         "crossing": t.crossing,
         "limit": _finite(t.limit),
         "field": t.field,
+        "drift_score": drift.get("score"),
+        "drift_threshold": drift.get("threshold"),
+        "drifting_features": drift.get("drifting_features"),
+        "drift_window": drift.get("window"),
+        "raised_at": iso_utc(drift.get("raised_at")),
     }
 
 
@@ -81,4 +87,6 @@ def event_to_json(t: Trigger, gateway_id: str) -> dict[str, Any]:
         body["previous"] = t.previous
     if t.crossing is not None:
         body["threshold"] = {"field": t.field, "limit": _finite(t.limit), "crossing": t.crossing}
+    if t.drift is not None:
+        body["drift"] = {**t.drift, "raised_at": iso_utc(t.drift.get("raised_at"))}
     return body

@@ -22,7 +22,7 @@ __all__ = ["FIELDS", "Template", "TemplateError", "compile_template"]
 # The event fields a template may use, and what each holds (shown in errors and the README).
 FIELDS: dict[str, str] = {
     "id": "the prediction id (also the Idempotency-Key)",
-    "event": "why it was sent: prediction, label_change, threshold or alert",
+    "event": "why it was sent: prediction, label_change, threshold, alert or drift",
     "seq": "the model's sequence number for the asset",
     "gateway_id": "this gateway's id",
     "asset": "the asset's name",
@@ -40,6 +40,12 @@ FIELDS: dict[str, str] = {
     "crossing": "threshold events: enter or clear, else null",
     "limit": "threshold events: the limit crossed, else null",
     "field": "threshold events: score or value, else null",
+    "drift_score": "drift events: the asset's drift score (largest PSI of its inputs), else null",
+    "drift_threshold": "drift events: the threshold it crossed, else null",
+    "drifting_features": "drift events: the features above the threshold, worst first, else null",
+    "drift_window": "drift events: {rows, features: {<feature>: {psi, mean, std, min, max, "
+    "reference_mean, reference_std}}}, else null",
+    "raised_at": "drift events: when the drift was detected, ISO 8601 UTC, else null",
 }
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")

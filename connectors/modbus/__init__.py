@@ -6,10 +6,32 @@ Only this package imports pymodbus; the core finds it through ``register()``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from bridge.types import Source, SourceTag
 from connectors.modbus.config import ModbusAddress, ModbusSourceSettings
-from connectors.modbus.source import ModbusSource
+
+if TYPE_CHECKING:
+    from connectors.modbus.source import ModbusSource
 
 __all__ = ["ModbusAddress", "ModbusSource", "ModbusSourceSettings", "register"]
+
+
+def __getattr__(name: str) -> Any:
+    # Registration and the config models import no pymodbus (a ``bridge validate`` needs only
+    # the models): the source module loads on first use.
+    if name == "ModbusSource":
+        from connectors.modbus.source import ModbusSource
+
+        return ModbusSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _source(name: str, settings: Any, tags: Sequence[SourceTag]) -> Source:
+    from connectors.modbus.source import ModbusSource
+
+    return ModbusSource(name, settings, tags)
 
 
 def register() -> None:
@@ -21,7 +43,7 @@ def register() -> None:
             kind="modbus",
             settings_model=ModbusSourceSettings,
             address_model=ModbusAddress,
-            factory=ModbusSource,
+            factory=_source,
             description="Modbus polling over TCP, RTU-over-TCP or an RTU serial line: "
             "holding/input registers, coils, discrete inputs of several units; 16/32/64-bit "
             "integers, float32/64, strings and bit fields in any byte/word order.",

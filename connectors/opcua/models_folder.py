@@ -4,6 +4,9 @@ candidate agrees with the active version per asset.
     Objects/Models/<model>/{ActiveVersion, ActiveSha256, CandidateVersion, CandidateSha256,
                             CandidateMode, CanaryShare}
     Objects/Models/<model>/Agreement/<asset>       (Double, agreed/compared; Bad until compared)
+    Objects/Models/<model>/Accuracy/<asset>/{Active, Candidate}
+                                                   (Double, share right among the predictions
+                                                    operators confirmed/rejected; Bad until one)
     nsu=<namespace>;s=Models.<model>.ActiveVersion
 
 Fed with plain ``bridge.types.ModelStatus`` values; read-only like every other node.
@@ -76,6 +79,19 @@ class ModelsFolder:
                 await folder.add_variable(nodeid, f"{ns}:{slot.asset}", 0.0, ua.VariantType.Double)
                 await server.write_attribute_value(nodeid, _dv(None))
                 self._nodes[(model, f"Agreement.{slot.asset}")] = nodeid
+            accuracy = await node.add_folder(
+                self._nid(f"Models.{model}.Accuracy"), f"{ns}:Accuracy"
+            )
+            for slot in sorted(its, key=lambda s: s.asset):
+                per = await accuracy.add_object(
+                    self._nid(f"Models.{model}.Accuracy.{slot.asset}"), f"{ns}:{slot.asset}"
+                )
+                for side in _SIDES:
+                    field = f"Accuracy.{slot.asset}.{side}"
+                    nodeid = self._nid(f"Models.{model}.{field}")
+                    await per.add_variable(nodeid, f"{ns}:{side}", 0.0, ua.VariantType.Double)
+                    await server.write_attribute_value(nodeid, _dv(None))
+                    self._nodes[(model, field)] = nodeid
 
     async def write(self, server: Server, statuses: Sequence[ModelStatus]) -> int:
         """Write what changed; returns the number of node writes."""
@@ -84,13 +100,19 @@ class ModelsFolder:
             values: dict[str, object] = dict(_fields(status))
             for asset, rate in status.agreement:
                 values[f"Agreement.{asset}"] = rate
+            judged = {asset: (a, c) for asset, a, c in status.accuracy}
+            for asset, _ in status.agreement:
+                # No candidate (or no label yet): nothing judged, the nodes go back to Bad.
+                active, candidate = judged.get(asset, (None, None))
+                values[f"Accuracy.{asset}.Active"] = active
+                values[f"Accuracy.{asset}.Candidate"] = candidate
             for field, value in values.items():
                 key = (status.model, field)
                 nodeid = self._nodes.get(key)
                 if nodeid is None or self._last.get(key, object()) == value:
                     continue
                 self._last[key] = value
-                if field.startswith("Agreement."):
+                if field.startswith(("Agreement.", "Accuracy.")):
                     dv = _dv(value if isinstance(value, float) else None)
                 else:
                     now: Any = datetime.now(UTC)
@@ -100,9 +122,12 @@ class ModelsFolder:
         return writes
 
 
+_SIDES = ("Active", "Candidate")
+
+
 def _dv(rate: float | None) -> ua.DataValue:
     now: Any = datetime.now(UTC)
-    if rate is None:  # nothing compared yet: there is no agreement to show
+    if rate is None:  # nothing compared (or judged) yet: there is no rate to show
         return ua.DataValue(
             ua.Variant(0.0, ua.VariantType.Double),
             StatusCode=make_status(StatusCodes.BadWaitingForInitialData),

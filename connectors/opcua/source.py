@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import structlog
@@ -19,7 +20,7 @@ from bridge.errors import ConnectorError, NotConnected
 from bridge.types import Quality, SourceTag, TagSample
 from connectors.opcua._identity import apply_identity
 from connectors.opcua._inbox import Inbox
-from connectors.opcua._subscription import InboxSubscription
+from connectors.opcua._subscription import InboxSubscription, decode_publish_off_loop
 from connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings
 from connectors.opcua.convert import (
     NodeRef,
@@ -38,6 +39,9 @@ MAX_SAMPLES_PER_BATCH = 5000
 # Short enough that an abandoned session (crashed gateway) does not block a small PLC for long.
 SESSION_TIMEOUT_MS = 60_000
 SPILLED_REASON = "notifications dropped: client queue full"
+# Larger batches are converted in the source's worker thread (see _subscription.py for why);
+# smaller ones (a fast probe, a few changed tags) inline, cheaper than the thread hand-off.
+OFF_LOOP_SAMPLES = 100
 
 
 class OpcUaSource:
@@ -63,6 +67,8 @@ class OpcUaSource:
         self._index_of: dict[str, int] = {}
         self._per_call = DEFAULT_BATCH
         self._per_read = DEFAULT_BATCH
+        # One thread per source, so a large plant's decoding never queues a small source's.
+        self._worker: ThreadPoolExecutor | None = None
         self._log = log.bind(source=name, endpoint=settings.endpoint)
 
     @property
@@ -118,9 +124,11 @@ class OpcUaSource:
         # Resolved per session: a restarted server may have renumbered its namespaces.
         self._index_of = {uri: i for i, uri in enumerate(namespaces)}
         self._per_call, self._per_read = await self._operation_limits(client)
-        subscription = InboxSubscription(
-            client.uaclient.session, self._subscription_params(), self._inbox
-        )
+        session = client.uaclient.session
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"opcua-{self.name}")
+        decode_publish_off_loop(session, self._worker)
+        subscription = InboxSubscription(session, self._subscription_params(), self._inbox)
         async with asyncio.timeout(timeout):
             result = await subscription.init()
         self._subscription = subscription
@@ -344,11 +352,25 @@ class OpcUaSource:
             if not items and not spilled:
                 continue
             received = time.time()
-            batch = [self._sample(h, dv, received) for h, dv in items]
-            batch.extend(self._sample(h, dv, received, spilled=True) for h, dv in spilled)
+            worker = self._worker
+            if len(items) + len(spilled) < OFF_LOOP_SAMPLES or worker is None:
+                batch = self._convert(items, spilled, received)
+            else:
+                loop = asyncio.get_running_loop()
+                batch = await loop.run_in_executor(worker, self._convert, items, spilled, received)
             if spilled:
                 self._log_drops()
             yield batch
+
+    def _convert(
+        self,
+        items: list[tuple[int, ua.DataValue]],
+        spilled: list[tuple[int, ua.DataValue]],
+        received: float,
+    ) -> list[TagSample]:
+        batch = [self._sample(h, dv, received) for h, dv in items]
+        batch.extend(self._sample(h, dv, received, spilled=True) for h, dv in spilled)
+        return batch
 
     def _log_drops(self) -> None:
         if self._inbox.dropped != self._dropped_logged:
@@ -380,6 +402,9 @@ class OpcUaSource:
         self._closed = True
         client, subscription = self._client, self._subscription
         self._client = self._subscription = None
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=False)
         if client is None:
             return
         self._inbox.fail("closed")

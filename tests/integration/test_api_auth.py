@@ -5,7 +5,6 @@ paginated history, key management (HTTP and CLI), and clear 4xx answers to bad r
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import re
 import time
 import uuid
@@ -18,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
+from stores import BACKENDS, temp_store
 
 from bridge.api import create_app
 from bridge.api.auth import SCOPE_EXTENSION, KeyCache
@@ -32,7 +32,6 @@ from bridge.store.alerts import AlertFilter, AlertRepository
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.types import ComponentHealth, Prediction, PredictionSlot, Quality
 
-PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 LABELS = ("healthy", "bearing_fault", "cavitation")
 
 
@@ -90,34 +89,10 @@ def _operations() -> list[tuple[str, str, str]]:
 OPERATIONS = _operations()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path / 'api.db'}")
-        try:
-            yield s
-        finally:
-            s.dispose()
-        return
-    if importlib.util.find_spec("psycopg") is None:
-        pytest.skip("PostgreSQL case needs the psycopg driver")
-    schema = f"bridge_auth_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    try:
-        try:
-            with admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        except Exception as exc:
-            pytest.skip(f"PostgreSQL at {PG_URL} not reachable: {exc}")
-        s = open_store(PG_URL, schema=schema)
-        try:
-            yield s
-        finally:
-            s.dispose()
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        admin.dispose()
+    with temp_store(request.param, tmp_path, "api.db", prefix="bridge_auth") as s:
+        yield s
 
 
 @pytest.fixture

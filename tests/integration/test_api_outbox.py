@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from outbox_harness import PG_URL, pg_schema
+from stores import BACKENDS, temp_store
 
 from bridge.api import create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
-from bridge.store import PredictionRepository, Store, open_store
+from bridge.store import PredictionRepository, Store
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
 from bridge.types import ComponentHealth, Prediction, Quality
@@ -61,26 +61,10 @@ def pred(asset: str, seq: int) -> Prediction:
     )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path / 'api.db'}")
-        try:
-            yield s
-        finally:
-            s.dispose()
-        return
-    try:
-        ctx = pg_schema()
-        schema = ctx.__enter__()
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL at {PG_URL} not reachable: {exc}")
-    s = open_store(PG_URL, schema=schema)
-    try:
+    with temp_store(request.param, tmp_path, "api.db", prefix="bridge_outbox") as s:
         yield s
-    finally:
-        s.dispose()
-        ctx.__exit__(None, None, None)
 
 
 @dataclass

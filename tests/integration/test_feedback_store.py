@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from stores import BACKENDS, temp_store
 
-from bridge.store import Store, open_store
+from bridge.store import Store
 from bridge.store.alerts import AlertFilter, AlertRepository, NewAlert
 from bridge.store.drift import DriftAlertRepository, DriftOutboxEvent
 from bridge.store.labels import LabelRepository
@@ -20,39 +19,14 @@ from bridge.store.outbox import Budget, OutboxRepository
 from bridge.store.repository import PredictionRepository
 from bridge.types import Feedback, InputSnapshot, Prediction, Quality
 
-PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 T0 = 1714564800.0
 REVISION = "ab" * 32
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path / 'bridge.db'}")
-        try:
-            yield s
-        finally:
-            s.dispose()
-        return
-    if importlib.util.find_spec("psycopg") is None:
-        pytest.skip("PostgreSQL case needs the psycopg driver")
-    schema = f"bridge_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    try:
-        try:
-            with admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        except Exception as exc:
-            pytest.skip(f"PostgreSQL at {PG_URL} not reachable: {exc}")
-        s = open_store(PG_URL, schema=schema)
-        try:
-            yield s
-        finally:
-            s.dispose()
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        admin.dispose()
+    with temp_store(request.param, tmp_path, "bridge.db") as s:
+        yield s
 
 
 def pred(seq: int, value: str | None = "healthy", quality: Quality = Quality.GOOD) -> Prediction:

@@ -13,14 +13,14 @@ import contextlib
 import os
 import signal
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, create_engine, select
+from stores import PG_URL, pg_schema
 from support import free_port, wait_until
 
 from bridge.auth import Scope
@@ -39,7 +39,6 @@ from simulators.plant.server import PlantSimulator
 
 pytestmark = pytest.mark.timeout(150)
 
-PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 BRIDGE = [sys.executable, "-m", "bridge"]
 MODEL = "pump-health"
 PUMPS = 6
@@ -106,21 +105,8 @@ def _assets(pumps: int) -> list[str]:
 def _pg_schema() -> Iterator[str]:
     """A fresh schema, migrated once here, so the two gateways do not race to create tables;
     dropped afterwards with everything in it. The URL selects it through ``search_path``."""
-    schema = f"bridge_fleet_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    try:
-        try:
-            with admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        except Exception as exc:
-            pytest.skip(f"PostgreSQL at {PG_URL} not reachable: {exc}")
-        try:
-            yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-        finally:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        admin.dispose()
+    with pg_schema("bridge_fleet") as schema:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
 
 
 class Proc:

@@ -254,8 +254,11 @@ async def test_drift_explanations_feedback_and_lineage(running: Running) -> None
     )
     assert rows_until_alert <= 2 * WINDOW, rows_until_alert
     detail = json.loads(alert.detail)  # type: ignore[attr-defined]
-    # The fault moves vibration up and discharge pressure down: both drift, speed does not.
-    assert set(detail["drifting_features"]) == {"vibration.last", "discharge_pressure.last"}
+    # The fault moves vibration up first and discharge pressure down later: at the crossing
+    # vibration drifts (pressure may already), speed never does.
+    drifting = set(detail["drifting_features"])
+    assert "vibration.last" in drifting, drifting
+    assert drifting <= {"vibration.last", "discharge_pressure.last"}, drifting
     assert detail["window"]["features"]["speed.last"]["psi"] < THRESHOLD
 
     # The retraining webhook gets it once (after two failed attempts), the MES too.

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from asyncua import Client, ua
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import BadUserAccessDenied, UaStatusCodeError
 from support import free_port
 
-from bridge.types import Prediction, PredictionSlot, Quality, SinkContext
+from bridge.types import ModelStatus, Prediction, PredictionSlot, Quality, SinkContext
 from connectors.opcua import OpcUaServerSettings, PredictionServer
 from connectors.opcua.server_config import OpcUaServerUser
 
@@ -105,7 +106,7 @@ async def test_tree_is_browsable_and_waits_for_first_prediction(client: Client) 
         "DriftScore",
     }
     value = await (await rul.get_child(f"{ns}:Value")).read_data_value(raise_on_bad_status=False)
-    assert value.StatusCode.value == ua.StatusCodes.BadWaitingForInitialData
+    assert value.StatusCode.value == StatusCodes.BadWaitingForInitialData
     version = await (await rul.get_child(f"{ns}:ModelVersion")).read_value()
     assert version == "2.1.0"
     data_type = await (await rul.get_child(f"{ns}:Value")).read_data_type()
@@ -209,3 +210,29 @@ async def test_anonymous_refused_unless_allowed() -> None:
     finally:
         await server.close()
     assert server.health().state == "stopped"
+
+
+async def test_models_folder_shows_agreement_and_operator_judged_accuracy(
+    sink: PredictionServer, client: Client
+) -> None:
+    status = ModelStatus(
+        "bearing",
+        "1.0.0",
+        "a" * 64,
+        "2.0.0",
+        "c" * 64,
+        "shadow",
+        agreement=(("P1", 0.5), ("P2", None)),
+        accuracy=(("P1", 0.4, 0.25), ("P2", None, None)),
+    )
+    await sink.write_models([status])
+    active = await read_dv(client, "Models.bearing.Accuracy.P1.Active")
+    candidate = await read_dv(client, "Models.bearing.Accuracy.P1.Candidate")
+    assert (active.Value.Value, candidate.Value.Value) == (0.4, 0.25)
+    assert active.StatusCode.is_good()
+    unjudged = await read_dv(client, "Models.bearing.Accuracy.P2.Candidate")
+    assert unjudged.StatusCode.value == StatusCodes.BadWaitingForInitialData
+    # The candidate is gone: nothing is judged any more, so the rate is not shown.
+    await sink.write_models([ModelStatus("bearing", "1.0.0", "a" * 64, agreement=(("P1", None),))])
+    gone = await read_dv(client, "Models.bearing.Accuracy.P1.Active")
+    assert gone.StatusCode.value == StatusCodes.BadWaitingForInitialData

@@ -9,35 +9,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from outbox_harness import PG_URL, pg_schema, prediction
+from outbox_harness import prediction
 from sqlalchemy import select, update
+from stores import BACKENDS, temp_store
 
-from bridge.store.db import Store, open_store
+from bridge.store.db import Store
 from bridge.store.models import OutboxRow
 from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
 from bridge.store.repository import PredictionRepository
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path / 'claim.db'}")
-        try:
-            yield s
-        finally:
-            s.dispose()
-        return
-    try:
-        ctx = pg_schema()
-        schema = ctx.__enter__()
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL at {PG_URL} not reachable: {exc}")
-    s = open_store(PG_URL, schema=schema)
-    try:
+    with temp_store(request.param, tmp_path, "claim.db", prefix="bridge_outbox") as s:
         yield s
-    finally:
-        s.dispose()
-        ctx.__exit__(None, None, None)
 
 
 def fill(store: Store, assets: tuple[str, ...], n: int) -> None:

@@ -10,14 +10,19 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from outbox_harness import PG_URL, Durable, pg_schema, prediction, received_in_order, store_url
+from outbox_harness import Durable, prediction, received_in_order
+from stores import BACKENDS, temp_store
 from support import free_port, wait_until
 
 from bridge import registry
 from bridge.config.loader import load_mapping
 from bridge.config.models import OutboxSettings
+from bridge.drift.events import drift_event_id
+from bridge.drift.monitor import DriftCrossing, FeatureWindowStats
+from bridge.drift.writer import DriftAlertWriter
 from bridge.outbox.wiring import split_outputs
-from bridge.store.db import Store, open_store
+from bridge.store.db import Store
+from bridge.store.drift import DriftAlertRepository
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
 from bridge.types import Prediction, PredictionSlot, Quality, SinkContext
@@ -29,31 +34,15 @@ LABELS = ("healthy", "bearing_fault", "cavitation")
 GATEWAY = "gw-rules"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
 def store(backend: str, tmp_path: Path) -> Iterator[Store]:
-    if backend == "sqlite":
-        s = open_store(store_url(backend, tmp_path))
-        try:
-            yield s
-        finally:
-            s.dispose()
-        return
-    try:
-        ctx = pg_schema()
-        schema = ctx.__enter__()
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL at {PG_URL} not reachable: {exc}")
-    s = open_store(PG_URL, schema=schema)
-    try:
+    with temp_store(backend, tmp_path, "outbox.db", prefix="bridge_outbox") as s:
         yield s
-    finally:
-        s.dispose()
-        ctx.__exit__(None, None, None)
 
 
 @pytest.fixture
@@ -344,3 +333,105 @@ async def test_a_batch_reply_that_is_not_understood_is_retried_not_taken_as_acce
         assert received_in_order(mes.calls) == {"p1": [0, 1, 2]}
     finally:
         await g.close()
+
+
+DRIFT_MAPPING = """\
+version: 1
+gateway: {{id: {gateway}}}
+sources:
+  plant: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:4840"}}
+assets: {{}}
+outputs:
+  alarms:
+    kind: mes-rest
+    url: {alarms_url}
+    initial_backoff_s: 0.02
+    events: [alerts]
+    template:
+      machine: "{{asset}}"
+      kind: "{{event}}"
+      key: "{{id}}"
+      psi: "{{drift_score}}"
+      limit: "{{drift_threshold}}"
+      inputs: "{{drifting_features}}"
+      window: "{{drift_window}}"
+      text: "{{asset}} drifts in {{drifting_features}} since {{raised_at}}"
+      last: "{{value}}"
+  changes:
+    kind: mes-rest
+    url: {changes_url}
+    initial_backoff_s: 0.02
+    events: [label_change]
+"""
+
+
+async def test_drift_events_follow_each_destinations_rules_and_template(
+    store: Store, receivers: list[MesReceiver], tmp_path: Path
+) -> None:
+    alarms, changes = receivers
+    for r in receivers:
+        await r.start()
+    path = tmp_path / "mapping.yaml"
+    path.write_text(
+        DRIFT_MAPPING.format(
+            gateway=GATEWAY, alarms_url=alarms.events_url, changes_url=changes.events_url
+        )
+    )
+    mapping = load_mapping(path)
+    slots = (PredictionSlot("p1", "health", "1.0.0", "ab" * 32, LABELS),)
+    kinds = registry.sink_kinds()
+    sinks = [
+        kinds[o.kind].factory(o.name, o.settings, SinkContext(GATEWAY, slots))
+        for o in mapping.outputs.values()
+    ]
+    _, durable = split_outputs(sinks, OutboxRepository(store), OutboxSettings(), slots)
+    writer = DriftAlertWriter(DriftAlertRepository(store), GATEWAY, durable.alert_feeds)
+    stats = FeatureWindowStats("vib.mean", 1.7, 6.0, 0.5, 5.0, 7.0, 2.0, 0.3)
+    crossing = DriftCrossing("p1", 1.7, 0.25, 60, ("vib.mean",), (stats,), 1714564800.0)
+    for s in sinks:
+        await s.start()
+    await durable.start()
+    await writer.start()
+    try:
+        latest = pred("p1", 7, "healthy", 0.9)
+        writer.raise_crossing("health", "1.0.0", "ab" * 32, crossing, None, latest)
+        await wait_until(lambda: len(alarms.calls) == 1, 15, what="the drift event")
+        await wait_until(lambda: writer.counters["stored"] == 1, 5, what="the drift alert")
+        [call] = alarms.calls
+        event_id = drift_event_id(GATEWAY, "health", "p1", crossing.at)
+        assert call.idempotency_key == event_id
+        assert call.body == {
+            "machine": "p1",
+            "kind": "drift",
+            "key": event_id,
+            "psi": 1.7,
+            "limit": 0.25,
+            "inputs": ["vib.mean"],
+            "window": {
+                "rows": 60,
+                "features": {
+                    "vib.mean": {
+                        "psi": 1.7,
+                        "mean": 6.0,
+                        "std": 0.5,
+                        "min": 5.0,
+                        "max": 7.0,
+                        "reference_mean": 2.0,
+                        "reference_std": 0.3,
+                    }
+                },
+            },
+            "text": 'p1 drifts in ["vib.mean"] since 2024-05-01T12:00:00.000Z',
+            "last": "healthy",
+        }
+        # `label_change` only: no event was queued for it (a queued one would be pending or,
+        # given the relay's time to send it, at the receiver).
+        assert [f.destination for f in durable.alert_feeds] == ["alarms"]
+        assert OutboxRepository(store).pending_count("changes") == 0
+        await asyncio.sleep(0.3)
+        assert changes.calls == []
+    finally:
+        await writer.close()
+        await durable.close()
+        for s in sinks:
+            await s.close()

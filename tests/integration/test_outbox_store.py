@@ -19,6 +19,8 @@ from sqlalchemy import create_engine, inspect, text
 # Imported for their tables: the metadata compared with the migrations must hold them all.
 import bridge.store.alerts
 import bridge.store.apikeys
+import bridge.store.labels
+import bridge.store.registry
 from bridge.cli import main
 from bridge.config.models import DurabilitySettings
 from bridge.errors import StoreError
@@ -28,7 +30,9 @@ from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
 from bridge.store.repository import PredictionRepository
 from bridge.types import Prediction
 
+# Every table module is loaded, so the models' metadata is complete for the migration check.
 assert bridge.store.alerts and bridge.store.apikeys
+assert bridge.store.labels and bridge.store.registry
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

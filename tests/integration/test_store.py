@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
+from stores import BACKENDS, temp_store
 
 from bridge.errors import StoreError
 from bridge.store import (
@@ -21,46 +21,13 @@ from bridge.store import (
 )
 from bridge.types import InputSnapshot, Prediction, Quality
 
-PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 T0 = 1714564800.0
 
 
-def _pg_skip_reason() -> str | None:
-    if importlib.util.find_spec("psycopg") is None:
-        return "PostgreSQL case needs the psycopg driver (pip install 'psycopg[binary]')"
-    return None
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path / 'data' / 'bridge.db'}")
-        try:
-            yield s
-        finally:
-            s.dispose()
-        return
-    reason = _pg_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    # Each test gets its own schema, dropped afterwards, so nothing it creates is left behind.
-    schema = f"bridge_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    try:
-        try:
-            with admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        except Exception as exc:
-            pytest.skip(f"PostgreSQL at {PG_URL} not reachable: {exc}")
-        s = open_store(PG_URL, schema=schema)
-        try:
-            yield s
-        finally:
-            s.dispose()
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        admin.dispose()
+    with temp_store(request.param, tmp_path, "data/bridge.db") as s:
+        yield s
 
 
 def pred(

@@ -4,9 +4,12 @@ label_change, on_request), drift scores on the predictions, Bad rows kept out of
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from insight_models import logistic_classifier
+from structlog.testing import capture_logs
 
 from bridge.config.models import DriftConfig, ExplainConfig, ModelOutputs
 from bridge.config.resolved import Feature, ResolvedModel
@@ -16,6 +19,8 @@ from bridge.lifecycle.deployment import Deployment, Served
 from bridge.lifecycle.reference import compute_reference
 from bridge.runtime.insight import ModelInsight
 from bridge.runtime.models import TickOutcome
+from bridge.store.db import open_store
+from bridge.store.registry import RegistryRepository, VersionRecord
 from bridge.types import Prediction, Quality
 
 ASSETS = ("p1", "p2")
@@ -154,3 +159,89 @@ async def test_drift_scores_ride_on_predictions_and_bad_rows_stay_out(tmp_path: 
     assert crossing.asset == "p1" and crossing.drifting == ("temp.mean",)
     assert prediction is not None and prediction.asset == "p1"
     assert out[0].drift_score is not None and out[0].drift_score >= crossing.score > 1.0
+
+
+def _register(
+    repo: RegistryRepository, version: str, sha: str, ref: dict[str, Any] | None, by: str
+) -> None:
+    record = VersionRecord(
+        "health",
+        version,
+        sha,
+        "c.onnx",
+        1,
+        None,
+        {},
+        ref,
+        {},
+        by,
+        0.0,
+        "registered",
+        None,
+        None,
+        None,
+        0.0,
+    )
+    repo.add(record, by)
+
+
+def _temp_baseline(p: Prediction) -> float:
+    """The explanation's baseline of temp (a tie at 0 effect ranks it second, after vib)."""
+    assert p.explanation is not None
+    return next(c.baseline for c in p.explanation.top if c.feature == "temp.mean")
+
+
+async def test_drift_and_explanations_follow_the_reference_of_the_serving_version(
+    tmp_path: Path,
+) -> None:
+    model, loaded, mapping_ref = _model(tmp_path, "every")
+    rng = np.random.default_rng(3)
+    hot = np.column_stack(
+        [rng.normal(60, 2, 5000), rng.normal(2.0, 0.3, 5000), rng.normal(0.8, 0.05, 5000)]
+    )
+    hot_ref = compute_reference(hot, [f.name for f in FEATURES], bins=10)
+    store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        repo = RegistryRepository(store)
+        sha = loaded.sha256
+        _register(repo, "1", sha, None, "mapping")  # the mapping's file, seeded: no reference
+        _register(repo, "2", sha, hot_ref, "cli")  # retrained on a hotter plant
+        _register(repo, "3", sha, None, "cli")  # registered without reference statistics
+        crossings: list[str] = []
+        insight = ModelInsight(
+            model,
+            mapping_ref,
+            {"temp": "degC"},
+            lambda c, p: crossings.append(c.asset),
+            lambda version, _sha: repo.get("health", version),
+        )
+        ticks = Ticks(loaded)
+
+        def warm() -> list[list[float]]:
+            return [
+                [rng.normal(60, 2), rng.normal(2.0, 0.3), rng.normal(0.8, 0.05)] for _ in ASSETS
+            ]
+
+        for _ in range(20):  # version 1: 60 degC is far from the mapping's 50 degC
+            out = await insight.enrich(ticks.outcome(warm()))
+        assert sorted(crossings) == ["p1", "p2"]
+        assert insight.reference is mapping_ref
+        assert _temp_baseline(out[0]) == pytest.approx(50.0, abs=0.5)
+
+        ticks.deployment = Deployment(Served("2", sha, loaded, ("normal", "fault")))
+        out = await insight.enrich(ticks.outcome(warm()))
+        assert insight.reference["features"] == hot_ref["features"]
+        assert insight.monitor is not None and insight.monitor.scores == {}  # windows reset
+        assert _temp_baseline(out[0]) == pytest.approx(60.0, abs=0.5)
+        for _ in range(20):
+            out = await insight.enrich(ticks.outcome(warm()))
+        assert sorted(crossings) == ["p1", "p2"]  # nothing new: 60 degC is normal for v2
+        assert all(p.drift_score is not None and p.drift_score < 1.0 for p in out)
+
+        with capture_logs() as logs:
+            ticks.deployment = Deployment(Served("3", sha, loaded, ("normal", "fault")))
+            await insight.enrich(ticks.outcome(warm()))
+        assert insight.reference is mapping_ref  # v3 has none: the mapping's, with a warning
+        assert any(e["event"] == "registry_reference_missing_using_mapping_reference" for e in logs)
+    finally:
+        store.dispose()

@@ -93,3 +93,52 @@ def test_a_lazy_ring_keeps_the_sample_that_proves_enough_history() -> None:
         lazy.append(t, 1.0)
     assert full.oldest() == lazy.oldest() == 0.0
     assert lazy.since(5.5)[0].tolist() == full.since(5.5)[0].tolist()
+
+
+def test_a_lazy_ring_settles_at_rate_x_window_not_the_next_power_of_two() -> None:
+    # 10 Hz with jitter, window 10 s: ~101 samples reach back one window; doubling alone
+    # would keep 128. Every window stays the full ring's.
+    rng = np.random.default_rng(3)
+    full, lazy = _full_and_lazy(128, 10.0)
+    now = 0.0
+    for step in range(2000):
+        now += float(rng.uniform(0.095, 0.105))
+        full.append(now, float(step))
+        lazy.append(now, float(step))
+        ft, fv = full.since(now - 10.0)
+        lt, lv = lazy.since(now - 10.0)
+        assert np.array_equal(ft, lt) and np.array_equal(fv, lv), step
+        l_old = lazy.oldest()
+        assert (l_old is not None and now - l_old >= 10.0) or step < 101
+    assert 100 <= lazy.allocated <= 112 < full.allocated
+
+
+def test_a_settled_ring_grows_again_when_the_rate_rises() -> None:
+    lazy = Ring(512, horizon_s=10.0)
+    for i in range(300):  # 10 Hz
+        lazy.append(i / 10, 0.0)
+    settled = lazy.allocated
+    for i in range(600):  # then 40 Hz
+        lazy.append(30.0 + i / 40, 1.0)
+    assert lazy.allocated > settled
+    t, _ = lazy.since(lazy.oldest() or 0.0)
+    assert t[-1] - t[0] >= 10.0
+    assert np.all(np.diff(t) > 0)
+
+
+def test_count_and_copy_give_what_since_gives() -> None:
+    rng = np.random.default_rng(11)
+    for ring in (Ring(32), Ring(64, horizon_s=5.0), Ring(16)):
+        now = 0.0
+        for step in range(400):
+            now += float(rng.choice([0.05, 0.2, 1.0]))
+            ring.append(now, float(rng.normal()))
+            start = now - float(rng.uniform(0.0, 8.0))
+            t, v = ring.since(start)
+            k = ring.count_since(start)
+            assert k == len(t), step
+            t_out, v_out = np.full(k, np.nan), np.full(k, np.nan)
+            ring.copy_newest(k, t_out, v_out)
+            assert np.array_equal(t_out, t) and np.array_equal(v_out, v), step
+            ring.copy_newest(k, None, v_out)
+            assert np.array_equal(v_out, v), step

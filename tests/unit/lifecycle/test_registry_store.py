@@ -3,13 +3,12 @@ rollback; signatures; quantized model agreement."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
+from stores import BACKENDS, temp_store
 
 from bridge.errors import BridgeError
 from bridge.lifecycle.quantize import quantize
@@ -20,36 +19,14 @@ from bridge.lifecycle.signature import (
     load_public_key,
     sign_digest,
 )
-from bridge.store.db import Store, open_store
+from bridge.store.db import Store
 from bridge.store.registry import RegistryError, RegistryRepository
 
-PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    with temp_store(request.param, tmp_path, "r.db") as s:
         yield s
-        s.dispose()
-        return
-    schema = f"bridge_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    try:
-        try:
-            with admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        except Exception as exc:
-            pytest.skip(f"PostgreSQL at {PG_URL} not reachable: {exc}")
-        s = open_store(PG_URL, schema=schema)
-        try:
-            yield s
-        finally:
-            s.dispose()
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        admin.dispose()
 
 
 def _states(svc: RegistryService) -> dict[str, str]:

@@ -150,3 +150,49 @@ def test_server_user_certificates() -> None:
                 "user_certificates": [{"certificate": "a.der", "role": "admin"}],
             }
         )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nsu=urn:x;s=Pump01.Speed",
+        "nsu=urn:x;i=70000",
+        "nsu=urn:x;i=abc",
+        "nsu=urn:x;g=09087e75-8e5e-499b-954f-f2a9603db28a",
+        "nsu=urn:x;g=nope",
+        "ns=2;s=Pump01.Speed",
+        "nsu=urn:x;s=",
+        "Pump01.Speed",
+    ],
+)
+def test_quick_address_is_what_validation_builds(text: str) -> None:
+    from connectors.opcua import _quick_address
+
+    quick = _quick_address(text)
+    try:
+        validated: OpcUaAddress | None = OpcUaAddress.model_validate(text)
+    except ValidationError:
+        validated = None
+    # None hands the address to the model, which reports what is wrong with it.
+    assert quick == validated
+    if quick is not None and validated is not None:
+        assert quick.model_fields_set == validated.model_fields_set
+        assert quick.model_dump() == validated.model_dump()
+        with pytest.raises(ValidationError):
+            quick.node = "nsu=urn:y;s=z"  # type: ignore[misc]  # frozen like the validated one
+
+
+def test_quick_address_leaves_blocks_to_the_model() -> None:
+    from connectors.opcua import _quick_address
+
+    assert _quick_address({"node": "nsu=urn:x;s=a", "sampling_interval_ms": 50}) is None
+
+
+def test_quick_addresses_do_not_share_changes() -> None:
+    from connectors.opcua import _quick_address
+
+    a, b = _quick_address("nsu=urn:x;s=a"), _quick_address("nsu=urn:x;s=b")
+    assert a is not None and b is not None
+    changed = a.model_copy(update={"sampling_interval_ms": 5.0})
+    assert changed.model_fields_set == {"node", "sampling_interval_ms"}
+    assert a.model_fields_set == b.model_fields_set == {"node"}
