@@ -144,20 +144,11 @@ async def latency(samples: int, work: Path) -> dict[str, Any]:
         await sub.subscribe_data_change(node)
         await asyncio.sleep(1.0)
         for k in range(1, samples + 1):
-            value = float(k)
-            while not seen.empty():
-                seen.get_nowait()
-            t0 = time.perf_counter()
-            await server.write_attribute_value(var.nodeid, ua.DataValue(ua.Variant(value)))
-            try:
-                async with asyncio.timeout(5):
-                    while True:
-                        t1, got = await seen.get()
-                        if got == value:
-                            lat_ms.append((t1 - t0) * 1000)
-                            break
-            except TimeoutError:
+            latency = await probe_change(server, var, seen, float(k))
+            if latency is None:
                 print(f"  sample {k}: not seen within 5 s")
+            else:
+                lat_ms.append(latency)
             await asyncio.sleep(0.05)
         await sub.delete()
     return {
@@ -203,6 +194,25 @@ async def ingest(pumps: int, seconds: float, work: Path) -> dict[str, Any]:
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+async def probe_change(
+    server: Server, var: Any, seen: asyncio.Queue[tuple[float, float]], value: float
+) -> float | None:
+    """Write ``value`` on the plant and wait for an HMI notification carrying it: the latency
+    in ms, or None when it was not seen within 5 s. ``seen`` holds (arrival time, value)."""
+    while not seen.empty():
+        seen.get_nowait()
+    t0 = time.perf_counter()
+    await server.write_attribute_value(var.nodeid, ua.DataValue(ua.Variant(value)))
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                t1, got = await seen.get()
+                if got == value:
+                    return (t1 - t0) * 1000
+    except TimeoutError:
+        return None
 
 
 async def main() -> None:

@@ -34,7 +34,13 @@ from typing import Any
 from asyncua import Client, Server, ua
 
 from bench.common import ROOT, free_port, percentile, proc_cpu_s, write_result
-from bench.e2e import HMI_PUBLISH_MS, MODEL_PERIOD_S, SOURCE_PUBLISH_MS, echo_model
+from bench.e2e import (
+    HMI_PUBLISH_MS,
+    MODEL_PERIOD_S,
+    SOURCE_PUBLISH_MS,
+    echo_model,
+    probe_change,
+)
 
 PLANT_PUBLISH_MS = 100  # the load tags: a normal SCADA rate; the probe uses 10 ms
 LOAD_NS = "urn:bench:ingest"
@@ -187,19 +193,10 @@ async def measure(
                 u0, c0, t0 = _updates(api_port), proc_cpu_s(gw.pid), time.perf_counter()
                 l0 = [proc_cpu_s(p.pid) for p in loads]
                 for k in range(1, samples + 1):
-                    value = float(k)
-                    while not seen.empty():
-                        seen.get_nowait()
-                    w0 = time.perf_counter()
-                    await server.write_attribute_value(var.nodeid, ua.DataValue(ua.Variant(value)))
-                    try:
-                        async with asyncio.timeout(5):
-                            while True:
-                                w1, got = await seen.get()
-                                if got == value:
-                                    lat_ms.append((w1 - w0) * 1000)
-                                    break
-                    except TimeoutError:
+                    latency = await probe_change(server, var, seen, float(k))
+                    if latency is not None:
+                        lat_ms.append(latency)
+                    else:
                         print(f"  sample {k}: not seen within 5 s")
                         if k - len(lat_ms) >= MAX_LOST:
                             log = (work / "gateway.log").read_text(errors="replace")

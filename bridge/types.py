@@ -203,6 +203,28 @@ class ComponentHealth:
     detail: str = ""
     counters: Mapping[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def of_worker(
+        cls,
+        name: str,
+        *,
+        closed: bool,
+        worker: Any,
+        last_error: str,
+        counters: Mapping[str, int],
+    ) -> ComponentHealth:
+        """Health of a component whose work runs in one ``asyncio.Task`` (``worker``; None
+        before start): stopped, starting, down when the task ended, degraded after an error."""
+        if closed:
+            return cls(name, "stopped", counters=counters)
+        if worker is None:
+            return cls(name, "starting", counters=counters)
+        if worker.done():
+            return cls(name, "down", "writer task ended", counters)
+        if last_error:
+            return cls(name, "degraded", last_error, counters)
+        return cls(name, "ok", counters=counters)
+
 
 @runtime_checkable
 class Source(Protocol):

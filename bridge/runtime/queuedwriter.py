@@ -88,16 +88,13 @@ class QueuedWriter(Generic[T]):
             log.warning("writer_closed_unsent", writer=self.name, unsent=unsent, **self.counters)
 
     def health(self) -> ComponentHealth:
-        counters = {**self.counters, "queue_depth": len(self._queue)}
-        if self._closed:
-            return ComponentHealth(self.name, "stopped", counters=counters)
-        if self._worker is None:
-            return ComponentHealth(self.name, "starting", counters=counters)
-        if self._worker.done():
-            return ComponentHealth(self.name, "down", "writer task ended", counters)
-        if self._last_error:
-            return ComponentHealth(self.name, "degraded", self._last_error, counters)
-        return ComponentHealth(self.name, "ok", counters=counters)
+        return ComponentHealth.of_worker(
+            self.name,
+            closed=self._closed,
+            worker=self._worker,
+            last_error=self._last_error,
+            counters={**self.counters, "queue_depth": len(self._queue)},
+        )
 
     async def _run(self) -> None:
         failures = 0

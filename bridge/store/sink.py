@@ -107,16 +107,13 @@ class StoreSink:
             report("store_sink_closed", unsent=unsent, **self._counters)
 
     def health(self) -> ComponentHealth:
-        counters = {**self._counters, "queue_depth": len(self._queue)}
-        if self._closed:
-            return ComponentHealth(self.name, "stopped", counters=counters)
-        if self._worker is None:
-            return ComponentHealth(self.name, "starting", counters=counters)
-        if self._worker.done():
-            return ComponentHealth(self.name, "down", "writer task ended", counters)
-        if self._last_error:
-            return ComponentHealth(self.name, "degraded", self._last_error, counters)
-        return ComponentHealth(self.name, "ok", counters=counters)
+        return ComponentHealth.of_worker(
+            self.name,
+            closed=self._closed,
+            worker=self._worker,
+            last_error=self._last_error,
+            counters={**self._counters, "queue_depth": len(self._queue)},
+        )
 
     def _count_drop(self) -> None:
         self._counters["dropped"] += 1
