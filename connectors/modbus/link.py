@@ -18,6 +18,7 @@ this: its replies carry the request's transaction id, which ``connectors.modbus.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 
 from pymodbus import FramerType
@@ -25,7 +26,12 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.pdu import ModbusPDU
 from pymodbus.pdu.bit_message import ReadCoilsRequest, ReadDiscreteInputsRequest
-from pymodbus.pdu.register_message import ReadHoldingRegistersRequest, ReadInputRegistersRequest
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersRequest,
+    ReadInputRegistersResponse,
+)
 
 from connectors.modbus.config import ModbusSourceSettings
 from connectors.modbus.plan import ReadBlock
@@ -135,7 +141,7 @@ class Link:
                 reconnect_delay=0,
             )
         client.set_max_no_responses(_NEVER)
-        _check_byte_count(client)
+        _decode_read_replies(client)
         _fail_request_on_undecodable_frame(client)
         self._note_arrivals(client)
         return client
@@ -188,8 +194,8 @@ class Link:
             function_code=pdu.function_code,
             unit=pdu.dev_id,
             exception_code=pdu.exception_code,
-            registers=tuple(pdu.registers),
-            bits=tuple(pdu.bits),
+            registers=pdu.registers,
+            bits=pdu.bits,
             transaction_id=pdu.transaction_id,
             # pymodbus stamps the request with its transaction id when sending it.
             request_transaction_id=request.transaction_id,
@@ -248,27 +254,38 @@ def _fail_request_on_undecodable_frame(client: Client) -> None:
 
 
 _READ_FUNCTION_CODES = frozenset({1, 2, 3, 4})
+_REGISTER_REPLIES: dict[int, type[ModbusPDU]] = {
+    3: ReadHoldingRegistersResponse,
+    4: ReadInputRegistersResponse,
+}
 
 
-def _check_byte_count(client: Client) -> None:
-    """Reject a read reply whose byte count field disagrees with the data that follows.
+def _decode_read_replies(client: Client) -> None:
+    """Check the byte count of every read reply, and decode register replies in one call.
 
     pymodbus 3.16 ignores the byte count of FC1/FC2 replies altogether (it unpacks whatever
     bytes follow), so a frame claiming 3 bytes but carrying 1 would decode as 8 plausible
-    bits. The check runs on each frame's PDU before pymodbus decodes it.
+    bits: such a frame is rejected here, before pymodbus decodes it. A register reply that
+    passes is decoded here too: pymodbus unpacks it one register at a time and then formats
+    the whole reply into a debug string whether debug logging is on or not, which together
+    cost more than the bridge's own decoding of the tags in it.
     """
     decoder = client.ctx.framer.decoder
     original = decoder.decode
 
     def checked(frame: bytes) -> ModbusPDU | None:
-        if (
-            frame
-            and frame[0] in _READ_FUNCTION_CODES
-            and (len(frame) < 2 or frame[1] != len(frame) - 2)
-        ):
+        if not frame or frame[0] not in _READ_FUNCTION_CODES:
+            return original(frame)
+        size = len(frame) - 2
+        if size < 0 or frame[1] != size:
             raise ModbusIOException(
-                f"byte count {frame[1] if len(frame) > 1 else None} for {len(frame) - 2} data bytes"
+                f"byte count {frame[1] if len(frame) > 1 else None} for {size} data bytes"
             )
-        return original(frame)
+        reply = _REGISTER_REPLIES.get(frame[0])
+        if reply is None or size % 2:
+            return original(frame)
+        pdu = reply()
+        pdu.registers = struct.unpack(f">{size // 2}H", frame[2:])
+        return pdu
 
     decoder.decode = checked  # type: ignore[method-assign]

@@ -9,9 +9,10 @@ blocks.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from connectors.modbus.config import ModbusAddress, Table
+from connectors.modbus.config import BIT_TABLES, ModbusAddress, Table
+from connectors.modbus.unpack import Unpacker
 
 __all__ = ["MAX_BITS_PER_READ", "PlannedTag", "ReadBlock", "plan_reads"]
 
@@ -39,6 +40,8 @@ class ReadBlock:
     count: int
     tags: tuple[PlannedTag, ...]
     unit: int = 1
+    # Built by the planner for register blocks (a hand-made block gets one when first read).
+    unpacker: Unpacker | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_bit(self) -> bool:
@@ -100,4 +103,10 @@ def _block(
     unit: int, table: Table, start: int, end: int, members: Sequence[tuple[str, ModbusAddress]]
 ) -> ReadBlock:
     planned = tuple(PlannedTag(tag, address, address.address - start) for tag, address in members)
-    return ReadBlock(table=table, start=start, count=end - start, tags=planned, unit=unit)
+    count = end - start
+    unpacker = None
+    if table not in BIT_TABLES:
+        unpacker = Unpacker(count, [(p.offset, p.address) for p in planned])
+    return ReadBlock(
+        table=table, start=start, count=count, tags=planned, unit=unit, unpacker=unpacker
+    )

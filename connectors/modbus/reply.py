@@ -13,6 +13,7 @@ from bridge.types import TagValue
 from connectors.modbus.codec import decode, decode_bits, decode_string
 from connectors.modbus.config import ModbusAddress, Table
 from connectors.modbus.plan import ReadBlock
+from connectors.modbus.unpack import Unpacker
 
 __all__ = [
     "EXCEPTION_NAMES",
@@ -20,6 +21,7 @@ __all__ = [
     "BadReply",
     "Reply",
     "block_values",
+    "checked_values",
     "decode_address",
 ]
 
@@ -75,6 +77,12 @@ def block_values(
 
     ``unit`` defaults to the block's unit.
     """
+    return list(zip((p.tag for p in block.tags), checked_values(block, reply, unit), strict=True))
+
+
+def checked_values(block: ReadBlock, reply: Reply, unit: int | None = None) -> list[TagValue]:
+    """The value of every tag of ``block``, in the order of ``block.tags``; raises ``BadReply``
+    if the reply is unusable. ``unit`` defaults to the block's unit."""
     if unit is None:
         unit = block.unit
     # pymodbus accepts a reply with transaction id 0 for any request: a late reply to an
@@ -102,7 +110,7 @@ def block_values(
     return _register_values(block, reply.registers)
 
 
-def _bit_values(block: ReadBlock, bits: Sequence[bool]) -> list[tuple[str, TagValue]]:
+def _bit_values(block: ReadBlock, bits: Sequence[bool]) -> list[TagValue]:
     # Bits travel packed in whole bytes, so a correct reply is padded to a multiple of 8.
     expected = (block.count + 7) // 8 * 8
     if len(bits) != expected:
@@ -110,19 +118,16 @@ def _bit_values(block: ReadBlock, bits: Sequence[bool]) -> list[tuple[str, TagVa
             f"short or long reply: {len(bits)} bits for {block.count} requested "
             f"(expected {expected} with padding)"
         )
-    return [(p.tag, bool(bits[p.offset])) for p in block.tags]
+    return [bool(bits[p.offset]) for p in block.tags]
 
 
-def _register_values(block: ReadBlock, registers: Sequence[int]) -> list[tuple[str, TagValue]]:
+def _register_values(block: ReadBlock, registers: Sequence[int]) -> list[TagValue]:
     if len(registers) != block.count:
         raise BadReply(
             f"short or long reply: {len(registers)} registers for {block.count} requested"
         )
-    values: list[tuple[str, TagValue]] = []
-    for p in block.tags:
-        words = registers[p.offset : p.offset + p.address.register_count]
-        values.append((p.tag, decode_address(words, p.address)))
-    return values
+    unpacker = block.unpacker or Unpacker(block.count, [(p.offset, p.address) for p in block.tags])
+    return unpacker.values(registers)
 
 
 def decode_address(words: Sequence[int], address: ModbusAddress) -> TagValue:
