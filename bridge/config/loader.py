@@ -141,6 +141,7 @@ def _expand_assets(
     tags: dict[str, ResolvedTag] = {}
     assets: dict[str, tuple[str, ...]] = {}
     templates: dict[str, list[tuple[str, TagConfig, Loc]]] = {}
+    default_max_age_s = spec.gateway.default_max_age_s
     for asset_name, asset in spec.assets.items():
         ids: list[str] = []
         for tag_name, tag, origin in _asset_tags(spec, asset_name, asset, issues, templates):
@@ -168,19 +169,20 @@ def _expand_assets(
                     issues.from_validation(exc, (*loc, "address"), (*origin, "address"), model)
                     continue
             tag_id = f"{asset_name}.{tag_name}"
+            # Positional, in the order of ResolvedTag's fields: 100,000 calls.
             tags[tag_id] = ResolvedTag(
-                id=tag_id,
-                asset=asset_name,
-                name=tag_name,
-                source=tag.source,
-                address=address,
-                unit=tag.unit,
-                scale=tag.scale,
-                offset=tag.offset,
-                deadband=tag.deadband,
-                clamp=tag.clamp,
-                max_age_s=tag.max_age_s or spec.gateway.default_max_age_s,
-                description=tag.description,
+                tag_id,
+                asset_name,
+                tag_name,
+                tag.source,
+                address,
+                tag.unit,
+                tag.scale,
+                tag.offset,
+                tag.deadband,
+                tag.clamp,
+                tag.max_age_s or default_max_age_s,
+                tag.description,
             )
             ids.append(tag_id)
         assets[asset_name] = tuple(ids)
