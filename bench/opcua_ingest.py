@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from bench.common import free_port, machine, write_result
+from bench.common import free_port, machine, row, write_result
 
 NS = "urn:bench:ingest"
 
@@ -176,6 +176,18 @@ async def main() -> None:
         "bridge_vs_bare": round(o / b, 3) if b else None,
         "bridge_dropped_notifications": dropped,
         "machine": machine(),
+        "rows": [
+            row(
+                f"OPC UA ingest, {args.items:,} monitored items (notifications/s)",
+                round(o),
+                round(b),
+                "notifications/s",
+                ">= 80 % of bare asyncua",
+                bool(b) and o / b >= 0.8,
+                f"medians of {args.rounds} alternating turns of {args.seconds:g} s; "
+                f"{dropped} dropped",
+            )
+        ],
     }
     path = write_result("opcua_ingest", figures)
     print(f"items {args.items}: bare asyncua {b:,.0f}/s, bridge OpcUaSource {o:,.0f}/s")
