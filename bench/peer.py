@@ -9,7 +9,8 @@ Two sources of tags (``--source``):
   processes, niced) writing ``--items`` variables 10 times a second each: 10,000 updates/s by
   default, more than either side may manage, so the figures are each side's own throughput.
   bridge runs an echo model (value = last s0) once a second per asset of 5 tags and posts the
-  predictions to the MES.
+  predictions to the MES, ``--mes-batch`` (100) per POST (the MES output's ``batch_size``; 1
+  posts each prediction on its own).
 - ``plant``: the plant simulator with ``--pumps`` pumps (5 signals each, physics per pump); it
   offers ~1,000 changes/s at most, so both sides are bounded by the offer, not by themselves.
 
@@ -128,7 +129,7 @@ def _measure(
             round(100 * (b - a) / wall, 1) for a, b in zip(o0, o1, strict=True)
         ]
     if extra:
-        out["mes_calls_per_s"] = round((e1 - e0) / wall, 1)
+        out["mes_events_per_s"] = round((e1 - e0) / wall, 1)
     return out
 
 
@@ -214,6 +215,7 @@ def run(
     items: int | None = None,
     load_procs: int = 2,
     nice: int = 10,
+    mes_batch: int = 100,
 ) -> dict[str, Any]:
     seconds = seconds or (3 if quick else 20)
     if shutil.which("node") is None or not NODERED.exists():
@@ -230,7 +232,9 @@ def run(
                 out = _plant_job(work, pumps or (20 if quick else 200), mes_port, seconds, settle)
             else:
                 n = items or (200 if quick else 1000)
-                out = _load_job(work, n, load_procs, nice, mes_port, mes_pid, seconds, settle)
+                out = _load_job(
+                    work, n, load_procs, nice, mes_batch, mes_port, mes_pid, seconds, settle
+                )
     b, n_red = out["bridge"], out["nodered"]
     ratio = b["messages_per_s"] / n_red["messages_per_s"] if n_red["messages_per_s"] else None
     out["throughput_ratio"] = round(ratio, 2) if ratio else None
@@ -276,7 +280,7 @@ def _plant_job(
         )
         out["bridge"] = _run_bridge(work, mapping, api, mes_port, seconds, settle)
         ids = [f"ns={ns};s=Pump{i:02d}.{sig}" for i in range(1, pumps + 1) for sig in SIGNALS]
-        out["nodered"] = _run_nodered(work, [(plant_port, ids)], mes_port, seconds, settle)
+        out["nodered"] = _best_nodered(work, [(plant_port, ids)], mes_port, seconds, settle)
     return out
 
 
@@ -285,6 +289,7 @@ def _load_job(
     items: int,
     procs: int,
     nice: int,
+    mes_batch: int,
     mes_port: int,
     mes_pid: int,
     seconds: float,
@@ -298,6 +303,7 @@ def _load_job(
         "tags": sum(len(a) for a in assets_of) * TAGS_PER_ASSET,
         "load_servers": procs,
         "load_server_nice": nice,
+        "bridge_mes_batch_size": mes_batch,
         "offered_per_s": sum(len(a) for a in assets_of) * TAGS_PER_ASSET * 10,
         "publishing_interval_ms": 100,
         "sampling_interval_ms": 100,
@@ -319,13 +325,13 @@ def _load_job(
         echo = work / "echo.onnx"
         echo_model(echo)
         api = free_port()
-        mapping = _load_mapping(work, ports, assets_of, echo, api, mes_port)
+        mapping = _load_mapping(work, ports, assets_of, echo, api, mes_port, mes_batch)
         out["bridge"] = _run_bridge(work, mapping, api, mes_port, seconds, settle, loads)
         clients = [
             (port, [f"ns={ns};s=v{i}" for i in range(len(mine) * TAGS_PER_ASSET)])
             for port, ns, mine in zip(ports, namespaces, assets_of, strict=True)
         ]
-        out["nodered"] = _run_nodered(work, clients, mes_port, seconds, settle, loads, mes_pid)
+        out["nodered"] = _best_nodered(work, clients, mes_port, seconds, settle, loads, mes_pid)
     return out
 
 
@@ -336,6 +342,7 @@ def _load_mapping(
     model: Path,
     api: int,
     mes_port: int,
+    mes_batch: int,
 ) -> str:
     lines = [
         "version: 1",
@@ -373,6 +380,7 @@ def _load_mapping(
         "  mes:",
         "    kind: mes-rest",
         f"    url: http://127.0.0.1:{mes_port}/api/v1/predictions",
+        f"    batch_size: {mes_batch}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -402,7 +410,10 @@ def _run_bridge(
         return _measure(pid, updates, seconds, lambda: _mes_count(mes_port), loads)
 
 
-def _run_nodered(
+NODERED_RUNS = 2
+
+
+def _best_nodered(
     work: Path,
     clients: list[tuple[int, list[str]]],
     mes_port: int,
@@ -411,13 +422,38 @@ def _run_nodered(
     loads: list[int] | None = None,
     mes_pid: int | None = None,
 ) -> dict[str, Any]:
-    user = work / "nodered"
+    """Node-RED's best of ``NODERED_RUNS`` runs (all of them in ``runs``).
+
+    Some starts of node-red-contrib-opcua get only part of the notifications (the load servers
+    then idle at a few % of CPU and Node-RED below a core): such a run measures the start,
+    not Node-RED's capacity, so the peer is given the better of its runs.
+    """
+    runs = [
+        _run_nodered(work, k, clients, mes_port, seconds, settle, loads, mes_pid)
+        for k in range(NODERED_RUNS)
+    ]
+    best = dict(max(runs, key=lambda r: int(r["messages_per_s"])))
+    best["runs"] = runs
+    return best
+
+
+def _run_nodered(
+    work: Path,
+    run: int,
+    clients: list[tuple[int, list[str]]],
+    mes_port: int,
+    seconds: float,
+    settle: float,
+    loads: list[int] | None = None,
+    mes_pid: int | None = None,
+) -> dict[str, Any]:
+    user = work / f"nodered{run}"
     user.mkdir()
     (user / "flows.json").write_text(json.dumps(nodered_flow(clients, mes_port)))
     port = free_port()
     cmd = ["node", str(NODERED), "-u", str(user), "-p", str(port), "flows.json"]
     base = _mes_count(mes_port)
-    with process(cmd, work / "nodered.log") as pid:
+    with process(cmd, work / f"nodered{run}.log") as pid:
         _wait(lambda: _mes_count(mes_port) > base, 90, "Node-RED flow")
         time.sleep(settle)
         others = [*(loads or []), *([mes_pid] if mes_pid else [])]
@@ -436,6 +472,12 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1000, help="load: variables, 10 Hz each")
     parser.add_argument("--load-procs", type=int, default=2, help="load: server processes")
     parser.add_argument("--nice", type=int, default=10, help="load: niceness of the servers")
+    parser.add_argument(
+        "--mes-batch",
+        type=int,
+        default=100,
+        help="load: predictions per POST to the MES (1: one POST per prediction)",
+    )
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
     figures = run(
@@ -445,6 +487,7 @@ def main() -> None:
         items=args.items,
         load_procs=args.load_procs,
         nice=args.nice,
+        mes_batch=args.mes_batch,
     )
     print({k: v for k, v in figures.items() if k != "rows"})
     print(f"written {write_result('peer', figures)}")
