@@ -205,7 +205,7 @@ async def test_rules_resume_from_the_stored_predictions_after_a_restart(
     mapping = load_mapping(path, env={"MES_TOKEN": "t"})
     slots = (PredictionSlot("p1", "health", "1.0.0", "ab" * 32, LABELS),)
 
-    async def run_gateway(batch: list[Prediction], until: int) -> None:
+    async def run_gateway(batch: list[Prediction], until: int, limits_until: int) -> None:
         kinds = registry.sink_kinds()
         sinks = [
             kinds[o.kind].factory(o.name, o.settings, SinkContext(GATEWAY, slots))
@@ -220,6 +220,12 @@ async def test_rules_resume_from_the_stored_predictions_after_a_restart(
         try:
             await writer.write(batch)
             await wait_until(lambda: len(changes.calls) == until, 15, what=f"{until} changes")
+            # Both relays run only inside this block: wait for each destination here.
+            await wait_until(
+                lambda: len(limits.calls) == limits_until,
+                15,
+                what=f"{limits_until} threshold events",
+            )
             await wait_until(lambda: writer.health().counters["written"] == len(batch), 5)
         finally:
             await durable.close()
@@ -227,13 +233,12 @@ async def test_rules_resume_from_the_stored_predictions_after_a_restart(
                 await s.close()
             await writer.close()
 
-    await run_gateway([pred("p1", 0, "healthy", 0.1), pred("p1", 1, "cavitation", 0.9)], 1)
+    await run_gateway([pred("p1", 0, "healthy", 0.1), pred("p1", 1, "cavitation", 0.9)], 1, 1)
     # A new gateway process: the same label again is no change, the next one is.
-    await run_gateway([pred("p1", 2, "cavitation", 0.95), pred("p1", 3, "healthy", 0.1)], 2)
+    await run_gateway([pred("p1", 2, "cavitation", 0.95), pred("p1", 3, "healthy", 0.1)], 2, 2)
     assert [c.body["state"] for c in changes.calls] == ["cavitation", "healthy"]
     assert [c.body["was"] for c in changes.calls] == ["healthy", "cavitation"]
     # Threshold: entered once (seq 1), stayed above across the restart, cleared at seq 3.
-    await wait_until(lambda: len(limits.calls) == 2, 10, what="2 threshold events")
     assert [(c.body["seq"], c.body["threshold"]["crossing"]) for c in limits.calls] == [
         (1, "enter"),
         (3, "clear"),
