@@ -7,7 +7,9 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -177,3 +179,21 @@ def row(
         "met": met,
         "note": note,
     }
+
+
+@contextlib.contextmanager
+def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process with its output in ``log``, terminated (then killed) on leaving."""
+    with log.open("wb") as out:
+        # Unbuffered, so the log is complete when read while the process still runs.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)

@@ -24,19 +24,17 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from asyncua import Client, Server, ua
 
-from bench.common import ROOT, free_port, percentile, proc_cpu_s, write_result
+from bench.common import free_port, percentile, proc_cpu_s, process, write_result
 from bench.e2e import (
     HMI_PUBLISH_MS,
     MODEL_PERIOD_S,
@@ -76,21 +74,34 @@ outputs:
 """
 
 
-@contextlib.contextmanager
-def _process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        # Unbuffered, so the log is complete when read while the process still runs.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+def split_assets(items: int, procs: int) -> list[list[int]]:
+    """Whole assets of ``TAGS_PER_ASSET`` load tags per load server; server k serves v0.. of
+    its own share."""
+    return [list(range(items // TAGS_PER_ASSET))[k::procs] for k in range(procs)]
+
+
+def load_servers(
+    stack: contextlib.ExitStack,
+    ports: list[int],
+    assets_of: list[list[int]],
+    period: float,
+    nice: int,
+    work: Path,
+) -> list[subprocess.Popen[bytes]]:
+    """One ``bench.opcua_ingest --serve`` process per port, each writing its share of the load
+    tags once per ``period``."""
+    # Niced: on a 2-core box the load generator stands for another machine (the plant); at
+    # normal priority it takes the core the gateway and the measuring process need.
+    serve = ["nice", "-n", str(nice), sys.executable, "-m", "bench.opcua_ingest", "--serve"]
+    return [
+        stack.enter_context(
+            process(
+                [*serve, str(port), str(len(mine) * TAGS_PER_ASSET), str(period)],
+                work / f"load{k}.log",
+            )
+        )
+        for k, (port, mine) in enumerate(zip(ports, assets_of, strict=True))
+    ]
 
 
 def _updates(api_port: int) -> int | None:
@@ -122,8 +133,7 @@ async def measure(
     samples: int, items: int, period: float, nice: int, procs: int, work: Path
 ) -> dict[str, Any]:
     probe_port, hmi_port, api_port = (free_port() for _ in range(3))
-    # Whole assets per load server; server k serves v0.. of its own share.
-    assets_of = [list(range(items // TAGS_PER_ASSET))[k::procs] for k in range(procs)]
+    assets_of = split_assets(items, procs)
     plant_ports = [free_port() for _ in range(procs)]
     server = Server()
     await server.init()
@@ -168,23 +178,12 @@ async def measure(
                 seen.put_nowait((time.perf_counter(), val))
 
     py = sys.executable
-    # Niced: on a 2-core box the load generator stands for another machine (the plant); at
-    # normal priority it takes the core the probe and HMI client need to measure on time.
-    serve = ["nice", "-n", str(nice), py, "-m", "bench.opcua_ingest", "--serve"]
     lat_ms: list[float] = []
     async with server:
         with contextlib.ExitStack() as stack:
-            loads = [
-                stack.enter_context(
-                    _process(
-                        [*serve, str(port), str(len(mine) * TAGS_PER_ASSET), str(period)],
-                        work / f"plant{k}.log",
-                    )
-                )
-                for k, (port, mine) in enumerate(zip(plant_ports, assets_of, strict=True))
-            ]
+            loads = load_servers(stack, plant_ports, assets_of, period, nice, work)
             gw = stack.enter_context(
-                _process([py, "-m", "bridge", "run", str(mapping)], work / "gateway.log")
+                process([py, "-m", "bridge", "run", str(mapping)], work / "gateway.log")
             )
             await _wait_for(lambda: _updates(api_port), 90)
             async with Client(f"opc.tcp://127.0.0.1:{hmi_port}", timeout=10) as client:

@@ -36,26 +36,23 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, free_port, proc_cpu_s, pump_mapping, row, write_result
+from bench.common import free_port, proc_cpu_s, process, pump_mapping, row, write_result
 from bench.e2e import echo_model
+from bench.e2e_loaded import LOAD_NS, TAGS_PER_ASSET, load_servers, split_assets
 
 NODERED = Path(__file__).resolve().parent / "nodered" / "node_modules" / "node-red" / "red.js"
 SIGNALS = ("Vibration", "BearingTemperature", "DischargePressure", "Speed", "Running")
 SCALE = 2.0
 PLANT_NS = "urn:bridge:sim:plant"
-LOAD_NS = "urn:bench:ingest"
-TAGS_PER_ASSET = 5
 
 
 def _get_json(url: str) -> Any:
@@ -71,21 +68,6 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
                 return
         time.sleep(0.25)
     raise RuntimeError(f"{what} not ready within {timeout:g} s")
-
-
-@contextlib.contextmanager
-def process(args: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[int]:
-    with log.open("w") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            yield proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def _mes_count(port: int) -> int:
@@ -226,14 +208,14 @@ def run(
         work = Path(tmp)
         mes_port = free_port()
         mes_cmd = [sys.executable, "-m", "bridge", "simulate", "mes", "--port", str(mes_port)]
-        with process(mes_cmd, work / "mes.log") as mes_pid:
+        with process(mes_cmd, work / "mes.log") as mes:
             _wait(lambda: _mes_count(mes_port) >= 0, 30, "MES receiver")
             if source == "plant":
                 out = _plant_job(work, pumps or (20 if quick else 200), mes_port, seconds, settle)
             else:
                 n = items or (200 if quick else 1000)
                 out = _load_job(
-                    work, n, load_procs, nice, mes_batch, mes_port, mes_pid, seconds, settle
+                    work, n, load_procs, nice, mes_batch, mes_port, mes.pid, seconds, settle
                 )
     b, n_red = out["bridge"], out["nodered"]
     ratio = b["messages_per_s"] / n_red["messages_per_s"] if n_red["messages_per_s"] else None
@@ -280,7 +262,7 @@ def _plant_job(
         )
         out["bridge"] = _run_bridge(work, mapping, api, mes_port, seconds, settle)
         ids = [f"ns={ns};s=Pump{i:02d}.{sig}" for i in range(1, pumps + 1) for sig in SIGNALS]
-        out["nodered"] = _best_nodered(work, [(plant_port, ids)], mes_port, seconds, settle)
+        out["nodered"] = _run_nodered(work, [(plant_port, ids)], mes_port, seconds, settle)
     return out
 
 
@@ -296,7 +278,7 @@ def _load_job(
     settle: float,
 ) -> dict[str, Any]:
     """Both sides on the same load servers, which offer more than either may take."""
-    assets_of = [list(range(items // TAGS_PER_ASSET))[k::procs] for k in range(procs)]
+    assets_of = split_assets(items, procs)
     ports = [free_port() for _ in range(procs)]
     out: dict[str, Any] = {
         "source": "load",
@@ -308,17 +290,8 @@ def _load_job(
         "publishing_interval_ms": 100,
         "sampling_interval_ms": 100,
     }
-    serve = ["nice", "-n", str(nice), sys.executable, "-m", "bench.opcua_ingest", "--serve"]
     with contextlib.ExitStack() as stack:
-        loads = [
-            stack.enter_context(
-                process(
-                    [*serve, str(port), str(len(mine) * TAGS_PER_ASSET), "0.1"],
-                    work / f"load{k}.log",
-                )
-            )
-            for k, (port, mine) in enumerate(zip(ports, assets_of, strict=True))
-        ]
+        loads = [p.pid for p in load_servers(stack, ports, assets_of, 0.1, nice, work)]
         for port in ports:
             _wait(lambda port=port: _namespace(port, LOAD_NS) > 0, 300, "load server")  # type: ignore[misc]
         namespaces = [_namespace(port, LOAD_NS) for port in ports]
@@ -331,7 +304,7 @@ def _load_job(
             (port, [f"ns={ns};s=v{i}" for i in range(len(mine) * TAGS_PER_ASSET)])
             for port, ns, mine in zip(ports, namespaces, assets_of, strict=True)
         ]
-        out["nodered"] = _best_nodered(work, clients, mes_port, seconds, settle, loads, mes_pid)
+        out["nodered"] = _run_nodered(work, clients, mes_port, seconds, settle, loads, mes_pid)
     return out
 
 
@@ -402,18 +375,17 @@ def _run_bridge(
         comps = _get_json(health)["components"]
         return int(next(c for c in comps if c["name"] == "normalize")["counters"]["updates"])
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "bridge", "--log-level", "warning", "run", str(path)]
-    with process(cmd, work / "bridge.log", env) as pid:
+    with process(cmd, work / "bridge.log") as proc:
         _wait(lambda: updates() > 0, 90, "bridge gateway")
         time.sleep(settle)
-        return _measure(pid, updates, seconds, lambda: _mes_count(mes_port), loads)
+        return _measure(proc.pid, updates, seconds, lambda: _mes_count(mes_port), loads)
 
 
 NODERED_RUNS = 2
 
 
-def _best_nodered(
+def _run_nodered(
     work: Path,
     clients: list[tuple[int, list[str]]],
     mes_port: int,
@@ -428,41 +400,26 @@ def _best_nodered(
     then idle at a few % of CPU and Node-RED below a core): such a run measures the start,
     not Node-RED's capacity, so the peer is given the better of its runs.
     """
-    runs = [
-        _run_nodered(work, k, clients, mes_port, seconds, settle, loads, mes_pid)
-        for k in range(NODERED_RUNS)
-    ]
-    best = dict(max(runs, key=lambda r: int(r["messages_per_s"])))
-    best["runs"] = runs
-    return best
-
-
-def _run_nodered(
-    work: Path,
-    run: int,
-    clients: list[tuple[int, list[str]]],
-    mes_port: int,
-    seconds: float,
-    settle: float,
-    loads: list[int] | None = None,
-    mes_pid: int | None = None,
-) -> dict[str, Any]:
-    user = work / f"nodered{run}"
-    user.mkdir()
-    (user / "flows.json").write_text(json.dumps(nodered_flow(clients, mes_port)))
-    port = free_port()
-    cmd = ["node", str(NODERED), "-u", str(user), "-p", str(port), "flows.json"]
-    base = _mes_count(mes_port)
-    with process(cmd, work / f"nodered{run}.log") as pid:
-        _wait(lambda: _mes_count(mes_port) > base, 90, "Node-RED flow")
-        time.sleep(settle)
-        others = [*(loads or []), *([mes_pid] if mes_pid else [])]
-        out = _measure(pid, lambda: _mes_count(mes_port), seconds, None, others)
-        if mes_pid and others:
+    others = [*(loads or []), *([mes_pid] if mes_pid else [])]
+    runs: list[dict[str, Any]] = []
+    for k in range(NODERED_RUNS):
+        user = work / f"nodered{k}"
+        user.mkdir()
+        (user / "flows.json").write_text(json.dumps(nodered_flow(clients, mes_port)))
+        cmd = ["node", str(NODERED), "-u", str(user), "-p", str(free_port()), "flows.json"]
+        base = _mes_count(mes_port)
+        with process(cmd, work / f"nodered{k}.log") as proc:
+            _wait(lambda base=base: _mes_count(mes_port) > base, 90, "Node-RED flow")  # type: ignore[misc]
+            time.sleep(settle)
+            out = _measure(proc.pid, lambda: _mes_count(mes_port), seconds, None, others)
+        if mes_pid:
             # The MES receiver answers every POST of Node-RED: if it is saturated, Node-RED's
             # figure is the receiver's, not Node-RED's (its CPU says which).
             out["mes_receiver_cpu_percent"] = out["others_cpu_percent"].pop()
-        return out
+        runs.append(out)
+    best = dict(max(runs, key=lambda r: int(r["messages_per_s"])))
+    best["runs"] = runs
+    return best
 
 
 def main() -> None:

@@ -48,10 +48,6 @@ def _text(length: int) -> Fixup:
     return lambda data: data[:length].rstrip(b"\x00").decode("ascii", errors="replace")  # type: ignore[index]
 
 
-def _is_set(word: object) -> TagValue:
-    return word != 0
-
-
 def _tag_bytes(offset: int, address: ModbusAddress) -> tuple[str, list[int], Fixup | None]:
     """The struct code of one tag, the block byte indices it reads (in big-endian order of the
     value) and the fix-up turning what struct returns into the tag's value."""
@@ -59,10 +55,8 @@ def _tag_bytes(offset: int, address: ModbusAddress) -> tuple[str, list[int], Fix
     words = list(range(offset, offset + count))
     if address.bit is not None:
         return "H", [2 * offset, 2 * offset + 1], _bit_field(address.bit, address.bits)
-    kind = address.type
-    # As in codec: 16-bit types and bools ignore word_order; strings honour only the byte swap.
-    if kind == "bool":
-        return "H", [2 * offset, 2 * offset + 1], _is_set
+    kind = address.type  # a register bool always has `bit:` (config), so it is handled above
+    # As in codec: 16-bit types ignore word_order; strings honour only the byte swap.
     order = address.word_order
     swap_words = kind != "string" and count > 1 and order in _SWAPS_WORDS
     swap_bytes = order in _SWAPS_BYTES and kind not in ("int16", "uint16")
@@ -80,7 +74,7 @@ class Unpacker:
     """Values of ``tags`` (``(offset in the block, address)``) from the block's ``count``
     registers, in the order of ``tags``."""
 
-    __slots__ = ("_count", "_fixups", "_format", "_pack", "_pick", "_unpack")
+    __slots__ = ("_count", "_fixups", "_pack", "_pick", "_unpack")
 
     def __init__(self, count: int, tags: Sequence[tuple[int, ModbusAddress]]) -> None:
         codes: list[str] = []
@@ -95,9 +89,8 @@ class Unpacker:
             if fixup is not None:
                 fixups.append((i, fixup))
         self._count = count
-        self._format = ">" + "".join(codes)
         self._pack = struct.Struct(f">{count}H").pack
-        self._unpack = struct.Struct(self._format).unpack
+        self._unpack = struct.Struct(">" + "".join(codes)).unpack
         # The identity (every register used once, in order, nothing swapped) needs no copy.
         identity = indices == list(range(2 * count))
         self._pick: Callable[[bytes], bytes] | None = None

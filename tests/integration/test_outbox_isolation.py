@@ -5,12 +5,11 @@ in their health; once they recover, they get theirs exactly once."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from outbox_harness import received_in_order
+from outbox_harness import prediction, received_in_order
 from stores import temp_store
 from support import free_port, wait_until
 
@@ -21,7 +20,7 @@ from bridge.outbox.wiring import split_outputs
 from bridge.store.db import Store
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
-from bridge.types import Prediction, PredictionSlot, Quality, SinkContext
+from bridge.types import PredictionSlot, SinkContext
 from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(90)
@@ -91,22 +90,6 @@ async def good() -> AsyncIterator[MesReceiver]:
         await receiver.stop()
 
 
-def pred(asset: str, seq: int) -> Prediction:
-    return Prediction(
-        id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{GATEWAY}/{asset}/health/{seq}")),
-        seq=seq,
-        asset=asset,
-        model="health",
-        version="1",
-        sha256="ab" * 32,
-        value="healthy",
-        score=0.9,
-        quality=Quality.GOOD,
-        timestamp=1714564800.0 + seq,
-        input_age_s=0.1,
-    )
-
-
 async def test_a_hung_or_garbage_mes_holds_back_only_its_own_destination(
     store: Store, good: MesReceiver, tmp_path: Path
 ) -> None:
@@ -124,7 +107,7 @@ async def test_a_hung_or_garbage_mes_holds_back_only_its_own_destination(
         )
     )
     mapping = load_mapping(path)
-    slots = tuple(PredictionSlot(a, "health", "1", "ab" * 32, ("healthy",)) for a in ASSETS)
+    slots = tuple(PredictionSlot(a, "health", "1.0.0", "ab" * 32, ("healthy",)) for a in ASSETS)
     kinds = registry.sink_kinds()
     sinks = [
         kinds[o.kind].factory(o.name, o.settings, SinkContext(GATEWAY, slots))
@@ -140,7 +123,7 @@ async def test_a_hung_or_garbage_mes_holds_back_only_its_own_destination(
     total = len(ASSETS) * EVENTS_PER_ASSET
     try:
         for seq in range(1, EVENTS_PER_ASSET + 1):
-            await writer.write([pred(a, seq) for a in ASSETS])
+            await writer.write([prediction(a, seq) for a in ASSETS])
         await wait_until(lambda: len(good.calls) == total, 15, what="every event at the good MES")
         assert received_in_order(good.calls) == {
             a: list(range(1, EVENTS_PER_ASSET + 1)) for a in ASSETS
