@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from bench.common import ROOT, proc_cpu_s
+from bench.common import ROOT, proc_cpu_s, stop
 
 
 @contextlib.contextmanager
@@ -40,12 +40,7 @@ def python_server(
             raise RuntimeError(f"{' '.join(args)} not ready within {timeout} s")
         yield proc.pid, line.strip()[len(ready) :].strip()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
 
 
 def wrk_available() -> bool:

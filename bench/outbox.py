@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from bench.common import free_port, write_result
+from bench.common import free_port, stop, write_result
 from bridge.logging import configure_logging
 from bridge.outbox import Relay, RelaySettings
 from bridge.store.db import Store, open_store
@@ -107,12 +107,7 @@ def _receiver() -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 async def _until(condition: Callable[[], bool]) -> None:
