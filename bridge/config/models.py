@@ -113,8 +113,24 @@ class ModelRegistrySettings(Strict):
     public_key: str | None = Field(
         None,
         description="PEM file of an Ed25519 public key (relative to the mapping file). When "
-        "set, every registered version must carry a signature made with its private key; "
-        "an unsigned or wrongly signed version is refused and the old one keeps serving.",
+        "set, every registered version must carry a signature made with its private key "
+        "over its name, version and sha256 (`bridge models sign`); an unsigned or wrongly "
+        "signed version is refused and the old one keeps serving. Required by the "
+        "`production` profile (gateway.durability.profile).",
+    )
+    directory: str | None = Field(
+        None,
+        description="The only folder (relative to the mapping file) that `bridge models "
+        "register` and `POST /api/v1/models/{name}/versions` read model files from; a path "
+        "outside it, a symbolic link leaving it, a FIFO or a device is refused. "
+        "Default: `models` next to the mapping file.",
+    )
+    max_file_mib: int = Field(
+        256,
+        ge=1,
+        le=65536,
+        description="Largest model file (MiB) that registration and loading read; a larger "
+        "one is refused before it is read.",
     )
 
 
