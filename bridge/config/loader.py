@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from bridge import registry
 from bridge.config.models import AssetConfig, MappingFile, ModelConfig, TagConfig
 from bridge.config.resolved import Endpoint, Feature, Mapping, ResolvedModel, ResolvedTag
-from bridge.config.yamlsource import LineIndex, gc_paused, read_yaml
+from bridge.config.yamlsource import LineIndex, Substitutions, gc_paused, read_yaml
 from bridge.errors import ConfigError, ConfigIssue
 from bridge.lifecycle.reference import ReferenceError, load_reference
 
@@ -26,14 +26,21 @@ _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class _Issues:
-    def __init__(self, file: str, index: LineIndex) -> None:
+    """Issues of one mapping; none shows a substituted ``${ENV}`` value (they are secrets:
+    passwords, tokens, credentials in URLs), only the placeholder written in the file."""
+
+    def __init__(
+        self, file: str, index: LineIndex, substitutions: Substitutions | None = None
+    ) -> None:
         self.file = file
         self.index = index
+        self.substitutions = substitutions or Substitutions()
         self.items: list[ConfigIssue] = []
 
     def add(self, loc: Loc, message: str, hint: str = "", line_loc: Loc | None = None) -> None:
         line = self.index.line_of(line_loc if line_loc is not None else loc)
-        self.items.append(ConfigIssue(self.file, line, _dotted(loc), message, hint))
+        scrub = self.substitutions.scrub
+        self.items.append(ConfigIssue(self.file, line, _dotted(loc), scrub(message), scrub(hint)))
 
     def from_validation(
         self,
@@ -46,14 +53,15 @@ class _Issues:
             loc: Loc = tuple(err["loc"])
             full = (*prefix, *loc)
             line_loc = (*(line_prefix if line_prefix is not None else prefix), *loc)
-            self.add(full, _message(err), _hint(err, model, loc), line_loc)
+            written = self.substitutions.written.get(line_loc)
+            self.add(full, _message(err, written), _hint(err, model, loc), line_loc)
 
 
 def load_mapping(path: str | Path, env: MappingABC[str, str] | None = None) -> Mapping:
     """Read, validate and resolve a mapping; raise ``ConfigError`` with every issue found."""
     path = Path(path)
     doc = read_yaml(path, env)
-    issues = _Issues(doc.file, doc.index)
+    issues = _Issues(doc.file, doc.index, doc.substitutions)
     issues.items.extend(doc.issues)
     if doc.data is None:
         raise ConfigError(issues.items)
@@ -474,7 +482,9 @@ def _suggest(word: str, known: MappingABC[str, Any] | list[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else ""
 
 
-def _message(err: Any) -> str:
+def _message(err: Any, written: str | None = None) -> str:
+    """Pydantic's message and the value it got; for a value with ``${ENV}`` in it, the value
+    as ``written`` in the file."""
     kind = err["type"]
     if kind == "extra_forbidden":
         return "unknown key"
@@ -486,7 +496,7 @@ def _message(err: Any) -> str:
         and kind not in ("model_type", "dict_type")
         and not isinstance(err["input"], dict | list)
     ):
-        msg += f" (got {err['input']!r})"
+        msg += f" (got {written if written is not None else err['input']!r})"
     return msg
 
 

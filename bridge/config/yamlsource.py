@@ -9,6 +9,16 @@ Speed (a 100,000-tag mapping is ~1 MB of YAML): the node tree is composed by lib
 (composing allocates ~10^5 nodes, and each generation-0 collection walks them all again: 5x the
 parse itself). A file with a syntax error is parsed again by the pure-Python loader, so the
 message and line are the ones it has always given.
+
+Aliases are allowed (OT engineers anchor a block once and repeat it with ``*name`` or
+``<<: *name``) but bounded before anything is built: the composed node graph is walked once,
+each node's expanded size remembered, so a "billion laughs" document is refused in
+milliseconds without being expanded. Limits: aliases may add at most ``MAX_ALIAS_VALUES``
+values, nesting may go ``MAX_DEPTH`` levels deep, and an alias inside the block it names
+(``a: &a [*a]``, which would repeat forever) is an error at its key.
+
+Substituted ``${ENV}`` values are recorded (path -> text as written, value -> placeholder) so
+that errors can show the placeholder instead of a secret.
 """
 
 from __future__ import annotations
@@ -26,13 +36,29 @@ import yaml
 
 from bridge.errors import ConfigIssue
 
-__all__ = ["LineIndex", "YamlDocument", "gc_paused", "read_yaml"]
+__all__ = [
+    "MAX_ALIAS_VALUES",
+    "MAX_DEPTH",
+    "LineIndex",
+    "Substitutions",
+    "YamlDocument",
+    "gc_paused",
+    "read_yaml",
+]
 
 Path_ = tuple[str | int, ...]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _FastLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR_TAG = "tag:yaml.org,2002:str"
+_ANCHOR = re.compile(r"&([^\s,\[\]{}]+)")
+
+# About the number of values a 100,000-tag mapping holds: aliases may double the largest
+# mapping we measured, no more. A billion-laughs file (10^9 values) is stopped at this count.
+MAX_ALIAS_VALUES = 1_000_000
+# Real mappings nest ~8 levels (templates.<t>.tags.<tag>.address.<key>); the walk below and
+# the builder recurse once per level.
+MAX_DEPTH = 64
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -85,11 +111,30 @@ class LineIndex:
 
 
 @dataclass
+class Substitutions:
+    """Where ``${ENV}`` values went: errors show what was written, never the value."""
+
+    # Key path -> the scalar as written in the file (with its ``${NAME}`` placeholders).
+    written: dict[Path_, str] = field(default_factory=dict)
+    # Substituted value -> its placeholder, for scrubbing text that quotes a value.
+    values: dict[str, str] = field(default_factory=dict)
+
+    def scrub(self, text: str, min_length: int = 4) -> str:
+        """``text`` with every substituted value of ``min_length`` characters or more replaced
+        by its placeholder (shorter ones would also hit ordinary words and numbers)."""
+        for value in sorted(self.values, key=len, reverse=True):
+            if len(value) >= min_length and value in text:
+                text = text.replace(value, self.values[value])
+        return text
+
+
+@dataclass
 class YamlDocument:
     file: str
     data: Any
     index: LineIndex
     issues: list[ConfigIssue]
+    substitutions: Substitutions = field(default_factory=Substitutions)
 
 
 def read_yaml(path: Path, env: Mapping[str, str] | None = None) -> YamlDocument:
@@ -119,6 +164,16 @@ def read_yaml(path: Path, env: Mapping[str, str] | None = None) -> YamlDocument:
         loader = yaml.SafeLoader(text)
         try:
             root = loader.get_single_node()
+        except RecursionError:
+            # libyaml stops at 1,000 levels; the pure-Python composer recurses per level.
+            issue = ConfigIssue(
+                file,
+                None,
+                "(yaml syntax)",
+                "the file is nested too deeply to read",
+                f"a mapping needs far fewer than {MAX_DEPTH} levels: flatten the structure",
+            )
+            return YamlDocument(file, None, index, [issue])
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else None
@@ -137,8 +192,112 @@ def read_yaml(path: Path, env: Mapping[str, str] | None = None) -> YamlDocument:
         return YamlDocument(file, {}, index, issues)
     index.lines[()] = root.start_mark.line + 1
     with _collector_paused():
-        data = _build(root, (), index, issues, file, environ, loader)
-    return YamlDocument(file, data, index, issues)
+        shape_issue = _check_shape(root, file, text)
+    if shape_issue is not None:
+        return YamlDocument(file, None, index, [shape_issue])
+    substitutions = Substitutions()
+    with _collector_paused():
+        data = _build(root, (), index, issues, file, environ, loader, substitutions)
+    return YamlDocument(file, data, index, issues, substitutions)
+
+
+def _check_shape(root: yaml.Node, file: str, text: str) -> ConfigIssue | None:
+    """The first alias that loops or overruns the budget, or the first too-deep block.
+
+    Depth-first over the composed graph, in document order; a block reached again (through an
+    alias) is not entered again: its remembered size is charged to the alias budget. Scalars
+    count 1 and are not tracked (an aliased scalar adds one value: no bomb), which keeps this
+    walk at a fraction of the build's time on a 100,000-tag mapping.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    added = 0
+
+    def issue(path: Path_, line: int, message: str, hint: str) -> ConfigIssue:
+        return ConfigIssue(file, line, _dotted(path), message, hint)
+
+    def walk(node: yaml.Node, path: Path_, line: int) -> int | ConfigIssue:
+        nonlocal added
+        key = id(node)
+        if key in open_nodes:
+            anchor_line = node.start_mark.line + 1
+            name = _anchor_at(text, node.start_mark)
+            alias = f"alias *{name}" if name else "an alias"
+            where = f"&{name} on line {anchor_line}" if name else f"on line {anchor_line}"
+            return issue(
+                path,
+                line,
+                f"{alias} is used inside the block it names (anchored as {where}): "
+                "it would repeat forever",
+                "an alias may only repeat a block that does not contain it: write the "
+                "values out, or use `templates:` for repeated tags",
+            )
+        known = sizes.get(key)
+        if known is not None:
+            added += known
+            if added > MAX_ALIAS_VALUES:
+                return issue(
+                    path,
+                    line,
+                    f"aliases would add more than {MAX_ALIAS_VALUES:,} values to the mapping "
+                    "(a 'billion laughs' document?)",
+                    "repeat fewer or smaller blocks with aliases; for repeated tags use "
+                    "`templates:` and `vars:`",
+                )
+            return known
+        if len(path) > MAX_DEPTH:
+            return issue(
+                path,
+                line,
+                f"nested more than {MAX_DEPTH} levels deep",
+                "flatten the structure: a mapping needs far fewer levels",
+            )
+        size = 1
+        open_nodes.add(key)
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                child: Path_ | None = None
+                for part in (key_node, value_node):
+                    if isinstance(part, yaml.ScalarNode):
+                        size += 1
+                        continue
+                    if child is None:
+                        child = (*path, _key_label(key_node))
+                    result = walk(part, child, key_node.start_mark.line + 1)
+                    if isinstance(result, ConfigIssue):
+                        return result
+                    size += result
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                if isinstance(item, yaml.ScalarNode):
+                    size += 1
+                    continue
+                # An alias's node marks its anchor, elsewhere: point at the sequence instead.
+                reached = id(item) in sizes or id(item) in open_nodes
+                result = walk(item, (*path, i), line if reached else item.start_mark.line + 1)
+                if isinstance(result, ConfigIssue):
+                    return result
+                size += result
+        open_nodes.discard(key)
+        sizes[key] = size
+        return size
+
+    result = walk(root, (), root.start_mark.line + 1)
+    return result if isinstance(result, ConfigIssue) else None
+
+
+def _key_label(node: yaml.Node) -> str:
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else "(complex key)"
+
+
+def _anchor_at(text: str, mark: yaml.Mark) -> str | None:
+    """The anchor's name written where ``mark`` points (marks of an anchored node start at
+    its ``&name``; the composed graph keeps no names)."""
+    lines = text.splitlines()
+    if not 0 <= mark.line < len(lines):
+        return None
+    match = _ANCHOR.match(lines[mark.line], mark.column)
+    return match.group(1) if match else None
 
 
 def _compose(
@@ -159,6 +318,7 @@ def _build(
     file: str,
     env: Mapping[str, str],
     loader: yaml.SafeLoader,
+    subs: Substitutions,
 ) -> Any:
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves YAML merge keys ("<<: *anchor")
@@ -190,18 +350,18 @@ def _build(
                     )
                 )
             index.lines[child] = line
-            out[key] = _build(value_node, child, index, issues, file, env, loader)
+            out[key] = _build(value_node, child, index, issues, file, env, loader, subs)
         return out
     if isinstance(node, yaml.SequenceNode):
         items = []
         for i, item in enumerate(node.value):
             child = (*path, i)
             index.lines[child] = item.start_mark.line + 1
-            items.append(_build(item, child, index, issues, file, env, loader))
+            items.append(_build(item, child, index, issues, file, env, loader, subs))
         return items
     value = _scalar(node, loader)
     if isinstance(value, str) and "${" in value:
-        return _substitute(value, path, node.start_mark.line + 1, issues, file, env)
+        return _substitute(value, path, node.start_mark.line + 1, issues, file, env, subs)
     return value
 
 
@@ -214,12 +374,23 @@ def _scalar(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
 
 
 def _substitute(
-    text: str, path: Path_, line: int, issues: list[ConfigIssue], file: str, env: Mapping[str, str]
+    text: str,
+    path: Path_,
+    line: int,
+    issues: list[ConfigIssue],
+    file: str,
+    env: Mapping[str, str],
+    subs: Substitutions,
 ) -> str:
+    subs.written[path] = text
+
     def repl(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in env:
-            return env[name]
+            value = env[name]
+            if value:
+                subs.values.setdefault(value, f"${{{name}}}")
+            return value
         if default is not None:
             return default
         issues.append(
