@@ -60,7 +60,7 @@ async def _hold(mapping_path: Path, rounds: int) -> dict[str, Any]:
     rate_hz = _tag_rate_hz(prepared.mapping)
     reach = max(max(m.window_s, m.min_window_s) for m in prepared.mapping.models.values())
     fill = int(rate_hz * (reach + 2.0))
-    start = time.time() - fill / rate_hz
+    start = time.monotonic() - fill / rate_hz  # window times are on the monotonic clock
     for i, e in enumerate(table.entries.values()):
         if e.ring is not None:
             for j in range(fill):

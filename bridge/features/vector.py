@@ -2,6 +2,9 @@
 
 Only Good samples are in the windows; an input whose latest state is Bad or stale blocks its
 asset (no inference, a Bad prediction saying why); Uncertain inputs make an Uncertain prediction.
+
+All times here are on the monotonic clock (window sample times, ``updated_mono``, ``now``), so
+a step of the wall clock moves no sample in or out of a window and makes no input stale.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class WindowedTag(Protocol):
     @property
     def source_time(self) -> float | None: ...
     @property
-    def updated(self) -> float | None: ...
+    def updated_mono(self) -> float | None: ...  # monotonic time of the last update
     @property
     def max_age_s(self) -> float: ...
     @property
@@ -63,6 +66,7 @@ class FeatureBatch:
 def build_batch(
     model: ResolvedModel, lookup: Callable[[str], WindowedTag], now: float
 ) -> FeatureBatch:
+    """The feature rows of ``model``'s assets at ``now`` (monotonic clock)."""
     start = now - model.window_s
     tag_names = list(dict.fromkeys(f.tag for f in model.features))
     # First every asset's inputs and windows, then the statistics of all assets at once: one
@@ -114,10 +118,10 @@ def _inputs(
     ages: list[float] = []
     for name, s in states.items():
         quality, why = s.quality, s.reason
-        if s.updated is None:
+        if s.updated_mono is None:
             quality, why = Quality.BAD, why or "no value yet"
         else:
-            age = now - s.updated
+            age = now - s.updated_mono
             ages.append(age)
             if age > s.max_age_s and quality is not Quality.BAD:
                 quality, why = Quality.BAD, f"stale: not updated for {age:.1f} s"

@@ -1,5 +1,8 @@
 """A fixed-size numpy ring of (time, value) per tag: O(1) append, window slices without copies
-of the whole history. Numpy rings, because building arrays from deques costs ~10x more."""
+of the whole history. Numpy rings, because building arrays from deques costs ~10x more.
+
+Times must never go backwards (``since`` searches them): the tag table stamps samples with the
+monotonic clock, never the wall clock an NTP step may set back."""
 
 from __future__ import annotations
 

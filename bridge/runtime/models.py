@@ -75,6 +75,10 @@ class ModelRunner:
     record_comparisons: Callable[[Sequence[Comparison]], Awaitable[None]] | None = None
     observers: list[Observer] = field(default_factory=list)
     enrichers: list[Enricher] = field(default_factory=list)
+    # Windows and input ages on the monotonic clock (bridge.runtime.tagtable); prediction
+    # timestamps on the wall clock. Parameters so that tests can step the wall clock.
+    wall_clock: Callable[[], float] = time.time
+    monotonic_clock: Callable[[], float] = time.monotonic
     runs: int = 0
     overruns: int = 0
     errors: int = 0
@@ -138,8 +142,8 @@ class ModelRunner:
 
     async def tick(self) -> list[Prediction]:
         deployment = self.deployment  # one deployment for the whole tick
-        now = time.time()
-        batch = build_batch(self.model, self.lookup, now)
+        now = self.wall_clock()  # prediction time, for people and the store
+        batch = build_batch(self.model, self.lookup, self.monotonic_clock())
         predictions = [self._blocked(row, now, deployment.active) for row in batch.blocked]
         active: BatchResult | None = None
         candidate: BatchResult | None = None

@@ -2,12 +2,18 @@
 reads it.
 
 The normalize stage writes here (one writer); feature building and the API read it.
+
+Two clocks, on purpose: windows, input ages and staleness run on the monotonic clock, so an
+NTP correction or an operator setting the time does not move samples in or out of a window
+(a 60 s step back once left a 10 s window holding 150 samples) nor make inputs look fresh or
+stale; the wall clock only stamps what people see (``received_time``). Both are parameters, so
+tests step them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -34,6 +40,7 @@ class TagEntry:
     source_time: float | None = None
     server_time: float | None = None
     updated: float | None = None  # when the gateway last heard of it (also within the deadband)
+    updated_mono: float | None = None  # the same moment on the monotonic clock: ages, staleness
 
     @property
     def max_age_s(self) -> float:
@@ -47,6 +54,8 @@ class TagTable:
     updates: int = 0
     suppressed: int = 0
     unknown: int = 0
+    wall_clock: Callable[[], float] = time.time
+    monotonic_clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         # Only tags a model reads keep a window: at most max_samples, as long as its longest
@@ -80,7 +89,8 @@ class TagTable:
         """Normalize and store one batch from a source."""
         # The hottest loop of the gateway (every sample of every source passes here): names
         # are bound locally and the counters are summed once per batch.
-        now = time.time()
+        now = self.wall_clock()
+        mono = self.monotonic_clock()
         entries = self.entries
         good = Quality.GOOD
         updates = suppressed = unknown = 0
@@ -90,7 +100,7 @@ class TagTable:
                 unknown += 1
                 continue
             value, quality, why = entry.transform(sample.value, sample.quality)
-            entry.updated = now
+            entry.updated, entry.updated_mono = now, mono
             if (
                 quality is good
                 and entry.quality is good
@@ -104,7 +114,7 @@ class TagTable:
             updates += 1
             ring = entry.ring
             if ring is not None and quality is good and isinstance(value, (int, float)):
-                ring.append(now, float(value))
+                ring.append(mono, float(value))
         self.updates += updates
         self.suppressed += suppressed
         self.unknown += unknown

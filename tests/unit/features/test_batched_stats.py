@@ -42,7 +42,7 @@ class _Tag:
         self.quality = Quality.GOOD
         self.reason = ""
         self.source_time = None
-        self.updated: float | None = NOW - 0.1
+        self.updated_mono: float | None = NOW - 0.1
         self.max_age_s = 5.0
 
 

@@ -22,7 +22,7 @@ class State:
     quality: Quality = Quality.GOOD
     reason: str = ""
     source_time: float | None = None
-    updated: float | None = NOW - 0.5
+    updated_mono: float | None = NOW - 0.5
     max_age_s: float = 5.0
     ring: Ring | None = field(default_factory=lambda: Ring(64))
 
@@ -90,7 +90,7 @@ def test_bad_input_blocks_the_asset_and_says_why() -> None:
 
 def test_stale_input_counts_as_bad() -> None:
     stale = filled([1.0, 2.0])
-    stale.updated = NOW - 6.0  # max_age_s is 5
+    stale.updated_mono = NOW - 6.0  # max_age_s is 5
     batch = build_batch(model(("a",)), {"a.x": stale, "a.y": filled([1.0])}.__getitem__, NOW)
     assert not batch.runnable
     assert "stale" in batch.blocked[0].reason

@@ -70,10 +70,10 @@ class Rig:
     published: list[Prediction] = field(default_factory=list)
 
     def feed(self, asset: str, values: dict[str, float], quality: Quality = Quality.GOOD) -> None:
-        # The table stamps window samples with its own clock: replay the last seconds.
-        now = time.time()
+        # The table stamps window samples with its own (monotonic) clock: replay the last seconds.
+        now, mono = time.time(), time.monotonic()
         for age in (6.0, 4.0, 2.0, 0.5):
-            with patch("bridge.runtime.tagtable.time.time", return_value=now - age):
+            with patch.object(self.table, "monotonic_clock", return_value=mono - age):
                 self.table.apply(
                     [
                         TagSample(f"{asset}.{tag}", value, quality, now - age, now - age)
