@@ -7,11 +7,18 @@ subscribe; ``operator``: also the Write service, still bound by each node's Acce
 Call service (the feedback methods of predictions). HistoryUpdate is refused for everybody. A
 user may also log in with an X.509 user certificate that is configured with a role (pinned by its
 DER bytes); any other certificate is refused.
+
+A password may be configured as a scrypt hash. asyncua asks the user manager synchronously, on the
+event loop, so the guard calls ``prepare`` first: the scrypt runs in a worker thread and
+``get_user`` only reads its verdict. The last good password of each user is remembered as an
+HMAC under a key made at start (never the password itself), so a reconnecting HMI costs no scrypt.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +32,7 @@ from asyncua.ua.object_ids import ObjectIds
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from connectors.opcua._passwords import PasswordHash, hash_password, parse_password_hash
 from connectors.opcua.convert import make_node_id
 from connectors.opcua.server_config import OpcUaServerUser
 
@@ -101,9 +109,52 @@ class ReaderUserManager(UserManager):
         certificates: Mapping[bytes, CertificateRole] | None = None,
     ) -> None:
         self._allow_anonymous = allow_anonymous
-        self._passwords = {u.username: u.password.encode() for u in users}
+        self._passwords = {u.username: u.password.encode() for u in users if u.password}
+        self._hashes = {
+            u.username: parse_password_hash(u.password_hash) for u in users if u.password_hash
+        }
         self._roles = {u.username: u.role for u in users}
         self._certificates = dict(certificates or {})
+        self._key = secrets.token_bytes(32)
+        self._good: dict[str, bytes] = {}  # user -> tag of the last password that matched
+        self._verdicts: dict[tuple[str, bytes], bool] = {}  # prepared, read once by get_user
+        # Unknown names cost a scrypt too, so the time of a refusal does not tell names apart.
+        self._decoy = parse_password_hash(hash_password(secrets.token_hex(8)))
+
+    async def prepare(self, username: str, password: str) -> None:
+        """Check a hashed password off the event loop before asyncua calls ``get_user``."""
+        stored = self._stored_hash(username)
+        if stored is None:
+            return
+        tag = self._tag(password)
+        if self._good.get(username) == tag:
+            return
+        ok = await asyncio.to_thread(stored.matches, password)
+        if len(self._verdicts) > 1000:  # prepared but never asked for: do not grow
+            self._verdicts.clear()
+        self._verdicts[(username, tag)] = ok and username in self._hashes
+
+    def _stored_hash(self, username: str) -> PasswordHash | None:
+        if username in self._hashes:
+            return self._hashes[username]
+        if self._hashes and username not in self._passwords:
+            return self._decoy
+        return None
+
+    def _tag(self, password: str) -> bytes:
+        return hmac.new(self._key, password.encode(), "sha256").digest()
+
+    def _hashed_password_ok(self, username: str, password: str) -> bool:
+        tag = self._tag(password)
+        if self._good.get(username) == tag:
+            return True
+        verdict = self._verdicts.pop((username, tag), None)
+        if verdict is None:  # not prepared (a direct call): check here, on this thread
+            stored = self._stored_hash(username)
+            verdict = stored is not None and stored.matches(password) and username in self._hashes
+        if verdict:
+            self._good[username] = tag
+        return verdict
 
     def get_user(
         self,
@@ -118,6 +169,10 @@ class ReaderUserManager(UserManager):
         # the channel's application certificate, which identifies the program, not a user.)
         if username is None:
             return User(role=UserRole.User, name="anonymous") if self._allow_anonymous else None
+        if username in self._hashes or (self._hashes and username not in self._passwords):
+            if not self._hashed_password_ok(username, password or ""):
+                return None
+            return RoleUser(role=UserRole.User, name=username, bridge_role=self._roles[username])
         expected = self._passwords.get(username)
         given = (password or "").encode()
         # Compare even for unknown users so timing does not reveal which names exist.

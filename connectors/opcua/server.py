@@ -24,7 +24,7 @@ from typing import Any, cast
 import structlog
 from asyncua import ua
 from asyncua.common.node import Node
-from asyncua.crypto.truststore import TrustStore
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.server import Server
 from asyncua.ua.object_ids import ObjectIds
@@ -50,12 +50,14 @@ from connectors.opcua._access import (
 )
 from connectors.opcua._caller import caller_name, caller_role
 from connectors.opcua._guard import GuardedServer
+from connectors.opcua._throttle import LoginThrottle
 from connectors.opcua.certs import load_der, thumbprint
 from connectors.opcua.convert import make_node_id
 from connectors.opcua.encode import FIELDS, encode_prediction, initial_values, value_type
 from connectors.opcua.encode import node_string as prediction_node_string
 from connectors.opcua.models_folder import ModelsFolder
 from connectors.opcua.server_config import OpcUaServerSettings, ServerSecurityPolicy
+from connectors.opcua.trust import TrustList, UntrustedCertificate
 
 __all__ = ["PredictionServer"]
 
@@ -116,10 +118,18 @@ class PredictionServer:
             self._state, self._detail = "down", repr(exc)
             raise ConnectorError(f"{self.name}: cannot load a user certificate: {exc!r}") from exc
         users = ReaderUserManager(settings.allow_anonymous, settings.users, certificate_users)
+        trust = self._trust_list()
+        lockout = settings.login_lockout
         server = GuardedServer(
             user_manager=cast(Any, users),
             allow_none="None" in settings.security_policies,
             max_subscriptions_per_session=settings.max_subscriptions_per_session,
+            trust=trust,
+            logins=LoginThrottle(
+                after_failures=lockout.after_failures,
+                first_lockout_s=lockout.first_lockout_s,
+                max_lockout_s=lockout.max_lockout_s,
+            ),
         )
         try:
             await server.init()
@@ -132,7 +142,8 @@ class PredictionServer:
             if settings.certificate and settings.private_key:
                 await server.load_certificate(settings.certificate)
                 await server.load_private_key(settings.private_key)
-                await self._trust_clients(server)
+            if trust is not None:
+                server.set_certificate_validator(cast(Any, _ClientCertificateValidator(trust)))
             server.set_security_policy(
                 [_POLICY_TYPES[p] for p in settings.security_policies],
                 permission_ruleset=cast(Any, ReadOnlyRuleset()),
@@ -164,19 +175,15 @@ class PredictionServer:
         limits.max_chunk_count = -(-settings.max_message_size // limits.max_recv_buffer)
         server.iserver.max_connections = settings.max_connections
 
-    async def _trust_clients(self, server: Server) -> None:
-        """Client application certificates are accepted only if found in <pki_dir>/trusted."""
-        trusted = Path(self._settings.pki_dir) / "trusted"
-        trusted.mkdir(parents=True, exist_ok=True)
-        store = TrustStore([trusted], [])
-        await store.load()
-        options = (
-            CertificateValidatorOptions.TIME_RANGE
-            | CertificateValidatorOptions.URI
-            | CertificateValidatorOptions.TRUSTED
-            | CertificateValidatorOptions.PEER_CLIENT
+    def _trust_list(self) -> TrustList | None:
+        """Client application certificates are trusted by <pki_dir> (``connectors.opcua.trust``);
+        an empty list is fine: certificate-based clients are refused until trusted."""
+        settings = self._settings
+        if not (settings.certificate and settings.private_key):
+            return None
+        return TrustList(
+            Path(settings.pki_dir), rejected_cap=settings.rejected_cap, purpose="clients"
         )
-        server.set_certificate_validator(cast(Any, CertificateValidator(options, store)))
 
     def _identity_tokens(self) -> list[type]:
         tokens: list[type] = []
@@ -353,6 +360,30 @@ class PredictionServer:
         finally:
             self._state, self._detail = "stopped", ""
             self._log.info("server_stopped", seconds=round(time.monotonic() - started, 3))
+
+
+class _ClientCertificateValidator(CertificateValidator):
+    """asyncua's checks of CreateSession.ClientCertificate (validity, ApplicationUri in the
+    SAN) followed by the trust list. The guard has already required that certificate to be the
+    secure channel's and checked it; this also covers a None channel when None is enabled."""
+
+    def __init__(self, trust: TrustList) -> None:
+        options = (
+            CertificateValidatorOptions.TIME_RANGE
+            | CertificateValidatorOptions.URI
+            | CertificateValidatorOptions.PEER_CLIENT
+        )
+        super().__init__(options)
+        self._trust = trust
+
+    async def validate(
+        self, cert: x509.Certificate, app_description: ua.ApplicationDescription
+    ) -> None:
+        await super().validate(cert, app_description)
+        try:
+            await self._trust.check(cert)
+        except UntrustedCertificate as exc:
+            raise ServiceError(exc.status) from exc
 
 
 def _placeholder(vtype: ua.VariantType) -> Any:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from connectors.opcua._passwords import parse_password_hash
 from connectors.opcua.config import OpcTcpUrl
 
 __all__ = [
+    "LoginLockout",
     "OpcUaServerCertificateUser",
     "OpcUaServerSettings",
     "OpcUaServerUser",
@@ -40,15 +42,49 @@ def _secured() -> list[ServerSecurityPolicy]:
 
 class OpcUaServerUser(BaseModel):
     """A user that may log in. ``reader``: browse, read, subscribe. ``operator``: also the
-    Write service (only nodes whose AccessLevel allows it; the prediction tree allows none)."""
+    Write service (only nodes whose AccessLevel allows it; the prediction tree allows none).
+    Give ``password`` (from ${ENV_VAR}) or ``password_hash`` (``bridge certs hash-password``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     username: str = Field(min_length=1, description="Login name.")
-    password: str = Field(
-        min_length=1, description="Password; pass it as ${ENV_VAR}, never literally."
+    password: str | None = Field(
+        None, min_length=1, description="Password; pass it as ${ENV_VAR}, never literally."
+    )
+    password_hash: str | None = Field(
+        None,
+        description="scrypt$n$r$p$salt$hash, made by `bridge certs hash-password`; the mapping "
+        "then holds no password.",
     )
     role: Literal["reader", "operator"] = Field("reader", description="What the user may do.")
+
+    @field_validator("password_hash")
+    @classmethod
+    def _parsable(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_password_hash(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> Self:
+        if (self.password is None) == (self.password_hash is None):
+            raise ValueError(
+                f"user {self.username!r}: give exactly one of password (${{ENV_VAR}}) and "
+                "password_hash (bridge certs hash-password)"
+            )
+        return self
+
+
+class LoginLockout(BaseModel):
+    """Failed logins are throttled per client address: after ``after_failures`` failures in a
+    row the address is refused for ``first_lockout_s``, doubling after each further failure up
+    to ``max_lockout_s``; a successful login clears it. Other addresses are not affected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    after_failures: int = Field(5, ge=1, description="Failures in a row before a lockout.")
+    first_lockout_s: float = Field(2.0, gt=0, description="Length of the first lockout, s.")
+    max_lockout_s: float = Field(300.0, gt=0, description="Longest lockout, s.")
 
 
 class OpcUaServerCertificateUser(BaseModel):
@@ -106,8 +142,16 @@ class OpcUaServerSettings(BaseModel):
         "urn:bridge:gateway", description="ApplicationUri; must equal the certificate's SAN URI."
     )
     pki_dir: str = Field(
-        "pki",
-        description="Client application certificates must be in <pki_dir>/trusted (DER/PEM).",
+        "pki/clients",
+        description="Trust list of client application certificates: <pki_dir>/trusted (or CAs "
+        "there, with issuers/ and crl/ folders); refused ones are filed in <pki_dir>/rejected. "
+        "Empty: certificate-based clients are refused until trusted (bridge certs trust).",
+    )
+    rejected_cap: int = Field(
+        100, ge=1, description="At most this many certificates are kept in <pki_dir>/rejected."
+    )
+    login_lockout: LoginLockout = Field(
+        default_factory=LoginLockout, description="Throttling of failed logins per client address."
     )
     max_message_size: int = Field(
         4 * 1024 * 1024, ge=65536, description="Largest accepted request in bytes."

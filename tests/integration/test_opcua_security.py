@@ -22,6 +22,7 @@ from bridge.types import PredictionSlot, Quality, SinkContext, SourceTag
 from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings, PredictionServer
 from connectors.opcua.certs import create_application_certificate
 from connectors.opcua.server_config import (
+    LoginLockout,
     OpcUaServerCertificateUser,
     OpcUaServerSettings,
     OpcUaServerUser,
@@ -71,6 +72,8 @@ async def secure(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pki]
         certificate=str(server_cert),
         private_key=str(server_key),
         pki_dir=str(server_pki),
+        # Every test here logs in from 127.0.0.1, some on purpose with bad credentials.
+        login_lockout=LoginLockout(after_failures=1000),
         users=[
             OpcUaServerUser(username="hmi", password="s3cret"),
             OpcUaServerUser(username="ops", password="0ps-pw", role="operator"),
@@ -380,3 +383,123 @@ async def test_none_channel_refused_for_session_services(secure: Pki) -> None:
     read = ua.ReadParameters()
     read.NodesToRead = [ua.ReadValueId(NodeId=ua.NodeId(2255, 0), AttributeId=13)]
     await _refused(client, client.uaclient.read(read))
+
+
+# --- The secure channel's certificate is what the trust list checks -------------------------
+
+
+def _stranger(pki: Pki, name: str) -> tuple[Path, Path]:
+    """A valid application certificate (with its key) that the server does not trust."""
+    cert, key = pki.root / name / "cert.der", pki.root / name / "key.pem"
+    if not cert.exists():
+        create_application_certificate(cert, key, hostnames=("localhost",))
+    return cert, key
+
+
+async def _secured_client(pki: Pki, cert: Path, key: Path) -> Client:
+    client = Client(pki.endpoint, timeout=3)
+    client.application_uri = "urn:bridge:gateway"
+    await client.set_security(
+        SecurityPolicyBasic256Sha256,
+        str(cert),
+        str(key),
+        server_certificate=str(pki.server_cert),
+        mode=ua.MessageSecurityMode.SignAndEncrypt,
+    )
+    return client
+
+
+def _send_client_certificate(client: Client, der: bytes | None) -> None:
+    """Make ``client`` put ``der`` in CreateSession.ClientCertificate, whatever its channel uses."""
+    send = client.uaclient.create_session
+
+    async def create_session(params: ua.CreateSessionParameters) -> ua.CreateSessionResult:
+        params.ClientCertificate = der
+        return await send(params)
+
+    client.uaclient.create_session = create_session  # type: ignore[method-assign]
+
+
+async def _read_server_state(client: Client) -> object:
+    read = ua.ReadParameters()
+    read.NodesToRead = [ua.ReadValueId(NodeId=ua.NodeId(2259, 0), AttributeId=13)]
+    return (await client.uaclient.read(read))[0].Value
+
+
+async def _assert_session_refused(client: Client, code: int) -> None:
+    client.set_user("hmi")
+    client.set_password("s3cret")
+    try:
+        with pytest.raises(UaStatusCodeError) as info:
+            await client.connect()
+            await _read_server_state(client)  # reached only if the session was granted
+        assert info.value.code == code
+    finally:
+        client.disconnect_socket()
+
+
+async def test_untrusted_channel_with_empty_client_certificate_refused(secure: Pki) -> None:
+    """The review's proof: an untrusted certificate on the SignAndEncrypt channel and an empty
+    CreateSession.ClientCertificate got a session, a login and reads."""
+    client = await _secured_client(secure, *_stranger(secure, "bypass"))
+    _send_client_certificate(client, None)
+    await _assert_session_refused(client, ua.StatusCodes.BadCertificateUntrusted)
+
+
+async def test_client_certificate_must_be_the_channel_certificate(secure: Pki) -> None:
+    # Trusted channel, but CreateSession names another certificate (or none): refused.
+    other = _stranger(secure, "other")[0].read_bytes()
+    for sent in (other, None):
+        client = await _secured_client(secure, secure.client_cert, secure.client_key)
+        _send_client_certificate(client, sent)
+        await _assert_session_refused(client, ua.StatusCodes.BadSecurityChecksFailed)
+
+
+async def test_trusted_channel_certificate_gets_a_session(secure: Pki) -> None:
+    client = await _secured_client(secure, secure.client_cert, secure.client_key)
+    client.set_user("hmi")
+    client.set_password("s3cret")
+    await client.connect()
+    try:
+        assert await _read_server_state(client) is not None
+    finally:
+        await client.disconnect()
+
+
+async def test_session_cannot_be_activated_from_an_untrusted_channel(secure: Pki) -> None:
+    """ActivateSession on a new channel (session transfer) is checked too: a channel with an
+    untrusted certificate, or a trusted one other than the session's, cannot take it over."""
+    owner = await _secured_client(secure, secure.client_cert, secure.client_key)
+    await owner.connect_socket()
+    await owner.send_hello()
+    await owner.open_secure_channel()
+    await owner.create_session()
+    other_cert, other_key = _stranger(secure, "trusted-other")
+    shutil.copy(other_cert, secure.server_pki / "trusted" / "other.der")
+    try:
+        for cert, key, code in (
+            (*_stranger(secure, "thief"), ua.StatusCodes.BadCertificateUntrusted),
+            (other_cert, other_key, ua.StatusCodes.BadSecurityChecksFailed),
+        ):
+            thief = await _secured_client(secure, cert, key)
+            await thief.connect_socket()
+            await thief.send_hello()
+            await thief.open_secure_channel()
+            thief.uaclient.protocol.authentication_token = (  # type: ignore[union-attr]
+                owner.uaclient.protocol.authentication_token  # type: ignore[union-attr]
+            )
+            thief._server_nonce = owner._server_nonce
+            thief._policy_ids = owner._policy_ids
+            try:
+                with pytest.raises(UaStatusCodeError) as info:
+                    await thief.activate_session("hmi", "s3cret")
+                    await _read_server_state(thief)
+                assert info.value.code == code
+            finally:
+                thief.disconnect_socket()
+        # The owner's own channel still activates it.
+        await owner.activate_session("hmi", "s3cret")
+        assert await _read_server_state(owner) is not None
+    finally:
+        (secure.server_pki / "trusted" / "other.der").unlink()
+        owner.disconnect_socket()
