@@ -24,13 +24,15 @@ __all__ = ["verify"]
 def verify(mapping: Path, live: bool) -> None:
     """Check Modbus tags that carry `expect:` values against the live devices.
 
-    Each such tag is read once; a tag whose value (after scale and offset) is off is reported
-    with the word order, type or scale that would match. Exit 1 if any tag is off or
-    unreadable.
+    The blocks the gateway will poll are read as it reads them (coalesced with the source's
+    max_gap): a tag whose value (after scale and offset) is off is reported with the word
+    order, type or scale that would match, and a block the device refuses with the max_gap or
+    split that fixes it. Exit 1 if any tag is off or unreadable, or any block is refused.
     """
     from bridge.config import load_mapping
     from connectors.modbus.config import ModbusSourceSettings
-    from connectors.modbus.verify import VerifyTag, read_and_verify
+    from connectors.modbus.plan import plan_reads
+    from connectors.modbus.verify import VerifyTag, describe, read_and_verify
 
     try:
         m = load_mapping(mapping)
@@ -38,34 +40,55 @@ def verify(mapping: Path, live: bool) -> None:
         for issue in err.issues:
             click.echo(str(issue), err=True)
         sys.exit(1)
+    # Every Modbus tag of a source shapes its blocks; the ones with `expect:` are judged.
     plan: dict[str, list[VerifyTag]] = {}
     for tag in m.tags.values():
-        source = m.sources[tag.source]
-        if source.kind == "modbus" and getattr(tag.address, "expect", None) is not None:
+        if m.sources[tag.source].kind == "modbus":
             item = VerifyTag(tag.id, tag.address, tag.scale, tag.offset)
             plan.setdefault(tag.source, []).append(item)
+    plan = {
+        name: items
+        for name, items in plan.items()
+        if any(i.address.expect is not None for i in items)
+    }
     if not plan:
         click.echo(f"{mapping}: no Modbus tag carries `expect:`; nothing to verify")
         return
     if not live:
         for name, items in plan.items():
-            click.echo(f"{name}: {', '.join(i.tag for i in items)}")
+            settings = m.sources[name].settings
+            assert isinstance(settings, ModbusSourceSettings)
+            judged = [i.tag for i in items if i.address.expect is not None]
+            blocks = plan_reads(
+                [(i.tag, i.address) for i in items],
+                settings.max_gap,
+                settings.max_registers_per_read,
+                settings.unit,
+            )
+            click.echo(f"{name}: {', '.join(judged)}")
+            click.echo(f"{name} blocks: {'; '.join(describe(b) for b in blocks)}")
         click.echo("add --live to read them")
         return
-    failed = 0
+    failed = refused = total = 0
     for name, items in plan.items():
         settings = m.sources[name].settings
         assert isinstance(settings, ModbusSourceSettings)
+        expected = sum(1 for i in items if i.address.expect is not None)
+        total += expected
         try:
-            verdicts = asyncio.run(read_and_verify(name, settings, items))
+            report = asyncio.run(read_and_verify(name, settings, items))
         except (OSError, TimeoutError) as exc:
             click.echo(f"FAIL source {name}: {exc}")
-            failed += len(items)
+            failed += expected
             continue
-        for v in verdicts:
+        for problem in report.blocks:
+            click.echo(problem.line())
+        refused += len(report.blocks)
+        for v in report.verdicts:
             click.echo(v.line())
             failed += not v.ok
-    total = sum(len(items) for items in plan.values())
     click.echo(f"{total - failed}/{total} tags match their expected values")
-    if failed:
+    if refused:
+        click.echo(f"{refused} block(s) refused by the device: the gateway would read them as Bad")
+    if failed or refused:
         sys.exit(1)

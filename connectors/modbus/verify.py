@@ -2,24 +2,36 @@
 ``expect:``) and, when one is off, find the type, byte order or scale that would match.
 
 The matching is pure (words in, verdict out); ``read_and_verify`` does the reading, one
-request at a time, on the same ``Link`` the source uses.
+request at a time, on the same ``Link`` the source uses, and sends the blocks the poller will
+send (``plan_reads`` with the source's ``max_gap`` and request size): a PLC that refuses a block
+because it spans an address it does not have marks every tag of that block Bad at run time,
+even when each tag alone reads fine, so each tag alone is not what needs checking.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import get_args
 
 from bridge.types import TagValue
 from connectors.modbus.codec import RegisterType, WordOrder
 from connectors.modbus.config import ExpectedValue, ModbusAddress, ModbusSourceSettings
 from connectors.modbus.link import Link
-from connectors.modbus.plan import plan_reads
-from connectors.modbus.reply import BadReply, block_values, decode_address
+from connectors.modbus.plan import ReadBlock, plan_reads
+from connectors.modbus.reply import BadReply, Reply, block_values, decode_address
 
-__all__ = ["Verdict", "VerifyTag", "engineering", "judge", "matches", "read_and_verify"]
+__all__ = [
+    "BlockProblem",
+    "Verdict",
+    "VerifyReport",
+    "VerifyTag",
+    "engineering",
+    "judge",
+    "matches",
+    "read_and_verify",
+]
 
 ORDERS: tuple[WordOrder, ...] = get_args(WordOrder)
 _SAME_WIDTH: dict[int, tuple[RegisterType, ...]] = {
@@ -33,7 +45,8 @@ _MAX_SUGGESTIONS = 4
 
 @dataclass(frozen=True, slots=True)
 class VerifyTag:
-    """A tag to check: its id, address (with ``expect``), and the mapping's scale/offset."""
+    """A tag of the source: its id, address, and the mapping's scale/offset. Tags with
+    ``expect`` on their address are judged; the others only shape the blocks."""
 
     tag: str
     address: ModbusAddress
@@ -57,6 +70,40 @@ class Verdict:
             return f"FAIL {self.tag}: {self.problem}"
         hint = "; ".join(self.suggestions) if self.suggestions else "no type, order or scale fits"
         return f"OFF  {self.tag} = {self.value!r}, expected {self.expected!r} (try {hint})"
+
+
+@dataclass(frozen=True, slots=True)
+class BlockProblem:
+    """A block the poller will send that the device refuses, and the setting that fixes it."""
+
+    source: str
+    block: str  # e.g. "holding 10-21 (unit 1)"
+    tags: tuple[str, ...]
+    reason: str
+    fix: str
+
+    def line(self) -> str:
+        return (
+            f"FAIL block {self.block} of source {self.source} ({', '.join(self.tags)}): "
+            f"{self.reason}; {self.fix}"
+        )
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    verdicts: list[Verdict] = field(default_factory=list)
+    blocks: list[BlockProblem] = field(default_factory=list)
+    requests: int = 0  # blocks read as the poller reads them
+
+    @property
+    def ok(self) -> bool:
+        return not self.blocks and all(v.ok for v in self.verdicts)
+
+
+def describe(block: ReadBlock) -> str:
+    last = block.start + block.count - 1
+    span = str(block.start) if last == block.start else f"{block.start}-{last}"
+    return f"{block.table} {span} (unit {block.unit})"
 
 
 def engineering(raw: TagValue, scale: float, offset: float) -> TagValue:
@@ -133,33 +180,132 @@ def _variants(a: ModbusAddress) -> Iterable[tuple[ModbusAddress, str]]:
 
 async def read_and_verify(
     name: str, settings: ModbusSourceSettings, items: Sequence[VerifyTag]
-) -> list[Verdict]:
-    """Read each tag on its own (one request in flight) and judge it."""
+) -> VerifyReport:
+    """Read the blocks the poller will send (one request in flight) and judge the tags with
+    ``expect``. A refused block is read again tag by tag, and its gaps alone, to name the fix."""
     link = Link(name, settings)
     deadline = settings.timeout_s + 1.0
     if not await link.connect(deadline):
         raise ConnectionError(f"cannot connect to {link.endpoint}")
-    verdicts: list[Verdict] = []
+    by_tag = {item.tag: item for item in items}
+    blocks = plan_reads(
+        [(i.tag, i.address) for i in items],
+        settings.max_gap,
+        settings.max_registers_per_read,
+        settings.unit,
+    )
+    report = VerifyReport()
     try:
-        for item in items:
-            assert item.address.expect is not None
-            expected = item.address.expect.value
-            (block,) = plan_reads([(item.tag, item.address)], 0, 125, settings.unit)
+        for block in blocks:
+            judged = [by_tag[p.tag] for p in block.tags if by_tag[p.tag].address.expect is not None]
+            report.requests += 1
             try:
                 reply = await link.read(block)
                 block_values(block, reply)  # every check a poll makes, before judging
             except BadReply as exc:
-                verdicts.append(Verdict(item.tag, False, None, expected, exc.reason))
+                if exc.mismatch:
+                    report.verdicts.extend(_unreadable(judged, exc.reason))
+                    continue
+                await _diagnose(link, name, block, by_tag, exc.reason, settings.max_gap, report)
                 continue
             except Exception as exc:
-                verdicts.append(Verdict(item.tag, False, None, expected, f"no reply ({exc})"))
+                report.verdicts.extend(_unreadable(judged, f"no reply ({exc})"))
                 continue
-            if block.is_bit:
-                value: TagValue = bool(reply.bits[0])
-                ok = matches(value, item.address.expect)
-                verdicts.append(Verdict(item.tag, ok, value, expected))
-            else:
-                verdicts.append(judge(item, reply.registers))
+            for planned in block.tags:
+                item = by_tag[planned.tag]
+                if item.address.expect is not None:
+                    report.verdicts.append(_judge_in_block(item, planned.offset, block, reply))
     finally:
         link.close()
-    return verdicts
+    return report
+
+
+def _unreadable(items: Sequence[VerifyTag], reason: str) -> list[Verdict]:
+    return [Verdict(i.tag, False, None, _expected(i), reason) for i in items]
+
+
+def _expected(item: VerifyTag) -> bool | int | float | str:
+    assert item.address.expect is not None
+    return item.address.expect.value
+
+
+def _judge_in_block(item: VerifyTag, offset: int, block: ReadBlock, reply: Reply) -> Verdict:
+    if block.is_bit:
+        value: TagValue = bool(reply.bits[offset])
+        assert item.address.expect is not None
+        return Verdict(item.tag, matches(value, item.address.expect), value, _expected(item))
+    width = item.address.register_count
+    return judge(item, reply.registers[offset : offset + width])
+
+
+async def _diagnose(
+    link: Link,
+    source: str,
+    block: ReadBlock,
+    by_tag: dict[str, VerifyTag],
+    reason: str,
+    max_gap: int,
+    report: VerifyReport,
+) -> None:
+    """The device refused ``block``: find whether a tag's own address or a gap is to blame."""
+    refused_tags: list[str] = []
+    for planned in block.tags:
+        item = by_tag[planned.tag]
+        (alone,) = plan_reads([(item.tag, item.address)], 0, 125, block.unit)
+        try:
+            reply = await link.read(alone)
+            block_values(alone, reply)
+        except Exception as exc:
+            refused_tags.append(item.tag)
+            if item.address.expect is not None:
+                why = exc.reason if isinstance(exc, BadReply) else f"no reply ({exc})"
+                report.verdicts.append(
+                    Verdict(item.tag, False, None, _expected(item), f"refused alone too: {why}")
+                )
+            continue
+        if item.address.expect is not None:
+            verdict = _judge_in_block(item, 0, alone, reply)
+            report.verdicts.append(verdict)
+    tags = tuple(p.tag for p in block.tags)
+    if refused_tags:
+        fix = (
+            f"the device refuses the address of {', '.join(refused_tags)} itself: correct it; "
+            f"until then it takes the other {len(tags) - len(refused_tags)} tag(s) of the "
+            "block down with it"
+        )
+    else:
+        holes = await _refused_gaps(link, block)
+        if holes:
+            smallest = min(size for _, size in holes)
+            where = ", ".join(f"{block.table} {start}-{start + size - 1}" for start, size in holes)
+            fix = (
+                f"the device has no {where} inside this block: set max_gap: {smallest - 1} "
+                f"(now {max_gap}) on source {source}, or split the block by moving those tags "
+                "to their own source entry"
+            )
+        else:
+            fix = (
+                f"every tag and gap reads alone: the device refuses {block.count}-register "
+                f"requests; lower max_registers_per_read below {block.count}"
+            )
+    report.blocks.append(BlockProblem(source, describe(block), tags, reason, fix))
+
+
+async def _refused_gaps(link: Link, block: ReadBlock) -> list[tuple[int, int]]:
+    """``(start, size)`` of each unused stretch of ``block`` that the device refuses alone."""
+    holes: list[tuple[int, int]] = []
+    end = block.start
+    for planned in sorted(block.tags, key=lambda p: p.offset):
+        first = block.start + planned.offset
+        if first > end:
+            gap = ReadBlock(
+                table=block.table, start=end, count=first - end, tags=(), unit=block.unit
+            )
+            try:
+                reply = await link.read(gap)
+                if reply.function_code & 0x80:
+                    holes.append((end, first - end))
+            except Exception:
+                holes.append((end, first - end))
+        end = max(end, first + planned.address.register_count)
+    return holes

@@ -67,7 +67,8 @@ class PlcSimulator(Service):
 
     Simulator time ``t`` counts seconds from construction (a restart keeps counting). The
     registers are refreshed every ``update_interval_s``; ``apply(t)`` sets them for any ``t``
-    (tests use a long interval and ``apply`` to freeze known values).
+    (tests use a long interval and ``apply`` to freeze known values). ``signals`` replaces
+    the register map (a test's PLC with holes between its registers, say).
     """
 
     def __init__(
@@ -81,8 +82,10 @@ class PlcSimulator(Service):
         framer: str = "socket",
         serial_port: str | None = None,
         silent_units: bool = False,
+        signals: Sequence[Signal] = REGISTER_MAP,
     ) -> None:
         self._host = host
+        self._signals = tuple(signals)
         self._port = port
         self._unit = unit
         self._units = (unit, *more_units)
@@ -133,7 +136,7 @@ class PlcSimulator(Service):
         if self._server is not None:
             return
         self._time = self.now()
-        devices = [_build_device(u, REGISTER_MAP, self._time) for u in self._units]
+        devices = [_build_device(u, self._signals, self._time) for u in self._units]
         server: ModbusTcpServer | ModbusSerialServer
         if self._serial_port is not None:
             server = ModbusSerialServer(
@@ -189,7 +192,7 @@ class PlcSimulator(Service):
         server = self._server
         if server is None:
             raise RuntimeError("PLC simulator is not running")
-        for s in REGISTER_MAP:
+        for s in self._signals:
             words = s.registers_at(t)
             values: list[int] | list[bool] = (
                 [bool(w) for w in words] if s.table in ("coil", "discrete") else words
