@@ -289,6 +289,34 @@ def canary(
     except BridgeError as err:
         _fail(err)
     click.echo(f"{r.name} {r.version} is now canary{_placement(r)}")
+    if mapping is not None:
+        _echo_canary_assets(mapping, r)
+
+
+def _echo_canary_assets(mapping: Path, r: VersionRecord) -> None:
+    """Say which of the mapping's assets the canary serves, and warn when it serves none."""
+    from bridge.config.loader import load_mapping
+    from bridge.lifecycle.canary import canary_assets
+
+    model = load_mapping(mapping).models.get(r.name)
+    if model is None:
+        click.echo(
+            f"warning: the mapping has no model {r.name}: the canary serves no asset", err=True
+        )
+        return
+    chosen = canary_assets(r.name, model.assets, r.canary_share, r.canary_assets)
+    total = len(model.assets)
+    if chosen:
+        click.echo(f"serves {len(chosen)} of {total} assets: {', '.join(sorted(chosen))}")
+    elif r.canary_assets is not None:
+        click.echo(f"warning: none of the listed assets is served by {r.name}", err=True)
+    else:
+        least = 50 / total if total else 100
+        click.echo(
+            f"warning: a share of {r.canary_share:g}% covers none of the {total} assets of "
+            f"{r.name}; give at least {least:g}% or list assets with --assets",
+            err=True,
+        )
 
 
 @models.command()

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bridge.inference.model import LoadedModel
-from bridge.lifecycle.canary import in_canary
 
 __all__ = ["CandidateMode", "Deployment", "Served"]
 
@@ -31,7 +30,9 @@ class Deployment:
     active: Served
     candidate: Served | None = None
     mode: CandidateMode | None = None
-    canary_share: float | None = None  # percent of assets
+    canary_share: float | None = None  # percent of assets, as the registry says (for display)
+    # The assets that get the candidate, resolved from the share or the list by
+    # ``bridge.lifecycle.canary.canary_assets`` over all of the model's assets.
     canary_assets: frozenset[str] | None = None
     guard: Mapping[str, float] | None = None
 
@@ -40,7 +41,8 @@ class Deployment:
         return (
             self.candidate is not None
             and self.mode == "canary"
-            and in_canary(model, asset, self.canary_share, self.canary_assets)
+            and self.canary_assets is not None
+            and asset in self.canary_assets
         )
 
     def runs_candidate(self, model: str, asset: str) -> bool:

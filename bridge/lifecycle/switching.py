@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from bridge.config.resolved import ResolvedModel
 from bridge.errors import BridgeError
 from bridge.lifecycle.accuracy import with_accuracy
-from bridge.lifecycle.deployment import Deployment, Served
+from bridge.lifecycle.canary import canary_assets
+from bridge.lifecycle.deployment import CandidateMode, Deployment, Served
 from bridge.lifecycle.loading import ModelRefused, load_version
 from bridge.lifecycle.service import RegistryService
 from bridge.lifecycle.stats import VersionStats
@@ -170,14 +171,27 @@ class RegistryWatcher:
                 await self._record_refusal(bad, str(exc))
             return False
         self._refused.pop(name, None)
+        mode: CandidateMode | None = (
+            "shadow" if cand and cand.state == "shadow" else "canary" if cand else None
+        )
+        chosen = None
+        if cand is not None and mode == "canary":
+            chosen = canary_assets(name, runner.model.assets, cand.canary_share, cand.canary_assets)
+            if not chosen:
+                log.warning(
+                    "canary_covers_no_asset",
+                    model=name,
+                    version=cand.version,
+                    share=cand.canary_share,
+                    listed=cand.canary_assets,
+                    assets=len(runner.model.assets),
+                )
         deployment = Deployment(
             active=new_active,
             candidate=new_cand,
-            mode="shadow" if cand and cand.state == "shadow" else "canary" if cand else None,
+            mode=mode,
             canary_share=cand.canary_share if cand else None,
-            canary_assets=frozenset(cand.canary_assets)
-            if cand and cand.canary_assets is not None
-            else None,
+            canary_assets=chosen,
             guard=cand.guard if cand else None,
         )
         if deployment.key() == current.key():

@@ -25,7 +25,7 @@ from support import free_port, wait_until
 
 from bridge.auth import Scope
 from bridge.inference.model import file_sha256
-from bridge.lifecycle.canary import in_canary
+from bridge.lifecycle.canary import canary_assets
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, run_gateway
 from bridge.store import open_store
@@ -301,7 +301,7 @@ async def _fleet_checks(
     assert set().union(*(set(s.values()) for s in served)) == {"1", "2"}, served
     assert set() < on_canary[0] < set(assets), "the split must be non-trivial"
     # ... and it is the documented assignment: a stable hash of (model, asset).
-    assert on_canary[0] == {a for a in assets if in_canary(MODEL, a, SHARE, None)}
+    assert on_canary[0] == canary_assets(MODEL, assets, SHARE)
 
     # Both recorded their canary comparisons in the one database, each under its own gateway
     # id, and neither ran the candidate for an asset outside the canary.

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.inference import LoadedModel
-from bridge.lifecycle.canary import BUCKETS, bucket, in_canary
+from bridge.lifecycle.canary import canary_assets, canary_count, rank
 from bridge.lifecycle.deployment import Deployment, Served
 from bridge.lifecycle.shadow import agrees
 from bridge.store.db import open_store
@@ -95,6 +95,7 @@ async def test_canary_guard_trips_on_disagreement(rig: Any, variants: dict[str, 
             _served(variants["always_healthy"], "calm"),
             mode="canary",
             canary_share=100.0,
+            canary_assets=canary_assets("pump-health", rig.runner.model.assets, 100.0),
             guard={"max_disagreement": 0.2, "min_samples": 2},
         )
     )
@@ -102,18 +103,33 @@ async def test_canary_guard_trips_on_disagreement(rig: Any, variants: dict[str, 
     assert rig.runner.guard_tripped is not None and "disagreement" in rig.runner.guard_tripped
 
 
-def test_canary_assignment_is_stable_and_proportional() -> None:
-    assets = [f"pump-{i:04d}" for i in range(4000)]
-    chosen = [a for a in assets if in_canary("pump-health", a, 10.0, None)]
-    assert 320 <= len(chosen) <= 480  # 10 % of 4000 within ~5 sigma
-    assert chosen == [a for a in assets if in_canary("pump-health", a, 10.0, None)]
+def test_canary_share_serves_exactly_round_share_times_n_assets() -> None:
+    # The reported case: 50 % of 4 assets served none under the per-asset hash threshold.
+    four = [f"pump-{i:02d}" for i in range(1, 5)]
+    assert len(canary_assets("pump-health", four, 50.0)) == 2
+    for total in (1, 2, 3, 4, 7, 10, 4000):
+        assets = [f"pump-{i:04d}" for i in range(total)]
+        for share in (1.0, 10.0, 25.0, 50.0, 75.0, 100.0):
+            want = int(share * total / 100 + 0.5)
+            assert len(canary_assets("pump-health", assets, share)) == want, (total, share)
+    assert canary_count(50.0, 1) == 1 and canary_count(49.0, 1) == 0  # halves round up
+    assert canary_assets("m", ["a", "b"], 0.0) == frozenset()
+    assert canary_assets("m", ["a", "b"], None) == frozenset()
+
+
+def test_canary_assignment_is_stable_and_grows_with_the_share() -> None:
+    assets = [f"pump-{i:04d}" for i in range(400)]
+    chosen = canary_assets("pump-health", assets, 10.0)
+    # The same in every gateway, whatever order its mapping lists the assets in.
+    assert canary_assets("pump-health", list(reversed(assets)), 10.0) == chosen
     # Growing the share only adds assets: a canary at 20 % keeps the 10 % ones.
-    assert set(chosen) <= {a for a in assets if in_canary("pump-health", a, 20.0, None)}
-    # Known value: independent of the process (no salted hash()).
-    assert bucket("pump-health", "pump-0001") == bucket("pump-health", "pump-0001") < BUCKETS
-    assert bucket("pump-health", "pump-0001") != bucket("other-model", "pump-0001")
-    assert in_canary("m", "a", None, ["a"]) and not in_canary("m", "b", 100.0, ["a"])
-    assert not in_canary("m", "a", 0.0, None) and in_canary("m", "a", 100.0, None)
+    assert chosen < canary_assets("pump-health", assets, 20.0)
+    # Another model ranks the assets differently (its canary lands elsewhere).
+    assert canary_assets("other-model", assets, 10.0) != chosen
+    # Known value: sha256 over model NUL asset, the same in every process (no salted hash()).
+    assert rank("pump-health", "pump-0001").hex()[:16] == "d84e1fbd054825c0"
+    # An explicit list wins, restricted to the model's own assets.
+    assert canary_assets("m", ["a", "b"], 100.0, ["a", "zz"]) == frozenset({"a"})
 
 
 def test_agreement_rules() -> None:
