@@ -1,5 +1,5 @@
 """OPC UA commands for the `bridge` CLI, contributed through the `bridge.commands` entry point:
-`bridge certs create` and `bridge browse`."""
+`bridge certs create|trust|list|hash-password` and `bridge browse`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,19 @@ from connectors.opcua._connection_options import connection_options
 __all__ = ["browse", "certs"]
 
 
+_PKI_DIR = click.option(
+    "--pki-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("pki/clients"),
+    show_default=True,
+    help="Trust list: pki/clients (HMIs connecting to the opcua-server) or pki/servers (servers "
+    "a source connects to), as pki_dir in the mapping.",
+)
+
+
 @click.group()
 def certs() -> None:
-    """The gateway's OPC UA application certificate."""
+    """OPC UA certificates: the gateway's own, and the trust lists of its peers."""
 
 
 @certs.command("create")
@@ -59,13 +69,89 @@ def certs_create(
         click.echo(f"error: {cert_path} or {key_path} exists (use --force)", err=True)
         sys.exit(1)
     cert = create_application_certificate(
-        cert_path, key_path, application_uri=application_uri, hostnames=hostnames, days=days
+        cert_path,
+        key_path,
+        application_uri=application_uri,
+        hostnames=hostnames,
+        days=days,
+        overwrite=force,
     )
     der = cert_path.read_bytes()
     click.echo(f"certificate {cert_path} (thumbprint {thumbprint(der)})")
     click.echo(f"private key {key_path}")
     click.echo(f"ApplicationUri {application_uri}, valid until {cert.not_valid_after_utc:%Y-%m-%d}")
     click.echo("copy the certificate into each server's trusted folder")
+
+
+@certs.command("trust")
+@click.argument("certificate")
+@_PKI_DIR
+@click.option(
+    "--issuer",
+    is_flag=True,
+    help="A CA certificate that only completes chains: goes to issuers/, not trusted/.",
+)
+def certs_trust(certificate: str, pki_dir: Path, issuer: bool) -> None:
+    """Trust CERTIFICATE: a thumbprint of a certificate in <pki-dir>/rejected (moved to trusted/;
+    the first 8+ hex digits are enough) or a certificate file (DER or PEM, copied).
+
+    A running gateway uses the change at once, without a restart.
+    """
+    from connectors.opcua.pki import PkiError, trust_file, trust_rejected
+
+    try:
+        if Path(certificate).is_file():
+            written = trust_file(pki_dir, Path(certificate), issuer=issuer)
+        else:
+            written = [trust_rejected(pki_dir, certificate)]
+    except PkiError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for path in written:
+        click.echo(f"trusted: {path}")
+
+
+@certs.command("list")
+@_PKI_DIR
+def certs_list(pki_dir: Path) -> None:
+    """List the certificates in <pki-dir>/trusted, issuers and rejected."""
+    from connectors.opcua.pki import list_folder
+
+    entries = list_folder(pki_dir)
+    if not entries:
+        click.echo(f"{pki_dir}: no certificates (every certificate-based peer is refused)")
+        return
+    for e in entries:
+        marks = ("CA " if e.is_ca else "") + ("EXPIRED " if e.expired else "")
+        click.echo(
+            f"{e.folder:<9} {e.thumbprint}  until {e.not_after:%Y-%m-%d}  {marks}{e.subject}"
+        )
+    crls = [p for sub in ("trusted", "issuers") for p in (pki_dir / sub / "crl").glob("*.*")]
+    click.echo(f"revocation lists: {len(crls)}")
+
+
+@certs.command("hash-password")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from stdin.")
+@click.option("--n", "cost", default=16384, show_default=True, help="scrypt cost (power of 2).")
+def certs_hash_password(from_stdin: bool, cost: int) -> None:
+    """Print a password hash for `password_hash:` of an opcua-server user."""
+    from connectors.opcua._passwords import hash_password, parse_password_hash
+
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        click.echo("error: empty password", err=True)
+        sys.exit(1)
+    try:
+        encoded = hash_password(password, n=cost)
+        parse_password_hash(encoded)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(encoded)
 
 
 @click.command()
