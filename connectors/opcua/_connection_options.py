@@ -52,14 +52,15 @@ def connection_options(func: F) -> F:
         ),
         click.option(
             "--pki-dir",
-            default="pki",
+            default="pki/servers",
             show_default=True,
-            help="Trust store: server certificates in <pki-dir>/trusted are accepted.",
+            help="Trust list of servers: certificates in <pki-dir>/trusted are accepted, "
+            "unknown ones filed in <pki-dir>/rejected.",
         ),
         click.option(
             "--trust-on-first-use",
             is_flag=True,
-            help="Accept an unknown server certificate and store it in trusted/.",
+            help="While <pki-dir>/trusted is empty, accept the server's certificate and store it.",
         ),
         click.option(
             "--application-uri",

@@ -1,30 +1,27 @@
 """Secure channel and user identity of an asyncua ``Client`` from ``OpcUaSourceSettings``.
 
 Shared by the source and ``bridge browse`` so both check server certificates against the same
-trust store and log in the same way.
+trust list (``pki/servers`` by default, apart from the HMI clients our own server trusts) and log
+in the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
-import structlog
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
-from asyncua.ua.status_codes import StatusCodes
+from asyncua.crypto.validator import CertificateValidatorMethod
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
+from connectors.opcua._refusal import Attempt, watch_open_faults
 from connectors.opcua.config import OpcUaSourceSettings, SecuritySettings
-from connectors.opcua.trust import TrustStore, UntrustedCertificate
+from connectors.opcua.trust import TrustList, UntrustedCertificate
 
 __all__ = ["POLICIES", "apply_identity", "read_first_line"]
-
-log = structlog.get_logger(__name__)
 
 POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
     "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
@@ -37,11 +34,16 @@ _MODES = {
 }
 
 
-async def apply_identity(client: Client, settings: OpcUaSourceSettings, logger: Any = log) -> None:
+async def apply_identity(
+    client: Client, settings: OpcUaSourceSettings, attempt: Attempt | None = None
+) -> None:
     """Set security policy/mode, server certificate check and user identity on ``client``.
 
+    ``attempt`` records what ``explain`` needs if the connection then fails (the gateway's
+    certificate, a refusal of the channel, a server certificate the trust list refused).
     May fetch the server's endpoints over the network: callers bound it with a timeout.
     """
+    attempt = attempt if attempt is not None else Attempt()
     security = settings.security
     client.application_uri = security.application_uri
     if security.policy != "None":
@@ -53,8 +55,10 @@ async def apply_identity(client: Client, settings: OpcUaSourceSettings, logger: 
             server_certificate=security.server_certificate,
             mode=_MODES[security.mode],
         )
+        attempt.certificate = client.security_policy.host_certificate
         if security.server_certificate is None:
-            client.certificate_validator = _validator(security, logger)
+            client.certificate_validator = _validator(security, attempt)
+    watch_open_faults(client, attempt)
     if settings.username is not None:
         client.set_user(settings.username)
     if settings.password is not None:
@@ -66,19 +70,21 @@ async def apply_identity(client: Client, settings: OpcUaSourceSettings, logger: 
         await client.load_private_key(Path(settings.user_private_key))
 
 
-def _validator(security: SecuritySettings, logger: Any) -> Any:
-    async def validate(cert: x509.Certificate, _app: object) -> None:
+def _validator(security: SecuritySettings, attempt: Attempt) -> CertificateValidatorMethod:
+    trust = TrustList(
+        Path(security.pki_dir),
+        trust_on_first_use=security.trust_on_first_use,
+        rejected_cap=security.rejected_cap,
+        purpose="servers",
+    )
+
+    async def validate(cert: x509.Certificate, _app: ua.ApplicationDescription) -> None:
         """Called by asyncua during CreateSession, before any credential is sent."""
-        store = TrustStore(
-            Path(security.pki_dir),
-            trust_on_first_use=security.trust_on_first_use,
-            rejected_cap=security.rejected_cap,
-        )
         try:
-            await asyncio.to_thread(store.check, cert.public_bytes(Encoding.DER))
-        except UntrustedCertificate as exc:
-            logger.error("server_certificate_untrusted", detail=str(exc))
-            raise ServiceError(StatusCodes.BadCertificateUntrusted) from exc
+            await trust.check(cert)
+        except UntrustedCertificate as exc:  # the trust list logged it, with the trust command
+            attempt.refused_server = exc
+            raise ServiceError(exc.status) from exc
 
     return validate
 

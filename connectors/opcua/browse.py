@@ -23,7 +23,9 @@ from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 
+from bridge.errors import ConnectorError
 from connectors.opcua._identity import apply_identity
+from connectors.opcua._refusal import Attempt, explain
 from connectors.opcua.config import OpcUaSourceSettings
 from connectors.opcua.convert import make_node_id
 
@@ -74,7 +76,8 @@ async def browse_server(
     """Variables under ``root`` (a ``/``-separated browse-name path below Objects).
 
     ``settings`` gives security and identity (its endpoint must be ``endpoint``); default:
-    anonymous on a None channel.
+    anonymous on a None channel. A failed connection raises ``ConnectorError`` naming the OPC UA
+    status and what to do.
     """
     if settings is None:
         settings = OpcUaSourceSettings(endpoint=endpoint)
@@ -82,10 +85,15 @@ async def browse_server(
         raise ValueError(f"settings are for {settings.endpoint}, not {endpoint}")
     client = Client(endpoint, timeout=timeout_s)
     client.session_timeout = 60_000  # a crashed browse must not hold a session for long
-    async with asyncio.timeout(timeout_s * 2):
-        await apply_identity(client, settings)
-    async with asyncio.timeout(timeout_s * 2):
-        await client.connect()
+    attempt = Attempt()
+    try:
+        async with asyncio.timeout(timeout_s * 2):
+            await apply_identity(client, settings, attempt)
+        async with asyncio.timeout(timeout_s * 2):
+            await client.connect()
+    except Exception as exc:
+        client.disconnect_socket()
+        raise ConnectorError(explain(exc, settings, attempt)) from exc
     try:
         async with asyncio.timeout(timeout_s):
             namespaces: list[str] = await client.get_namespace_array()

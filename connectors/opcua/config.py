@@ -53,14 +53,17 @@ class SecuritySettings(BaseModel):
         "checked against the trust store.",
     )
     pki_dir: str = Field(
-        "pki",
-        description="Trust store: server certificates in <pki_dir>/trusted are accepted, unknown "
-        "ones are refused and copied to <pki_dir>/rejected.",
+        "pki/servers",
+        description="Trust list of the servers the gateway connects to (apart from the HMI "
+        "clients its own server trusts): certificates in <pki_dir>/trusted, or issued by a CA "
+        "there, are accepted; unknown ones are refused and filed in <pki_dir>/rejected (trust "
+        "one with `bridge certs trust <thumbprint> --pki-dir <pki_dir>`).",
     )
     trust_on_first_use: bool = Field(
         False,
-        description="Accept an unknown server certificate once and store it in trusted/ "
-        "(only for commissioning: it trusts whoever answers first).",
+        description="While <pki_dir>/trusted is empty, accept an unknown server certificate and "
+        "store it there; later ones are refused (commissioning only: it trusts whoever answers "
+        "first).",
     )
     rejected_cap: int = Field(
         100, ge=1, description="At most this many certificates are kept in <pki_dir>/rejected."

@@ -20,6 +20,7 @@ from bridge.errors import ConnectorError, NotConnected
 from bridge.types import Quality, SourceTag, TagSample
 from connectors.opcua._identity import apply_identity
 from connectors.opcua._inbox import Inbox
+from connectors.opcua._refusal import Attempt, explain
 from connectors.opcua._subscription import InboxSubscription, decode_publish_off_loop
 from connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings
 from connectors.opcua.convert import (
@@ -100,18 +101,21 @@ class OpcUaSource:
         client.connection_lost_callback = on_connection_lost
         self._client = client
         self._closed = False
+        attempt = Attempt()
         try:
             # set_security may fetch the endpoints over the network: bounded like every call
             async with asyncio.timeout(settings.timeout_s * 2):
-                await apply_identity(client, settings, self._log)
+                await apply_identity(client, settings, attempt)
             async with asyncio.timeout(settings.timeout_s * 2):
                 await client.connect(auto_reconnect=False)
             self._initial = await self._subscribe_all(client)
         except Exception as exc:
             await self.close()
-            self._log.warning("connect_failed", error=repr(exc))
+            # The status and the fix, for the log, the health detail and the CLI alike.
+            reason = explain(exc, settings, attempt)
+            self._log.warning("connect_failed", error=reason)
             raise ConnectorError(
-                f"{self.name}: cannot connect to {settings.endpoint}: {exc!r}"
+                f"{self.name}: cannot connect to {settings.endpoint}: {reason}"
             ) from exc
         self._connected_at = time.monotonic()
         bad = sum(1 for s in self._initial if s.quality is Quality.BAD)
