@@ -1,11 +1,36 @@
-"""Small ONNX models for the drift/explanation tests, built with the onnx package."""
+"""Small ONNX models for the drift/explanation tests, built with the onnx package, and the
+plant scenario of the insight test (its fault plan and the fleet's healthy reference)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from bridge.lifecycle.reference import compute_reference
+from simulators.plant.physics import FaultPlan, PumpState
+
+INSIGHT_PUMPS = (1, 3, 4)  # pumps 1, 3 and 4 of the simulator run at nearly the same load
+INSIGHT_FEATURES = ("vibration.last", "discharge_pressure.last", "speed.last")
+# An early bearing fault: vibration alone drifts. With pressure falling too, which of the two
+# crosses the drift threshold first depended on the sampling phase (a row or two apart), and
+# the alert named either.
+INSIGHT_FAULT = FaultPlan(start_s=15.0, ramp_s=1.0, pressure_drop_bar=0.0)
+
+
+def healthy_reference() -> dict[str, Any]:
+    """Reference statistics of the simulated fleet in normal running (another stretch of time
+    than the tests see), the way a data scientist would ship them with the model."""
+    rows = []
+    for index in INSIGHT_PUMPS:
+        pump = PumpState(index=index, seed=0)
+        for k in range(9000):
+            r = pump.step(k * 0.1, 0.1)
+            if k >= 5000:
+                rows.append((r.vibration, r.discharge_pressure, r.speed))
+    return compute_reference(np.asarray(rows), list(INSIGHT_FEATURES), bins=10)
 
 
 def linear_regressor(

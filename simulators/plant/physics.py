@@ -30,10 +30,15 @@ SIGNALS: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
-    """A bearing fault that starts at ``start_s`` and reaches full severity ``ramp_s`` later."""
+    """A bearing fault that starts at ``start_s`` and reaches full severity ``ramp_s`` later.
+
+    At full severity vibration is up 6 mm/s (with bursts) and the discharge pressure down
+    ``pressure_drop_bar``; 0 is an early fault that shows in vibration alone.
+    """
 
     start_s: float = 5.0
     ramp_s: float = 15.0
+    pressure_drop_bar: float = 0.4
 
     def severity(self, t: float) -> float:
         if t < self.start_s:
@@ -82,10 +87,11 @@ class PumpState:
     def step(self, t: float, dt: float) -> PumpReading:
         g = self._rng.gauss
         sev = self.severity(t)
+        drop = self.fault.pressure_drop_bar if self.fault else 0.0
         speed = NOMINAL_SPEED_RPM * (0.97 + 0.03 * self.load) + g(0, 4.0)
         ratio = speed / NOMINAL_SPEED_RPM
         pressure = (
-            NOMINAL_PRESSURE_BAR * ratio**2 * (0.9 + 0.1 * self.load) - 0.4 * sev + g(0, 0.04)
+            NOMINAL_PRESSURE_BAR * ratio**2 * (0.9 + 0.1 * self.load) - drop * sev + g(0, 0.04)
         )
         # Bearing wear: broadband vibration rises, with bursts as the defect rolls over.
         burst = abs(g(0, 1.2 * sev)) if sev > 0 else 0.0
