@@ -330,19 +330,3 @@ def _load_crls(folders: Iterable[Path]) -> list[x509.CertificateRevocationList]:
         except (OSError, ValueError) as exc:
             log.warning("unreadable_crl", path=str(path), error=repr(exc))
     return found
-
-
-class TrustStore:
-    """Exact-DER trust store of earlier releases, kept only until every caller uses
-    ``TrustList``; do not use in new code."""
-
-    def __init__(self, pki_dir: Path, *, trust_on_first_use: bool = False, rejected_cap: int = 100):
-        self._list = TrustList(
-            pki_dir,
-            trust_on_first_use=trust_on_first_use,
-            rejected_cap=rejected_cap,
-            purpose="servers",
-        )
-
-    def check(self, der: bytes) -> None:
-        asyncio.run(self._list.check(x509.load_der_x509_certificate(der)))
