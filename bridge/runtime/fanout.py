@@ -26,7 +26,9 @@ class PredictionFanout:
         for p in batch:
             self.latest[(p.asset, p.model)] = p
         self.published += len(batch)
-        # Sinks only enqueue in write(); a sink that raises must not starve the others.
+        # Sinks only enqueue in write(), in order; the store writer may wait there for room in
+        # its queue (backpressure on the model runner), so the gateway puts it last. A sink that
+        # raises must not starve the others.
         for sink in self.sinks:
             try:
                 await sink.write(batch)

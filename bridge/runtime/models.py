@@ -84,6 +84,9 @@ class ModelRunner:
     errors: int = 0
     last_latency_ms: float = 0.0
     last_error: str = ""
+    # Time spent handing predictions to the sinks: the store writer makes the runner wait
+    # there while its queue is full (backpressure), so ticks slow down instead of losing rows.
+    publish_wait_s: float = 0.0
     # Set when a canary crossed its guard limit; the registry watcher acts on it once.
     guard_tripped: str | None = None
     deployment: Deployment = field(init=False)
@@ -124,6 +127,7 @@ class ModelRunner:
             "overruns": self.overruns,
             "errors": self.errors,
             "last_latency_us": int(self.last_latency_ms * 1000),
+            "backpressure_ms": int(self.publish_wait_s * 1000),
         }
         return ComponentHealth(f"model:{self.model.name}", state, self.last_error, counters)
 
@@ -180,7 +184,11 @@ class ModelRunner:
             if [p.id for p in enriched] == [p.id for p in predictions]:
                 predictions = enriched
                 outcome = replace(outcome, predictions=predictions)
-        await self.publish(predictions)
+        started = time.monotonic()
+        try:
+            await self.publish(predictions)
+        finally:
+            self.publish_wait_s += time.monotonic() - started
         if comparisons and self.record_comparisons is not None:
             try:
                 await self.record_comparisons(comparisons)

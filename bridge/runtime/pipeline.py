@@ -26,6 +26,7 @@ from bridge.runtime.apiserver import ApiServer
 from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
 from bridge.runtime.lifecycle import start_lifecycle
+from bridge.runtime.lossalerts import LossAlerts
 from bridge.runtime.models import ModelRunner
 from bridge.runtime.sources import SourceSupervisor
 from bridge.runtime.tagtable import TagTable
@@ -107,14 +108,21 @@ async def run_gateway(
     ]
     # Durable outputs (mes-rest) are fed from the outbox, written with each prediction batch.
     _, durable = split_outputs(outputs, OutboxRepository(store), mapping.gateway.outbox, slots)
-    sinks: list[Sink] = [
-        StoreSink(store, outbox=durable.feeds, mapping_revision=mapping.revision),
-        AlertSink(AlertRepository(store), slots),
-        *outputs,
-    ]
+    # Predictions the store writer cannot keep become alerts (written once the store is back).
+    loss_alerts = LossAlerts(AlertRepository(store))
+    store_sink = StoreSink(
+        store,
+        outbox=durable.feeds,
+        mapping_revision=mapping.revision,
+        on_drop=loss_alerts.raise_for,
+    )
+    sinks: list[Sink] = [store_sink, AlertSink(AlertRepository(store), slots), *outputs]
 
     table = TagTable(mapping)
-    fanout = PredictionFanout([s for s in sinks if not durable.owns(s)])
+    # The store writer is the sink that makes the runner wait while its queue is full
+    # (backpressure): last, so the live sinks (the HMI server) have each prediction meanwhile.
+    live_sinks = [s for s in sinks if not durable.owns(s) and s is not store_sink]
+    fanout = PredictionFanout([*live_sinks, store_sink])
     runners = [
         ModelRunner(
             m, prepared.models[name], prepared.labels[name], table.get, fanout.publish, gid, boot_id
@@ -157,6 +165,7 @@ async def run_gateway(
         [s.health for s in supervisors]
         + [r.health for r in runners]
         + [s.health for s in sinks]
+        + [loss_alerts.health]
         + [r.health for r in durable.relays]
         + [lambda: _normalize_health(table, queue)]
         + [lambda: insight.writer.health()]
@@ -173,6 +182,7 @@ async def run_gateway(
 
     started: list[Sink] = []
     try:
+        await loss_alerts.start()
         for sink in sinks:
             await sink.start()
             started.append(sink)
@@ -217,6 +227,7 @@ async def run_gateway(
                 await sink.close()
             except Exception:
                 log.exception("sink_close_failed", sink=sink.name)
+        await loss_alerts.close()  # after the store writer: it reports what it could not keep
         await asyncio.to_thread(store.dispose)
         log.info(
             "gateway_stopped", gateway=gid, predictions=fanout.published, tag_updates=table.updates

@@ -5,6 +5,11 @@ database work in a thread) and owns the one retry loop of those writes: capped e
 backoff while the database is unavailable, nothing lost meanwhile. The bound is a guard for
 rare events (alerts): when it is full the oldest item is dropped, counted and logged.
 ``close`` waits up to ``drain_timeout_s`` for the queue to empty before it stops the worker.
+
+The worker is supervised (``supervise.Supervised``): any other exception restarts it with
+backoff, counted in ``restarts``, and the restarted worker writes the same items again; items
+that crash it ``POISON_AFTER`` times in a row are dropped (counted and logged) so they cannot
+block the rest.
 """
 
 from __future__ import annotations
@@ -20,11 +25,15 @@ import structlog
 from bridge.errors import BridgeError
 from bridge.types import ComponentHealth
 
-__all__ = ["QueuedWriter"]
+from .supervise import Supervised
+
+__all__ = ["POISON_AFTER", "QueuedWriter"]
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+POISON_AFTER = 3
 
 
 class QueuedWriter(Generic[T]):
@@ -42,14 +51,17 @@ class QueuedWriter(Generic[T]):
         self.name = name
         self._batch = batch  # all queued items per write, or one at a time
         self._queue: deque[T] = deque()
-        self._in_flight = 0
         self._queue_size = queue_size
         self._drain_timeout_s = drain_timeout_s
         self._max_backoff_s = max_backoff_s
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._worker: asyncio.Task[None] | None = None
+        # The items being written; kept here so a restarted worker writes them again.
+        self._items: list[T] = []
+        self._crashes = 0
+        self._worker = Supervised(name, self._run, max_backoff_s=max_backoff_s)
+        self._started = False
         self._closed = False
         self._last_error = ""
         self.counters: dict[str, int] = {"raised": 0, "stored": 0, "dropped": 0, "errors": 0}
@@ -58,8 +70,9 @@ class QueuedWriter(Generic[T]):
         raise NotImplementedError
 
     async def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._run(), name=self.name)
+        if not self._started and not self._closed:
+            self._started = True
+            self._worker.start()
 
     def _enqueue(self, item: T) -> None:
         if len(self._queue) >= self._queue_size:
@@ -75,15 +88,12 @@ class QueuedWriter(Generic[T]):
         if self._closed:
             return
         self._closed = True
-        worker, self._worker = self._worker, None
-        if worker is None:
+        if not self._started:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=self._drain_timeout_s)
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
-        unsent = len(self._queue) + self._in_flight
+        await self._worker.stop()
+        unsent = len(self._queue) + len(self._items)
         if unsent:
             log.warning("writer_closed_unsent", writer=self.name, unsent=unsent, **self.counters)
 
@@ -91,29 +101,32 @@ class QueuedWriter(Generic[T]):
         return ComponentHealth.of_worker(
             self.name,
             closed=self._closed,
-            worker=self._worker,
-            last_error=self._last_error,
-            counters={**self.counters, "queue_depth": len(self._queue)},
+            worker=self._worker if self._started else None,
+            last_error=self._last_error or self._worker.last_crash,
+            counters={
+                **self.counters,
+                "queue_depth": len(self._queue),
+                "restarts": self._worker.restarts,
+            },
         )
 
     async def _run(self) -> None:
         failures = 0
-        items: list[T] = []
         while True:
-            if not items:
+            if not self._items:
                 if not self._queue:
                     self._idle.set()
                     self._wake.clear()
                     await self._wake.wait()
                     continue
                 if self._batch:
-                    items = list(self._queue)
+                    self._items = list(self._queue)
                     self._queue.clear()
                 else:
-                    items = [self._queue.popleft()]
-                self._in_flight = len(items)
+                    self._items = [self._queue.popleft()]
+                self._crashes = 0
             try:
-                await self._persist(items)
+                await self._persist(self._items)
             except BridgeError as exc:
                 # Keep the items and retry: the database may be locked or restarting.
                 failures += 1
@@ -123,13 +136,28 @@ class QueuedWriter(Generic[T]):
                 log.error(
                     "writer_store_failed",
                     writer=self.name,
-                    items=len(items),
+                    items=len(self._items),
                     error=str(exc),
                     retry_in_s=delay,
                 )
                 await asyncio.sleep(delay)
                 continue
+            except Exception as exc:
+                # A bug: the supervisor restarts this loop with the same items, unless they
+                # keep crashing it.
+                self._crashes += 1
+                if self._crashes >= POISON_AFTER:
+                    self.counters["dropped"] += len(self._items)
+                    log.error(
+                        "writer_items_dropped",
+                        writer=self.name,
+                        items=len(self._items),
+                        crashes=self._crashes,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    self._items = []
+                raise
             failures = 0
             self._last_error = ""
-            items = []
-            self._in_flight = 0
+            self._items = []
+            self._worker.ok()

@@ -158,7 +158,7 @@ async def test_store_sink_writes_batches_and_drains_on_close(tmp_path: Path) -> 
 
 async def test_store_sink_full_queue_drops_oldest(tmp_path: Path) -> None:
     s = open_store(f"sqlite:///{tmp_path / 'sink.db'}")
-    sink = StoreSink(s, queue_size=4)
+    sink = StoreSink(s, queue_size=4, max_wait_s=0)  # no backpressure wait: drop at once
     try:
         batch = [pred("p1", "health", i, T0 + i) for i in range(7)]
         await sink.write(batch)  # not started: all wait in the queue
