@@ -1,4 +1,5 @@
-"""Everything checked before any socket opens: the mapping, then each model against it.
+"""Everything checked before any socket opens: the mapping, the files its connectors name, then
+each model against it.
 
 ``bridge validate`` runs exactly this; ``bridge run`` runs it first and stops on any issue.
 """
@@ -10,11 +11,12 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge import registry
 from bridge.config import Mapping, ResolvedModel, load_mapping
 from bridge.errors import ConfigError, ConfigIssue, InferenceError
 from bridge.inference.model import LoadedModel, OutputRoles
 
-__all__ = ["Prepared", "load_model_for", "model_problems", "prepare"]
+__all__ = ["Prepared", "connector_problems", "load_model_for", "model_problems", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Prepared:
 
 def prepare(path: str | Path, env: MappingABC[str, str] | None = None) -> Prepared:
     mapping = _load_for_life(path, env)
-    issues: list[ConfigIssue] = []
+    issues: list[ConfigIssue] = connector_problems(mapping)
     models: dict[str, LoadedModel] = {}
     labels: dict[str, tuple[str, ...]] = {}
     for name, model in mapping.models.items():
@@ -73,6 +75,26 @@ def prepare(path: str | Path, env: MappingABC[str, str] | None = None) -> Prepar
     if issues:
         raise ConfigError(issues)
     return Prepared(mapping, models, labels)
+
+
+def connector_problems(mapping: Mapping) -> list[ConfigIssue]:
+    """What each source's and output's connector ``check`` finds (files it names, ...)."""
+    issues: list[ConfigIssue] = []
+    sections = (
+        ("sources", mapping.sources, registry.source_kinds()),
+        ("outputs", mapping.outputs, registry.sink_kinds()),
+    )
+    for section, endpoints, kinds in sections:
+        for name, endpoint in endpoints.items():
+            kind = kinds.get(endpoint.kind)
+            check = kind.check if kind is not None else None
+            if check is None:
+                continue
+            for problem in check(endpoint.settings):
+                issues.append(
+                    _issue(mapping, (section, name, *problem.key), problem.message, problem.fix)
+                )
+    return issues
 
 
 def load_model_for(model: ResolvedModel) -> LoadedModel:

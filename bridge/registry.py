@@ -16,6 +16,8 @@ from pydantic import BaseModel
 from bridge.types import Sink, SinkContext, Source, SourceTag
 
 __all__ = [
+    "SettingsCheck",
+    "SettingsProblem",
     "SinkKind",
     "SourceKind",
     "load_plugins",
@@ -30,6 +32,22 @@ SinkFactory = Callable[[str, Any, SinkContext], Sink]
 
 
 @dataclass(frozen=True, slots=True)
+class SettingsProblem:
+    """What a connector's ``check`` finds wrong in settings its model accepted (a missing file, a
+    key that does not belong to its certificate). ``key`` is the path inside the block, e.g.
+    ``("security", "certificate")``; ``fix`` says how to fix it."""
+
+    key: tuple[str | int, ...]
+    message: str
+    fix: str
+
+
+# Runs in ``bridge validate`` (and before ``bridge run``) on a block's validated settings; it may
+# read local files, never the network.
+SettingsCheck = Callable[[Any], Sequence[SettingsProblem]]
+
+
+@dataclass(frozen=True, slots=True)
 class SourceKind:
     """``settings_model`` validates a ``sources.<name>`` block (without ``kind``);
     ``address_model`` validates each tag's ``address`` for sources of this kind.
@@ -40,7 +58,10 @@ class SourceKind:
     100,000-tag mapping's resolution (bench/README.md).
 
     ``factory`` should import the connector's protocol library only when called: loading a
-    mapping (``bridge validate``) needs the models, not the library."""
+    mapping (``bridge validate``) needs the models, not the library.
+
+    ``check``, optional, finds problems a model cannot see (files it names, see
+    ``SettingsCheck``)."""
 
     kind: str
     settings_model: type[BaseModel]
@@ -48,6 +69,7 @@ class SourceKind:
     factory: SourceFactory
     description: str = ""
     quick_address: Callable[[Any], BaseModel | None] | None = None
+    check: SettingsCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +78,7 @@ class SinkKind:
     settings_model: type[BaseModel]
     factory: SinkFactory
     description: str = ""
+    check: SettingsCheck | None = None
 
 
 _sources: dict[str, SourceKind] = {}

@@ -6,7 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from bridge.registry import SinkKind, SourceKind, register_sink, register_source
+from bridge.registry import (
+    SettingsProblem,
+    SinkKind,
+    SourceKind,
+    register_sink,
+    register_source,
+)
 from bridge.types import Sink, SinkContext, Source, SourceTag
 from connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings, SecuritySettings
 from connectors.opcua.nodeid import is_valid_nsu
@@ -57,6 +63,18 @@ def _server(name: str, settings: Any, context: SinkContext) -> Sink:
     return PredictionServer(name, settings, context)
 
 
+def _source_files(settings: Any) -> Sequence[SettingsProblem]:
+    from connectors.opcua._files import check_source_files
+
+    return check_source_files(settings)
+
+
+def _server_files(settings: Any) -> Sequence[SettingsProblem]:
+    from connectors.opcua._files import check_server_files
+
+    return check_server_files(settings)
+
+
 _ANY_NODE = OpcUaAddress.model_validate("nsu=urn:x;s=x")
 _NODE_SET = {"node"}
 _new = object.__new__
@@ -88,6 +106,7 @@ def register() -> None:
             factory=_source,
             quick_address=_quick_address,
             description="OPC UA client: one subscription per server, nodes addressed by nsu= URI.",
+            check=_source_files,
         )
     )
     register_sink(
@@ -96,5 +115,6 @@ def register() -> None:
             settings_model=OpcUaServerSettings,
             factory=_server,
             description="The gateway's own OPC UA server exposing predictions read-only to HMIs.",
+            check=_server_files,
         )
     )

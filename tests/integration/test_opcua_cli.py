@@ -209,3 +209,50 @@ async def test_browse_options_are_checked_before_connecting(tmp_path: Path) -> N
     assert code == 2 and "not both" in err, err
     code, _, err = await _bridge("browse", endpoint, "--mode", "Sign", cwd=tmp_path)
     assert code == 2 and "do not fit" in err, err
+
+
+async def test_validate_reports_certificate_files_with_line_and_fix(tmp_path: Path) -> None:
+    create_application_certificate(tmp_path / "pki/own/cert.der", tmp_path / "pki/own/key.pem")
+    create_application_certificate(tmp_path / "other/cert.der", tmp_path / "other/key.pem")
+    (tmp_path / "mapping.yaml").write_text(
+        "version: 1\n"
+        "sources:\n"
+        "  scada:\n"
+        "    kind: opcua\n"
+        "    endpoint: opc.tcp://127.0.0.1:4840\n"
+        "    security:\n"
+        "      policy: Basic256Sha256\n"
+        "      mode: SignAndEncrypt\n"
+        "      certificate: pki/own/cert.der\n"
+        "      private_key: other/key.pem\n"
+        "      application_uri: urn:plant:gateway\n"
+        "assets:\n"
+        "  p1:\n"
+        "    tags:\n"
+        '      v: {source: scada, address: "nsu=urn:x;s=V"}\n'
+        "outputs:\n"
+        "  hmi:\n"
+        "    kind: opcua-server\n"
+        "    certificate: pki/own/server.der\n"
+        "    private_key: pki/own/key.pem\n"
+    )
+    code, out, err = await _bridge("validate", "mapping.yaml", cwd=tmp_path)
+    assert code == 1, out + err
+    lines = err.splitlines()
+    assert (
+        "mapping.yaml:10: sources.scada.security.private_key: other/key.pem is not the private "
+        "key of pki/own/cert.der" in err
+    ), err
+    assert any(
+        line.startswith(
+            "mapping.yaml:11: sources.scada.security.application_uri: urn:plant:gateway"
+        )
+        and "--application-uri urn:plant:gateway" in line
+        for line in lines
+    ), err
+    assert any(
+        line.startswith("mapping.yaml:19: outputs.hmi.certificate: pki/own/server.der not found")
+        and "(fix: run `bridge certs create`" in line
+        for line in lines
+    ), err
+    assert "3 problem(s) found" in err
