@@ -61,6 +61,8 @@ class Durable:
         max_pending: int = 1_000_000,
         when_full: WhenFull = "refuse-new",
         dead_letter_after: int = 3,
+        max_retries: int = 20,
+        max_retry_age_s: float = 600.0,
         concurrency: int = 8,
         batch_size: int = 500,
         timeout_s: float = 2.0,
@@ -90,6 +92,8 @@ class Durable:
             RelaySettings(
                 batch_size=batch_size,
                 dead_letter_after=dead_letter_after,
+                max_retries=max_retries,
+                max_retry_age_s=max_retry_age_s,
                 reject_retry_s=0.05,
                 idle_poll_s=0.01,
                 rescan_s=0.2,

@@ -93,6 +93,20 @@ class OutboxSettings(Strict):
     reject_retry_s: float = Field(
         1.0, ge=0, description="Wait before sending a rejected event again (below the limit)."
     )
+    max_retries: int = Field(
+        20,
+        ge=1,
+        description="Retryable failures (5xx, 408/425/429, timeout, refused connection) of one "
+        "event, counted while its destination accepts other events, after which it moves to "
+        "the dead letters with the reason, so its asset's later events flow. While the "
+        "destination accepts nothing (an outage) nothing is counted: the backlog waits.",
+    )
+    max_retry_age_s: float = Field(
+        600.0,
+        gt=0,
+        description="Also dead-letter an event this long after its first counted retryable "
+        "failure, whatever `max_retries` says.",
+    )
     batch_size: int = Field(
         500,
         ge=1,

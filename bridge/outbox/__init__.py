@@ -10,14 +10,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .protocol import OutboxDestination
+    from .protocol import OutboxDestination, Retry
     from .relay import Relay, RelaySettings
 
-__all__ = ["OutboxDestination", "Relay", "RelaySettings"]
+__all__ = ["OutboxDestination", "Relay", "RelaySettings", "Retry"]
 
 # Imported on first use: the store imports ``bridge.outbox.rules`` and the relay imports the
 # store, so an eager import here would be circular.
-_LAZY = {"OutboxDestination": ".protocol", "Relay": ".relay", "RelaySettings": ".relay"}
+_LAZY = {
+    "OutboxDestination": ".protocol",
+    "Relay": ".relay",
+    "RelaySettings": ".relay",
+    "Retry": ".protocol",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,22 +1,26 @@
-"""The relay of one destination: claims the oldest event of each asset, sends, records outcomes.
+"""The relay of one destination: claims the oldest events of each asset, sends, records outcomes.
 
-Retry ownership: the destination retries *retryable* failures of one event (its own policy,
-forever); the relay owns what happens to *rejected* events (count, wait, dead-letter after a
-limit) and retries its own store errors. Nothing else retries.
+Retry ownership: the relay owns every retry. A destination sends an event once and says what
+came of it: accepted, rejected (a non-retryable answer: counted, retried after a pause, dead-
+lettered after ``dead_letter_after``) or ``Retry`` (a failure that may pass: retried with
+backoff, dead-lettered after ``max_retries`` or ``max_retry_age_s``, see ``policy.py``). A
+destination that retries inside ``deliver`` itself still works, it only gets no cap.
 
-A round claims the oldest events of up to ``batch_size`` assets (up to ``per_asset`` each) and
-sends them in waves: wave i carries the i-th event of every asset whose earlier events were
-accepted, in parallel (at most ``concurrency`` requests at once; a ``BatchDestination`` sends
-several events per request). The accepted rows are removed in one transaction at the end of the
-round. An asset thus has one event in flight per destination, and a rejected event holds back
-its asset's later ones until it is accepted or dead-lettered: order per asset holds across
-retries, crashes and restarts.
+A round claims the oldest events of up to ``batch_size`` assets (up to ``per_asset`` each).
+Each asset is a lane: its events are sent one after the other, the next only once the previous
+was accepted *and recorded*, at most ``concurrency`` requests at once; lanes do not wait for
+each other, and a failure ends only its own lane (its later events wait behind it, so order per
+asset holds across retries, crashes and restarts). Accepted events are recorded as their
+replies arrive (one commit for whatever arrived meanwhile), so a crash re-sends at most the
+events that were in flight. A ``BatchDestination`` sends waves instead: wave i carries the i-th
+event of every asset still going, several per request, and each wave is recorded at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +32,8 @@ from bridge.errors import BridgeError
 from bridge.store.outbox import Claim, OutboxEvent, OutboxFeed, OutboxRepository
 from bridge.types import ComponentHealth
 
-from .protocol import BatchDestination, OutboxDestination
+from .policy import RetryDecision, RetryPolicy
+from .protocol import BackoffDestination, BatchDestination, OutboxDestination, Outcome, Retry
 
 __all__ = ["Relay", "RelaySettings"]
 
@@ -64,10 +69,18 @@ async def _see_through(
 class RelaySettings:
     batch_size: int = 500
     # Events per asset a round may send, one after the other: a backlog drains in fewer
-    # rounds (claims and commits) while each asset still has one event in flight at a time.
+    # rounds (claims) while each asset still has one event in flight at a time.
     per_asset: int = 8
     dead_letter_after: int = 3
     reject_retry_s: float = 1.0
+    # Retryable failures of one event, counted while the destination accepts others, after
+    # which it is dead-lettered; or this long after its first counted failure.
+    max_retries: int = 20
+    max_retry_age_s: float = 600.0
+    # "Accepts others" means: accepted an event within this window.
+    working_window_s: float = 60.0
+    # Backoff of retried events when the destination does not give its own (``backoff``).
+    retry_initial_s: float = 0.5
     idle_poll_s: float = 0.05
     # Other gateways (shared PostgreSQL) and `bridge outbox replay` add rows this process does
     # not see being written: look at the table at least this often.
@@ -96,8 +109,18 @@ class Relay:
         self._backlog = 0
         self._oldest: float | None = None
         self._dead_letters = 0
+        initial, cap = (
+            destination.backoff
+            if isinstance(destination, BackoffDestination)
+            else (self._s.retry_initial_s, self._s.max_backoff_s)
+        )
+        self._policy = RetryPolicy(self._s.max_retries, self._s.max_retry_age_s, initial, cap)
+        self._accepted_at: float | None = None  # monotonic time of the last accepted event
+        self._due: list[float] = []  # heap: wall times retried events become due
+        self._outage = 0  # rounds in a row that found the destination down as a whole
         self.delivered = 0
         self.rejected = 0
+        self.retried = 0
         self.dead_lettered = 0
 
     async def start(self) -> None:
@@ -123,6 +146,7 @@ class Relay:
             destination=self.destination.name,
             delivered=self.delivered,
             rejected=self.rejected,
+            retried=self.retried,
             dead_lettered=self.dead_lettered,
         )
 
@@ -135,6 +159,7 @@ class Relay:
             "dead_letters": self._dead_letters,
             "delivered": self.delivered,
             "rejected": self.rejected,
+            "retried": self.retried,
             "dead_lettered": self.dead_lettered,
             "refused": feed.refused,
             "dropped": feed.dropped,
@@ -164,11 +189,14 @@ class Relay:
         last_scan = 0.0
         while True:
             now = time.monotonic()
-            if seen_added == self._feed.added and now - last_scan < self._s.rescan_s:
+            due = bool(self._due) and time.time() >= self._due[0]
+            if seen_added == self._feed.added and now - last_scan < self._s.rescan_s and not due:
                 # Nothing new written by this process: wait a little rather than query.
                 await asyncio.sleep(self._s.idle_poll_s)
                 continue
             seen_added, last_scan = self._feed.added, now
+            while self._due and self._due[0] <= time.time():
+                heapq.heappop(self._due)
             try:
                 while await self._round():
                     pass
@@ -216,15 +244,28 @@ class Relay:
             if not claim.events:
                 return 0
             limit = asyncio.Semaphore(max(1, self.destination.concurrency))
-            accepted, rejected = await self._waves(limit, claim.events)
+            recorder = _Recorder(self._repo, self.destination.name, self._counted)
+            try:
+                outcomes = await self._send_claimed(limit, claim.events, recorder)
+            finally:
+                await recorder.close()
+            accepted = recorder.recorded + recorder.unrecorded
+            rejected = {i: o for i, o in outcomes.items() if isinstance(o, str)}
+            retried = self._decide(claim.events, outcomes, bool(accepted))
             dead = await _see_through(
-                claim.finish, accepted, rejected, self._s.dead_letter_after, self._s.reject_retry_s
+                claim.finish,
+                accepted,
+                rejected,
+                self._s.dead_letter_after,
+                self._s.reject_retry_s,
+                retried,
             )
         finally:
             await _see_through(claim.close)
-        self.delivered += len(accepted)
-        self._feed.pending = max(0, self._feed.pending - len(accepted) - len(dead))
+        self._counted(len(recorder.unrecorded))  # recorded by ``finish`` instead
+        self._feed.pending = max(0, self._feed.pending - len(dead))
         self.rejected += len(rejected)
+        self.retried += len(retried)
         self.dead_lettered += len(dead)
         for event in dead:
             log.warning(
@@ -232,54 +273,125 @@ class Relay:
                 destination=self.destination.name,
                 asset=event.asset,
                 event_id=event.event_id,
-                error=rejected[event.id],
-                attempts=event.attempts + 1,
+                error=rejected.get(event.id) or retried[event.id].reason,
+                attempts=event.attempts + 1 if event.id in rejected else retried[event.id].retries,
             )
+        if retried and not accepted and not self._working():
+            # Nothing accepted lately: the destination is down as a whole, not one event.
+            # Pause the relay (not the events): their count stays, the backlog waits.
+            self._outage += 1
+            hints = [o.after_s for o in outcomes.values() if isinstance(o, Retry)]
+            hint = max((h for h in hints if h is not None), default=None)
+            await asyncio.sleep(self._policy.delay(self._outage, hint))
         return len(claim.events)
 
-    async def _waves(
-        self, limit: asyncio.Semaphore, events: list[OutboxEvent]
-    ) -> tuple[list[int], dict[int, str]]:
-        """Send the claimed events wave by wave: wave i holds the i-th event of each asset.
+    def _counted(self, accepted: int) -> None:
+        self.delivered += accepted
+        self._feed.pending = max(0, self._feed.pending - accepted)
+        if accepted:
+            self._outage = 0
+
+    def _working(self) -> bool:
+        """The destination accepted an event recently: a failure belongs to its event."""
+        last = self._accepted_at
+        return last is not None and time.monotonic() - last <= self._s.working_window_s
+
+    def _decide(
+        self, events: list[OutboxEvent], outcomes: dict[int, Outcome], accepted_now: bool
+    ) -> dict[int, RetryDecision]:
+        now = time.time()
+        counted = accepted_now or self._working()
+        out: dict[int, RetryDecision] = {}
+        for e in events:
+            outcome = outcomes.get(e.id)
+            if isinstance(outcome, Retry):
+                out[e.id] = self._policy.decide(
+                    e.retries,
+                    e.first_failed_at,
+                    outcome.reason,
+                    now,
+                    counted=counted,
+                    hint_s=outcome.after_s,
+                )
+        for d in out.values():
+            if d.next_attempt_at > now and not d.dead:
+                # Wake up for it then, not at the next rescan (a second later by default).
+                heapq.heappush(self._due, d.next_attempt_at)
+        return out
+
+    async def _send_claimed(
+        self, limit: asyncio.Semaphore, events: list[OutboxEvent], recorder: _Recorder
+    ) -> dict[int, Outcome]:
+        """Send the claimed events; returns the outcome of every event that was sent.
 
         An asset's next event is sent only once its previous one was accepted, so an asset
-        never has two events in flight and a rejection holds back the rest of its queue.
+        never has two events in flight and a failure holds back the rest of its queue.
         """
         queues: dict[str, list[OutboxEvent]] = {}
         for e in events:  # oldest first, so each queue is in delivery order
             queues.setdefault(e.asset, []).append(e)
-        accepted: list[int] = []
-        rejected: dict[int, str] = {}
+        outcomes: dict[int, Outcome] = {}
+        dest = self.destination
+        if isinstance(dest, BatchDestination) and dest.batch_size > 1:
+            await self._waves(limit, queues, outcomes, recorder, dest.batch_size)
+        else:
+            await asyncio.gather(
+                *(self._lane(limit, q, outcomes, recorder) for q in queues.values())
+            )
+        return outcomes
+
+    async def _lane(
+        self,
+        limit: asyncio.Semaphore,
+        queue: list[OutboxEvent],
+        outcomes: dict[int, Outcome],
+        recorder: _Recorder,
+    ) -> None:
+        for e in queue:
+            async with limit:
+                outcome = await self._send(e)
+                outcomes[e.id] = outcome
+                if outcome is not None:
+                    return
+                self._accepted_at = time.monotonic()
+                # The slot is held until the event is recorded: a crash can then catch at most
+                # ``concurrency`` accepted events not yet recorded.
+                if not await recorder.add([e.id]):
+                    return  # the store failed: finish() records it, or the round is sent again
+
+    async def _waves(
+        self,
+        limit: asyncio.Semaphore,
+        queues: dict[str, list[OutboxEvent]],
+        outcomes: dict[int, Outcome],
+        recorder: _Recorder,
+        size: int,
+    ) -> None:
         depth = 0
         while True:
             wave = [q[depth] for q in queues.values() if depth < len(q)]
             if not wave:
-                return accepted, rejected
-            outcomes = await self._send_all(limit, wave)
-            for e, outcome in zip(wave, outcomes, strict=True):
+                return
+            # A wave holds one event per asset, so a request never carries two events of one
+            # asset: order per asset does not depend on how the MES processes a batch.
+            chunks = [wave[i : i + size] for i in range(0, len(wave), size)]
+            results = await asyncio.gather(*(self._send_batch(limit, c) for c in chunks))
+            accepted: list[int] = []
+            for e, outcome in zip(wave, (o for chunk in results for o in chunk), strict=True):
+                outcomes[e.id] = outcome
                 if outcome is None:
                     accepted.append(e.id)
                 else:
-                    rejected[e.id] = outcome
                     del queues[e.asset]
+            if accepted:
+                self._accepted_at = time.monotonic()
+                if not await recorder.add(accepted):
+                    return
             depth += 1
-
-    async def _send_all(
-        self, limit: asyncio.Semaphore, events: list[OutboxEvent]
-    ) -> list[str | None]:
-        dest = self.destination
-        size = dest.batch_size if isinstance(dest, BatchDestination) else 1
-        if size <= 1:
-            return list(await asyncio.gather(*(self._send(limit, e) for e in events)))
-        # A wave holds one event per asset, so a request never carries two events of one
-        # asset: order per asset does not depend on how the MES processes a batch.
-        chunks = [events[i : i + size] for i in range(0, len(events), size)]
-        results = await asyncio.gather(*(self._send_batch(limit, c) for c in chunks))
-        return [outcome for chunk in results for outcome in chunk]
 
     async def _send_batch(
         self, limit: asyncio.Semaphore, events: list[OutboxEvent]
-    ) -> list[str | None]:
+    ) -> list[Outcome]:
         dest = self.destination
         assert isinstance(dest, BatchDestination)
         async with limit:
@@ -293,16 +405,74 @@ class Relay:
                 log.exception("outbox_deliver_batch_crashed", destination=dest.name)
                 return [f"internal error: {type(exc).__name__}: {exc}"] * len(events)
 
-    async def _send(self, limit: asyncio.Semaphore, event: OutboxEvent) -> str | None:
-        async with limit:
+    async def _send(self, event: OutboxEvent) -> Outcome:
+        try:
+            return await self.destination.deliver(event.event_id, event.body)
+        except Exception as exc:
+            # A bug in the destination: count it as a rejection so it ends in the dead
+            # letters (visible, replayable) instead of spinning on one event forever.
+            log.exception(
+                "outbox_deliver_crashed",
+                destination=self.destination.name,
+                event_id=event.event_id,
+            )
+            return f"internal error: {type(exc).__name__}: {exc}"
+
+
+class _Recorder:
+    """Records accepted rows as their replies arrive: one commit for whatever came meanwhile.
+
+    ``add`` returns once its rows are committed (True) or the store failed (False: the rows
+    stay in ``unrecorded`` and the round's ``finish`` deletes them).
+    """
+
+    def __init__(
+        self, repo: OutboxRepository, destination: str, counted: Callable[[int], None]
+    ) -> None:
+        self._repo = repo
+        self._destination = destination
+        self._counted = counted
+        self._queue: list[tuple[list[int], asyncio.Future[bool]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.recorded: list[int] = []
+        self.unrecorded: list[int] = []
+
+    async def add(self, ids: list[int]) -> bool:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((ids, done))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(
+                self._flush(), name=f"outbox:{self._destination}:record"
+            )
+        return await asyncio.shield(done)
+
+    async def close(self) -> None:
+        """Wait for the commit in progress (a cancelled round still records what it sent)."""
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), _SETTLE_TIMEOUT_S)
+        for ids, done in self._queue:
+            self.unrecorded.extend(ids)
+            if not done.done():
+                done.set_result(False)
+        self._queue.clear()
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            ids = [i for chunk, _ in batch for i in chunk]
             try:
-                return await self.destination.deliver(event.event_id, event.body)
-            except Exception as exc:
-                # A bug in the destination: count it as a rejection so it ends in the dead
-                # letters (visible, replayable) instead of spinning on one event forever.
-                log.exception(
-                    "outbox_deliver_crashed",
-                    destination=self.destination.name,
-                    event_id=event.event_id,
-                )
-                return f"internal error: {type(exc).__name__}: {exc}"
+                await _see_through(self._repo.record_accepted, self._destination, ids)
+                ok = True
+            except BridgeError as exc:
+                log.warning("outbox_record_failed", destination=self._destination, error=str(exc))
+                ok = False
+            if ok:
+                self.recorded.extend(ids)
+                self._counted(len(ids))
+            else:
+                self.unrecorded.extend(ids)
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(ok)

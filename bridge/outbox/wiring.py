@@ -15,7 +15,7 @@ from .protocol import OutboxDestination, RuleDestination
 from .relay import Relay, RelaySettings
 from .rules import EventSelector
 
-__all__ = ["Durable", "feed_for", "split_outputs"]
+__all__ = ["Durable", "feed_for", "relay_settings_for", "split_outputs"]
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +77,17 @@ def feed_for(
     return feed
 
 
+def relay_settings_for(settings: OutboxSettings) -> RelaySettings:
+    """The relay's part of the mapping's ``gateway.outbox`` settings."""
+    return RelaySettings(
+        batch_size=settings.batch_size,
+        dead_letter_after=settings.dead_letter_after,
+        reject_retry_s=settings.reject_retry_s,
+        max_retries=settings.max_retries,
+        max_retry_age_s=settings.max_retry_age_s,
+    )
+
+
 def split_outputs(
     outputs: Sequence[Sink],
     repo: OutboxRepository,
@@ -92,11 +103,7 @@ def split_outputs(
     feeds: list[OutboxFeed] = []
     relays: list[Relay] = []
     budget = Budget(settings.max_pending, settings.when_full)
-    relay_settings = RelaySettings(
-        batch_size=settings.batch_size,
-        dead_letter_after=settings.dead_letter_after,
-        reject_retry_s=settings.reject_retry_s,
-    )
+    relay_settings = relay_settings_for(settings)
     for sink in outputs:
         if isinstance(sink, OutboxDestination):
             feed = feed_for(sink, budget, slots)

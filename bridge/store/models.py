@@ -5,7 +5,14 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Double, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "DeadLetterRow", "ModelRow", "OutboxRow", "PredictionRow"]
+__all__ = [
+    "Base",
+    "DeadLetterRow",
+    "ModelRow",
+    "OutboxAcceptedRow",
+    "OutboxRow",
+    "PredictionRow",
+]
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 _ID = BigInteger().with_variant(Integer, "sqlite")
@@ -77,6 +84,24 @@ class OutboxRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Double, default=0.0)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # Retryable failures counted against the event (revision 0007), and when the first was.
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    first_failed_at: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
+
+
+class OutboxAcceptedRow(Base):
+    """An outbox row its destination accepted, recorded as the reply arrived (revision 0007).
+
+    On PostgreSQL the relay's claim keeps its rows locked until the end of its round, so it
+    cannot delete them earlier; this note, committed at once, keeps a crashed gateway from
+    sending them again. The round deletes the row and its note together.
+    """
+
+    __tablename__ = "outbox_accepted"
+
+    row_id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=False)
+    destination: Mapped[str] = mapped_column(String(200))
+    accepted_at: Mapped[float] = mapped_column(Double)
 
 
 class DeadLetterRow(Base):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -39,7 +39,7 @@ from bridge.types import Prediction
 
 from .codec import prediction_from_row
 from .db import Store
-from .models import DeadLetterRow, OutboxRow, PredictionRow
+from .models import DeadLetterRow, OutboxAcceptedRow, OutboxRow, PredictionRow
 
 __all__ = [
     "Budget",
@@ -50,6 +50,7 @@ __all__ = [
     "OutboxFeed",
     "OutboxRepository",
     "OutboxStats",
+    "RetryUpdate",
     "WhenFull",
     "enqueue",
 ]
@@ -126,6 +127,24 @@ class OutboxEvent:
     attempts: int
     last_error: str
     next_attempt_at: float = 0.0
+    # Retryable failures counted against the event, and when the first of them was (0: none).
+    retries: int = 0
+    first_failed_at: float = 0.0
+
+
+class RetryUpdate(Protocol):
+    """What the relay decided for an event that failed retryably (``bridge.outbox.policy``)."""
+
+    @property
+    def retries(self) -> int: ...
+    @property
+    def first_failed_at(self) -> float: ...
+    @property
+    def next_attempt_at(self) -> float: ...
+    @property
+    def dead(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +184,8 @@ _EVENT_COLUMNS = (
     OutboxRow.attempts,
     OutboxRow.last_error,
     OutboxRow.next_attempt_at,
+    OutboxRow.retries,
+    OutboxRow.first_failed_at,
 )
 
 
@@ -179,6 +200,8 @@ def _event(row: OutboxRow) -> OutboxEvent:
         row.attempts,
         row.last_error,
         row.next_attempt_at,
+        row.retries,
+        row.first_failed_at,
     )
 
 
@@ -245,6 +268,8 @@ def enqueue(
                     "attempts": 0,
                     "next_attempt_at": 0.0,
                     "last_error": "",
+                    "retries": 0,
+                    "first_failed_at": 0.0,
                 }
                 for asset, event_id, body in chosen
             ],
@@ -369,8 +394,10 @@ class Claim:
         rejected: dict[int, str],
         dead_letter_after: int,
         retry_in_s: float,
+        retried: Mapping[int, RetryUpdate] | None = None,
     ) -> list[OutboxEvent]:
-        """Delete accepted rows; count rejections; move rows rejected too often to dead letters.
+        """Delete accepted rows; count rejections and retryable failures; move rows rejected
+        too often, or whose retries are exhausted (``retried[id].dead``), to dead letters.
 
         Returns the events that became dead letters. One transaction: all of it or nothing, so
         a lost connection here only means those events are sent again (same Idempotency-Key).
@@ -381,20 +408,23 @@ class Claim:
         s = self._session
         try:
             if accepted:
+                ids = list(accepted)
                 s.execute(
-                    delete(OutboxRow).where(_among(s, OutboxRow.id, list(accepted))),
+                    delete(OutboxRow).where(_among(s, OutboxRow.id, ids)),
                     # No ORM objects to keep in sync: skip the RETURNING of every deleted id.
                     execution_options={"synchronize_session": False},
                 )
+                if self._locked:
+                    s.execute(
+                        delete(OutboxAcceptedRow).where(_among(s, OutboxAcceptedRow.row_id, ids)),
+                        execution_options={"synchronize_session": False},
+                    )
             for row_id, error in rejected.items():
                 event = by_id[row_id]
                 attempts = event.attempts + 1
                 if attempts >= dead_letter_after:
                     dead.append(event)
-                    s.execute(
-                        insert(DeadLetterRow).values(_dead_values(event, now, attempts, error))
-                    )
-                    s.execute(delete(OutboxRow).where(OutboxRow.id == row_id))
+                    self._bury(event, now, attempts, error)
                 else:
                     s.execute(
                         update(OutboxRow)
@@ -403,11 +433,32 @@ class Claim:
                             attempts=attempts, next_attempt_at=now + retry_in_s, last_error=error
                         )
                     )
+            for row_id, decision in (retried or {}).items():
+                event = by_id[row_id]
+                if decision.dead:
+                    dead.append(event)
+                    self._bury(event, now, decision.retries, decision.reason)
+                else:
+                    s.execute(
+                        update(OutboxRow)
+                        .where(OutboxRow.id == row_id)
+                        .values(
+                            retries=decision.retries,
+                            first_failed_at=decision.first_failed_at,
+                            next_attempt_at=decision.next_attempt_at,
+                            last_error=decision.reason,
+                        )
+                    )
             s.commit()
         except SQLAlchemyError as exc:
             s.rollback()
             raise StoreError(f"cannot record outbox outcome: {exc}") from exc
         return dead
+
+    def _bury(self, event: OutboxEvent, now: float, attempts: int, error: str) -> None:
+        s = self._session
+        s.execute(insert(DeadLetterRow).values(_dead_values(event, now, attempts, error)))
+        s.execute(delete(OutboxRow).where(OutboxRow.id == event.id))
 
     def close(self) -> None:
         """Release whatever was not finished (rollback frees the locks) and the connection."""
@@ -422,6 +473,56 @@ class OutboxRepository:
 
     # -- relay ------------------------------------------------------------------------------
 
+    def record_accepted(self, destination: str, ids: Sequence[int]) -> None:
+        """Record rows their destination accepted, in a transaction of their own, at once.
+
+        SQLite: the claim holds no lock, so the rows are deleted. PostgreSQL: the claim keeps
+        them locked until its round ends, so a note is written instead (``outbox_accepted``);
+        the claim deletes both, and a later claim deletes rows whose gateway died in between.
+        """
+        if not ids:
+            return
+        try:
+            with self._store.sessions.begin() as s:
+                if self._store.dialect == "postgresql":
+                    now = time.time()
+                    notes = [
+                        {"row_id": i, "destination": destination, "accepted_at": now} for i in ids
+                    ]
+                    s.execute(insert(OutboxAcceptedRow), notes)
+                else:
+                    s.execute(
+                        delete(OutboxRow).where(_among(s, OutboxRow.id, list(ids))),
+                        execution_options={"synchronize_session": False},
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record accepted outbox events: {exc}") from exc
+
+    def _forget_accepted(self, destination: str) -> None:
+        """Delete rows accepted by a claim that never finished (its gateway died): never resend."""
+        with self._store.sessions.begin() as s:
+            noted = select(OutboxAcceptedRow.row_id).where(
+                OutboxAcceptedRow.destination == destination
+            )
+            if s.execute(noted.limit(1)).first() is None:
+                return
+            # Rows of a live claim are locked by it: skip them, it deletes them itself.
+            orphans = list(
+                s.execute(
+                    select(OutboxRow.id)
+                    .where(OutboxRow.id.in_(noted))
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+            )
+            if orphans:
+                s.execute(delete(OutboxRow).where(OutboxRow.id.in_(orphans)))
+            live = select(OutboxRow.id).where(OutboxRow.id == OutboxAcceptedRow.row_id)
+            s.execute(
+                delete(OutboxAcceptedRow).where(
+                    OutboxAcceptedRow.destination == destination, ~live.exists()
+                )
+            )
+
     def claim(
         self, destination: str, limit: int, now: float | None = None, depth: int = 1
     ) -> Claim:
@@ -432,6 +533,11 @@ class OutboxRepository:
         """
         when = time.time() if now is None else now
         locked = self._store.dialect == "postgresql"
+        if locked:
+            try:
+                self._forget_accepted(destination)
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot claim outbox events of {destination!r}: {exc}") from exc
         session = self._store.sessions()
         try:
             events = self._scan(session, destination, limit, depth, when, locked)
@@ -664,6 +770,8 @@ class OutboxRepository:
                                 "attempts": 0,
                                 "next_attempt_at": 0.0,
                                 "last_error": "",
+                                "retries": 0,
+                                "first_failed_at": 0.0,
                             }
                             for r in fresh
                         ],

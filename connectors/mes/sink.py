@@ -2,10 +2,11 @@
 
 The gateway keeps every event in its store's outbox until the MES accepted it; this class only
 knows how to encode an event (default body or the mapping's template) and how to send one
-event or a batch (see ``batch.py`` for the contract), retrying *retryable* failures
-(connection errors, timeouts, 408/425/429/5xx, honouring ``Retry-After``) forever with
-exponential backoff and jitter. A rejection (any other 4xx) is returned to the relay, which
-counts it and dead-letters the event after its limit.
+event or a batch (see ``batch.py`` for the contract), once per call. It tells the relay what
+came of it: accepted, rejected (any 4xx but 408/425/429: the relay counts it and dead-letters
+the event after ``dead_letter_after``) or ``Retry`` (connection errors, timeouts, 408/425/429,
+5xx, with the ``Retry-After`` hint): the relay retries it with this sink's backoff while the
+other assets go on, and dead-letters it after ``max_retries``/``max_retry_age_s``.
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ from typing import Any
 
 import httpx
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
-
 from bridge.errors import ConnectorError
+from bridge.outbox.protocol import Outcome, Retry
 from bridge.outbox.rules import EventRule, Trigger
 from bridge.types import ComponentHealth, Prediction, SinkContext
 
 from .batch import BatchReplyError, batch_body, parse_batch_reply
 from .config import MesSinkSettings
 from .payload import event_fields, event_to_json
-from .retry import backoff_delay, is_retryable_status, parse_retry_after
+from .retry import is_retryable_status, parse_retry_after
 from .template import compile_template
 
 __all__ = ["MesSink"]
@@ -80,6 +80,11 @@ class MesSink:
     @property
     def batch_size(self) -> int:
         return self._settings.batch_size
+
+    @property
+    def backoff(self) -> tuple[float, float]:
+        """How the relay spaces the retries of one event: first delay, cap."""
+        return self._settings.initial_backoff_s, self._settings.max_backoff_s
 
     async def start(self) -> None:
         if self._closed:
@@ -139,22 +144,17 @@ class MesSink:
             body = self._template.render(event_fields(trigger, self._gateway_id))
         return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
-    async def deliver(self, key: str, body: str) -> str | None:
-        """Send until accepted (None) or rejected (the reason); retryable failures never end."""
-        # The same key on every retry lets the MES discard a repeat whose first reply was lost.
+    async def deliver(self, key: str, body: str) -> Outcome:
+        """Send once: None accepted, the reason of a rejection, or ``Retry``."""
+        # The same key on every attempt lets the MES discard a repeat whose first reply was lost.
         headers = {**_JSON, "Idempotency-Key": key}
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_RetryableError),
-            wait=self._wait,
-            stop=stop_never,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
         self._in_flight += 1
         try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._post(body, headers)
+            await self._post(body, headers)
+        except _RetryableError as exc:
+            reason = str(exc)
+            self._failed(reason)
+            return Retry(reason, exc.retry_after)
         except _RejectedError as exc:
             self._counters["rejected"] += 1
             log.warning("mes_rejected", sink=self.name, key=key, status=exc.status, body=exc.body)
@@ -162,47 +162,67 @@ class MesSink:
         finally:
             self._in_flight -= 1
         self._counters["sent"] += 1
-        if self._last_error:
-            log.info("mes_recovered", sink=self.name, after_error=self._last_error)
-            self._last_error = ""
+        self._recovered()
         return None
 
-    async def deliver_batch(self, events: Sequence[tuple[str, str]]) -> list[str | None]:
-        """Send ``(key, body)`` pairs in one POST per attempt; retry the unsettled ones.
+    async def deliver_batch(self, events: Sequence[tuple[str, str]]) -> list[Outcome]:
+        """Send ``(key, body)`` pairs in one POST; one outcome per pair, in order.
 
-        Accepted and rejected events are settled; events the MES answered with a retryable
-        status (or all of them, when the whole request failed retryably) go into the next
-        attempt, without the settled ones, with the same keys.
+        Events the MES answered with a retryable status (or all of them, when the whole
+        request failed retryably) come back as ``Retry``: the relay sends them again later,
+        with the same keys.
         """
-        outcomes: dict[str, str | None] = {}
-        bodies = dict(events)
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_RetryableError),
-            wait=self._wait,
-            stop=stop_never,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
+        outcomes: dict[str, Outcome] = {}
         self._in_flight += len(events)
         try:
-            async for attempt in retrying:
-                with attempt:
-                    todo = [(k, bodies[k]) for k, _ in events if k not in outcomes]
-                    await self._post_batch(todo, outcomes)
+            await self._post_batch(list(events), outcomes)
+        except _RetryableError as exc:
+            reason = str(exc)
+            self._failed(reason)
+            retry = Retry(reason, exc.retry_after)
+            for key, _ in events:
+                outcomes.setdefault(key, retry)
         finally:
             self._in_flight -= len(events)
-        rejected = sum(1 for o in outcomes.values() if o is not None)
+        rejected = sum(1 for o in outcomes.values() if isinstance(o, str))
+        sent = sum(1 for o in outcomes.values() if o is None)
         self._counters["rejected"] += rejected
-        self._counters["sent"] += len(events) - rejected
+        self._counters["sent"] += sent
+        if sent:
+            self._recovered()
+        return [outcomes[k] for k, _ in events]
+
+    def _transport_error(self, exc: httpx.TransportError) -> str:
+        # A refused certificate is retried like any connection error (the MES may renew it),
+        # but its message says which setting to fix.
+        s = self._settings
+        tls = describe_tls_failure(
+            exc,
+            f"outputs.{self.name}.tls",
+            https=s.url.lower().startswith("https://"),
+            client_certificate=bool(s.tls and s.tls.client_certificate),
+        )
+        return tls if tls is not None else f"{type(exc).__name__}: {exc}"
+
+    def _failed(self, error: str) -> None:
+        self._counters["retries"] += 1
+        if not self._last_error:
+            # One warning when the MES starts failing; the recovery is logged once too.
+            log.warning("mes_send_failing", sink=self.name, error=error)
+        else:
+            log.debug("mes_send_retry", sink=self.name, error=error)
+        self._last_error = error
+
+    def _recovered(self) -> None:
         if self._last_error:
             log.info("mes_recovered", sink=self.name, after_error=self._last_error)
             self._last_error = ""
-        return [outcomes[k] for k, _ in events]
 
     async def _post_batch(
-        self, events: list[tuple[str, str]], outcomes: dict[str, str | None]
+        self, events: list[tuple[str, str]], outcomes: dict[str, Outcome]
     ) -> None:
-        """Add the settled events to ``outcomes``; raise ``_RetryableError`` if any is left."""
+        """Add every event's outcome to ``outcomes``; raise ``_RetryableError`` if the request
+        as a whole failed retryably."""
         client = self._client
         if client is None:
             raise ConnectorError(f"mes sink {self.name!r} is not started")
@@ -233,12 +253,13 @@ class MesSink:
                 outcomes[key] = None
             elif is_retryable_status(item_status):
                 retry.append(f"HTTP {item_status}")
+                outcomes[key] = Retry(f"HTTP {item_status}: {error[:_BODY_EXCERPT_CHARS]}")
             else:
                 log.warning("mes_rejected", sink=self.name, key=key, status=item_status, body=error)
                 outcomes[key] = f"HTTP {item_status}: {error[:_BODY_EXCERPT_CHARS]}"
         if retry:
-            # The settled ones are kept; the next attempt carries only the rest.
-            raise _RetryableError(f"{len(retry)} of {len(events)} events: {retry[0]}")
+            # The settled ones are kept; the relay sends only the rest again.
+            self._failed(f"{len(retry)} of {len(events)} events: {retry[0]}")
 
     async def _post(self, body: str, headers: dict[str, str]) -> None:
         client = self._client
@@ -255,28 +276,3 @@ class MesSink:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
             raise _RetryableError(f"HTTP {status}", retry_after)
         raise _RejectedError(status, response.text[:_BODY_EXCERPT_CHARS])
-
-    def _wait(self, state: RetryCallState) -> float:
-        s = self._settings
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, _RetryableError) and exc.retry_after is not None:
-            return min(exc.retry_after, s.max_backoff_s)
-        return backoff_delay(state.attempt_number, s.initial_backoff_s, s.max_backoff_s)
-
-    def _before_sleep(self, state: RetryCallState) -> None:
-        self._counters["retries"] += 1
-        exc = state.outcome.exception() if state.outcome is not None else None
-        error = str(exc) if exc is not None else "unknown"
-        delay = state.upcoming_sleep
-        if not self._last_error:
-            # One warning when the MES starts failing; the recovery is logged once too.
-            log.warning("mes_send_failing", sink=self.name, error=error, retry_in_s=round(delay, 2))
-        else:
-            log.debug(
-                "mes_send_retry",
-                sink=self.name,
-                error=error,
-                attempt=state.attempt_number,
-                retry_in_s=round(delay, 2),
-            )
-        self._last_error = error

@@ -69,6 +69,12 @@ class MesReceiver(Service):
         # Poison events: these Idempotency-Keys are refused with this status until accepted.
         self._poison: dict[str, int] = {}
         self.poison_answers = 0
+        # Poison assets: every event of these assets is answered with this status.
+        self._failing_assets: dict[str, int] = {}
+        # Flaky MES: every n-th event request (counted from 1) is answered with a status.
+        self._flaky: tuple[int, int] | None = None
+        self._requests = 0
+        self.flaky_answers = 0
         self._stopping = asyncio.Event()
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -103,6 +109,18 @@ class MesReceiver(Service):
 
     def accept_keys(self) -> None:
         self._poison.clear()
+
+    def fail_assets(self, assets: Iterable[str], status: int = 500) -> None:
+        """Answer ``status`` to every event whose body's ``asset`` is one of ``assets``."""
+        for asset in assets:
+            self._failing_assets[asset] = status
+
+    def accept_assets(self) -> None:
+        self._failing_assets.clear()
+
+    def fail_every(self, n: int, status: int = 500) -> None:
+        """Answer ``status`` to every ``n``-th event request (a flaky MES); 0 stops it."""
+        self._flaky = (n, status) if n > 0 else None
 
     def recover(self) -> None:
         self._fail_remaining = 0
@@ -220,6 +238,10 @@ class MesReceiver(Service):
                 return JSONResponse({"error": "shutting down"}, status_code=503)
         if self._garbage:
             return PlainTextResponse("OK thanks", status_code=200)
+        self._requests += 1
+        if self._flaky is not None and self._requests % self._flaky[0] == 0:
+            self.flaky_answers += 1
+            return JSONResponse({"error": "simulated flaky failure"}, status_code=self._flaky[1])
         if self._take_failure():
             headers = {}
             if self._retry_after is not None:
@@ -247,6 +269,10 @@ class MesReceiver(Service):
         if key is not None and key in self._poison:
             self.poison_answers += 1
             return self._poison[key], {"error": "simulated poison event: unprocessable"}
+        asset = body.get("asset") if isinstance(body, dict) else None
+        if isinstance(asset, str) and asset in self._failing_assets:
+            self.poison_answers += 1
+            return self._failing_assets[asset], {"error": f"simulated failure of asset {asset}"}
         if key is not None and key in self._keys:
             self.duplicate_count += 1
             return 200, {"status": "duplicate", "key": key}

@@ -7,7 +7,6 @@ import contextlib
 import json
 import math
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,6 +17,7 @@ from support import free_port, wait_until
 
 from bridge import registry
 from bridge.errors import ConnectorError
+from bridge.outbox.protocol import Outcome, Retry
 from bridge.types import InputSnapshot, Prediction, PredictionSlot, Quality, SinkContext
 from connectors.mes import MesSink, MesSinkSettings, prediction_to_json, register
 from connectors.mes.retry import backoff_delay, is_retryable_status, parse_retry_after
@@ -183,7 +183,7 @@ def test_register_adds_mes_rest_kind(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- against the receiver: one event at a time, as the outbox relay sends them ---------------
 
 
-async def send(sink: MesSink, p: Prediction) -> str | None:
+async def send(sink: MesSink, p: Prediction) -> Outcome:
     body = sink.encode(p)
     assert body is not None
     return await sink.deliver(p.id, body)
@@ -209,37 +209,40 @@ async def test_events_arrive_with_payload_and_idempotency_key(
     assert health.counters["in_flight"] == 0
 
 
-async def test_500s_are_retried_until_accepted(
+async def test_a_500_comes_back_as_retry_then_the_next_send_is_accepted(
     receiver: MesReceiver, make_sink: SinkFactory
 ) -> None:
+    # One POST per call: the relay owns the retries (and their cap), not the sink.
     sink = make_sink(events_url(receiver))
     await sink.start()
-    receiver.fail(500, count=4)
-    assert await send(sink, prediction("p1", 1)) is None
+    receiver.fail(500, count=2)
+    p = prediction("p1", 1)
+    assert await send(sink, p) == Retry("HTTP 500")
+    assert sink.health().state == "degraded" and "HTTP 500" in sink.health().detail
+    assert await send(sink, p) == Retry("HTTP 500")
+    assert await send(sink, p) is None
     assert len(receiver.calls) == 1
     counters = sink.health().counters
-    assert counters["retries"] == 4
+    assert counters["retries"] == 2
     assert counters["sent"] == 1
     assert sink.health().state == "ok"
+    assert sink.backoff == (0.02, 0.1)  # the relay spaces the retries with these
 
 
-async def test_mes_down_then_started_is_waited_for(make_sink: SinkFactory) -> None:
+async def test_mes_down_is_a_retry_with_the_reason(make_sink: SinkFactory) -> None:
     mes = MesReceiver(port=free_port())  # not started: connection refused
     sink = make_sink(events_url(mes))
     await sink.start()
-    delivery = asyncio.create_task(send(sink, prediction("p1", 1)))
     try:
-        await wait_until(lambda: sink.health().state == "degraded", timeout=5, what="degraded")
+        outcome = await asyncio.wait_for(send(sink, prediction("p1", 1)), 5)
+        assert isinstance(outcome, Retry) and "ConnectError" in outcome.reason
+        assert sink.health().state == "degraded"
         assert "ConnectError" in sink.health().detail
-        assert not delivery.done()
         await mes.start()
-        assert await asyncio.wait_for(delivery, 10) is None
+        assert await send(sink, prediction("p1", 1)) is None
         assert len(mes.calls) == 1
         assert sink.health().state == "ok"
     finally:
-        delivery.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await delivery
         await mes.stop()
 
 
@@ -258,35 +261,33 @@ async def test_rejection_is_returned_not_retried(
     assert await send(sink, prediction("p1", 2)) is None
 
 
-async def test_retry_after_is_honoured_and_capped(
+async def test_retry_after_is_passed_to_the_relay(
     receiver: MesReceiver, make_sink: SinkFactory
 ) -> None:
     sink = make_sink(events_url(receiver), max_backoff_s=5.0)
     await sink.start()
     receiver.fail(503, count=1, retry_after=1)
-    started = time.monotonic()
-    assert await send(sink, prediction("p1", 1)) is None
-    assert time.monotonic() - started >= 0.9  # the backoff alone would be ~0.02 s
-
-    capped = make_sink(events_url(receiver), max_backoff_s=0.2)
-    await capped.start()
+    assert await send(sink, prediction("p1", 1)) == Retry("HTTP 503", 1.0)
     receiver.fail(429, count=1, retry_after=60)
-    assert await asyncio.wait_for(send(capped, prediction("p1", 2)), 5) is None
-    assert len(receiver.calls) == 2
+    # The hint as the MES gave it; the relay caps it at max_backoff_s (bridge.outbox.policy).
+    assert await send(sink, prediction("p1", 1)) == Retry("HTTP 429", 60.0)
+    assert await send(sink, prediction("p1", 1)) is None
+    assert len(receiver.calls) == 1
 
 
-async def test_lost_reply_is_resent_with_the_same_key(
+async def test_lost_reply_is_a_retry_and_the_resend_carries_the_same_key(
     receiver: MesReceiver, make_sink: SinkFactory
 ) -> None:
     sink = make_sink(events_url(receiver), timeout_s=0.3)
     await sink.start()
     receiver.set_delay(0.8)  # longer than the client timeout: the first reply is lost
     p = prediction("p1", 1)
-    delivery = asyncio.create_task(send(sink, p))
-    await wait_until(lambda: sink.health().counters["retries"] >= 1, timeout=5, what="a retry")
+    outcome = await asyncio.wait_for(send(sink, p), 5)
+    assert isinstance(outcome, Retry) and "ReadTimeout" in outcome.reason
+    await wait_until(lambda: len(receiver.calls) == 1, timeout=5, what="recorded anyway")
     receiver.set_delay(0)
-    assert await asyncio.wait_for(delivery, 5) is None
-    await wait_until(lambda: receiver.duplicate_count >= 1, timeout=5, what="the duplicate")
+    assert await send(sink, p) is None
+    assert receiver.duplicate_count == 1
     assert receiver.unique_keys == {p.id}
     assert len(receiver.calls) == 1
 

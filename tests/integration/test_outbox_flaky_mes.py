@@ -1,0 +1,166 @@
+"""A flaky MES (one POST in three answered 500, in milliseconds) does not make the outbox lag:
+each accepted event is recorded as its reply arrives and a retrying asset never holds back the
+others. Real HTTP MES, real SQLite file (and PostgreSQL), and a real process killed with -9."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from outbox_harness import Durable, prediction, received_in_order
+from sqlalchemy import create_engine, text
+from stores import BACKENDS, temp_store
+from support import free_port, wait_until
+
+from bridge.store.db import Store
+from simulators.mes import MesReceiver
+
+pytestmark = pytest.mark.timeout(120)
+
+ASSETS = [f"p{i}" for i in range(10)]
+PERIOD_S = 0.5  # each asset every 0.5 s: 20 events/s in all, the rate of the field report
+RUN_S = 15.0
+
+CHILD = Path(__file__).resolve().parents[1] / "outbox_child.py"
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with temp_store(str(request.param), tmp_path, "outbox.db", prefix="bridge_flaky") as s:
+        yield s
+
+
+@pytest.fixture
+async def mes() -> AsyncIterator[MesReceiver]:
+    receiver = MesReceiver(port=free_port())
+    await receiver.start()
+    try:
+        yield receiver
+    finally:
+        await receiver.stop()
+
+
+async def test_one_post_in_three_failing_still_delivers_90_percent_of_the_rate(
+    store: Store, mes: MesReceiver
+) -> None:
+    mes.fail_every(3, 500)
+    # The MES connector's default backoff (0.5 s doubling, 30 s cap): the field's settings.
+    g = Durable(store, mes.events_url, initial_backoff_s=0.5, max_backoff_s=30.0)
+    await g.start()
+    produced = 0
+    try:
+        start = time.monotonic()
+        tick = 0
+        while time.monotonic() - start < RUN_S:
+            await g.write([prediction(a, tick) for a in ASSETS])
+            produced += len(ASSETS)
+            tick += 1
+            await asyncio.sleep(max(0.0, start + tick * PERIOD_S - time.monotonic()))
+        delivered = len(mes.unique_keys)
+        rate = delivered / produced
+        print(f"produced {produced}, delivered {delivered} ({rate:.1%}) in {RUN_S:.0f} s")
+        # The MES really failed a third of the POSTs (two accepted for each failure).
+        assert mes.flaky_answers >= delivered // 2 - 1
+        assert rate >= 0.9, f"delivered {delivered} of {produced} ({rate:.1%})"
+
+        await wait_until(lambda: len(mes.unique_keys) == produced, 20, what="the rest delivered")
+        await wait_until(lambda: g.backlog() == 0, 10, what="outbox empty")
+        # Each event recorded once, in order per asset; no accepted event was ever sent again.
+        want = {prediction(a, s).id for a in ASSETS for s in range(tick)}
+        assert {c.idempotency_key for c in mes.calls} == want
+        assert received_in_order(mes.calls) == {a: list(range(tick)) for a in ASSETS}
+        assert mes.duplicate_count == 0
+        assert g.repo.dead_letters("mes") == []
+    finally:
+        await g.close()
+
+
+async def _spawn(store_url: str, mes_url: str, mode: str) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(CHILD.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(CHILD),
+        store_url,
+        mes_url,
+        mode,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.strip() == b"ready", line
+    return proc
+
+
+async def _stop(proc: asyncio.subprocess.Process, sig: int) -> int:
+    if proc.returncode is None:
+        proc.send_signal(sig)
+    try:
+        return await asyncio.wait_for(proc.wait(), 20)
+    except TimeoutError:
+        proc.kill()
+        return await proc.wait()
+
+
+def _pending_keys(db: Path) -> set[str]:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return {str(r[0]) for r in conn.execute(text("SELECT event_id FROM outbox"))}
+    finally:
+        engine.dispose()
+
+
+# The child's relay has 8 requests in flight at most; an accepted event is recorded within a
+# commit of its reply, so a kill can only catch those few accepted-but-not-yet-recorded.
+RESEND_BOUND = 8
+
+
+@pytest.mark.parametrize("kill_after", [40, 200])
+async def test_kill_9_with_a_flaky_mes_resends_at_most_the_events_in_flight(
+    tmp_path: Path, mes: MesReceiver, kill_after: int
+) -> None:
+    db = tmp_path / "gw.db"
+    url = f"sqlite:///{db}"
+    mes.fail_every(3, 500)
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        first = await _spawn(url, mes.events_url, "produce")
+        procs.append(first)
+        await wait_until(
+            lambda: len(mes.calls) >= kill_after, 30, what=f"{kill_after} events delivered"
+        )
+        assert await _stop(first, signal.SIGKILL) == -signal.SIGKILL
+        # Accepted by the MES but still in the outbox: what a restart will send again.
+        resend = mes.unique_keys & await asyncio.to_thread(_pending_keys, db)
+        print(f"accepted but not recorded at the kill: {len(resend)}")
+        assert len(resend) <= RESEND_BOUND, len(resend)
+
+        mes.fail_every(0)
+        duplicates_before = mes.duplicate_count
+        second = await _spawn(url, mes.events_url, "drain")
+        procs.append(second)
+
+        async def drained() -> bool:
+            return not await asyncio.to_thread(_pending_keys, db)
+
+        await wait_until(drained, 30, what="outbox drained")
+        assert await _stop(second, signal.SIGTERM) == 0
+        assert mes.duplicate_count - duplicates_before == len(resend)
+        keys = [c.idempotency_key for c in mes.calls]
+        assert len(keys) == len(set(keys))
+        for asset, seqs in received_in_order(mes.calls).items():
+            assert seqs == list(range(len(seqs))), asset
+    finally:
+        for p in procs:
+            await _stop(p, signal.SIGKILL)
