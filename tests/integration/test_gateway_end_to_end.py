@@ -236,6 +236,12 @@ async def test_plant_to_hmi_mes_and_api_then_plant_restart(
         assert {t["tag"] for t in tags_api} == set(tags)
         health = await http.get("/api/v1/health")
         assert health.status_code == 200
+        parts = {c["name"]: c for c in health.json()["components"]}
+        # Backpressure and supervision are visible: nothing lost, nothing restarted.
+        assert parts["store"]["counters"]["dropped"] == 0
+        assert parts["store"]["counters"]["restarts"] == 0
+        assert "backpressure_ms" in parts["model:pump-health"]["counters"]
+        assert parts["loss-alerts"]["state"] == "ok"
 
     # The plant server goes away: its tags and the pump predictions go Bad.
     await running.plant.sim.stop()
