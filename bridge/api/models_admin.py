@@ -68,9 +68,19 @@ class VersionOut(BaseModel):
 
 class RegisterIn(BaseModel):
     version: str = Field(min_length=1, max_length=100)
-    path: str = Field(min_length=1, description="Model file on the gateway's file system.")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Model file in the gateway's models directory (gateway.models.directory), "
+        "relative to it or absolute. Anything else (outside it, a symbolic link leaving it, "
+        "not a regular file, missing, above gateway.models.max_file_mib) is refused with 422.",
+    )
     reference: dict[str, Any] | None = Field(None, description="bridge-reference/1 statistics.")
-    signature: str | None = Field(None, description="Base64 Ed25519 signature of the sha256.")
+    signature: str | None = Field(
+        None,
+        description="Base64 Ed25519 signature over name, version and sha256 "
+        "(`bridge models sign`); required with a public key or the production profile.",
+    )
     metrics: dict[str, Any] | None = None
 
 

@@ -159,6 +159,18 @@ class LoadedModel:
             raise InferenceError(f"model file not found: {path}") from exc
         except OSError as exc:
             raise InferenceError(f"cannot read model file {path}: {exc}") from exc
+        return cls.from_bytes(path, data, expected_sha256, intra_op_threads, roles)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        path: Path,
+        data: bytes,
+        expected_sha256: str | None = None,
+        intra_op_threads: int = 1,
+        roles: OutputRoles | None = None,
+    ) -> LoadedModel:
+        """Verify and open model bytes the caller read (``path`` names them in messages)."""
         # Hash the very bytes the session is built from, so the sha names what actually runs.
         sha = hashlib.sha256(data).hexdigest()
         if expected_sha256 is not None and sha != expected_sha256.lower():

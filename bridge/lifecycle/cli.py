@@ -42,17 +42,37 @@ def _store_options(fn: F) -> F:
     return fn
 
 
+def _models_dir_option(fn: F) -> F:
+    return click.option(
+        "--models-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="With --store: the only folder model files may be registered from (with "
+        "--mapping it is gateway.models.directory, default `models` beside the mapping).",
+    )(fn)
+
+
 @contextmanager
-def _service(mapping: Path | None, store_url: str | None, public_key: Path | None) -> Iterator[Any]:
+def _service(
+    mapping: Path | None,
+    store_url: str | None,
+    public_key: Path | None,
+    models_dir: Path | None = None,
+) -> Iterator[Any]:
+    from dataclasses import replace
+
+    from bridge.lifecycle.policy import ModelPolicy, policy_of
     from bridge.lifecycle.service import RegistryService
     from bridge.lifecycle.signature import load_public_key
 
     if (mapping is None) == (store_url is None):
         raise click.UsageError("give exactly one of --mapping FILE or --store URL")
+    if mapping is not None and models_dir is not None:
+        raise click.UsageError(
+            "--models-dir goes with --store; with --mapping set gateway.models.directory"
+        )
     key = load_public_key(public_key) if public_key is not None else None
     if mapping is not None:
         from bridge.config.loader import load_mapping
-        from bridge.runtime.lifecycle import public_key_of
 
         loaded = load_mapping(mapping)
         gateway = loaded.gateway
@@ -61,14 +81,25 @@ def _service(mapping: Path | None, store_url: str | None, public_key: Path | Non
             synchronous=gateway.durability.synchronous,
             profile=gateway.durability.profile,
         )
-        key = key or public_key_of(loaded)
+        policy = policy_of(loaded)
+        if key is not None:
+            policy = replace(policy, public_key=key)
     else:
         assert store_url is not None
         store = open_store(store_url)
+        policy = ModelPolicy(public_key=key, directory=models_dir)
     try:
-        yield RegistryService(RegistryRepository(store), key)
+        yield RegistryService(RegistryRepository(store), policy)
     finally:
         store.dispose()
+
+
+def _need_models_dir(store_url: str | None, models_dir: Path | None) -> None:
+    if store_url is not None and models_dir is None:
+        raise click.UsageError(
+            "with --store give --models-dir DIR, the folder model files are registered from "
+            "(or use --mapping, whose gateway.models.directory says it)"
+        )
 
 
 def _fail(err: BridgeError) -> None:
@@ -114,7 +145,7 @@ def models() -> None:
 
 
 @models.command()
-@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("file", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Model name (the mapping's `models:` key).")
 @click.option("--version", "version", required=True, help="Version label, unique per name.")
 @click.option(
@@ -128,6 +159,7 @@ def models() -> None:
     help="Base64 Ed25519 signature file (from `bridge models sign`).",
 )
 @click.option("--metrics", help="Training metrics as JSON, e.g. '{\"accuracy\": 0.97}'.")
+@_models_dir_option
 @_store_options
 def register(
     file: Path,
@@ -136,19 +168,22 @@ def register(
     reference: Path | None,
     signature: Path | None,
     metrics: str | None,
+    models_dir: Path | None,
     mapping: Path | None,
     store_url: str | None,
     public_key: Path | None,
 ) -> None:
-    """Register FILE as a new version (not serving until activated, shadowed or canaried)."""
+    """Register FILE as a new version (not serving until activated, shadowed or canaried).
+    FILE must be a regular file in the models directory."""
+    _need_models_dir(store_url, models_dir)
     try:
         parsed = json.loads(metrics) if metrics else None
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--metrics") from exc
     try:
-        with _service(mapping, store_url, public_key) as svc:
+        with _service(mapping, store_url, public_key, models_dir) as svc:
             r = svc.register(
-                file,
+                file.absolute(),
                 name,
                 version,
                 actor=_actor(),
@@ -345,6 +380,7 @@ def _echo_canary_assets(mapping: Path, r: VersionRecord) -> None:
 )
 @click.option("--name", help="Register the INT8 model under this name (needs --version).")
 @click.option("--version", "version", help="Version to register the INT8 model as.")
+@_models_dir_option
 @_store_options
 def quantize(
     file: Path,
@@ -355,16 +391,20 @@ def quantize(
     min_agreement: float,
     name: str | None,
     version: str | None,
+    models_dir: Path | None,
     mapping: Path | None,
     store_url: str | None,
     public_key: Path | None,
 ) -> None:
-    """Make an INT8 copy of FILE; report size, latency and agreement; optionally register it."""
+    """Make an INT8 copy of FILE; report size, latency and agreement; optionally register it
+    (then OUT must be in the models directory)."""
     from bridge.lifecycle.quantize import load_rows
     from bridge.lifecycle.quantize import quantize as run_quantize
 
     if (name is None) != (version is None):
         raise click.UsageError("--name and --version go together")
+    if name is not None:
+        _need_models_dir(store_url, models_dir)
     try:
         cal = load_rows(calibration)
         gold = load_rows(golden) if golden is not None else None
@@ -389,8 +429,8 @@ def quantize(
         "golden_rows": report.golden_rows,
     }
     try:
-        with _service(mapping, store_url, public_key) as svc:
-            r = svc.register(out, name, version, actor=_actor(), metrics=metrics)
+        with _service(mapping, store_url, public_key, models_dir) as svc:
+            r = svc.register(out.absolute(), name, version, actor=_actor(), metrics=metrics)
     except BridgeError as err:
         _fail(err)
     click.echo(f"registered {r.name} {r.version} sha256={r.sha256}")
@@ -400,26 +440,32 @@ def quantize(
 @click.option("--private", "private_out", type=click.Path(path_type=Path), required=True)
 @click.option("--public", "public_out", type=click.Path(path_type=Path), required=True)
 def keygen(private_out: Path, public_out: Path) -> None:
-    """Make an Ed25519 key pair (PEM) for signing model files."""
+    """Make an Ed25519 key pair (PEM) for signing model files; never overwrites a file."""
     from bridge.lifecycle.signature import generate_keypair
 
-    generate_keypair(private_out, public_out)
+    try:
+        generate_keypair(private_out, public_out)
+    except BridgeError as err:
+        _fail(err)
     click.echo(f"wrote {private_out} (keep it secret) and {public_out}")
 
 
 @models.command()
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--key", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--name", required=True, help="Model name the signature is for.")
+@click.option("--version", "version", required=True, help="Version the signature is for.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Default: FILE.sig")
-def sign(file: Path, key: Path, out: Path | None) -> None:
-    """Sign FILE's sha256 with an Ed25519 private key; writes a base64 signature file."""
+def sign(file: Path, key: Path, name: str, version: str, out: Path | None) -> None:
+    """Sign FILE as version VERSION of model NAME (name, version and sha256 are signed, see
+    bridge.lifecycle.signature) with an Ed25519 private key; writes a base64 signature file."""
     from bridge.inference.model import file_sha256
-    from bridge.lifecycle.signature import load_private_key, sign_digest
+    from bridge.lifecycle.signature import load_private_key, sign_model
 
     try:
-        signature = sign_digest(load_private_key(key), file_sha256(file))
+        signature = sign_model(load_private_key(key), name, version, file_sha256(file))
     except BridgeError as err:
         _fail(err)
     target = out or file.with_name(file.name + ".sig")
     target.write_text(signature + "\n")
-    click.echo(f"wrote {target}")
+    click.echo(f"wrote {target} ({name} {version})")

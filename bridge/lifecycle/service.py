@@ -5,17 +5,19 @@ Synchronous (file reads, SQL): callers on an event loop use ``asyncio.to_thread`
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bridge.inference.model import LoadedModel, file_sha256
+from bridge.inference.model import LoadedModel
+from bridge.lifecycle.files import read_confined, read_model_file
 from bridge.lifecycle.loading import load_verified
+from bridge.lifecycle.policy import ModelPolicy
 from bridge.lifecycle.reference import load_reference, validate_reference
 from bridge.store.registry import (
     CANDIDATE_STATES,
@@ -50,7 +52,7 @@ def spec_of(loaded: LoadedModel) -> dict[str, Any]:
 @dataclass
 class RegistryService:
     repo: RegistryRepository
-    public_key: Ed25519PublicKey | None = None
+    policy: ModelPolicy = field(default_factory=ModelPolicy)
 
     def register(
         self,
@@ -63,12 +65,21 @@ class RegistryService:
         signature: str | None = None,
         metrics: Mapping[str, Any] | None = None,
         activate: bool = False,
+        from_mapping: bool = False,
     ) -> VersionRecord:
         """Hash, open (to record the spec) and store a version. Nothing starts serving unless
-        ``activate`` (used for the first version, e.g. the one a mapping names)."""
-        path = path.resolve()
-        sha = file_sha256(path) if path.is_file() else ""
-        loaded = load_verified(path, sha, signature, self.public_key, what=f"{name} {version}")
+        ``activate`` (used for the first version, e.g. the one a mapping names).
+
+        ``path`` comes from a user (REST, CLI): it must name a regular file under the
+        policy's models directory (relative paths are relative to it). Only the mapping's own
+        files (``from_mapping``, trusted like the mapping itself) may lie elsewhere."""
+        if from_mapping:
+            path = path.resolve()
+            data = read_model_file(path, self.policy.max_bytes)
+        else:
+            path, data = read_confined(path, self.policy.directory, self.policy.max_bytes)
+        sha = hashlib.sha256(data).hexdigest()
+        loaded = load_verified(path, name, version, sha, signature, self.policy, data=data)
         spec = spec_of(loaded)
         features = spec["features"] or None
         ref: dict[str, Any] | None = None
@@ -82,7 +93,7 @@ class RegistryService:
             version=version,
             sha256=loaded.sha256,
             path=str(path),
-            size_bytes=path.stat().st_size,
+            size_bytes=len(data),
             signature=signature,
             spec=spec,
             reference=ref,
@@ -184,10 +195,11 @@ class RegistryService:
         """Refuse a tampered file at the command, not only later in the runtime."""
         load_verified(
             Path(record.path),
+            record.name,
+            record.version,
             record.sha256,
             record.signature,
-            self.public_key,
-            what=f"{record.name} {record.version}",
+            self.policy,
         )
 
     def _startable(self, name: str, version: str) -> VersionRecord:

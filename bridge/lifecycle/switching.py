@@ -14,18 +14,20 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bridge.config.resolved import ResolvedModel
 from bridge.errors import BridgeError
 from bridge.lifecycle.accuracy import with_accuracy
 from bridge.lifecycle.canary import canary_assets
 from bridge.lifecycle.deployment import CandidateMode, Deployment, Served
-from bridge.lifecycle.loading import ModelRefused, load_version
+from bridge.lifecycle.loading import ModelRefused, check_signature, load_version
+from bridge.lifecycle.policy import ModelPolicy
 from bridge.lifecycle.service import RegistryService
+from bridge.lifecycle.signature import SignatureError
 from bridge.lifecycle.stats import VersionStats
 from bridge.store.registry import RegistryRepository, VersionRecord
 from bridge.types import ModelStatus
@@ -54,7 +56,7 @@ class RegistryWatcher:
     repo: RegistryRepository
     runners: Sequence[Switchable]
     poll_s: float = 2.0
-    public_key: Ed25519PublicKey | None = None
+    policy: ModelPolicy = field(default_factory=ModelPolicy)
     publish_status: StatusPublisher | None = None
     swaps: int = 0
     refusals: int = 0
@@ -79,10 +81,17 @@ class RegistryWatcher:
 
     async def seed(self) -> None:
         """Register each mapping model that the registry does not know yet, as active, so the
-        mapping's file is a version one can roll back to."""
-        service = RegistryService(self.repo, self.public_key)
+        mapping's file is a version one can roll back to. Its signature, if any, is the file
+        ``<model file>.sig`` beside it (what ``bridge models sign`` writes).
+
+        With signatures required (the production profile) a mapping model that is not signed
+        for its name and version stops the start: it would serve from the first tick."""
+        service = RegistryService(self.repo, self.policy)
         for runner in self.runners:
             model, served = runner.model, runner.deployment.active
+            signature = await asyncio.to_thread(_mapping_signature, model.path)
+            if self.policy.require_signature:
+                self._check_mapping_model(model, served, signature)
             known = await asyncio.to_thread(self.repo.list, model.name)
             if known:
                 continue
@@ -93,10 +102,24 @@ class RegistryWatcher:
                     model.name,
                     served.version,
                     actor="mapping",
+                    signature=signature,
                     activate=True,
+                    from_mapping=True,
                 )
             except BridgeError as exc:  # e.g. another gateway seeded it a moment ago
                 log.info("model_not_seeded", model=model.name, reason=str(exc))
+
+    def _check_mapping_model(
+        self, model: ResolvedModel, served: Served, signature: str | None
+    ) -> None:
+        try:
+            check_signature(self.policy, model.name, served.version, served.sha256, signature)
+        except SignatureError as exc:
+            log.error("model_refused", model=model.name, path=str(model.path), reason=str(exc))
+            raise ModelRefused(
+                f"{model.name} {served.version} (the mapping's {model.path.name}): {exc}; "
+                f"its signature is read from {model.path.name}.sig beside it"
+            ) from exc
 
     async def sync(self) -> None:
         await self._guards()
@@ -132,7 +155,7 @@ class RegistryWatcher:
         )
 
     async def _guards(self) -> None:
-        service = RegistryService(self.repo, self.public_key)
+        service = RegistryService(self.repo, self.policy)
         for runner in self.runners:
             reason, cand = runner.guard_tripped, runner.deployment.candidate
             if reason is None or cand is None:
@@ -208,7 +231,7 @@ class RegistryWatcher:
             return current
         if current is not None and _same(record, current):
             return current
-        return await asyncio.to_thread(load_version, runner.model, record, self.public_key)
+        return await asyncio.to_thread(load_version, runner.model, record, self.policy)
 
     async def _record_refusal(self, record: VersionRecord, reason: str) -> None:
         try:
@@ -222,6 +245,17 @@ class RegistryWatcher:
             )
         except BridgeError as exc:
             log.warning("refusal_not_recorded", model=record.name, error=str(exc))
+
+
+def _mapping_signature(path: Path) -> str | None:
+    sig = path.with_name(path.name + ".sig")
+    try:
+        return sig.read_text(encoding="ascii").strip() or None
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("model_signature_unreadable", path=str(sig), error=str(exc))
+        return None
 
 
 def _same(record: VersionRecord, served: Served) -> bool:

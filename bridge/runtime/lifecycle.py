@@ -6,16 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI
 
 from bridge.config.resolved import Mapping
+from bridge.lifecycle.policy import policy_of
 from bridge.lifecycle.service import RegistryService
-from bridge.lifecycle.signature import load_public_key
 from bridge.lifecycle.stats import VersionStats
 from bridge.lifecycle.switching import RegistryWatcher
 from bridge.runtime.models import ModelRunner
@@ -58,30 +56,20 @@ class LiveModels:
         return self.watcher.status(runner) if runner is not None else None
 
 
-def public_key_of(mapping: Mapping) -> Ed25519PublicKey | None:
-    configured = mapping.gateway.models.public_key
-    if configured is None:
-        return None
-    path = Path(configured)
-    if not path.is_absolute():
-        path = mapping.path.parent / path
-    return load_public_key(path)
-
-
 async def start_lifecycle(
     mapping: Mapping, store: Store, runners: Sequence[ModelRunner], sinks: Sequence[Any]
 ) -> LiveModels:
     """Seed the registry with the mapping's models, load what it says serves, and return the
     watcher (not yet running) with the status feed connected."""
     repo = RegistryRepository(store)
-    key = await asyncio.to_thread(public_key_of, mapping)
+    policy = await asyncio.to_thread(policy_of, mapping)
 
     async def record(rows: Sequence[Comparison]) -> None:
         await asyncio.to_thread(repo.add_comparisons, rows)
 
     for runner in runners:
         runner.record_comparisons = record
-    watcher = RegistryWatcher(repo, runners, mapping.gateway.models.poll_s, key)
+    watcher = RegistryWatcher(repo, runners, mapping.gateway.models.poll_s, policy)
     await watcher.seed()
     await watcher.sync()  # registry versions serve from the first tick
     status_sinks = [s for s in sinks if isinstance(s, ModelStatusSink)]
@@ -94,4 +82,4 @@ async def start_lifecycle(
                 log.exception("model_status_write_failed", sink=getattr(sink, "name", "?"))
 
     watcher.publish_status = publish if status_sinks else None
-    return LiveModels(RegistryService(repo, key), watcher, runners)
+    return LiveModels(RegistryService(repo, policy), watcher, runners)

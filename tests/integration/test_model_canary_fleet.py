@@ -255,7 +255,18 @@ async def _fleet_checks(
     # Registered by a third process, the CLI, while the gateways fill their windows.
     v2 = str(models["pump_health_v2"])
     register = asyncio.create_task(
-        _cli("register", v2, "--name", MODEL, "--version", "2", "--store", url)
+        _cli(
+            "register",
+            v2,
+            "--name",
+            MODEL,
+            "--version",
+            "2",
+            "--store",
+            url,
+            "--models-dir",
+            str(models["pump_health_v2"].parent),
+        )
     )
     try:
         await wait_until(all_serving({"1"}), 60, 0.2, "both gateways predicting with version 1")

@@ -155,8 +155,14 @@ async def test_activate_rollback_and_tampered_file_without_gap(
 
         await wait_until(hmi_shows_v2, 10, what="HMI Models folder shows v2")
 
+        # Registration reads only files in the models directory (the mapping's `models`).
+        r = await http.post(
+            "/api/v1/models/pump-health/versions", json={"version": "9", "path": "/etc/passwd"}
+        )
+        assert r.status_code == 422 and "gateway.models.directory" in r.text, r.text
+
         # A version whose file is changed after registration is refused at activation ...
-        tampered = tmp_path / "v3.onnx"
+        tampered = tmp_path / "models" / "v3.onnx"
         shutil.copy(running.models["always_fault"], tampered)
         r = await http.post(
             "/api/v1/models/pump-health/versions", json={"version": "3", "path": str(tampered)}

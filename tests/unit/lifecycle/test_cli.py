@@ -5,7 +5,10 @@ clear message and a non-zero exit, and the registry is left as it was."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,12 @@ assets:
 
 
 def _models(store: str, *args: str) -> Result:
-    return CliRunner().invoke(main, ["models", *args, "--store", store])
+    """With ``--store`` there is no mapping to name the models directory: a registration here
+    reads from the folder the file is in, unless the test gives ``--models-dir`` itself."""
+    extra = []
+    if args and args[0] == "register" and "--models-dir" not in args:
+        extra = ["--models-dir", str(Path(args[1]).parent)]
+    return CliRunner().invoke(main, ["models", *args, "--store", store, *extra])
 
 
 def _ok(result: Result) -> str:
@@ -244,12 +252,15 @@ def test_bad_reference_and_usage_errors(variants: dict[str, Path], tmp_path: Pat
 def test_mapping_option_uses_the_mappings_store(variants: dict[str, Path], tmp_path: Path) -> None:
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text(MAPPING.format(store=tmp_path / "bridge.db"))
+    # The mapping sets no gateway.models.directory: its `models` folder is the one.
+    (tmp_path / "models").mkdir()
+    shutil.copy(variants["pump_health_v2"], tmp_path / "models" / "v2.onnx")
     via_mapping = CliRunner().invoke(
         main,
         [
             "models",
             "register",
-            str(variants["pump_health_v2"]),
+            str(tmp_path / "models" / "v2.onnx"),
             "--name",
             "pump-health",
             "--version",
@@ -263,3 +274,141 @@ def test_mapping_option_uses_the_mappings_store(variants: dict[str, Path], tmp_p
     assert _states(tmp_path / "bridge.db") == {"2": "registered"}
     listed = _ok(_models(f"sqlite:///{tmp_path / 'bridge.db'}", "list")).splitlines()
     assert [line.split("\t")[:3] for line in listed] == [["pump-health", "2", "registered"]]
+
+
+def _bounded_invoke(args: list[str], timeout_s: float = 20.0) -> Result:
+    """``CliRunner.invoke`` in a daemon thread: a FIFO that blocks the read fails the test."""
+    out: list[Result] = []
+    t = threading.Thread(target=lambda: out.append(CliRunner().invoke(main, args)), daemon=True)
+    t.start()
+    t.join(timeout_s)
+    assert not t.is_alive(), f"bridge {' '.join(args)} blocked"
+    return out[0]
+
+
+def test_register_reads_only_regular_files_under_the_models_directory(
+    variants: dict[str, Path], tmp_path: Path
+) -> None:
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(MAPPING.format(store=tmp_path / "bridge.db"))
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(variants["pump_health_v1"], models / "v1.onnx")
+    shutil.copy(variants["pump_health_v1"], tmp_path / "outside.onnx")
+    os.mkfifo(models / "pipe.onnx")
+    os.symlink(tmp_path / "outside.onnx", models / "leaves.onnx")
+    errors = {}
+    for label, given in {
+        "etc-passwd": "/etc/passwd",
+        "fifo": str(models / "pipe.onnx"),
+        "symlink-outside": str(models / "leaves.onnx"),
+        "missing": str(models / "nothing.onnx"),
+        "dotdot": str(models / ".." / "outside.onnx"),
+    }.items():
+        result = _bounded_invoke(
+            [
+                "models",
+                "register",
+                given,
+                "--name",
+                "m",
+                "--version",
+                "1",
+                "--mapping",
+                str(mapping),
+            ]
+        )
+        assert result.exit_code not in (0, None), (label, result.output)
+        errors[label] = _error_line(result)
+    assert len(set(errors.values())) == 1, errors
+    assert str(models.resolve()) in errors["missing"], errors
+    assert _states(tmp_path / "bridge.db") == {}
+    good = _bounded_invoke(
+        [
+            "models",
+            "register",
+            str(models / "v1.onnx"),
+            "--name",
+            "pump-health",
+            "--version",
+            "1",
+            "--mapping",
+            str(mapping),
+        ]
+    )
+    assert _ok(good).strip().startswith("registered pump-health 1 sha256=")
+    # With --store there is no mapping to name the folder: the CLI asks for it.
+    bare = CliRunner().invoke(
+        main,
+        [
+            *("models", "register", str(models / "v1.onnx"), "--name", "m", "--version", "1"),
+            *("--store", f"sqlite:///{tmp_path / 'bridge.db'}"),
+        ],
+    )
+    assert bare.exit_code == 2 and "--models-dir" in bare.output, bare.output
+
+
+def test_sign_binds_name_and_version_and_keygen_keeps_an_existing_key(
+    variants: dict[str, Path], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    models = tmp_path / "models"
+    models.mkdir()
+    model = models / "v1.onnx"
+    shutil.copy(variants["pump_health_v1"], model)
+    private, public = tmp_path / "k", tmp_path / "k.pub"
+    _ok(
+        CliRunner().invoke(
+            main, ["models", "keygen", "--private", str(private), "--public", str(public)]
+        )
+    )
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    key_before = private.read_bytes()
+    again = CliRunner().invoke(
+        main, ["models", "keygen", "--private", str(private), "--public", str(tmp_path / "p2")]
+    )
+    assert again.exit_code not in (0, None)
+    assert "already exists" in _error_line(again) and private.read_bytes() == key_before
+
+    signed = _ok(
+        CliRunner().invoke(
+            main,
+            [
+                *("models", "sign", str(model), "--key", str(private)),
+                *("--name", "pump-health", "--version", "1"),
+            ],
+        )
+    )
+    sig = models / "v1.onnx.sig"
+    assert signed.strip() == f"wrote {sig} (pump-health 1)"
+    for name, version in (("other-model", "1"), ("pump-health", "2")):
+        result = _models(
+            url,
+            "register",
+            str(model),
+            "--name",
+            name,
+            "--version",
+            version,
+            "--signature",
+            str(sig),
+            "--public-key",
+            str(public),
+        )
+        assert result.exit_code not in (0, None), result.output
+        assert f"not signed for {name} {version}" in _error_line(result), result.stderr
+    ok = _models(
+        url,
+        "register",
+        str(model),
+        "--name",
+        "pump-health",
+        "--version",
+        "1",
+        "--signature",
+        str(sig),
+        "--public-key",
+        str(public),
+    )
+    _ok(ok)
+    assert _registry(tmp_path / "registry.db")["1"].signature == sig.read_text().strip()

@@ -56,6 +56,8 @@ def _quantize(src: Path, out: Path, golden: Path, cal: Path, url: str, *more: st
             str(out),
             "--store",
             url,
+            "--models-dir",
+            str(out.parent),  # registration reads the INT8 file from where it was written
             *more,
         ],
     )

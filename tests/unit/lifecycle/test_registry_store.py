@@ -11,13 +11,14 @@ import pytest
 from stores import BACKENDS, temp_store
 
 from bridge.errors import BridgeError
+from bridge.lifecycle.policy import ModelPolicy
 from bridge.lifecycle.quantize import quantize
 from bridge.lifecycle.service import RegistryService
 from bridge.lifecycle.signature import (
     generate_keypair,
     load_private_key,
     load_public_key,
-    sign_digest,
+    sign_model,
 )
 from bridge.store.db import Store
 from bridge.store.registry import RegistryError, RegistryRepository
@@ -34,7 +35,9 @@ def _states(svc: RegistryService) -> dict[str, str]:
 
 
 def test_state_changes_and_rollback(store: Store, variants: dict[str, Path]) -> None:
-    svc = RegistryService(RegistryRepository(store))
+    svc = RegistryService(
+        RegistryRepository(store), ModelPolicy(directory=variants["pump_health_v1"].parent)
+    )
     svc.register(variants["pump_health_v1"], "m", "1", actor="t", activate=True)
     svc.register(variants["pump_health_v2"], "m", "2", actor="t")
     svc.register(variants["always_fault"], "m", "3", actor="t")
@@ -60,14 +63,18 @@ def test_signature_required_when_key_configured(
     store: Store, variants: dict[str, Path], tmp_path: Path
 ) -> None:
     generate_keypair(tmp_path / "k", tmp_path / "k.pub")
-    svc = RegistryService(RegistryRepository(store), load_public_key(tmp_path / "k.pub"))
+    policy = ModelPolicy(
+        public_key=load_public_key(tmp_path / "k.pub"),
+        directory=variants["pump_health_v1"].parent,
+    )
+    svc = RegistryService(RegistryRepository(store), policy)
     with pytest.raises(BridgeError, match="no signature"):
         svc.register(variants["pump_health_v1"], "m", "1", actor="t")
     from bridge.inference.model import file_sha256
 
     sha = file_sha256(variants["pump_health_v1"])
-    good = sign_digest(load_private_key(tmp_path / "k"), sha)
-    wrong = sign_digest(load_private_key(tmp_path / "k"), "0" * 64)
+    good = sign_model(load_private_key(tmp_path / "k"), "m", "1", sha)
+    wrong = sign_model(load_private_key(tmp_path / "k"), "m", "1", "0" * 64)
     with pytest.raises(BridgeError, match="does not match"):
         svc.register(variants["pump_health_v1"], "m", "1", actor="t", signature=wrong)
     record = svc.register(variants["pump_health_v1"], "m", "1", actor="t", signature=good)
