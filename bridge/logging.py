@@ -2,6 +2,9 @@
 
 Library loggers (asyncua, pymodbus, uvicorn) go through the same renderer, at WARNING unless
 asked otherwise: asyncua alone logs several lines per second at INFO.
+
+Every rendered line passes ``redact_urls`` last: a URL anywhere in a value (a library's error
+message, a traceback) loses its userinfo and secret-looking query values.
 """
 
 from __future__ import annotations
@@ -10,8 +13,19 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
-__all__ = ["configure_logging"]
+from bridge.redact import redact_text
+
+__all__ = ["configure_logging", "redact_urls"]
+
+
+def redact_urls(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: credentials in URLs never reach a log line."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "://" in value:
+            event_dict[key] = redact_text(value)
+    return event_dict
 
 
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
@@ -39,7 +53,11 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact_urls,
+                renderer,
+            ],
             foreign_pre_chain=shared,
         )
     )

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bridge.client_tls import ClientTls, require_https
+
 __all__ = [
     "ApiSettings",
     "AssetConfig",
@@ -293,11 +295,22 @@ class DriftConfig(Strict):
         default_factory=dict,
         description="Extra headers of webhook calls (e.g. Authorization: use ${ENV}).",
     )
+    webhook_tls: ClientTls | None = Field(
+        None,
+        description="TLS of an https:// webhook: `ca_file` (the CA that signed its "
+        "certificate; only it is trusted), `client_certificate` and `client_key` (mutual TLS).",
+    )
 
     @model_validator(mode="after")
     def _clear_below(self) -> DriftConfig:
         if self.clear_below is not None and self.clear_below > self.threshold:
             raise ValueError("clear_below cannot be above threshold")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> DriftConfig:
+        if self.webhook_tls is not None:
+            require_https(self.webhook or "", self.webhook_tls, "webhook_tls")
         return self
 
 

@@ -19,7 +19,9 @@ import httpx
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
+from bridge.client_tls import ClientTls, describe_tls_failure
 from bridge.errors import BridgeError
+from bridge.redact import redact_text
 from bridge.types import ComponentHealth, Prediction
 
 __all__ = ["WebhookDestination", "backoff_delay", "is_retryable", "retry_after_s"]
@@ -71,6 +73,7 @@ class WebhookDestination:
         timeout_s: float = 10.0,
         initial_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        tls: ClientTls | None = None,
     ) -> None:
         self.name = name
         self.url = url
@@ -78,6 +81,7 @@ class WebhookDestination:
         self._timeout_s = timeout_s
         self._initial = initial_backoff_s
         self._cap = max_backoff_s
+        self._tls = tls
         self._client: httpx.AsyncClient | None = None
         self._closed = False
         self._last_error = ""
@@ -94,7 +98,9 @@ class WebhookDestination:
                 follow_redirects=False,
                 trust_env=False,
                 transport=httpx.AsyncHTTPTransport(
-                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                    # The CA to trust and the client certificate, when the mapping gives them.
+                    verify=True if self._tls is None else self._tls.ssl_context(),
                 ),
             )
 
@@ -147,7 +153,13 @@ class WebhookDestination:
         try:
             response = await client.post(self.url, content=body, headers=headers)
         except httpx.TransportError as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+            tls = describe_tls_failure(
+                exc,
+                "drift.webhook_tls",
+                https=self.url.lower().startswith("https://"),
+                client_certificate=bool(self._tls and self._tls.client_certificate),
+            )
+            raise _Retryable(tls if tls is not None else f"{type(exc).__name__}: {exc}") from exc
         status = response.status_code
         if not response.is_success and is_retryable(status):
             wait = retry_after_s(response.headers.get("Retry-After"), time.time())
@@ -163,7 +175,8 @@ class WebhookDestination:
     def _before_sleep(self, state: RetryCallState) -> None:
         self._counters["retries"] += 1
         exc = state.outcome.exception() if state.outcome is not None else None
-        error = str(exc) if exc is not None else "unknown"
+        # Shown by health too: an error that quotes the URL must not carry its credentials.
+        error = redact_text(str(exc)) if exc is not None else "unknown"
         if not self._last_error:
             log.warning("webhook_failing", destination=self.name, error=error)
         self._last_error = error

@@ -111,7 +111,12 @@ def build_insight(
         }
         webhook_feed: OutboxFeed | None = None
         if m.drift is not None and m.drift.webhook:
-            hook = WebhookDestination(f"webhook-{m.name}", m.drift.webhook, m.drift.webhook_headers)
+            hook = WebhookDestination(
+                f"webhook-{m.name}",
+                m.drift.webhook,
+                m.drift.webhook_headers,
+                tls=m.drift.webhook_tls,
+            )
             webhook_feed = OutboxFeed(hook.name, hook.encode, budget)
             parts.webhooks.append(hook)
             parts.relays.append(Relay(hook, repo, webhook_feed, relay_settings))

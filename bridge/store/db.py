@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +58,31 @@ def _sqlite_pragmas(synchronous: Synchronous) -> Any:
     return on_connect
 
 
+def _create_private(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would make it 0644 less the umask):
+    it holds API key hashes and the plant's data. SQLite gives the -wal and -shm files the
+    mode of the database file. An existing file keeps its mode; one that others can read is
+    reported, not changed (a reporting tool may read it through its group on purpose)."""
+    try:
+        # O_EXCL: never through a symbolic link or onto a file made meanwhile; the mode is set
+        # by the call that creates the file, so there is no moment it is readable by others.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning(
+                "store_file_readable_by_others",
+                path=str(path),
+                mode=oct(mode),
+                fix=f"chmod 600 {path}",
+            )
+        return
+    try:
+        os.fchmod(fd, 0o600)  # a umask such as 0o277 would leave the owner unable to write
+    finally:
+        os.close(fd)
+
+
 def _check_durability(engine: Engine, synchronous: Synchronous, profile: Profile) -> None:
     """Read the settings back: a database that silently ignored them must not run production."""
     with engine.connect() as conn:
@@ -106,6 +133,7 @@ def open_store(
             database = sa_url.database or ""
             if database and database != ":memory:" and not database.startswith("file:"):
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
+                _create_private(Path(database))
             engine = create_engine(sa_url)
             event.listen(engine, "connect", _sqlite_pragmas(synchronous))
         else:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from bridge.client_tls import ClientTls, require_https
 from bridge.outbox.rules import EventRule
 
 from .template import FIELDS, TemplateError, compile_template
@@ -30,6 +31,12 @@ class MesSinkSettings(BaseModel):
         default_factory=dict,
         description="Extra request headers, typically auth "
         "(e.g. Authorization: Bearer ${MES_TOKEN}).",
+    )
+    tls: ClientTls | None = Field(
+        None,
+        description="TLS of an https:// URL: `ca_file` (the plant CA that signed the MES "
+        "certificate; only it is trusted), `client_certificate` and `client_key` (mutual TLS). "
+        "Default: the public CAs, no client certificate.",
     )
     timeout_s: float = Field(5.0, gt=0, description="Timeout of one POST (connect, read, write).")
     max_backoff_s: float = Field(
@@ -87,6 +94,11 @@ class MesSinkSettings(BaseModel):
                 },
             ) from None
         return value
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> MesSinkSettings:
+        require_https(self.url, self.tls, "tls")
+        return self
 
     @field_validator("url")
     @classmethod

@@ -19,9 +19,12 @@ from typing import Any
 
 import httpx
 import structlog
+
+from bridge.client_tls import describe_tls_failure
 from bridge.errors import ConnectorError
 from bridge.outbox.protocol import Outcome, Retry
 from bridge.outbox.rules import EventRule, Trigger
+from bridge.redact import redact_text, redact_url
 from bridge.types import ComponentHealth, Prediction, SinkContext
 
 from .batch import BatchReplyError, batch_body, parse_batch_reply
@@ -104,9 +107,13 @@ class MesSink:
                     max_connections=s.concurrency, max_keepalive_connections=s.concurrency
                 ),
                 socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                # The plant CA and the client certificate, when the mapping gives them.
+                verify=True if s.tls is None else s.tls.ssl_context(),
             ),
         )
-        log.info("mes_sink_started", sink=self.name, url=s.url, concurrency=s.concurrency)
+        log.info(
+            "mes_sink_started", sink=self.name, url=redact_url(s.url), concurrency=s.concurrency
+        )
 
     async def write(self, batch: Sequence[Prediction]) -> None:
         # Events reach the MES only through the outbox, so that none is lost on a crash.
@@ -152,7 +159,8 @@ class MesSink:
         try:
             await self._post(body, headers)
         except _RetryableError as exc:
-            reason = str(exc)
+            # Transport errors may quote the URL: no credentials in logs or the dead letters.
+            reason = redact_text(str(exc))
             self._failed(reason)
             return Retry(reason, exc.retry_after)
         except _RejectedError as exc:
@@ -177,7 +185,7 @@ class MesSink:
         try:
             await self._post_batch(list(events), outcomes)
         except _RetryableError as exc:
-            reason = str(exc)
+            reason = redact_text(str(exc))
             self._failed(reason)
             retry = Retry(reason, exc.retry_after)
             for key, _ in events:
@@ -231,7 +239,7 @@ class MesSink:
                 self._settings.url, content=batch_body(events), headers=_JSON
             )
         except httpx.TransportError as exc:
-            raise _RetryableError(f"{type(exc).__name__}: {exc}") from exc
+            raise _RetryableError(self._transport_error(exc)) from exc
         status = response.status_code
         if not response.is_success:
             if is_retryable_status(status):
@@ -268,7 +276,7 @@ class MesSink:
         try:
             response = await client.post(self._settings.url, content=body, headers=headers)
         except httpx.TransportError as exc:
-            raise _RetryableError(f"{type(exc).__name__}: {exc}") from exc
+            raise _RetryableError(self._transport_error(exc)) from exc
         if response.is_success:
             return
         status = response.status_code
