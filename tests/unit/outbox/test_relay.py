@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 from support import wait_until
 
-from bridge.outbox import OutboxDestination, Relay, RelaySettings
+from bridge.outbox import OutboxDestination, Relay, RelaySettings, Retry
+from bridge.outbox.protocol import Outcome
 from bridge.store.db import Store, open_store
 from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
 from bridge.store.repository import PredictionRepository
@@ -38,7 +40,7 @@ class Scripted:
     name = "scripted"
     concurrency = 4
 
-    def __init__(self, script: dict[str, list[str | Exception | None]]) -> None:
+    def __init__(self, script: dict[str, list[Outcome | Exception]]) -> None:
         self.script = script
         self.seen: list[str] = []
 
@@ -54,7 +56,7 @@ class Scripted:
     def encode(self, p: Prediction) -> str | None:
         return json.dumps({"id": p.id})
 
-    async def deliver(self, key: str, body: str) -> str | None:
+    async def deliver(self, key: str, body: str) -> Outcome:
         self.seen.append(key)
         answers = self.script.get(key)
         answer = answers.pop(0) if answers else None
@@ -115,3 +117,65 @@ async def test_a_crashing_destination_dead_letters_instead_of_spinning(store: St
     finally:
         await relay.close()
     assert relay.health().state == "stopped"
+
+
+class Gated(Scripted):
+    """Holds the events of ``held`` assets until ``gate`` opens; answers the rest at once."""
+
+    def __init__(self, script: dict[str, list[Outcome | Exception]], held: str) -> None:
+        super().__init__(script)
+        self.held = held
+        self.gate = asyncio.Event()
+
+    async def deliver(self, key: str, body: str) -> Outcome:
+        if key.startswith(self.held):
+            await self.gate.wait()
+        answers = self.script.get(key)
+        self.seen.append(key)
+        answer = answers.pop(0) if answers else None
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def test_accepted_events_are_recorded_as_their_replies_arrive(store: Store) -> None:
+    # p2's send hangs for the whole test: the round cannot end, yet p1's accepted events are
+    # already gone from the outbox (a crash now would not send them again).
+    dest = Gated({}, held="p2")
+    events = [prediction(a, s) for s in range(4) for a in ("p1", "p2")]
+    relay = await run(store, dest, events, dead_after=3)
+    repo = OutboxRepository(store)
+    try:
+        await wait_until(lambda: relay.delivered == 4, 5, what="p1's 4 events")
+        assert {e.event_id for e in repo.pending()} == {f"p2-{s:04d}" for s in range(4)}
+        dest.gate.set()
+        await wait_until(lambda: relay.delivered == 8, 5, what="p2's events")
+    finally:
+        await relay.close()
+
+
+async def test_a_retrying_asset_holds_back_only_its_own_later_events(store: Store) -> None:
+    retry = Retry("HTTP 503")
+    dest = Scripted({"p1-0000": [retry, retry]})
+    events = [prediction(a, s) for s in range(3) for a in ("p1", "p2")]
+    feed = OutboxFeed(dest.name, dest.encode, Budget(100))
+    PredictionRepository(store).add_many(events, [feed])
+    relay = Relay(
+        dest,
+        OutboxRepository(store),
+        feed,
+        RelaySettings(idle_poll_s=0.01, retry_initial_s=0.05, max_backoff_s=0.1),
+    )
+    await relay.start()
+    try:
+        await wait_until(lambda: relay.delivered == 6, 5, what="all 6 delivered")
+        p1 = [k for k in dest.seen if k.startswith("p1")]
+        p2 = [k for k in dest.seen if k.startswith("p2")]
+        assert p1 == ["p1-0000"] * 3 + ["p1-0001", "p1-0002"]  # in order, after its retries
+        assert p2 == ["p2-0000", "p2-0001", "p2-0002"]
+        # p2 did not wait for p1's retries: all of it went before p1's head was accepted.
+        assert dest.seen.index("p2-0002") < len(dest.seen) - 3
+        assert relay.retried == 2 and relay.dead_lettered == 0
+        assert OutboxRepository(store).dead_letters() == []
+    finally:
+        await relay.close()
