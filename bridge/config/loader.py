@@ -431,6 +431,7 @@ def _resolve_models(
             reference=_reference(base, loc, m, issues),
             drift=m.drift,
             explain=m.explain,
+            alerts=m.alerts,
         )
     return out
 

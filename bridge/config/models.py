@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from bridge.client_tls import ClientTls, require_https
 
 __all__ = [
+    "AlertConfig",
     "ApiSettings",
     "AssetConfig",
     "DriftConfig",
@@ -324,6 +325,26 @@ class ExplainConfig(Strict):
     top: int = Field(3, ge=1, le=20, description="How many contributing inputs to keep.")
 
 
+class AlertConfig(Strict):
+    """Debounce of label alerts: a classifier at its decision boundary flips label from one run
+    to the next (3 flips in 0.5 s once raised 3 alerts for one fault onset)."""
+
+    raise_after: int = Field(
+        3,
+        ge=1,
+        description="An alert is raised once a fault label has been predicted this many runs in "
+        "a row (a switch to another fault label: that label this many runs in a row). 1 raises "
+        "on the first such prediction.",
+    )
+    clear_after: int = Field(
+        10,
+        ge=1,
+        description="After an alert the asset counts as back to normal (and may alert again) "
+        "only after this many normal predictions in a row; flips back and forth meanwhile "
+        "raise nothing.",
+    )
+
+
 class ModelConfig(Strict):
     file: str = Field(description="Path of the .onnx file, relative to this mapping file.")
     version: str = Field(min_length=1, description="Version shown on the HMI and sent to the MES.")
@@ -370,6 +391,10 @@ class ModelConfig(Strict):
     explain: ExplainConfig | None = Field(
         None,
         description="Explanations: top contributing inputs per prediction (needs reference).",
+    )
+    alerts: AlertConfig = Field(
+        default_factory=AlertConfig,
+        description="When a label change raises an alert (classifiers): debounced by default.",
     )
 
     @model_validator(mode="after")

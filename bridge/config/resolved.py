@@ -5,11 +5,12 @@ Everything after the loader works on these; nothing downstream reads YAML or dic
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bridge.config.models import (
+    AlertConfig,
     DriftConfig,
     ExplainConfig,
     GatewaySettings,
@@ -67,6 +68,7 @@ class ResolvedModel:
     reference: Path | None = None
     drift: DriftConfig | None = None
     explain: ExplainConfig | None = None
+    alerts: AlertConfig = field(default_factory=AlertConfig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,8 @@
 """AlertSink: applies the alert rule to every prediction batch and stores the alerts it raises.
 
+The gateway builds it with ``for_models`` so that each model's ``alerts:`` settings (the hold
+against a label flapping at the decision boundary, on by default) reach the rule.
+
 ``write`` only evaluates the (pure, cheap) rule and queues; a worker writes to the store off the
 event loop and retries while the database is unavailable. Alerts are rare, so the queue bound
 is only a guard: when it is full the oldest alert is dropped, counted and logged.
@@ -8,10 +11,12 @@ is only a guard: when it is full the oldest alert is dropped, counted and logged
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import structlog
 
+from bridge.config.models import AlertConfig
+from bridge.config.resolved import ResolvedModel
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.types import Prediction, PredictionSlot
 
@@ -32,6 +37,7 @@ class AlertSink(QueuedWriter[NewAlert]):
         queue_size: int = 10000,
         drain_timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
+        alerts: Mapping[str, AlertConfig] | None = None,
     ) -> None:
         super().__init__(
             "alerts",
@@ -41,7 +47,17 @@ class AlertSink(QueuedWriter[NewAlert]):
             max_backoff_s=max_backoff_s,
         )
         self._repo = repo
-        self._rule = AlertRule(slots)
+        self._rule = AlertRule(slots, alerts)
+
+    @classmethod
+    def for_models(
+        cls,
+        repo: AlertRepository,
+        slots: Sequence[PredictionSlot],
+        models: Mapping[str, ResolvedModel],
+    ) -> AlertSink:
+        """The sink with each model's alert settings from the mapping."""
+        return cls(repo, slots, alerts={name: m.alerts for name, m in models.items()})
 
     async def write(self, batch: Sequence[Prediction]) -> None:
         alerts = self._rule.evaluate(batch)

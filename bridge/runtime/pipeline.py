@@ -116,7 +116,8 @@ async def run_gateway(
         mapping_revision=mapping.revision,
         on_drop=loss_alerts.raise_for,
     )
-    sinks: list[Sink] = [store_sink, AlertSink(AlertRepository(store), slots), *outputs]
+    alerts = AlertSink.for_models(AlertRepository(store), slots, mapping.models)
+    sinks: list[Sink] = [store_sink, alerts, *outputs]
 
     table = TagTable(mapping)
     # The store writer is the sink that makes the runner wait while its queue is full
