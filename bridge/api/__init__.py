@@ -3,7 +3,7 @@ health needs an API key."""
 
 from __future__ import annotations
 
-from .app import create_app
+from .app import close_app, create_app
 from .view import GatewayView, ModelInfo, TagState
 
-__all__ = ["GatewayView", "ModelInfo", "TagState", "create_app"]
+__all__ = ["GatewayView", "ModelInfo", "TagState", "close_app", "create_app"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime
 from typing import Annotated, Any
@@ -21,7 +20,8 @@ from bridge.store.alerts import (
 from bridge.store.apikeys import ApiKeyRecord
 
 from .auth import require, secured
-from .params import MAX_LIMIT, Since, Until, time_range
+from .params import MAX_LIMIT, WIDE_RANGE, Since, Until, bounded_range
+from .queries import Queries
 from .timeparse import epoch_to_datetime
 
 __all__ = ["AckIn", "AlertMetricsOut", "AlertOut", "AlertPage", "build_alert_router"]
@@ -116,8 +116,15 @@ Text = Annotated[str | None, Query(min_length=1, max_length=200)]
 def build_alert_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 
-    @router.get("", response_model=AlertPage, summary="Alerts, newest first", **secured(Scope.READ))
+    @router.get(
+        "",
+        response_model=AlertPage,
+        summary="Alerts, newest first",
+        **secured(Scope.READ, WIDE_RANGE),
+    )
     async def list_alerts(
+        request: Request,
+        queries: Queries,
         repo: Alerts,
         asset: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
         model: Text = None,
@@ -133,10 +140,10 @@ def build_alert_router() -> APIRouter:
             Query(pattern=r"^[0-9]{1,18}$", description="`next_cursor` of the previous page."),
         ] = None,
     ) -> AlertPage:
-        since_ts, until_ts = time_range(since, until)
+        since_ts, until_ts = bounded_range(request, since, until)
         before = None if cursor is None else int(cursor)
         where = AlertFilter(asset, model, label, acknowledged, since_ts, until_ts)
-        rows = await asyncio.to_thread(repo.page, where, limit + 1, before)
+        rows = await queries.run(repo.page, where, limit + 1, before)
         more = len(rows) > limit
         rows = rows[:limit]
         return AlertPage(
@@ -148,13 +155,13 @@ def build_alert_router() -> APIRouter:
         "/metrics",
         response_model=AlertMetricsOut,
         summary="Counts and mean time to acknowledge",
-        **secured(Scope.READ),
+        **secured(Scope.READ, WIDE_RANGE),
     )
     async def alert_metrics(
-        repo: Alerts, since: Since = None, until: Until = None
+        request: Request, queries: Queries, repo: Alerts, since: Since = None, until: Until = None
     ) -> AlertMetricsOut:
-        since_ts, until_ts = time_range(since, until)
-        return AlertMetricsOut.of(await asyncio.to_thread(repo.metrics, since_ts, until_ts))
+        since_ts, until_ts = bounded_range(request, since, until)
+        return AlertMetricsOut.of(await queries.run(repo.metrics, since_ts, until_ts))
 
     @router.post(
         "/{alert_id}/ack",
@@ -163,13 +170,14 @@ def build_alert_router() -> APIRouter:
         **secured(Scope.OPERATE, (400, "The body is not readable"), (409, "Already acknowledged")),
     )
     async def acknowledge(
+        queries: Queries,
         repo: Alerts,
         key: Annotated[ApiKeyRecord, Depends(require(Scope.OPERATE))],
         alert_id: Annotated[int, Path(ge=1, le=MAX_ID)],
         body: AckIn,
     ) -> AlertOut:
         try:
-            alert = await asyncio.to_thread(
+            alert = await queries.run(
                 repo.acknowledge, alert_id, body.by.strip() or key.name, key.key_id, body.comment
             )
         except AlreadyAcknowledged as exc:

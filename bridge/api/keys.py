@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -13,6 +12,7 @@ from bridge.auth import Scope
 from bridge.store.apikeys import MAX_NAME, ApiKeyRecord, ApiKeyRepository
 
 from .auth import KeyCache, secured
+from .queries import Queries
 from .timeparse import epoch_to_datetime
 
 __all__ = ["ApiKeyIn", "ApiKeyOut", "CreatedApiKeyOut", "build_key_router"]
@@ -70,10 +70,11 @@ def build_key_router() -> APIRouter:
 
     @router.get("", response_model=list[ApiKeyOut], summary="API keys", **secured(Scope.ADMIN))
     async def list_keys(
+        queries: Queries,
         keys: Keys,
         include_revoked: Annotated[bool, Query(description="Also list revoked keys.")] = False,
     ) -> list[ApiKeyOut]:
-        return [ApiKeyOut.of(r) for r in await asyncio.to_thread(keys.list, include_revoked)]
+        return [ApiKeyOut.of(r) for r in await queries.run(keys.list, include_revoked)]
 
     @router.post(
         "",
@@ -82,8 +83,8 @@ def build_key_router() -> APIRouter:
         summary="Create an API key (the key is returned once)",
         **secured(Scope.ADMIN, (400, "The body is not readable")),
     )
-    async def create_key(keys: Keys, body: ApiKeyIn) -> CreatedApiKeyOut:
-        record, key = await asyncio.to_thread(keys.create, body.name, Scope.parse(body.scope))
+    async def create_key(queries: Queries, keys: Keys, body: ApiKeyIn) -> CreatedApiKeyOut:
+        record, key = await queries.run(keys.create, body.name, Scope.parse(body.scope))
         return CreatedApiKeyOut(**ApiKeyOut.of(record).model_dump(), key=key)
 
     @router.delete(
@@ -93,11 +94,12 @@ def build_key_router() -> APIRouter:
         **secured(Scope.ADMIN),
     )
     async def revoke_key(
+        queries: Queries,
         keys: Keys,
         cache: Annotated[KeyCache, Depends(_cache)],
         key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")],
     ) -> ApiKeyOut:
-        record = await asyncio.to_thread(keys.revoke, key_id)
+        record = await queries.run(keys.revoke, key_id)
         cache.forget()  # revoked here: refused from the next request on
         if record is None:
             raise HTTPException(404, f"no API key {key_id}")

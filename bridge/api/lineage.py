@@ -3,7 +3,6 @@ feedback metrics (mean time to acknowledge, autonomous decision coverage)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -17,7 +16,8 @@ from bridge.store.lineage import LineageRepository
 from bridge.types import Feedback
 
 from .auth import require, secured
-from .params import Since, Until, time_range
+from .params import WIDE_RANGE, Since, Until, bounded_range
+from .queries import Queries
 from .schemas import ExplanationOut, PredictionOut
 from .timeparse import epoch_to_datetime
 
@@ -143,8 +143,10 @@ def build_lineage_router() -> APIRouter:
         summary="One stored prediction with its lineage and operator feedback",
         **secured(Scope.READ),
     )
-    async def prediction(repo: Lineage, prediction_id: PredictionId) -> PredictionDetailOut:
-        found = await asyncio.to_thread(repo.get, prediction_id)
+    async def prediction(
+        queries: Queries, repo: Lineage, prediction_id: PredictionId
+    ) -> PredictionDetailOut:
+        found = await queries.run(repo.get, prediction_id)
         if found is None:
             raise HTTPException(404, f"no stored prediction {prediction_id}")
         p = found.prediction
@@ -167,17 +169,18 @@ def build_lineage_router() -> APIRouter:
         **secured(Scope.OPERATE, (400, "The body is not readable")),
     )
     async def feedback(
+        queries: Queries,
         repo: Lineage,
         labels: Labels,
         key: Annotated[ApiKeyRecord, Depends(require(Scope.OPERATE))],
         prediction_id: PredictionId,
         body: FeedbackIn,
     ) -> LabelOut:
-        found = await asyncio.to_thread(repo.get, prediction_id)
+        found = await queries.run(repo.get, prediction_id)
         if found is None:
             raise HTTPException(404, f"no stored prediction {prediction_id}")
         p = found.prediction
-        record = await asyncio.to_thread(
+        record = await queries.run(
             labels.add,
             Feedback(
                 prediction_id=p.id,
@@ -200,10 +203,12 @@ def build_lineage_router() -> APIRouter:
         summary="Explain a recent prediction now (models with `explain: {mode: on_request}`)",
         **secured(Scope.READ),
     )
-    async def explain(request: Request, prediction_id: PredictionId) -> ExplanationOut:
+    async def explain(
+        queries: Queries, request: Request, prediction_id: PredictionId
+    ) -> ExplanationOut:
         insights = getattr(request.app.state, "insights", {})
         for insight in insights.values():
-            found = await asyncio.to_thread(insight.explain_kept, prediction_id)
+            found = await queries.run(insight.explain_kept, prediction_id)
             if found is not None:
                 return ExplanationOut.of(found)
         raise HTTPException(
@@ -216,12 +221,12 @@ def build_lineage_router() -> APIRouter:
         "/feedback/metrics",
         response_model=FeedbackMetricsOut,
         summary="Mean time to acknowledge and autonomous decision coverage",
-        **secured(Scope.READ),
+        **secured(Scope.READ, WIDE_RANGE),
     )
     async def feedback_metrics(
-        labels: Labels, since: Since = None, until: Until = None
+        request: Request, queries: Queries, labels: Labels, since: Since = None, until: Until = None
     ) -> FeedbackMetricsOut:
-        since_ts, until_ts = time_range(since, until)
-        return FeedbackMetricsOut.of(await asyncio.to_thread(labels.metrics, since_ts, until_ts))
+        since_ts, until_ts = bounded_range(request, since, until)
+        return FeedbackMetricsOut.of(await queries.run(labels.metrics, since_ts, until_ts))
 
     return router

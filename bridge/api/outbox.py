@@ -7,7 +7,6 @@ again, under the same Idempotency-Key, so the MES cannot get it twice); purging 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from datetime import datetime
@@ -22,6 +21,7 @@ from bridge.types import ComponentHealth
 
 from .auth import secured
 from .params import MAX_LIMIT
+from .queries import Queries
 from .timeparse import epoch_to_datetime
 from .view import GatewayView
 
@@ -158,7 +158,7 @@ def build_outbox_router() -> APIRouter:
         summary="Backlog, oldest pending age, last error and budget per destination",
         **secured(Scope.READ),
     )
-    async def outbox_status(repo: Repo, view: View) -> OutboxOut:
+    async def outbox_status(queries: Queries, repo: Repo, view: View) -> OutboxOut:
         # Counts from the store (exact, also for destinations this gateway does not serve);
         # counters and the last error from the live relays' health.
         relays = {
@@ -166,7 +166,7 @@ def build_outbox_router() -> APIRouter:
             for h in view.health()
             if h.name.startswith(_RELAY_PREFIX)
         }
-        stats = await asyncio.to_thread(repo.destinations)
+        stats = await queries.run(repo.destinations)
         now = time.time()
         names = sorted(relays.keys() | stats.keys())
         return OutboxOut(
@@ -180,6 +180,7 @@ def build_outbox_router() -> APIRouter:
         **secured(Scope.READ),
     )
     async def dead_letters(
+        queries: Queries,
         repo: Repo,
         destination: Annotated[
             str | None, Query(min_length=1, max_length=200, description="Only this destination.")
@@ -191,7 +192,7 @@ def build_outbox_router() -> APIRouter:
         ] = None,
     ) -> DeadLetterPage:
         after = None if cursor is None else int(cursor)
-        rows = await asyncio.to_thread(repo.dead_letter_page, destination, limit + 1, after)
+        rows = await queries.run(repo.dead_letter_page, destination, limit + 1, after)
         more = len(rows) > limit
         rows = rows[:limit]
         return DeadLetterPage(
@@ -207,9 +208,9 @@ def build_outbox_router() -> APIRouter:
         **secured(Scope.OPERATE),
     )
     async def replay(
-        repo: Repo, dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+        queries: Queries, repo: Repo, dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)]
     ) -> ActionOut:
-        n = await asyncio.to_thread(lambda: repo.replay(ids=[dead_letter_id]))
+        n = await queries.run(lambda: repo.replay(ids=[dead_letter_id]))
         if n == 0:
             raise HTTPException(404, f"no dead letter {dead_letter_id}")
         return ActionOut(id=dead_letter_id, action="replayed")
@@ -220,8 +221,10 @@ def build_outbox_router() -> APIRouter:
         summary="Purge a dead letter for good",
         **secured(Scope.ADMIN),
     )
-    async def purge(repo: Repo, dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> ActionOut:
-        n = await asyncio.to_thread(lambda: repo.purge(ids=[dead_letter_id]))
+    async def purge(
+        queries: Queries, repo: Repo, dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+    ) -> ActionOut:
+        n = await queries.run(lambda: repo.purge(ids=[dead_letter_id]))
         if n == 0:
             raise HTTPException(404, f"no dead letter {dead_letter_id}")
         return ActionOut(id=dead_letter_id, action="purged")

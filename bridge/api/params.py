@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import HTTPException, Query, Request
 
 from .timeparse import MAX_EPOCH_S, parse_time
 
-__all__ = ["MAX_LIMIT", "Since", "Until", "single_valued_query", "time_param", "time_range"]
+__all__ = [
+    "MAX_LIMIT",
+    "WIDE_RANGE",
+    "Since",
+    "Until",
+    "bounded_range",
+    "single_valued_query",
+    "time_param",
+    "time_range",
+]
 
 MAX_LIMIT = 1000
+# The documented answer of operations with a time range (route keyword for ``secured``).
+WIDE_RANGE = (400, "The time range is wider than gateway.api.max_history_days")
 
 # The documented forms, so a client (and schemathesis) knows what is accepted: epoch seconds,
 # or an RFC 3339 date-time / date (any ISO 8601 that Python reads is accepted too).
@@ -50,6 +62,26 @@ def time_param(name: str, value: str | None) -> float | None:
 def time_range(since: str | None, until: str | None) -> tuple[float | None, float | None]:
     # ``since`` after ``until`` is an empty range, not an error: the answer is simply empty.
     return time_param("since", since), time_param("until", until)
+
+
+def bounded_range(
+    request: Request, since: str | None, until: str | None
+) -> tuple[float | None, float | None]:
+    """``time_range``, refused (400) when wider than ``gateway.api.max_history_days``.
+
+    ``since`` alone reaches up to now. A range open at the start is left to the page limit
+    and the statement timeout: newest first, it reads no further back than one page."""
+    since_ts, until_ts = time_range(since, until)
+    days: float = request.app.state.settings.max_history_days
+    if since_ts is not None:
+        end = until_ts if until_ts is not None else time.time()
+        if end - since_ts > days * 86400:
+            raise HTTPException(
+                400,
+                f"since..until spans {(end - since_ts) / 86400:.1f} days; at most {days:g} days "
+                "are allowed (gateway.api.max_history_days): ask for narrower ranges in turn",
+            )
+    return since_ts, until_ts
 
 
 async def single_valued_query(request: Request) -> None:

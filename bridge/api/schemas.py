@@ -20,6 +20,7 @@ __all__ = [
     "ErrorOut",
     "ExplanationOut",
     "HealthOut",
+    "HealthSummaryOut",
     "InputOut",
     "ModelOut",
     "PredictionOut",
@@ -40,7 +41,13 @@ def _label(q: Quality) -> QualityLabel:
 
 
 class ErrorOut(BaseModel):
+    """An RFC 9457 problem detail, sent as ``application/problem+json``."""
+
+    type: str = Field(description="`about:blank`: the status says what kind of problem it is.")
+    title: str = Field(description="The HTTP status phrase.")
+    status: int = Field(description="The HTTP status code.")
     detail: str = Field(description="What was wrong with the request, in words.")
+    instance: str = Field(description="The path of the request.")
 
 
 class TagOut(BaseModel):
@@ -217,6 +224,12 @@ def overall_status(components: Sequence[ComponentHealth]) -> OverallStatus:
     if any(c.state != "ok" for c in components):
         return "degraded"
     return "ok"
+
+
+class HealthSummaryOut(BaseModel):
+    """What anyone may know: whether the gateway is up."""
+
+    status: OverallStatus
 
 
 class HealthOut(BaseModel):

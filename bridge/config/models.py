@@ -7,15 +7,18 @@ validated by the connector's own models, found through ``bridge.registry``.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from bridge.client_tls import ClientTls, require_https
 
 __all__ = [
     "AlertConfig",
     "ApiSettings",
+    "ApiTlsSettings",
     "AssetConfig",
     "DriftConfig",
     "DurabilitySettings",
@@ -43,10 +46,89 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ApiTlsSettings(Strict):
+    certificate: str = Field(
+        description="Path to the REST API's server certificate (PEM; the chain may follow it)."
+    )
+    private_key: str = Field(description="Path to the private key of `certificate` (PEM).")
+    client_ca: str | None = Field(
+        None,
+        description="Path to a CA certificate (PEM). When set, mutual TLS: every client must "
+        "present a certificate signed by this CA, others are refused during the handshake.",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 class ApiSettings(Strict):
     enabled: bool = Field(True, description="Serve the REST API for MES systems.")
-    host: str = Field("127.0.0.1", description="Address the REST API binds to.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the REST API binds to. Any address but loopback needs `tls` "
+        "(or `insecure_http: true`).",
+    )
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the REST API.")
+    tls: ApiTlsSettings | None = Field(
+        None, description="Serve HTTPS with this certificate (and mutual TLS with `client_ca`)."
+    )
+    insecure_http: bool = Field(
+        False,
+        description="Allow plain HTTP on a non-loopback address (API keys then cross the "
+        "network in clear text): only behind a TLS-terminating proxy or on an isolated network.",
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body; a larger one is refused with 413 before it is read.",
+    )
+    rate_limit_per_s: float = Field(
+        20.0, gt=0, description="Requests per second allowed per API key (sustained)."
+    )
+    rate_burst: int = Field(
+        100, ge=1, description="Requests an API key may make at once above `rate_limit_per_s`."
+    )
+    max_concurrent_per_key: int = Field(
+        8, ge=1, description="Requests of one API key in progress at the same time; more get 429."
+    )
+    max_history_days: float = Field(
+        31.0,
+        gt=0,
+        description="Widest `since`..`until` range of a history or metrics query, in days; a "
+        "wider one is refused with 400 (page through narrower ranges instead).",
+    )
+    query_timeout_s: float = Field(
+        10.0, gt=0, description="A history query running longer is stopped (503)."
+    )
+    query_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Threads for the API's database queries, apart from the data path's: "
+        "slow API queries never delay the store writer or the relays.",
+    )
+
+    @model_validator(mode="after")
+    def _public_needs_tls(self) -> ApiSettings:
+        if self.tls is None and not self.insecure_http and not _is_loopback(self.host):
+            raise PydanticCustomError(
+                "api_insecure_bind",
+                "the REST API binds {host} without TLS: API keys would cross the network in "
+                "clear text",
+                {
+                    "host": self.host,
+                    "hint": "set gateway.api.tls (certificate, private_key), or write "
+                    "`insecure_http: true` if a TLS proxy or an isolated network protects it, "
+                    "or bind 127.0.0.1",
+                },
+            )
+        return self
 
 
 class DurabilitySettings(Strict):

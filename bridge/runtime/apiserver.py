@@ -2,6 +2,8 @@
 
 We bind the socket ourselves (a busy port becomes a clear error, where uvicorn would call
 ``sys.exit``) and leave signal handling to the gateway, which stops everything in order.
+With ``tls`` uvicorn serves HTTPS; with ``tls.client_ca`` it also requires a client certificate
+signed by that CA (mutual TLS): others are refused during the handshake.
 """
 
 from __future__ import annotations
@@ -9,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Generator
+from pathlib import Path
 
 import structlog
 import uvicorn
 from fastapi import FastAPI
 
+from bridge.api import close_app
+from bridge.config.models import ApiTlsSettings
 from bridge.errors import ConnectorError
 
 __all__ = ["ApiServer"]
@@ -28,18 +34,54 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+def _check_files(tls: ApiTlsSettings) -> None:
+    files = {"certificate": tls.certificate, "private_key": tls.private_key}
+    if tls.client_ca is not None:
+        files["client_ca"] = tls.client_ca
+    for key, path in files.items():
+        if not Path(path).is_file():
+            raise ConnectorError(
+                f"gateway.api.tls.{key}: no file {path} (fix the path, or create it with your "
+                "plant CA)"
+            )
+
+
 class ApiServer:
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(
+        self, app: FastAPI, host: str, port: int, tls: ApiTlsSettings | None = None
+    ) -> None:
         self.host, self.port = host, port
+        self._app = app
+        self._scheme = "http" if tls is None else "https"
+        if tls is not None:
+            _check_files(tls)
         config = uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            ssl_certfile=None if tls is None else tls.certificate,
+            ssl_keyfile=None if tls is None else tls.private_key,
+            ssl_ca_certs=None if tls is None else tls.client_ca,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca else ssl.CERT_NONE,
         )
+        try:
+            # uvicorn builds its SSL context here: a bad certificate or key fails now, clearly.
+            config.load()
+        except (ssl.SSLError, OSError) as exc:
+            raise ConnectorError(
+                f"gateway.api.tls: cannot load the certificate, key or client CA: {exc} "
+                "(PEM files expected; the key must belong to the certificate)"
+            ) from exc
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self._scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -74,3 +116,4 @@ class ApiServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None
+        close_app(self._app)

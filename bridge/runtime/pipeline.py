@@ -175,10 +175,11 @@ async def run_gateway(
     view = RuntimeView(gid, table, fanout, infos, probes, now)
     api = None
     if mapping.gateway.api.enabled:
-        app = create_app(view, store)
+        settings = mapping.gateway.api
+        app = create_app(view, store, settings)
         live.attach(app)
         app.state.insights = insight.insights
-        api = ApiServer(app, mapping.gateway.api.host, mapping.gateway.api.port)
+        api = ApiServer(app, settings.host, settings.port, tls=settings.tls)
     gateway = Gateway(table, fanout, runners, supervisors, sinks, api, durable.relays, insight)
 
     started: list[Sink] = []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -11,14 +14,21 @@ from typing import Any, Literal
 import structlog
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bridge.errors import StoreError
 
 from .migrate import upgrade
 
-__all__ = ["Profile", "Store", "Synchronous", "open_store"]
+__all__ = [
+    "Profile",
+    "QueryTimeoutError",
+    "Store",
+    "Synchronous",
+    "open_store",
+    "statement_timeout",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +51,46 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class QueryTimeoutError(StoreError):
+    """A query ran longer than its statement timeout and was stopped."""
+
+
+# SQLite calls the progress handler every this many virtual machine instructions (~tens of
+# microseconds): often enough to stop within a millisecond of the deadline, cheap otherwise.
+_SQLITE_PROGRESS_STEPS = 1000
+_PG_QUERY_CANCELED = "57014"
+
+
+@contextlib.contextmanager
+def statement_timeout(session: Session, seconds: float) -> Iterator[None]:
+    """Stop the session's statements that run past ``seconds`` (QueryTimeoutError).
+
+    SQLite has no statement timeout: a progress handler interrupts the query at the deadline
+    and is removed afterwards (the connection goes back to the pool clean). PostgreSQL gets
+    ``SET LOCAL statement_timeout``, which ends with the session's transaction.
+    """
+    connection = session.connection()
+    sqlite = connection.dialect.name == "sqlite"
+    raw: Any = None
+    if sqlite:
+        raw = connection.connection.driver_connection
+        deadline = time.monotonic() + seconds
+        raw.set_progress_handler(lambda: int(time.monotonic() > deadline), _SQLITE_PROGRESS_STEPS)
+    elif connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(seconds * 1000))}")
+    try:
+        yield
+    except OperationalError as exc:
+        interrupted = "interrupted" in str(exc.orig) if sqlite else False
+        canceled = getattr(exc.orig, "sqlstate", None) == _PG_QUERY_CANCELED
+        if interrupted or canceled:
+            raise QueryTimeoutError(f"the query ran longer than {seconds:g} s") from exc
+        raise
+    finally:
+        if raw is not None:
+            raw.set_progress_handler(None, 0)
 
 
 def _sqlite_pragmas(synchronous: Synchronous) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select
@@ -11,7 +12,7 @@ from bridge.errors import StoreError
 from bridge.types import Prediction
 
 from .codec import prediction_from_row
-from .db import Store
+from .db import Store, statement_timeout
 from .models import PredictionRow
 
 __all__ = ["HistoryPage", "PageKey", "PredictionHistory"]
@@ -28,10 +29,12 @@ class HistoryPage:
 
 
 class PredictionHistory:
-    """Synchronous: callers on the event loop use ``asyncio.to_thread``."""
+    """Synchronous: callers on the event loop run it in a thread. With ``timeout_s`` a query
+    that runs longer is stopped (QueryTimeoutError)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, timeout_s: float | None = None) -> None:
         self._store = store
+        self._timeout_s = timeout_s
 
     def page(
         self,
@@ -62,7 +65,9 @@ class PredictionHistory:
             limit + 1
         )
         try:
-            with self._store.sessions() as session:
+            with self._store.sessions() as session, contextlib.ExitStack() as limits:
+                if self._timeout_s is not None:
+                    limits.enter_context(statement_timeout(session, self._timeout_s))
                 rows = list(session.scalars(stmt))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot query predictions: {exc}") from exc

@@ -192,7 +192,8 @@ async def test_health_needs_no_key_and_the_openapi_declares_the_schemes(sqlite_a
     }
     assert schemes["apiKeyHeader"]["in"] == "header"
     assert schemes["apiKeyHeader"]["name"] == "X-API-Key"
-    assert "security" not in spec["paths"]["/api/v1/health"]["get"]
+    # Anyone may ask (the empty requirement); a key gets the details.
+    assert {} in spec["paths"]["/api/v1/health"]["get"]["security"]
     for method, path, _ in OPERATIONS:
         op = spec["paths"][path][method.lower()]
         assert {"bearerKey": []} in op["security"] and {"apiKeyHeader": []} in op["security"]
@@ -203,8 +204,10 @@ async def test_health_needs_no_key_and_the_openapi_declares_the_schemes(sqlite_a
         assert method == "POST" or success == ["200"], (method, path, success)
         for code in ("401", "403"):
             assert code in op["responses"], (method, path, code)
-        for code in ("401", "403", "404", "422"):
-            ref = op["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+        for code in ("401", "403", "404", "413", "422", "429"):
+            content = op["responses"][code]["content"]
+            assert list(content) == ["application/problem+json"], (method, path, code)
+            ref = content["application/problem+json"]["schema"]["$ref"]
             assert ref.endswith("/ErrorOut"), (method, path, code)
 
 

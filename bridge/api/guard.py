@@ -1,0 +1,79 @@
+"""The first thing a request meets: its API key and its key's budget, before any body is read.
+
+FastAPI reads and parses a request body before it runs the dependencies that check the key:
+a stranger's 400 MiB body was read in full, then refused (422). This ASGI middleware checks
+the key from the headers alone, then the key's rate and concurrency budget (429 with
+Retry-After), and only then lets the request in. Scopes are still checked per operation by
+``bridge.api.auth.require``, which reuses the record found here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+
+import structlog
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .auth import CHALLENGE, MISSING_KEY, UNKNOWN_KEY, KeyCache, key_of
+from .limits import KeyLimits
+from .problems import problem
+
+__all__ = ["ApiGuard"]
+
+log = structlog.get_logger(__name__)
+
+
+def _has_body(headers: Headers) -> bool:
+    return "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+
+
+class ApiGuard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: KeyCache,
+        limits: KeyLimits,
+        public: Collection[str],
+        public_prefixes: tuple[str, ...] = (),
+    ) -> None:
+        self.app = app
+        self._keys = keys
+        self._limits = limits
+        self._public = frozenset(public)
+        self._public_prefixes = public_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path in self._public
+            or path.startswith(self._public_prefixes)
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        # A refused request's body is never read: close the connection rather than let the
+        # server go on receiving (and dropping) what the client still sends.
+        closing = {"Connection": "close"} if _has_body(headers) else {}
+        key = key_of(headers)
+        record = None if key is None else await self._keys.authenticate(key)
+        if record is None:
+            detail = MISSING_KEY if key is None else UNKNOWN_KEY
+            response = problem(401, detail, path, {**CHALLENGE, **closing})
+            await response(scope, receive, send)
+            return
+        refusal = self._limits.admit(record.key_id, time.monotonic())
+        if refusal is not None:
+            log.info("api_key_limited", key_id=record.key_id, path=path, detail=refusal.detail)
+            response = problem(
+                429, refusal.detail, path, {"Retry-After": str(refusal.retry_after_s), **closing}
+            )
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["api_key"] = record
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._limits.release(record.key_id)
