@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -46,6 +47,7 @@ class Supervised:
         self._progress = False
         self.restarts = 0
         self.last_crash = ""
+        self.last_backoff_s = 0.0  # the wait before the latest restart
 
     def start(self) -> None:
         if self._task is None:
@@ -92,8 +94,9 @@ class Supervised:
             if not self._progress:
                 raise  # the streak goes on: tenacity waits longer before the next attempt
             # It worked for a while before this crash: restart after a short wait, new streak.
-            self._crashed(exc, self._initial_s)
-            await asyncio.sleep(self._initial_s)
+            delay = self._initial_s + random.uniform(0, self._initial_s)
+            self._crashed(exc, delay)
+            await asyncio.sleep(delay)
 
     def _restarting(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -104,6 +107,7 @@ class Supervised:
     def _crashed(self, exc: BaseException, delay: float) -> None:
         self.restarts += 1
         self.last_crash = f"{type(exc).__name__}: {exc}"
+        self.last_backoff_s = delay
         log.error(
             "worker_crashed_restarting",
             worker=self.name,
