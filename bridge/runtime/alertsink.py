@@ -39,6 +39,8 @@ class AlertSink(QueuedWriter[NewAlert]):
         max_backoff_s: float = 30.0,
         alerts: Mapping[str, AlertConfig] | None = None,
     ) -> None:
+        # ``alerts``: per model name; without it every label change alerts at once (the gateway
+        # passes the mapping's settings, debounced by default: ``for_models``).
         super().__init__(
             "alerts",
             batch=True,

@@ -1,4 +1,5 @@
-"""The alert rule: a change to a non-first label raises exactly one alert."""
+"""The alert rule without a hold (no mapping settings: raise_after = clear_after = 1): a change
+to a non-first label raises exactly one alert. The hold is in test_alert_debounce.py."""
 
 from __future__ import annotations
 
