@@ -123,6 +123,16 @@ async def refusing(certs: Certs) -> AsyncIterator[RunningServer]:
         await running.server.stop()
 
 
+@pytest_asyncio.fixture
+async def trusting(certs: Certs) -> AsyncIterator[RunningServer]:
+    """Trusts the gateway."""
+    running = await _server(certs, [certs.gateway_cert])
+    try:
+        yield running
+    finally:
+        await running.server.stop()
+
+
 @pytest.fixture
 def refuse_at_open(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the test servers refuse an untrusted channel certificate in their answer to
@@ -247,21 +257,22 @@ async def test_health_detail_names_status_and_fix(
     assert "AssertionError" not in health.detail
 
 
+async def test_application_uri_not_in_certificate_names_both_uris(
+    certs: Certs, trusting: RunningServer
+) -> None:
+    message = await _connect_error(
+        _settings(certs, trusting.endpoint, application_uri="urn:plant:gateway")
+    )
+    assert "BadCertificateUriInvalid" in message
+    assert "urn:plant:gateway" in message and "urn:bridge:gateway" in message
+    assert "bridge certs create --application-uri urn:plant:gateway" in message
+
+
 async def test_login_refused_names_the_user(certs: Certs, trusting: RunningServer) -> None:
     settings = _settings(certs, trusting.endpoint).model_copy(update={"password": "wrong"})
     message = await _connect_error(settings)
     assert "BadUserAccessDenied" in message or "BadIdentityTokenRejected" in message
     assert "alice" in message and "password" in message
-
-
-@pytest_asyncio.fixture
-async def trusting(certs: Certs) -> AsyncIterator[RunningServer]:
-    """Trusts the gateway."""
-    running = await _server(certs, [certs.gateway_cert])
-    try:
-        yield running
-    finally:
-        await running.server.stop()
 
 
 async def test_unknown_server_certificate_refused_filed_under_pki_servers(
