@@ -67,6 +67,8 @@ class Attempt:
     certificate: bytes | None = None  # the gateway's application certificate (DER)
     open_fault: int | None = None  # status of a ServiceFault answering OpenSecureChannel
     refused_server: UntrustedCertificate | None = None  # the gateway's trust list said no
+    reached: bool = False  # the session's TCP connection was made
+    channel_opened: bool = False  # the server answered OpenSecureChannel without a fault
 
 
 def watch_open_faults(client: Client, attempt: Attempt) -> None:
@@ -82,6 +84,8 @@ def watch_open_faults(client: Client, attempt: Attempt) -> None:
         return
 
     def make_watched() -> Any:
+        # asyncio calls the factory once the TCP connection is made
+        attempt.reached = True
         protocol = make_protocol()
         process: Callable[[Any], None] | None = getattr(protocol, "_process_received_message", None)
         if process is None:
@@ -95,7 +99,9 @@ def watch_open_faults(client: Client, attempt: Attempt) -> None:
                 ua.AsymmetricAlgorithmHeader,
             ):
                 status = _fault_status(msg)
-                if status is not None:
+                if status is None:
+                    attempt.channel_opened = True
+                else:
                     attempt.open_fault = status
             process(msg)
 
@@ -144,11 +150,13 @@ def explain(exc: BaseException, settings: OpcUaSourceSettings, attempt: Attempt)
     status = status_of(exc)
     if status is None:
         status = attempt.open_fault
-    if status is None and isinstance(exc, AssertionError) and settings.security.policy != "None":
+    if status is None and _channel_refused(exc, settings, attempt):
+        # Some servers refuse an untrusted certificate by closing the connection, or by an
+        # answer asyncua cannot read: no status, but the likely cause is the same.
         return (
-            "the server refused the secure channel without a readable reason "
-            f"(asyncua: {exc!r}); fix: make sure the server trusts "
-            f"{_our_certificate(settings, attempt)}"
+            "the server closed or refused the secure channel without a readable status "
+            f"(asyncua: {exc!r}); servers do this when they do not trust the gateway's "
+            f"certificate; fix: on the server, trust {_our_certificate(settings, attempt)}"
         )
     if status is None:
         return repr(exc)
@@ -182,6 +190,12 @@ def explain(exc: BaseException, settings: OpcUaSourceSettings, attempt: Attempt)
             f"with mode {settings.security.mode}; fix: choose a policy and mode the server offers"
         )
     return f"{name}: {get_name_and_doc(status)[1]}"
+
+
+def _channel_refused(exc: BaseException, settings: OpcUaSourceSettings, attempt: Attempt) -> bool:
+    if settings.security.policy == "None" or not attempt.reached or attempt.channel_opened:
+        return False
+    return isinstance(exc, (AssertionError, ConnectionError, TimeoutError, EOFError))
 
 
 def _login_advice(settings: OpcUaSourceSettings) -> str:

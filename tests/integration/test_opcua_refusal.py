@@ -2,10 +2,10 @@
 the health detail) and `bridge browse` name the OPC UA status and what to do, against real asyncua
 servers that refuse the gateway's certificate, refuse its login, or that the gateway refuses.
 
-Two ways servers refuse an untrusted client certificate are covered: asyncua's own (a ServiceFault
-to CreateSession) and the one most SDK servers use, refusing the secure channel itself (a
-ServiceFault answering OpenSecureChannel), which asyncua's client turns into a bare
-``AssertionError()``. The second is made here by checking the channel's certificate in the test
+Three ways servers refuse an untrusted client certificate are covered: asyncua's own (a
+ServiceFault to CreateSession), and refusing the secure channel itself, either with a ServiceFault
+answering OpenSecureChannel (which asyncua's client turns into a bare ``AssertionError()``) or by
+closing the connection. The last two are made by checking the channel's certificate in the test
 server's OpenSecureChannel handler.
 """
 
@@ -133,10 +133,10 @@ async def trusting(certs: Certs) -> AsyncIterator[RunningServer]:
         await running.server.stop()
 
 
-@pytest.fixture
-def refuse_at_open(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the test servers refuse an untrusted channel certificate in their answer to
-    OpenSecureChannel (a ServiceFault with BadSecurityChecksFailed), as most SDK servers do."""
+def _refuse_untrusted_channels(monkeypatch: pytest.MonkeyPatch, *, answer: bool) -> None:
+    """Make the test servers check the channel's certificate on OpenSecureChannel and refuse an
+    untrusted one: with a ServiceFault (BadSecurityChecksFailed) if ``answer``, else by closing
+    the connection. Both are ways SDK servers refuse; asyncua's own server checks later."""
     original = UaProcessor.open_secure_channel
 
     def open_checked(self: UaProcessor, algohdr: Any, seqhdr: Any, body: Any) -> None:
@@ -150,6 +150,9 @@ def refuse_at_open(monkeypatch: pytest.MonkeyPatch) -> None:
             store = validator._trust_store
             assert store is not None
             if not store.is_trusted(x509.load_der_x509_certificate(sender)):
+                if not answer:
+                    self._transport.close()
+                    return
                 request = struct_from_binary(ua.OpenSecureChannelRequest, body)
                 self._connection.select_policy(algohdr.SecurityPolicyURI, sender, None)
                 fault = ua.ServiceFault()
@@ -163,6 +166,16 @@ def refuse_at_open(monkeypatch: pytest.MonkeyPatch) -> None:
         original(self, algohdr, seqhdr, body)
 
     monkeypatch.setattr(UaProcessor, "open_secure_channel", open_checked)
+
+
+@pytest.fixture
+def refuse_at_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    _refuse_untrusted_channels(monkeypatch, answer=True)
+
+
+@pytest.fixture
+def drop_at_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    _refuse_untrusted_channels(monkeypatch, answer=False)
 
 
 def _settings(certs: Certs, endpoint: str, **security: Any) -> OpcUaSourceSettings:
@@ -215,6 +228,15 @@ async def test_refused_at_open_secure_channel_names_status_and_certificate(
     assert str(certs.gateway_cert) in message
     assert _gateway_thumbprint(certs) in message
     assert "trust" in message and "on the server" in message
+
+
+async def test_dropped_at_open_secure_channel_points_at_the_certificate(
+    certs: Certs, drop_at_open: None, refusing: RunningServer
+) -> None:
+    message = await _connect_error(_settings(certs, refusing.endpoint))
+    assert "closed or refused the secure channel" in message
+    assert _gateway_thumbprint(certs) in message
+    assert "on the server, trust" in message
 
 
 async def test_refused_at_create_session_names_status_and_certificate(

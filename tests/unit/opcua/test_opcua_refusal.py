@@ -82,11 +82,24 @@ def test_our_certificate_is_named_with_its_thumbprint(attempt: Attempt) -> None:
 
 
 def test_bare_assertion_error_uses_the_fault_read_from_the_channel(attempt: Attempt) -> None:
+    attempt.reached = True
     attempt.open_fault = StatusCodes.BadSecurityChecksFailed
     assert explain(AssertionError(), _settings(), attempt).startswith("BadSecurityChecksFailed: ")
     attempt.open_fault = None
     text = explain(AssertionError(), _settings(), attempt)
     assert "refused the secure channel" in text and "AssertionError()" in text
+
+
+def test_channel_closed_before_it_opened_points_at_our_certificate(attempt: Attempt) -> None:
+    exc = ConnectionError("connection lost")
+    assert explain(exc, _settings(), attempt) == repr(exc)  # never reached the server
+    attempt.reached = True
+    assert "on the server, trust pki/own/cert.der" in explain(exc, _settings(), attempt)
+    attempt.channel_opened = True  # lost later: not a refusal of the channel
+    assert explain(exc, _settings(), attempt) == repr(exc)
+    no_security = OpcUaSourceSettings(endpoint="opc.tcp://plc:4840")
+    attempt.channel_opened = False
+    assert explain(exc, no_security, Attempt(reached=True)) == repr(exc)
 
 
 def test_the_gateways_own_refusal_wins_over_the_status(attempt: Attempt) -> None:
