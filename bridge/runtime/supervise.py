@@ -19,7 +19,13 @@ import random
 from collections.abc import Awaitable, Callable
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
 
 __all__ = ["Supervised"]
 
@@ -77,9 +83,10 @@ class Supervised:
             # One streak of restarts: its waits grow until the worker gets something done.
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(Exception),
-                wait=wait_exponential_jitter(
-                    multiplier=self._initial_s, max=self._max_s, jitter=self._initial_s
-                ),
+                # Jitter on top of the cap: tenacity's wait_exponential_jitter caps the sum, so
+                # at the cap every restart would wait exactly the same.
+                wait=wait_exponential(multiplier=self._initial_s, max=self._max_s)
+                + wait_random(0, self._initial_s),
                 before_sleep=self._restarting,
                 reraise=True,
             )
