@@ -17,9 +17,18 @@ import certifi
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-__all__ = ["ClientTls", "describe_tls_failure", "require_https"]
+__all__ = ["ClientTls", "ClientTlsError", "describe_tls_failure", "require_https"]
 
 _PATH_HINT = "relative paths are relative to the directory bridge is started in"
+
+
+class ClientTlsError(ValueError):
+    """A TLS file that cannot be used; ``hint`` says how to fix it."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(f"{message} (fix: {hint})")
+        self.message = message
+        self.hint = hint
 
 
 class ClientTls(BaseModel):
@@ -49,50 +58,45 @@ class ClientTls(BaseModel):
                 "client_certificate and client_key go together",
                 {"hint": "give both (the certificate and its private key) or neither"},
             )
-        self.ssl_context()
+        try:
+            self.ssl_context()
+        except ClientTlsError as exc:
+            raise PydanticCustomError(
+                "client_tls", "{message}", {"message": exc.message, "hint": exc.hint}
+            ) from None
         return self
 
     def ssl_context(self) -> ssl.SSLContext:
         """A client context: server certificates verified against ``ca_file`` (host name
-        checked), TLS 1.2 at least, the client certificate loaded when given."""
+        checked), TLS 1.2 at least, the client certificate loaded when given. The files are
+        read again here (at start too): ``ClientTlsError`` if one has gone or changed."""
         for key, path in (
             ("ca_file", self.ca_file),
             ("client_certificate", self.client_certificate),
             ("client_key", self.client_key),
         ):
             if path is not None and not Path(path).is_file():
-                raise PydanticCustomError(
-                    "client_tls",
-                    "{key}: no such file: {path}",
-                    {"key": key, "path": path, "hint": f"check the path; {_PATH_HINT}"},
+                raise ClientTlsError(
+                    f"{key}: no such file: {path}", f"check the path; {_PATH_HINT}"
                 )
         try:
             context = ssl.create_default_context(cafile=self.ca_file or certifi.where())
         except ssl.SSLError as exc:
-            raise PydanticCustomError(
-                "client_tls",
-                "ca_file {path} holds no usable CA certificate ({reason})",
-                {
-                    "path": self.ca_file,
-                    "reason": exc.reason or exc.strerror or str(exc),
-                    "hint": "give the PEM file of the CA that signed the server's certificate",
-                },
+            reason = exc.reason or exc.strerror or str(exc)
+            raise ClientTlsError(
+                f"ca_file {self.ca_file} holds no usable CA certificate ({reason})",
+                "give the PEM file of the CA that signed the server's certificate",
             ) from None
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.client_certificate is not None:
             try:
                 context.load_cert_chain(self.client_certificate, self.client_key)
             except ssl.SSLError as exc:
-                mismatch = "KEY_VALUES_MISMATCH" in str(exc)
-                raise PydanticCustomError(
-                    "client_tls",
+                raise ClientTlsError(
                     "client_key does not belong to client_certificate"
-                    if mismatch
-                    else "client_certificate or client_key cannot be loaded ({reason})",
-                    {
-                        "reason": exc.reason or str(exc),
-                        "hint": "give the PEM certificate and its own unencrypted PEM key",
-                    },
+                    if "KEY_VALUES_MISMATCH" in str(exc)
+                    else f"client_certificate or client_key cannot be loaded ({exc.reason or exc})",
+                    "give the PEM certificate and its own unencrypted PEM key",
                 ) from None
         return context
 

@@ -19,7 +19,7 @@ import httpx
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
-from bridge.client_tls import ClientTls, describe_tls_failure
+from bridge.client_tls import ClientTls, ClientTlsError, describe_tls_failure
 from bridge.errors import BridgeError
 from bridge.redact import redact_text
 from bridge.types import ComponentHealth, Prediction
@@ -93,14 +93,18 @@ class WebhookDestination:
 
     async def start(self) -> None:
         if self._client is None and not self._closed:
+            try:
+                # The CA to trust and the client certificate, when the mapping gives them.
+                verify = True if self._tls is None else self._tls.ssl_context()
+            except ClientTlsError as exc:
+                raise BridgeError(f"{self.name}: {exc}") from exc
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self._timeout_s),
                 follow_redirects=False,
                 trust_env=False,
                 transport=httpx.AsyncHTTPTransport(
                     socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-                    # The CA to trust and the client certificate, when the mapping gives them.
-                    verify=True if self._tls is None else self._tls.ssl_context(),
+                    verify=verify,
                 ),
             )
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import structlog
 
-from bridge.client_tls import describe_tls_failure
+from bridge.client_tls import ClientTlsError, describe_tls_failure
 from bridge.errors import ConnectorError
 from bridge.outbox.protocol import Outcome, Retry
 from bridge.outbox.rules import EventRule, Trigger
@@ -95,6 +95,11 @@ class MesSink:
         if self._client is not None:
             return
         s = self._settings
+        try:
+            # The plant CA and the client certificate, when the mapping gives them.
+            verify = True if s.tls is None else s.tls.ssl_context()
+        except ClientTlsError as exc:
+            raise ConnectorError(f"mes sink {self.name!r}: {exc}") from exc
         # trust_env=False: where events go is decided by the mapping, not by proxy variables.
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(s.timeout_s),
@@ -107,8 +112,7 @@ class MesSink:
                     max_connections=s.concurrency, max_keepalive_connections=s.concurrency
                 ),
                 socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-                # The plant CA and the client certificate, when the mapping gives them.
-                verify=True if s.tls is None else s.tls.ssl_context(),
+                verify=verify,
             ),
         )
         log.info(

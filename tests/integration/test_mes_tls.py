@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import testca
 from https_receiver import HttpsReceiver
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 from support import free_port, wait_until
-from testca import TestCa as Ca
-from testca import make_ca
 
 from bridge.drift.webhook import WebhookDestination
+from bridge.errors import ConnectorError
 from bridge.types import PredictionSlot, SinkContext
 from connectors.mes import MesSink, MesSinkSettings
 from simulators.mes import MesReceiver
@@ -28,12 +28,12 @@ TOKEN = "tok-Zy81-query"
 
 
 @pytest.fixture
-def ca(tmp_path: Path) -> Ca:
-    return make_ca(tmp_path / "pki")
+def ca(tmp_path: Path) -> testca.TlsFiles:
+    return testca.make_ca(tmp_path / "pki")
 
 
 @pytest.fixture
-async def mutual(ca: Ca) -> AsyncIterator[HttpsReceiver]:
+async def mutual(ca: testca.TlsFiles) -> AsyncIterator[HttpsReceiver]:
     async with HttpsReceiver(ca.server_cert, ca.server_key, client_ca=ca.ca) as server:
         yield server
 
@@ -57,7 +57,7 @@ async def make_sink() -> AsyncIterator[Callable[..., MesSink]]:
             await sink.close()
 
 
-def tls(ca: Ca, *, with_ca: bool = True, client: bool = True) -> dict[str, str]:
+def tls(ca: testca.TlsFiles, *, with_ca: bool = True, client: bool = True) -> dict[str, str]:
     out = {"ca_file": str(ca.ca)} if with_ca else {}
     if client:
         out |= {"client_certificate": str(ca.client_cert), "client_key": str(ca.client_key)}
@@ -84,7 +84,7 @@ async def _fails_with(deliver: asyncio.Task[Any], health: Callable[[], Any]) -> 
 
 
 async def test_mes_delivers_with_plant_ca_and_client_certificate(
-    ca: Ca, mutual: HttpsReceiver, make_sink: Callable[..., MesSink]
+    ca: testca.TlsFiles, mutual: HttpsReceiver, make_sink: Callable[..., MesSink]
 ) -> None:
     sink = make_sink(f"{mutual.url}/api/v1/events", tls=tls(ca))
     await sink.start()
@@ -109,7 +109,7 @@ async def test_mes_without_the_plant_ca_refuses_the_certificate(
 
 
 async def test_mes_without_client_certificate_is_refused_by_the_server(
-    ca: Ca, mutual: HttpsReceiver, make_sink: Callable[..., MesSink]
+    ca: testca.TlsFiles, mutual: HttpsReceiver, make_sink: Callable[..., MesSink]
 ) -> None:
     sink = make_sink(f"{mutual.url}/api/v1/events", tls=tls(ca, client=False))
     await sink.start()
@@ -120,7 +120,7 @@ async def test_mes_without_client_certificate_is_refused_by_the_server(
 
 
 async def test_webhook_delivers_with_ca_and_client_certificate(
-    ca: Ca, mutual: HttpsReceiver
+    ca: testca.TlsFiles, mutual: HttpsReceiver
 ) -> None:
     from bridge.client_tls import ClientTls
 
@@ -148,7 +148,7 @@ async def test_webhook_without_the_ca_refuses_the_certificate(mutual: HttpsRecei
     assert mutual.calls == []
 
 
-def test_tls_settings_with_an_http_url_are_refused(ca: Ca) -> None:
+def test_tls_settings_with_an_http_url_are_refused(ca: testca.TlsFiles) -> None:
     with pytest.raises(ValidationError, match="not https://"):
         MesSinkSettings(url="http://127.0.0.1:1/events", tls=tls(ca))
 
@@ -190,3 +190,14 @@ async def test_mes_failure_detail_has_no_credentials(make_sink: Callable[..., Me
     assert "ConnectError" in detail
     assert PASSWORD not in detail and TOKEN not in detail
     assert PASSWORD not in repr(logs) and TOKEN not in repr(logs)
+
+
+async def test_start_refuses_a_ca_file_gone_since_validation(
+    tmp_path: Path, ca: testca.TlsFiles, make_sink: Callable[..., MesSink]
+) -> None:
+    moved = tmp_path / "plant-ca.pem"
+    moved.write_bytes(ca.ca.read_bytes())
+    sink = make_sink("https://127.0.0.1:1/events", tls={"ca_file": str(moved)})
+    moved.unlink()
+    with pytest.raises(ConnectorError, match=r"ca_file: no such file: .*plant-ca.pem"):
+        await sink.start()

@@ -8,8 +8,7 @@ import ssl
 from pathlib import Path
 
 import pytest
-from testca import TestCa as Ca
-from testca import make_ca
+import testca
 
 from bridge.client_tls import ClientTls
 from bridge.config import load_mapping
@@ -17,8 +16,8 @@ from bridge.errors import ConfigError, ConfigIssue
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> Ca:
-    return make_ca(tmp_path_factory.mktemp("pki"))
+def ca(tmp_path_factory: pytest.TempPathFactory) -> testca.TlsFiles:
+    return testca.make_ca(tmp_path_factory.mktemp("pki"))
 
 
 def _issues(tmp_path: Path, url: str, tls: str) -> list[ConfigIssue]:
@@ -33,7 +32,7 @@ def _issues(tmp_path: Path, url: str, tls: str) -> list[ConfigIssue]:
     return info.value.issues
 
 
-def test_valid_settings_build_a_verifying_context(ca: Ca) -> None:
+def test_valid_settings_build_a_verifying_context(ca: testca.TlsFiles) -> None:
     tls = ClientTls(
         ca_file=str(ca.ca), client_certificate=str(ca.client_cert), client_key=str(ca.client_key)
     )
@@ -61,23 +60,23 @@ def test_ca_file_that_is_not_a_certificate(tmp_path: Path) -> None:
     assert "PEM" in issue.hint
 
 
-def test_key_of_another_certificate(tmp_path: Path, ca: Ca) -> None:
+def test_key_of_another_certificate(tmp_path: Path, ca: testca.TlsFiles) -> None:
     tls = f"{{ca_file: {ca.ca}, client_certificate: {ca.client_cert}, client_key: {ca.server_key}}}"
     [issue] = _issues(tmp_path, "https://mes.local/e", tls)
     assert "client_key does not belong to client_certificate" in issue.message
 
 
-def test_certificate_without_key(tmp_path: Path, ca: Ca) -> None:
+def test_certificate_without_key(tmp_path: Path, ca: testca.TlsFiles) -> None:
     [issue] = _issues(tmp_path, "https://mes.local/e", f"{{client_certificate: {ca.client_cert}}}")
     assert "go together" in issue.message and issue.hint
 
 
-def test_tls_on_http_url(tmp_path: Path, ca: Ca) -> None:
+def test_tls_on_http_url(tmp_path: Path, ca: testca.TlsFiles) -> None:
     [issue] = _issues(tmp_path, "http://mes.local/e", f"{{ca_file: {ca.ca}}}")
     assert "not https://" in issue.message and "https://" in issue.hint
 
 
-def test_webhook_tls_on_http_url(tmp_path: Path, ca: Ca) -> None:
+def test_webhook_tls_on_http_url(tmp_path: Path, ca: testca.TlsFiles) -> None:
     from bridge.config.models import DriftConfig
 
     with pytest.raises(ValueError, match="webhook_tls is set but the URL is not https://"):
