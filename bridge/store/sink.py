@@ -120,6 +120,7 @@ class StoreSink:
         """Queue ``batch``; while the queue is full, wait for room (backpressure) up to
         ``max_wait_s``, then drop the oldest queued predictions to make room (counted)."""
         if not self._accepting:
+            self._drop(batch, "they came after the store writer closed")
             raise StoreError("store sink is closed")
         if not batch:
             return

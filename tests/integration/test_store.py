@@ -151,6 +151,7 @@ async def test_store_sink_writes_batches_and_drains_on_close(tmp_path: Path) -> 
         assert asyncio.all_tasks() - before - {asyncio.current_task()} == set()
         with pytest.raises(StoreError):
             await sink.write(batch[:1])
+        assert sink.health().counters["dropped"] == 1  # refused, and counted as lost
     finally:
         await sink.close()
         s.dispose()
