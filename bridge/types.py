@@ -185,9 +185,13 @@ class Feedback:
 
 class FeedbackService(Protocol):
     """Where sinks (the HMI server's methods) hand operator feedback to the core; raises
-    ``bridge.errors.BridgeError`` when it cannot be stored."""
+    ``bridge.errors.BridgeError`` when it cannot be stored (or looked up)."""
 
     async def record(self, feedback: Feedback) -> None: ...
+
+    async def find(self, prediction_id: str) -> Prediction | None:
+        """The stored prediction with this id, or None if there is none."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from bridge.runtime.models import ModelRunner
 from bridge.store.db import Store
 from bridge.store.drift import DriftAlertRepository
 from bridge.store.labels import LabelRepository
+from bridge.store.lineage import LineageRepository
 from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
 from bridge.store.registry import RegistryRepository, VersionRecord
 from bridge.types import Feedback, Prediction
@@ -34,10 +35,15 @@ log = structlog.get_logger(__name__)
 
 
 class StoreFeedback:
-    """``bridge.types.FeedbackService`` over the store's label table."""
+    """``bridge.types.FeedbackService`` over the store's label and prediction tables."""
 
-    def __init__(self, labels: LabelRepository) -> None:
+    def __init__(self, labels: LabelRepository, lineage: LineageRepository) -> None:
         self._labels = labels
+        self._lineage = lineage
+
+    async def find(self, prediction_id: str) -> Prediction | None:
+        found = await asyncio.to_thread(self._lineage.get, prediction_id)
+        return found.prediction if found is not None else None
 
     async def record(self, feedback: Feedback) -> None:
         try:

@@ -35,6 +35,7 @@ from bridge.runtime.view import RuntimeView
 from bridge.store.alerts import AlertRepository
 from bridge.store.db import open_store
 from bridge.store.labels import LabelRepository
+from bridge.store.lineage import LineageRepository
 from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import ModelRepository
 from bridge.store.sink import StoreSink
@@ -100,7 +101,8 @@ async def run_gateway(
         for asset in m.assets
     )
     # Operator feedback (HMI methods) reaches the store through this narrow service.
-    context = SinkContext(gid, slots, feedback=StoreFeedback(LabelRepository(store)))
+    feedback = StoreFeedback(LabelRepository(store), LineageRepository(store))
+    context = SinkContext(gid, slots, feedback=feedback)
     sink_kinds = registry.sink_kinds()
     outputs = [
         sink_kinds[out.kind].factory(out.name, out.settings, context)

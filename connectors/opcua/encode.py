@@ -46,6 +46,9 @@ FIELDS: dict[str, ua.VariantType] = {
     "Explanation": ua.VariantType.String,
     # The asset's drift score: largest PSI of the model inputs against the training data.
     "DriftScore": ua.VariantType.Double,
+    # The id of the prediction shown: what the feedback methods take, so an operator's answer
+    # lands on the prediction they judged even if a newer one arrived meanwhile.
+    "PredictionId": ua.VariantType.String,
 }
 
 STATUS_FOR_QUALITY: dict[Quality, int] = {
@@ -100,6 +103,7 @@ def initial_values(slot: PredictionSlot, now: datetime) -> dict[str, ua.DataValu
         "InputAge": _dv(None, ua.VariantType.Double, waiting, None, now),
         "Explanation": _dv(None, ua.VariantType.String, waiting, None, now),
         "DriftScore": _dv(None, ua.VariantType.Double, waiting, None, now),
+        "PredictionId": _dv(None, ua.VariantType.String, waiting, None, now),
     }
 
 
@@ -147,6 +151,7 @@ def encode_prediction(
             when,
             now,
         ),
+        "PredictionId": _dv(prediction.id, ua.VariantType.String, good, when, now),
     }
     # Written only when the prediction carries them: a prediction the model did not explain
     # leaves the last explanation (and drift score) on the HMI.

@@ -3,12 +3,14 @@
 Address space (string node ids in the configured namespace, stable across restarts)::
 
     Objects/Predictions/<asset>/<model>/{Value, Score, ModelName, ModelVersion, ModelSha256,
-                                         Quality, Timestamp, InputAge, Explanation, DriftScore}
+                                         Quality, Timestamp, InputAge, Explanation, DriftScore,
+                                         PredictionId}
     nsu=urn:bridge:predictions;s=Predictions.<asset>.<model>.Value
 
 Every variable is read-only (AccessLevel CurrentRead). Each prediction object has the methods
-Acknowledge, Confirm and Reject (input: a comment; output: the id of the prediction answered):
-only ``operator`` sessions may call them, and the answer goes to the core's FeedbackService.
+Acknowledge, Confirm and Reject (inputs: the PredictionId answered and a comment; output: the id
+stored): only ``operator`` sessions may call them, and the answer goes to the core's
+FeedbackService (``connectors.opcua._feedback``).
 Status codes are documented in ``connectors.opcua.encode``.
 """
 
@@ -27,16 +29,12 @@ from asyncua.common.node import Node
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.server import Server
-from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from bridge.errors import BridgeError, ConnectorError
+from bridge.errors import ConnectorError
 from bridge.types import (
     ComponentHealth,
-    Feedback,
-    FeedbackAction,
     ModelStatus,
     Prediction,
     PredictionSlot,
@@ -48,7 +46,7 @@ from connectors.opcua._access import (
     ReadOnlyRuleset,
     mark_user_certificates,
 )
-from connectors.opcua._caller import caller_name, caller_role
+from connectors.opcua._feedback import FeedbackMethods
 from connectors.opcua._guard import GuardedServer
 from connectors.opcua._throttle import LoginThrottle
 from connectors.opcua.certs import load_der, thumbprint
@@ -75,12 +73,6 @@ _POLICY_TYPES: dict[ServerSecurityPolicy, ua.SecurityPolicyType] = {
 }
 # Only "slowly changing" fields are skipped when unchanged; measurements are always written.
 _STICKY = ("ModelName", "ModelVersion", "ModelSha256")
-# Operator feedback methods on each prediction object: method name -> action.
-FEEDBACK_METHODS: dict[str, FeedbackAction] = {
-    "Acknowledge": "acknowledge",
-    "Confirm": "confirm",
-    "Reject": "reject",
-}
 
 
 class PredictionServer:
@@ -90,9 +82,13 @@ class PredictionServer:
         self._slots: dict[tuple[str, str], PredictionSlot] = {
             (s.asset, s.model): s for s in context.slots
         }
-        self._feedback = context.feedback
-        # The prediction each object shows now: what its feedback methods answer.
-        self._shown: dict[tuple[str, str], Prediction] = {}
+        self._counters = {"predictions": 0, "writes": 0, "unknown_slot": 0, "write_errors": 0}
+        self._log = log.bind(sink=name, endpoint=settings.endpoint)
+        self._feedback = (
+            FeedbackMethods(context.feedback, self._counters, self._log)
+            if context.feedback is not None
+            else None
+        )
         self._server: Server | None = None
         self._models: ModelsFolder | None = None
         self._namespace_index: int | None = None
@@ -100,9 +96,7 @@ class PredictionServer:
         self._sticky: dict[tuple[str, str], dict[str, str]] = {}
         self._state: str = "starting"
         self._detail = ""
-        self._counters = {"predictions": 0, "writes": 0, "unknown_slot": 0, "write_errors": 0}
         self._unknown_logged: set[tuple[str, str]] = set()
-        self._log = log.bind(sink=name, endpoint=settings.endpoint)
 
     @property
     def namespace_index(self) -> int | None:
@@ -240,67 +234,9 @@ class PredictionServer:
                 ids[field] = nodeid
             self._nodes[key] = ids
             if self._feedback is not None:
-                await self._add_feedback_methods(model_node, ns, key)
+                await self._feedback.add(model_node, ns, key, self._nid)
             self._sticky[key] = {"ModelName": slot.model, "ModelVersion": slot.version}
             self._sticky[key]["ModelSha256"] = slot.sha256
-
-    async def _add_feedback_methods(self, obj: Node, ns: int, key: tuple[str, str]) -> None:
-        comment = ua.Argument()
-        comment.Name = "Comment"
-        comment.DataType = make_node_id(ObjectIds.String, 0)
-        comment.ValueRank = -1
-        comment.Description = ua.LocalizedText("Free text (may be empty)")
-        answered = ua.Argument()
-        answered.Name = "PredictionId"
-        answered.DataType = make_node_id(ObjectIds.String, 0)
-        answered.ValueRank = -1
-        answered.Description = ua.LocalizedText("Id of the prediction the feedback is stored for")
-        for method, action in FEEDBACK_METHODS.items():
-            nodeid = self._nid(prediction_node_string(key[0], key[1], method))
-            await obj.add_method(
-                nodeid, f"{ns}:{method}", self._feedback_handler(key, action), [comment], [answered]
-            )
-
-    def _feedback_handler(self, key: tuple[str, str], action: FeedbackAction) -> Any:
-        async def handle(parent: Any, *args: Any) -> Any:
-            return await self._on_feedback(key, action, args)
-
-        return handle
-
-    async def _on_feedback(
-        self, key: tuple[str, str], action: FeedbackAction, args: Sequence[Any]
-    ) -> Any:
-        """Store the operator's answer to the prediction the object shows now."""
-        # The ruleset already refuses Call to non-operators; checked again where it matters.
-        if caller_role() != "operator":
-            self._counters["feedback_refused"] = self._counters.get("feedback_refused", 0) + 1
-            return ua.StatusCode(cast(Any, StatusCodes.BadUserAccessDenied))
-        shown = self._shown.get(key)
-        feedback = self._feedback
-        if shown is None or feedback is None:
-            return ua.StatusCode(cast(Any, StatusCodes.BadInvalidState))
-        first = args[0] if args else None
-        raw = getattr(first, "Value", first)
-        comment = raw if isinstance(raw, str) else ""
-        try:
-            await feedback.record(
-                Feedback(
-                    prediction_id=shown.id,
-                    asset=shown.asset,
-                    model=shown.model,
-                    action=action,
-                    by=caller_name(),
-                    channel="opcua",
-                    prediction_time=shown.timestamp,
-                    value=shown.value,
-                    comment=comment[:2000],
-                )
-            )
-        except BridgeError as exc:
-            self._log.error("feedback_not_stored", error=str(exc))
-            return ua.StatusCode(cast(Any, StatusCodes.BadResourceUnavailable))
-        self._counters["feedback"] = self._counters.get("feedback", 0) + 1
-        return [ua.Variant(shown.id, ua.VariantType.String)]
 
     def _nid(self, identifier: str) -> ua.NodeId:
         assert self._namespace_index is not None
@@ -327,7 +263,8 @@ class PredictionServer:
                     self._unknown_logged.add(key)
                     self._log.warning("prediction_for_unknown_slot", asset=key[0], model=key[1])
                 continue
-            self._shown[key] = prediction
+            if self._feedback is not None:
+                self._feedback.shown(prediction)
             sticky = self._sticky[key]
             for field, dv in encode_prediction(slot, prediction, now).items():
                 if field in _STICKY:

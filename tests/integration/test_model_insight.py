@@ -218,7 +218,9 @@ async def _call(url: str, user: str, password: str, method: str, comment: str) -
         ns = await client.get_namespace_index("urn:bridge:predictions")
         base = f"Predictions.pump-{FAULTY:02d}.{MODEL}"
         obj = client.get_node(ua.NodeId(base, ns))
-        result = await obj.call_method(ua.NodeId(f"{base}.{method}", ns), comment)
+        # The operator answers the prediction the HMI shows: its id goes with the call.
+        shown = await client.get_node(ua.NodeId(f"{base}.PredictionId", ns)).read_value()
+        result = await obj.call_method(ua.NodeId(f"{base}.{method}", ns), shown, comment)
         return result if isinstance(result, list) else [result]
 
 

@@ -104,6 +104,7 @@ async def test_tree_is_browsable_and_waits_for_first_prediction(client: Client) 
         "InputAge",
         "Explanation",
         "DriftScore",
+        "PredictionId",
     }
     value = await (await rul.get_child(f"{ns}:Value")).read_data_value(raise_on_bad_status=False)
     assert value.StatusCode.value == StatusCodes.BadWaitingForInitialData
