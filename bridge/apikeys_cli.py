@@ -1,8 +1,9 @@
 """`bridge apikeys create|list|revoke`: manage the REST API's keys in the gateway's store.
 
 The store is the mapping's ``gateway.store`` (``--mapping``) or a database URL (``--store``).
-`create` prints the key once, alone on stdout, so a script can capture it; nothing can show
-it again (only its hash is stored).
+`create` prints the key once, alone on stdout, so a script can capture it, or writes it to a
+new file readable by its owner only (``--output``); nothing can show it again (only its hash
+is stored).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import click
 
 from bridge.auth import Scope
 from bridge.errors import BridgeError, ConfigError
+from bridge.private_files import create_private
 
 if TYPE_CHECKING:
     from bridge.store.apikeys import ApiKeyRepository
@@ -85,15 +87,41 @@ def apikeys() -> None:
     show_default=True,
     help="read < operate (acknowledge alerts) < admin (manage keys).",
 )
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the key to this new file (mode 0600, readable by you only) instead of "
+    "printing it; an existing file is never overwritten.",
+)
 @_where
-def create(name: str, scope: str, mapping: Path | None, store_url: str | None) -> None:
+def create(
+    name: str, scope: str, output: Path | None, mapping: Path | None, store_url: str | None
+) -> None:
     """Create a key called NAME and print it (once: it is not stored)."""
+    if output is not None and (output.exists() or output.is_symlink()):
+        # Checked before the key is made, so a refusal leaves no unused key behind.
+        click.echo(f"error: {output} exists; give a new file name", err=True)
+        sys.exit(2)
     repo = _repo(mapping, store_url)
     try:
         record, key = repo.create(name, Scope.parse(scope))
     except (ValueError, BridgeError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
+    if output is not None:
+        try:
+            create_private(output, key + "\n")
+        except OSError as err:
+            repo.revoke(record.key_id)  # nobody has it: it must not stay valid
+            click.echo(f"error: cannot write {output}: {err.strerror}; key revoked", err=True)
+            sys.exit(2)
+        click.echo(
+            f"created key {record.key_id} '{record.name}' with scope {scope} in {output} "
+            "(mode 0600); it cannot be shown again",
+            err=True,
+        )
+        return
     click.echo(
         f"created key {record.key_id} '{record.name}' with scope {scope}; "
         "store it now, it cannot be shown again:",

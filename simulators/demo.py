@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import click
 
 from bridge.auth import Scope
 from bridge.prepare import prepare
+from bridge.private_files import replace_private
 from bridge.runtime.pipeline import Gateway, run_gateway
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import open_store
@@ -119,24 +119,9 @@ def demo_api_key(store_url: str, workdir: Path) -> str:
         _, key = keys.create("demo", Scope.READ)
     finally:
         store.dispose()
-    _write_private(key_file, key + "\n")
+    # A new 0600 file moved into place: never readable by others, even for a moment.
+    replace_private(key_file, key + "\n")
     return key
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to a new 0600 file and move it over ``path``: the key is never in a file
-    others can read (an old file keeps its mode when rewritten in place) and a symbolic link
-    at ``path`` is replaced, not followed."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # O_EXCL: the mode is set by the call that creates the file, never by a later chmod.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def _banner(ports: DemoPorts, mes_log: Path, api_key: str) -> None:

@@ -1,6 +1,6 @@
-"""The SQLite store (with its -wal and -shm files) and the demo's API key file are readable by
-their owner only (0600) from the moment they exist, whatever the umask: they hold API key
-hashes, production data and a bearer key."""
+"""The SQLite store (with its -wal and -shm files), the demo's API key file and the file of
+`bridge apikeys create --output` are readable by their owner only (0600) from the moment they
+exist, whatever the umask: they hold API key hashes, production data and bearer keys."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import text
 from structlog.testing import capture_logs
 
+from bridge.cli import main
+from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import open_store
 from simulators.demo import demo_api_key
 
@@ -83,3 +86,42 @@ def test_demo_api_key_replaces_a_stale_world_readable_file(tmp_path: Path) -> No
     assert key_file.read_text().strip() == key
     assert oct(mode(key_file)) == "0o600"
     assert elsewhere.read_text() == "not a key\n"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o000])
+def test_apikeys_create_output_writes_a_0600_file(tmp_path: Path, mask: int) -> None:
+    store = f"sqlite:///{tmp_path / 'gw.db'}"
+    out = tmp_path / "reader.key"
+    with umask(mask):
+        result = CliRunner().invoke(
+            main, ["apikeys", "create", "reader", "--store", store, "--output", str(out)]
+        )
+    assert result.exit_code == 0, result.output
+    assert oct(mode(out)) == "0o600"
+    key = out.read_text().strip()
+    assert key and key not in result.output  # written to the file only
+    opened = open_store(store)
+    try:
+        assert ApiKeyRepository(opened).authenticate(key) is not None
+    finally:
+        opened.dispose()
+
+
+@pytest.mark.parametrize("planted", ["file", "symlink"])
+def test_apikeys_create_output_never_overwrites(tmp_path: Path, planted: str) -> None:
+    store = f"sqlite:///{tmp_path / 'gw.db'}"
+    out = tmp_path / "reader.key"
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    if planted == "file":
+        out.write_text("keep me too\n")
+    else:
+        out.symlink_to(target)
+    result = CliRunner().invoke(
+        main, ["apikeys", "create", "reader", "--store", store, "--output", str(out)]
+    )
+    assert result.exit_code == 2 and "exists" in result.output
+    assert target.read_text() == "keep me\n"
+    assert planted == "symlink" or out.read_text() == "keep me too\n"
+    listed = CliRunner().invoke(main, ["apikeys", "list", "--store", store])
+    assert "reader" not in listed.output  # refused before any key was made
