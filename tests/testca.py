@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["TestCa", "make_ca"]
+__all__ = ["TlsFiles", "make_ca"]
 
 
 @dataclass(frozen=True)
-class TestCa:
+class TlsFiles:
     ca: Path
     server_cert: Path
     server_key: Path
@@ -81,12 +81,12 @@ def _issue(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def make_ca(folder: Path) -> TestCa:
+def make_ca(folder: Path) -> TlsFiles:
     folder.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("bridge test CA")
     ca_cert = _issue("bridge test CA", ca_key, ca_name, ca_key, ca=True)
-    out = TestCa(
+    out = TlsFiles(
         ca=folder / "ca.pem",
         server_cert=folder / "server.pem",
         server_key=folder / "server.key",

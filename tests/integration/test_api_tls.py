@@ -11,11 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 from support import LOOPBACK, free_port
-from testca import TestCa, make_ca
+from testca import TlsFiles, make_ca
 
 from bridge.api import create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.config.models import ApiSettings, ApiTlsSettings
+from bridge.errors import ConnectorError
 from bridge.runtime.apiserver import ApiServer
 from bridge.store import open_store
 from bridge.types import ComponentHealth, Prediction
@@ -41,7 +42,7 @@ class View:
 
 
 @pytest.fixture
-def ca(tmp_path: Path) -> TestCa:
+def ca(tmp_path: Path) -> TlsFiles:
     return make_ca(tmp_path / "pki")
 
 
@@ -58,14 +59,14 @@ async def _serve(tmp_path: Path, tls: ApiTlsSettings) -> AsyncIterator[ApiServer
 
 
 @pytest.fixture
-async def tls_server(tmp_path: Path, ca: TestCa) -> AsyncIterator[ApiServer]:
+async def tls_server(tmp_path: Path, ca: TlsFiles) -> AsyncIterator[ApiServer]:
     tls = ApiTlsSettings(certificate=str(ca.server_cert), private_key=str(ca.server_key))
     async for server in _serve(tmp_path, tls):
         yield server
 
 
 @pytest.fixture
-async def mtls_server(tmp_path: Path, ca: TestCa) -> AsyncIterator[ApiServer]:
+async def mtls_server(tmp_path: Path, ca: TlsFiles) -> AsyncIterator[ApiServer]:
     tls = ApiTlsSettings(
         certificate=str(ca.server_cert), private_key=str(ca.server_key), client_ca=str(ca.ca)
     )
@@ -73,14 +74,14 @@ async def mtls_server(tmp_path: Path, ca: TestCa) -> AsyncIterator[ApiServer]:
         yield server
 
 
-def _trusting(ca: TestCa, client_cert: bool = False) -> ssl.SSLContext:
+def _trusting(ca: TlsFiles, client_cert: bool = False) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(ca.ca))
     if client_cert:
         ctx.load_cert_chain(str(ca.client_cert), str(ca.client_key))
     return ctx
 
 
-async def test_https_with_the_plant_ca(tls_server: ApiServer, ca: TestCa) -> None:
+async def test_https_with_the_plant_ca(tls_server: ApiServer, ca: TlsFiles) -> None:
     assert tls_server.url.startswith("https://127.0.0.1:")
     async with httpx.AsyncClient(verify=_trusting(ca), timeout=10) as http:
         r = await http.get(f"{tls_server.url}/api/v1/health")
@@ -97,7 +98,7 @@ async def test_https_with_the_plant_ca(tls_server: ApiServer, ca: TestCa) -> Non
 
 
 async def test_mutual_tls_needs_a_client_certificate_of_the_ca(
-    mtls_server: ApiServer, ca: TestCa, tmp_path: Path
+    mtls_server: ApiServer, ca: TlsFiles, tmp_path: Path
 ) -> None:
     async with httpx.AsyncClient(verify=_trusting(ca, client_cert=True), timeout=10) as http:
         r = await http.get(f"{mtls_server.url}/api/v1/health")
@@ -112,3 +113,18 @@ async def test_mutual_tls_needs_a_client_certificate_of_the_ca(
     async with httpx.AsyncClient(verify=ctx, timeout=10) as http:
         with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
             await http.get(f"{mtls_server.url}/api/v1/health")
+
+
+def test_missing_or_mismatched_tls_files_are_clear_errors(tmp_path: Path, ca: TlsFiles) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'api.db'}")
+    try:
+        app = create_app(View(), store)
+        missing = ApiTlsSettings(certificate=str(tmp_path / "nope.pem"), private_key="k.pem")
+        with pytest.raises(ConnectorError, match=r"gateway.api.tls.certificate: no file"):
+            ApiServer(app, LOOPBACK, free_port(), tls=missing)
+        # The client's key does not belong to the server's certificate.
+        mismatched = ApiTlsSettings(certificate=str(ca.server_cert), private_key=str(ca.client_key))
+        with pytest.raises(ConnectorError, match="cannot load the certificate"):
+            ApiServer(app, LOOPBACK, free_port(), tls=mismatched)
+    finally:
+        store.dispose()
