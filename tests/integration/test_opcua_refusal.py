@@ -30,6 +30,7 @@ from asyncua.server.uaprocessor import UaProcessor
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.ua_binary import struct_from_binary
 from cryptography import x509
+from structlog.testing import capture_logs
 from support import free_port, wait_until
 
 from bridge.errors import ConnectorError
@@ -222,12 +223,16 @@ def _gateway_thumbprint(certs: Certs) -> str:
 async def test_refused_at_open_secure_channel_names_status_and_certificate(
     certs: Certs, refuse_at_open: None, refusing: RunningServer
 ) -> None:
-    message = await _connect_error(_settings(certs, refusing.endpoint))
+    with capture_logs() as logs:
+        message = await _connect_error(_settings(certs, refusing.endpoint))
     assert "AssertionError" not in message
     assert "BadSecurityChecksFailed" in message
     assert str(certs.gateway_cert) in message
     assert _gateway_thumbprint(certs) in message
     assert "trust" in message and "on the server" in message
+    (logged,) = [e for e in logs if e["event"] == "connect_failed"]
+    assert logged["log_level"] == "warning"
+    assert logged["error"].startswith("BadSecurityChecksFailed: ") and logged["error"] in message
 
 
 async def test_dropped_at_open_secure_channel_points_at_the_certificate(
