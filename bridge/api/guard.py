@@ -14,7 +14,10 @@ from collections.abc import Collection
 
 import structlog
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bridge.errors import StoreError
 
 from .auth import CHALLENGE, MISSING_KEY, UNKNOWN_KEY, KeyCache, key_of
 from .limits import KeyLimits
@@ -58,7 +61,17 @@ class ApiGuard:
         # server go on receiving (and dropping) what the client still sends.
         closing = {"Connection": "close"} if _has_body(headers) else {}
         key = key_of(headers)
-        record = None if key is None else await self._keys.authenticate(key)
+        try:
+            record = None if key is None else await self._keys.authenticate(key)
+        except (HTTPException, StoreError) as exc:
+            # Outside FastAPI here: answer as its handlers would (busy: 503, store down: 503).
+            if isinstance(exc, HTTPException):
+                status, detail, extra = exc.status_code, str(exc.detail), dict(exc.headers or {})
+            else:
+                log.error("api_store_error", path=path, error=str(exc))
+                status, detail, extra = 503, "the store is unavailable", {}
+            await problem(status, detail, path, {**extra, **closing})(scope, receive, send)
+            return
         if record is None:
             detail = MISSING_KEY if key is None else UNKNOWN_KEY
             response = problem(401, detail, path, {**CHALLENGE, **closing})

@@ -475,3 +475,14 @@ async def test_errors_are_rfc9457_problem_details(store: Store) -> None:
         assert cases[0][1].headers["WWW-Authenticate"] == "Bearer"
         assert "needs scope 'admin'" in cases[1][1].json()["detail"]
         assert "limit" in cases[5][1].json()["detail"]
+
+
+async def test_the_guard_answers_503_when_the_key_store_fails(store: Store) -> None:
+    async with serve(store) as api:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE api_keys")
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+            r = await http.get("/api/v1/models", headers=api.auth("read"))
+    assert r.status_code == 503
+    assert r.headers["content-type"] == PROBLEM
+    assert "store" in r.json()["detail"]
