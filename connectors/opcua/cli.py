@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from bridge.errors import BridgeError
 from connectors.opcua._connection_options import connection_options
 
 __all__ = ["browse", "certs"]
@@ -203,7 +204,10 @@ def browse(
             )
         )
     except Exception as exc:  # reported as one line, not a traceback
-        click.echo(f"\nerror: cannot browse {endpoint}: {exc!r}", err=True)
+        # Our own errors carry the status and the fix as their text; a library's error is
+        # shown with its type, which is often all it says (TimeoutError()).
+        shown = str(exc) if isinstance(exc, BridgeError) else repr(exc)
+        click.echo(f"\nerror: cannot browse {endpoint}: {shown}", err=True)
         sys.exit(2)
     click.echo("", err=True)
     text = scaffold_yaml(found, endpoint, source, block)

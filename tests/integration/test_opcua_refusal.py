@@ -398,6 +398,7 @@ async def test_browse_prints_status_and_fix_without_traceback(
     assert out == ""
     assert "Traceback" not in err
     assert "AssertionError" not in err
+    assert "ConnectorError(" not in err  # the message itself, not its repr
     assert "BadSecurityChecksFailed" in err
     assert _gateway_thumbprint(certs) in err
     assert "gateway/cert.der" in err
