@@ -8,13 +8,36 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def read_key(mapping: Path) -> str:
+    """A read-scope API key in the mapping's store: health counters need one."""
+    create = ["apikeys", "create", "bench", "--scope", "read", "--mapping", str(mapping)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", *create],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def health(api_port: int, key: str) -> Any:
+    """``/api/v1/health`` of a gateway on 127.0.0.1 with its component details."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{api_port}/api/v1/health", headers={"X-API-Key": key}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
 
 
 def free_port() -> int:

@@ -23,18 +23,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from asyncua import Client, Server, ua
 
-from bench.common import free_port, percentile, proc_cpu_s, process, write_result
+from bench.common import (
+    free_port,
+    health,
+    percentile,
+    proc_cpu_s,
+    process,
+    read_key,
+    write_result,
+)
 from bench.e2e import (
     HMI_PUBLISH_MS,
     MODEL_PERIOD_S,
@@ -104,13 +110,10 @@ def load_servers(
     ]
 
 
-def _updates(api_port: int) -> int | None:
-    """The gateway's normalize counter (health needs no key)."""
+def _updates(api_port: int, key: str) -> int | None:
+    """The gateway's normalize counter (component details need a read key)."""
     try:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{api_port}/api/v1/health", timeout=5
-        ) as resp:
-            body = json.loads(resp.read())
+        body = health(api_port, key)
     except OSError:
         return None
     for component in body.get("components", []):
@@ -170,6 +173,7 @@ async def measure(
             hmi=hmi_port,
         )
     )
+    key = read_key(mapping)
     seen: asyncio.Queue[tuple[float, float]] = asyncio.Queue()
 
     class Handler:
@@ -185,14 +189,14 @@ async def measure(
             gw = stack.enter_context(
                 process([py, "-m", "bridge", "run", str(mapping)], work / "gateway.log")
             )
-            await _wait_for(lambda: _updates(api_port), 90)
+            await _wait_for(lambda: _updates(api_port, key), 90)
             async with Client(f"opc.tcp://127.0.0.1:{hmi_port}", timeout=10) as client:
                 pns = await client.get_namespace_index("urn:bridge:predictions")
                 node = client.get_node(ua.NodeId("Predictions.a1.echo.Value", pns))
                 sub = await client.create_subscription(HMI_PUBLISH_MS, Handler())
                 await sub.subscribe_data_change(node)
                 await asyncio.sleep(5.0)  # the plant subscription settles
-                u0, c0, t0 = _updates(api_port), proc_cpu_s(gw.pid), time.perf_counter()
+                u0, c0, t0 = _updates(api_port, key), proc_cpu_s(gw.pid), time.perf_counter()
                 l0 = [proc_cpu_s(p.pid) for p in loads]
                 for k in range(1, samples + 1):
                     latency = await probe_change(server, var, seen, float(k))
@@ -207,7 +211,7 @@ async def measure(
                                 f"{MAX_LOST} samples lost, the path is down"
                             ) from None
                     await asyncio.sleep(0.05)
-                u1, c1, t1 = _updates(api_port), proc_cpu_s(gw.pid), time.perf_counter()
+                u1, c1, t1 = _updates(api_port, key), proc_cpu_s(gw.pid), time.perf_counter()
                 l1 = [proc_cpu_s(p.pid) for p in loads]
                 await sub.delete()
     rate = (u1 - u0) / (t1 - t0) if u0 is not None and u1 is not None else None

@@ -45,7 +45,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, proc_cpu_s, process, pump_mapping, row, write_result
+from bench.common import (
+    free_port,
+    health,
+    proc_cpu_s,
+    process,
+    pump_mapping,
+    read_key,
+    row,
+    write_result,
+)
 from bench.e2e import echo_model
 from bench.e2e_loaded import LOAD_NS, TAGS_PER_ASSET, load_servers, split_assets
 
@@ -369,10 +378,10 @@ def _run_bridge(
 ) -> dict[str, Any]:
     path = work / "peer.yaml"
     path.write_text(mapping)
-    health = f"http://127.0.0.1:{api}/api/v1/health"
+    key = read_key(path)
 
     def updates() -> int:
-        comps = _get_json(health)["components"]
+        comps = health(api, key)["components"]
         return int(next(c for c in comps if c["name"] == "normalize")["counters"]["updates"])
 
     cmd = [sys.executable, "-m", "bridge", "--log-level", "warning", "run", str(path)]
