@@ -30,6 +30,7 @@ __all__ = [
     "ModelOutputs",
     "ModelRegistrySettings",
     "OutboxSettings",
+    "RetentionSettings",
     "Stat",
     "TagConfig",
     "TemplateConfig",
@@ -233,6 +234,81 @@ class ModelRegistrySettings(Strict):
     )
 
 
+class RetentionSettings(Strict):
+    predictions_days: float = Field(
+        30.0,
+        gt=0,
+        description="Keep stored predictions this many days; older ones are deleted in "
+        "batches. ~770 bytes per row: 2,000 assets at 1 Hz fill ~130 GB a day.",
+    )
+    comparisons_days: float = Field(
+        30.0, gt=0, description="Keep shadow/canary comparisons this many days."
+    )
+    labels_days: float = Field(
+        365.0,
+        gt=0,
+        description="Keep operator feedback (acknowledge/confirm/reject) this many days, "
+        "counted from the prediction it is about.",
+    )
+    alerts_days: float = Field(
+        365.0,
+        gt=0,
+        description="Keep alerts (label changes, lost predictions, low disk) this many days "
+        "after they were raised, acknowledged or not.",
+    )
+    drift_days: float = Field(90.0, gt=0, description="Keep drift events this many days.")
+    outbox_history_days: float = Field(
+        7.0,
+        gt=0,
+        description="Keep the notes of delivered outbox events this many days. Events not "
+        "yet delivered and dead letters are never deleted by retention.",
+    )
+    every_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Run the retention job this often (and at once when the disk gets low).",
+    )
+    batch_rows: int = Field(
+        5000,
+        ge=100,
+        le=100000,
+        description="Rows deleted per statement, each in its own short transaction, so the "
+        "store writer commits between two batches.",
+    )
+    pause_s: float = Field(
+        0.05,
+        ge=0,
+        le=10,
+        description="Pause between two delete batches: the store writer's turn.",
+    )
+    min_free_mib: int = Field(
+        1024,
+        ge=0,
+        description="Free disk (MiB) under the store below which health is degraded, an "
+        "alert is raised and history is deleted early to keep predictions (0: no MiB check).",
+    )
+    min_free_percent: float = Field(
+        5.0,
+        ge=0,
+        lt=100,
+        description="The same threshold as a share of the disk (0: no percent check); below "
+        "either one counts as low.",
+    )
+    low_disk_history_days: float = Field(
+        1.0,
+        gt=0,
+        description="While the disk is low, history (comparisons, drift events, delivered "
+        "outbox notes) is cut to this many days before predictions are touched; predictions "
+        "keep `predictions_days`.",
+    )
+    disk_check_s: float = Field(60.0, gt=0, le=3600, description="How often free disk is read.")
+    disk_path: str | None = Field(
+        None,
+        description="Folder whose disk is watched. Default: the SQLite file's folder; with "
+        "PostgreSQL (its disk is the database server's) nothing is watched unless set.",
+    )
+
+
 class GatewaySettings(Strict):
     id: Name = Field(
         "bridge", description="This gateway's id; part of every event's idempotency key."
@@ -254,6 +330,10 @@ class GatewaySettings(Strict):
     models: ModelRegistrySettings = Field(
         default_factory=ModelRegistrySettings,
         description="The model registry: how often to look for changes, signature checks.",
+    )
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings,
+        description="How long the store keeps each kind of row, and the free-disk check.",
     )
     default_max_age_s: float = Field(
         10.0,

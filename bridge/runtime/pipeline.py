@@ -28,6 +28,7 @@ from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
 from bridge.runtime.lifecycle import start_lifecycle
 from bridge.runtime.lossalerts import LossAlerts
 from bridge.runtime.models import ModelRunner
+from bridge.runtime.retention import retention_for
 from bridge.runtime.sources import SourceSupervisor
 from bridge.runtime.tagtable import TagTable
 from bridge.runtime.tasks import TaskSet
@@ -112,6 +113,8 @@ async def run_gateway(
     _, durable = split_outputs(outputs, OutboxRepository(store), mapping.gateway.outbox, slots)
     # Predictions the store writer cannot keep become alerts (written once the store is back).
     loss_alerts = LossAlerts(AlertRepository(store))
+    # Old rows leave the store in batches; a low disk degrades health and raises an alert.
+    retention = retention_for(mapping.gateway, store)
     store_sink = StoreSink(
         store,
         outbox=durable.feeds,
@@ -168,7 +171,7 @@ async def run_gateway(
         [s.health for s in supervisors]
         + [r.health for r in runners]
         + [s.health for s in sinks]
-        + [loss_alerts.health]
+        + [loss_alerts.health, retention.health]
         + [r.health for r in durable.relays]
         + [lambda: _normalize_health(table, queue)]
         + [lambda: insight.writer.health()]
@@ -187,6 +190,7 @@ async def run_gateway(
     started: list[Sink] = []
     try:
         await loss_alerts.start()
+        await retention.start()
         for sink in sinks:
             await sink.start()
             started.append(sink)
@@ -231,6 +235,7 @@ async def run_gateway(
                 await sink.close()
             except Exception:
                 log.exception("sink_close_failed", sink=sink.name)
+        await retention.close()
         await loss_alerts.close()  # after the store writer: it reports what it could not keep
         await asyncio.to_thread(store.dispose)
         log.info(

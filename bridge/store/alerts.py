@@ -31,7 +31,10 @@ __all__ = [
 
 class AlertRow(Base):
     __tablename__ = "alerts"
-    __table_args__ = (Index("ix_alerts_asset_raised", "asset", "raised_at"),)
+    __table_args__ = (
+        Index("ix_alerts_asset_raised", "asset", "raised_at"),
+        Index("ix_alerts_raised_at", "raised_at"),  # retention, oldest first (revision 0008)
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     # The prediction that raised it: unique, so writing the same batch twice raises one alert.

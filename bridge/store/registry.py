@@ -98,6 +98,7 @@ class ComparisonRow(Base):
         Index("ix_model_comparisons_name_cand_asset", "name", "candidate_version", "asset"),
         # Operator labels find their comparison by prediction id (shadow/canary accuracy).
         Index("ix_model_comparisons_prediction", "prediction_id"),
+        Index("ix_model_comparisons_timestamp", "timestamp"),  # retention (revision 0008)
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
