@@ -90,7 +90,7 @@ def build_router() -> APIRouter:
         if out.status == "down":
             response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         if key is None or not key.scope.allows(Scope.READ):
-            return HealthSummaryOut(status=out.status)
+            return HealthSummaryOut(status="down" if out.status == "down" else "up")
         return out
 
     @router.get(

@@ -420,7 +420,7 @@ async def test_health_without_a_key_says_only_up_or_down(store: Store) -> None:
         httpx.AsyncClient(base_url=api.url, timeout=10) as http,
     ):
         r = await http.get("/api/v1/health")
-        assert (r.status_code, r.json()) == (200, {"status": "ok"})
+        assert (r.status_code, r.json()) == (200, {"status": "up"})
         r = await http.get("/api/v1/health", headers=api.auth("read"))
         body = r.json()
         assert body["gateway_id"] == "gw-abuse"
