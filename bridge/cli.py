@@ -54,8 +54,29 @@ class _PluginGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands:
             for ep in entry_points(group="bridge.commands", name=cmd_name):
-                self.add_command(ep.load(), ep.name)
+                try:
+                    command = ep.load()
+                except ModuleNotFoundError as exc:
+                    # The container image leaves the simulators out; their entry points stay.
+                    command = _not_installed(ep.name, exc.name or ep.module)
+                self.add_command(command, ep.name)
         return self.commands.get(cmd_name)
+
+
+def _not_installed(name: str, module: str) -> click.Command:
+    def fail() -> None:
+        raise click.UsageError(
+            f"`bridge {name}` is not part of this installation ({module} is not installed; "
+            "the container image holds the gateway only: run it from a source checkout)"
+        )
+
+    return click.Command(
+        name,
+        callback=fail,
+        help="(not installed here)",
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
 
 
 @click.group(cls=_PluginGroup)
