@@ -13,15 +13,20 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, insert, select, text
 from stores import BACKENDS, temp_store
-from support import wait_until
+from support import free_port, wait_until
 
+from bridge.auth import Scope
 from bridge.config.models import GatewaySettings, RetentionSettings
 from bridge.drift.events import DRIFT_LABEL
+from bridge.prepare import prepare
+from bridge.runtime.pipeline import run_gateway
 from bridge.runtime.retention import DISK_LOW_LABEL, RetentionJob, retention_for
 from bridge.store.alerts import Alert, AlertFilter, AlertRepository, AlertRow
+from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import Store
 from bridge.store.labels import PredictionLabelRow
 from bridge.store.models import DeadLetterRow, OutboxAcceptedRow, OutboxRow, PredictionRow
@@ -392,3 +397,52 @@ def test_a_page_of_predictions_reads_the_timestamp_index(tmp_path: Path) -> None
             )
         ).all()
         assert "ix_predictions_model_version" in " ".join(str(row[-1]) for row in plan)
+
+
+GATEWAY_MAPPING = """
+version: 1
+gateway:
+  id: ret
+  store: sqlite:///{store}
+  api: {{host: 127.0.0.1, port: {api}}}
+  retention: {{min_free_percent: 99.99, disk_check_s: 0.2}}
+sources:
+  plant: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{plant}"}}
+assets:
+  pump:
+    tags:
+      speed: {{source: plant, address: "nsu=urn:t;s=Speed"}}
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_the_gateway_reports_a_low_disk_in_health_and_raises_one_alert(
+    tmp_path: Path,
+) -> None:
+    """The running gateway reads the real disk of its SQLite folder; a threshold of 99.99 %
+    free makes any real disk low."""
+    db = tmp_path / "gw.db"
+    api = free_port()
+    path = tmp_path / "mapping.yaml"
+    path.write_text(GATEWAY_MAPPING.format(store=db, api=api, plant=free_port()))
+    with temp_store("sqlite", tmp_path, "gw.db") as store:
+        key = ApiKeyRepository(store).create("t", Scope.READ)[1]
+        stop = asyncio.Event()
+        gateway = asyncio.create_task(run_gateway(prepare(path), stop))
+        try:
+            await wait_until(lambda: len(low_disk_alerts(store)) >= 1, timeout=20, what="alert")
+            headers = {"X-API-Key": key}
+            url = f"http://127.0.0.1:{api}"
+            async with httpx.AsyncClient(base_url=url, timeout=5, headers=headers) as http:
+                parts = {
+                    c["name"]: c for c in (await http.get("/api/v1/health")).json()["components"]
+                }
+            part = parts["retention"]
+            assert part["state"] == "degraded"
+            assert "min_free_percent" in part["detail"]
+            assert part["counters"]["runs"] >= 1
+            await asyncio.sleep(0.6)  # a few more checks: the same episode, no new alert
+            assert len(low_disk_alerts(store)) == 1
+        finally:
+            stop.set()
+            await asyncio.wait_for(gateway, 20)
