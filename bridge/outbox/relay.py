@@ -11,9 +11,10 @@ Each asset is a lane: its events are sent one after the other, the next only onc
 was accepted *and recorded*, at most ``concurrency`` requests at once; lanes do not wait for
 each other, and a failure ends only its own lane (its later events wait behind it, so order per
 asset holds across retries, crashes and restarts). Accepted events are recorded as their
-replies arrive (one commit for whatever arrived meanwhile), so a crash re-sends at most the
-events that were in flight. A ``BatchDestination`` sends waves instead: wave i carries the i-th
-event of every asset still going, several per request, and each wave is recorded at once.
+replies arrive (one commit for whatever arrived meanwhile), so a crash re-sends at most one
+accepted event per asset: the one whose commit was under way. A ``BatchDestination`` sends
+waves instead: wave i carries the i-th event of every asset still going, several per request,
+and each wave is recorded at once.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class Relay:
         self._accepted_at: float | None = None  # monotonic time of the last accepted event
         self._due: list[float] = []  # heap: wall times retried events become due
         self._outage = 0  # rounds in a row that found the destination down as a whole
+        self._run_of_failures = 0  # retryable failures since the destination last accepted
         self.delivered = 0
         self.rejected = 0
         self.retried = 0
@@ -291,6 +293,14 @@ class Relay:
         if accepted:
             self._outage = 0
 
+    def _accepted(self) -> None:
+        self._accepted_at = time.monotonic()
+        self._run_of_failures = 0
+
+    def _failed(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Retry):
+            self._run_of_failures += 1
+
     def _working(self) -> bool:
         """The destination accepted an event recently: a failure belongs to its event."""
         last = self._accepted_at
@@ -311,6 +321,7 @@ class Relay:
                     outcome.reason,
                     now,
                     counted=counted,
+                    run=self._run_of_failures,
                     hint_s=outcome.after_s,
                 )
         for d in out.values():
@@ -350,14 +361,16 @@ class Relay:
         for e in queue:
             async with limit:
                 outcome = await self._send(e)
-                outcomes[e.id] = outcome
-                if outcome is not None:
-                    return
-                self._accepted_at = time.monotonic()
-                # The slot is held until the event is recorded: a crash can then catch at most
-                # ``concurrency`` accepted events not yet recorded.
-                if not await recorder.add([e.id]):
-                    return  # the store failed: finish() records it, or the round is sent again
+            outcomes[e.id] = outcome
+            if outcome is not None:
+                self._failed(outcome)
+                return
+            self._accepted()
+            # The asset's next event waits until this one is recorded (the commit is shared
+            # with the other lanes' replies): a crash re-sends at most one accepted event per
+            # asset, the one whose commit was under way.
+            if not await recorder.add([e.id]):
+                return  # the store failed: finish() records it, or the round is sent again
 
     async def _waves(
         self,
@@ -382,9 +395,10 @@ class Relay:
                 if outcome is None:
                     accepted.append(e.id)
                 else:
+                    self._failed(outcome)
                     del queues[e.asset]
             if accepted:
-                self._accepted_at = time.monotonic()
+                self._accepted()
                 if not await recorder.add(accepted):
                     return
             depth += 1

@@ -19,7 +19,7 @@ from typing import IO, Any
 import structlog
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -229,7 +229,11 @@ class MesReceiver(Service):
     async def _record(self, request: Request) -> Response:
         # Read the body first: a slow MES still processes a request whose client gave up, which
         # is exactly the "reply lost" case the idempotency key exists for.
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            # The gateway went away mid-request (a kill -9 in the crash tests): nothing came.
+            return Response(status_code=499)
         if self._delay_s > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._delay_s):

@@ -53,27 +53,41 @@ async def test_one_post_in_three_failing_still_delivers_90_percent_of_the_rate(
     # The MES connector's default backoff (0.5 s doubling, 30 s cap): the field's settings.
     g = Durable(store, mes.events_url, initial_backoff_s=0.5, max_backoff_s=30.0)
     await g.start()
-    produced = 0
+    written: dict[str, float] = {}  # event id -> wall time it was handed to the store writer
     try:
         start = time.monotonic()
         tick = 0
         while time.monotonic() - start < RUN_S:
-            await g.write([prediction(a, tick) for a in ASSETS])
-            produced += len(ASSETS)
+            batch = [prediction(a, tick) for a in ASSETS]
+            now = time.time()
+            await g.write(batch)
+            written.update((p.id, now) for p in batch)
             tick += 1
             await asyncio.sleep(max(0.0, start + tick * PERIOD_S - time.monotonic()))
-        delivered = len(mes.unique_keys)
-        rate = delivered / produced
-        print(f"produced {produced}, delivered {delivered} ({rate:.1%}) in {RUN_S:.0f} s")
+        end = time.time()
+        produced = len(written)
+        backlog = produced - len(mes.unique_keys)
+        # The rate once running (the last two thirds of the run): delivered per second against
+        # produced per second over the same span; before the fix it was below 40 %.
+        since = end - RUN_S * 2 / 3
+        made = sum(1 for t in written.values() if t >= since)
+        got = sum(1 for c in mes.calls if since <= c.received_at <= end)
+        late = sorted(c.received_at - written[str(c.idempotency_key)] for c in mes.calls)
+        print(
+            f"produced {produced}, delivered {produced - backlog} by the end; last "
+            f"{RUN_S * 2 / 3:.0f} s: {made} produced, {got} delivered ({got / made:.1%}); "
+            f"latency p50 {late[len(late) // 2]:.2f} s, max {late[-1]:.2f} s"
+        )
         # The MES really failed a third of the POSTs (two accepted for each failure).
-        assert mes.flaky_answers >= delivered // 2 - 1
-        assert rate >= 0.9, f"delivered {delivered} of {produced} ({rate:.1%})"
+        assert mes.flaky_answers >= len(mes.calls) // 2 - 1
+        assert got >= 0.9 * made, f"delivered {got} of {made} in the last {RUN_S * 2 / 3:.0f} s"
+        # The lag stays bounded: what is not delivered yet is the last ~2 s of production.
+        assert backlog <= 4 * len(ASSETS), f"{backlog} of {produced} not delivered at the end"
 
         await wait_until(lambda: len(mes.unique_keys) == produced, 20, what="the rest delivered")
         await wait_until(lambda: g.backlog() == 0, 10, what="outbox empty")
         # Each event recorded once, in order per asset; no accepted event was ever sent again.
-        want = {prediction(a, s).id for a in ASSETS for s in range(tick)}
-        assert {c.idempotency_key for c in mes.calls} == want
+        assert {c.idempotency_key for c in mes.calls} == set(written)
         assert received_in_order(mes.calls) == {a: list(range(tick)) for a in ASSETS}
         assert mes.duplicate_count == 0
         assert g.repo.dead_letters("mes") == []
@@ -121,9 +135,9 @@ def _pending_keys(db: Path) -> set[str]:
         engine.dispose()
 
 
-# The child's relay has 8 requests in flight at most; an accepted event is recorded within a
-# commit of its reply, so a kill can only catch those few accepted-but-not-yet-recorded.
-RESEND_BOUND = 8
+# An accepted event is recorded within a commit of its reply and the asset waits for it: a
+# kill catches at most one accepted-but-not-yet-recorded event per asset (the child has 5).
+RESEND_BOUND = 5
 
 
 @pytest.mark.parametrize("kill_after", [40, 200])

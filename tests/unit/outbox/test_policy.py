@@ -24,9 +24,14 @@ def test_a_counted_failure_counts_and_schedules_the_next_attempt() -> None:
     first = policy.decide(0, 0.0, "HTTP 500", NOW, counted=True)
     assert (first.retries, first.first_failed_at, first.dead) == (1, NOW, False)
     assert NOW + 0.5 <= first.next_attempt_at <= NOW + 1.0
-    second = policy.decide(1, NOW, "HTTP 500", NOW + 1, counted=True)
+    # The wait follows the destination's run of failures, not the event's own count.
+    second = policy.decide(1, NOW, "HTTP 500", NOW + 1, counted=True, run=1)
     assert (second.retries, second.first_failed_at, second.dead) == (2, NOW, False)
-    assert NOW + 2 <= second.next_attempt_at <= NOW + 3
+    assert NOW + 1.5 <= second.next_attempt_at <= NOW + 2
+    longer = policy.decide(1, NOW, "HTTP 500", NOW + 1, counted=True, run=3)
+    assert NOW + 3 <= longer.next_attempt_at <= NOW + 5
+    capped = policy.decide(1, NOW, "HTTP 500", NOW + 1, counted=True, run=50)
+    assert NOW + 5 <= capped.next_attempt_at <= NOW + 9
     third = policy.decide(2, NOW, "HTTP 502", NOW + 3, counted=True)
     assert third.dead and third.retries == 3
     assert third.reason.startswith("HTTP 502 (retryable; gave up after 3 failure(s) in 3.0 s")
