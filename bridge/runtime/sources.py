@@ -1,8 +1,17 @@
 """Keeps one source connected. This is the ONLY reconnect loop for sources: connectors never retry.
 
-Backoff is exponential with jitter (tenacity) and capped; after a session that was up, the first
-reconnect waits only a short jittered moment, so a restarted server is picked up in about a second
-while a flapping one is not hammered.
+Between failed connects the wait grows exponentially with jitter (tenacity; half fixed, half
+random, see ``bridge.outbox.policy.backoff_delay``) up to a cap, so a server that is up but refuses
+sessions is not hammered. A long outage grows that wait, so on its own a server back after a
+minute would be seen only at the end of the wait in progress: while the server's port refuses
+connections, a cheap TCP connect probe every ``probe_interval_s`` watches it, and the moment the
+port accepts again the wait is cut short and the backoff starts over. A port that accepts but
+gives no session keeps the normal backoff (the probe then looks once per wait, not every
+interval).
+
+A source tunes this by offering ``reconnect`` (``initial_backoff_s``, ``max_backoff_s``,
+``probe_interval_s``: the mapping's ``reconnect:`` block) and ``probe_address`` (host, port); a
+source without them gets ``ReconnectPolicy()`` and no probe.
 """
 
 from __future__ import annotations
@@ -12,19 +21,65 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from bridge.errors import ConnectorError
+from bridge.outbox.policy import backoff_delay
 from bridge.types import ComponentHealth, HealthState, Source, TagSample
 
-__all__ = ["SourceSupervisor"]
+__all__ = ["ReconnectPolicy", "SourceSupervisor", "port_accepts"]
 
 log = structlog.get_logger(__name__)
 
 CONNECT_DEADLINE_S = 30.0
 CLOSE_DEADLINE_S = 5.0
+# A TCP handshake on a LAN takes milliseconds; a host that drops SYNs costs at most this per probe.
+PROBE_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 5.0
+    probe_interval_s: float = 0.5  # 0: no probe
+
+
+class ReconnectHints(Protocol):
+    """What a source's ``reconnect`` attribute offers (e.g. its validated settings block)."""
+
+    @property
+    def initial_backoff_s(self) -> float: ...
+
+    @property
+    def max_backoff_s(self) -> float: ...
+
+    @property
+    def probe_interval_s(self) -> float: ...
+
+
+@runtime_checkable
+class Reconnectable(Protocol):
+    """A source that says how it wants to be reconnected and where its server listens."""
+
+    @property
+    def reconnect(self) -> ReconnectHints: ...
+
+    @property
+    def probe_address(self) -> tuple[str, int] | None: ...
+
+
+async def port_accepts(host: str, port: int) -> bool:
+    """True if a TCP connection to host:port opens within PROBE_TIMEOUT_S (closed at once)."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 @dataclass
@@ -34,13 +89,41 @@ class SourceSupervisor:
     tag_ids: Sequence[str]
     deliver: Callable[[Sequence[TagSample]], Awaitable[None]]
     mark_bad: Callable[[Sequence[str], str], None]
-    max_backoff_s: float = 30.0
+    # None: from the source's ``reconnect`` (the mapping), else ReconnectPolicy's defaults.
+    max_backoff_s: float | None = None
+    policy: ReconnectPolicy | None = None
     state: str = "starting"
     detail: str = ""
     connects: int = 0
     failures: int = 0
     batches: int = 0
-    _since: float = field(default_factory=time.time)
+    probe_wakeups: int = 0  # waits cut short because the server's port accepted again
+    backoff_s: float = 0.0  # the wait scheduled after the latest failed connect (0: connected)
+    _attempt: int = 0
+    _streak_base: int = 0  # attempt number after which the backoff starts over
+    _port_closed: bool = False
+    _down_since: float | None = None
+    _policy: ReconnectPolicy = field(init=False)
+    _probe_address: tuple[str, int] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        policy = self.policy
+        if policy is None:
+            policy = ReconnectPolicy()
+            if isinstance(self.source, Reconnectable):
+                hints = self.source.reconnect
+                policy = ReconnectPolicy(
+                    hints.initial_backoff_s, hints.max_backoff_s, hints.probe_interval_s
+                )
+        if self.max_backoff_s is not None:
+            policy = ReconnectPolicy(
+                min(policy.initial_backoff_s, self.max_backoff_s),
+                self.max_backoff_s,
+                policy.probe_interval_s,
+            )
+        self._policy = policy
+        if policy.probe_interval_s > 0 and isinstance(self.source, Reconnectable):
+            self._probe_address = self.source.probe_address
 
     @property
     def name(self) -> str:
@@ -56,6 +139,7 @@ class SourceSupervisor:
             "connects": self.connects,
             "failures": self.failures,
             "batches": self.batches,
+            "probe_wakeups": self.probe_wakeups,
             "tags": len(self.tag_ids),
         }
         return ComponentHealth(f"source:{self.name}", state, self.detail, counters)
@@ -72,15 +156,19 @@ class SourceSupervisor:
                 except ConnectorError as exc:
                     self._lost(str(exc))
                 await self._close()
+                # A short jittered pause: a restarted server is tried within a second, while
+                # gateways that lost it together do not all knock at the same instant.
                 await asyncio.sleep(random.uniform(0.2, 1.0))
         finally:
             self.state = "stopped"
             await self._close()
 
     async def _connect_with_backoff(self) -> None:
+        self._attempt = self._streak_base = 0
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(ConnectorError),
-            wait=wait_exponential_jitter(multiplier=0.5, max=self.max_backoff_s, jitter=1.0),
+            wait=self._next_wait,
+            sleep=self._sleep_or_probe,
             before_sleep=self._before_retry,
             reraise=True,
         )
@@ -94,13 +182,66 @@ class SourceSupervisor:
                         f"connect took longer than {CONNECT_DEADLINE_S:g} s"
                     ) from exc
         self.connects += 1
-        self.state, self.detail = "connected", ""
-        log.info("source_connected", source=self.name, kind=self.kind, tags=len(self.tag_ids))
+        down_for = time.monotonic() - self._down_since if self._down_since is not None else 0.0
+        self.state, self.detail, self.backoff_s = "connected", "", 0.0
+        self._down_since, self._port_closed = None, False
+        log.info(
+            "source_connected",
+            source=self.name,
+            kind=self.kind,
+            tags=len(self.tag_ids),
+            down_for_s=round(down_for, 2),
+        )
+
+    def _next_wait(self, retry_state: RetryCallState) -> float:
+        streak = retry_state.attempt_number - self._streak_base
+        p = self._policy
+        return backoff_delay(streak, p.initial_backoff_s, p.max_backoff_s)
+
+    async def _sleep_or_probe(self, delay: float) -> None:
+        """Sleep ``delay``; while the server's port refuses connections, probe it and return as
+        soon as it accepts (the backoff then starts over: this is a new server process)."""
+        address = self._probe_address
+        deadline = time.monotonic() + delay
+        if address is None:
+            await asyncio.sleep(delay)
+            return
+        if await port_accepts(*address):
+            # Up but no session (still starting, overloaded, refusing us): keep the backoff.
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            return
+        if not self._port_closed:
+            self._port_closed = True
+            log.info(
+                "source_port_closed",
+                source=self.name,
+                address=f"{address[0]}:{address[1]}",
+                probe_every_s=self._policy.probe_interval_s,
+            )
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(self._policy.probe_interval_s, left))
+            if time.monotonic() >= deadline:
+                return  # the attempt is due anyway
+            if await port_accepts(*address):
+                self._port_closed = False
+                self.probe_wakeups += 1
+                self._streak_base = self._attempt
+                log.info(
+                    "source_port_open",
+                    source=self.name,
+                    address=f"{address[0]}:{address[1]}",
+                    wait_cut_s=round(max(0.0, deadline - time.monotonic()), 2),
+                )
+                return
 
     async def _before_retry(self, retry_state: RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        self._attempt = retry_state.attempt_number
+        self.backoff_s = delay
         self.failures += 1
+        if self._down_since is None:
+            self._down_since = time.monotonic()
         reason = f"cannot connect: {exc}"
         if (
             self.state != "down"
@@ -121,6 +262,7 @@ class SourceSupervisor:
     def _lost(self, reason: str) -> None:
         self.failures += 1
         self.state, self.detail = "down", reason
+        self._down_since = time.monotonic()
         log.warning("source_lost", source=self.name, error=reason)
         self.mark_bad(self.tag_ids, f"source {self.name} down: {reason}")
 

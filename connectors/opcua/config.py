@@ -24,7 +24,7 @@ def _opc_tcp(value: str) -> str:
 
 OpcTcpUrl = Annotated[str, AfterValidator(_opc_tcp)]
 
-__all__ = ["OpcUaAddress", "OpcUaSourceSettings", "SecuritySettings"]
+__all__ = ["OpcUaAddress", "OpcUaSourceSettings", "ReconnectSettings", "SecuritySettings"]
 
 SecurityPolicyName = Literal[
     "None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"
@@ -85,6 +85,42 @@ class SecuritySettings(BaseModel):
         return self
 
 
+class ReconnectSettings(BaseModel):
+    """How the runtime reconnects this source after a failure (it owns the only retry loop)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    initial_backoff_s: float = Field(
+        0.5,
+        gt=0,
+        description="First wait after a failed connect; doubles per failure (with jitter: half "
+        "fixed, half random) up to max_backoff_s.",
+    )
+    max_backoff_s: float = Field(
+        5,
+        gt=0,
+        description="Cap of the wait between connect attempts, however long the outage lasts.",
+    )
+    probe_interval_s: float = Field(
+        0.5,
+        ge=0,
+        description="While the server's port refuses connections, a TCP connect to its "
+        "host:port is tried this often; once the port accepts again the next attempt starts at "
+        "once instead of at the end of the backoff. A port that accepts but gives no session "
+        "keeps the backoff. 0 switches the probe off.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.initial_backoff_s > self.max_backoff_s:
+            raise ValueError(
+                f"reconnect.initial_backoff_s ({self.initial_backoff_s:g}) is above "
+                f"reconnect.max_backoff_s ({self.max_backoff_s:g}): raise max_backoff_s or "
+                "lower initial_backoff_s"
+            )
+        return self
+
+
 class OpcUaSourceSettings(BaseModel):
     """A ``sources.<name>`` block of kind ``opcua`` (the core strips the ``kind`` key)."""
 
@@ -128,6 +164,10 @@ class OpcUaSourceSettings(BaseModel):
         10,
         gt=0,
         description="No notification and no keep-alive for this long: the subscription is dead.",
+    )
+    reconnect: ReconnectSettings = Field(
+        default_factory=ReconnectSettings,
+        description="Backoff between connect attempts and the port probe that ends it early.",
     )
 
     @model_validator(mode="after")

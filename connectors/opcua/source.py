@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import structlog
 from asyncua import ua
@@ -22,7 +23,7 @@ from connectors.opcua._identity import apply_identity
 from connectors.opcua._inbox import Inbox
 from connectors.opcua._refusal import Attempt, explain
 from connectors.opcua._subscription import InboxSubscription, decode_publish_off_loop
-from connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings
+from connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings, ReconnectSettings
 from connectors.opcua.convert import (
     NodeRef,
     data_value_to_sample_parts,
@@ -36,6 +37,7 @@ __all__ = ["OpcUaSource"]
 log = structlog.get_logger(__name__)
 
 DEFAULT_BATCH = 1000
+DEFAULT_PORT = 4840
 MAX_SAMPLES_PER_BATCH = 5000
 # Short enough that an abandoned session (crashed gateway) does not block a small PLC for long.
 SESSION_TIMEOUT_MS = 60_000
@@ -80,6 +82,16 @@ class OpcUaSource:
     @property
     def connected(self) -> bool:
         return self._client is not None and self._inbox.failure is None
+
+    @property
+    def reconnect(self) -> ReconnectSettings:
+        """The mapping's reconnect policy, for the runtime's supervisor (which owns the loop)."""
+        return self._settings.reconnect
+
+    @property
+    def probe_address(self) -> tuple[str, int] | None:
+        """host:port of the endpoint: the supervisor probes it to see a restarted server."""
+        return endpoint_address(self._settings.endpoint)
 
     async def connect(self) -> None:
         await self.close()
@@ -429,6 +441,16 @@ class OpcUaSource:
             # A timed-out disconnect can leave the socket open; drop it for sure.
             client.disconnect_socket()
         self._log.info("closed")
+
+
+def endpoint_address(endpoint: str) -> tuple[str, int] | None:
+    """(host, port) of an opc.tcp URL; the OPC UA default port 4840 when none is given."""
+    try:
+        parts = urlsplit(endpoint)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a malformed port: no probe, the connect attempts say what is wrong
+        return None
+    return (host, port or DEFAULT_PORT) if host else None
 
 
 def _ref(address: OpcUaAddress) -> NodeRef | None:
