@@ -59,7 +59,10 @@ def read_confined(path: str | Path, directory: Path | None, max_bytes: int) -> t
     if directory is None:
         raise _refusal(None)
     base = os.path.realpath(directory)
-    real = os.path.realpath(os.path.join(base, os.fspath(path)))
+    try:
+        real = os.path.realpath(os.path.join(base, os.fspath(path)))
+    except ValueError:  # an embedded NUL byte
+        raise _refusal(Path(base)) from None
     if not real.startswith(base.rstrip(os.sep) + os.sep):
         raise _refusal(Path(base))
     parts = os.path.relpath(real, base).split(os.sep)

@@ -113,6 +113,7 @@ async def test_only_regular_files_under_the_models_directory_register(api: Api) 
         "symlink-outside": str(api.models / "leaves.onnx"),
         "dotdot": "../outside.onnx",
         "missing": str(api.models / "nothing.onnx"),
+        "nul-byte": "v1.onnx\x00",
         "device": "/dev/zero",
     }.items():
         r = await _register(api, path)  # the client's 10 s timeout bounds a hanging FIFO

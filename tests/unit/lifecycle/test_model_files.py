@@ -66,6 +66,7 @@ def refusals(models_dir: Path) -> dict[str, str]:
         "symlink-outside": str(models_dir / "leaves.onnx"),
         "symlink-passwd": "passwd.onnx",
         "missing": str(models_dir / "nothing-here.onnx"),
+        "nul-byte": "v1.onnx\x00",
         "directory": str(models_dir),
         "dev-zero": "/dev/zero",
     }
