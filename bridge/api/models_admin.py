@@ -33,7 +33,10 @@ class VersionOut(BaseModel):
     path: str
     size_bytes: int
     signed: bool
-    state: Literal["registered", "active", "shadow", "canary", "retired"]
+    state: Literal["registered", "active", "shadow", "canary", "retired", "refused"] = Field(
+        description="`refused`: a gateway would not load it (the reason is in its events); "
+        "the version it kept serving is active."
+    )
     canary_share: float | None
     canary_assets: list[str] | None
     guard: dict[str, float] | None
@@ -157,7 +160,7 @@ async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     except StoreError:
         raise
     except BridgeError as exc:  # tampered, unsigned, unloadable: refused
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
 
 def build_models_admin_router() -> APIRouter:

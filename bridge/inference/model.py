@@ -89,11 +89,21 @@ class OutputRoles:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """One row per input row. ``scores`` is the probability of the predicted class."""
+    """One row per input row. ``scores`` is the probability of the predicted class.
+
+    ``invalid`` marks the rows whose score or value is NaN or infinite (``None``: none is):
+    a model says nothing usable for them, and they must never pass as a Good ``null``."""
 
     labels: np.ndarray | None
     scores: np.ndarray | None
     values: np.ndarray | None
+    invalid: np.ndarray | None = None
+
+    def reason(self, i: int) -> str:
+        """Why row ``i`` is unusable, or ``""``."""
+        if self.invalid is None or not self.invalid[i]:
+            return ""
+        return "the model's output is not a finite number (NaN or infinity)"
 
 
 def file_sha256(path: Path) -> str:
@@ -295,7 +305,27 @@ class LoadedModel:
                 f"model output '{score_output}' has {n_classes} classes, "
                 f"its 'labels' metadata names {len(labels)}"
             )
+        if not problems and spec is not None:
+            roles = OutputRoles(label=label_output, scores=score_output, value=value_output)
+            problems += self.probe(spec, n_features, roles)
         return problems
+
+    def probe(self, spec: TensorSpec, n_features: int, roles: OutputRoles) -> list[str]:
+        """Run the model on batches of zeros of 1 and of 2 rows and check what it computes
+        against what the gateway reads: the declared shapes are only what the file claims
+        (a model declaring ``[N]`` and computing ``[2N]`` passes every other check)."""
+        width = spec.shape[1] if isinstance(spec.shape[1], int) else n_features
+        names = roles.names()
+        for rows in (1, 2):
+            x = np.zeros((rows, width), dtype=np.float32)
+            try:
+                arrays = self.session.run(names, {spec.name: x})
+            except Exception as exc:  # onnxruntime's errors are untyped
+                return [f"model fails on a batch of {rows} row(s) of zeros: {exc}"]
+            found = _shape_problems(roles, names, arrays, rows)
+            if found:
+                return [f"on a batch of {rows} row(s): {p}" for p in found]
+        return []
 
     def run(self, x: np.ndarray) -> BatchResult:
         """One batched, synchronous call. ``x`` is [rows, features]; converted to float32."""
@@ -317,7 +347,18 @@ class LoadedModel:
             raise InferenceError(
                 f"model {self.path.name} failed on a {batch.shape} batch: {exc}"
             ) from exc
-        return self._result(arrays, rows=rows)
+        # What the model computed, not what it declared: a wrong shape for some inputs only
+        # must be a refused batch, never an exception that ends the runner.
+        problems = _shape_problems(self.roles, names, arrays, rows)
+        if problems:
+            raise InferenceError(
+                f"model {self.path.name} on a {batch.shape} batch: {'; '.join(problems)}"
+            )
+        try:
+            return self._result(arrays, rows=rows)
+        except Exception as exc:  # a shape or type numpy cannot read as declared
+            what = f"model {self.path.name}: cannot read its outputs"
+            raise InferenceError(f"{what} for a {batch.shape} batch: {exc}") from exc
 
     async def run_async(self, x: np.ndarray) -> BatchResult:
         """``run`` in a worker thread: onnxruntime releases the GIL, the event loop keeps going.
@@ -359,7 +400,47 @@ class LoadedModel:
             scores = _as(picked, np.float64)
         if roles.value is not None:
             values = _as(arrays[i], np.float64).reshape(rows)
-        return BatchResult(labels=labels, scores=scores, values=values)
+        invalid = _non_finite(scores, values)
+        return BatchResult(labels=labels, scores=scores, values=values, invalid=invalid)
+
+
+def _shape_problems(
+    roles: OutputRoles, names: list[str], arrays: list[Any], rows: int
+) -> list[str]:
+    """How the computed outputs differ from one label/value per row and [rows, classes] scores
+    (``names`` in the order of ``roles.names()``, ``arrays`` as onnxruntime returned them)."""
+    problems: list[str] = []
+    for name, a in zip(names, arrays, strict=True):
+        if not isinstance(a, np.ndarray):
+            problems.append(f"output '{name}' is a {type(a).__name__}, not a tensor")
+            continue
+        shape = tuple(a.shape)
+        if name == roles.scores:
+            fits = (a.ndim == 2 and shape[0] == rows) or shape in ((rows,),)
+            want = f"[{rows}, classes]"
+        else:
+            fits = shape in ((rows,), (rows, 1))
+            want = f"[{rows}] or [{rows}, 1]"
+        if not fits:
+            problems.append(f"output '{name}' has shape {list(shape)}, expected {want}")
+        elif name == roles.label and a.dtype.kind not in "iu":
+            problems.append(f"output '{name}' holds {a.dtype}, expected integer class indices")
+        elif name != roles.label and a.dtype.kind != "f":
+            problems.append(f"output '{name}' holds {a.dtype}, expected floats")
+    return problems
+
+
+def _non_finite(*columns: np.ndarray | None) -> np.ndarray | None:
+    """Rows where any column is NaN or infinite; ``None`` (no allocation) when there is none."""
+    bad: np.ndarray | None = None
+    for col in columns:
+        if col is None or col.size == 0:
+            continue
+        finite = np.isfinite(col)
+        if finite.all():
+            continue
+        bad = ~finite if bad is None else bad | ~finite
+    return bad
 
 
 def _as(a: np.ndarray, dtype: type[np.generic]) -> np.ndarray:

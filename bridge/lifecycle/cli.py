@@ -1,7 +1,9 @@
 """``bridge models ...``: the model registry from the command line.
 
-Works on the store of a mapping (``--mapping``, which also brings its configured public key) or
-on a database URL (``--store``), while gateways run or not: they pick changes up within
+Works on the store of a mapping (``--mapping``, which also brings its configured public key and
+checks each version against the mapping's model of that name) or on a database URL
+(``--store``, no such check: the gateways refuse an unfitting version when they load it and
+mark it ``refused``), while gateways run or not: they pick changes up within
 ``gateway.models.poll_s``.
 """
 
@@ -71,10 +73,12 @@ def _service(
             "--models-dir goes with --store; with --mapping set gateway.models.directory"
         )
     key = load_public_key(public_key) if public_key is not None else None
+    models: dict[str, Any] = {}
     if mapping is not None:
         from bridge.config.loader import load_mapping
 
         loaded = load_mapping(mapping)
+        models = dict(loaded.models)  # versions of these names must fit them
         gateway = loaded.gateway
         store = open_store(
             gateway.store,
@@ -89,7 +93,7 @@ def _service(
         store = open_store(store_url)
         policy = ModelPolicy(public_key=key, directory=models_dir)
     try:
-        yield RegistryService(RegistryRepository(store), policy)
+        yield RegistryService(RegistryRepository(store), policy, models)
     finally:
         store.dispose()
 

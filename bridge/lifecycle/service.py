@@ -1,5 +1,10 @@
 """The registry's operations, shared by the CLI, the REST API and the runtime.
 
+When the mapping is known (the gateway's REST API, ``bridge models ... --mapping``), a version
+that does not fit the mapping's model of that name (inputs, feature count, outputs, what it
+computes on a probe batch) is refused at register, activate, promote, rollback, shadow and
+canary, with the reason: the registry never names a version the gateway would refuse to load.
+
 Synchronous (file reads, SQL): callers on an event loop use ``asyncio.to_thread``.
 """
 
@@ -14,11 +19,13 @@ from typing import Any
 
 import structlog
 
+from bridge.config.resolved import ResolvedModel
 from bridge.inference.model import LoadedModel
 from bridge.lifecycle.files import read_confined, read_model_file
-from bridge.lifecycle.loading import load_verified
+from bridge.lifecycle.loading import ModelRefused, load_verified
 from bridge.lifecycle.policy import ModelPolicy
 from bridge.lifecycle.reference import load_reference, validate_reference
+from bridge.prepare import model_problems
 from bridge.store.registry import (
     CANDIDATE_STATES,
     RegistryError,
@@ -53,6 +60,8 @@ def spec_of(loaded: LoadedModel) -> dict[str, Any]:
 class RegistryService:
     repo: RegistryRepository
     policy: ModelPolicy = field(default_factory=ModelPolicy)
+    # The mapping's models by name, when known: versions of these names must fit them.
+    models: Mapping[str, ResolvedModel] = field(default_factory=dict)
 
     def register(
         self,
@@ -80,6 +89,7 @@ class RegistryService:
             path, data = read_confined(path, self.policy.directory, self.policy.max_bytes)
         sha = hashlib.sha256(data).hexdigest()
         loaded = load_verified(path, name, version, sha, signature, self.policy, data=data)
+        self._check_fit(name, version, loaded)
         spec = spec_of(loaded)
         features = spec["features"] or None
         ref: dict[str, Any] | None = None
@@ -192,8 +202,8 @@ class RegistryService:
     # -- helpers ---------------------------------------------------------------------------
 
     def _verify(self, record: VersionRecord) -> None:
-        """Refuse a tampered file at the command, not only later in the runtime."""
-        load_verified(
+        """Refuse a tampered or unfitting file at the command, not only later in the runtime."""
+        loaded = load_verified(
             Path(record.path),
             record.name,
             record.version,
@@ -201,6 +211,22 @@ class RegistryService:
             record.signature,
             self.policy,
         )
+        self._check_fit(record.name, record.version, loaded)
+
+    def _check_fit(self, name: str, version: str, loaded: LoadedModel) -> None:
+        """The checks the runtime makes before serving a version, made here when the mapping
+        is known (a version for a name the mapping does not use is not checked)."""
+        model = self.models.get(name)
+        if model is None:
+            return
+        problems = model_problems(model, loaded)
+        if problems:
+            log.error("model_refused", model=f"{name} {version}", reason="; ".join(problems))
+            raise ModelRefused(
+                f"{name} {version} does not fit the mapping's model {name}: "
+                f"{'; '.join(problems)}. Build the model for the mapping's `input:`, "
+                "`features:` and `outputs:`, or change the mapping first"
+            )
 
     def _startable(self, name: str, version: str) -> VersionRecord:
         record = self._get(name, version)

@@ -2,10 +2,12 @@
 
 The watcher polls the registry (every ``poll_s``, or at once when woken by the in-process API);
 when a model's active or candidate version changed, it loads the new version in a worker thread,
-checks its hash, signature and fit to the mapping, and only then hands the runner a new
-``Deployment``: the runner picks it up at its next tick. A version that fails any check is
-refused, logged and recorded as a registry event, and the old deployment keeps serving; it is
-not retried until the registry changes again.
+checks its hash, signature and fit to the mapping (including what it computes on a probe
+batch), and only then hands the runner a new ``Deployment``: the runner picks it up at its next
+tick. A version that fails any check is refused and logged, the old deployment keeps serving,
+and the registry is made to say so: the version moves to ``refused`` (with the reason) and, if
+it was the active one, the version that still serves is active again. The runner's health names
+the refusal until another deployment serves.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Switchable(Protocol):
     model: ResolvedModel
     deployment: Deployment
     guard_tripped: str | None
+    refused: str
+    refusals: int
     stats: dict[str, VersionStats]
 
     def swap(self, deployment: Deployment) -> None: ...
@@ -191,7 +195,11 @@ class RegistryWatcher:
             self._refused[name] = want
             bad = cand if active is None or _same(active, current.active) else active
             if bad is not None:
-                await self._record_refusal(bad, str(exc))
+                serving = current.active.version
+                runner.refusals += 1
+                what = f"registry version {bad.version} ({bad.state})"
+                runner.refused = f"{what} refused, {serving} serves: {exc}"
+                await self._record_refusal(bad, str(exc), serving)
             return False
         self._refused.pop(name, None)
         mode: CandidateMode | None = (
@@ -233,18 +241,30 @@ class RegistryWatcher:
             return current
         return await asyncio.to_thread(load_version, runner.model, record, self.policy)
 
-    async def _record_refusal(self, record: VersionRecord, reason: str) -> None:
+    async def _record_refusal(self, record: VersionRecord, reason: str, serving: str) -> None:
+        """The registry must say what serves: ``record`` becomes ``refused`` and, if it was the
+        active version, ``serving`` (what this gateway kept) is active again."""
         try:
-            await asyncio.to_thread(
-                self.repo.add_event,
+            changed = await asyncio.to_thread(
+                self.repo.refuse,
                 record.name,
                 record.version,
-                "load-refused",
+                record.sha256,
+                serving if record.state == "active" else None,
                 "runtime",
-                {"reason": reason},
+                reason,
             )
         except BridgeError as exc:
             log.warning("refusal_not_recorded", model=record.name, error=str(exc))
+            return
+        log.warning(
+            "registry_version_refused",
+            model=record.name,
+            version=record.version,
+            was=record.state,
+            serving=serving,
+            recorded=changed is not None,  # False: another gateway recorded it first
+        )
 
 
 def _mapping_signature(path: Path) -> str | None:

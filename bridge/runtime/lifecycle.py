@@ -82,4 +82,6 @@ async def start_lifecycle(
                 log.exception("model_status_write_failed", sink=getattr(sink, "name", "?"))
 
     watcher.publish_status = publish if status_sinks else None
-    return LiveModels(RegistryService(repo, policy), watcher, runners)
+    # The REST API's registry knows the mapping: an unfitting version is refused at the call.
+    service = RegistryService(repo, policy, {r.model.name: r.model for r in runners})
+    return LiveModels(service, watcher, runners)

@@ -87,8 +87,13 @@ class ModelRunner:
     # Time spent handing predictions to the sinks: the store writer makes the runner wait
     # there while its queue is full (backpressure), so ticks slow down instead of losing rows.
     publish_wait_s: float = 0.0
-    # Set when a canary crossed its guard limit; the registry watcher acts on it once.
+    # Set when a canary crossed its guard limit, or when a candidate failed (an error or a
+    # NaN/inf output) and its guard does not tolerate failures: the registry watcher retires it.
     guard_tripped: str | None = None
+    # Set by the registry watcher when it refused a registry version (``""`` once a new
+    # deployment serves): health names it, the old version keeps serving.
+    refused: str = ""
+    refusals: int = 0
     deployment: Deployment = field(init=False)
     stats: dict[str, VersionStats] = field(default_factory=dict)
     _seq: dict[str, int] = field(default_factory=dict)
@@ -103,6 +108,7 @@ class ModelRunner:
         old = self.deployment
         self.deployment = deployment
         self.loaded, self.labels = deployment.active.loaded, deployment.active.labels
+        self.refused = ""
         if old.candidate != deployment.candidate:
             self.guard_tripped = None
         log.info(
@@ -121,21 +127,28 @@ class ModelRunner:
         return st
 
     def health(self) -> ComponentHealth:
-        state: HealthState = "degraded" if self.last_error else "ok"
+        state: HealthState = "degraded" if self.last_error or self.refused else "ok"
         counters = {
             "runs": self.runs,
             "overruns": self.overruns,
             "errors": self.errors,
             "last_latency_us": int(self.last_latency_ms * 1000),
             "backpressure_ms": int(self.publish_wait_s * 1000),
+            "refused_versions": self.refusals,
         }
-        return ComponentHealth(f"model:{self.model.name}", state, self.last_error, counters)
+        detail = "; ".join(d for d in (self.last_error, self.refused) if d)
+        return ComponentHealth(f"model:{self.model.name}", state, detail, counters)
 
     async def run(self) -> None:
         period = self.model.period_s
         next_at = time.monotonic()
         while True:
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception as exc:  # a bug in one tick must not end the gateway: next tick
+                self.errors += 1
+                self.last_error = f"tick failed: {exc!r}"
+                log.exception("model_tick_failed", model=self.model.name)
             next_at += period
             now = time.monotonic()
             if now > next_at:  # skip ticks we missed instead of bursting to catch up
@@ -162,10 +175,17 @@ class ModelRunner:
                     if deployment.runs_candidate(self.model.name, row.asset)
                 )
                 if cand_rows:
-                    candidate = await self._run_candidate(deployment.candidate, batch.x, cand_rows)
-            predictions += self._made_all(
-                deployment, batch, active, candidate, cand_rows, now, comparisons
-            )
+                    candidate = await self._run_candidate(deployment, batch.x, cand_rows)
+            try:
+                predictions += self._made_all(
+                    deployment, batch, active, candidate, cand_rows, now, comparisons
+                )
+            except Exception as exc:  # reading the outputs failed: this tick is Bad, go on
+                self._failed(deployment.active, f"cannot read the model's outputs: {exc!r}")
+                log.exception("model_outputs_unreadable", model=self.model.name)
+                active = candidate = None
+                comparisons.clear()
+                predictions += self._made_all(deployment, batch, None, None, (), now, [])
         self.runs += 1
         outcome = TickOutcome(
             self.model.name, deployment, batch, active, candidate, cand_rows, predictions
@@ -198,40 +218,61 @@ class ModelRunner:
         return predictions
 
     async def _run_active(self, served: Served, x: np.ndarray) -> BatchResult | None:
-        stats = self.version_stats(served.version)
+        """``None`` when the model failed: the tick's rows are then Bad with the reason."""
         started = time.perf_counter()
         try:
             result = await served.loaded.run_async(x)
         except InferenceError as exc:
-            self.errors += 1
-            stats.failed_runs += 1
-            self.last_error = str(exc)
-            log.error("inference_failed", model=self.model.name, error=str(exc))
+            self._failed(served, str(exc))
+            return None
+        except Exception as exc:  # LoadedModel maps its errors; anything else is still a model's
+            self._failed(served, f"model {served.version} failed: {exc!r}")
             return None
         self.last_error = ""
         self.last_latency_ms = (time.perf_counter() - started) * 1000
-        stats.ran(self.last_latency_ms)
+        self.version_stats(served.version).ran(self.last_latency_ms)
         return result
 
+    def _failed(self, served: Served, error: str) -> None:
+        self.errors += 1
+        self.version_stats(served.version).failed_runs += 1
+        self.last_error = error
+        log.error("inference_failed", model=self.model.name, version=served.version, error=error)
+
     async def _run_candidate(
-        self, served: Served, x: np.ndarray, rows: tuple[int, ...]
+        self, deployment: Deployment, x: np.ndarray, rows: tuple[int, ...]
     ) -> BatchResult | None:
-        """A failing candidate never costs a prediction: its rows fall back to the active one."""
+        """A failing candidate never costs a prediction: its rows fall back to the active one.
+        A failure is an error or a NaN/inf output on any of its rows."""
+        served = deployment.candidate
+        assert served is not None
         stats = self.version_stats(served.version)
         started = time.perf_counter()
         try:
             result = await served.loaded.run_async(x[list(rows)])
-        except InferenceError as exc:
-            stats.failed_runs += 1
-            log.warning(
-                "candidate_inference_failed",
-                model=self.model.name,
-                version=served.version,
-                error=str(exc),
-            )
+        except Exception as exc:  # InferenceError, or a model object that did not map its own
+            self._candidate_failed(deployment, served, str(exc))
+            return None
+        if result.invalid is not None:
+            self._candidate_failed(deployment, served, result.reason(int(result.invalid.argmax())))
             return None
         stats.ran((time.perf_counter() - started) * 1000)
         return result
+
+    def _candidate_failed(self, deployment: Deployment, served: Served, error: str) -> None:
+        """Count it; without a ``max_error_rate`` guard (which states how many failures are
+        tolerated) the first failure retires the candidate: a model that fails on live inputs
+        is broken, and letting every gateway of a fleet find that out again helps no one."""
+        self.version_stats(served.version).failed_runs += 1
+        log.warning(
+            "candidate_inference_failed",
+            model=self.model.name,
+            version=served.version,
+            error=error,
+        )
+        guard = deployment.guard or {}
+        if "max_error_rate" not in guard and self.guard_tripped is None:
+            self.guard_tripped = f"candidate {served.version} failed: {error}"
 
     def _made_all(
         self,
@@ -263,6 +304,11 @@ class ModelRunner:
             if serve_candidate and cand is not None:
                 prediction = self._prediction(row, now, c_value, c_score, row.quality, cand)
                 self.version_stats(cand.version).counted(c_value)
+            elif active is not None and active.reason(i):
+                unusable = AssetRow(
+                    row.asset, Quality.BAD, active.reason(i), row.inputs, row.input_age_s
+                )
+                prediction = self._blocked(unusable, now, deployment.active)
             elif active is not None:
                 prediction = self._prediction(
                     row, now, a_value, a_score, row.quality, deployment.active

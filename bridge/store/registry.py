@@ -2,8 +2,9 @@
 
 A version is in one state at a time: ``registered`` (known, not serving), ``active`` (serves every
 asset), ``shadow`` (runs beside the active one, published nowhere), ``canary`` (serves a share of
-the assets) or ``retired``. Per model name at most one version is active and at most one is a
-candidate (shadow or canary); every change is written to ``model_events`` in the same transaction.
+the assets), ``retired``, or ``refused`` (a gateway would not load it: the reason is in its
+``refuse`` event). Per model name at most one version is active and at most one is a candidate
+(shadow or canary); every change is written to ``model_events`` in the same transaction.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-VersionState = Literal["registered", "active", "shadow", "canary", "retired"]
+VersionState = Literal["registered", "active", "shadow", "canary", "retired", "refused"]
 CANDIDATE_STATES: tuple[VersionState, ...] = ("shadow", "canary")
 
 
@@ -437,6 +438,44 @@ class RegistryRepository:
             return str(previous) if previous is not None else None
 
         return self._read(read, f"read history of {name}")
+
+    def refuse(
+        self, name: str, version: str, sha256: str, restore: str | None, actor: str, reason: str
+    ) -> VersionRecord | None:
+        """Move a version a gateway refused to load to ``refused``, so that the registry says
+        what serves. If it was the active version, ``restore`` (the version that gateway still
+        serves) becomes active again, unless another version was activated meanwhile.
+
+        Only if the version is still in the serving state the gateway saw, with the same file:
+        every gateway of a fleet refuses the same version, the first one to say so wins, the
+        others change nothing. Returns the refused record, or ``None`` when nothing changed."""
+        now = time.time()
+        try:
+            with self._store.sessions.begin() as s:
+                row = self._row(s, name, version, for_update=True)
+                if row is None or row.sha256 != sha256:
+                    return None
+                if row.state not in ("active", *CANDIDATE_STATES):
+                    return None
+                was_active = row.state == "active"
+                row.state, row.state_changed_at = "refused", now
+                row.canary_share = row.canary_assets_json = row.guard_json = None
+                back = None
+                if was_active and restore is not None and restore != version:
+                    back = self._row(s, name, restore, for_update=True)
+                    if back is not None and back.state not in ("retired", "registered"):
+                        back = None
+                detail: dict[str, Any] = {"reason": reason}
+                if back is not None:
+                    detail["restored"] = restore
+                self._event(s, name, version, "refuse", actor, detail)
+                if back is not None:
+                    back.state, back.state_changed_at = "active", now
+                    self._event(s, name, back.version, "restore", actor, {"refused": version})
+                s.flush()
+                return _record(row)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record the refusal of {name} {version}: {exc}") from exc
 
     def add_event(
         self, name: str, version: str, action: str, actor: str, detail: dict[str, Any]

@@ -14,9 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 from asyncua import Client, ua
+from click.testing import CliRunner, Result
 from support import free_port, wait_until
 
 from bridge.auth import Scope
+from bridge.cli import main
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, run_gateway
 from bridge.store import open_store
@@ -181,11 +183,17 @@ async def test_activate_rollback_and_tampered_file_without_gap(
             await asyncio.to_thread(
                 repo.set_state, "pump-health", "3", "active", "other-process", "activate"
             )
+            # The registry is made to say what serves: "3" refused, "2" active again.
             await wait_until(
-                lambda: any(e.action == "load-refused" for e in repo.events("pump-health")),
+                lambda: (
+                    {r.version: r.state for r in repo.list("pump-health")}
+                    == {"1": "retired", "2": "active", "3": "refused"}
+                ),
                 10,
                 what="refusal recorded",
             )
+            refuse = next(e for e in repo.events("pump-health") if e.action == "refuse")
+            assert "sha256" in refuse.detail["reason"] and refuse.detail["restored"] == "2"
         finally:
             store.dispose()
         runner = g.runners[0]
@@ -195,14 +203,12 @@ async def test_activate_rollback_and_tampered_file_without_gap(
         assert runner.deployment.active.version == "2"
 
         # Activating "1" switches back while predictions keep flowing. Rollback is one call:
-        # it goes to the version active before, here the tampered "3", so it is refused too.
+        # it goes to the version active before "1", i.e. "2" (the refused "3" never served).
         r = await http.post("/api/v1/models/pump-health/activate", json={"version": "1"})
         assert r.status_code == 200, r.text
         await wait_until(lambda: _versions(g) == {"1"}, 15, what="v1 serving again")
         r = await http.post("/api/v1/models/pump-health/rollback")
-        assert r.status_code == 422 and "sha256" in r.json()["detail"], r.text
-        r = await http.post("/api/v1/models/pump-health/activate", json={"version": "2"})
-        assert r.status_code == 200, r.text
+        assert r.status_code == 200 and r.json()["version"] == "2", r.text
         await wait_until(lambda: _versions(g) == {"2"}, 15, what="v2 serving again")
         await asyncio.sleep(0.6)
 
@@ -228,3 +234,91 @@ async def test_activate_rollback_and_tampered_file_without_gap(
         versions = [v for a, _, v in rows if a == asset]
         changes = [v for k, v in enumerate(versions) if k == 0 or versions[k - 1] != v]
         assert changes == ["1", "2", "1", "2"], changes
+
+
+def _cli(*args: str) -> Result:
+    """``bridge models ...`` as another process would run it (here in a worker thread)."""
+    return CliRunner().invoke(main, ["models", *args])
+
+
+async def test_registry_refuses_unfitting_versions_and_says_what_serves(
+    running: Running,
+) -> None:
+    g = running.gateway
+    await wait_until(lambda: _versions(g) == {"1"}, 30, what="v1 predictions")
+    url = f"sqlite:///{running.db}"
+    models_dir = str(running.models["five_features"].parent)
+    why = "expects 5 values per row, the mapping builds 7 features"
+    headers = {"X-API-Key": running.key}
+    async with httpx.AsyncClient(base_url=running.api, headers=headers, timeout=10) as http:
+        # The gateway's REST API knows the mapping: a model with 5 inputs is refused at once.
+        r = await http.post(
+            "/api/v1/models/pump-health/versions",
+            json={"version": "3", "path": str(running.models["five_features"])},
+        )
+        assert r.status_code == 422 and why in r.json()["detail"], r.text
+
+        # `--store` knows no mapping: registration passes; starting it over REST does not.
+        out = await asyncio.to_thread(
+            _cli, "register", str(running.models["five_features"]), "--name", "pump-health",
+            "--version", "3", "--store", url, "--models-dir", models_dir,
+        )  # fmt: skip
+        assert out.exit_code == 0, out.stderr
+        for verb, body in (
+            ("activate", {"version": "3"}),
+            ("shadow", {"version": "3"}),
+            ("canary", {"version": "3", "share": 50}),
+        ):
+            r = await http.post(f"/api/v1/models/pump-health/{verb}", json=body)
+            assert r.status_code == 422 and why in r.json()["detail"], (verb, r.text)
+
+        # Activated where nothing can check it: the gateway refuses to load it, keeps "1" and
+        # makes the registry say so.
+        out = await asyncio.to_thread(_cli, "activate", "pump-health", "3", "--store", url)
+        assert out.exit_code == 0, out.stderr
+
+        async def registry_says_v1() -> bool:
+            r = await http.get("/api/v1/models/pump-health/versions")
+            return {v["version"]: v["state"] for v in r.json()} == {
+                "1": "active",
+                "3": "refused",
+            }
+
+        await wait_until(registry_says_v1, 10, what="v3 refused and v1 active in the registry")
+        out = await asyncio.to_thread(_cli, "list", "--store", url)
+        assert [line.split("\t")[1:3] for line in out.stdout.splitlines()] == [
+            ["1", "active"],
+            ["3", "refused"],
+        ]
+        r = await http.get("/api/v1/health")
+        model = next(c for c in r.json()["components"] if c["name"] == "model:pump-health")
+        assert model["state"] == "degraded" and model["counters"]["refused_versions"] == 1
+        assert "registry version 3 (active) refused, 1 serves" in model["detail"], model
+        assert why in model["detail"]
+        assert _versions(g) == {"1"}
+
+        # A model that fits but answers NaN for calm pumps: those predictions are Bad with the
+        # reason, never a Good null, and the gateway goes on.
+        r = await http.post(
+            "/api/v1/models/pump-health/versions",
+            json={"version": "4", "path": str(running.models["nan_when_calm"])},
+        )
+        assert r.status_code == 201, r.text
+        r = await http.post("/api/v1/models/pump-health/activate", json={"version": "4"})
+        assert r.status_code == 200, r.text
+
+        def calm_pumps_bad() -> bool:
+            latest = [g.fanout.latest.get((f"pump-{i:02d}", "pump-health")) for i in (1, 2)]
+            return all(p is not None and p.version == "4" for p in latest)
+
+        await wait_until(calm_pumps_bad, 15, what="v4 predictions")
+        before = {k: p.seq for k, p in g.fanout.latest.items()}
+        await wait_until(
+            lambda: all(p.seq > before[k] + 2 for k, p in g.fanout.latest.items()),
+            10,
+            what="ticks go on",
+        )
+        for i in (1, 2):
+            p = g.fanout.latest[(f"pump-{i:02d}", "pump-health")]
+            assert (p.quality, p.value, p.score) == (Quality.BAD, None, None), p
+            assert "not a finite number" in p.reason

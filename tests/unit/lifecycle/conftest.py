@@ -4,7 +4,7 @@ real tag table filled with chosen values, and a runner over them."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest.mock import patch
@@ -105,3 +105,15 @@ def make_rig(tmp_path: Path, model: Path) -> Rig:
 @pytest.fixture
 def rig(tmp_path: Path, variants: dict[str, Path]) -> Rig:
     return make_rig(tmp_path, variants["pump_health_v1"])
+
+
+@pytest.fixture
+def rig_factory() -> Callable[[Path, Path], Rig]:
+    """Another rig (another gateway) over its own tag table: ``rig_factory(folder, model)``."""
+    return make_rig
+
+
+@pytest.fixture
+def mapping_text() -> str:
+    """The rig's mapping, to format with ``store=`` and ``model=``."""
+    return MAPPING
