@@ -62,10 +62,15 @@ class ReconnectHints(Protocol):
 
 @runtime_checkable
 class Reconnectable(Protocol):
-    """A source that says how it wants to be reconnected and where its server listens."""
+    """A source that says how it wants to be reconnected."""
 
     @property
     def reconnect(self) -> ReconnectHints: ...
+
+
+@runtime_checkable
+class Probeable(Protocol):
+    """A source that says where its server listens (None: nowhere a TCP probe could look)."""
 
     @property
     def probe_address(self) -> tuple[str, int] | None: ...
@@ -122,12 +127,21 @@ class SourceSupervisor:
                 policy.probe_interval_s,
             )
         self._policy = policy
-        if policy.probe_interval_s > 0 and isinstance(self.source, Reconnectable):
+        if policy.probe_interval_s > 0 and isinstance(self.source, Probeable):
             self._probe_address = self.source.probe_address
 
     @property
     def name(self) -> str:
         return self.source.name
+
+    @property
+    def reconnect_policy(self) -> ReconnectPolicy:
+        return self._policy
+
+    @property
+    def probe_address(self) -> tuple[str, int] | None:
+        """Where the probe looks; None: no probe (switched off, or the source names no port)."""
+        return self._probe_address
 
     def health(self) -> ComponentHealth:
         state: HealthState = "ok" if self.state == "connected" else "down"
@@ -207,6 +221,9 @@ class SourceSupervisor:
             await asyncio.sleep(delay)
             return
         if await port_accepts(*address):
+            if self._port_closed:  # closed at the last look: it reopened during the attempt
+                self._reopened(address, deadline)
+                return
             # Up but no session (still starting, overloaded, refusing us): keep the backoff.
             await asyncio.sleep(max(0.0, deadline - time.monotonic()))
             return
@@ -223,16 +240,19 @@ class SourceSupervisor:
             if time.monotonic() >= deadline:
                 return  # the attempt is due anyway
             if await port_accepts(*address):
-                self._port_closed = False
-                self.probe_wakeups += 1
-                self._streak_base = self._attempt
-                log.info(
-                    "source_port_open",
-                    source=self.name,
-                    address=f"{address[0]}:{address[1]}",
-                    wait_cut_s=round(max(0.0, deadline - time.monotonic()), 2),
-                )
+                self._reopened(address, deadline)
                 return
+
+    def _reopened(self, address: tuple[str, int], deadline: float) -> None:
+        self._port_closed = False
+        self.probe_wakeups += 1
+        self._streak_base = self._attempt
+        log.info(
+            "source_port_open",
+            source=self.name,
+            address=f"{address[0]}:{address[1]}",
+            wait_cut_s=round(max(0.0, deadline - time.monotonic()), 2),
+        )
 
     async def _before_retry(self, retry_state: RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
