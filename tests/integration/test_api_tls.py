@@ -85,7 +85,7 @@ async def test_https_with_the_plant_ca(tls_server: ApiServer, ca: TlsFiles) -> N
     assert tls_server.url.startswith("https://127.0.0.1:")
     async with httpx.AsyncClient(verify=_trusting(ca), timeout=10) as http:
         r = await http.get(f"{tls_server.url}/api/v1/health")
-    assert (r.status_code, r.json()["status"]) == (200, "ok")
+    assert (r.status_code, r.json()["status"]) == (200, "up")
     # A client that does not trust the plant CA refuses the server.
     async with httpx.AsyncClient(verify=ssl.create_default_context(), timeout=10) as http:
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
