@@ -46,9 +46,12 @@ class VersionOut(BaseModel):
     registered_by: str
     registered_at: float
     state_changed_at: float
+    refusal: str | None = Field(
+        None, description="Why a gateway refused it (state `refused`; one version's GET only)."
+    )
 
     @classmethod
-    def of(cls, r: VersionRecord) -> VersionOut:
+    def of(cls, r: VersionRecord, refusal: str | None = None) -> VersionOut:
         return cls(
             name=r.name,
             version=r.version,
@@ -66,6 +69,7 @@ class VersionOut(BaseModel):
             registered_by=r.registered_by,
             registered_at=r.registered_at,
             state_changed_at=r.state_changed_at,
+            refusal=refusal,
         )
 
 
@@ -176,7 +180,8 @@ def build_models_admin_router() -> APIRouter:
         "/{name}/versions/{version}", response_model=VersionOut, summary="One version", **read
     )
     async def version(svc: Service, name: NamePath, version: VersionPath) -> VersionOut:
-        return VersionOut.of(await _call(svc.show, name, version))
+        record = await _call(svc.show, name, version)
+        return VersionOut.of(record, await _call(svc.refusal, record))
 
     @router.post(
         "/{name}/versions",

@@ -237,9 +237,12 @@ def show(
         with _service(mapping, store_url, public_key) as svc:
             r = svc.show(name, version)
             agreement = svc.repo.agreement(name, r.version)
+            refusal = svc.refusal(r)
     except BridgeError as err:
         _fail(err)
     out = _as_dict(r)
+    if refusal is not None:
+        out["refusal"] = refusal
     out["agreement"] = {a.asset: {"compared": a.compared, "rate": a.rate} for a in agreement}
     click.echo(json.dumps(out, indent=2))
 

@@ -132,6 +132,20 @@ class RegistryService:
             return active
         return self._get(name, version)
 
+    def refusal(self, record: VersionRecord) -> str | None:
+        """Why a gateway refused ``record`` (its latest ``refuse`` event), if it is refused."""
+        if record.state != "refused":
+            return None
+        event = next(
+            (
+                e
+                for e in self.repo.events(record.name, limit=1000)
+                if e.version == record.version and e.action == "refuse"
+            ),
+            None,
+        )
+        return str(event.detail.get("reason", "")) if event is not None else None
+
     def activate(self, name: str, version: str, actor: str) -> VersionRecord:
         record = self._get(name, version)
         if record.state == "active":

@@ -285,6 +285,8 @@ async def test_registry_refuses_unfitting_versions_and_says_what_serves(
             }
 
         await wait_until(registry_says_v1, 10, what="v3 refused and v1 active in the registry")
+        r = await http.get("/api/v1/models/pump-health/versions/3")
+        assert r.json()["state"] == "refused" and why in r.json()["refusal"], r.text
         out = await asyncio.to_thread(_cli, "list", "--store", url)
         assert [line.split("\t")[1:3] for line in out.stdout.splitlines()] == [
             ["1", "active"],

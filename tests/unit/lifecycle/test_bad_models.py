@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -239,6 +240,10 @@ async def test_version_the_runtime_refuses_is_refused_and_the_old_one_stays_acti
     assert out.exit_code == 0, out.output
     listed = {line.split("\t")[1]: line.split("\t")[2] for line in out.stdout.splitlines()}
     assert listed == {"1": "active", "3": "refused"}
+    out = CliRunner().invoke(main, ["models", "show", MODEL, "3", "--store", fleet.url])
+    assert out.exit_code == 0, out.output
+    shown = json.loads(out.stdout)
+    assert shown["state"] == "refused" and "expects 5 values per row" in shown["refusal"]
 
     # A later good version serves and the refusal leaves the health detail.
     fleet.service.register(variants["pump_health_v2"], MODEL, "4", actor="test")
