@@ -465,3 +465,53 @@ async def _guarded(g: Gateway, api: str, key: str, always_fault: Path, store: St
         seqs = [seq for seq, _ in by_asset[asset]]
         assert seqs == list(range(1, len(seqs) + 1)), f"{asset} has a gap"
         assert changes(by_asset[asset]) == ["1", "2", "1"], (asset, by_asset[asset])
+
+
+async def test_bad_canaries_from_the_shared_registry_never_stop_the_gateway(
+    gateway: tuple[Gateway, str, str, Path, Path],
+) -> None:
+    """What crash-looped a fleet: a canary put in the shared registry by another machine
+    (``--store``, no mapping to check it against). One whose output has the wrong shape is
+    refused at load and marked ``refused``; one that answers NaN for calm pumps is retired at its
+    first failure. The gateway serves Good v1 predictions throughout."""
+    g, _api, _key, always_fault, db = gateway
+    url, models = f"sqlite:///{db}", always_fault.parent
+    runner = g.runners[0]
+    await wait_until(lambda: _versions(g) == {"1"} and len(g.fanout.latest) == 3, 30, 0.1, "v1")
+    store = open_store(url)
+    repo = RegistryRepository(store)
+    try:
+        for version, variant in (("2", "wrong_output_shape"), ("3", "nan_when_calm")):
+            await _cli(
+                "register", str(models / f"{variant}.onnx"), "--name", MODEL, "--version",
+                version, "--store", url, "--models-dir", str(models),
+            )  # fmt: skip
+        await _cli("canary", MODEL, "2", "--share", "100%", "--store", url)
+
+        def states() -> dict[str, str]:
+            return {r.version: r.state for r in repo.list(MODEL)}
+
+        await wait_until(lambda: states()["2"] == "refused", 15, 0.1, "v2 refused")
+        refuse = next(e for e in repo.events(MODEL) if e.action == "refuse")
+        assert "output 'label' has shape [2], expected [1]" in refuse.detail["reason"]
+        assert states() == {"1": "active", "2": "refused", "3": "registered"}
+        health = runner.health()
+        assert health.state == "degraded" and "registry version 2 (canary)" in health.detail
+
+        await _cli("canary", MODEL, "3", "--share", "100%", "--store", url)
+        await wait_until(lambda: states()["3"] == "retired", 15, 0.1, "v3 retired")
+        event = next(e for e in repo.events(MODEL) if e.action == "rollback-candidate")
+        assert event.actor == "guard" and "not a finite number" in event.detail["reason"]
+        await wait_until(lambda: runner.deployment.candidate is None, 10, 0.1, "candidate gone")
+        before = {a: p.seq for a, p in g.fanout.latest.items()}
+        await wait_until(
+            lambda: all(p.seq > before[a] + 1 for a, p in g.fanout.latest.items()),
+            10,
+            0.1,
+            "ticks after the retirement",
+        )
+        assert _versions(g) == {"1"}
+        assert {p.quality for p in g.fanout.latest.values()} == {Quality.GOOD}
+        assert states() == {"1": "active", "2": "refused", "3": "retired"}
+    finally:
+        store.dispose()
