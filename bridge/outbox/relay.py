@@ -256,11 +256,12 @@ class Relay:
             retried = self._decide(claim.events, outcomes, bool(accepted))
             dead = await _see_through(
                 claim.finish,
-                accepted,
+                recorder.unrecorded,
                 rejected,
                 self._s.dead_letter_after,
                 self._s.reject_retry_s,
                 retried,
+                recorder.recorded,
             )
         finally:
             await _see_through(claim.close)
@@ -437,7 +438,8 @@ class _Recorder:
     """Records accepted rows as their replies arrive: one commit for whatever came meanwhile.
 
     ``add`` returns once its rows are committed (True) or the store failed (False: the rows
-    stay in ``unrecorded`` and the round's ``finish`` deletes them).
+    stay in ``unrecorded`` and the round's ``finish`` records them). The rows that arrive
+    while a commit runs share the next one (and one future: a round can hold 16,000 events).
     """
 
     def __init__(
@@ -446,14 +448,17 @@ class _Recorder:
         self._repo = repo
         self._destination = destination
         self._counted = counted
-        self._queue: list[tuple[list[int], asyncio.Future[bool]]] = []
+        self._ids: list[int] = []
+        self._done: asyncio.Future[bool] | None = None
         self._task: asyncio.Task[None] | None = None
         self.recorded: list[int] = []
         self.unrecorded: list[int] = []
 
     async def add(self, ids: list[int]) -> bool:
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((ids, done))
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+        done = self._done
+        self._ids.extend(ids)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(
                 self._flush(), name=f"outbox:{self._destination}:record"
@@ -466,16 +471,19 @@ class _Recorder:
         if task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(task), _SETTLE_TIMEOUT_S)
-        for ids, done in self._queue:
-            self.unrecorded.extend(ids)
-            if not done.done():
-                done.set_result(False)
-        self._queue.clear()
+        self.unrecorded.extend(self._ids)
+        self._settle(self._done, False)
+        self._ids, self._done = [], None
+
+    @staticmethod
+    def _settle(done: asyncio.Future[bool] | None, ok: bool) -> None:
+        if done is not None and not done.done():
+            done.set_result(ok)
 
     async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            ids = [i for chunk, _ in batch for i in chunk]
+        while self._ids:
+            ids, done = self._ids, self._done
+            self._ids, self._done = [], None
             try:
                 await _see_through(self._repo.record_accepted, self._destination, ids)
                 ok = True
@@ -487,6 +495,4 @@ class _Recorder:
                 self._counted(len(ids))
             else:
                 self.unrecorded.extend(ids)
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(ok)
+            self._settle(done, ok)

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 from sqlalchemy import (
     BigInteger,
+    Double,
     Select,
     String,
     any_,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     literal_column,
     select,
     update,
@@ -395,9 +397,13 @@ class Claim:
         dead_letter_after: int,
         retry_in_s: float,
         retried: Mapping[int, RetryUpdate] | None = None,
+        recorded: Sequence[int] = (),
     ) -> list[OutboxEvent]:
         """Delete accepted rows; count rejections and retryable failures; move rows rejected
         too often, or whose retries are exhausted (``retried[id].dead``), to dead letters.
+
+        ``recorded``: accepted rows already recorded by ``OutboxRepository.record_accepted``
+        (gone on SQLite; on PostgreSQL deleted here, with their notes).
 
         Returns the events that became dead letters. One transaction: all of it or nothing, so
         a lost connection here only means those events are sent again (same Idempotency-Key).
@@ -407,18 +413,19 @@ class Claim:
         dead: list[OutboxEvent] = []
         s = self._session
         try:
-            if accepted:
-                ids = list(accepted)
+            ids = [*accepted, *recorded] if self._locked else list(accepted)
+            if ids:
                 s.execute(
                     delete(OutboxRow).where(_among(s, OutboxRow.id, ids)),
                     # No ORM objects to keep in sync: skip the RETURNING of every deleted id.
                     execution_options={"synchronize_session": False},
                 )
-                if self._locked:
-                    s.execute(
-                        delete(OutboxAcceptedRow).where(_among(s, OutboxAcceptedRow.row_id, ids)),
-                        execution_options={"synchronize_session": False},
-                    )
+            if self._locked and recorded:
+                notes = list(recorded)
+                s.execute(
+                    delete(OutboxAcceptedRow).where(_among(s, OutboxAcceptedRow.row_id, notes)),
+                    execution_options={"synchronize_session": False},
+                )
             for row_id, error in rejected.items():
                 event = by_id[row_id]
                 attempts = event.attempts + 1
@@ -485,11 +492,18 @@ class OutboxRepository:
         try:
             with self._store.sessions.begin() as s:
                 if self._store.dialect == "postgresql":
-                    now = time.time()
-                    notes = [
-                        {"row_id": i, "destination": destination, "accepted_at": now} for i in ids
-                    ]
-                    s.execute(insert(OutboxAcceptedRow), notes)
+                    # One statement over an array parameter: a round records thousands of
+                    # rows, and a multi-row INSERT renders one placeholder set per row.
+                    rows = select(
+                        func.unnest(bindparam(None, list(ids), type_=ARRAY(BigInteger()))),
+                        literal(destination, String()),
+                        literal(time.time(), Double()),
+                    )
+                    s.execute(
+                        insert(OutboxAcceptedRow).from_select(
+                            ["row_id", "destination", "accepted_at"], rows
+                        )
+                    )
                 else:
                     s.execute(
                         delete(OutboxRow).where(_among(s, OutboxRow.id, list(ids))),
