@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import sqlite3
@@ -230,7 +231,11 @@ class Writer(threading.Thread):
 def _window(writer: Writer, seconds: float, job: Callable[[], Any] | None) -> dict[str, Any]:
     rows0, lat0 = writer.rows, len(writer.latencies_ms)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    result = job() if job is not None else time.sleep(seconds)
+    result = None
+    if job is not None:
+        result = job()
+    else:
+        time.sleep(seconds)
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     lat = writer.latencies_ms[lat0:]
@@ -245,42 +250,85 @@ def _window(writer: Writer, seconds: float, job: Callable[[], Any] | None) -> di
     }
 
 
+def _run_once(job: RetentionJob) -> dict[str, int]:
+    return asyncio.run(job.run_once())
+
+
 def retention_while_writing(
-    store: Store, rows: int, delete_rows: int, now: float, seconds: float
+    store: Store, rows: int, delete_rows: int, now: float, seconds: float, batches: list[int]
 ) -> dict[str, Any]:
-    settings = RetentionSettings()
-    # Row i is stamped now - 1 - (rows - 1 - i) // ASSETS: this cutoff takes rows 0..delete-1.
-    cutoff = now - (rows - delete_rows) // ASSETS
-    days = (now - cutoff) / 86400
-    settings = RetentionSettings(predictions_days=days)
-    job = RetentionJob(
-        RetentionStore(store, DRIFT_LABEL),
-        settings,
-        AlertRepository(store),
-        "bench",
-        clock=lambda: now,
-    )
+    """The writer alone, then one retention run per batch size, each deleting the next
+    ``delete_rows`` oldest rows while the writer goes on."""
     writer = Writer(store, rows)
     writer.start()
+    runs = []
     try:
         time.sleep(1.0)  # settle
         alone = _window(writer, seconds, None)
-        during = _window(writer, 0, lambda: asyncio.run(job.run_once()))
+        alone.pop("result")
+        for k, batch_rows in enumerate(batches, start=1):
+            # Row i is stamped now - 1 - (rows - 1 - i) // ASSETS: this cutoff takes the rows
+            # before k * delete_rows.
+            cutoff = now - (rows - k * delete_rows) // ASSETS
+            settings = RetentionSettings(
+                predictions_days=(now - cutoff) / 86400, batch_rows=batch_rows
+            )
+            job = RetentionJob(
+                RetentionStore(store, DRIFT_LABEL),
+                settings,
+                AlertRepository(store),
+                "bench",
+                clock=lambda: now,
+            )
+            during = _window(writer, 0, functools.partial(_run_once, job))
+            deleted = during.pop("result")["predictions"]
+            rate = deleted / during["seconds"]
+            runs.append(
+                {
+                    "batch_rows": batch_rows,
+                    "pause_s": settings.pause_s,
+                    "deleted": deleted,
+                    "deleted_per_s": round(rate),
+                    "writer": during,
+                    "steady_state_duty": round(RATE / rate, 3),
+                }
+            )
     finally:
         writer.stop.set()
         writer.join(10)
-    deleted = during.pop("result")["predictions"]
-    alone.pop("result")
-    rate = deleted / during["seconds"]
-    return {
-        "deleted": deleted,
-        "deleted_per_s": round(rate),
-        "batch_rows": settings.batch_rows,
-        "pause_s": settings.pause_s,
-        "writer_alone": alone,
-        "writer_during_retention": during,
-        "steady_state_duty": round(RATE / rate, 3),
-    }
+    return {"writer_alone": alone, "runs": runs}
+
+
+def _retention_rows(retention: dict[str, Any]) -> list[dict[str, Any]]:
+    alone = retention["writer_alone"]
+    out = []
+    for r in retention["runs"]:
+        w = r["writer"]
+        out += [
+            row(
+                f"retention, {r['batch_rows']:,} rows/batch: deleted/s while writing 2,000/s",
+                r["deleted_per_s"],
+                RATE,
+                "rows/s",
+                ">= 2,000/s (keeps up)",
+                r["deleted_per_s"] >= RATE,
+                f"{r['deleted']:,} rows in {w['seconds']} s; duty at steady state "
+                f"{r['steady_state_duty']:.1%}",
+            ),
+            row(
+                f"writer commit p99 during retention, {r['batch_rows']:,} rows/batch (ms)",
+                w["commit_p99_ms"],
+                alone["commit_p99_ms"],
+                "ms",
+                "report (floor: the writer alone)",
+                None,
+                f"p50 {w['commit_p50_ms']} vs {alone['commit_p50_ms']} ms, max "
+                f"{w['commit_max_ms']} vs {alone['commit_max_ms']} ms; written "
+                f"{w['written_per_s']}/s vs {alone['written_per_s']}/s; process CPU "
+                f"{w['cpu_percent']} % vs {alone['cpu_percent']} %",
+            ),
+        ]
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -305,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     flush=True,
                 )
             retention = retention_while_writing(
-                store, args.rows, args.delete_rows, now, args.seconds
+                store, args.rows, args.delete_rows, now, args.seconds, args.batch_rows
             )
         finally:
             store.dispose()
@@ -313,7 +361,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    alone, during = retention["writer_alone"], retention["writer_during_retention"]
     newest = "newest page (100)"
     figures: dict[str, Any] = {
         "quick": args.quick,
@@ -349,28 +396,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for k, v in after.items()
                 ),
             ),
-            row(
-                "retention: rows deleted/s while writing 2,000/s",
-                retention["deleted_per_s"],
-                RATE,
-                "rows/s",
-                ">= 2,000/s (keeps up)",
-                retention["deleted_per_s"] >= RATE,
-                f"{retention['deleted']:,} rows in {during['seconds']} s; duty at steady state "
-                f"{retention['steady_state_duty']:.1%}",
-            ),
-            row(
-                "writer commit p99 during retention (ms)",
-                during["commit_p99_ms"],
-                alone["commit_p99_ms"],
-                "ms",
-                "report (floor: the writer alone)",
-                None,
-                f"p50 {during['commit_p50_ms']} vs {alone['commit_p50_ms']} ms, max "
-                f"{during['commit_max_ms']} vs {alone['commit_max_ms']} ms; written "
-                f"{during['written_per_s']}/s vs {alone['written_per_s']}/s; process CPU "
-                f"{during['cpu_percent']} % vs {alone['cpu_percent']} %",
-            ),
+            *_retention_rows(retention),
         ],
     }
     return figures
@@ -380,7 +406,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.retention", description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000, help="rows of the large store")
     parser.add_argument("--size-rows", type=int, default=200_000, help="rows for bytes/row")
-    parser.add_argument("--delete-rows", type=int, help="default: a tenth, at most 1,000,000")
+    parser.add_argument(
+        "--delete-rows", type=int, help="per batch size (default: a tenth, at most 1,000,000)"
+    )
+    parser.add_argument(
+        "--batch-rows",
+        default="5000,1000",
+        help="retention batch sizes to compare (comma-separated; 5000 is the default setting)",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="writer-alone window")
     parser.add_argument("--repeats", type=int, default=30, help="page queries per kind")
     parser.add_argument("--before-repeats", type=int, help="without the indexes (default 3/1)")
@@ -390,10 +423,11 @@ def main() -> None:
         "--quick", action="store_true", help="smoke run: 60,000 rows (not the target's figures)"
     )
     args = parser.parse_args()
+    args.batch_rows = [int(b) for b in args.batch_rows.split(",") if b]
     if args.quick:
         args.rows, args.size_rows, args.seconds, args.repeats = 60_000, 10_000, 2.0, 5
     if args.delete_rows is None:
-        args.delete_rows = min(args.rows // 10, 1_000_000) if not args.quick else 20_000
+        args.delete_rows = min(args.rows // 10, 1_000_000) if not args.quick else 10_000
     if args.before_repeats is None:
         args.before_repeats = 3 if args.rows <= 1_000_000 else 1
     configure_logging("warning", json=False)

@@ -54,7 +54,9 @@ class PredictionHistory:
             stmt = stmt.where(PredictionRow.timestamp <= until)
         if after is not None:
             ts, row_id = after
-            stmt = stmt.where(
+            # The plain bound lets the (timestamp, id) index seek to the cursor; with the OR
+            # alone it scanned from the newest row down to it (454 ms in the middle of 10M).
+            stmt = stmt.where(PredictionRow.timestamp <= ts).where(
                 or_(
                     PredictionRow.timestamp < ts,
                     and_(PredictionRow.timestamp == ts, PredictionRow.id < row_id),

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import event, func, insert, select, text
 from stores import BACKENDS, temp_store
 from support import free_port, wait_until
 
@@ -29,6 +29,7 @@ from bridge.runtime.retention import DISK_LOW_LABEL, RetentionJob, retention_for
 from bridge.store.alerts import Alert, AlertFilter, AlertRepository, AlertRow
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import Store
+from bridge.store.history import PredictionHistory
 from bridge.store.labels import PredictionLabelRow
 from bridge.store.models import DeadLetterRow, OutboxAcceptedRow, OutboxRow, PredictionRow
 from bridge.store.registry import ComparisonRow
@@ -453,3 +454,29 @@ async def test_the_gateway_reports_a_low_disk_in_health_and_raises_one_alert(
         finally:
             stop.set()
             await asyncio.wait_for(gateway, 20)
+
+
+def test_a_page_deep_in_the_history_seeks_its_cursor_in_the_index(tmp_path: Path) -> None:
+    """The page after a cursor must start at the cursor, not scan the index from the newest
+    row down to it (measured: 454 ms for a page in the middle of 10M rows)."""
+    with temp_store("sqlite", tmp_path) as store:
+        add(store, PredictionRow.__table__, [prediction_values(NOW - i) for i in range(300)])
+        statements: list[tuple[str, Any]] = []
+
+        def capture(conn: Any, cursor: Any, sql: str, params: Any, *_: Any) -> None:
+            if sql.lstrip().upper().startswith("SELECT") and "predictions" in sql:
+                statements.append((sql, params))
+
+        event.listen(store.engine, "before_cursor_execute", capture)
+        try:
+            first = PredictionHistory(store).page(None, None, None, 100)
+            assert first.next_key is not None
+            second = PredictionHistory(store).page(None, None, None, 100, after=first.next_key)
+        finally:
+            event.remove(store.engine, "before_cursor_execute", capture)
+        assert [p.timestamp for p in second.items] == [NOW - i for i in range(100, 200)]
+        sql, params = statements[-1]
+        with store.engine.connect() as conn:
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params).all()
+        detail = " ".join(str(row[-1]) for row in plan)
+        assert "SEARCH predictions USING INDEX ix_predictions_timestamp (timestamp<?)" in detail
