@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -36,7 +36,9 @@ __all__ = ["Enricher", "ModelRunner", "Observer", "TickOutcome"]
 
 log = structlog.get_logger(__name__)
 
-# Stable namespace for prediction ids: uuid5(namespace, gateway/boot/asset/model/seq).
+# Stable namespace for prediction ids: uuid5(namespace, gateway/boot/asset/model/seq). ``seq``
+# goes on across restarts (persisted); the boot id (random per start) keeps ids unique even when
+# a store is replaced and numbering starts over.
 PREDICTION_NS = uuid.UUID("6f1b2a3e-8c1d-5e0f-9a7b-2c4d6e8f0a1b")
 
 Value = str | float | None
@@ -373,6 +375,11 @@ class ModelRunner:
             log.warning(
                 "canary_guard_tripped", model=self.model.name, version=cand.version, reason=reason
             )
+
+    def resume(self, last: Mapping[str, int]) -> None:
+        """Go on from the sequence numbers committed before this start (asset -> last seq)."""
+        for asset, seq in last.items():
+            self._seq[asset] = max(self._seq.get(asset, 0), seq)
 
     def _next_id(self, asset: str) -> tuple[str, int]:
         seq = self._seq.get(asset, 0) + 1

@@ -39,6 +39,7 @@ from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
 from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import ModelRepository
+from bridge.store.sequences import SequenceRepository
 from bridge.store.sink import StoreSink
 from bridge.types import ComponentHealth, PredictionSlot, Sink, SinkContext, SourceTag, TagSample
 
@@ -120,6 +121,7 @@ async def run_gateway(
         outbox=durable.feeds,
         mapping_revision=mapping.revision,
         on_drop=loss_alerts.raise_for,
+        gateway_id=gid,
     )
     alerts = AlertSink.for_models(AlertRepository(store), slots, mapping.models)
     sinks: list[Sink] = [store_sink, alerts, *outputs]
@@ -135,6 +137,10 @@ async def run_gateway(
         )
         for name, m in mapping.models.items()
     ]
+    # Sequence numbers go on from the last committed ones (an MES orders by them).
+    sequences = SequenceRepository(store)
+    for runner in runners:
+        runner.resume(await asyncio.to_thread(sequences.last, gid, runner.model.name))
     # Registry versions replace the mapping's files before the first tick (bridge.lifecycle).
     live = await start_lifecycle(mapping, store, runners, sinks)
     # Drift scores and explanations, drift alerts to the MES outbox and retraining webhooks.

@@ -56,6 +56,19 @@ class PredictionRow(Base):
     drift_score: Mapped[float | None] = mapped_column(Double)
 
 
+class PredictionSequenceRow(Base):
+    """The highest committed ``seq`` per gateway, asset and model (revision 0009), written in the
+    transaction of the predictions: a restart goes on from it, so an MES can order and
+    deduplicate by (gateway, asset, model, seq) across restarts."""
+
+    __tablename__ = "prediction_sequences"
+
+    gateway_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    asset: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+
+
 class ModelRow(Base):
     __tablename__ = "models"
     __table_args__ = (UniqueConstraint("name", "version", "sha256", name="uq_models_identity"),)

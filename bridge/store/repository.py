@@ -19,6 +19,7 @@ from .codec import prediction_from_row, prediction_to_values
 from .db import Store
 from .models import ModelRow, PredictionRow
 from .outbox import EnqueueResult, OutboxFeed, enqueue
+from .sequences import record_sequences
 
 __all__ = ["ModelRecord", "ModelRepository", "PredictionRepository"]
 
@@ -42,10 +43,15 @@ def _insert_ignoring(store: Store, table: Any, keys: list[str]) -> Any:
 
 
 class PredictionRepository:
-    def __init__(self, store: Store, mapping_revision: str | None = None) -> None:
+    def __init__(
+        self, store: Store, mapping_revision: str | None = None, gateway_id: str | None = None
+    ) -> None:
         self._store = store
         # Lineage: every row names the mapping (file hash) it was made under.
         self._revision = mapping_revision
+        # With a gateway id, each batch also raises its sequence high-water marks (a restart
+        # goes on from them: bridge.store.sequences).
+        self._gateway_id = gateway_id
 
     def add_many(
         self, predictions: Sequence[Prediction], outbox: Sequence[OutboxFeed] = ()
@@ -64,6 +70,8 @@ class PredictionRepository:
         results: list[tuple[OutboxFeed, EnqueueResult]] = []
         try:
             with self._store.sessions.begin() as session:
+                if self._gateway_id is not None:
+                    record_sequences(session, self._store.dialect, self._gateway_id, predictions)
                 if not outbox:
                     session.execute(stmt, rows)
                 else:

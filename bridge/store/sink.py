@@ -69,13 +69,14 @@ class StoreSink:
         outbox: Sequence[OutboxFeed] = (),
         mapping_revision: str | None = None,
         on_drop: OnDrop | None = None,
+        gateway_id: str | None = None,
     ) -> None:
         self.name = "store"
         # Outbox rows of durable destinations go in the same transaction as their predictions.
         self._outbox = tuple(outbox)
         self._outbox_losses = {f.destination: 0 for f in self._outbox}
         self._last_outbox_log = -math.inf
-        self._repo = PredictionRepository(store, mapping_revision)
+        self._repo = PredictionRepository(store, mapping_revision, gateway_id)
         self._queue: deque[Prediction] = deque()
         self._queue_size = queue_size
         self._batch_size = batch_size

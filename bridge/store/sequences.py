@@ -1,0 +1,88 @@
+"""Sequence numbers that survive restarts: the highest committed ``seq`` per gateway, asset and
+model, kept in the transaction that stores the predictions.
+
+Only committed predictions count: one shown on the HMI but lost in a crash before its commit
+may have its number given again after the restart (to a prediction with another id, since the
+id also carries the start's boot id), while the MES, which sees committed predictions only,
+never sees a number twice or going back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from bridge.errors import StoreError
+from bridge.types import Prediction
+
+from .db import Store
+from .models import PredictionRow, PredictionSequenceRow
+
+__all__ = ["SequenceRepository", "record_sequences"]
+
+_TABLE: Any = PredictionSequenceRow.__table__
+
+
+def record_sequences(
+    session: Session, dialect: str, gateway_id: str, predictions: Sequence[Prediction]
+) -> None:
+    """Raise each (asset, model)'s high-water mark to the batch's highest ``seq``."""
+    highest: dict[tuple[str, str], int] = {}
+    for p in predictions:
+        key = (p.asset, p.model)
+        if p.seq > highest.get(key, 0):
+            highest[key] = p.seq
+    if not highest:
+        return
+    rows = [
+        {"gateway_id": gateway_id, "asset": asset, "model": model, "last_seq": seq}
+        for (asset, model), seq in sorted(highest.items())
+    ]
+    if dialect == "postgresql":
+        pg = postgresql.insert(_TABLE)
+        stmt: Any = pg.on_conflict_do_update(
+            index_elements=["gateway_id", "asset", "model"],
+            set_={"last_seq": func.greatest(_TABLE.c.last_seq, pg.excluded.last_seq)},
+        )
+    else:
+        lite = sqlite.insert(_TABLE)
+        # SQLite's max() with two arguments is the scalar maximum.
+        stmt = lite.on_conflict_do_update(
+            index_elements=["gateway_id", "asset", "model"],
+            set_={"last_seq": func.max(_TABLE.c.last_seq, lite.excluded.last_seq)},
+        )
+    session.execute(stmt, rows)
+
+
+class SequenceRepository:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def last(self, gateway_id: str, model: str) -> dict[str, int]:
+        """Asset -> highest committed ``seq`` of ``gateway_id`` for ``model``.
+
+        A gateway with no numbers recorded yet (a store from before revision 0009) goes on from
+        the highest stored ``seq`` of each asset instead: one scan of the model's predictions,
+        at its first start after the upgrade only.
+        """
+        own = select(PredictionSequenceRow.asset, PredictionSequenceRow.last_seq).where(
+            PredictionSequenceRow.gateway_id == gateway_id, PredictionSequenceRow.model == model
+        )
+        stored = (
+            select(PredictionRow.asset, func.max(PredictionRow.seq))
+            .where(PredictionRow.model == model)
+            .group_by(PredictionRow.asset)
+        )
+        try:
+            with self._store.sessions() as session:
+                found = {asset: int(seq) for asset, seq in session.execute(own)}
+                if not found:
+                    found = {asset: int(seq) for asset, seq in session.execute(stored)}
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the sequence numbers of {model}: {exc}") from exc
+        return found
