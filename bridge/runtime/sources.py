@@ -104,10 +104,10 @@ class SourceSupervisor:
     batches: int = 0
     probe_wakeups: int = 0  # waits cut short because the server's port accepted again
     backoff_s: float = 0.0  # the wait scheduled after the latest failed connect (0: connected)
-    _attempt: int = 0
-    _streak_base: int = 0  # attempt number after which the backoff starts over
-    _port_closed: bool = False
-    _down_since: float | None = None
+    _attempt: int = field(init=False, default=0)
+    _streak_base: int = field(init=False, default=0)  # the backoff starts over after this attempt
+    _port_closed: bool = field(init=False, default=False)
+    _down_since: float | None = field(init=False, default=None)
     _policy: ReconnectPolicy = field(init=False)
     _probe_address: tuple[str, int] | None = field(init=False, default=None)
 
