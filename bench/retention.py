@@ -345,6 +345,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             before = time_pages(store, args.rows, now, args.before_repeats)
             index_s = build_indexes(db)
+            print(f"revision 0008 indexes built in {index_s} s", flush=True)
             after = time_pages(store, args.rows, now, args.repeats)
             for name in after:
                 print(
@@ -358,6 +359,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             store.dispose()
         db_bytes = _checkpointed_size(db)
+        print(f"store: {db_bytes / args.rows:.0f} bytes per row after retention", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -419,6 +421,7 @@ def main() -> None:
     parser.add_argument("--before-repeats", type=int, help="without the indexes (default 3/1)")
     parser.add_argument("--workdir", help="where the stores go (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the stores afterwards")
+    parser.add_argument("--out", type=Path, help="write the JSON here instead of bench/results/")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 60,000 rows (not the target's figures)"
     )
@@ -432,7 +435,7 @@ def main() -> None:
         args.before_repeats = 3 if args.rows <= 1_000_000 else 1
     configure_logging("warning", json=False)
     figures = run(args)
-    path = write_result("retention", figures)
+    path = write_result("retention", figures, args.out)
     for r in figures["rows"]:
         print(f"{r['measure']}: {r['bridge']} (floor {r['floor']}) {r['note']}")
     print(f"wrote {path} (load average {os.getloadavg()[0]:.2f})")

@@ -239,7 +239,7 @@ class RetentionSettings(Strict):
         30.0,
         gt=0,
         description="Keep stored predictions this many days; older ones are deleted in "
-        "batches. ~770 bytes per row: 2,000 assets at 1 Hz fill ~130 GB a day.",
+        "batches. ~820 bytes per row on SQLite: 2,000 assets at 1 Hz fill ~140 GB a day.",
     )
     comparisons_days: float = Field(
         30.0, gt=0, description="Keep shadow/canary comparisons this many days."
