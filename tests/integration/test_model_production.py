@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pump_mapping import pump_mapping
 from support import free_port
 
 from simulators.plant.model_variants import write_variants
@@ -16,42 +17,6 @@ from simulators.plant.model_variants import write_variants
 pytestmark = pytest.mark.timeout(120)
 
 BRIDGE = [sys.executable, "-m", "bridge"]
-
-MAPPING = """
-version: 1
-gateway:
-  id: prod
-  store: "sqlite:///{store}"
-  durability: {{profile: production}}
-  api: {{enabled: false}}
-  models: {{public_key: signing.pub}}
-sources:
-  plant: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{port}"}}
-templates:
-  pump:
-    tags:
-      vibration: {{source: plant, address: "nsu=urn:t;s={{n}}.V"}}
-      bearing_temperature: {{source: plant, address: "nsu=urn:t;s={{n}}.T"}}
-      discharge_pressure: {{source: plant, address: "nsu=urn:t;s={{n}}.P"}}
-      speed: {{source: plant, address: "nsu=urn:t;s={{n}}.S"}}
-assets:
-  pump-a: {{template: pump, vars: {{n: a}}}}
-models:
-  pump-health:
-    file: models/pump_health_v1.onnx
-    version: "7"
-    template: pump
-    period_s: 1
-    window_s: 10
-    features:
-      - {{tag: vibration, stat: mean}}
-      - {{tag: vibration, stat: std}}
-      - {{tag: vibration, stat: max}}
-      - {{tag: bearing_temperature, stat: mean}}
-      - {{tag: bearing_temperature, stat: slope}}
-      - {{tag: discharge_pressure, stat: mean}}
-      - {{tag: speed, stat: mean}}
-"""
 
 
 def _bridge(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -67,7 +32,18 @@ def _error(result: subprocess.CompletedProcess[str]) -> str:
 def test_production_start_needs_the_mapping_model_signed_for_its_version(tmp_path: Path) -> None:
     write_variants(tmp_path / "models")
     (tmp_path / "mapping.yaml").write_text(
-        MAPPING.format(store=tmp_path / "bridge.db", port=free_port())
+        pump_mapping(
+            store=tmp_path / "bridge.db",
+            model="models/pump_health_v1.onnx",
+            gateway_id="prod",
+            gateway=(
+                "durability: {profile: production}",
+                "api: {enabled: false}",
+                "models: {public_key: signing.pub}",
+            ),
+            port=free_port(),
+            version="7",
+        )
     )
     keygen = _bridge(
         tmp_path, "models", "keygen", "--private", "signing.key", "--public", "signing.pub"

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pump_mapping import pump_mapping
 from stores import temp_store
 from support import free_port
 
@@ -25,41 +26,6 @@ from bridge.types import Prediction, Quality
 from simulators.plant.model_variants import write_variants
 
 pytestmark = pytest.mark.timeout(180)
-
-MAPPING = """
-version: 1
-gateway:
-  id: seq-gw
-  store: "sqlite:///{store}"
-  api: {{enabled: false}}
-sources:
-  plant: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{port}"}}
-templates:
-  pump:
-    tags:
-      vibration: {{source: plant, address: "nsu=urn:t;s={{n}}.V"}}
-      bearing_temperature: {{source: plant, address: "nsu=urn:t;s={{n}}.T"}}
-      discharge_pressure: {{source: plant, address: "nsu=urn:t;s={{n}}.P"}}
-      speed: {{source: plant, address: "nsu=urn:t;s={{n}}.S"}}
-assets:
-  pump-a: {{template: pump, vars: {{n: a}}}}
-  pump-b: {{template: pump, vars: {{n: b}}}}
-models:
-  pump-health:
-    file: models/pump_health_v1.onnx
-    version: "1"
-    template: pump
-    period_s: 0.2
-    window_s: 10
-    features:
-      - {{tag: vibration, stat: mean}}
-      - {{tag: vibration, stat: std}}
-      - {{tag: vibration, stat: max}}
-      - {{tag: bearing_temperature, stat: mean}}
-      - {{tag: bearing_temperature, stat: slope}}
-      - {{tag: discharge_pressure, stat: mean}}
-      - {{tag: speed, stat: mean}}
-"""
 
 
 def _run(cwd: Path) -> None:
@@ -89,7 +55,15 @@ def _stored(db: Path) -> dict[str, list[tuple[int, str]]]:
 def test_bridge_run_goes_on_numbering_after_a_restart(tmp_path: Path) -> None:
     write_variants(tmp_path / "models")
     (tmp_path / "mapping.yaml").write_text(
-        MAPPING.format(store=tmp_path / "bridge.db", port=free_port())
+        pump_mapping(
+            store=tmp_path / "bridge.db",
+            model="models/pump_health_v1.onnx",
+            assets=("pump-a", "pump-b"),
+            gateway_id="seq-gw",
+            gateway=("api: {enabled: false}",),
+            port=free_port(),
+            timing={"period_s": 0.2, "window_s": 10},
+        )
     )
     _run(tmp_path)
     first = {asset: len(rows) for asset, rows in _stored(tmp_path / "bridge.db").items()}

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pump_mapping import pump_mapping
 from support import wait_until
 
 from bridge.config import load_mapping
@@ -29,39 +30,6 @@ from bridge.types import ComponentHealth, Prediction, Quality
 
 MODEL = Path(__file__).resolve().parents[2] / "mappings" / "models" / "pump_health.onnx"
 ASSETS = ("pump-a", "pump-b", "pump-c")
-
-MAPPING = """
-version: 1
-gateway: {{id: bp, store: "sqlite:///{store}"}}
-sources:
-  plant: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:4840"}}
-templates:
-  pump:
-    tags:
-      vibration: {{source: plant, address: "nsu=urn:t;s={{n}}.V"}}
-      bearing_temperature: {{source: plant, address: "nsu=urn:t;s={{n}}.T"}}
-      discharge_pressure: {{source: plant, address: "nsu=urn:t;s={{n}}.P"}}
-      speed: {{source: plant, address: "nsu=urn:t;s={{n}}.S"}}
-assets:
-  pump-a: {{template: pump, vars: {{n: a}}}}
-  pump-b: {{template: pump, vars: {{n: b}}}}
-  pump-c: {{template: pump, vars: {{n: c}}}}
-models:
-  pump-health:
-    file: {model}
-    version: "1"
-    template: pump
-    period_s: 0.01
-    window_s: 10
-    features:
-      - {{tag: vibration, stat: mean}}
-      - {{tag: vibration, stat: std}}
-      - {{tag: vibration, stat: max}}
-      - {{tag: bearing_temperature, stat: mean}}
-      - {{tag: bearing_temperature, stat: slope}}
-      - {{tag: discharge_pressure, stat: mean}}
-      - {{tag: speed, stat: mean}}
-"""
 
 
 class Recorder:
@@ -115,7 +83,10 @@ class Rig:
 async def rig(tmp_path: Path, *, max_wait_s: float) -> AsyncIterator[Rig]:
     path = tmp_path / "mapping.yaml"
     db = tmp_path / "bp.db"
-    path.write_text(MAPPING.format(store=db, model=MODEL))
+    timing = {"period_s": 0.01, "window_s": 10}
+    path.write_text(
+        pump_mapping(store=db, model=MODEL, assets=ASSETS, gateway_id="bp", timing=timing)
+    )
     mapping = load_mapping(path)
     store = open_store(f"sqlite:///{db}")
     alerts = LossAlerts(AlertRepository(store), max_backoff_s=0.2)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pump_mapping import pump_mapping
 
 from bridge.config import load_mapping
 from bridge.errors import ConfigError, InferenceError
@@ -25,35 +26,6 @@ PUMP_CHECK = {
 # Feature rows the bundled model calls healthy (vibration mean 2) and bearing_fault (20).
 HEALTHY = [2.0, 0.1, 2.3, 50.0, 0.0, 4.2, 1470.0]
 FAULTY = [20.0, 1.0, 25.0, 90.0, 0.1, 4.2, 1470.0]
-
-MAPPING = """
-version: 1
-gateway: {{id: unit, store: "sqlite:///{store}"}}
-sources:
-  plant: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:4840"}}
-templates:
-  pump:
-    tags:
-      vibration: {{source: plant, address: "nsu=urn:t;s={{n}}.V"}}
-      bearing_temperature: {{source: plant, address: "nsu=urn:t;s={{n}}.T"}}
-      discharge_pressure: {{source: plant, address: "nsu=urn:t;s={{n}}.P"}}
-      speed: {{source: plant, address: "nsu=urn:t;s={{n}}.S"}}
-assets:
-  pump-a: {{template: pump, vars: {{n: a}}}}
-models:
-  pump-health:
-    file: {model}
-    version: "1"
-    template: pump
-    features:
-      - {{tag: vibration, stat: mean}}
-      - {{tag: vibration, stat: std}}
-      - {{tag: vibration, stat: max}}
-      - {{tag: bearing_temperature, stat: mean}}
-      - {{tag: bearing_temperature, stat: slope}}
-      - {{tag: discharge_pressure, stat: mean}}
-      - {{tag: speed, stat: mean}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +49,8 @@ def test_wrong_output_shape_in_a_mapping_stops_validate(
     variants: dict[str, Path], tmp_path: Path
 ) -> None:
     path = tmp_path / "mapping.yaml"
-    path.write_text(MAPPING.format(store=tmp_path / "b.db", model=variants["wrong_output_shape"]))
+    model = variants["wrong_output_shape"]
+    path.write_text(pump_mapping(store=tmp_path / "b.db", model=model, timing={}))
     load_mapping(path)  # the mapping itself is fine ...
     with pytest.raises(ConfigError) as err:  # ... the model is not, and validate says why
         prepare(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from unittest.mock import patch
 
 import pytest
+from pump_mapping import pump_mapping
 
 from bridge.config import load_mapping
 from bridge.config.resolved import Mapping
@@ -19,38 +20,7 @@ from bridge.runtime.tagtable import TagTable
 from bridge.types import Prediction, Quality, TagSample
 from simulators.plant.model_variants import write_variants
 
-MAPPING = """
-version: 1
-gateway: {{id: unit, store: "sqlite:///{store}"}}
-sources:
-  plant: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:4840"}}
-templates:
-  pump:
-    tags:
-      vibration: {{source: plant, address: "nsu=urn:t;s={{n}}.V"}}
-      bearing_temperature: {{source: plant, address: "nsu=urn:t;s={{n}}.T"}}
-      discharge_pressure: {{source: plant, address: "nsu=urn:t;s={{n}}.P"}}
-      speed: {{source: plant, address: "nsu=urn:t;s={{n}}.S"}}
-assets:
-  pump-a: {{template: pump, vars: {{n: a}}}}
-  pump-b: {{template: pump, vars: {{n: b}}}}
-  pump-c: {{template: pump, vars: {{n: c}}}}
-models:
-  pump-health:
-    file: {model}
-    version: "1"
-    template: pump
-    period_s: 1
-    window_s: 10
-    features:
-      - {{tag: vibration, stat: mean}}
-      - {{tag: vibration, stat: std}}
-      - {{tag: vibration, stat: max}}
-      - {{tag: bearing_temperature, stat: mean}}
-      - {{tag: bearing_temperature, stat: slope}}
-      - {{tag: discharge_pressure, stat: mean}}
-      - {{tag: speed, stat: mean}}
-"""
+ASSETS = ("pump-a", "pump-b", "pump-c")
 
 # Constant readings the bundled model calls healthy (pump-a) and bearing_fault (pump-b).
 HEALTHY = {"vibration": 2.0, "bearing_temperature": 50.0, "discharge_pressure": 4.2, "speed": 1470}
@@ -84,7 +54,7 @@ class Rig:
 
 def make_rig(tmp_path: Path, model: Path) -> Rig:
     path = tmp_path / "mapping.yaml"
-    path.write_text(MAPPING.format(store=tmp_path / "bridge.db", model=model))
+    path.write_text(pump_mapping(store=tmp_path / "bridge.db", model=model, assets=ASSETS))
     mapping = load_mapping(path)
     table = TagTable(mapping)
     m = mapping.models["pump-health"]
@@ -111,9 +81,3 @@ def rig(tmp_path: Path, variants: dict[str, Path]) -> Rig:
 def rig_factory() -> Callable[[Path, Path], Rig]:
     """Another rig (another gateway) over its own tag table: ``rig_factory(folder, model)``."""
     return make_rig
-
-
-@pytest.fixture
-def mapping_text() -> str:
-    """The rig's mapping, to format with ``store=`` and ``model=``."""
-    return MAPPING

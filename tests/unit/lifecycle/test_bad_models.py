@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from pump_mapping import pump_mapping
 from support import wait_until
 
 from bridge.cli import main
@@ -29,6 +30,8 @@ from bridge.lifecycle.switching import RegistryWatcher
 from bridge.store.db import Store, open_store
 from bridge.store.registry import RegistryRepository
 from bridge.types import Prediction, Quality
+
+ASSETS = ("pump-a", "pump-b", "pump-c")  # the rig's (conftest.py)
 
 MODEL = "pump-health"
 
@@ -253,7 +256,7 @@ async def test_version_the_runtime_refuses_is_refused_and_the_old_one_stays_acti
 
 
 def test_cli_refuses_an_unfitting_version_when_it_knows_the_mapping(
-    variants: dict[str, Path], tmp_path: Path, mapping_text: str
+    variants: dict[str, Path], tmp_path: Path
 ) -> None:
     models = tmp_path / "models"  # gateway.models.directory's default, beside the mapping
     models.mkdir()
@@ -261,7 +264,7 @@ def test_cli_refuses_an_unfitting_version_when_it_knows_the_mapping(
         shutil.copy(variants[name], models / f"{name}.onnx")
     db = tmp_path / "bridge.db"
     mapping = tmp_path / "mapping.yaml"
-    mapping.write_text(mapping_text.format(store=db, model=models / "pump_health_v1.onnx"))
+    mapping.write_text(pump_mapping(store=db, model=models / "pump_health_v1.onnx", assets=ASSETS))
     cli = CliRunner()
 
     def models_cmd(*args: str) -> Any:

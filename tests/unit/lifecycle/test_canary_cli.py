@@ -7,43 +7,10 @@ import shutil
 from pathlib import Path
 
 from click.testing import CliRunner, Result
+from pump_mapping import pump_mapping
 
 from bridge.cli import main
 from bridge.lifecycle.canary import canary_assets
-
-FOUR_PUMPS = """
-version: 1
-gateway: {{id: unit, store: "sqlite:///{store}"}}
-sources:
-  plant: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:4840"}}
-templates:
-  pump:
-    tags:
-      vibration: {{source: plant, address: "nsu=urn:t;s={{n}}.V"}}
-      bearing_temperature: {{source: plant, address: "nsu=urn:t;s={{n}}.T"}}
-      discharge_pressure: {{source: plant, address: "nsu=urn:t;s={{n}}.P"}}
-      speed: {{source: plant, address: "nsu=urn:t;s={{n}}.S"}}
-assets:
-  pump-1: {{template: pump, vars: {{n: p1}}}}
-  pump-2: {{template: pump, vars: {{n: p2}}}}
-  pump-3: {{template: pump, vars: {{n: p3}}}}
-  pump-4: {{template: pump, vars: {{n: p4}}}}
-models:
-  pump-health:
-    file: {model}
-    version: "1"
-    template: pump
-    period_s: 1
-    window_s: 10
-    features:
-      - {{tag: vibration, stat: mean}}
-      - {{tag: vibration, stat: std}}
-      - {{tag: vibration, stat: max}}
-      - {{tag: bearing_temperature, stat: mean}}
-      - {{tag: bearing_temperature, stat: slope}}
-      - {{tag: discharge_pressure, stat: mean}}
-      - {{tag: speed, stat: mean}}
-"""
 
 
 def _run(mapping: Path, *args: str) -> Result:
@@ -57,7 +24,10 @@ def test_canary_share_names_its_assets_and_warns_when_it_covers_none(
     shutil.copy(variants["pump_health_v1"], tmp_path / "models" / "v1.onnx")
     shutil.copy(variants["pump_health_v2"], tmp_path / "models" / "v2.onnx")
     mapping = tmp_path / "mapping.yaml"
-    mapping.write_text(FOUR_PUMPS.format(store=tmp_path / "bridge.db", model="models/v1.onnx"))
+    four = [f"pump-{i}" for i in range(1, 5)]
+    mapping.write_text(
+        pump_mapping(store=tmp_path / "bridge.db", model="models/v1.onnx", assets=four)
+    )
     for version in ("1", "2"):
         reg = _run(
             mapping, "register", str(tmp_path / "models" / f"v{version}.onnx"),
@@ -69,7 +39,7 @@ def test_canary_share_names_its_assets_and_warns_when_it_covers_none(
 
     half = _run(mapping, "canary", "pump-health", "2", "--share", "50%")
     assert half.exit_code == 0, (half.stdout, half.stderr)
-    chosen = canary_assets("pump-health", [f"pump-{i}" for i in range(1, 5)], 50.0)
+    chosen = canary_assets("pump-health", four, 50.0)
     assert len(chosen) == 2
     assert f"serves 2 of 4 assets: {', '.join(sorted(chosen))}" in half.stdout
     assert "warning" not in half.stderr
