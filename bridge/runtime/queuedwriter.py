@@ -25,7 +25,7 @@ import structlog
 from bridge.errors import BridgeError
 from bridge.types import ComponentHealth
 
-from .supervise import Supervised
+from bridge.supervise import Supervised
 
 __all__ = ["POISON_AFTER", "QueuedWriter"]
 

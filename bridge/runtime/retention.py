@@ -32,7 +32,7 @@ from sqlalchemy.exc import ArgumentError
 from bridge.config.models import GatewaySettings, RetentionSettings
 from bridge.drift.events import DRIFT_LABEL
 from bridge.errors import BridgeError
-from bridge.runtime.supervise import Supervised
+from bridge.supervise import Supervised
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.store.db import Store
 from bridge.store.retention import HISTORY, TARGETS, RetentionStore, Target

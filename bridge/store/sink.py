@@ -7,7 +7,7 @@ stopping with rows unwritten, a batch that crashes the writer again and again) i
 ``dropped``, logged and handed to ``on_drop`` (the gateway raises an alert with it): never
 silent. A prediction is durable once its batch committed; ``written`` counts those rows.
 
-The worker is supervised (``bridge.runtime.supervise``): it restarts, with backoff, on any
+The worker is supervised (``bridge.supervise``): it restarts, with backoff, on any
 exception, and the batch it was writing is written by the restarted worker.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from bridge.errors import BridgeError, StoreError
-from bridge.runtime.supervise import Supervised
+from bridge.supervise import Supervised
 from bridge.types import ComponentHealth, Prediction
 
 from .db import Store

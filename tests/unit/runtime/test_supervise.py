@@ -10,7 +10,7 @@ import asyncio
 from support import wait_until
 
 from bridge.errors import StoreError
-from bridge.runtime.supervise import Supervised
+from bridge.supervise import Supervised
 
 
 async def test_restarts_on_any_exception_until_the_worker_works() -> None:
