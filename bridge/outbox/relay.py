@@ -31,6 +31,7 @@ import structlog
 
 from bridge.errors import BridgeError
 from bridge.store.outbox import Claim, OutboxEvent, OutboxFeed, OutboxRepository
+from bridge.supervise import Supervised
 from bridge.types import ComponentHealth
 
 from .policy import RetryDecision, RetryPolicy
@@ -103,8 +104,14 @@ class Relay:
         self._repo = repo
         self._feed = feed
         self._s = settings or RelaySettings()
-        self._task: asyncio.Task[None] | None = None
-        self._stats_task: asyncio.Task[None] | None = None
+        # Both loops restart, with backoff, on any exception (a bug, a driver error that is
+        # not a StoreError): a relay never stops while the gateway runs.
+        self._loop = Supervised(self.name, self._run, max_backoff_s=self._s.max_backoff_s)
+        # Its own task: a round can wait on an outage for hours, health must stay fresh.
+        self._stats = Supervised(
+            f"{self.name}:stats", self._watch, max_backoff_s=self._s.max_backoff_s
+        )
+        self._started = False
         self._closed = False
         self._last_error = ""
         self._backlog = 0
@@ -126,23 +133,18 @@ class Relay:
         self.dead_lettered = 0
 
     async def start(self) -> None:
-        if self._task is None and not self._closed:
-            self._task = asyncio.create_task(self._run(), name=self.name)
-            # Its own task: a round can wait on an outage for hours, health must stay fresh.
-            self._stats_task = asyncio.create_task(self._watch(), name=f"{self.name}:stats")
+        if not self._started and not self._closed:
+            self._started = True
+            self._loop.start()
+            self._stats.start()
 
     async def close(self) -> None:
         """Stop; events not yet accepted stay in the outbox for the next start."""
         self._closed = True
-        task, self._task = self._task, None
-        if task is None:
+        if not self._started:
             return
-        stats, self._stats_task = self._stats_task, None
-        for t in (task, stats):
-            if t is not None:
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+        await self._loop.stop()
+        await self._stats.stop()
         log.info(
             "outbox_relay_stopped",
             destination=self.destination.name,
@@ -168,14 +170,20 @@ class Relay:
             "max_pending": feed.budget.max_pending,
             # Counters are integers: the budget policy as a flag (the API names it).
             "drop_oldest": int(feed.budget.when_full == "drop-oldest"),
+            "restarts": self._loop.restarts + self._stats.restarts,
         }
         if self._closed:
             return ComponentHealth(self.name, "stopped", counters=counters)
-        if self._task is None:
+        if not self._started:
             return ComponentHealth(self.name, "starting", counters=counters)
-        if self._task.done() or (self._stats_task is not None and self._stats_task.done()):
+        if self._loop.done() or self._stats.done():
             return ComponentHealth(self.name, "down", "relay task ended", counters)
-        error = self._last_error or self.destination.health().detail
+        error = (
+            self._last_error
+            or self._loop.last_crash
+            or self._stats.last_crash
+            or self.destination.health().detail
+        )
         if error:
             return ComponentHealth(self.name, "degraded", error, counters)
         if self._backlog >= feed.budget.max_pending:
@@ -201,7 +209,7 @@ class Relay:
                 heapq.heappop(self._due)
             try:
                 while await self._round():
-                    pass
+                    self._loop.ok()
             except BridgeError as exc:
                 failures += 1
                 delay = min(self._s.max_backoff_s, 0.2 * 2.0 ** min(failures - 1, 20))
@@ -217,6 +225,7 @@ class Relay:
                 log.info("outbox_relay_recovered", destination=self.destination.name)
             failures = 0
             self._last_error = ""
+            self._loop.ok()
 
     async def _watch(self) -> None:
         while True:
@@ -230,6 +239,7 @@ class Relay:
                 self._oldest = stats.oldest_created_at
                 self._dead_letters = stats.dead_letters
                 self._feed.pending = stats.backlog
+                self._stats.ok()
             await asyncio.sleep(self._s.stats_every_s)
 
     async def _round(self) -> int:
