@@ -1,15 +1,15 @@
 """The retraining webhook: an outbox destination that POSTs drift events to one URL.
 
 It takes no predictions (``encode`` is None for all of them); drift events are put into its
-outbox rows by the drift alert writer, so a webhook that is down loses nothing, and the relay
-sends each event once accepted. Retry policy as for MES calls: connection errors, timeouts,
-408/425/429 and 5xx are retried forever with exponential backoff and equal jitter, honouring
-``Retry-After``; another 4xx is a rejection, which the relay counts and dead-letters.
+outbox rows by the drift alert writer, so a webhook that is down loses nothing. ``deliver``
+sends once, like the MES sink: connection errors, timeouts, 408/425/429 and 5xx come back as
+``Retry`` (with the ``Retry-After`` hint), and the relay owns the retries, their backoff (this
+destination's ``backoff``) and the cap after which the event is dead-lettered; another 4xx is
+a rejection, which the relay counts and dead-letters.
 """
 
 from __future__ import annotations
 
-import random
 import socket
 import time
 from collections.abc import Sequence
@@ -17,18 +17,17 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from bridge.client_tls import ClientTls, ClientTlsError, describe_tls_failure
 from bridge.errors import BridgeError
+from bridge.outbox.protocol import Outcome, Retry
 from bridge.redact import redact_text
 from bridge.types import ComponentHealth, Prediction
 
-__all__ = ["WebhookDestination", "backoff_delay", "is_retryable", "retry_after_s"]
+__all__ = ["WebhookDestination", "is_retryable", "retry_after_s"]
 
 log = structlog.get_logger(__name__)
 
-_RNG = random.Random()
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 
 
@@ -47,12 +46,6 @@ def retry_after_s(value: str | None, now: float) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     return None if when.tzinfo is None else max(0.0, when.timestamp() - now)
-
-
-def backoff_delay(attempt: int, initial: float, cap: float) -> float:
-    """Equal jitter: half fixed, half random, so many gateways do not retry in lock-step."""
-    ceiling = min(cap, initial * 2.0 ** min(max(0, attempt - 1), 62))
-    return ceiling / 2 + _RNG.uniform(0, ceiling / 2)
 
 
 class _Retryable(Exception):
@@ -91,6 +84,11 @@ class WebhookDestination:
     def concurrency(self) -> int:
         return 1
 
+    @property
+    def backoff(self) -> tuple[float, float]:
+        """How the relay spaces this webhook's retries: first delay and cap, in seconds."""
+        return self._initial, self._cap
+
     async def start(self) -> None:
         if self._client is None and not self._closed:
             try:
@@ -128,18 +126,20 @@ class WebhookDestination:
     def encode(self, prediction: Prediction) -> str | None:
         return None  # drift events only
 
-    async def deliver(self, key: str, body: str) -> str | None:
+    async def deliver(self, key: str, body: str) -> Outcome:
+        """Send once: None accepted, the reason of a rejection, or ``Retry``."""
+        # The same key on every attempt lets the receiver discard a repeat whose reply was lost.
         headers = {**self._headers, "Idempotency-Key": key}
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_Retryable),
-            wait=self._wait,
-            stop=stop_never,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                status, text = await self._post(body, headers)
+        try:
+            status, text = await self._post(body, headers)
+        except _Retryable as exc:
+            # Shown by health and kept in the dead letters: no credentials from the URL.
+            error = redact_text(str(exc))
+            self._counters["retries"] += 1
+            if not self._last_error:
+                log.warning("webhook_failing", destination=self.name, error=error)
+            self._last_error = error
+            return Retry(error, exc.retry_after)
         if status >= 400:
             self._counters["rejected"] += 1
             log.warning("webhook_rejected", destination=self.name, key=key, status=status)
@@ -169,18 +169,3 @@ class WebhookDestination:
             wait = retry_after_s(response.headers.get("Retry-After"), time.time())
             raise _Retryable(f"HTTP {status}", wait)
         return status, response.text[:200]
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            return min(exc.retry_after, self._cap)
-        return backoff_delay(state.attempt_number, self._initial, self._cap)
-
-    def _before_sleep(self, state: RetryCallState) -> None:
-        self._counters["retries"] += 1
-        exc = state.outcome.exception() if state.outcome is not None else None
-        # Shown by health too: an error that quotes the URL must not carry its credentials.
-        error = redact_text(str(exc)) if exc is not None else "unknown"
-        if not self._last_error:
-            log.warning("webhook_failing", destination=self.name, error=error)
-        self._last_error = error

@@ -18,7 +18,8 @@ from bridge.drift.webhook import WebhookDestination
 from bridge.drift.writer import DriftAlertWriter
 from bridge.errors import StoreError
 from bridge.lifecycle.reference import load_reference
-from bridge.outbox.relay import Relay, RelaySettings
+from bridge.outbox.relay import Relay
+from bridge.outbox.wiring import relay_settings_for
 from bridge.runtime.insight import ModelInsight
 from bridge.runtime.models import ModelRunner
 from bridge.store.db import Store
@@ -97,11 +98,9 @@ def build_insight(
     writer = DriftAlertWriter(DriftAlertRepository(store), gid, alert_feeds)
     repo = OutboxRepository(store)
     budget = Budget(outbox.max_pending, outbox.when_full)
-    relay_settings = RelaySettings(
-        batch_size=outbox.batch_size,
-        dead_letter_after=outbox.dead_letter_after,
-        reject_retry_s=outbox.reject_retry_s,
-    )
+    # The webhooks' relays cap retries like the MES's: one event answered 5xx forever is
+    # dead-lettered after ``max_retries`` / ``max_retry_age_s`` instead of blocking the model's.
+    relay_settings = relay_settings_for(outbox)
     parts = Insight({}, writer)
     registry = RegistryRepository(store)
     for runner in runners:
