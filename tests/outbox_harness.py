@@ -67,6 +67,8 @@ class Durable:
         batch_size: int = 500,
         timeout_s: float = 2.0,
         mes_batch_size: int = 1,
+        lease_s: float = 30.0,
+        holder: str = GATEWAY,
         slots: Sequence[PredictionSlot] = (),
         **mes: Any,
     ) -> None:
@@ -84,7 +86,8 @@ class Durable:
         # Built as the gateway builds it: the destination's event rules run in the store writer.
         self.feed = feed_for(self.mes, Budget(max_pending, when_full), slots)
         self.writer = StoreSink(store, outbox=[self.feed], batch_size=batch_size)
-        self.repo = OutboxRepository(store)
+        # Leases in the gateway's name, as the runtime takes them: a restart takes them back.
+        self.repo = OutboxRepository(store, holder=holder)
         self.relay = Relay(
             self.mes,
             self.repo,
@@ -99,6 +102,7 @@ class Durable:
                 rescan_s=0.2,
                 stats_every_s=0.1,
                 max_backoff_s=0.5,
+                lease_s=lease_s,
             ),
         )
 

@@ -15,6 +15,13 @@ replies arrive (one commit for whatever arrived meanwhile), so a crash re-sends 
 accepted event per asset: the one whose commit was under way. A ``BatchDestination`` sends
 waves instead: wave i carries the i-th event of every asset still going, several per request,
 and each wave is recorded at once.
+
+A claim leases its rows (``lease_s``) and commits: no transaction stays open while events are
+sent, whatever the destination does; the round renews its leases while it runs. The rows of a
+relay that died are claimable by any relay once its leases expire.
+
+Both loops (delivery and stats) are supervised: any exception restarts them with backoff, and
+health counts the restarts.
 """
 
 from __future__ import annotations
@@ -89,6 +96,9 @@ class RelaySettings:
     rescan_s: float = 1.0
     stats_every_s: float = 1.0
     max_backoff_s: float = 30.0
+    # How long a claim leases its rows: renewed every third of it while the round runs; after
+    # it, the rows of a relay that died are sent by another gateway sharing the database.
+    lease_s: float = 30.0
 
 
 class Relay:
@@ -250,6 +260,7 @@ class Relay:
             self._s.batch_size,
             None,
             self._s.per_asset,
+            self._s.lease_s,
             cleanup=Claim.close,
         )
         try:
@@ -257,9 +268,13 @@ class Relay:
                 return 0
             limit = asyncio.Semaphore(max(1, self.destination.concurrency))
             recorder = _Recorder(self._repo, self.destination.name, self._counted)
+            renewing = asyncio.create_task(self._renew(), name=f"{self.name}:leases")
             try:
                 outcomes = await self._send_claimed(limit, claim.events, recorder)
             finally:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
                 await recorder.close()
             accepted = recorder.recorded + recorder.unrecorded
             rejected = {i: o for i, o in outcomes.items() if isinstance(o, str)}
@@ -271,11 +286,10 @@ class Relay:
                 self._s.dead_letter_after,
                 self._s.reject_retry_s,
                 retried,
-                recorder.recorded,
             )
         finally:
             await _see_through(claim.close)
-        self._counted(len(recorder.unrecorded))  # recorded by ``finish`` instead
+        self._counted(len(recorder.unrecorded))  # deleted by ``finish`` instead
         self._feed.pending = max(0, self._feed.pending - len(dead))
         self.rejected += len(rejected)
         self.retried += len(retried)
@@ -297,6 +311,18 @@ class Relay:
             hint = max((h for h in hints if h is not None), default=None)
             await asyncio.sleep(self._policy.delay(self._outage, hint))
         return len(claim.events)
+
+    async def _renew(self) -> None:
+        """Keep this round's leases while it runs (an MES that answers slowly, a long backlog),
+        so no other relay takes over rows that are still being sent."""
+        every = max(0.05, self._s.lease_s / 3)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await _see_through(self._repo.renew, self.destination.name, self._s.lease_s)
+            except BridgeError as exc:
+                # The leases may lapse: another relay then sends those rows (same keys).
+                log.warning("outbox_lease_renew_failed", destination=self.name, error=str(exc))
 
     def _counted(self, accepted: int) -> None:
         self.delivered += accepted

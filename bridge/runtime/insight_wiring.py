@@ -96,7 +96,7 @@ def build_insight(
     runner; one webhook destination (outbox + relay) per model with ``drift.webhook``."""
     gid = mapping.gateway.id
     writer = DriftAlertWriter(DriftAlertRepository(store), gid, alert_feeds)
-    repo = OutboxRepository(store)
+    repo = OutboxRepository(store, holder=gid)
     budget = Budget(outbox.max_pending, outbox.when_full)
     # The webhooks' relays cap retries like the MES's: one event answered 5xx forever is
     # dead-lettered after ``max_retries`` / ``max_retry_age_s`` instead of blocking the model's.

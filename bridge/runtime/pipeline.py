@@ -111,7 +111,9 @@ async def run_gateway(
         for out in mapping.outputs.values()
     ]
     # Durable outputs (mes-rest) are fed from the outbox, written with each prediction batch.
-    _, durable = split_outputs(outputs, OutboxRepository(store), mapping.gateway.outbox, slots)
+    # The gateway id names its outbox leases: a restarted gateway takes its own back at once.
+    repo = OutboxRepository(store, holder=gid)
+    _, durable = split_outputs(outputs, repo, mapping.gateway.outbox, slots)
     # Predictions the store writer cannot keep become alerts (written once the store is back).
     loss_alerts = LossAlerts(AlertRepository(store))
     # Old rows leave the store in batches; a low disk degrades health and raises an alert.

@@ -106,15 +106,16 @@ class OutboxRow(Base):
     # Retryable failures counted against the event (revision 0007), and when the first was.
     retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     first_failed_at: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
+    # The relay that leased the row for sending (empty: none) and until when (revision 0010):
+    # a claim commits its lease at once instead of holding a transaction open while it sends.
+    claimed_by: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    lease_until: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
 
 
 class OutboxAcceptedRow(Base):
-    """An outbox row its destination accepted, recorded as the reply arrived (revision 0007).
-
-    On PostgreSQL the relay's claim keeps its rows locked until the end of its round, so it
-    cannot delete them earlier; this note, committed at once, keeps a crashed gateway from
-    sending them again. The round deletes the row and its note together.
-    """
+    """An outbox row its destination accepted (revision 0007). Unused since leases (revision
+    0010): a relay deletes accepted rows at once; the table stays for older gateways' notes,
+    which the upgrade resolves, and is emptied by retention."""
 
     __tablename__ = "outbox_accepted"
 

@@ -1,24 +1,33 @@
 """The transactional outbox: rows written with their prediction, claimed and removed by a relay.
 
 Synchronous, like the other repositories: callers on the event loop use ``asyncio.to_thread``.
-Order is per (destination, asset): a relay only ever takes the *oldest* row of an asset, so an
-asset has at most one event in flight per destination while different assets go in parallel.
-On PostgreSQL the claim holds ``FOR UPDATE SKIP LOCKED`` row locks until the rows are finished,
-so several gateways can share one database without sending an event twice or out of order.
+Order is per (destination, asset): a relay only ever takes the *oldest* rows of an asset, so an
+asset has at most one relay sending it per destination while different assets go in parallel.
+
+Claims are leases, not held transactions: a claim marks its rows ``claimed_by`` (the relay) and
+``lease_until`` (now + the lease) and commits at once; the events are sent outside any
+transaction; accepted rows are deleted in short transactions as the replies arrive; the relay
+renews its leases while a long round runs. A lease that expired (its gateway was killed or lost
+the database) makes the rows claimable by any relay, and the old holder can no longer finish
+them. Claims of one destination take turns (a PostgreSQL advisory lock for a few milliseconds),
+so several gateways can share one database without sending an event twice (bar a lease taken
+over mid-send: the same Idempotency-Key lets the destination drop it) or out of order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from sqlalchemy import (
     BigInteger,
-    Double,
     Select,
     String,
     any_,
@@ -28,6 +37,7 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -41,7 +51,7 @@ from bridge.types import Prediction
 
 from .codec import prediction_from_row
 from .db import Store
-from .models import DeadLetterRow, OutboxAcceptedRow, OutboxRow, PredictionRow
+from .models import DeadLetterRow, OutboxRow, PredictionRow
 
 __all__ = [
     "Budget",
@@ -55,6 +65,7 @@ __all__ = [
     "RetryUpdate",
     "WhenFull",
     "enqueue",
+    "new_holder",
 ]
 
 WhenFull = Literal["refuse-new", "drop-oldest"]
@@ -132,6 +143,9 @@ class OutboxEvent:
     # Retryable failures counted against the event, and when the first of them was (0: none).
     retries: int = 0
     first_failed_at: float = 0.0
+    # The relay leasing it (empty: none) and until when (revision 0010).
+    claimed_by: str = ""
+    lease_until: float = 0.0
 
 
 class RetryUpdate(Protocol):
@@ -188,6 +202,8 @@ _EVENT_COLUMNS = (
     OutboxRow.next_attempt_at,
     OutboxRow.retries,
     OutboxRow.first_failed_at,
+    OutboxRow.claimed_by,
+    OutboxRow.lease_until,
 )
 
 
@@ -204,6 +220,8 @@ def _event(row: OutboxRow) -> OutboxEvent:
         row.next_attempt_at,
         row.retries,
         row.first_failed_at,
+        row.claimed_by,
+        row.lease_until,
     )
 
 
@@ -288,8 +306,10 @@ def _drop_oldest(session: Session, destination: str, count: int) -> int:
         .order_by(OutboxRow.id)
         .limit(count)
     )
+    # An event being delivered right now is leased by a relay: leave it to that relay.
+    oldest = oldest.where(or_(OutboxRow.claimed_by == "", OutboxRow.lease_until <= time.time()))
     if session.get_bind().dialect.name == "postgresql":
-        # An event being delivered right now is locked by the relay: skip it, never wait.
+        # A claim marking rows right now holds them for a few milliseconds: skip, never wait.
         oldest = oldest.with_for_update(skip_locked=True)
     ids = list(session.execute(oldest).scalars())
     if ids:
@@ -313,56 +333,24 @@ def _among(session: Session, column: Any, values: list[Any]) -> Any:
     return column.in_(values)
 
 
-def _keep_queue_prefixes(
-    s: Session, destination: str, per_asset: dict[str, list[OutboxEvent]]
-) -> None:
-    """Keep, per asset, the rows that are its queue's prefix and that this claim could lock.
-
-    SKIP LOCKED may have skipped rows another gateway holds, at the head of an asset's queue or
-    in its middle: sending the rows after them would overtake them. And between the window and
-    the lock below, another gateway may take some of the chosen rows. So each asset keeps only
-    the part of its chosen rows that is the start of its queue, then only up to the first row
-    it could not lock.
-    """
-    last = max(q[-1].id for q in per_asset.values())
-    queued: dict[str, list[int]] = {}
-    for asset, row_id in s.execute(
-        select(OutboxRow.asset, OutboxRow.id)
-        .where(
-            OutboxRow.destination == destination,
-            _among(s, OutboxRow.asset, list(per_asset)),
-            OutboxRow.id <= last,
-        )
-        .order_by(OutboxRow.id)
-    ):
-        queued.setdefault(asset, []).append(row_id)
-    for asset in list(per_asset):
-        queue, actual = per_asset[asset], queued.get(asset, [])
-        same = 0
-        while same < len(queue) and same < len(actual) and queue[same].id == actual[same]:
-            same += 1
-        if same == 0:
-            del per_asset[asset]
-        else:
-            del queue[same:]
-    if not per_asset:
-        return
-    chosen = [e.id for q in per_asset.values() for e in q]
-    got = set(
-        s.execute(
-            select(OutboxRow.id)
-            .where(_among(s, OutboxRow.id, chosen))
-            .order_by(OutboxRow.id)
-            .with_for_update(skip_locked=True)
-        ).scalars()
+def _free(when: float, holder: str) -> Any:
+    """Rows a claim may take: not leased, leased by this holder, or with an expired lease."""
+    return or_(
+        OutboxRow.claimed_by == "", OutboxRow.claimed_by == holder, OutboxRow.lease_until <= when
     )
-    for asset in list(per_asset):
-        queue = per_asset[asset]
-        cut = next((i for i, e in enumerate(queue) if e.id not in got), len(queue))
-        if cut == 0:
-            del per_asset[asset]
-        else:
-            del queue[cut:]
+
+
+def _held_by_another(e: OutboxEvent, when: float, holder: str) -> bool:
+    return e.claimed_by not in ("", holder) and e.lease_until > when
+
+
+def _lock_claims(s: Session, destination: str) -> None:
+    """PostgreSQL: one claim of a destination at a time, across gateways, for the claim's few
+    milliseconds (a transaction-scoped advisory lock). Claims then see each other's leases
+    committed, so two relays never lease the same row and never split an asset's queue."""
+    if s.get_bind().dialect.name == "postgresql":
+        key = func.hashtext(literal("bridge.outbox:" + destination, String()))
+        s.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 def _dead_values(event: OutboxEvent, now: float, attempts: int, error: str) -> dict[str, Any]:
@@ -379,16 +367,20 @@ def _dead_values(event: OutboxEvent, now: float, attempts: int, error: str) -> d
 
 
 class Claim:
-    """Head events taken by a relay; ``finish`` records the outcome, ``close`` releases the rest.
+    """Head events leased by a relay; ``finish`` records the outcome, ``close`` releases the rest.
 
-    On PostgreSQL the rows stay locked (``FOR UPDATE SKIP LOCKED``) until ``finish``/``close``;
-    SQLite has one writer per file anyway, so its claim is a plain read.
+    No transaction stays open while the events are sent: the claim committed its leases
+    (``claimed_by``, ``lease_until``) at once, and ``finish`` is a short transaction of its own.
+    A lease that expired and was taken by another relay is no longer this claim's: ``finish``
+    touches only the rows still leased to its holder (the other relay sends them again, with
+    the same Idempotency-Key).
     """
 
-    def __init__(self, session: Session, events: list[OutboxEvent], locked: bool) -> None:
+    def __init__(self, store: Store, holder: str, events: list[OutboxEvent]) -> None:
         self.events = events
-        self._session = session
-        self._locked = locked
+        self._store = store
+        self._holder = holder
+        self._open = bool(events)
 
     def finish(
         self,
@@ -397,185 +389,190 @@ class Claim:
         dead_letter_after: int,
         retry_in_s: float,
         retried: Mapping[int, RetryUpdate] | None = None,
-        recorded: Sequence[int] = (),
     ) -> list[OutboxEvent]:
         """Delete accepted rows; count rejections and retryable failures; move rows rejected
-        too often, or whose retries are exhausted (``retried[id].dead``), to dead letters.
-
-        ``recorded``: accepted rows already recorded by ``OutboxRepository.record_accepted``
-        (gone on SQLite; on PostgreSQL deleted here, with their notes).
+        too often, or whose retries are exhausted (``retried[id].dead``), to dead letters;
+        release the leases of the rest.
 
         Returns the events that became dead letters. One transaction: all of it or nothing, so
         a lost connection here only means those events are sent again (same Idempotency-Key).
         """
         now = time.time()
-        by_id = {e.id: e for e in self.events}
         dead: list[OutboxEvent] = []
-        s = self._session
         try:
-            ids = [*accepted, *recorded] if self._locked else list(accepted)
-            if ids:
-                s.execute(
-                    delete(OutboxRow).where(_among(s, OutboxRow.id, ids)),
-                    # No ORM objects to keep in sync: skip the RETURNING of every deleted id.
-                    execution_options={"synchronize_session": False},
+            with self._store.sessions.begin() as s:
+                mine_stmt = select(OutboxRow.id).where(
+                    _among(s, OutboxRow.id, [e.id for e in self.events]),
+                    OutboxRow.claimed_by == self._holder,
                 )
-            if self._locked and recorded:
-                notes = list(recorded)
-                s.execute(
-                    delete(OutboxAcceptedRow).where(_among(s, OutboxAcceptedRow.row_id, notes)),
-                    execution_options={"synchronize_session": False},
-                )
-            for row_id, error in rejected.items():
-                event = by_id[row_id]
-                attempts = event.attempts + 1
-                if attempts >= dead_letter_after:
-                    dead.append(event)
-                    self._bury(event, now, attempts, error)
-                else:
+                if s.get_bind().dialect.name == "postgresql":
+                    # No claim may take these rows over between this look and the writes below.
+                    mine_stmt = mine_stmt.with_for_update()
+                mine = set(s.execute(mine_stmt).scalars())
+                done = set(accepted)
+                gone = [i for i in accepted if i in mine]
+                if gone:
                     s.execute(
-                        update(OutboxRow)
-                        .where(OutboxRow.id == row_id)
-                        .values(
+                        delete(OutboxRow).where(_among(s, OutboxRow.id, gone)),
+                        # No ORM objects to keep in sync: skip the RETURNING of every deleted id.
+                        execution_options={"synchronize_session": False},
+                    )
+                for e in self.events:
+                    if e.id not in mine or e.id in done:
+                        continue
+                    error = rejected.get(e.id)
+                    decision = (retried or {}).get(e.id)
+                    values: dict[str, Any] = {"claimed_by": "", "lease_until": 0.0}
+                    if error is not None:
+                        attempts = e.attempts + 1
+                        if attempts >= dead_letter_after:
+                            dead.append(e)
+                            self._bury(s, e, now, attempts, error)
+                            continue
+                        values.update(
                             attempts=attempts, next_attempt_at=now + retry_in_s, last_error=error
                         )
-                    )
-            for row_id, decision in (retried or {}).items():
-                event = by_id[row_id]
-                if decision.dead:
-                    dead.append(event)
-                    self._bury(event, now, decision.retries, decision.reason)
-                else:
-                    s.execute(
-                        update(OutboxRow)
-                        .where(OutboxRow.id == row_id)
-                        .values(
+                    elif decision is not None:
+                        if decision.dead:
+                            dead.append(e)
+                            self._bury(s, e, now, decision.retries, decision.reason)
+                            continue
+                        values.update(
                             retries=decision.retries,
                             first_failed_at=decision.first_failed_at,
                             next_attempt_at=decision.next_attempt_at,
                             last_error=decision.reason,
                         )
-                    )
-            s.commit()
+                    s.execute(update(OutboxRow).where(OutboxRow.id == e.id).values(**values))
         except SQLAlchemyError as exc:
-            s.rollback()
             raise StoreError(f"cannot record outbox outcome: {exc}") from exc
+        self._open = False
         return dead
 
-    def _bury(self, event: OutboxEvent, now: float, attempts: int, error: str) -> None:
-        s = self._session
+    @staticmethod
+    def _bury(s: Session, event: OutboxEvent, now: float, attempts: int, error: str) -> None:
         s.execute(insert(DeadLetterRow).values(_dead_values(event, now, attempts, error)))
         s.execute(delete(OutboxRow).where(OutboxRow.id == event.id))
 
     def close(self) -> None:
-        """Release whatever was not finished (rollback frees the locks) and the connection."""
-        # The connection may be the one that just died; the pool discards it.
-        with contextlib.suppress(SQLAlchemyError):
-            self._session.close()
+        """Release the leases of a claim that did not finish (best effort: they expire anyway)."""
+        if not self._open:
+            return
+        self._open = False
+        with contextlib.suppress(SQLAlchemyError), self._store.sessions.begin() as s:
+            s.execute(
+                update(OutboxRow)
+                .where(
+                    _among(s, OutboxRow.id, [e.id for e in self.events]),
+                    OutboxRow.claimed_by == self._holder,
+                )
+                .values(claimed_by="", lease_until=0.0)
+            )
+
+
+def new_holder() -> str:
+    """A relay's name in ``claimed_by``: the host, the process and a random part (restarts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:200]
 
 
 class OutboxRepository:
-    def __init__(self, store: Store) -> None:
+    """``holder`` names this gateway in the leases it takes: the runtime gives its gateway id, so
+    a restarted gateway takes back at once the leases its previous run left (gateways sharing a
+    database have distinct ids). Without one, a name unique to this repository is made up."""
+
+    def __init__(self, store: Store, holder: str | None = None) -> None:
         self._store = store
+        self.holder = holder or new_holder()
 
     # -- relay ------------------------------------------------------------------------------
 
     def record_accepted(self, destination: str, ids: Sequence[int]) -> None:
-        """Record rows their destination accepted, in a transaction of their own, at once.
+        """Delete rows their destination accepted, in a short transaction of their own, at once.
 
-        SQLite: the claim holds no lock, so the rows are deleted. PostgreSQL: the claim keeps
-        them locked until its round ends, so a note is written instead (``outbox_accepted``);
-        the claim deletes both, and a later claim deletes rows whose gateway died in between.
+        Only rows still leased to this holder: a row whose lease another relay took over is
+        that relay's to send (again) and delete.
         """
         if not ids:
             return
         try:
             with self._store.sessions.begin() as s:
-                if self._store.dialect == "postgresql":
-                    # One statement over an array parameter: a round records thousands of
-                    # rows, and a multi-row INSERT renders one placeholder set per row.
-                    rows = select(
-                        func.unnest(bindparam(None, list(ids), type_=ARRAY(BigInteger()))),
-                        literal(destination, String()),
-                        literal(time.time(), Double()),
-                    )
-                    s.execute(
-                        insert(OutboxAcceptedRow).from_select(
-                            ["row_id", "destination", "accepted_at"], rows
-                        )
-                    )
-                else:
-                    s.execute(
-                        delete(OutboxRow).where(_among(s, OutboxRow.id, list(ids))),
-                        execution_options={"synchronize_session": False},
-                    )
+                s.execute(
+                    delete(OutboxRow).where(
+                        _among(s, OutboxRow.id, list(ids)),
+                        OutboxRow.destination == destination,
+                        OutboxRow.claimed_by == self.holder,
+                    ),
+                    execution_options={"synchronize_session": False},
+                )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record accepted outbox events: {exc}") from exc
 
-    def _forget_accepted(self, destination: str) -> None:
-        """Delete rows accepted by a claim that never finished (its gateway died): never resend."""
-        with self._store.sessions.begin() as s:
-            noted = select(OutboxAcceptedRow.row_id).where(
-                OutboxAcceptedRow.destination == destination
-            )
-            if s.execute(noted.limit(1)).first() is None:
-                return
-            # Rows of a live claim are locked by it: skip them, it deletes them itself.
-            orphans = list(
-                s.execute(
-                    select(OutboxRow.id)
-                    .where(OutboxRow.id.in_(noted))
-                    .with_for_update(skip_locked=True)
-                ).scalars()
-            )
-            if orphans:
-                s.execute(delete(OutboxRow).where(OutboxRow.id.in_(orphans)))
-            live = select(OutboxRow.id).where(OutboxRow.id == OutboxAcceptedRow.row_id)
-            s.execute(
-                delete(OutboxAcceptedRow).where(
-                    OutboxAcceptedRow.destination == destination, ~live.exists()
+    def renew(self, destination: str, lease_s: float) -> int:
+        """Extend every lease this holder has on ``destination`` (a long round is still going).
+
+        Returns how many rows it still holds; rows another relay took over are not touched.
+        """
+        try:
+            with self._store.sessions.begin() as s:
+                result = s.execute(
+                    update(OutboxRow)
+                    .where(
+                        OutboxRow.destination == destination, OutboxRow.claimed_by == self.holder
+                    )
+                    .values(lease_until=time.time() + lease_s)
                 )
-            )
+                return int(getattr(result, "rowcount", 0) or 0)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot renew outbox leases of {destination!r}: {exc}") from exc
 
     def claim(
-        self, destination: str, limit: int, now: float | None = None, depth: int = 1
+        self,
+        destination: str,
+        limit: int,
+        now: float | None = None,
+        depth: int = 1,
+        lease_s: float = 30.0,
     ) -> Claim:
-        """The oldest pending events of up to ``limit`` due assets, at most ``depth`` each.
+        """Lease the oldest pending events of up to ``limit`` due assets, at most ``depth`` each.
 
         Each asset's events are a prefix of its queue (oldest first, starting at its head),
-        so the relay can send them one after the other and keep the order.
+        so the relay can send them one after the other and keep the order. An asset whose
+        head (or an earlier row) another relay holds an unexpired lease on is left out; rows
+        whose lease expired (their relay died or lost the store) are free again. The leases
+        are committed before this returns: nothing stays open while the events are sent.
         """
         when = time.time() if now is None else now
-        locked = self._store.dialect == "postgresql"
-        if locked:
-            try:
-                self._forget_accepted(destination)
-            except SQLAlchemyError as exc:
-                raise StoreError(f"cannot claim outbox events of {destination!r}: {exc}") from exc
-        session = self._store.sessions()
         try:
-            events = self._scan(session, destination, limit, depth, when, locked)
-            if events is None:
-                events = self._heads(session, destination, limit, when, locked)
-            if not locked:
-                session.rollback()
+            with self._store.sessions.begin() as s:
+                _lock_claims(s, destination)
+                events = self._scan(s, destination, limit, depth, when, self.holder)
+                if events is None:
+                    events = self._heads(s, destination, limit, when, self.holder)
+                if events:
+                    s.execute(
+                        update(OutboxRow)
+                        .where(_among(s, OutboxRow.id, [e.id for e in events]))
+                        .values(claimed_by=self.holder, lease_until=when + lease_s),
+                        execution_options={"synchronize_session": False},
+                    )
         except SQLAlchemyError as exc:
-            session.close()
             raise StoreError(f"cannot claim outbox events of {destination!r}: {exc}") from exc
-        return Claim(session, events, locked)
+        return Claim(self._store, self.holder, events)
 
     @staticmethod
     def _scan(
-        s: Session, destination: str, limit: int, depth: int, when: float, locked: bool
+        s: Session, destination: str, limit: int, depth: int, when: float, holder: str
     ) -> list[OutboxEvent] | None:
         """Fast path: the oldest rows by id (the primary key), cut into per-asset prefixes.
 
         Rows are inserted in delivery order, so the lowest ids of a destination hold, for every
-        asset present, its oldest rows. None when that window holds nothing due (e.g. one asset
-        waiting after a rejection fills it): then the slower per-asset head query decides.
+        asset present, its oldest rows, all of them up to the window's end: an asset's rows in
+        the window are the start of its queue. None when that window holds nothing to take
+        (e.g. one asset waiting after a rejection, or leased by another relay, fills it): then
+        the slower per-asset head query decides.
         """
         dest_col: Any = OutboxRow.destination
-        if not locked:
+        if s.get_bind().dialect.name == "sqlite":
             # SQLite would filter through the (destination, asset, id) index and then sort the
             # whole backlog by id; an expression keeps it on the primary key, in order.
             dest_col = OutboxRow.destination + ""
@@ -585,16 +582,7 @@ class OutboxRepository:
             .order_by(OutboxRow.id)
             .limit(limit * depth)
         )
-        if locked:
-            # The window is read with SKIP LOCKED, to see past rows other gateways hold, inside
-            # a savepoint whose rollback drops those locks again: only the rows chosen below
-            # stay locked, so other gateways can take the assets this one leaves.
-            stmt = stmt.with_for_update(skip_locked=True, of=OutboxRow)
-            window = s.begin_nested()
-            rows = [OutboxEvent(*row) for row in s.execute(stmt)]
-            window.rollback()
-        else:
-            rows = [OutboxEvent(*row) for row in s.execute(stmt)]
+        rows = [OutboxEvent(*row) for row in s.execute(stmt)]
         if not rows:
             return []
         per_asset: dict[str, list[OutboxEvent]] = {}
@@ -608,21 +596,23 @@ class OutboxRepository:
                     blocked.add(e.asset)  # its head is not due (or no room): none of it
                     continue
                 per_asset[e.asset] = queue = []
-            if len(queue) < depth:
-                queue.append(e)
-            else:
+            if len(queue) >= depth or _held_by_another(e, when, holder):
+                # Another relay holds this row: the asset's later rows must not overtake it.
                 blocked.add(e.asset)
-        if locked and per_asset:
-            _keep_queue_prefixes(s, destination, per_asset)
+                if not queue:
+                    del per_asset[e.asset]
+                continue
+            queue.append(e)
         if not per_asset:
             return None if len(rows) == limit * depth else []
         return sorted((e for q in per_asset.values() for e in q), key=lambda e: e.id)
 
     @staticmethod
     def _heads(
-        s: Session, destination: str, limit: int, when: float, locked: bool
+        s: Session, destination: str, limit: int, when: float, holder: str
     ) -> list[OutboxEvent]:
-        """The head (oldest row) of every due asset, from an index-only GROUP BY."""
+        """The head (oldest row) of every due asset no other relay holds, from an index-only
+        GROUP BY."""
         heads = (
             select(func.min(OutboxRow.id).label("head"))
             .where(OutboxRow.destination == destination)
@@ -633,12 +623,10 @@ class OutboxRepository:
         stmt = (
             select(*_EVENT_COLUMNS)
             .join(heads, OutboxRow.id == heads.c.head)
-            .where(OutboxRow.next_attempt_at <= when)
+            .where(OutboxRow.next_attempt_at <= when, _free(when, holder))
             .order_by(OutboxRow.id)
             .limit(limit)
         )
-        if locked:
-            stmt = stmt.with_for_update(skip_locked=True, of=OutboxRow)
         return [OutboxEvent(*row) for row in s.execute(stmt)]
 
     def stats(self, destination: str) -> OutboxStats:

@@ -1,5 +1,5 @@
-"""The relay's claim: per-asset queue prefixes, due heads, and on PostgreSQL rows locked by
-another gateway (at an asset's head or in the middle of its queue) are never overtaken."""
+"""The relay's claim: per-asset queue prefixes, due heads, and rows leased by another relay (at
+an asset's head or in the middle of its queue) are never overtaken; expired leases are free."""
 
 from __future__ import annotations
 
@@ -74,41 +74,81 @@ def test_a_window_full_of_a_waiting_asset_falls_back_to_the_heads(store: Store) 
     assert claimed(store, 2, 2) == {"p2": [0]}
 
 
-def test_rows_locked_by_another_gateway_are_never_overtaken(store: Store) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("row locks: PostgreSQL (SQLite has one relay per database file)")
-    fill(store, ("p1", "p2", "p3"), 6)
-    other = store.sessions()  # another gateway's claim, holding its locks
-    try:
-        rows = {
+def lease(store: Store, rows: list[int], holder: str, until: float) -> None:
+    with store.sessions.begin() as s:
+        s.execute(
+            update(OutboxRow)
+            .where(OutboxRow.id.in_(rows))
+            .values(claimed_by=holder, lease_until=until)
+        )
+
+
+def row_ids(store: Store) -> dict[tuple[str, int], int]:
+    with store.sessions() as s:
+        return {
             (a, json.loads(b)["seq"]): i
-            for i, a, b in other.execute(select(OutboxRow.id, OutboxRow.asset, OutboxRow.body))
+            for i, a, b in s.execute(select(OutboxRow.id, OutboxRow.asset, OutboxRow.body))
         }
-        lock = [rows[("p1", 0)], rows[("p2", 3)]]  # p1's head; the middle of p2's queue
-        other.execute(select(OutboxRow.id).where(OutboxRow.id.in_(lock)).with_for_update()).all()
-        claim = OutboxRepository(store).claim("mes", 10, None, 8)
-        try:
-            got: dict[str, list[int]] = {}
-            for e in claim.events:
-                got.setdefault(e.asset, []).append(json.loads(e.body)["seq"])
-            # p1: its head is held, nothing may go; p2: only what comes before the held row.
-            assert got == {"p2": [0, 1, 2], "p3": [0, 1, 2, 3, 4, 5]}
-            # While this claim runs it holds only what it took: a third gateway can take
-            # p1's rows (all but the head held by the other) and p2's from the held one on.
-            probe = store.sessions()
-            try:
-                free = probe.execute(
-                    select(OutboxRow.asset, OutboxRow.body)
-                    .where(OutboxRow.asset.in_(["p1", "p2"]))
-                    .with_for_update(skip_locked=True)
-                ).all()
-                seqs = sorted((a, json.loads(b)["seq"]) for a, b in free)
-                assert seqs == [("p1", s) for s in range(1, 6)] + [("p2", 4), ("p2", 5)]
-            finally:
-                probe.rollback()
-                probe.close()
-        finally:
-            claim.close()
-    finally:
-        other.rollback()
-        other.close()
+
+
+def test_rows_leased_by_another_relay_are_never_overtaken(store: Store) -> None:
+    fill(store, ("p1", "p2", "p3"), 6)
+    rows = row_ids(store)
+    # Another gateway's unexpired leases: p1's head; the middle of p2's queue.
+    lease(store, [rows[("p1", 0)], rows[("p2", 3)]], "other-gateway", time.time() + 60)
+    repo = OutboxRepository(store)
+    claim = repo.claim("mes", 10, None, 8)
+    got: dict[str, list[int]] = {}
+    for e in claim.events:
+        got.setdefault(e.asset, []).append(json.loads(e.body)["seq"])
+    # p1: its head is held, nothing may go; p2: only what comes before the held row.
+    assert got == {"p2": [0, 1, 2], "p3": [0, 1, 2, 3, 4, 5]}
+    # The leases are committed: a third relay gets nothing of p1, p2 or p3 meanwhile.
+    assert claimed(store, 10, 8) == {}
+    claim.close()
+    # Released: the third relay now gets what the other gateway does not hold.
+    assert claimed(store, 10, 8) == {"p2": [0, 1, 2], "p3": [0, 1, 2, 3, 4, 5]}
+
+
+def test_expired_leases_are_claimable_and_the_old_holder_cannot_finish_them(
+    store: Store,
+) -> None:
+    fill(store, ("p1",), 3)
+    old = OutboxRepository(store, holder="old-gateway")
+    first = old.claim("mes", 10, None, 8, lease_s=60.0)
+    assert [json.loads(e.body)["seq"] for e in first.events] == [0, 1, 2]
+    # Nobody else may take them while the lease runs...
+    new = OutboxRepository(store, holder="new-gateway")
+    assert new.claim("mes", 10, None, 8).events == []
+    # ... and anybody may once it has expired (the old gateway hung or died).
+    lease(store, [e.id for e in first.events], "old-gateway", time.time() - 1)
+    second = new.claim("mes", 10, None, 8)
+    assert [e.id for e in second.events] == [e.id for e in first.events]
+    # The old holder wakes up: its outcomes no longer count, the rows are the new holder's.
+    old.record_accepted("mes", [first.events[0].id])
+    assert first.finish([first.events[1].id], {first.events[2].id: "HTTP 422"}, 1, 0.0) == []
+    with store.sessions() as s:
+        left = s.execute(select(OutboxRow.id, OutboxRow.claimed_by).order_by(OutboxRow.id)).all()
+    assert [(i, h) for i, h in left] == [(e.id, "new-gateway") for e in first.events]
+    assert OutboxRepository(store).dead_letters("mes") == []
+    # The new holder finishes them.
+    second.finish([e.id for e in second.events], {}, 3, 0.0)
+    assert OutboxRepository(store).stats("mes").backlog == 0
+
+
+def test_a_claim_commits_its_leases_and_renewal_extends_them(store: Store) -> None:
+    fill(store, ("p1", "p2"), 2)
+    repo = OutboxRepository(store, holder="me")
+    before = time.time()
+    claim = repo.claim("mes", 10, None, 8, lease_s=5.0)
+    with store.sessions() as s:
+        leases = s.execute(select(OutboxRow.claimed_by, OutboxRow.lease_until)).all()
+    assert {h for h, _ in leases} == {"me"}
+    assert all(before + 4 < u < time.time() + 6 for _, u in leases)
+    assert repo.renew("mes", 50.0) == 4
+    with store.sessions() as s:
+        until = s.execute(select(OutboxRow.lease_until)).scalars().all()
+    assert all(u > before + 45 for u in until)
+    claim.close()
+    with store.sessions() as s:
+        assert set(s.execute(select(OutboxRow.claimed_by)).scalars()) == {""}
