@@ -200,6 +200,14 @@ class OutboxSettings(Strict):
         description="Assets a relay serves per round (up to 8 events each, sent one after the "
         "other per asset); different assets go in parallel up to the destination's concurrency.",
     )
+    lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="How long a relay's claim on events lasts (renewed while it sends them). "
+        "No database transaction stays open meanwhile; if the gateway dies, another gateway "
+        "sharing the database sends its claimed events once the lease ends.",
+    )
 
 
 class ModelRegistrySettings(Strict):

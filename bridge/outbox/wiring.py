@@ -85,6 +85,7 @@ def relay_settings_for(settings: OutboxSettings) -> RelaySettings:
         reject_retry_s=settings.reject_retry_s,
         max_retries=settings.max_retries,
         max_retry_age_s=settings.max_retry_age_s,
+        lease_s=settings.lease_s,
     )
 
 
