@@ -212,3 +212,29 @@ async def test_a_relay_keeps_its_leases_while_a_long_round_runs(schema: str) -> 
         await g.close()
         await mes.stop()
         store.dispose()
+
+
+async def test_two_gateways_draining_one_outbox_keep_each_assets_order(schema: str) -> None:
+    store = open_store(PG_URL, schema=schema)
+    mes = MesReceiver(port=free_port())
+    await mes.start()
+    mes.set_delay(0.005)
+    a = Durable(store, mes.events_url, holder="gw-a", batch_size=3)
+    b = Durable(store, mes.events_url, holder="gw-b", batch_size=3)
+    try:
+        await a.start(relay=False)
+        await a.write([prediction(x, s) for s in range(40) for x in ASSETS])
+        await a.relay.start()
+        await b.start()
+        await wait_until(lambda: len(mes.unique_keys) == 200, 60, what="200 events delivered")
+        # Both took part (claims of 3 assets each leave the other two to the other gateway).
+        assert a.relay.delivered > 0 and b.relay.delivered > 0
+        assert a.relay.delivered + b.relay.delivered == 200
+        assert mes.duplicate_count == 0
+        for asset, seqs in received_in_order(mes.calls).items():
+            assert seqs == list(range(40)), asset
+    finally:
+        await a.close()
+        await b.close()
+        await mes.stop()
+        store.dispose()
