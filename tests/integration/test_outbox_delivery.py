@@ -252,7 +252,7 @@ async def test_postgres_connections_killed_during_delivery_lose_and_duplicate_no
         ctx.__exit__(None, None, None)
 
 
-async def test_two_gateways_sharing_postgres_skip_locked_send_each_event_once_in_order(
+async def test_two_gateways_sharing_postgres_send_each_event_once_in_order(
     tmp_path: Path, mes: MesReceiver, gateways: list[Durable]
 ) -> None:
     try:
@@ -264,7 +264,11 @@ async def test_two_gateways_sharing_postgres_skip_locked_send_each_event_once_in
     try:
         await mes.start()
         mes.set_delay(0.01)
-        a, b = (Durable(s, mes.events_url, batch_size=3, concurrency=3) for s in stores)
+        # Two gateways: two gateway ids, which name their leases.
+        a, b = (
+            Durable(s, mes.events_url, batch_size=3, concurrency=3, holder=f"gw-{i}")
+            for i, s in enumerate(stores)
+        )
         gateways.extend([a, b])
         await a.start(relay=False)
         await b.start(relay=False)
@@ -275,7 +279,7 @@ async def test_two_gateways_sharing_postgres_skip_locked_send_each_event_once_in
         await b.relay.start()
         await wait_until(lambda: len(mes.calls) >= 60, 30, what="all 60 delivered")
         await wait_until(lambda: a.backlog() == 0, 10, what="outbox empty")
-        assert mes.duplicate_count == 0  # locked rows are skipped, never sent by both
+        assert mes.duplicate_count == 0  # leased rows are skipped, never sent by both
         assert_exactly_once_in_order(mes, dict.fromkeys(assets, 10))
         await wait_until(
             lambda: a.relay.delivered + b.relay.delivered == 60, 5, what="relays counted 60"
