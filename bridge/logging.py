@@ -39,13 +39,18 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
+    # Loggers cached on first use keep the processor list they were built with: replacing the
+    # list's contents (not the list) lets a second configuration (the CLI run in-process, a
+    # test's capture_logs) reach every logger, whichever configuration built it.
+    processors: list[structlog.types.Processor] = structlog.get_config()["processors"]
+    processors[:] = [
+        *shared,
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+    ]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
