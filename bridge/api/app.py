@@ -62,7 +62,7 @@ def create_app(view: GatewayView, store: Store, settings: ApiSettings | None = N
     app.state.view = view
     app.state.history = PredictionHistory(store, timeout_s=settings.query_timeout_s)
     app.state.key_cache = keys
-    app.state.alerts = AlertRepository(store)
+    app.state.alerts = AlertRepository(store, timeout_s=settings.query_timeout_s)
     # The gateway replaces it with one that knows the configured public key.
     app.state.registry = RegistryService(RegistryRepository(store))
     app.state.lineage = LineageRepository(store)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from bridge.errors import StoreError
 
-from .db import Store
+from .db import Store, read_session
 from .models import Base
 from .repository import _insert_ignoring
 
@@ -124,10 +124,12 @@ def _alert(r: AlertRow) -> Alert:
 
 
 class AlertRepository:
-    """Synchronous: callers on the event loop use ``asyncio.to_thread``."""
+    """Synchronous: callers on the event loop use ``asyncio.to_thread``. With ``timeout_s`` the
+    reads (pages, metrics) are stopped past it (QueryTimeoutError); writes never are."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, timeout_s: float | None = None) -> None:
         self._store = store
+        self._timeout_s = timeout_s
 
     def add_many(self, alerts: Sequence[NewAlert]) -> None:
         if not alerts:
@@ -172,7 +174,7 @@ class AlertRepository:
             stmt = stmt.where(AlertRow.id < before_id)
         stmt = stmt.order_by(AlertRow.id.desc()).limit(limit)
         try:
-            with self._store.sessions() as session:
+            with read_session(self._store, self._timeout_s) as session:
                 return [_alert(r) for r in session.scalars(stmt)]
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot query alerts: {exc}") from exc
@@ -221,7 +223,7 @@ class AlertRepository:
             stmt = stmt.where(AlertRow.raised_at <= until)
             oldest = oldest.where(AlertRow.raised_at <= until)
         try:
-            with self._store.sessions() as session:
+            with read_session(self._store, self._timeout_s) as session:
                 total, acked, mean, worst = session.execute(stmt).one()
                 oldest_open = session.execute(oldest).scalar_one()
         except SQLAlchemyError as exc:

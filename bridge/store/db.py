@@ -93,6 +93,18 @@ def statement_timeout(session: Session, seconds: float) -> Iterator[None]:
             raw.set_progress_handler(None, 0)
 
 
+@contextlib.contextmanager
+def read_session(store: Store, timeout_s: float | None) -> Iterator[Session]:
+    """A session for a read that is stopped past ``timeout_s`` (QueryTimeoutError; None: no
+    limit): the API's history reads, never the data path's writes."""
+    with store.sessions() as session:
+        if timeout_s is None:
+            yield session
+        else:
+            with statement_timeout(session, timeout_s):
+                yield session
+
+
 def _sqlite_pragmas(synchronous: Synchronous) -> Any:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # WAL lets the API read while the sink writes. NORMAL survives process crashes and only

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select
@@ -12,7 +11,7 @@ from bridge.errors import StoreError
 from bridge.types import Prediction
 
 from .codec import prediction_from_row
-from .db import Store, statement_timeout
+from .db import Store, read_session
 from .models import PredictionRow
 
 __all__ = ["HistoryPage", "PageKey", "PredictionHistory"]
@@ -67,9 +66,7 @@ class PredictionHistory:
             limit + 1
         )
         try:
-            with self._store.sessions() as session, contextlib.ExitStack() as limits:
-                if self._timeout_s is not None:
-                    limits.enter_context(statement_timeout(session, self._timeout_s))
+            with read_session(self._store, self._timeout_s) as session:
                 rows = list(session.scalars(stmt))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot query predictions: {exc}") from exc

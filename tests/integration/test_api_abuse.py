@@ -287,7 +287,10 @@ def test_the_statement_timeout_stops_a_long_statement(backend: str, tmp_path: Pa
         assert n == 200_000
 
 
-async def test_a_history_query_past_the_timeout_is_503(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("table", "path"), [("predictions", "/api/v1/predictions"), ("alerts", "/api/v1/alerts")]
+)
+async def test_a_history_query_past_the_timeout_is_503(table: str, path: str) -> None:
     """PostgreSQL: a lock held by another session keeps the history query waiting, and the
     wait counts towards the statement timeout."""
     with pg_schema("bridge_timeout") as schema:
@@ -300,14 +303,15 @@ async def test_a_history_query_past_the_timeout_is_503(tmp_path: Path) -> None:
                 serve(s, query_timeout_s=0.2) as api,
                 httpx.AsyncClient(base_url=api.url, headers=api.auth("read"), timeout=30) as http,
             ):
-                assert (await http.get("/api/v1/predictions")).status_code == 200
+                assert (await http.get(path)).status_code == 200
                 with locker.connect() as conn:
-                    conn.execute(text("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE"))
-                    with pytest.raises(QueryTimeoutError):
-                        history.page(None, None, None, 10)
-                    r = await http.get("/api/v1/predictions")
+                    conn.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+                    if table == "predictions":
+                        with pytest.raises(QueryTimeoutError):
+                            history.page(None, None, None, 10)
+                    r = await http.get(path)
                     conn.rollback()
-                assert (await http.get("/api/v1/predictions")).status_code == 200
+                assert (await http.get(path)).status_code == 200
         finally:
             locker.dispose()
             s.dispose()
