@@ -23,9 +23,8 @@ from typing import Generic, TypeVar
 import structlog
 
 from bridge.errors import BridgeError
-from bridge.types import ComponentHealth
-
 from bridge.supervise import Supervised
+from bridge.types import ComponentHealth
 
 __all__ = ["POISON_AFTER", "QueuedWriter"]
 

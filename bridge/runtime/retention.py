@@ -32,10 +32,10 @@ from sqlalchemy.exc import ArgumentError
 from bridge.config.models import GatewaySettings, RetentionSettings
 from bridge.drift.events import DRIFT_LABEL
 from bridge.errors import BridgeError
-from bridge.supervise import Supervised
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.store.db import Store
 from bridge.store.retention import HISTORY, TARGETS, RetentionStore, Target
+from bridge.supervise import Supervised
 from bridge.types import ComponentHealth
 
 __all__ = [
