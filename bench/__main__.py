@@ -15,7 +15,9 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -82,13 +84,23 @@ def _run_module(name: str, args: list[str], timeout: float) -> dict[str, Any]:
     """``python -m bench.<name> ARGS`` in its own process; its figures from results/<name>.json."""
     result = RESULTS / f"{name}.json"
     started = time.time()
-    proc = subprocess.run(
+    # Its own process group, killed whole on a timeout: subprocess.run's timeout kills only the
+    # child, and the servers it started (the MES receiver of bench.outbox) outlived it.
+    child = subprocess.Popen(
         [sys.executable, "-m", f"bench.{name}", *args],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise RuntimeError(f"bench.{name} ran past {timeout:g} s and was stopped") from None
+    proc = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"bench.{name} exited {proc.returncode}: {' | '.join(tail)}")
