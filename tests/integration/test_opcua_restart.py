@@ -185,11 +185,13 @@ async def test_fresh_good_values_within_5s_after_outages(tmp_path: Path) -> None
             for _ in range(2):
                 figures.append(await _outage(rig, OUTAGE_S))
             assert rig.supervisor.connects == 3
-            assert rig.supervisor.probe_wakeups >= 1
     print(f"port reopen -> fresh Good after {OUTAGE_S:g}s outages: {figures} s")
     assert max(figures) <= PROMISE_S, figures
     events = [e["event"] for e in logs if e.get("source") == "plant"]
-    steps = ["source_lost", "source_port_closed", "source_port_open", "source_connected"]
+    # Whether the probe or the attempt itself sees the port open first depends on where the
+    # restart falls in the wait (an attempt due within a probe interval of the reopening wins):
+    # the probe's cut is proven by the next test, with a wait far longer than the promise.
+    steps = ["source_lost", "source_port_closed", "source_connected"]
     at = 0
     for step in steps * 2:  # in this order, once per outage
         assert step in events[at:], f"{step} missing after {events[:at]}"
@@ -208,6 +210,7 @@ async def test_fresh_good_values_within_5s_after_a_long_outage_with_grown_backof
         pending: list[float] = []
         took = await _outage(rig, 8.0, lambda: pending.append(rig.supervisor.backoff_s))
         assert rig.supervisor.connects == 2
+        assert rig.supervisor.probe_wakeups == 1  # the probe, not the 20-40 s wait, reconnected
     print(f"port reopen -> fresh Good with a {pending[0]:.1f}s wait in progress: {took:.2f} s")
     assert pending[0] >= 20.0, f"the backoff had not grown ({pending}): the test proves nothing"
     assert took <= PROMISE_S, took
