@@ -6,6 +6,9 @@ SQLite files or the PostgreSQL on 127.0.0.1, HTTP to a MesReceiver.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,3 +137,37 @@ def received_in_order(calls: Sequence[Any]) -> dict[str, list[int]]:
     for call in calls:
         out.setdefault(call.body["asset"], []).append(int(call.body["seq"]))
     return out
+
+
+CHILD = Path(__file__).resolve().parent / "outbox_child.py"
+TESTS = str(CHILD.parent)
+
+
+async def spawn_child(store_url: str, mes_url: str, mode: str) -> asyncio.subprocess.Process:
+    """``tests/outbox_child.py`` in its own process, once it printed "ready"."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(CHILD),
+        store_url,
+        mes_url,
+        mode,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.strip() == b"ready", line
+    return proc
+
+
+async def stop_child(proc: asyncio.subprocess.Process, sig: int) -> int:
+    """Send ``sig`` (kill after 20 s) and return the exit code."""
+    if proc.returncode is None:
+        proc.send_signal(sig)
+    try:
+        return await asyncio.wait_for(proc.wait(), 20)
+    except TimeoutError:
+        proc.kill()
+        return await proc.wait()

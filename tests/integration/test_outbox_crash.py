@@ -4,50 +4,17 @@ kill reaches the MES, none twice, in order per asset. Real process, real SQLite 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
-from outbox_harness import received_in_order
+from outbox_harness import received_in_order, spawn_child, stop_child
 from sqlalchemy import create_engine, text
 from support import free_port, wait_until
 
 from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(90)
-
-CHILD = Path(__file__).resolve().parents[1] / "outbox_child.py"
-TESTS = str(CHILD.parent)
-
-
-async def _spawn(store_url: str, mes_url: str, mode: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(CHILD),
-        store_url,
-        mes_url,
-        mode,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert line.strip() == b"ready", line
-    return proc
-
-
-async def _stop(proc: asyncio.subprocess.Process, sig: int) -> int:
-    if proc.returncode is None:
-        proc.send_signal(sig)
-    try:
-        return await asyncio.wait_for(proc.wait(), 20)
-    except TimeoutError:
-        proc.kill()
-        return await proc.wait()
 
 
 def _committed(db: Path) -> tuple[set[str], int]:
@@ -72,17 +39,17 @@ async def test_kill_9_mid_stream_then_restart_delivers_every_committed_event_onc
     try:
         # Slow replies keep a backlog in the outbox, so the kill lands with events in flight.
         mes.set_delay(0.02)
-        first = await _spawn(url, mes.events_url, "produce")
+        first = await spawn_child(url, mes.events_url, "produce")
         procs.append(first)
         await wait_until(lambda: len(mes.calls) >= 30, 30, what="30 events delivered")
-        assert await _stop(first, signal.SIGKILL) == -signal.SIGKILL
+        assert await stop_child(first, signal.SIGKILL) == -signal.SIGKILL
         committed, pending = await asyncio.to_thread(_committed, db)
         assert pending > 0, "the kill should leave undelivered events behind"
         delivered_before = len(mes.unique_keys)
         assert delivered_before < len(committed)
 
         mes.set_delay(0)
-        second = await _spawn(url, mes.events_url, "drain")
+        second = await spawn_child(url, mes.events_url, "drain")
         procs.append(second)
         await wait_until(
             lambda: committed <= mes.unique_keys, 30, what="every committed event delivered"
@@ -92,7 +59,7 @@ async def test_kill_9_mid_stream_then_restart_delivers_every_committed_event_onc
             return (await asyncio.to_thread(_committed, db))[1] == 0
 
         await wait_until(outbox_empty, 10, what="outbox empty")
-        assert await _stop(second, signal.SIGTERM) == 0
+        assert await stop_child(second, signal.SIGTERM) == 0
         keys = [c.idempotency_key for c in mes.calls]
         assert len(keys) == len(set(keys)), "an event was recorded twice"
         assert set(keys) == committed  # nothing that was not committed, nothing missing
@@ -100,5 +67,5 @@ async def test_kill_9_mid_stream_then_restart_delivers_every_committed_event_onc
             assert seqs == list(range(len(seqs))), asset
     finally:
         for p in procs:
-            await _stop(p, signal.SIGKILL)
+            await stop_child(p, signal.SIGKILL)
         await mes.stop()

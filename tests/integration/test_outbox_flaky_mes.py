@@ -5,15 +5,13 @@ others. Real HTTP MES, real SQLite file (and PostgreSQL), and a real process kil
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from outbox_harness import Durable, prediction, received_in_order
+from outbox_harness import Durable, prediction, received_in_order, spawn_child, stop_child
 from sqlalchemy import create_engine, text
 from stores import BACKENDS, temp_store
 from support import free_port, wait_until
@@ -26,8 +24,6 @@ pytestmark = pytest.mark.timeout(120)
 ASSETS = [f"p{i}" for i in range(10)]
 PERIOD_S = 0.5  # each asset every 0.5 s: 20 events/s in all, the rate of the field report
 RUN_S = 15.0
-
-CHILD = Path(__file__).resolve().parents[1] / "outbox_child.py"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -95,37 +91,6 @@ async def test_one_post_in_three_failing_still_delivers_90_percent_of_the_rate(
         await g.close()
 
 
-async def _spawn(store_url: str, mes_url: str, mode: str) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(CHILD.parent), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(CHILD),
-        store_url,
-        mes_url,
-        mode,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert line.strip() == b"ready", line
-    return proc
-
-
-async def _stop(proc: asyncio.subprocess.Process, sig: int) -> int:
-    if proc.returncode is None:
-        proc.send_signal(sig)
-    try:
-        return await asyncio.wait_for(proc.wait(), 20)
-    except TimeoutError:
-        proc.kill()
-        return await proc.wait()
-
-
 def _pending_keys(db: Path) -> set[str]:
     engine = create_engine(f"sqlite:///{db}")
     try:
@@ -149,12 +114,12 @@ async def test_kill_9_with_a_flaky_mes_resends_at_most_the_events_in_flight(
     mes.fail_every(3, 500)
     procs: list[asyncio.subprocess.Process] = []
     try:
-        first = await _spawn(url, mes.events_url, "produce")
+        first = await spawn_child(url, mes.events_url, "produce")
         procs.append(first)
         await wait_until(
             lambda: len(mes.calls) >= kill_after, 30, what=f"{kill_after} events delivered"
         )
-        assert await _stop(first, signal.SIGKILL) == -signal.SIGKILL
+        assert await stop_child(first, signal.SIGKILL) == -signal.SIGKILL
         # Accepted by the MES but still in the outbox: what a restart will send again.
         resend = mes.unique_keys & await asyncio.to_thread(_pending_keys, db)
         print(f"accepted but not recorded at the kill: {len(resend)}")
@@ -162,14 +127,14 @@ async def test_kill_9_with_a_flaky_mes_resends_at_most_the_events_in_flight(
 
         mes.fail_every(0)
         duplicates_before = mes.duplicate_count
-        second = await _spawn(url, mes.events_url, "drain")
+        second = await spawn_child(url, mes.events_url, "drain")
         procs.append(second)
 
         async def drained() -> bool:
             return not await asyncio.to_thread(_pending_keys, db)
 
         await wait_until(drained, 30, what="outbox drained")
-        assert await _stop(second, signal.SIGTERM) == 0
+        assert await stop_child(second, signal.SIGTERM) == 0
         assert mes.duplicate_count - duplicates_before == len(resend)
         keys = [c.idempotency_key for c in mes.calls]
         assert len(keys) == len(set(keys))
@@ -177,4 +142,4 @@ async def test_kill_9_with_a_flaky_mes_resends_at_most_the_events_in_flight(
             assert seqs == list(range(len(seqs))), asset
     finally:
         for p in procs:
-            await _stop(p, signal.SIGKILL)
+            await stop_child(p, signal.SIGKILL)
