@@ -22,25 +22,11 @@ everything the run, and the wait, grow to the cap.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
-__all__ = ["RetryDecision", "RetryPolicy", "backoff_delay"]
+from bridge.retry import backoff_delay
 
-_RNG = random.Random()
-
-
-def backoff_delay(
-    attempt: int, initial: float, cap: float, rng: random.Random | None = None
-) -> float:
-    """Exponential backoff with "equal jitter": half fixed, half random, never above ``cap``.
-
-    Jitter keeps gateways from retrying in lock-step; the fixed half keeps the delay growing.
-    """
-    r = rng if rng is not None else _RNG
-    # The exponent is clamped so a days-long outage cannot overflow a float.
-    ceiling = min(cap, initial * 2.0 ** min(max(0, attempt - 1), 62))
-    return ceiling / 2 + r.uniform(0, ceiling / 2)
+__all__ = ["RetryDecision", "RetryPolicy"]
 
 
 @dataclass(frozen=True, slots=True)

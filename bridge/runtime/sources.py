@@ -1,7 +1,7 @@
 """Keeps one source connected. This is the ONLY reconnect loop for sources: connectors never retry.
 
 Between failed connects the wait grows exponentially with jitter (tenacity; half fixed, half
-random, see ``bridge.outbox.policy.backoff_delay``) up to a cap, so a server that is up but refuses
+random, see ``bridge.retry.backoff_delay``) up to a cap, so a server that is up but refuses
 sessions is not hammered. A long outage grows that wait, so on its own a server back after a
 minute would be seen only at the end of the wait in progress: while the server's port refuses
 connections, a cheap TCP connect probe every ``probe_interval_s`` watches it, and the moment the
@@ -27,7 +27,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from bridge.errors import ConnectorError
-from bridge.outbox.policy import backoff_delay
+from bridge.retry import backoff_delay
 from bridge.types import ComponentHealth, HealthState, Source, TagSample
 
 __all__ = ["ReconnectPolicy", "SourceSupervisor", "port_accepts"]

@@ -25,12 +25,12 @@ from bridge.errors import ConnectorError
 from bridge.outbox.protocol import Outcome, Retry
 from bridge.outbox.rules import EventRule, Trigger
 from bridge.redact import redact_text, redact_url
+from bridge.retry import is_retryable_status, parse_retry_after
 from bridge.types import ComponentHealth, Prediction, SinkContext
 
 from .batch import BatchReplyError, batch_body, parse_batch_reply
 from .config import MesSinkSettings
 from .payload import event_fields, event_to_json
-from .retry import is_retryable_status, parse_retry_after
 from .template import compile_template
 
 __all__ = ["MesSink"]

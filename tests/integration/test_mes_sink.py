@@ -18,9 +18,9 @@ from support import free_port, wait_until
 from bridge import registry
 from bridge.errors import ConnectorError
 from bridge.outbox.protocol import Outcome, Retry
+from bridge.retry import backoff_delay, is_retryable_status, parse_retry_after
 from bridge.types import InputSnapshot, Prediction, PredictionSlot, Quality, SinkContext
 from connectors.mes import MesSink, MesSinkSettings, prediction_to_json, register
-from connectors.mes.retry import backoff_delay, is_retryable_status, parse_retry_after
 from simulators.mes import MesReceiver
 
 GATEWAY = "gw-test"

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from bridge.outbox.policy import RetryPolicy, backoff_delay
+from bridge.outbox.policy import RetryPolicy
+from bridge.retry import backoff_delay
 
 NOW = 1_000_000.0
 
