@@ -15,7 +15,7 @@ from outbox_harness import Durable, prediction, received_in_order
 from stores import BACKENDS, PG_URL, pg_schema
 from support import free_port, wait_until
 
-from bridge.outbox.cli import outbox
+from bridge.cli.outbox import outbox
 from bridge.store.db import Store, open_store
 from simulators.mes import MesReceiver
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from bridge.apikeys_cli import apikeys
+from bridge.cli.apikeys import apikeys
 from bridge.errors import BridgeError, ConfigError
 from bridge.logging import configure_logging
 
