@@ -18,7 +18,7 @@ from bridge.auth import Scope
 from bridge.errors import BridgeError, StoreError
 from bridge.lifecycle.accuracy import accuracy
 from bridge.lifecycle.service import RegistryService
-from bridge.store.registry import RegistryError, VersionRecord
+from bridge.store.registry import RegistryError, RegistryNotFound, VersionRecord
 
 __all__ = ["build_models_admin_router"]
 
@@ -158,9 +158,10 @@ def _wake(request: Request) -> None:
 async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
-    except RegistryError as exc:
-        code = 404 if "has no version" in str(exc) or "no active" in str(exc) else 409
-        raise HTTPException(code, str(exc)) from exc
+    except RegistryNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except RegistryError as exc:  # RegistryConflict, and any other refusal of the registry
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except StoreError:
         raise
     except BridgeError as exc:  # tampered, unsigned, unloadable: refused

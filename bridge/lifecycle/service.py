@@ -28,7 +28,8 @@ from bridge.lifecycle.reference import load_reference, validate_reference
 from bridge.prepare import model_problems
 from bridge.store.registry import (
     CANDIDATE_STATES,
-    RegistryError,
+    RegistryConflict,
+    RegistryNotFound,
     RegistryRepository,
     VersionRecord,
 )
@@ -128,7 +129,7 @@ class RegistryService:
         if version is None:
             active = self._active(name)
             if active is None:
-                raise RegistryError(f"model {name} has no active version")
+                raise RegistryNotFound(f"model {name} has no active version")
             return active
         return self._get(name, version)
 
@@ -149,14 +150,14 @@ class RegistryService:
     def activate(self, name: str, version: str, actor: str) -> VersionRecord:
         record = self._get(name, version)
         if record.state == "active":
-            raise RegistryError(f"model {name} version {version} is already active")
+            raise RegistryConflict(f"model {name} version {version} is already active")
         self._verify(record)
         return self.repo.set_state(name, version, "active", actor, "activate")
 
     def promote(self, name: str, actor: str) -> VersionRecord:
         cand = self._candidate(name)
         if cand is None:
-            raise RegistryError(f"model {name} has no shadow or canary version to promote")
+            raise RegistryConflict(f"model {name} has no shadow or canary version to promote")
         self._verify(cand)
         return self.repo.set_state(name, cand.version, "active", actor, "promote")
 
@@ -170,7 +171,7 @@ class RegistryService:
             )
         previous = self.repo.previous_active(name)
         if previous is None:
-            raise RegistryError(f"model {name} has no earlier active version to roll back to")
+            raise RegistryConflict(f"model {name} has no earlier active version to roll back to")
         record = self._get(name, previous)
         self._verify(record)
         return self.repo.set_state(name, previous, "active", actor, "rollback", detail=detail)
@@ -189,15 +190,17 @@ class RegistryService:
         assets: Sequence[str] | None = None,
         guard: Mapping[str, float] | None = None,
     ) -> VersionRecord:
+        # A canary's arguments are checked here, not by the API's body schema: a conflict (409),
+        # as the API has always answered.
         if (share is None) == (assets is None):
-            raise RegistryError("a canary needs either a share (percent) or a list of assets")
+            raise RegistryConflict("a canary needs either a share (percent) or a list of assets")
         if share is not None and not 0 < share <= 100:
-            raise RegistryError(f"canary share must be in (0, 100] percent, got {share}")
+            raise RegistryConflict(f"canary share must be in (0, 100] percent, got {share}")
         if assets is not None and not [a for a in assets if a]:
-            raise RegistryError("a canary asset list must name at least one asset")
+            raise RegistryConflict("a canary asset list must name at least one asset")
         unknown = set(guard or {}) - GUARD_KEYS
         if unknown:
-            raise RegistryError(
+            raise RegistryConflict(
                 f"unknown guard keys {sorted(unknown)}; use {', '.join(sorted(GUARD_KEYS))}"
             )
         record = self._startable(name, version)
@@ -245,9 +248,10 @@ class RegistryService:
     def _startable(self, name: str, version: str) -> VersionRecord:
         record = self._get(name, version)
         if record.state == "active":
-            raise RegistryError(f"model {name} version {version} is the active version")
+            raise RegistryConflict(f"model {name} version {version} is the active version")
         if self._active(name) is None:
-            raise RegistryError(
+            # Not found (404), as the API has always answered: the active version is missing.
+            raise RegistryNotFound(
                 f"model {name} has no active version to compare with: activate one first"
             )
         self._verify(record)
@@ -257,7 +261,7 @@ class RegistryService:
         record = self.repo.get(name, version)
         if record is None:
             known = ", ".join(r.version for r in self.repo.list(name)) or "none"
-            raise RegistryError(f"model {name} has no version {version} (registered: {known})")
+            raise RegistryNotFound(f"model {name} has no version {version} (registered: {known})")
         return record
 
     def _active(self, name: str) -> VersionRecord | None:

@@ -43,6 +43,9 @@ __all__ = [
     "Comparison",
     "LabelledComparison",
     "ModelEvent",
+    "RegistryConflict",
+    "RegistryError",
+    "RegistryNotFound",
     "RegistryRepository",
     "VersionRecord",
     "VersionState",
@@ -217,7 +220,17 @@ def _record(row: ModelVersionRow) -> VersionRecord:
 
 
 class RegistryError(StoreError):
-    """A registry operation that the registry's state does not allow (unknown version, ...)."""
+    """A registry operation that the registry's state does not allow. Raised as one of the two
+    kinds below, told apart by type (the REST API answers 404 or 409), never by message text."""
+
+
+class RegistryNotFound(RegistryError):
+    """The model has no such version, or no active version where the operation needs one."""
+
+
+class RegistryConflict(RegistryError):
+    """The version exists, but the registry's state does not allow the operation now (already
+    registered or active, no candidate to promote, nothing to roll back to, ...)."""
 
 
 class RegistryRepository:
@@ -367,7 +380,7 @@ class RegistryRepository:
                 if record.state == "active":
                     self._event(s, record.name, record.version, "activate", actor, {})
         except IntegrityError as exc:
-            raise RegistryError(
+            raise RegistryConflict(
                 f"model {record.name} version {record.version} is already registered: "
                 "register the new file under a new version"
             ) from exc
@@ -396,7 +409,7 @@ class RegistryRepository:
             with self._store.sessions.begin() as s:
                 row = self._row(s, name, version, for_update=True)
                 if row is None:
-                    raise RegistryError(f"model {name} has no version {version}")
+                    raise RegistryNotFound(f"model {name} has no version {version}")
                 if state == "active":
                     for other in self._in_states(s, name, ("active",)):
                         if other.version != version:
