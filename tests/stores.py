@@ -13,8 +13,10 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bridge.store.db import Store, open_store
+from bridge.store.history import PredictionHistory
+from bridge.types import Prediction
 
-__all__ = ["BACKENDS", "PG_URL", "pg_schema", "temp_store"]
+__all__ = ["BACKENDS", "PG_URL", "pg_schema", "stored_predictions", "temp_store"]
 
 PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgresql")
@@ -60,3 +62,15 @@ def temp_store(
             yield store
         finally:
             store.dispose()
+
+
+def stored_predictions(
+    store: Store,
+    asset: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 1000,
+) -> list[Prediction]:
+    """What the store holds, newest first, read the way ``GET /predictions`` reads it (the store
+    has no other read path for predictions)."""
+    return PredictionHistory(store).page(asset, since, until, limit).items

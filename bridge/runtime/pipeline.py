@@ -38,7 +38,6 @@ from bridge.store.db import open_store
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
 from bridge.store.outbox import OutboxRepository
-from bridge.store.repository import ModelRepository
 from bridge.store.sequences import SequenceRepository
 from bridge.store.sink import StoreSink
 from bridge.types import ComponentHealth, PredictionSlot, Sink, SinkContext, SourceTag, TagSample
@@ -90,13 +89,6 @@ async def run_gateway(
             profile=durability.profile,
         )
     )
-    models_repo = ModelRepository(store)
-    for name, loaded in prepared.models.items():
-        m = mapping.models[name]
-        await asyncio.to_thread(
-            models_repo.record_loaded, name, m.version, loaded.sha256, str(m.path)
-        )
-
     slots = tuple(
         PredictionSlot(asset, name, m.version, prepared.models[name].sha256, prepared.labels[name])
         for name, m in mapping.models.items()

@@ -1,14 +1,12 @@
-"""SQL store: predictions and loaded models (SQLAlchemy 2; SQLite by default, or PostgreSQL)."""
+"""SQL store (SQLAlchemy 2; SQLite by default, or PostgreSQL)."""
 
 from __future__ import annotations
 
 from .db import Store, open_store
-from .repository import ModelRecord, ModelRepository, PredictionRepository
+from .repository import PredictionRepository
 from .sink import StoreSink
 
 __all__ = [
-    "ModelRecord",
-    "ModelRepository",
     "PredictionRepository",
     "Store",
     "StoreSink",

@@ -16,7 +16,7 @@ from bridge.errors import StoreError
 
 from .db import Store, read_session
 from .models import Base
-from .repository import _insert_ignoring
+from .sql import insert_ignoring
 
 __all__ = [
     "Alert",
@@ -134,7 +134,7 @@ class AlertRepository:
     def add_many(self, alerts: Sequence[NewAlert]) -> None:
         if not alerts:
             return
-        stmt = _insert_ignoring(self._store, AlertRow.__table__, ["prediction_id"])
+        stmt = insert_ignoring(self._store, AlertRow.__table__, ["prediction_id"])
         rows = [
             {
                 "prediction_id": a.prediction_id,

@@ -14,7 +14,7 @@ from bridge.errors import StoreError
 from .alerts import AlertRow, NewAlert
 from .db import Store
 from .outbox import Budget, EnqueueResult, enqueue
-from .repository import _insert_ignoring
+from .sql import insert_ignoring
 
 __all__ = ["DriftAlertRepository", "DriftOutboxEvent"]
 
@@ -35,7 +35,7 @@ class DriftAlertRepository:
         self, alert: NewAlert, detail: str, events: Sequence[DriftOutboxEvent]
     ) -> list[EnqueueResult] | None:
         """Store the alert and queue its events; None if this alert was stored before."""
-        stmt = _insert_ignoring(self._store, AlertRow.__table__, ["prediction_id"]).returning(
+        stmt = insert_ignoring(self._store, AlertRow.__table__, ["prediction_id"]).returning(
             AlertRow.__table__.c.id
         )
         row = {

@@ -8,7 +8,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Base",
     "DeadLetterRow",
-    "ModelRow",
     "OutboxAcceptedRow",
     "OutboxRow",
     "PredictionRow",
@@ -67,18 +66,6 @@ class PredictionSequenceRow(Base):
     asset: Mapped[str] = mapped_column(String(200), primary_key=True)
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger)
-
-
-class ModelRow(Base):
-    __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("name", "version", "sha256", name="uq_models_identity"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(200))
-    version: Mapped[str] = mapped_column(String(100))
-    sha256: Mapped[str] = mapped_column(String(64))
-    path: Mapped[str] = mapped_column(Text)
-    loaded_at: Mapped[float] = mapped_column(Double)
 
 
 class OutboxRow(Base):

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from outbox_harness import PG_URL, pg_schema, prediction, store_url
 from pydantic import ValidationError
 from sqlalchemy import create_engine, inspect, text
+from stores import stored_predictions
 
 # Imported for their tables: the metadata compared with the migrations must hold them all.
 import bridge.store.alerts
@@ -94,7 +95,7 @@ def test_prediction_and_outbox_rows_are_one_transaction_and_a_retry_adds_nothing
         ]
         assert json.loads(pending[0].body) == {"id": batch[0].id, "seq": 0}
         assert f.added == 2 and f.pending == 2
-    assert len(repo.query(limit=10)) == 3
+    assert len(stored_predictions(store)) == 3
 
 
 def test_a_failed_transaction_leaves_neither_prediction_nor_outbox_row(store: Store) -> None:
@@ -105,7 +106,7 @@ def test_a_failed_transaction_leaves_neither_prediction_nor_outbox_row(store: St
 
     with pytest.raises(RuntimeError):
         repo.add_many([prediction("p1", 0)], [OutboxFeed("mes", broken, Budget(10))])
-    assert repo.query(limit=10) == []
+    assert stored_predictions(store) == []
     assert OutboxRepository(store).pending() == []
 
 
@@ -190,7 +191,7 @@ def test_a_spine_database_made_by_create_all_is_adopted_and_upgraded(tmp_path: P
         assert {"outbox", "dead_letters", "alembic_version"} <= set(
             inspect(s.engine).get_table_names()
         )
-        assert [p.id for p in PredictionRepository(s).query()] == ["x"]
+        assert [p.id for p in stored_predictions(s)] == ["x"]
     finally:
         s.dispose()
 

@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from stores import BACKENDS, temp_store
+from stores import BACKENDS, stored_predictions, temp_store
 
 from bridge.errors import StoreError
-from bridge.store import (
-    ModelRepository,
-    PredictionRepository,
-    Store,
-    StoreSink,
-    open_store,
-)
+from bridge.store import PredictionRepository, Store, StoreSink, open_store
 from bridge.types import InputSnapshot, Prediction, Quality
 
 T0 = 1714564800.0
@@ -49,47 +43,26 @@ def pred(
     )
 
 
-def test_add_many_and_query_round_trip_newest_first(store: Store) -> None:
+def test_add_many_round_trip_newest_first(store: Store) -> None:
     repo = PredictionRepository(store)
     batch = [pred("p1", "health", i, T0 + i, value="ok" if i % 2 else 2.5 * i) for i in range(5)]
     repo.add_many(batch)
-    got = repo.query(limit=100)
-    assert got == list(reversed(batch))
+    assert stored_predictions(store) == list(reversed(batch))
 
 
-def test_query_filters_and_limit(store: Store) -> None:
-    repo = PredictionRepository(store)
-    batch = [pred(a, "health", i, T0 + i) for i in range(10) for a in ("p1", "p2")]
-    repo.add_many(batch)
+def test_history_filters_and_limit(store: Store) -> None:
+    PredictionRepository(store).add_many(
+        [pred(a, "health", i, T0 + i) for i in range(10) for a in ("p1", "p2")]
+    )
 
-    assert {p.asset for p in repo.query(asset="p2", limit=1000)} == {"p2"}
-    assert len(repo.query(asset="p2", limit=1000)) == 10
-    window = repo.query(asset="p1", since=T0 + 3, until=T0 + 6, limit=1000)
+    assert {p.asset for p in stored_predictions(store, asset="p2")} == {"p2"}
+    assert len(stored_predictions(store, asset="p2")) == 10
+    window = stored_predictions(store, asset="p1", since=T0 + 3, until=T0 + 6)
     assert [p.seq for p in window] == [6, 5, 4, 3]  # inclusive, newest first
-    assert [p.seq for p in repo.query(asset="p1", since=T0 + 8, limit=1000)] == [9, 8]
-    assert [p.seq for p in repo.query(asset="p1", until=T0 + 1, limit=1000)] == [1, 0]
-    assert len(repo.query(limit=7)) == 7
-    assert repo.query(asset="nope", limit=10) == []
-
-
-def test_latest_per_asset_and_model(store: Store) -> None:
-    repo = PredictionRepository(store)
-    rows = [
-        pred("p1", "health", 1, T0 + 5),
-        pred("p1", "health", 2, T0 + 9),
-        pred("p1", "health", 3, T0 + 7),  # inserted later but older
-        pred("p1", "energy", 4, T0 + 1),
-        pred("p2", "health", 5, T0 + 2),
-        pred("p2", "health", 6, T0 + 3),
-    ]
-    repo.add_many(rows)
-    latest = repo.latest()
-    assert [(p.asset, p.model, p.seq) for p in latest] == [
-        ("p1", "energy", 4),
-        ("p1", "health", 2),
-        ("p2", "health", 6),
-    ]
-    assert [p.seq for p in repo.latest(asset="p2")] == [6]
+    assert [p.seq for p in stored_predictions(store, asset="p1", since=T0 + 8)] == [9, 8]
+    assert [p.seq for p in stored_predictions(store, asset="p1", until=T0 + 1)] == [1, 0]
+    assert len(stored_predictions(store, limit=7)) == 7
+    assert stored_predictions(store, asset="nope") == []
 
 
 def test_add_many_skips_already_stored_predictions(store: Store) -> None:
@@ -97,20 +70,7 @@ def test_add_many_skips_already_stored_predictions(store: Store) -> None:
     first = [pred("p1", "health", i, T0 + i) for i in range(3)]
     repo.add_many(first)
     repo.add_many([*first, pred("p1", "health", 3, T0 + 3)])
-    assert [p.seq for p in repo.query(limit=100)] == [3, 2, 1, 0]
-
-
-def test_models_record_loaded_upserts(store: Store) -> None:
-    models = ModelRepository(store)
-    models.record_loaded("health", "1.0.0", "aa" * 32, "models/health.onnx")
-    models.record_loaded("energy", "2.0.0", "bb" * 32, "models/energy.onnx")
-    before = {m.name: m for m in models.list()}
-    models.record_loaded("health", "1.0.0", "aa" * 32, "models/v1/health.onnx")
-    after = models.list()
-    assert len(after) == 2
-    assert after[0].name == "health"  # most recently loaded first
-    assert after[0].path == "models/v1/health.onnx"
-    assert after[0].loaded_at >= before["health"].loaded_at
+    assert [p.seq for p in stored_predictions(store)] == [3, 2, 1, 0]
 
 
 def test_sqlite_runs_in_wal_mode_with_busy_timeout(tmp_path: Path) -> None:
@@ -141,7 +101,7 @@ async def test_store_sink_writes_batches_and_drains_on_close(tmp_path: Path) -> 
         for i in range(0, len(batch), 10):
             await sink.write(batch[i : i + 10])
         await sink.close()
-        stored = PredictionRepository(s).query(limit=1000)
+        stored = stored_predictions(s)
         assert len(stored) == 230
         assert {p.id for p in stored} == {p.id for p in batch}
         health = sink.health()
@@ -166,7 +126,7 @@ async def test_store_sink_full_queue_drops_oldest(tmp_path: Path) -> None:
         assert sink.health().counters["dropped"] == 3
         await sink.start()
         await sink.close()
-        assert [p.seq for p in PredictionRepository(s).query(limit=100)] == [6, 5, 4, 3]
+        assert [p.seq for p in stored_predictions(s)] == [6, 5, 4, 3]
     finally:
         await sink.close()
         s.dispose()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import stored_predictions
 from support import wait_until
 
 from bridge.runtime.alertsink import AlertSink
@@ -82,7 +83,7 @@ async def test_store_writer_restarts_after_a_crash_and_commits_later_items(
         assert health.counters["dropped"] == 0
     finally:
         await sink.close()
-    stored = PredictionRepository(store).query(limit=100)
+    stored = stored_predictions(store)
     assert sorted(p.seq for p in stored) == list(range(12))
 
 
