@@ -3,10 +3,11 @@
 A worker (the store writer, a queued writer, an outbox relay) is a coroutine that loops forever
 and keeps its unfinished work on its owner, so a restarted worker takes it up again. Whatever
 it raises, ``BridgeError`` or a bug, is logged with its traceback, counted and followed by a
-restart after an exponential, jittered and capped wait (tenacity, as for sources). The owner
-calls ``ok()`` after each unit of work done: until then the crash stays visible in
-``last_crash`` (health shows the component degraded with it), and a worker that crashes again
-after an ``ok()`` starts a new streak of short waits instead of inheriting a long one.
+restart after an exponential, jittered and capped wait (tenacity with the one backoff of
+``bridge.retry``, as for sources). The owner calls ``ok()`` after each unit of work done: until
+then the crash stays visible in ``last_crash`` (health shows the component degraded with it),
+and a worker that crashes again after an ``ok()`` starts a new streak of short waits instead of
+inheriting a long one.
 
 Cancellation is not a failure: ``stop()`` (or cancelling the owner) ends the worker for good.
 """
@@ -15,17 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Awaitable, Callable
 
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from bridge.retry import backoff_delay, tenacity_wait
 
 __all__ = ["Supervised"]
 
@@ -83,10 +79,8 @@ class Supervised:
             # One streak of restarts: its waits grow until the worker gets something done.
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(Exception),
-                # Jitter on top of the cap: tenacity's wait_exponential_jitter caps the sum, so
-                # at the cap every restart would wait exactly the same.
-                wait=wait_exponential(multiplier=self._initial_s, max=self._max_s)
-                + wait_random(0, self._initial_s),
+                # Equal jitter: at the cap the restarts of many workers still spread out.
+                wait=tenacity_wait(self._initial_s, self._max_s),
                 before_sleep=self._restarting,
                 reraise=True,
             )
@@ -101,7 +95,7 @@ class Supervised:
             if not self._progress:
                 raise  # the streak goes on: tenacity waits longer before the next attempt
             # It worked for a while before this crash: restart after a short wait, new streak.
-            delay = self._initial_s + random.uniform(0, self._initial_s)
+            delay = backoff_delay(1, self._initial_s, self._max_s)
             self._crashed(exc, delay)
             await asyncio.sleep(delay)
 

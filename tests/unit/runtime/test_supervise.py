@@ -57,12 +57,14 @@ async def test_a_worker_that_keeps_failing_shows_its_last_error_and_waits_longer
     finally:
         await sup.stop()
     chosen = waits[1:7]  # the wait before attempts 2..7
-    # Exponential (0.01 * 2**n, capped at 0.08) plus a jitter of up to 0.01, at the cap too.
-    assert 0.01 <= chosen[0] <= 0.02
-    assert 0.02 <= chosen[1] <= 0.03
-    assert 0.04 <= chosen[2] <= 0.05
-    assert all(0.08 <= w <= 0.09 for w in chosen[3:]), chosen
-    assert len(set(chosen[3:])) > 1  # jittered, not in lock-step
+    # Exponential with equal jitter: the n-th wait lies between half and all of
+    # min(0.08, 0.01 * 2**(n-1)). Each range starts where the previous one ends: they grow.
+    assert 0.005 <= chosen[0] <= 0.01
+    assert 0.01 <= chosen[1] <= 0.02
+    assert 0.02 <= chosen[2] <= 0.04
+    # Capped: without the cap the 5th and 6th waits would be at least 0.08 and 0.16.
+    assert all(0.04 <= w <= 0.08 for w in chosen[3:]), chosen
+    assert len(set(chosen[3:])) > 1  # jittered at the cap too, not in lock-step
 
 
 async def test_a_crash_after_progress_starts_a_new_short_streak() -> None:
@@ -82,10 +84,10 @@ async def test_a_crash_after_progress_starts_a_new_short_streak() -> None:
         assert sup.restarts >= 8
     finally:
         await sup.stop()
-    # Without progress the waits doubled; after it they stay at the initial wait instead of
-    # going on doubling towards the cap.
-    assert 0.08 <= waits[4] <= 0.09
-    assert all(0.01 <= w <= 0.02 for w in waits[6:9]), waits
+    # Without progress the waits doubled (the 4th: 0.04 to 0.08); after it they stay at the
+    # first wait (0.005 to 0.01) instead of going on doubling towards the cap.
+    assert 0.04 <= waits[4] <= 0.08
+    assert all(0.005 <= w <= 0.01 for w in waits[6:9]), waits
 
 
 async def test_a_worker_that_returns_is_restarted() -> None:
