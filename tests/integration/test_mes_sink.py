@@ -1,4 +1,5 @@
-"""MES REST sink against a real MesReceiver on loopback; plus its pure payload/retry helpers."""
+"""MES REST sink against a real MesReceiver on loopback; plus its pure payload helpers (the retry
+policy it answers with is tested in tests/unit/test_retry.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import math
-import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,7 +18,6 @@ from support import free_port, wait_until
 from bridge import registry
 from bridge.errors import ConnectorError
 from bridge.outbox.protocol import Outcome, Retry
-from bridge.retry import backoff_delay, is_retryable_status, parse_retry_after
 from bridge.types import InputSnapshot, Prediction, PredictionSlot, Quality, SinkContext
 from connectors.mes import MesSink, MesSinkSettings, prediction_to_json, register
 from simulators.mes import MesReceiver
@@ -133,33 +132,6 @@ def test_payload_replaces_non_finite_numbers() -> None:
     body = prediction_to_json(p, GATEWAY)
     assert body["value"] is None
     json.dumps(body, allow_nan=False)
-
-
-def test_retry_classification_and_retry_after() -> None:
-    assert [s for s in (400, 401, 404, 408, 409, 422, 429, 500, 502, 503) if is_retryable_status(s)]
-    assert [is_retryable_status(s) for s in (400, 408, 422, 429, 500, 503)] == [
-        False,
-        True,
-        False,
-        True,
-        True,
-        True,
-    ]
-    now = 1_000_000.0
-    assert parse_retry_after("7", now) == 7.0
-    assert parse_retry_after(None, now) is None
-    assert parse_retry_after("soon", now) is None
-    date = "Mon, 12 Jan 1970 13:46:50 GMT"  # epoch 1_000_010
-    assert parse_retry_after(date, now) == pytest.approx(10.0)
-
-
-def test_backoff_grows_and_is_capped() -> None:
-    rng = random.Random(1)
-    delays = [backoff_delay(n, 0.5, 8.0, rng) for n in range(1, 12)]
-    for n, d in enumerate(delays, start=1):
-        ceiling = min(8.0, 0.5 * 2 ** (n - 1))
-        assert ceiling / 2 <= d <= ceiling
-    assert backoff_delay(100_000, 0.5, 8.0, rng) <= 8.0
 
 
 def test_settings_reject_bad_url_and_unknown_keys() -> None:

@@ -1,23 +1,13 @@
-"""The retry decisions of the relay: pure, time as a parameter."""
+"""The retry decisions of the relay: pure, time as a parameter. The backoff they use is tested
+in tests/unit/test_retry.py."""
 
 from __future__ import annotations
-
-import random
 
 import pytest
 
 from bridge.outbox.policy import RetryPolicy
-from bridge.retry import backoff_delay
 
 NOW = 1_000_000.0
-
-
-def test_backoff_grows_with_equal_jitter_and_is_capped() -> None:
-    rng = random.Random(1)
-    for n in range(1, 12):
-        ceiling = min(8.0, 0.5 * 2 ** (n - 1))
-        assert ceiling / 2 <= backoff_delay(n, 0.5, 8.0, rng) <= ceiling
-    assert backoff_delay(100_000, 0.5, 8.0, rng) <= 8.0
 
 
 def test_a_counted_failure_counts_and_schedules_the_next_attempt() -> None:
