@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from bridge.outbox.rules import Trigger
-from bridge.runtime.queuedwriter import QueuedWriter
+from bridge.queuedwriter import QueuedWriter
 from bridge.store.alerts import NewAlert
 from bridge.store.drift import DriftAlertRepository, DriftOutboxEvent
 from bridge.store.outbox import OutboxFeed

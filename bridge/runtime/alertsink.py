@@ -21,7 +21,7 @@ from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.types import Prediction, PredictionSlot
 
 from .alertrule import AlertRule
-from .queuedwriter import QueuedWriter
+from bridge.queuedwriter import QueuedWriter
 
 __all__ = ["AlertSink"]
 

@@ -23,7 +23,7 @@ import structlog
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.types import Prediction
 
-from .queuedwriter import QueuedWriter
+from bridge.queuedwriter import QueuedWriter
 
 __all__ = ["LOSS_LABEL", "LossAlerts"]
 
