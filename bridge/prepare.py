@@ -82,7 +82,7 @@ def connector_problems(mapping: Mapping) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     sections = (
         ("sources", mapping.sources, registry.source_kinds()),
-        ("outputs", mapping.outputs, registry.sink_kinds()),
+        ("outputs", mapping.outputs, registry.output_kinds()),
     )
     for section, endpoints, kinds in sections:
         for name, endpoint in endpoints.items():

@@ -13,14 +13,19 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from bridge.destination import Destination, DestinationContext
 from bridge.types import Sink, SinkContext, Source, SourceTag
 
 __all__ = [
+    "DestinationKind",
     "SettingsCheck",
     "SettingsProblem",
     "SinkKind",
     "SourceKind",
+    "destination_kinds",
     "load_plugins",
+    "output_kinds",
+    "register_destination",
     "register_sink",
     "register_source",
     "sink_kinds",
@@ -29,6 +34,7 @@ __all__ = [
 
 SourceFactory = Callable[[str, Any, Sequence[SourceTag]], Source]
 SinkFactory = Callable[[str, Any, SinkContext], Sink]
+DestinationFactory = Callable[[str, Any, DestinationContext], Destination]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +87,23 @@ class SinkKind:
     check: SettingsCheck | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DestinationKind:
+    """An ``outputs.<name>`` block of this ``kind`` is a durable destination
+    (``bridge.destination``): the gateway feeds it through the outbox, never with ``write``.
+    ``settings_model`` validates the block (without ``kind``); ``factory`` should import the
+    connector's I/O library only when called, like a source's."""
+
+    kind: str
+    settings_model: type[BaseModel]
+    factory: DestinationFactory
+    description: str = ""
+    check: SettingsCheck | None = None
+
+
 _sources: dict[str, SourceKind] = {}
 _sinks: dict[str, SinkKind] = {}
+_destinations: dict[str, DestinationKind] = {}
 _loaded = False
 
 
@@ -91,7 +112,19 @@ def register_source(kind: SourceKind) -> None:
 
 
 def register_sink(kind: SinkKind) -> None:
+    _not_taken(kind.kind, _destinations, "destination")
     _sinks[kind.kind] = kind
+
+
+def register_destination(kind: DestinationKind) -> None:
+    _not_taken(kind.kind, _sinks, "sink")
+    _destinations[kind.kind] = kind
+
+
+def _not_taken(kind: str, other: dict[str, Any], what: str) -> None:
+    # Sinks and destinations share the ``outputs:`` section: one kind, one meaning.
+    if kind in other:
+        raise ValueError(f"output kind {kind!r} is already registered as a {what}")
 
 
 def load_plugins() -> None:
@@ -112,3 +145,14 @@ def source_kinds() -> dict[str, SourceKind]:
 def sink_kinds() -> dict[str, SinkKind]:
     load_plugins()
     return dict(_sinks)
+
+
+def destination_kinds() -> dict[str, DestinationKind]:
+    load_plugins()
+    return dict(_destinations)
+
+
+def output_kinds() -> dict[str, SinkKind | DestinationKind]:
+    """Every kind an ``outputs:`` block may name: live sinks and durable destinations."""
+    load_plugins()
+    return {**_sinks, **_destinations}

@@ -103,7 +103,7 @@ def _source_models() -> dict[str, type[BaseModel]]:
 
 
 def _sink_models() -> dict[str, type[BaseModel]]:
-    return {k: v.settings_model for k, v in registry.sink_kinds().items()}
+    return {k: v.settings_model for k, v in registry.output_kinds().items()}
 
 
 def _endpoints(

@@ -12,9 +12,9 @@ was accepted *and recorded*, at most ``concurrency`` requests at once; lanes do 
 each other, and a failure ends only its own lane (its later events wait behind it, so order per
 asset holds across retries, crashes and restarts). Accepted events are recorded as their
 replies arrive (one commit for whatever arrived meanwhile), so a crash re-sends at most one
-accepted event per asset: the one whose commit was under way. A ``BatchDestination`` sends
-waves instead: wave i carries the i-th event of every asset still going, several per request,
-and each wave is recorded at once.
+accepted event per asset: the one whose commit was under way. A destination whose
+``capabilities.batch_size`` is above 1 gets waves instead: wave i carries the i-th event of
+every asset still going, several per request, and each wave is recorded at once.
 
 A claim leases its rows (``lease_s``) and commits: no transaction stays open while events are
 sent, whatever the destination does; the round renews its leases while it runs. The rows of a
@@ -36,13 +36,15 @@ from typing import Any, TypeVar
 
 import structlog
 
+from bridge.destination import Destination, Envelope, Outcome, Retry
 from bridge.errors import BridgeError
-from bridge.store.outbox import Claim, OutboxEvent, OutboxFeed, OutboxRepository
+from bridge.retry import Backoff
+from bridge.store.outbox import Claim, OutboxEvent, OutboxRepository
 from bridge.supervise import Supervised
 from bridge.types import ComponentHealth
 
+from .feed import OutboxFeed
 from .policy import RetryDecision, RetryPolicy
-from .protocol import BackoffDestination, BatchDestination, OutboxDestination, Outcome, Retry
 
 __all__ = ["Relay", "RelaySettings"]
 
@@ -52,6 +54,8 @@ T = TypeVar("T")
 
 # How long a cancelled relay waits for a store call already running in its thread.
 _SETTLE_TIMEOUT_S = 10.0
+# First pause after the store failed a round (claim, finish); grows to ``max_backoff_s``.
+_STORE_RETRY_S = 0.2
 
 
 async def _see_through(
@@ -88,7 +92,8 @@ class RelaySettings:
     max_retry_age_s: float = 600.0
     # "Accepts others" means: accepted an event within this window.
     working_window_s: float = 60.0
-    # Backoff of retried events when the destination does not give its own (``backoff``).
+    # Backoff of retried events when the destination does not give its own
+    # (``capabilities.backoff``).
     retry_initial_s: float = 0.5
     idle_poll_s: float = 0.05
     # Other gateways (shared PostgreSQL) and `bridge outbox replay` add rows this process does
@@ -104,7 +109,7 @@ class RelaySettings:
 class Relay:
     def __init__(
         self,
-        destination: OutboxDestination,
+        destination: Destination,
         repo: OutboxRepository,
         feed: OutboxFeed,
         settings: RelaySettings | None = None,
@@ -127,11 +132,9 @@ class Relay:
         self._backlog = 0
         self._oldest: float | None = None
         self._dead_letters = 0
-        initial, cap = (
-            destination.backoff
-            if isinstance(destination, BackoffDestination)
-            else (self._s.retry_initial_s, self._s.max_backoff_s)
-        )
+        # Read once: a destination's capabilities are fixed by its settings.
+        self._caps = destination.capabilities
+        initial, cap = self._caps.backoff or (self._s.retry_initial_s, self._s.max_backoff_s)
         self._policy = RetryPolicy(self._s.max_retries, self._s.max_retry_age_s, initial, cap)
         self._accepted_at: float | None = None  # monotonic time of the last accepted event
         self._due: list[float] = []  # heap: wall times retried events become due
@@ -204,7 +207,8 @@ class Relay:
     # -- loop ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        failures = 0
+        # Store trouble (a claim or a finish failed): the pause before the next round.
+        store_backoff = Backoff(initial_s=_STORE_RETRY_S, max_s=self._s.max_backoff_s)
         seen_added = -1
         last_scan = 0.0
         while True:
@@ -221,8 +225,7 @@ class Relay:
                 while await self._round():
                     self._loop.ok()
             except BridgeError as exc:
-                failures += 1
-                delay = min(self._s.max_backoff_s, 0.2 * 2.0 ** min(failures - 1, 20))
+                delay = store_backoff.failed()
                 if not self._last_error:
                     log.error(
                         "outbox_relay_failing", destination=self.destination.name, error=str(exc)
@@ -231,9 +234,9 @@ class Relay:
                 seen_added = -1  # look again after the pause
                 await asyncio.sleep(delay)
                 continue
-            if failures:
+            if store_backoff.failures:
                 log.info("outbox_relay_recovered", destination=self.destination.name)
-            failures = 0
+            store_backoff.succeeded()
             self._last_error = ""
             self._loop.ok()
 
@@ -266,7 +269,7 @@ class Relay:
         try:
             if not claim.events:
                 return 0
-            limit = asyncio.Semaphore(max(1, self.destination.concurrency))
+            limit = asyncio.Semaphore(max(1, self._caps.concurrency))
             recorder = _Recorder(self._repo, self.destination.name, self._counted)
             renewing = asyncio.create_task(self._renew(), name=f"{self.name}:leases")
             try:
@@ -379,9 +382,8 @@ class Relay:
         for e in events:  # oldest first, so each queue is in delivery order
             queues.setdefault(e.asset, []).append(e)
         outcomes: dict[int, Outcome] = {}
-        dest = self.destination
-        if isinstance(dest, BatchDestination) and dest.batch_size > 1:
-            await self._waves(limit, queues, outcomes, recorder, dest.batch_size)
+        if self._caps.batch_size > 1:
+            await self._waves(limit, queues, outcomes, recorder, self._caps.batch_size)
         else:
             await asyncio.gather(
                 *(self._lane(limit, q, outcomes, recorder) for q in queues.values())
@@ -443,31 +445,31 @@ class Relay:
     async def _send_batch(
         self, limit: asyncio.Semaphore, events: list[OutboxEvent]
     ) -> list[Outcome]:
-        dest = self.destination
-        assert isinstance(dest, BatchDestination)
         async with limit:
-            try:
-                outcomes = await dest.deliver_batch([(e.event_id, e.body) for e in events])
-                if len(outcomes) != len(events):
-                    raise ValueError(f"{len(outcomes)} outcomes for {len(events)} events")
-                return outcomes
-            except Exception as exc:
-                # A bug in the destination: like ``_send``, visible as rejections.
-                log.exception("outbox_deliver_batch_crashed", destination=dest.name)
-                return [f"internal error: {type(exc).__name__}: {exc}"] * len(events)
+            return await self._deliver(events)
 
     async def _send(self, event: OutboxEvent) -> Outcome:
+        (outcome,) = await self._deliver([event])
+        return outcome
+
+    async def _deliver(self, events: list[OutboxEvent]) -> list[Outcome]:
+        """One ``deliver`` call: one outcome per event, in order."""
         try:
-            return await self.destination.deliver(event.event_id, event.body)
+            outcomes = list(
+                await self.destination.deliver([Envelope(e.event_id, e.body) for e in events])
+            )
+            if len(outcomes) != len(events):
+                raise ValueError(f"{len(outcomes)} outcomes for {len(events)} events")
+            return outcomes
         except Exception as exc:
             # A bug in the destination: count it as a rejection so it ends in the dead
             # letters (visible, replayable) instead of spinning on one event forever.
             log.exception(
                 "outbox_deliver_crashed",
                 destination=self.destination.name,
-                event_id=event.event_id,
+                event_ids=[e.event_id for e in events],
             )
-            return f"internal error: {type(exc).__name__}: {exc}"
+            return [f"internal error: {type(exc).__name__}: {exc}"] * len(events)
 
 
 class _Recorder:

@@ -1,35 +1,42 @@
-"""Splits a gateway's outputs into plain sinks and outbox destinations with their relays."""
+"""Builds a gateway's durable destinations from its ``outputs:`` (the kinds registered with
+``register_destination``), each with its outbox feed and relay."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 
+from bridge import registry
 from bridge.config.models import OutboxSettings
-from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
-from bridge.types import PredictionSlot, Sink
+from bridge.config.resolved import Endpoint
+from bridge.destination import Destination, DestinationContext
+from bridge.store.outbox import OutboxRepository
+from bridge.types import ComponentHealth, PredictionSlot, Trigger
 
-from .protocol import OutboxDestination, RuleDestination
+from .feed import Budget, OutboxFeed
 from .relay import Relay, RelaySettings
 from .rules import EventSelector
 
-__all__ = ["Durable", "feed_for", "relay_settings_for", "split_outputs"]
+__all__ = ["Durable", "durable_for", "durable_outputs", "feed_for", "relay_settings_for"]
 
 log = structlog.get_logger(__name__)
 
 
 class Durable:
-    """The outbox side of a gateway: feeds for the store writer, relays to start and stop."""
+    """The outbox side of a gateway: its destinations, their feeds for the store writer and
+    their relays. Destinations start before their relays and close after them."""
 
     def __init__(
         self,
+        destinations: list[Destination],
         feeds: list[OutboxFeed],
         relays: list[Relay],
         repo: OutboxRepository | None = None,
         slots: Sequence[PredictionSlot] = (),
     ) -> None:
+        self.destinations = destinations
         self.feeds = feeds
         self.relays = relays
         self._repo = repo
@@ -40,12 +47,19 @@ class Durable:
         """Feeds of the destinations that want drift alerts (rules `every` or `alerts`)."""
         return [f for f in self.feeds if f.wants_alerts]
 
-    def owns(self, sink: Sink) -> bool:
-        """True for a destination fed by a relay: the fan-out must not write to it."""
-        return any(id(r.destination) == id(sink) for r in self.relays)
+    @property
+    def probes(self) -> list[Callable[[], ComponentHealth]]:
+        """Health of each destination (its own view: last error, counters) and of its relay
+        (backlog, dead letters, budget)."""
+        return [
+            *(d.health for d in self.destinations),
+            *(r.health for r in self.relays),
+        ]
 
     async def start(self) -> None:
         await self._seed()
+        for destination in self.destinations:
+            await destination.start()
         for relay in self.relays:
             await relay.start()
 
@@ -53,6 +67,11 @@ class Durable:
         # Unsent events stay in the outbox: nothing to drain, the next start sends them.
         for relay in self.relays:
             await relay.close()
+        for destination in self.destinations:
+            try:
+                await destination.close()
+            except Exception:
+                log.exception("destination_close_failed", destination=destination.name)
 
     async def _seed(self) -> None:
         """Rules that remember (label change, threshold) continue from the stored predictions."""
@@ -67,14 +86,29 @@ class Durable:
 
 
 def feed_for(
-    destination: OutboxDestination, budget: Budget, slots: Sequence[PredictionSlot] = ()
+    destination: Destination, budget: Budget, slots: Sequence[PredictionSlot] = ()
 ) -> OutboxFeed:
     """The store writer's side of one destination: its rules (if any) and its budget."""
-    feed = OutboxFeed(destination.name, destination.encode, budget)
-    if isinstance(destination, RuleDestination):
-        feed.selector = EventSelector(destination.rules, slots)
-        feed.render = destination.encode_event
+    encode = destination.encode
+    feed = OutboxFeed(destination.name, lambda p: encode(Trigger(p)), budget)
+    rules = destination.capabilities.rules
+    if rules is not None:
+        feed.selector = EventSelector(rules, slots)
+        feed.render = _renderer(destination)
     return feed
+
+
+def _renderer(destination: Destination) -> Callable[[Trigger], str]:
+    encode = destination.encode
+
+    def render(trigger: Trigger) -> str:
+        body = encode(trigger)
+        if body is None:
+            # Its rules chose this event: a destination with rules shapes every event.
+            raise TypeError(f"{destination.name}: encode() gave no body for a {trigger.event}")
+        return body
+
+    return render
 
 
 def relay_settings_for(settings: OutboxSettings) -> RelaySettings:
@@ -89,27 +123,40 @@ def relay_settings_for(settings: OutboxSettings) -> RelaySettings:
     )
 
 
-def split_outputs(
-    outputs: Sequence[Sink],
+def durable_outputs(
+    outputs: Iterable[Endpoint],
+    context: DestinationContext,
+    repo: OutboxRepository,
+    settings: OutboxSettings,
+) -> Durable:
+    """The ``outputs:`` whose kind is a registered destination kind, built by its factory, with
+    their feeds and relays; outputs of sink kinds are left to the caller."""
+    kinds = registry.destination_kinds()
+    destinations = [
+        kinds[out.kind].factory(out.name, out.settings, context)
+        for out in outputs
+        if out.kind in kinds
+    ]
+    return durable_for(destinations, repo, settings, context.slots)
+
+
+def durable_for(
+    destinations: Sequence[Destination],
     repo: OutboxRepository,
     settings: OutboxSettings,
     slots: Sequence[PredictionSlot] = (),
-) -> tuple[list[Sink], Durable]:
-    """Outputs that are ``OutboxDestination``s get a feed and a relay; the rest stay plain.
+) -> Durable:
+    """A feed and a relay for each destination.
 
     Each destination has its own feed (rules, budget counters) and relay (backlog, retries),
     so a slow or failing destination never holds up another.
     """
-    plain: list[Sink] = []
     feeds: list[OutboxFeed] = []
     relays: list[Relay] = []
     budget = Budget(settings.max_pending, settings.when_full)
     relay_settings = relay_settings_for(settings)
-    for sink in outputs:
-        if isinstance(sink, OutboxDestination):
-            feed = feed_for(sink, budget, slots)
-            feeds.append(feed)
-            relays.append(Relay(sink, repo, feed, relay_settings))
-        else:
-            plain.append(sink)
-    return plain, Durable(feeds, relays, repo, slots)
+    for destination in destinations:
+        feed = feed_for(destination, budget, slots)
+        feeds.append(feed)
+        relays.append(Relay(destination, repo, feed, relay_settings))
+    return Durable(list(destinations), feeds, relays, repo, slots)

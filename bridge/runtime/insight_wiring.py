@@ -11,22 +11,24 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from bridge import registry
 from bridge.config.models import OutboxSettings
-from bridge.config.resolved import Mapping
+from bridge.config.resolved import Mapping, ResolvedModel
+from bridge.destination import Destination, DestinationContext
 from bridge.drift.monitor import DriftCrossing
-from bridge.drift.webhook import WebhookDestination
 from bridge.drift.writer import DriftAlertWriter
-from bridge.errors import StoreError
+from bridge.errors import ConfigError, ConfigIssue, StoreError
 from bridge.lifecycle.reference import load_reference
+from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.outbox.relay import Relay
-from bridge.outbox.wiring import relay_settings_for
+from bridge.outbox.wiring import feed_for, relay_settings_for
 from bridge.runtime.insight import ModelInsight
 from bridge.runtime.models import ModelRunner
 from bridge.store.db import Store
 from bridge.store.drift import DriftAlertRepository
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
-from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
+from bridge.store.outbox import OutboxRepository
 from bridge.store.registry import RegistryRepository, VersionRecord
 from bridge.types import Feedback, Prediction
 
@@ -67,7 +69,7 @@ class StoreFeedback:
 class Insight:
     insights: dict[str, ModelInsight]
     writer: DriftAlertWriter
-    webhooks: list[WebhookDestination] = field(default_factory=list)
+    webhooks: list[Destination] = field(default_factory=list)
     relays: list[Relay] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -116,13 +118,8 @@ def build_insight(
         }
         webhook_feed: OutboxFeed | None = None
         if m.drift is not None and m.drift.webhook:
-            hook = WebhookDestination(
-                f"webhook-{m.name}",
-                m.drift.webhook,
-                m.drift.webhook_headers,
-                tls=m.drift.webhook_tls,
-            )
-            webhook_feed = OutboxFeed(hook.name, hook.encode, budget)
+            hook = _webhook(mapping, m)
+            webhook_feed = feed_for(hook, budget)
             parts.webhooks.append(hook)
             parts.relays.append(Relay(hook, repo, webhook_feed, relay_settings))
 
@@ -144,3 +141,37 @@ def build_insight(
         runner.enrichers.append(insight.enrich)
         parts.insights[m.name] = insight
     return parts
+
+
+# The model's ``drift:`` keys that hold the webhook's settings, for messages about them.
+_WEBHOOK_KEYS = (
+    ("url", "drift.webhook"),
+    ("headers", "drift.webhook_headers"),
+    ("tls", "drift.webhook_tls"),
+)
+
+
+def _webhook(mapping: Mapping, model: ResolvedModel) -> Destination:
+    """The retraining webhook of ``model``: the ``webhook`` destination kind (a connector, found
+    through the registry like any output) with the model's ``drift.webhook*`` settings."""
+    drift = model.drift
+    assert drift is not None and drift.webhook
+    kind = registry.destination_kinds().get("webhook")
+    if kind is None:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    str(mapping.path),
+                    None,
+                    f"models.{model.name}.drift.webhook",
+                    "no `webhook` destination connector is installed",
+                    "install the gateway with its connectors (pip install -e .), or remove "
+                    "drift.webhook",
+                )
+            ]
+        )
+    settings = kind.settings_model.model_validate(
+        {"url": drift.webhook, "headers": drift.webhook_headers, "tls": drift.webhook_tls}
+    )
+    context = DestinationContext(mapping.gateway.id, setting_keys=_WEBHOOK_KEYS)
+    return kind.factory(f"webhook-{model.name}", settings, context)

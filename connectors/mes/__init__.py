@@ -1,42 +1,42 @@
-"""MES REST destination: the gateway's outbox relay POSTs each prediction through it as JSON."""
+"""MES REST destination: the gateway's outbox relay POSTs each event through it as JSON."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bridge.registry import SinkKind, register_sink
-from bridge.types import Sink, SinkContext
+from bridge.destination import Destination, DestinationContext
+from bridge.registry import DestinationKind, register_destination
 
-from .config import MesSinkSettings
+from .config import MesSettings
 from .payload import prediction_to_json
 
 if TYPE_CHECKING:
-    from .sink import MesSink
+    from .destination import MesDestination
 
-__all__ = ["MesSink", "MesSinkSettings", "prediction_to_json", "register"]
+__all__ = ["MesDestination", "MesSettings", "prediction_to_json", "register"]
 
 
 def __getattr__(name: str) -> Any:
-    # The sink (and httpx) loads on first use: validating a mapping needs only the settings.
-    if name == "MesSink":
-        from .sink import MesSink
+    # The destination (and httpx) loads on first use: validating a mapping needs the settings.
+    if name == "MesDestination":
+        from .destination import MesDestination
 
-        return MesSink
+        return MesDestination
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _sink(name: str, settings: Any, context: SinkContext) -> Sink:
-    from .sink import MesSink
+def _destination(name: str, settings: Any, context: DestinationContext) -> Destination:
+    from .destination import MesDestination
 
-    return MesSink(name, settings, context)
+    return MesDestination(name, settings, context)
 
 
 def register() -> None:
-    register_sink(
-        SinkKind(
+    register_destination(
+        DestinationKind(
             kind="mes-rest",
-            settings_model=MesSinkSettings,
-            factory=_sink,
+            settings_model=MesSettings,
+            factory=_destination,
             description="POST every prediction as JSON to an MES REST endpoint, durably through "
             "the store's outbox (Idempotency-Key = prediction id, retries with backoff, "
             "dead letters).",

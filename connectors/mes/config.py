@@ -1,4 +1,4 @@
-"""Settings of the MES REST destination (one ``sinks.<name>`` block with ``kind: mes-rest``)."""
+"""Settings of the MES REST destination (one ``outputs.<name>`` block with ``kind: mes-rest``)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from bridge.client_tls import ClientTls, require_https
-from bridge.outbox.rules import EventRule
+from bridge.eventrules import EventRule
 
 from .template import FIELDS, TemplateError, compile_template
 
-__all__ = ["MesSinkSettings"]
+__all__ = ["MesSettings"]
 
 
 def _every() -> list[EventRule]:
     return ["every"]
 
 
-class MesSinkSettings(BaseModel):
+class MesSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str = Field(
@@ -96,7 +96,7 @@ class MesSinkSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _tls_needs_https(self) -> MesSinkSettings:
+    def _tls_needs_https(self) -> MesSettings:
         require_https(self.url, self.tls, "tls")
         return self
 

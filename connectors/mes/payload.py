@@ -6,8 +6,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.outbox.rules import Trigger
-from bridge.types import Prediction, TagValue
+from bridge.types import Prediction, TagValue, Trigger
 
 __all__ = ["event_fields", "event_to_json", "iso_utc", "prediction_to_json"]
 

@@ -5,8 +5,8 @@ knows how to encode an event (default body or the mapping's template) and how to
 event or a batch (see ``batch.py`` for the contract), once per call. It tells the relay what
 came of it: accepted, rejected (any 4xx but 408/425/429: the relay counts it and dead-letters
 the event after ``dead_letter_after``) or ``Retry`` (connection errors, timeouts, 408/425/429,
-5xx, with the ``Retry-After`` hint): the relay retries it with this sink's backoff while the
-other assets go on, and dead-letters it after ``max_retries``/``max_retry_age_s``.
+5xx, with the ``Retry-After`` hint): the relay retries it with this destination's backoff
+while the other assets go on, and dead-letters it after ``max_retries``/``max_retry_age_s``.
 """
 
 from __future__ import annotations
@@ -21,19 +21,18 @@ import httpx
 import structlog
 
 from bridge.client_tls import ClientTlsError, describe_tls_failure
+from bridge.destination import Capabilities, DestinationContext, Envelope, Outcome, Retry
 from bridge.errors import ConnectorError
-from bridge.outbox.protocol import Outcome, Retry
-from bridge.outbox.rules import EventRule, Trigger
 from bridge.redact import redact_text, redact_url
 from bridge.retry import is_retryable_status, parse_retry_after
-from bridge.types import ComponentHealth, Prediction, SinkContext
+from bridge.types import ComponentHealth, Trigger
 
 from .batch import BatchReplyError, batch_body, parse_batch_reply
-from .config import MesSinkSettings
+from .config import MesSettings
 from .payload import event_fields, event_to_json
 from .template import compile_template
 
-__all__ = ["MesSink"]
+__all__ = ["MesDestination"]
 
 log = structlog.get_logger(__name__)
 
@@ -58,13 +57,21 @@ class _RejectedError(Exception):
         self.body = body
 
 
-class MesSink:
-    """An outbox destination that POSTs each event with ``Idempotency-Key: <prediction id>``."""
+class MesDestination:
+    """``bridge.destination.Destination`` that POSTs each event (or a batch of events of
+    different assets) with ``Idempotency-Key: <prediction id>``."""
 
-    def __init__(self, name: str, settings: MesSinkSettings, context: SinkContext) -> None:
+    def __init__(self, name: str, settings: MesSettings, context: DestinationContext) -> None:
         self.name = name
         self._settings = settings
         self._gateway_id = context.gateway_id
+        self._tls_key = context.key_of(name, "tls")
+        self.capabilities = Capabilities(
+            concurrency=settings.concurrency,
+            batch_size=settings.batch_size,
+            backoff=(settings.initial_backoff_s, settings.max_backoff_s),
+            rules=tuple(settings.events),
+        )
         self._template = None if settings.template is None else compile_template(settings.template)
         self._client: httpx.AsyncClient | None = None
         self._closed = False
@@ -72,26 +79,9 @@ class MesSink:
         self._last_error = ""
         self._counters: dict[str, int] = {"sent": 0, "retries": 0, "rejected": 0}
 
-    @property
-    def concurrency(self) -> int:
-        return self._settings.concurrency
-
-    @property
-    def rules(self) -> Sequence[EventRule]:
-        return self._settings.events
-
-    @property
-    def batch_size(self) -> int:
-        return self._settings.batch_size
-
-    @property
-    def backoff(self) -> tuple[float, float]:
-        """How the relay spaces the retries of one event: first delay, cap."""
-        return self._settings.initial_backoff_s, self._settings.max_backoff_s
-
     async def start(self) -> None:
         if self._closed:
-            raise ConnectorError(f"mes sink {self.name!r} is closed")
+            raise ConnectorError(f"mes destination {self.name!r} is closed")
         if self._client is not None:
             return
         s = self._settings
@@ -99,7 +89,7 @@ class MesSink:
             # The plant CA and the client certificate, when the mapping gives them.
             verify = True if s.tls is None else s.tls.ssl_context()
         except ClientTlsError as exc:
-            raise ConnectorError(f"mes sink {self.name!r}: {exc}") from exc
+            raise ConnectorError(f"mes destination {self.name!r}: {exc}") from exc
         # trust_env=False: where events go is decided by the mapping, not by proxy variables.
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(s.timeout_s),
@@ -116,12 +106,11 @@ class MesSink:
             ),
         )
         log.info(
-            "mes_sink_started", sink=self.name, url=redact_url(s.url), concurrency=s.concurrency
+            "mes_destination_started",
+            destination=self.name,
+            url=redact_url(s.url),
+            concurrency=s.concurrency,
         )
-
-    async def write(self, batch: Sequence[Prediction]) -> None:
-        # Events reach the MES only through the outbox, so that none is lost on a crash.
-        raise ConnectorError(f"mes sink {self.name!r} is fed by the outbox relay, not by write()")
 
     async def close(self) -> None:
         if self._closed:
@@ -130,7 +119,7 @@ class MesSink:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-        log.info("mes_sink_closed", sink=self.name, **self._counters)
+        log.info("mes_destination_closed", destination=self.name, **self._counters)
 
     def health(self) -> ComponentHealth:
         counters = {**self._counters, "in_flight": self._in_flight}
@@ -144,19 +133,23 @@ class MesSink:
 
     # -- one event -------------------------------------------------------------------------
 
-    def encode(self, prediction: Prediction) -> str | None:
-        return self.encode_event(Trigger(prediction))
-
-    def encode_event(self, trigger: Trigger) -> str:
+    def encode(self, event: Trigger) -> str:
         body: Any
         if self._template is None:
-            body = event_to_json(trigger, self._gateway_id)
+            body = event_to_json(event, self._gateway_id)
         else:
-            body = self._template.render(event_fields(trigger, self._gateway_id))
+            body = self._template.render(event_fields(event, self._gateway_id))
         return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
-    async def deliver(self, key: str, body: str) -> Outcome:
-        """Send once: None accepted, the reason of a rejection, or ``Retry``."""
+    async def deliver(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        """Send once: one POST per event, or one POST for the batch when ``batch_size`` > 1
+        (then even a single event goes as a one-item array: the MES expects one shape)."""
+        if self._settings.batch_size > 1:
+            return await self._deliver_batch(batch)
+        return [await self._deliver_one(key, body) for key, body in batch]
+
+    async def _deliver_one(self, key: str, body: str) -> Outcome:
+        """None accepted, the reason of a rejection, or ``Retry``."""
         # The same key on every attempt lets the MES discard a repeat whose first reply was lost.
         headers = {**_JSON, "Idempotency-Key": key}
         self._in_flight += 1
@@ -169,7 +162,9 @@ class MesSink:
             return Retry(reason, exc.retry_after)
         except _RejectedError as exc:
             self._counters["rejected"] += 1
-            log.warning("mes_rejected", sink=self.name, key=key, status=exc.status, body=exc.body)
+            log.warning(
+                "mes_rejected", destination=self.name, key=key, status=exc.status, body=exc.body
+            )
             return f"HTTP {exc.status}: {exc.body}"
         finally:
             self._in_flight -= 1
@@ -177,8 +172,8 @@ class MesSink:
         self._recovered()
         return None
 
-    async def deliver_batch(self, events: Sequence[tuple[str, str]]) -> list[Outcome]:
-        """Send ``(key, body)`` pairs in one POST; one outcome per pair, in order.
+    async def _deliver_batch(self, events: Sequence[Envelope]) -> list[Outcome]:
+        """Send the events in one POST; one outcome per event, in order.
 
         Events the MES answered with a retryable status (or all of them, when the whole
         request failed retryably) come back as ``Retry``: the relay sends them again later,
@@ -210,7 +205,7 @@ class MesSink:
         s = self._settings
         tls = describe_tls_failure(
             exc,
-            f"outputs.{self.name}.tls",
+            self._tls_key,
             https=s.url.lower().startswith("https://"),
             client_certificate=bool(s.tls and s.tls.client_certificate),
         )
@@ -220,24 +215,22 @@ class MesSink:
         self._counters["retries"] += 1
         if not self._last_error:
             # One warning when the MES starts failing; the recovery is logged once too.
-            log.warning("mes_send_failing", sink=self.name, error=error)
+            log.warning("mes_send_failing", destination=self.name, error=error)
         else:
-            log.debug("mes_send_retry", sink=self.name, error=error)
+            log.debug("mes_send_retry", destination=self.name, error=error)
         self._last_error = error
 
     def _recovered(self) -> None:
         if self._last_error:
-            log.info("mes_recovered", sink=self.name, after_error=self._last_error)
+            log.info("mes_recovered", destination=self.name, after_error=self._last_error)
             self._last_error = ""
 
-    async def _post_batch(
-        self, events: list[tuple[str, str]], outcomes: dict[str, Outcome]
-    ) -> None:
+    async def _post_batch(self, events: list[Envelope], outcomes: dict[str, Outcome]) -> None:
         """Add every event's outcome to ``outcomes``; raise ``_RetryableError`` if the request
         as a whole failed retryably."""
         client = self._client
         if client is None:
-            raise ConnectorError(f"mes sink {self.name!r} is not started")
+            raise ConnectorError(f"mes destination {self.name!r} is not started")
         try:
             response = await client.post(
                 self._settings.url, content=batch_body(events), headers=_JSON
@@ -251,7 +244,7 @@ class MesSink:
                 raise _RetryableError(f"HTTP {status}", retry_after)
             # The MES refused the request as a whole: every event in it is a rejection.
             excerpt = response.text[:_BODY_EXCERPT_CHARS]
-            log.warning("mes_batch_rejected", sink=self.name, status=status, body=excerpt)
+            log.warning("mes_batch_rejected", destination=self.name, status=status, body=excerpt)
             outcomes.update((key, f"HTTP {status}: {excerpt}") for key, _ in events)
             return
         try:
@@ -267,7 +260,9 @@ class MesSink:
                 retry.append(f"HTTP {item_status}")
                 outcomes[key] = Retry(f"HTTP {item_status}: {error[:_BODY_EXCERPT_CHARS]}")
             else:
-                log.warning("mes_rejected", sink=self.name, key=key, status=item_status, body=error)
+                log.warning(
+                    "mes_rejected", destination=self.name, key=key, status=item_status, body=error
+                )
                 outcomes[key] = f"HTTP {item_status}: {error[:_BODY_EXCERPT_CHARS]}"
         if retry:
             # The settled ones are kept; the relay sends only the rest again.
@@ -276,7 +271,7 @@ class MesSink:
     async def _post(self, body: str, headers: dict[str, str]) -> None:
         client = self._client
         if client is None:
-            raise ConnectorError(f"mes sink {self.name!r} is not started")
+            raise ConnectorError(f"mes destination {self.name!r} is not started")
         try:
             response = await client.post(self._settings.url, content=body, headers=headers)
         except httpx.TransportError as exc:
