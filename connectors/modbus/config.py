@@ -163,6 +163,12 @@ class ExpectedValue(BaseModel):
     )
 
 
+def _shorthand_in_schema(schema: dict[str, Any]) -> None:
+    # `expect: 50.0` is short for `expect: {value: 50.0}` (ModbusAddress._shorthands): the JSON
+    # Schema editors use must accept it too.
+    schema["anyOf"].insert(0, {"type": ["boolean", "number", "string"]})
+
+
 class ModbusAddress(BaseModel):
     """A tag's ``address`` block for a Modbus source."""
 
@@ -210,6 +216,7 @@ class ModbusAddress(BaseModel):
         None,
         description="Known value for `bridge verify --live`: a number, bool or text, or "
         "{value, tolerance}.",
+        json_schema_extra=_shorthand_in_schema,
     )
 
     @model_validator(mode="before")
