@@ -117,7 +117,7 @@ def place(sample: Any) -> dict[str, Any]:
         kinds = {str(v["kind"]) for v in sample.values()}
         if kinds <= set(registry.source_kinds()):
             return _over_base({"sources": sample})
-        if kinds <= set(registry.sink_kinds()):
+        if kinds <= set(registry.output_kinds()):
             return _over_base({"outputs": sample})
     raise AssertionError(
         f"cannot tell where a sample with keys {sorted(sample)} goes in a mapping: write it "
