@@ -9,15 +9,18 @@ is stored).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
 from bridge.auth import Scope
-from bridge.errors import BridgeError, ConfigError
+from bridge.cli.report import fail
+from bridge.cli.store import opened_store, store_options
+from bridge.errors import BridgeError
 from bridge.private_files import create_private
 
 if TYPE_CHECKING:
@@ -25,46 +28,18 @@ if TYPE_CHECKING:
 
 __all__ = ["apikeys"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+_where = store_options()
 
 
-def _where(command: F) -> F:
-    command = click.option(
-        "--store", "store_url", help="Database URL of the store (instead of --mapping)."
-    )(command)
-    return click.option(
-        "--mapping",
-        type=click.Path(path_type=Path),
-        help="Use the store of this mapping's gateway.store.",
-    )(command)
-
-
-def _store_url(mapping: Path | None, store_url: str | None) -> str:
-    if (mapping is None) == (store_url is None):
-        raise click.UsageError("give exactly one of --mapping FILE or --store URL")
-    if store_url is not None:
-        return store_url
-    from bridge.config.loader import load_mapping
-
-    assert mapping is not None
-    try:
-        return load_mapping(mapping).gateway.store
-    except ConfigError as err:
-        for issue in err.issues:
-            click.echo(str(issue), err=True)
-        sys.exit(1)
-
-
-def _repo(mapping: Path | None, store_url: str | None) -> ApiKeyRepository:
+@contextmanager
+def _repo(mapping: Path | None, store_url: str | None) -> Iterator[ApiKeyRepository]:
     from bridge.store.apikeys import ApiKeyRepository
-    from bridge.store.db import open_store
 
-    url = _store_url(mapping, store_url)
     try:
-        return ApiKeyRepository(open_store(url))
+        with opened_store(mapping, store_url) as opened:
+            yield ApiKeyRepository(opened.store)
     except BridgeError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        fail(err)
 
 
 def _when(ts: float | None) -> str:
@@ -103,19 +78,20 @@ def create(
         # Checked before the key is made, so a refusal leaves no unused key behind.
         click.echo(f"error: {output} exists; give a new file name", err=True)
         sys.exit(2)
-    repo = _repo(mapping, store_url)
-    try:
-        record, key = repo.create(name, Scope.parse(scope))
-    except (ValueError, BridgeError) as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    if output is not None:
+    with _repo(mapping, store_url) as repo:
         try:
-            create_private(output, key + "\n")
-        except OSError as err:
-            repo.revoke(record.key_id)  # nobody has it: it must not stay valid
-            click.echo(f"error: cannot write {output}: {err.strerror}; key revoked", err=True)
+            record, key = repo.create(name, Scope.parse(scope))
+        except ValueError as err:
+            click.echo(f"error: {err}", err=True)
             sys.exit(2)
+        if output is not None:
+            try:
+                create_private(output, key + "\n")
+            except OSError as err:
+                repo.revoke(record.key_id)  # nobody has it: it must not stay valid
+                click.echo(f"error: cannot write {output}: {err.strerror}; key revoked", err=True)
+                sys.exit(2)
+    if output is not None:
         click.echo(
             f"created key {record.key_id} '{record.name}' with scope {scope} in {output} "
             "(mode 0600); it cannot be shown again",
@@ -135,8 +111,8 @@ def create(
 @_where
 def list_keys(include_revoked: bool, mapping: Path | None, store_url: str | None) -> None:
     """List keys (id, scope, name, created, revoked); never the keys themselves."""
-    repo = _repo(mapping, store_url)
-    records = repo.list(include_revoked)
+    with _repo(mapping, store_url) as repo:
+        records = repo.list(include_revoked)
     click.echo(f"{'KEY ID':<12}  {'SCOPE':<7}  {'CREATED':<20}  {'REVOKED':<20}  NAME")
     for r in records:
         click.echo(
@@ -150,8 +126,8 @@ def list_keys(include_revoked: bool, mapping: Path | None, store_url: str | None
 @_where
 def revoke(key_id: str, mapping: Path | None, store_url: str | None) -> None:
     """Revoke the key KEY_ID (the id shown by `list`); it stops working at once."""
-    repo = _repo(mapping, store_url)
-    record = repo.revoke(key_id)
+    with _repo(mapping, store_url) as repo:
+        record = repo.revoke(key_id)
     if record is None:
         click.echo(f"error: no key {key_id}", err=True)
         sys.exit(1)

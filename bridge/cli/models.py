@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 
 import click
 
-from bridge.errors import BridgeError, ConfigError
-from bridge.store.db import open_store
+from bridge.cli.report import fail
+from bridge.cli.store import opened_store, store_options
+from bridge.errors import BridgeError
 from bridge.store.registry import RegistryRepository, VersionRecord
 
 __all__ = ["models"]
@@ -30,12 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _store_options(fn: F) -> F:
-    fn = click.option("--store", "store_url", help="Database URL of the store.")(fn)
-    fn = click.option(
-        "--mapping",
-        type=click.Path(path_type=Path),
-        help="Use the store (and public key) of this mapping.",
-    )(fn)
+    fn = store_options("Use the store (and public key) of this mapping.")(fn)
     fn = click.option(
         "--public-key",
         type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -66,36 +62,21 @@ def _service(
     from bridge.lifecycle.service import RegistryService
     from bridge.lifecycle.signature import load_public_key
 
-    if (mapping is None) == (store_url is None):
-        raise click.UsageError("give exactly one of --mapping FILE or --store URL")
     if mapping is not None and models_dir is not None:
         raise click.UsageError(
             "--models-dir goes with --store; with --mapping set gateway.models.directory"
         )
     key = load_public_key(public_key) if public_key is not None else None
-    models: dict[str, Any] = {}
-    if mapping is not None:
-        from bridge.config.loader import load_mapping
-
-        loaded = load_mapping(mapping)
-        models = dict(loaded.models)  # versions of these names must fit them
-        gateway = loaded.gateway
-        store = open_store(
-            gateway.store,
-            synchronous=gateway.durability.synchronous,
-            profile=gateway.durability.profile,
-        )
-        policy = policy_of(loaded)
-        if key is not None:
-            policy = replace(policy, public_key=key)
-    else:
-        assert store_url is not None
-        store = open_store(store_url)
-        policy = ModelPolicy(public_key=key, directory=models_dir)
-    try:
-        yield RegistryService(RegistryRepository(store), policy, models)
-    finally:
-        store.dispose()
+    with opened_store(mapping, store_url) as opened:
+        models: dict[str, Any] = {}
+        if opened.mapping is not None:
+            models = dict(opened.mapping.models)  # versions of these names must fit them
+            policy = policy_of(opened.mapping)
+            if key is not None:
+                policy = replace(policy, public_key=key)
+        else:
+            policy = ModelPolicy(public_key=key, directory=models_dir)
+        yield RegistryService(RegistryRepository(opened.store), policy, models)
 
 
 def _need_models_dir(store_url: str | None, models_dir: Path | None) -> None:
@@ -104,11 +85,6 @@ def _need_models_dir(store_url: str | None, models_dir: Path | None) -> None:
             "with --store give --models-dir DIR, the folder model files are registered from "
             "(or use --mapping, whose gateway.models.directory says it)"
         )
-
-
-def _fail(err: BridgeError) -> None:
-    click.echo(f"error: {err}", err=True)
-    sys.exit(1 if isinstance(err, ConfigError) else 2)
 
 
 def _actor() -> str:
@@ -196,7 +172,7 @@ def register(
                 metrics=parsed,
             )
     except BridgeError as err:
-        _fail(err)
+        fail(err)
     click.echo(f"registered {r.name} {r.version} sha256={r.sha256}")
 
 
@@ -216,7 +192,7 @@ def list_(
         with _service(mapping, store_url, public_key) as svc:
             rows = svc.list(name)
     except BridgeError as err:
-        _fail(err)
+        fail(err)
     for r in rows:
         click.echo(json.dumps(_as_dict(r)) if as_json else _line(r))
 
@@ -239,7 +215,7 @@ def show(
             agreement = svc.repo.agreement(name, r.version)
             refusal = svc.refusal(r)
     except BridgeError as err:
-        _fail(err)
+        fail(err)
     out = _as_dict(r)
     if refusal is not None:
         out["refusal"] = refusal
@@ -265,7 +241,7 @@ def _state_command(
             with _service(mapping, store_url, public_key) as svc:
                 r = fn(svc, name, version)
         except BridgeError as err:
-            _fail(err)
+            fail(err)
         click.echo(f"{r.name} {r.version} is now {r.state}")
 
     cmd.__doc__ = {
@@ -329,7 +305,7 @@ def canary(
                 name, version, _actor(), share=_share(share), assets=listed, guard=guard or None
             )
     except BridgeError as err:
-        _fail(err)
+        fail(err)
     click.echo(f"{r.name} {r.version} is now canary{_placement(r)}")
     if mapping is not None:
         _echo_canary_assets(mapping, r)
@@ -417,7 +393,7 @@ def quantize(
         gold = load_rows(golden) if golden is not None else None
         report = run_quantize(file, out, cal, gold, "dynamic" if method == "dynamic" else "static")
     except BridgeError as err:
-        _fail(err)
+        fail(err)
     for line in report.lines():
         click.echo(line)
     if name is None or version is None:
@@ -439,7 +415,7 @@ def quantize(
         with _service(mapping, store_url, public_key, models_dir) as svc:
             r = svc.register(out.absolute(), name, version, actor=_actor(), metrics=metrics)
     except BridgeError as err:
-        _fail(err)
+        fail(err)
     click.echo(f"registered {r.name} {r.version} sha256={r.sha256}")
 
 
@@ -453,7 +429,7 @@ def keygen(private_out: Path, public_out: Path) -> None:
     try:
         generate_keypair(private_out, public_out)
     except BridgeError as err:
-        _fail(err)
+        fail(err)
     click.echo(f"wrote {private_out} (keep it secret) and {public_out}")
 
 
@@ -472,7 +448,7 @@ def sign(file: Path, key: Path, name: str, version: str, out: Path | None) -> No
     try:
         signature = sign_model(load_private_key(key), name, version, file_sha256(file))
     except BridgeError as err:
-        _fail(err)
+        fail(err)
     target = out or file.with_name(file.name + ".sig")
     target.write_text(signature + "\n")
     click.echo(f"wrote {target} ({name} {version})")

@@ -8,44 +8,19 @@ or not: a replayed event goes back to the end of its asset's queue and the relay
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from bridge.errors import BridgeError, ConfigError
-from bridge.store.db import Store, open_store
+from bridge.cli.report import fail
+from bridge.cli.store import opened_store, store_options
+from bridge.errors import BridgeError
 from bridge.store.outbox import OutboxRepository
 
 __all__ = ["outbox"]
 
-
-def _open(mapping: Path | None, store: str | None) -> Store:
-    if (mapping is None) == (store is None):
-        raise click.UsageError("give exactly one of --mapping FILE or --store URL")
-    if store is not None:
-        return open_store(store)
-    from bridge.config.loader import load_mapping
-
-    assert mapping is not None
-    gateway = load_mapping(mapping).gateway
-    return open_store(
-        gateway.store,
-        synchronous=gateway.durability.synchronous,
-        profile=gateway.durability.profile,
-    )
-
-
-def _fail(err: BridgeError) -> None:
-    click.echo(f"error: {err}", err=True)
-    sys.exit(2 if not isinstance(err, ConfigError) else 1)
-
-
-_mapping_opt = click.option(
-    "--mapping", type=click.Path(path_type=Path), help="Use the store of this mapping."
-)
-_store_opt = click.option("--store", "store_url", help="Database URL of the store.")
+_where = store_options("Use the store of this mapping.")
 _dest_opt = click.option("--destination", help="Only this destination (an output name).")
 
 
@@ -55,8 +30,7 @@ def outbox() -> None:
 
 
 @outbox.command("list")
-@_mapping_opt
-@_store_opt
+@_where
 @_dest_opt
 @click.option("--dead", is_flag=True, help="List dead letters instead of pending events.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
@@ -71,17 +45,13 @@ def list_(
 ) -> None:
     """List pending events (oldest first) or dead letters."""
     try:
-        store = _open(mapping, store_url)
-        try:
-            repo = OutboxRepository(store)
+        with opened_store(mapping, store_url) as opened:
+            repo = OutboxRepository(opened.store)
             rows = (
                 repo.dead_letters(destination, limit) if dead else repo.pending(destination, limit)
             )
-        finally:
-            store.dispose()
     except BridgeError as err:
-        _fail(err)
-        return
+        fail(err)
     for row in rows:
         if as_json:
             click.echo(json.dumps(asdict(row), separators=(",", ":")))
@@ -96,8 +66,7 @@ def list_(
 
 
 @outbox.command()
-@_mapping_opt
-@_store_opt
+@_where
 @_dest_opt
 @click.option("--event", "events", multiple=True, help="Only this event id (repeatable).")
 def replay(
@@ -105,20 +74,15 @@ def replay(
 ) -> None:
     """Move dead letters back to the outbox: the relay sends them again, same Idempotency-Key."""
     try:
-        store = _open(mapping, store_url)
-        try:
-            n = OutboxRepository(store).replay(destination, events)
-        finally:
-            store.dispose()
+        with opened_store(mapping, store_url) as opened:
+            n = OutboxRepository(opened.store).replay(destination, events)
     except BridgeError as err:
-        _fail(err)
-        return
+        fail(err)
     click.echo(f"{n} dead letter(s) replayed")
 
 
 @outbox.command()
-@_mapping_opt
-@_store_opt
+@_where
 @_dest_opt
 @click.option("--event", "events", multiple=True, help="Only this event id (repeatable).")
 @click.option("--yes", is_flag=True, help="Do it without asking.")
@@ -133,12 +97,8 @@ def purge(
     if not yes:
         click.confirm("Delete the selected dead letters for good?", abort=True)
     try:
-        store = _open(mapping, store_url)
-        try:
-            n = OutboxRepository(store).purge(destination, events)
-        finally:
-            store.dispose()
+        with opened_store(mapping, store_url) as opened:
+            n = OutboxRepository(opened.store).purge(destination, events)
     except BridgeError as err:
-        _fail(err)
-        return
+        fail(err)
     click.echo(f"{n} dead letter(s) purged")

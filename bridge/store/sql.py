@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import FromClause, insert
+from sqlalchemy import FromClause, Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .db import Store
@@ -18,7 +18,9 @@ def insert_ignoring(store: Store, table: FromClause, keys: list[str]) -> Any:
     A retried batch whose first commit went through but whose reply was lost must add nothing,
     so the repositories that write idempotently (predictions, alerts) all insert through this.
     Other dialects get a plain INSERT: the unique key then refuses a repeat loudly.
+    ``table`` is a mapped class's ``__table__`` (typed as any FROM clause by SQLAlchemy).
     """
+    assert isinstance(table, Table), table
     if store.dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
     if store.dialect == "postgresql":
