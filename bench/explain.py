@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from bench.common import PUMP_MODEL, row, write_result
+from bridge.config.reference import compute_reference
 from bridge.drift.monitor import DriftMonitor
 from bridge.explain.occlusion import occlusion_effects
 from bridge.explain.reason import describe
 from bridge.inference.model import LoadedModel, OutputRoles
-from bridge.lifecycle.reference import compute_reference
 from bridge.runtime.insight import score_function
 
 ASSETS = 2000

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge.lifecycle.reference import compute_reference
+from bridge.config.reference import compute_reference
 from simulators.plant.physics import FaultPlan, PumpState
 
 INSIGHT_PUMPS = (1, 3, 4)  # pumps 1, 3 and 4 of the simulator run at nearly the same load

@@ -14,10 +14,10 @@ from pydantic import BaseModel, ValidationError
 
 from bridge import registry
 from bridge.config.models import AssetConfig, MappingFile, ModelConfig, TagConfig
+from bridge.config.reference import ReferenceFileError, load_reference
 from bridge.config.resolved import Endpoint, Feature, Mapping, ResolvedModel, ResolvedTag
 from bridge.config.yamlsource import LineIndex, Substitutions, gc_paused, read_yaml
 from bridge.errors import ConfigError, ConfigIssue
-from bridge.lifecycle.reference import ReferenceError, load_reference
 
 __all__ = ["load_mapping"]
 
@@ -443,7 +443,7 @@ def _reference(base: Path, loc: Loc, m: ModelConfig, issues: _Issues) -> Path | 
     path = (base / m.reference).resolve()
     try:
         load_reference(path, [f.name for f in m.features])
-    except ReferenceError as exc:
+    except ReferenceFileError as exc:
         issues.add(
             (*loc, "reference"),
             # The path as written in the mapping reads better than the resolved one.

@@ -1,5 +1,5 @@
 """Drift detection: per feature PSI of an asset's recent Good feature rows against the model's
-reference statistics (format ``bridge-reference/1``, see ``bridge.lifecycle.reference``), an
+reference statistics (format ``bridge-reference/1``, see ``bridge.config.reference``), an
 alert and a retraining webhook call once per threshold crossing."""
 
 from .monitor import DriftCrossing, DriftMonitor, FeatureWindowStats

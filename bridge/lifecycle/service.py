@@ -19,12 +19,12 @@ from typing import Any
 
 import structlog
 
+from bridge.config.reference import load_reference, validate_reference
 from bridge.config.resolved import ResolvedModel
 from bridge.inference.model import LoadedModel
 from bridge.lifecycle.files import read_confined, read_model_file
 from bridge.lifecycle.loading import ModelRefused, load_verified
 from bridge.lifecycle.policy import ModelPolicy
-from bridge.lifecycle.reference import load_reference, validate_reference
 from bridge.prepare import model_problems
 from bridge.store.registry import (
     CANDIDATE_STATES,

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from bridge.config.reference import ReferenceFileError, validate_reference
 from bridge.config.resolved import ResolvedModel
 from bridge.drift.monitor import DriftCrossing, DriftMonitor
 from bridge.errors import BridgeError
@@ -35,7 +36,6 @@ from bridge.explain.occlusion import occlusion_effects
 from bridge.explain.reason import describe
 from bridge.inference.model import LoadedModel
 from bridge.lifecycle.deployment import Deployment, Served
-from bridge.lifecycle.reference import ReferenceError, validate_reference
 from bridge.runtime.models import TickOutcome
 from bridge.store.registry import VersionRecord
 from bridge.types import Contribution, Explanation, Prediction, Quality
@@ -189,8 +189,8 @@ class ModelInsight:
             if self.model.drift is not None:
                 missing = [f for f in self._features if "bins" not in ref["features"][f]]
                 if missing:
-                    raise ReferenceError(f"no bins/fractions for {', '.join(missing)} (drift)")
-        except ReferenceError as exc:
+                    raise ReferenceFileError(f"no bins/fractions for {', '.join(missing)} (drift)")
+        except ReferenceFileError as exc:
             log.warning(
                 "registry_reference_unusable_using_mapping_reference", error=str(exc), **where
             )

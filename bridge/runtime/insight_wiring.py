@@ -13,12 +13,12 @@ import structlog
 
 from bridge import registry
 from bridge.config.models import OutboxSettings
+from bridge.config.reference import load_reference
 from bridge.config.resolved import Mapping, ResolvedModel
 from bridge.destination import Destination, DestinationContext
 from bridge.drift.monitor import DriftCrossing
 from bridge.drift.writer import DriftAlertWriter
 from bridge.errors import ConfigError, ConfigIssue, StoreError
-from bridge.lifecycle.reference import load_reference
 from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.outbox.relay import Relay
 from bridge.outbox.wiring import feed_for, relay_settings_for

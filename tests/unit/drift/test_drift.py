@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from bridge.config.reference import compute_reference
 from bridge.drift.monitor import DriftMonitor
 from bridge.drift.psi import psi_rows
-from bridge.lifecycle.reference import compute_reference
 
 EDGES = np.asarray([0.0, 1.0, 2.0, 3.0])
 EXPECTED = np.asarray([0.25, 0.5, 0.25])

@@ -15,8 +15,8 @@ import numpy as np
 from click.testing import CliRunner, Result
 
 from bridge.cli import main
+from bridge.config.reference import compute_reference
 from bridge.inference.model import file_sha256
-from bridge.lifecycle.reference import compute_reference
 from bridge.store.db import open_store
 from bridge.store.registry import RegistryRepository, VersionRecord
 from simulators.plant.build_model import FEATURES
