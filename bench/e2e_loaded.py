@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from asyncua import Client, Server, ua
+from asyncua.client.client import Client
+from asyncua.server.server import Server
 
 from bench.common import (
     free_port,
@@ -48,6 +49,7 @@ from bench.e2e import (
     echo_model,
     probe_change,
 )
+from connectors.opcua.convert import make_node_id
 
 PLANT_PUBLISH_MS = 100  # the load tags: a normal SCADA rate; the probe uses 10 ms
 LOAD_NS = "urn:bench:ingest"
@@ -142,7 +144,7 @@ async def measure(
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{probe_port}")
     ns = await server.register_namespace("urn:bench:plant")
-    var = await server.nodes.objects.add_variable(ua.NodeId("X", ns), "X", 0.0)
+    var = await server.nodes.objects.add_variable(make_node_id("X", ns), "X", 0.0)
     echo_model(work / "echo.onnx")
     plants = "\n".join(
         f'  plant{k}: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{port}", '
@@ -192,7 +194,7 @@ async def measure(
             await _wait_for(lambda: _updates(api_port, key), 90)
             async with Client(f"opc.tcp://127.0.0.1:{hmi_port}", timeout=10) as client:
                 pns = await client.get_namespace_index("urn:bridge:predictions")
-                node = client.get_node(ua.NodeId("Predictions.a1.echo.Value", pns))
+                node = client.get_node(make_node_id("Predictions.a1.echo.Value", pns))
                 sub = await client.create_subscription(HMI_PUBLISH_MS, Handler())
                 await sub.subscribe_data_change(node)
                 await asyncio.sleep(5.0)  # the plant subscription settles

@@ -64,6 +64,8 @@ def run(quick: bool = False, seconds: float | None = None) -> dict[str, Any]:
 
     expected = loaded.run(x)
     labels, scores = raw_same_result()
+    if expected.labels is None or expected.scores is None:
+        raise RuntimeError("LoadedModel.run gave no labels or scores for the pump model")
     if not (np.array_equal(expected.labels, labels) and np.array_equal(expected.scores, scores)):
         raise RuntimeError("LoadedModel.run and raw onnxruntime disagree on the pump model")
     rates = _rates(

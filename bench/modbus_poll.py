@@ -52,7 +52,7 @@ def build_map() -> tuple[list[SourceTag], list[int], dict[str, Any]]:
         tags.append(
             SourceTag(
                 tag, ModbusAddress(table="holding", address=address, type=kind, word_order=order)
-            )  # type: ignore[arg-type]
+            )
         )
         truth[tag] = value
         used += len(words)

@@ -16,7 +16,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, cast
 
 from bench.common import free_port, machine, row, write_result
 
@@ -24,30 +25,34 @@ NS = "urn:bench:ingest"
 
 
 async def serve(port: int, items: int, period: float) -> None:
-    from asyncua import Server, ua
+    from asyncua import ua
+    from asyncua.server.server import Server
+    from asyncua.ua.object_ids import ObjectIds
+
+    from connectors.opcua.convert import make_node_id
 
     server = Server()
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}")
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     ns = await server.register_namespace(NS)
-    folder = await server.nodes.objects.add_folder(ua.NodeId("Bench", ns), f"{ns}:Bench")
-    ids = [ua.NodeId(f"v{i}", ns) for i in range(items)]
+    folder = await server.nodes.objects.add_folder(make_node_id("Bench", ns), f"{ns}:Bench")
+    ids = [make_node_id(f"v{i}", ns) for i in range(items)]
     # One AddNodes call per 1,000 nodes: add_variable() one by one takes minutes for 10k.
     requests = []
     for i, nid in enumerate(ids):
         attrs = ua.VariableAttributes()
         attrs.DisplayName = ua.LocalizedText(f"v{i}")
         attrs.Value = ua.Variant(0.0, ua.VariantType.Double)
-        attrs.DataType = ua.NodeId(ua.ObjectIds.Double)
+        attrs.DataType = make_node_id(ObjectIds.Double, 0)
         attrs.AccessLevel = attrs.UserAccessLevel = ua.AccessLevel.CurrentRead.mask
         item = ua.AddNodesItem()
         item.RequestedNewNodeId = nid
         item.BrowseName = ua.QualifiedName(f"v{i}", ns)
         item.NodeClass = ua.NodeClass.Variable
         item.ParentNodeId = folder.nodeid
-        item.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HasComponent)
-        item.TypeDefinition = ua.NodeId(ua.ObjectIds.BaseDataVariableType)
+        item.ReferenceTypeId = make_node_id(ObjectIds.HasComponent, 0)
+        item.TypeDefinition = make_node_id(ObjectIds.BaseDataVariableType, 0)
         item.NodeAttributes = attrs
         requests.append(item)
     for start in range(0, items, 1000):
@@ -71,7 +76,9 @@ async def serve(port: int, items: int, period: float) -> None:
 
 
 async def bare(endpoint: str, items: int, seconds: float) -> float:
-    from asyncua import Client, ua
+    from asyncua.client.client import Client
+
+    from connectors.opcua.convert import make_node_id
 
     count = 0
 
@@ -83,7 +90,7 @@ async def bare(endpoint: str, items: int, seconds: float) -> float:
     t_start = time.perf_counter()
     async with Client(endpoint, timeout=60) as client:
         ns = await client.get_namespace_index(NS)
-        nodes = [client.get_node(ua.NodeId(f"v{i}", ns)) for i in range(items)]
+        nodes = [client.get_node(make_node_id(f"v{i}", ns)) for i in range(items)]
         sub = await client.create_subscription(100, Handler())
         for start in range(0, items, 1000):
             await sub.subscribe_data_change(nodes[start : start + 1000], queuesize=1)
@@ -97,7 +104,7 @@ async def bare(endpoint: str, items: int, seconds: float) -> float:
 
 
 async def ours(endpoint: str, items: int, seconds: float) -> tuple[float, int]:
-    from bridge.types import SourceTag
+    from bridge.types import SourceTag, TagSample
     from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
 
     tags = [
@@ -111,7 +118,8 @@ async def ours(endpoint: str, items: int, seconds: float) -> tuple[float, int]:
     count = 0
     try:
         warm_until = time.perf_counter() + 1.0
-        stream = source.samples()
+        # An async generator (closed below, before the source); the protocol says iterator.
+        stream = cast(AsyncGenerator[Sequence[TagSample], None], source.samples())
         async for _ in stream:
             if time.perf_counter() >= warm_until:
                 break
