@@ -1,4 +1,55 @@
-"""One exception tree for the gateway. Library exceptions are mapped with ``raise ... from``."""
+"""One exception tree for the gateway. Library exceptions are mapped with ``raise ... from``.
+
+Every error bridge raises on purpose is a ``BridgeError``; the drawing below is the whole tree
+(a test walks every module of ``bridge`` and ``connectors`` and fails when a subclass is missing
+here, sits elsewhere than drawn, or is drawn but gone). The base classes live in this module so
+that any layer can raise them; a subclass lives beside the code that knows its case.
+
+    BridgeError               bridge.errors               base; the CLI prints it, exit 2
+    ├── ConfigError           bridge.errors               a mapping is invalid, with every
+    │                                                     issue found (ConfigIssue): the
+    │                                                     config loader, prepare (models that
+    │                                                     do not fit), the gateway's wiring (a
+    │                                                     kind that is not installed); CLI
+    │                                                     exit 1
+    ├── ReferenceFileError    bridge.config.reference     a reference statistics file breaks
+    │                                                     bridge-reference/1: read when a
+    │                                                     mapping loads (reported there as a
+    │                                                     ConfigIssue), when a version is
+    │                                                     registered, when drift is set up
+    ├── ConnectorError        bridge.errors               a source, destination or listener
+    │   │                                                 lost (or could not make) its
+    │   │                                                 connection: connectors/*, the source
+    │   │                                                 runner, the API server's bind
+    │   └── NotConnected      bridge.errors               an operation needed a connection that
+    │                                                     is not there: Modbus and OPC UA
+    │                                                     sources
+    ├── InferenceError        bridge.errors               a model could not be loaded or run:
+    │   │                                                 bridge.inference.model
+    │   └── ModelRefused      bridge.lifecycle.loading    a registered version that does not
+    │                                                     verify or fit the mapping: model
+    │                                                     loading, switching, registry service
+    ├── ModelFileRefused      bridge.lifecycle.files      a model file outside the models
+    │                                                     directory, or not a regular file
+    ├── SignatureError        bridge.lifecycle.signature  a missing, malformed or mismatching
+    │                                                     Ed25519 key or signature
+    ├── QuantizeError         bridge.lifecycle.quantize   a model that cannot be quantized, or
+    │                                                     whose quantized copy leaves tolerance
+    └── StoreError            bridge.errors               the SQL store failed: every
+        │                                                 repository of bridge.store
+        ├── QueryTimeoutError bridge.store.db             a read ran past its statement timeout
+        │                                                 (the REST API answers 503)
+        ├── AlreadyAcknowledged bridge.store.alerts       an alert acknowledged twice (409)
+        └── RegistryError     bridge.store.registry       a registry operation the registry's
+            │                                             state does not allow
+            ├── RegistryNotFound bridge.store.registry    no such model or version (404): the
+            │                                             registry repository and service
+            └── RegistryConflict bridge.store.registry    the version's state forbids it, or it
+                                                          exists already (409): same raisers
+
+Errors that never leave their module (a connector's retry signal, a codec's bad frame) are
+plain exceptions, not part of this tree.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +61,6 @@ __all__ = [
     "ConfigIssue",
     "ConnectorError",
     "InferenceError",
-    "ModelMismatchError",
     "NotConnected",
     "StoreError",
 ]
@@ -54,10 +104,6 @@ class NotConnected(ConnectorError):
 
 class InferenceError(BridgeError):
     """A model could not be loaded or run."""
-
-
-class ModelMismatchError(InferenceError):
-    """A model's inputs/outputs do not match what the mapping asks of it."""
 
 
 class StoreError(BridgeError):
