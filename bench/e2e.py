@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from asyncua import Client, Server, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.server.server import Server
 from onnx import TensorProto, helper
 
 from bench.common import free_port, percentile, write_result
 from bridge.logging import configure_logging
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, run_gateway
+from connectors.opcua.convert import make_node_id
 from simulators.plant.server import PlantSimulator
 
 SOURCE_PUBLISH_MS = 10
@@ -112,7 +115,7 @@ async def latency(samples: int, work: Path) -> dict[str, Any]:
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{plant_port}")
     ns = await server.register_namespace("urn:bench:plant")
-    var = await server.nodes.objects.add_variable(ua.NodeId("X", ns), "X", 0.0)
+    var = await server.nodes.objects.add_variable(make_node_id("X", ns), "X", 0.0)
     echo_model(work / "echo.onnx")
     mapping = work / "echo.yaml"
     mapping.write_text(
@@ -139,7 +142,7 @@ async def latency(samples: int, work: Path) -> dict[str, Any]:
         Client(f"opc.tcp://127.0.0.1:{hmi_port}", timeout=5) as client,
     ):
         pns = await client.get_namespace_index("urn:bridge:predictions")
-        node = client.get_node(ua.NodeId("Predictions.a1.echo.Value", pns))
+        node = client.get_node(make_node_id("Predictions.a1.echo.Value", pns))
         sub = await client.create_subscription(HMI_PUBLISH_MS, Handler())
         await sub.subscribe_data_change(node)
         await asyncio.sleep(1.0)
