@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from bridge.cli.apikeys import apikeys
+from bridge.cli.report import fail, print_issues
 from bridge.errors import BridgeError, ConfigError
 from bridge.logging import configure_logging
 
@@ -30,12 +31,6 @@ async def until_stopped(duration: float | None, stop: asyncio.Event) -> None:
     if duration is not None:
         asyncio.get_running_loop().call_later(duration, stop.set)
     await stop.wait()
-
-
-def _print_issues(err: ConfigError) -> None:
-    for issue in err.issues:
-        click.echo(str(issue), err=True)
-    click.echo(f"{len(err.issues)} problem(s) found", err=True)
 
 
 # Commands that only check or print: their output is the answer, info logs would be noise.
@@ -107,7 +102,7 @@ def validate(mapping: Path) -> None:
     try:
         prepared = prepare(mapping)
     except ConfigError as err:
-        _print_issues(err)
+        print_issues(err)
         sys.exit(1)
     m = prepared.mapping
     click.echo(
@@ -140,7 +135,7 @@ def run(mapping: Path, duration: float | None) -> None:
     try:
         prepared = prepare(mapping)
     except ConfigError as err:
-        _print_issues(err)
+        print_issues(err)
         sys.exit(1)
 
     async def go() -> None:
@@ -161,12 +156,8 @@ def run_async(factory: Callable[[], Awaitable[None]]) -> None:
 
     try:
         asyncio.run(go())
-    except ConfigError as err:
-        _print_issues(err)
-        sys.exit(1)
     except BridgeError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        fail(err)
 
 
 main.add_command(apikeys)
