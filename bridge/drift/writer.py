@@ -55,7 +55,7 @@ class DriftAlertWriter(QueuedWriter[_Pending]):
         # One at a time: each alert and its outbox events are one transaction.
         super().__init__(
             "drift-alerts",
-            batch=False,
+            batch_size=1,
             queue_size=queue_size,
             drain_timeout_s=drain_timeout_s,
             max_backoff_s=max_backoff_s,

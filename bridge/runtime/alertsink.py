@@ -43,7 +43,6 @@ class AlertSink(QueuedWriter[NewAlert]):
         # passes the mapping's settings, debounced by default: ``for_models``).
         super().__init__(
             "alerts",
-            batch=True,
             queue_size=queue_size,
             drain_timeout_s=drain_timeout_s,
             max_backoff_s=max_backoff_s,

@@ -43,7 +43,6 @@ class LossAlerts(QueuedWriter[NewAlert]):
     ) -> None:
         super().__init__(
             "loss-alerts",
-            batch=True,
             queue_size=10000,
             drain_timeout_s=drain_timeout_s,
             max_backoff_s=max_backoff_s,
