@@ -51,6 +51,8 @@ class LoginThrottle:
         over = state.failures - self.after_failures
         if over < 0:
             return 0.0
+        # Not a retry of ours (bridge.retry): a penalty on someone else's guesses, so it doubles
+        # exactly, without jitter, and a peer cannot draw a short lockout by luck.
         lockout = min(self.max_lockout_s, self.first_lockout_s * 2.0 ** min(over, 32))
         state.until = now + lockout
         return lockout
