@@ -77,7 +77,7 @@ def test_committed_schema_is_current() -> None:
         for d in schema["$defs"].values()
         if "kind" in d.get("properties", {})
     }
-    assert kinds == {"opcua", "modbus", "opcua-server", "mes-rest"}
+    assert kinds == {"opcua", "modbus", "opcua-server", "mes-rest", "webhook"}
 
 
 @pytest.fixture
