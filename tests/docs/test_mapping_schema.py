@@ -16,6 +16,8 @@ import pytest
 import yaml
 from doc_samples import ROOT, Sample, samples
 
+from bridge import registry
+
 SCHEMA = json.loads((ROOT / "mappings" / "bridge-mapping.schema.json").read_text())
 VALIDATOR = jsonschema_rs.validator_for(SCHEMA)
 DEMO: dict[str, Any] = yaml.safe_load((ROOT / "mappings" / "demo.yaml").read_text())
@@ -48,6 +50,15 @@ def test_shipped_mappings_pass_the_schema(path: Any) -> None:
 @pytest.mark.parametrize("sample", samples(), ids=lambda s: s.id)
 def test_doc_samples_pass_the_schema(sample: Sample) -> None:
     assert _errors(sample.mapping()) == []
+
+
+def test_the_schema_knows_every_registered_kind() -> None:
+    def kinds(section: str) -> set[str]:
+        entry = next(iter(SCHEMA["properties"][section]["patternProperties"].values()))
+        return set(entry["properties"]["kind"]["enum"])
+
+    assert kinds("sources") == set(registry.source_kinds())
+    assert kinds("outputs") == set(registry.output_kinds())
 
 
 @pytest.mark.parametrize(("section", "name"), [("sources", "plant"), ("outputs", "hmi")])
