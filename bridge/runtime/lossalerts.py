@@ -20,10 +20,9 @@ from collections.abc import Sequence
 
 import structlog
 
+from bridge.queuedwriter import QueuedWriter
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.types import Prediction
-
-from bridge.queuedwriter import QueuedWriter
 
 __all__ = ["LOSS_LABEL", "LossAlerts"]
 
