@@ -2,9 +2,10 @@
 
 A sample is placed by its top-level keys (``place``):
 
-- keys that are mapping sections (``gateway:``, ``sources:``, ``models:`` ...): the sample is
-  merged into ``BASE`` (a small valid mapping); where it names an entry ``BASE`` already has
+- a mapping section among its keys (``gateway:``, ``sources:``, ``models:`` ...): the sample
+  is merged into ``BASE`` (a small valid mapping); where it names an entry ``BASE`` already has
   (``models: pump-health:`` with a ``# ...`` for the lines it leaves out) it is merged into it;
+  a key that is no section stays, for the loader to refuse;
 - entries with a ``source:``: the tags of a template (``BASE``'s ``pump``, whose asset gives
   ``{n}``);
 - entries with a ``kind:`` of a registered source or output: entries under ``sources:`` or
@@ -109,8 +110,8 @@ def place(sample: Any) -> dict[str, Any]:
     """The whole mapping a sample is shown as part of (module docstring)."""
     if not isinstance(sample, dict) or not sample:
         raise AssertionError(f"a sample must be a YAML mapping, got {sample!r}: {_MARK_HINT}")
-    if set(sample) <= set(MappingFile.model_fields):
-        return _over_base(sample)
+    if set(sample) & set(MappingFile.model_fields):
+        return _over_base(sample)  # a key that is no section is the loader's to report
     if _entries_with(sample, "source"):
         return _over_base({"templates": {"pump": {"tags": sample}}})
     if _entries_with(sample, "kind"):

@@ -82,6 +82,8 @@ def test_place_embeds_fragments_where_they_belong() -> None:
     model = {"models": {"pump-health": {"period_s": 5}}}
     assert place(model)["models"]["pump-health"]["period_s"] == 5
     assert place(model)["models"]["pump-health"]["file"] == "models/pump_health.onnx"
+    misplaced = {"sources": {}, "tags": tags}  # stays where it is: the loader refuses it
+    assert place(misplaced)["tags"] == tags
     with pytest.raises(AssertionError, match="cannot tell where"):
         place({"sinks": {"hmi": {"kind": "opcua-server"}}})
     with pytest.raises(AssertionError, match="cannot tell where"):
