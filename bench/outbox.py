@@ -35,8 +35,9 @@ from sqlalchemy import create_engine, text
 from bench.common import free_port, stop, write_result
 from bridge.logging import configure_logging
 from bridge.outbox import Relay, RelaySettings
+from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store.db import Store, open_store
-from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
+from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
 from bridge.types import ComponentHealth, Prediction, Quality, SinkContext
 from connectors.mes import MesSink, MesSinkSettings

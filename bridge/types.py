@@ -26,6 +26,7 @@ __all__ = [
     "SourceTag",
     "TagSample",
     "TagValue",
+    "Trigger",
 ]
 
 TagValue = float | int | bool | str | None
@@ -144,6 +145,28 @@ class PredictionSlot:
     version: str
     sha256: str
     labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """Why a prediction became an event: the first matching rule (in the destination's order).
+
+    ``previous`` is the label before a label change or alert; ``crossing`` (``enter`` or
+    ``clear``), ``limit`` and ``field`` describe a threshold crossing. A ``drift`` event carries
+    the drift details (``bridge.drift.events.drift_details``) and the asset's latest prediction,
+    its id replaced by the drift event's id (the Idempotency-Key).
+
+    Plain data of the kernel, not of ``bridge.outbox``: it is what a destination connector
+    encodes and what the drift writer raises, and neither may import the outbox package.
+    """
+
+    prediction: Prediction
+    event: str = "prediction"
+    previous: str | None = None
+    crossing: str | None = None
+    limit: float | None = None
+    field: str | None = None
+    drift: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

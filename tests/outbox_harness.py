@@ -17,9 +17,10 @@ from typing import Any
 from stores import PG_URL, pg_schema
 
 from bridge.outbox import Relay, RelaySettings
+from bridge.outbox.feed import Budget, WhenFull
 from bridge.outbox.wiring import feed_for
 from bridge.store.db import Store, open_store
-from bridge.store.outbox import Budget, OutboxRepository, WhenFull
+from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
 from bridge.types import Prediction, PredictionSlot, Quality, SinkContext
 from connectors.mes import MesSink, MesSinkSettings

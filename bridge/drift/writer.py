@@ -8,6 +8,8 @@ counted and logged.
 A destination with event rules (the MES) gets a drift event when its rules include ``every`` or
 ``alerts``, shaped like its other events (its template, or its default body) from a ``drift``
 ``Trigger``; other destinations and the webhook get the drift body of ``bridge.drift.events``.
+The wiring hands in the destinations' outbox feeds as ``AlertFeed``s: this package does not
+import the outbox, it only needs a body and a row for each alert.
 """
 
 from __future__ import annotations
@@ -15,30 +17,35 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import structlog
 
-from bridge.outbox.rules import Trigger
 from bridge.queuedwriter import QueuedWriter
 from bridge.store.alerts import NewAlert
-from bridge.store.drift import DriftAlertRepository, DriftOutboxEvent
-from bridge.store.outbox import OutboxFeed
-from bridge.types import Prediction, Quality
+from bridge.store.drift import DriftAlertRepository, DriftOutboxEvent, EventStager
+from bridge.types import Prediction, Quality, Trigger
 
 from .events import DRIFT_LABEL, drift_details, drift_event, drift_event_id, dumps
 from .monitor import DriftCrossing
 
-__all__ = ["DriftAlertWriter"]
+__all__ = ["AlertFeed", "DriftAlertWriter"]
 
 log = structlog.get_logger(__name__)
+
+
+class AlertFeed(EventStager, Protocol):
+    """One destination's outbox as a drift alert needs it (``bridge.outbox.feed.OutboxFeed``):
+    the body of the alert's event, and queuing it in the alert's transaction."""
+
+    def alert_body(self, trigger: Trigger, default: str) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
     alert: NewAlert
     detail: str
-    feeds: tuple[OutboxFeed, ...]
-    bodies: tuple[str, ...]  # one per feed
+    events: tuple[DriftOutboxEvent, ...]
 
 
 class DriftAlertWriter(QueuedWriter[_Pending]):
@@ -46,7 +53,7 @@ class DriftAlertWriter(QueuedWriter[_Pending]):
         self,
         repo: DriftAlertRepository,
         gateway_id: str,
-        alert_feeds: Sequence[OutboxFeed] = (),
+        alert_feeds: Sequence[AlertFeed] = (),
         *,
         queue_size: int = 10000,
         drain_timeout_s: float = 5.0,
@@ -72,7 +79,7 @@ class DriftAlertWriter(QueuedWriter[_Pending]):
         version: str,
         sha256: str,
         crossing: DriftCrossing,
-        webhook: OutboxFeed | None,
+        webhook: AlertFeed | None,
         prediction: Prediction | None = None,
     ) -> None:
         """``prediction``: the asset's prediction of the tick that crossed (what a templated
@@ -96,7 +103,7 @@ class DriftAlertWriter(QueuedWriter[_Pending]):
             "drift",
             drift=drift_details(crossing),
         )
-        bodies = tuple(self._body(f, trigger, detail) for f in feeds)
+        events = tuple(DriftOutboxEvent(f, f.alert_body(trigger, detail)) for f in feeds)
         log.warning(
             "drift_detected",
             asset=crossing.asset,
@@ -105,35 +112,19 @@ class DriftAlertWriter(QueuedWriter[_Pending]):
             score=round(crossing.score, 4),
             features=list(crossing.drifting),
         )
-        self._enqueue(_Pending(alert, detail, feeds, bodies))
-
-    def _body(self, feed: OutboxFeed, trigger: Trigger, default: str) -> str:
-        if feed.selector is None or feed.render is None:
-            return default
-        try:
-            return feed.render(trigger)
-        except (TypeError, ValueError) as exc:  # e.g. a non-finite statistic: still deliver
-            log.error("drift_event_not_rendered", destination=feed.destination, error=str(exc))
-            return default
+        self._enqueue(_Pending(alert, detail, events))
 
     async def _persist(self, items: Sequence[_Pending]) -> None:
         (item,) = items
-        events = [
-            DriftOutboxEvent(f.destination, f.budget, f.pending, body)
-            for f, body in zip(item.feeds, item.bodies, strict=True)
-        ]
-        # The alert's detail is the event body: the API shows what the MES received.
-        results = await asyncio.to_thread(self._repo.raise_alert, item.alert, item.detail, events)
-        if results is None:
+        # The alert's detail is the event body: the API shows what the MES received. The feeds
+        # count their events once the alert's transaction committed.
+        stored = await asyncio.to_thread(
+            self._repo.raise_alert, item.alert, item.detail, item.events
+        )
+        if not stored:
             self.counters["duplicates"] += 1
             return
         self.counters["stored"] += 1
-        # Counted on the loop, like the store writer's counts: the relays read them.
-        for feed, r in zip(item.feeds, results, strict=True):
-            feed.pending = max(0, feed.pending + r.added - r.dropped)
-            feed.added += r.added
-            feed.refused += r.refused
-            feed.dropped += r.dropped
 
 
 def _as_event(

@@ -1,29 +1,45 @@
 """Drift alerts: the alert row and its outbox events (MES, retraining webhook) in one
 transaction, so an alert that exists is also delivered, and a retried write adds nothing twice
-(the alert's event id is unique; events are only queued with a new alert row)."""
+(the alert's event id is unique; events are only queued with a new alert row).
+
+Which destinations get an alert, with which body and within which budget is decided above the
+store (``bridge.drift.writer`` and ``bridge.outbox.feed``): each event comes with the
+``EventStager`` that writes its row, and the store only runs it in the alert's transaction."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from bridge.errors import StoreError
 
 from .alerts import AlertRow, NewAlert
 from .db import Store
-from .outbox import Budget, EnqueueResult, enqueue
+from .outbox import OnCommit
 from .sql import insert_ignoring
 
-__all__ = ["DriftAlertRepository", "DriftOutboxEvent"]
+__all__ = ["DriftAlertRepository", "DriftOutboxEvent", "EventStager"]
+
+
+class EventStager(Protocol):
+    """Queues one event of a destination inside the caller's transaction (an ``OutboxFeed``).
+
+    Returns what to do once that transaction committed (count it); the store runs it then,
+    and never after a rollback.
+    """
+
+    def stage_event(self, session: Session, asset: str, event_id: str, body: str) -> OnCommit: ...
 
 
 @dataclass(frozen=True, slots=True)
 class DriftOutboxEvent:
-    destination: str
-    budget: Budget
-    pending: int
+    """The event of one destination for an alert: its body and the outbox that queues it."""
+
+    outbox: EventStager
     body: str
 
 
@@ -31,10 +47,8 @@ class DriftAlertRepository:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def raise_alert(
-        self, alert: NewAlert, detail: str, events: Sequence[DriftOutboxEvent]
-    ) -> list[EnqueueResult] | None:
-        """Store the alert and queue its events; None if this alert was stored before."""
+    def raise_alert(self, alert: NewAlert, detail: str, events: Sequence[DriftOutboxEvent]) -> bool:
+        """Store the alert and queue its events; False if this alert was stored before."""
         stmt = insert_ignoring(self._store, AlertRow.__table__, ["prediction_id"]).returning(
             AlertRow.__table__.c.id
         )
@@ -52,16 +66,13 @@ class DriftAlertRepository:
             with self._store.sessions.begin() as session:
                 new = session.execute(stmt, row).scalar_one_or_none()
                 if new is None:
-                    return None
-                return [
-                    enqueue(
-                        session,
-                        e.destination,
-                        [(alert.asset, alert.prediction_id, e.body)],
-                        e.budget,
-                        e.pending,
-                    )
+                    return False
+                on_commit = [
+                    e.outbox.stage_event(session, alert.asset, alert.prediction_id, e.body)
                     for e in events
                 ]
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store drift alert of {alert.asset}: {exc}") from exc
+        for done in on_commit:
+            done()
+        return True

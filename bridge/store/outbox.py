@@ -12,6 +12,11 @@ the database) makes the rows claimable by any relay, and the old holder can no l
 them. Claims of one destination take turns (a PostgreSQL advisory lock for a few milliseconds),
 so several gateways can share one database without sending an event twice (bar a lease taken
 over mid-send: the same Idempotency-Key lets the destination drop it) or out of order.
+
+Which events a prediction makes, and which lose when a destination's outbox is full, is
+decided by ``bridge.outbox`` (the feed): it hands the store writer an ``OutboxHook`` that this
+layer calls inside the prediction's transaction, and uses the plain row operations below
+(``enqueue``, ``pending_count``, ``drop_oldest``). The store imports nothing of it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -46,7 +51,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bridge.errors import StoreError
-from bridge.outbox.rules import DRIFT_RULES, EventSelector, Trigger
 from bridge.types import Prediction
 
 from .codec import prediction_from_row
@@ -54,79 +58,35 @@ from .db import Store
 from .models import DeadLetterRow, OutboxRow, PredictionRow
 
 __all__ = [
-    "Budget",
     "Claim",
     "DeadLetter",
-    "EnqueueResult",
+    "OnCommit",
     "OutboxEvent",
-    "OutboxFeed",
+    "OutboxHook",
     "OutboxRepository",
     "OutboxStats",
     "RetryUpdate",
-    "WhenFull",
+    "drop_oldest",
     "enqueue",
     "new_holder",
+    "pending_count",
 ]
 
-WhenFull = Literal["refuse-new", "drop-oldest"]
+# Run by the store once the transaction it was staged in committed (never after a rollback).
+OnCommit = Callable[[], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Budget:
-    """At most ``max_pending`` rows per destination; ``when_full`` says which events lose."""
+class OutboxHook(Protocol):
+    """One destination's outbox rows for a batch of predictions (``bridge.outbox.feed``).
 
-    max_pending: int
-    when_full: WhenFull = "refuse-new"
-
-
-@dataclass(slots=True)
-class OutboxFeed:
-    """What the store writer needs to fill one destination's outbox, and what it counted.
-
-    ``encode`` turns a prediction into the JSON body for this destination, or None when the
-    destination does not want it. A destination with event rules gives a ``selector`` (which
-    predictions become events, and why) and ``render`` (the body of such an event) instead.
-    ``pending`` is a running estimate of the backlog that spares a COUNT per batch (the writer
-    adds, the relay subtracts and refreshes it).
+    ``stage`` runs inside the transaction that inserts ``predictions`` (only those new to the
+    store: a retried batch passes none twice), so an event exists exactly when its prediction
+    committed; it writes its rows through ``session`` and returns what to do once that
+    transaction committed (keep rule state, count). A transaction that fails drops the staged
+    work with it: the batch is retried and staged again from the same state.
     """
 
-    destination: str
-    encode: Callable[[Prediction], str | None]
-    budget: Budget
-    selector: EventSelector | None = None
-    render: Callable[[Trigger], str] | None = None
-    pending: int = 0
-    added: int = 0
-    refused: int = 0
-    dropped: int = 0
-
-    @property
-    def wants_alerts(self) -> bool:
-        """Alerts raised outside the prediction flow (drift) go to ``every`` and ``alerts``."""
-        return self.selector is None or any(r in DRIFT_RULES for r in self.selector.rules)
-
-    def events(self, predictions: Sequence[Prediction]) -> list[tuple[str, str, str]]:
-        """``(asset, event_id, body)`` of the events a batch makes, inside its transaction.
-
-        The Idempotency-Key stays the prediction id: one prediction is at most one event per
-        destination (the first matching rule names it).
-        """
-        if self.selector is None or self.render is None:
-            return [(p.asset, p.id, b) for p in predictions if (b := self.encode(p)) is not None]
-        render = self.render
-        return [
-            (t.prediction.asset, t.prediction.id, render(t))
-            for t in self.selector.select(predictions)
-        ]
-
-    def count(self, result: EnqueueResult) -> None:
-        """The batch committed: count it, and keep the rule state it reached."""
-        if self.selector is not None:
-            self.selector.commit()
-        self.pending = max(0, self.pending + result.added - result.dropped)
-        self.added += result.added
-        self.refused += result.refused
-        self.dropped += result.dropped
+    def stage(self, session: Session, predictions: Sequence[Prediction]) -> OnCommit: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +134,6 @@ class DeadLetter:
     failed_at: float
     attempts: int
     last_error: str
-
-
-@dataclass(frozen=True, slots=True)
-class EnqueueResult:
-    added: int
-    refused: int
-    dropped: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,65 +192,47 @@ def _dead(r: DeadLetterRow) -> DeadLetter:
     )
 
 
-def _pending_count(session: Session, destination: str) -> int:
+def pending_count(session: Session, destination: str) -> int:
+    """Rows waiting for ``destination`` (inside the caller's transaction)."""
     stmt = select(func.count()).select_from(OutboxRow).where(OutboxRow.destination == destination)
     return int(session.execute(stmt).scalar_one())
 
 
-def enqueue(
-    session: Session,
-    destination: str,
-    events: Sequence[tuple[str, str, str]],
-    budget: Budget,
-    pending: int,
-) -> EnqueueResult:
-    """Add ``(asset, event_id, body)`` rows inside the caller's transaction.
+def enqueue(session: Session, destination: str, rows: Sequence[tuple[str, str, str]]) -> int:
+    """Add ``(asset, event_id, body)`` rows, oldest first, inside the caller's transaction.
 
-    ``pending`` is the caller's count of rows already waiting; it is only trusted far from the
-    limit (it is re-counted exactly here once the batch could reach the budget).
+    No limit here: the caller (``bridge.outbox.feed``) decided which rows fit its budget.
+    Returns how many rows were added.
     """
-    if not events:
-        return EnqueueResult(0, 0, 0)
-    if pending + len(events) > budget.max_pending:
-        pending = _pending_count(session, destination)
-    room = max(0, budget.max_pending - pending)
-    refused = dropped = 0
-    chosen = list(events)
-    if len(chosen) > room:
-        excess = len(chosen) - room
-        if budget.when_full == "refuse-new":
-            chosen, refused = chosen[:room], excess
-        else:
-            # The batch is newer than every stored row: drop stored rows first, then the
-            # batch's own oldest if the batch alone is over the budget.
-            if len(chosen) > budget.max_pending:
-                dropped += len(chosen) - budget.max_pending
-                chosen = chosen[len(chosen) - budget.max_pending :]
-            dropped += _drop_oldest(session, destination, len(chosen) - room)
-    if chosen:
-        now = time.time()
-        session.execute(
-            insert(OutboxRow),
-            [
-                {
-                    "destination": destination,
-                    "asset": asset,
-                    "event_id": event_id,
-                    "body": body,
-                    "created_at": now,
-                    "attempts": 0,
-                    "next_attempt_at": 0.0,
-                    "last_error": "",
-                    "retries": 0,
-                    "first_failed_at": 0.0,
-                }
-                for asset, event_id, body in chosen
-            ],
-        )
-    return EnqueueResult(len(chosen), refused, dropped)
+    if not rows:
+        return 0
+    now = time.time()
+    session.execute(
+        insert(OutboxRow),
+        [
+            {
+                "destination": destination,
+                "asset": asset,
+                "event_id": event_id,
+                "body": body,
+                "created_at": now,
+                "attempts": 0,
+                "next_attempt_at": 0.0,
+                "last_error": "",
+                "retries": 0,
+                "first_failed_at": 0.0,
+            }
+            for asset, event_id, body in rows
+        ],
+    )
+    return len(rows)
 
 
-def _drop_oldest(session: Session, destination: str, count: int) -> int:
+def drop_oldest(session: Session, destination: str, count: int) -> int:
+    """Delete up to ``count`` of the oldest rows of ``destination`` that no relay is sending.
+
+    Returns how many were deleted (fewer than ``count`` when relays hold the oldest ones).
+    """
     if count <= 0:
         return 0
     oldest: Select[int] = (
@@ -657,7 +592,7 @@ class OutboxRepository:
     def pending_count(self, destination: str) -> int:
         try:
             with self._store.sessions() as s:
-                return _pending_count(s, destination)
+                return pending_count(s, destination)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot count outbox of {destination!r}: {exc}") from exc
 

@@ -12,7 +12,7 @@ from bridge.types import Prediction
 from .codec import prediction_to_values
 from .db import Store
 from .models import PredictionRow
-from .outbox import EnqueueResult, OutboxFeed, enqueue
+from .outbox import OnCommit, OutboxHook
 from .sequences import record_sequences
 from .sql import insert_ignoring
 
@@ -31,7 +31,7 @@ class PredictionRepository:
         self._gateway_id = gateway_id
 
     def add_many(
-        self, predictions: Sequence[Prediction], outbox: Sequence[OutboxFeed] = ()
+        self, predictions: Sequence[Prediction], outbox: Sequence[OutboxHook] = ()
     ) -> None:
         """Insert a batch and its outbox rows in one transaction.
 
@@ -44,7 +44,7 @@ class PredictionRepository:
         rows = [prediction_to_values(p) for p in predictions]
         for row in rows:
             row["mapping_revision"] = self._revision
-        results: list[tuple[OutboxFeed, EnqueueResult]] = []
+        on_commit: list[OnCommit] = []
         try:
             with self._store.sessions.begin() as session:
                 if self._gateway_id is not None:
@@ -55,19 +55,10 @@ class PredictionRepository:
                     returning = stmt.returning(PredictionRow.prediction_id)
                     new_ids = set(session.execute(returning, rows).scalars())
                     fresh = [p for p in predictions if p.id in new_ids]
-                    for feed in outbox:
-                        # Event rules run here, so an event exists iff its prediction committed.
-                        events = feed.events(fresh)
-                        results.append(
-                            (
-                                feed,
-                                enqueue(
-                                    session, feed.destination, events, feed.budget, feed.pending
-                                ),
-                            )
-                        )
+                    # Event rules run here, so an event exists iff its prediction committed.
+                    on_commit = [hook.stage(session, fresh) for hook in outbox]
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store {len(rows)} predictions: {exc}") from exc
-        # Counted only once committed: a failed batch is retried and would count twice.
-        for feed, result in results:
-            feed.count(result)
+        # Only once committed: a failed batch is retried and would count twice.
+        for done in on_commit:
+            done()

@@ -27,7 +27,7 @@ from bridge.queuedwriter import QueuedWriter
 from bridge.types import Prediction
 
 from .db import Store
-from .outbox import OutboxFeed
+from .outbox import OutboxHook
 from .repository import PredictionRepository
 
 __all__ = ["OnDrop", "StoreSink"]
@@ -63,7 +63,7 @@ class StoreSink(QueuedWriter[Prediction]):
         drain_timeout_s: float = 10.0,
         max_backoff_s: float = 30.0,
         max_wait_s: float = 5.0,
-        outbox: Sequence[OutboxFeed] = (),
+        outbox: Sequence[OutboxHook] = (),
         mapping_revision: str | None = None,
         on_drop: OnDrop | None = None,
         gateway_id: str | None = None,
@@ -76,10 +76,9 @@ class StoreSink(QueuedWriter[Prediction]):
             max_backoff_s=max_backoff_s,
             counters=("written", "batches"),
         )
-        # Outbox rows of durable destinations go in the same transaction as their predictions.
+        # Outbox rows of durable destinations go in the same transaction as their predictions;
+        # the feeds count, and report a full outbox, themselves (``bridge.outbox.feed``).
         self._outbox = tuple(outbox)
-        self._outbox_losses = {f.destination: 0 for f in self._outbox}
-        self._last_outbox_log = -math.inf
         self._repo = PredictionRepository(store, mapping_revision, gateway_id)
         self._max_wait_s = max_wait_s
         self._on_drop = on_drop
@@ -151,26 +150,6 @@ class StoreSink(QueuedWriter[Prediction]):
             except Exception:  # reporting a loss must not cause another one
                 log.exception("store_drop_report_failed")
 
-    def _report_outbox_losses(self) -> None:
-        """A full outbox is never silent: logged (at most once per interval) and in health."""
-        now = time.monotonic()
-        if now - self._last_outbox_log < _DROP_LOG_INTERVAL_S:
-            return
-        for feed in self._outbox:
-            lost = feed.refused + feed.dropped
-            if lost == self._outbox_losses[feed.destination]:
-                continue
-            self._last_outbox_log = now
-            self._outbox_losses[feed.destination] = lost
-            log.warning(
-                "outbox_full",
-                destination=feed.destination,
-                policy=feed.budget.when_full,
-                max_pending=feed.budget.max_pending,
-                refused_total=feed.refused,
-                dropped_total=feed.dropped,
-            )
-
     async def _persist(self, items: Sequence[Prediction]) -> None:
         job = asyncio.ensure_future(asyncio.to_thread(self._repo.add_many, items, self._outbox))
         try:
@@ -183,7 +162,6 @@ class StoreSink(QueuedWriter[Prediction]):
                 self._committed(items)
             raise
         self._committed(items)
-        self._report_outbox_losses()
 
     def _committed(self, items: Sequence[Prediction]) -> None:
         self.counters["written"] += len(items)

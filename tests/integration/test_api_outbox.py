@@ -17,9 +17,10 @@ from stores import BACKENDS, temp_store
 from bridge.api import create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
+from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store import PredictionRepository, Store
 from bridge.store.apikeys import ApiKeyRepository
-from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
+from bridge.store.outbox import OutboxRepository
 from bridge.types import ComponentHealth, Prediction, Quality
 
 

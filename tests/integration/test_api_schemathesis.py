@@ -24,10 +24,11 @@ from bridge.api import create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.config.models import ApiSettings
+from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store import PredictionRepository, Store, open_store
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.store.apikeys import ApiKeyRepository
-from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
+from bridge.store.outbox import OutboxRepository
 from bridge.types import ComponentHealth, InputSnapshot, Prediction, Quality
 
 NOW = time.time()

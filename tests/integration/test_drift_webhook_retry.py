@@ -16,8 +16,9 @@ from support import free_port, wait_until
 
 from bridge.drift.webhook import WebhookDestination
 from bridge.outbox import Relay, RelaySettings
+from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store.db import Store, open_store
-from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository, enqueue
+from bridge.store.outbox import OutboxRepository, enqueue
 from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,7 +50,7 @@ def drift_events(store: Store, n: int) -> list[str]:
     keys = [str(uuid.uuid4()) for _ in range(n)]
     rows = [("pump", k, json.dumps({"asset": "pump", "seq": i})) for i, k in enumerate(keys)]
     with store.sessions.begin() as s:
-        enqueue(s, NAME, rows, Budget(100), 0)
+        enqueue(s, NAME, rows)
     return keys
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from stores import BACKENDS, temp_store
 
+from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store import Store
 from bridge.store.alerts import AlertFilter, AlertRepository, NewAlert
 from bridge.store.drift import DriftAlertRepository, DriftOutboxEvent
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
-from bridge.store.outbox import Budget, OutboxRepository
+from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import PredictionRepository
 from bridge.types import Feedback, InputSnapshot, Prediction, Quality
 
@@ -96,13 +97,15 @@ def test_drift_alert_and_its_events_are_stored_once(store: Store) -> None:
     repo = DriftAlertRepository(store)
     alert = NewAlert(str(uuid.uuid4()), "p1", "health", "drift", "", 3.2, T0)
     body = json.dumps({"event": "drift", "asset": "p1"})
-    events = [
-        DriftOutboxEvent("mes", Budget(100), 0, body),
-        DriftOutboxEvent("webhook-health", Budget(100), 0, body),
+    feeds = [
+        OutboxFeed("mes", lambda p: None, Budget(100)),
+        OutboxFeed("webhook-health", lambda p: None, Budget(100)),
     ]
-    first = repo.raise_alert(alert, body, events)
-    assert first is not None and [r.added for r in first] == [1, 1]
-    assert repo.raise_alert(alert, body, events) is None  # a retried write adds nothing
+    events = [DriftOutboxEvent(f, body) for f in feeds]
+    assert repo.raise_alert(alert, body, events)
+    assert [(f.added, f.pending) for f in feeds] == [(1, 1), (1, 1)]
+    assert not repo.raise_alert(alert, body, events)  # a retried write adds nothing
+    assert [(f.added, f.pending) for f in feeds] == [(1, 1), (1, 1)]
     [stored] = AlertRepository(store).page(AlertFilter(label="drift"), 10)
     assert (stored.asset, stored.score, json.loads(stored.detail or "")) == (
         "p1",

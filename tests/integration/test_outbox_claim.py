@@ -13,9 +13,10 @@ from outbox_harness import prediction
 from sqlalchemy import select, update
 from stores import BACKENDS, temp_store
 
+from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store.db import Store
 from bridge.store.models import OutboxRow
-from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
+from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import PredictionRepository
 
 

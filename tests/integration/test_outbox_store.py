@@ -25,9 +25,10 @@ import bridge.store.registry
 from bridge.cli import main
 from bridge.config.models import DurabilitySettings
 from bridge.errors import StoreError
+from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store.db import Store, open_store
 from bridge.store.models import Base
-from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
+from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import PredictionRepository
 from bridge.types import Prediction
 

@@ -11,9 +11,10 @@ import pytest
 from support import wait_until
 
 from bridge.outbox import OutboxDestination, Relay, RelaySettings, Retry
+from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.outbox.protocol import Outcome
 from bridge.store.db import Store, open_store
-from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
+from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import PredictionRepository
 from bridge.types import ComponentHealth, Prediction, Quality
 

@@ -12,8 +12,9 @@ import pytest
 from support import wait_until
 
 from bridge.outbox import Relay, RelaySettings
+from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store.db import Store, open_store
-from bridge.store.outbox import Budget, OutboxFeed, OutboxRepository
+from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import PredictionRepository
 from bridge.types import ComponentHealth, Prediction, Quality
 
