@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import write_result
-from bridge.api import create_app
+from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.logging import configure_logging
@@ -72,7 +72,7 @@ async def main(n: int) -> None:
                     for i in range(10000)
                 ]
             )
-            transport = httpx.ASGITransport(app=create_app(View(), store))
+            transport = httpx.ASGITransport(app=create_app(ApiServices.from_store(View(), store)))
             async with httpx.AsyncClient(transport=transport, base_url="http://b") as http:
                 auth = {"Authorization": f"Bearer {key}"}
                 health = await _rate(http, "/api/v1/health", n, {})

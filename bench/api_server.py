@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from bridge.api.app import create_app
+from bridge.api import ApiServices, create_app
 from bridge.api.schemas import PredictionOut
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth.scopes import Scope
@@ -96,7 +96,7 @@ async def serve(mode: str, port: int, assets: int) -> None:
         store = open_store(f"sqlite:///{tmp}/api.db")
         key = ""
         if mode == "bridge":
-            app = create_app(StaticView("bench", latest), store)
+            app = create_app(ApiServices.from_store(StaticView("bench", latest), store))
             _, key = ApiKeyRepository(store).create("bench", Scope.READ)
         else:
             ordered = sorted(latest, key=lambda p: (p.asset, p.model))

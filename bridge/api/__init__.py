@@ -4,6 +4,7 @@ health needs an API key."""
 from __future__ import annotations
 
 from .app import close_app, create_app
+from .services import ApiServices
 from .view import GatewayView, ModelInfo, TagState
 
-__all__ = ["GatewayView", "ModelInfo", "TagState", "close_app", "create_app"]
+__all__ = ["ApiServices", "GatewayView", "ModelInfo", "TagState", "close_app", "create_app"]

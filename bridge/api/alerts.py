@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from bridge.auth import Scope
@@ -14,14 +14,13 @@ from bridge.store.alerts import (
     Alert,
     AlertFilter,
     AlertMetrics,
-    AlertRepository,
     AlreadyAcknowledged,
 )
 from bridge.store.apikeys import ApiKeyRecord
 
 from .auth import require, secured
+from .deps import Alerts, Queries, Settings
 from .params import MAX_LIMIT, WIDE_RANGE, Since, Until, bounded_range
-from .queries import Queries
 from .timeparse import epoch_to_datetime
 
 __all__ = ["AckIn", "AlertMetricsOut", "AlertOut", "AlertPage", "build_alert_router"]
@@ -104,12 +103,6 @@ class AlertMetricsOut(BaseModel):
         )
 
 
-def _alerts(request: Request) -> AlertRepository:
-    repo: AlertRepository = request.app.state.alerts
-    return repo
-
-
-Alerts = Annotated[AlertRepository, Depends(_alerts)]
 Text = Annotated[str | None, Query(min_length=1, max_length=200)]
 
 
@@ -123,7 +116,7 @@ def build_alert_router() -> APIRouter:
         **secured(Scope.READ, WIDE_RANGE),
     )
     async def list_alerts(
-        request: Request,
+        settings: Settings,
         queries: Queries,
         repo: Alerts,
         asset: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
@@ -140,7 +133,7 @@ def build_alert_router() -> APIRouter:
             Query(pattern=r"^[0-9]{1,18}$", description="`next_cursor` of the previous page."),
         ] = None,
     ) -> AlertPage:
-        since_ts, until_ts = bounded_range(request, since, until)
+        since_ts, until_ts = bounded_range(settings.max_history_days, since, until)
         before = None if cursor is None else int(cursor)
         where = AlertFilter(asset, model, label, acknowledged, since_ts, until_ts)
         rows = await queries.run(repo.page, where, limit + 1, before)
@@ -158,9 +151,13 @@ def build_alert_router() -> APIRouter:
         **secured(Scope.READ, WIDE_RANGE),
     )
     async def alert_metrics(
-        request: Request, queries: Queries, repo: Alerts, since: Since = None, until: Until = None
+        settings: Settings,
+        queries: Queries,
+        repo: Alerts,
+        since: Since = None,
+        until: Until = None,
     ) -> AlertMetricsOut:
-        since_ts, until_ts = bounded_range(request, since, until)
+        since_ts, until_ts = bounded_range(settings.max_history_days, since, until)
         return AlertMetricsOut.of(await queries.run(repo.metrics, since_ts, until_ts))
 
     @router.post(

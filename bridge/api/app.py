@@ -10,19 +10,7 @@ from __future__ import annotations
 import structlog
 from fastapi import FastAPI
 
-from bridge.config.models import ApiSettings
-from bridge.lifecycle.service import RegistryService
-from bridge.store.alerts import AlertRepository
-from bridge.store.apikeys import ApiKeyRepository
-from bridge.store.db import Store
-from bridge.store.history import PredictionHistory
-from bridge.store.labels import LabelRepository
-from bridge.store.lineage import LineageRepository
-from bridge.store.outbox import OutboxRepository
-from bridge.store.registry import RegistryRepository
-
 from .alerts import build_alert_router
-from .auth import KeyCache
 from .bodylimit import BodyLimit
 from .docs import ASSETS_PREFIX, DOCS_PATHS, mount_docs
 from .guard import ApiGuard
@@ -33,21 +21,18 @@ from .models_admin import build_models_admin_router
 from .openapi import install_openapi
 from .outbox import build_outbox_router
 from .problems import install_problem_handlers
-from .queries import QueryRunner
 from .routes import HEALTH_PATH, build_router
-from .view import GatewayView
+from .services import ApiServices, install_services, services_of
 
 __all__ = ["close_app", "create_app"]
 
 log = structlog.get_logger(__name__)
 
-# Queries that may wait for a free query thread; beyond, the API answers 503 at once.
-_WAITING_PER_THREAD = 8
 
-
-def create_app(view: GatewayView, store: Store, settings: ApiSettings | None = None) -> FastAPI:
-    """Every operation but health and the docs needs an API key (see bridge.api.auth)."""
-    settings = settings or ApiSettings()
+def create_app(services: ApiServices) -> FastAPI:
+    """Every operation but health and the docs needs an API key (see bridge.api.auth).
+    ``ApiServices.from_store`` builds the services of an API over a store."""
+    settings = services.settings
     app = FastAPI(
         title="bridge gateway",
         summary="Tags, predictions, models, alerts and health of one edge gateway.",
@@ -55,20 +40,7 @@ def create_app(view: GatewayView, store: Store, settings: ApiSettings | None = N
         docs_url=None,  # served by mount_docs, from the gateway's own files
         redoc_url=None,
     )
-    queries = QueryRunner(settings.query_threads, settings.query_threads * _WAITING_PER_THREAD)
-    keys = KeyCache(ApiKeyRepository(store), queries=queries)
-    app.state.settings = settings
-    app.state.queries = queries
-    app.state.view = view
-    app.state.history = PredictionHistory(store, timeout_s=settings.query_timeout_s)
-    app.state.key_cache = keys
-    app.state.alerts = AlertRepository(store, timeout_s=settings.query_timeout_s)
-    # The gateway replaces it with one that knows the configured public key.
-    app.state.registry = RegistryService(RegistryRepository(store))
-    app.state.lineage = LineageRepository(store)
-    app.state.labels = LabelRepository(store)
-    app.state.outbox = OutboxRepository(store)
-    app.state.insights = {}  # model -> explanations on request; the runtime fills it
+    install_services(app, services)
     install_problem_handlers(app)
     install_openapi(app)
     app.include_router(build_router())
@@ -82,7 +54,7 @@ def create_app(view: GatewayView, store: Store, settings: ApiSettings | None = N
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         ApiGuard,
-        keys=keys,
+        keys=services.keys,
         limits=KeyLimits(
             settings.rate_limit_per_s, settings.rate_burst, settings.max_concurrent_per_key
         ),
@@ -94,5 +66,4 @@ def create_app(view: GatewayView, store: Store, settings: ApiSettings | None = N
 
 def close_app(app: FastAPI) -> None:
     """Stop the API's query threads (queries still waiting are dropped)."""
-    queries: QueryRunner = app.state.queries
-    queries.close()
+    services_of(app).queries.close()

@@ -6,19 +6,18 @@ the OpenAPI document (``x-required-scope``) so clients and the tests read it fro
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from bridge.auth import Scope, hash_key
-from bridge.store.apikeys import ApiKeyRecord, ApiKeyRepository
+from bridge.auth import Scope
+from bridge.store.apikeys import ApiKeyRecord
 
+from .deps import Keys
+from .keycache import KeyCache
 from .params import single_valued_query
-from .queries import QueryRunner
 from .schemas import ErrorOut
 
 __all__ = [
@@ -26,9 +25,10 @@ __all__ = [
     "MISSING_KEY",
     "SCOPE_EXTENSION",
     "UNKNOWN_KEY",
-    "KeyCache",
+    "checked_key",
     "key_of",
     "optional_key",
+    "remember_key",
     "require",
     "secured",
 ]
@@ -45,6 +45,7 @@ _header = APIKeyHeader(
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 MISSING_KEY = "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
 UNKNOWN_KEY = "unknown or revoked API key"
+_CHECKED_KEY = "api_key"  # in the request's state
 
 
 def key_of(headers: Mapping[str, str]) -> str | None:
@@ -56,53 +57,15 @@ def key_of(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key") or None
 
 
-class KeyCache:
-    """Recently verified keys, so a request costs no database read in the common case.
-
-    Only successful checks are kept, by the key's sha256 (never the key), for ``ttl_s``: a key
-    revoked through the API stops working at once (``forget``), one revoked from the CLI (another
-    process) within ``ttl_s``. Bounded: when full it starts over.
-    """
-
-    def __init__(
-        self,
-        repo: ApiKeyRepository,
-        ttl_s: float = 5.0,
-        size: int = 1024,
-        queries: QueryRunner | None = None,
-    ) -> None:
-        self.repo = repo
-        self._queries = queries
-        self._ttl_s = ttl_s
-        self._size = size
-        self._entries: dict[str, tuple[float, ApiKeyRecord]] = {}
-
-    async def authenticate(self, key: str) -> ApiKeyRecord | None:
-        digest = hash_key(key)
-        now = time.monotonic()
-        hit = self._entries.get(digest)
-        if hit is not None and now < hit[0]:
-            return hit[1]
-        # A database read: keep it off the event loop, on the API's own threads.
-        if self._queries is not None:
-            record = await self._queries.run(self.repo.authenticate, key)
-        else:
-            record = await asyncio.to_thread(self.repo.authenticate, key)
-        if record is None:
-            self._entries.pop(digest, None)
-            return None
-        if len(self._entries) >= self._size:
-            self._entries.clear()
-        self._entries[digest] = (now + self._ttl_s, record)
-        return record
-
-    def forget(self) -> None:
-        self._entries.clear()
+def remember_key(scope: MutableMapping[str, Any], record: ApiKeyRecord) -> None:
+    """The guard middleware checks the key before the body is read; the dependencies reuse its
+    answer (``checked_key``) instead of asking the cache again."""
+    scope.setdefault("state", {})[_CHECKED_KEY] = record
 
 
-def _keys(request: Request) -> KeyCache:
-    keys: KeyCache = request.app.state.key_cache
-    return keys
+def checked_key(request: Request) -> ApiKeyRecord | None:
+    found = request.scope.get("state", {}).get(_CHECKED_KEY)
+    return found if isinstance(found, ApiKeyRecord) else None
 
 
 async def _authenticate(
@@ -111,8 +74,7 @@ async def _authenticate(
     bearer: HTTPAuthorizationCredentials | None,
     header: str | None,
 ) -> ApiKeyRecord | None:
-    # The guard middleware has checked the key before the body was read: reuse its answer.
-    checked: ApiKeyRecord | None = getattr(request.state, "api_key", None)
+    checked = checked_key(request)
     if checked is not None:
         return checked
     key = bearer.credentials if bearer is not None else header
@@ -127,7 +89,7 @@ async def _authenticate(
 def _require(needed: Scope) -> Callable[..., Awaitable[ApiKeyRecord]]:
     async def authenticate(
         request: Request,
-        keys: Annotated[KeyCache, Depends(_keys)],
+        keys: Keys,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         header: Annotated[str | None, Depends(_header)],
     ) -> ApiKeyRecord:
@@ -147,7 +109,7 @@ def _require(needed: Scope) -> Callable[..., Awaitable[ApiKeyRecord]]:
 
 async def optional_key(
     request: Request,
-    keys: Annotated[KeyCache, Depends(_keys)],
+    keys: Keys,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header: Annotated[str | None, Depends(_header)],
 ) -> ApiKeyRecord | None:

@@ -19,7 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bridge.errors import StoreError
 
-from .auth import CHALLENGE, MISSING_KEY, UNKNOWN_KEY, KeyCache, key_of
+from .auth import CHALLENGE, MISSING_KEY, UNKNOWN_KEY, key_of, remember_key
+from .keycache import KeyCache
 from .limits import KeyLimits
 from .problems import problem
 
@@ -85,7 +86,7 @@ class ApiGuard:
             )
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})["api_key"] = record
+        remember_key(scope, record)
         try:
             await self.app(scope, receive, send)
         finally:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 
 from bridge.auth import Scope
 from bridge.store.apikeys import MAX_NAME, ApiKeyRecord, ApiKeyRepository
 
-from .auth import KeyCache, secured
-from .queries import Queries
+from .auth import secured
+from .deps import Keys, Queries
 from .timeparse import epoch_to_datetime
 
 __all__ = ["ApiKeyIn", "ApiKeyOut", "CreatedApiKeyOut", "build_key_router"]
@@ -52,17 +52,11 @@ class ApiKeyIn(BaseModel):
     scope: ScopeLabel = "read"
 
 
-def _keys(request: Request) -> ApiKeyRepository:
-    cache: KeyCache = request.app.state.key_cache
+def _repo(cache: Keys) -> ApiKeyRepository:
     return cache.repo
 
 
-def _cache(request: Request) -> KeyCache:
-    cache: KeyCache = request.app.state.key_cache
-    return cache
-
-
-Keys = Annotated[ApiKeyRepository, Depends(_keys)]
+KeyStore = Annotated[ApiKeyRepository, Depends(_repo)]
 
 
 def build_key_router() -> APIRouter:
@@ -71,7 +65,7 @@ def build_key_router() -> APIRouter:
     @router.get("", response_model=list[ApiKeyOut], summary="API keys", **secured(Scope.ADMIN))
     async def list_keys(
         queries: Queries,
-        keys: Keys,
+        keys: KeyStore,
         include_revoked: Annotated[bool, Query(description="Also list revoked keys.")] = False,
     ) -> list[ApiKeyOut]:
         return [ApiKeyOut.of(r) for r in await queries.run(keys.list, include_revoked)]
@@ -83,7 +77,7 @@ def build_key_router() -> APIRouter:
         summary="Create an API key (the key is returned once)",
         **secured(Scope.ADMIN, (400, "The body is not readable")),
     )
-    async def create_key(queries: Queries, keys: Keys, body: ApiKeyIn) -> CreatedApiKeyOut:
+    async def create_key(queries: Queries, keys: KeyStore, body: ApiKeyIn) -> CreatedApiKeyOut:
         record, key = await queries.run(keys.create, body.name, Scope.parse(body.scope))
         return CreatedApiKeyOut(**ApiKeyOut.of(record).model_dump(), key=key)
 
@@ -95,8 +89,8 @@ def build_key_router() -> APIRouter:
     )
     async def revoke_key(
         queries: Queries,
-        keys: Keys,
-        cache: Annotated[KeyCache, Depends(_cache)],
+        keys: KeyStore,
+        cache: Keys,
         key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")],
     ) -> ApiKeyOut:
         record = await queries.run(keys.revoke, key_id)

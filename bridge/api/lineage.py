@@ -6,18 +6,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, Field
 
 from bridge.auth import Scope
 from bridge.store.apikeys import ApiKeyRecord
-from bridge.store.labels import FeedbackMetrics, LabelRecord, LabelRepository
-from bridge.store.lineage import LineageRepository
+from bridge.store.labels import FeedbackMetrics, LabelRecord
 from bridge.types import Feedback
 
 from .auth import require, secured
+from .deps import Explainers, Labels, Lineage, Queries, Settings
 from .params import WIDE_RANGE, Since, Until, bounded_range
-from .queries import Queries
 from .schemas import ExplanationOut, PredictionOut
 from .timeparse import epoch_to_datetime
 
@@ -120,20 +119,6 @@ class FeedbackMetricsOut(BaseModel):
         )
 
 
-def _lineage(request: Request) -> LineageRepository:
-    repo: LineageRepository = request.app.state.lineage
-    return repo
-
-
-def _labels(request: Request) -> LabelRepository:
-    repo: LabelRepository = request.app.state.labels
-    return repo
-
-
-Lineage = Annotated[LineageRepository, Depends(_lineage)]
-Labels = Annotated[LabelRepository, Depends(_labels)]
-
-
 def build_lineage_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["predictions"])
 
@@ -204,11 +189,10 @@ def build_lineage_router() -> APIRouter:
         **secured(Scope.READ),
     )
     async def explain(
-        queries: Queries, request: Request, prediction_id: PredictionId
+        queries: Queries, explainers: Explainers, prediction_id: PredictionId
     ) -> ExplanationOut:
-        insights = getattr(request.app.state, "insights", {})
-        for insight in insights.values():
-            found = await queries.run(insight.explain_kept, prediction_id)
+        for explainer in explainers.values():
+            found = await queries.run(explainer.explain_kept, prediction_id)
             if found is not None:
                 return ExplanationOut.of(found)
         raise HTTPException(
@@ -224,9 +208,13 @@ def build_lineage_router() -> APIRouter:
         **secured(Scope.READ, WIDE_RANGE),
     )
     async def feedback_metrics(
-        request: Request, queries: Queries, labels: Labels, since: Since = None, until: Until = None
+        settings: Settings,
+        queries: Queries,
+        labels: Labels,
+        since: Since = None,
+        until: Until = None,
     ) -> FeedbackMetricsOut:
-        since_ts, until_ts = bounded_range(request, since, until)
+        since_ts, until_ts = bounded_range(settings.max_history_days, since, until)
         return FeedbackMetricsOut.of(await queries.run(labels.metrics, since_ts, until_ts))
 
     return router

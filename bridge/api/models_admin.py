@@ -10,17 +10,18 @@ import asyncio
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, Field
 
 from bridge.api.auth import secured
+from bridge.api.deps import LiveModels, Registry
+from bridge.api.services import LiveModelState
 from bridge.auth import Scope
 from bridge.errors import BridgeError, StoreError
 from bridge.lifecycle.accuracy import accuracy
-from bridge.lifecycle.service import RegistryService
 from bridge.store.registry import RegistryError, RegistryNotFound, VersionRecord
 
-__all__ = ["build_models_admin_router"]
+__all__ = ["build_models_admin_router", "registry_status"]
 
 NamePath = Annotated[str, Path(min_length=1, max_length=200)]
 VersionPath = Annotated[str, Path(min_length=1, max_length=100)]
@@ -141,27 +142,25 @@ class VersionMetricsOut(BaseModel):
     )
 
 
-def _service(request: Request) -> RegistryService:
-    svc: RegistryService = request.app.state.registry
-    return svc
-
-
-Service = Annotated[RegistryService, Depends(_service)]
-
-
-def _wake(request: Request) -> None:
-    live = getattr(request.app.state, "models_live", None)
+def _wake(live: LiveModelState | None) -> None:
+    # Outside a running gateway there is no watcher: other gateways follow within their poll.
     if live is not None:
         live.wake()
+
+
+def registry_status(exc: RegistryError) -> int:
+    """404 for a missing model or version, 409 for any other refusal (RegistryConflict): chosen
+    by the error's type, so rewording a message cannot change the answer."""
+    if isinstance(exc, RegistryNotFound):
+        return status.HTTP_404_NOT_FOUND
+    return status.HTTP_409_CONFLICT
 
 
 async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
-    except RegistryNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except RegistryError as exc:  # RegistryConflict, and any other refusal of the registry
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except RegistryError as exc:
+        raise HTTPException(registry_status(exc), str(exc)) from exc
     except StoreError:
         raise
     except BridgeError as exc:  # tampered, unsigned, unloadable: refused
@@ -174,13 +173,13 @@ def build_models_admin_router() -> APIRouter:
     read = secured(Scope.READ, (404, "No such model or version"))
 
     @router.get("/{name}/versions", response_model=list[VersionOut], summary="Versions", **read)
-    async def versions(svc: Service, name: NamePath) -> list[VersionOut]:
+    async def versions(svc: Registry, name: NamePath) -> list[VersionOut]:
         return [VersionOut.of(r) for r in await _call(svc.list, name)]
 
     @router.get(
         "/{name}/versions/{version}", response_model=VersionOut, summary="One version", **read
     )
-    async def version(svc: Service, name: NamePath, version: VersionPath) -> VersionOut:
+    async def version(svc: Registry, name: NamePath, version: VersionPath) -> VersionOut:
         record = await _call(svc.show, name, version)
         return VersionOut.of(record, await _call(svc.refusal, record))
 
@@ -191,7 +190,7 @@ def build_models_admin_router() -> APIRouter:
         summary="Register a version (file already on the gateway)",
         **secured(Scope.ADMIN, (409, "Version exists"), (422, "File refused")),
     )
-    async def register(svc: Service, name: NamePath, body: RegisterIn) -> VersionOut:
+    async def register(svc: Registry, name: NamePath, body: RegisterIn) -> VersionOut:
         record = await _call(
             svc.register,
             FsPath(body.path),
@@ -206,20 +205,22 @@ def build_models_admin_router() -> APIRouter:
 
     @router.post("/{name}/activate", response_model=VersionOut, summary="Activate", **admin)
     async def activate(
-        request: Request, svc: Service, name: NamePath, body: VersionIn
+        live: LiveModels, svc: Registry, name: NamePath, body: VersionIn
     ) -> VersionOut:
         record = await _call(svc.activate, name, body.version, "api")
-        _wake(request)
+        _wake(live)
         return VersionOut.of(record)
 
     @router.post("/{name}/shadow", response_model=VersionOut, summary="Shadow", **admin)
-    async def shadow(request: Request, svc: Service, name: NamePath, body: VersionIn) -> VersionOut:
+    async def shadow(
+        live: LiveModels, svc: Registry, name: NamePath, body: VersionIn
+    ) -> VersionOut:
         record = await _call(svc.shadow, name, body.version, "api")
-        _wake(request)
+        _wake(live)
         return VersionOut.of(record)
 
     @router.post("/{name}/canary", response_model=VersionOut, summary="Canary", **admin)
-    async def canary(request: Request, svc: Service, name: NamePath, body: CanaryIn) -> VersionOut:
+    async def canary(live: LiveModels, svc: Registry, name: NamePath, body: CanaryIn) -> VersionOut:
         guard = {
             k: float(v)
             for k, v in (
@@ -238,19 +239,19 @@ def build_models_admin_router() -> APIRouter:
             assets=body.assets,
             guard=guard or None,
         )
-        _wake(request)
+        _wake(live)
         return VersionOut.of(record)
 
     @router.post("/{name}/promote", response_model=VersionOut, summary="Promote", **admin)
-    async def promote(request: Request, svc: Service, name: NamePath) -> VersionOut:
+    async def promote(live: LiveModels, svc: Registry, name: NamePath) -> VersionOut:
         record = await _call(svc.promote, name, "api")
-        _wake(request)
+        _wake(live)
         return VersionOut.of(record)
 
     @router.post("/{name}/rollback", response_model=VersionOut, summary="Roll back", **admin)
-    async def rollback(request: Request, svc: Service, name: NamePath) -> VersionOut:
+    async def rollback(live: LiveModels, svc: Registry, name: NamePath) -> VersionOut:
         record = await _call(svc.rollback, name, "api")
-        _wake(request)
+        _wake(live)
         return VersionOut.of(record)
 
     @router.get(
@@ -261,13 +262,12 @@ def build_models_admin_router() -> APIRouter:
         **read,
     )
     async def metrics(
-        request: Request, svc: Service, name: NamePath, version: VersionPath
+        live: LiveModels, svc: Registry, name: NamePath, version: VersionPath
     ) -> VersionMetricsOut:
         record = await _call(svc.show, name, version)
         counts = (await _call(svc.repo.prediction_counts, name)).get(version, {})
         agreement = await _call(svc.repo.agreement, name, version)
         judged = await _call(accuracy, svc.repo, name, version)
-        live = getattr(request.app.state, "models_live", None)
         stats = (
             next((s for s in live.version_stats(name) if s.version == version), None)
             if live is not None

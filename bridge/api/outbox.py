@@ -12,18 +12,17 @@ import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from bridge.auth import Scope
-from bridge.store.outbox import DeadLetter, OutboxRepository, OutboxStats
+from bridge.store.outbox import DeadLetter, OutboxStats
 from bridge.types import ComponentHealth
 
 from .auth import secured
+from .deps import Outbox, Queries, View
 from .params import MAX_LIMIT
-from .queries import Queries
 from .timeparse import epoch_to_datetime
-from .view import GatewayView
 
 __all__ = [
     "DeadLetterOut",
@@ -106,20 +105,6 @@ class ActionOut(BaseModel):
     action: Literal["replayed", "purged"]
 
 
-def _repo(request: Request) -> OutboxRepository:
-    repo: OutboxRepository = request.app.state.outbox
-    return repo
-
-
-def _view(request: Request) -> GatewayView:
-    view: GatewayView = request.app.state.view
-    return view
-
-
-Repo = Annotated[OutboxRepository, Depends(_repo)]
-View = Annotated[GatewayView, Depends(_view)]
-
-
 def _destination(
     name: str, stats: OutboxStats | None, relay: ComponentHealth | None, now: float
 ) -> DestinationOut:
@@ -158,7 +143,7 @@ def build_outbox_router() -> APIRouter:
         summary="Backlog, oldest pending age, last error and budget per destination",
         **secured(Scope.READ),
     )
-    async def outbox_status(queries: Queries, repo: Repo, view: View) -> OutboxOut:
+    async def outbox_status(queries: Queries, repo: Outbox, view: View) -> OutboxOut:
         # Counts from the store (exact, also for destinations this gateway does not serve);
         # counters and the last error from the live relays' health.
         relays = {
@@ -181,7 +166,7 @@ def build_outbox_router() -> APIRouter:
     )
     async def dead_letters(
         queries: Queries,
-        repo: Repo,
+        repo: Outbox,
         destination: Annotated[
             str | None, Query(min_length=1, max_length=200, description="Only this destination.")
         ] = None,
@@ -208,7 +193,7 @@ def build_outbox_router() -> APIRouter:
         **secured(Scope.OPERATE),
     )
     async def replay(
-        queries: Queries, repo: Repo, dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+        queries: Queries, repo: Outbox, dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)]
     ) -> ActionOut:
         n = await queries.run(lambda: repo.replay(ids=[dead_letter_id]))
         if n == 0:
@@ -222,7 +207,7 @@ def build_outbox_router() -> APIRouter:
         **secured(Scope.ADMIN),
     )
     async def purge(
-        queries: Queries, repo: Repo, dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+        queries: Queries, repo: Outbox, dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)]
     ) -> ActionOut:
         n = await queries.run(lambda: repo.purge(ids=[dead_letter_id]))
         if n == 0:

@@ -15,11 +15,11 @@ import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import HTTPException, status
 
-__all__ = ["Queries", "QueryRunner", "run_query"]
+__all__ = ["QueryRunner"]
 
 T = TypeVar("T")
 
@@ -61,17 +61,3 @@ class QueryRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-async def run_query(request: Request, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` on the API's query threads (``request.app.state.queries``)."""
-    runner: QueryRunner = request.app.state.queries
-    return await runner.run(fn, *args)
-
-
-def _queries(request: Request) -> QueryRunner:
-    runner: QueryRunner = request.app.state.queries
-    return runner
-
-
-Queries = Annotated[QueryRunner, Depends(_queries)]

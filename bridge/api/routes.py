@@ -11,15 +11,14 @@ from pydantic import TypeAdapter
 
 from bridge.auth import Scope
 from bridge.store.apikeys import ApiKeyRecord
-from bridge.store.history import PredictionHistory
 
 from .auth import optional_key, secured
 from .cursor import HISTORY_CURSOR_PATTERN, decode_history, encode_history
+from .deps import History, Queries, Settings, View
 from .latest import LatestBody, encode_predictions
 from .params import MAX_LIMIT, WIDE_RANGE, Since, Until, bounded_range
-from .queries import Queries
 from .schemas import ErrorOut, HealthOut, HealthSummaryOut, ModelOut, PredictionOut, TagOut
-from .view import GatewayView, TagState
+from .view import TagState
 
 __all__ = ["HEALTH_PATH", "build_router"]
 
@@ -38,18 +37,6 @@ _PAGE_HEADERS = {
 }
 
 
-def _view(request: Request) -> GatewayView:
-    view: GatewayView = request.app.state.view
-    return view
-
-
-def _history(request: Request) -> PredictionHistory:
-    history: PredictionHistory = request.app.state.history
-    return history
-
-
-View = Annotated[GatewayView, Depends(_view)]
-History = Annotated[PredictionHistory, Depends(_history)]
 AssetFilter = Annotated[
     str | None, Query(description="Only this asset.", min_length=1, max_length=200)
 ]
@@ -143,6 +130,7 @@ def build_router() -> APIRouter:
     async def predictions(
         queries: Queries,
         history: History,
+        settings: Settings,
         request: Request,
         response: Response,
         asset: AssetFilter = None,
@@ -157,7 +145,7 @@ def build_router() -> APIRouter:
             ),
         ] = None,
     ) -> list[PredictionOut]:
-        since_ts, until_ts = bounded_range(request, since, until)
+        since_ts, until_ts = bounded_range(settings.max_history_days, since, until)
         try:
             after = None if cursor is None else decode_history(cursor)
         except ValueError as exc:

@@ -4,6 +4,9 @@ We bind the socket ourselves (a busy port becomes a clear error, where uvicorn w
 ``sys.exit``) and leave signal handling to the gateway, which stops everything in order.
 With ``tls`` uvicorn serves HTTPS; with ``tls.client_ca`` it also requires a client certificate
 signed by that CA (mutual TLS): others are refused during the handshake.
+
+``api_server`` builds the gateway's API: the store-backed services plus the parts only the
+running gateway owns, handed in typed (see bridge.api.services).
 """
 
 from __future__ import annotations
@@ -12,18 +15,21 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from pathlib import Path
 
 import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from bridge.api import close_app
-from bridge.config.models import ApiTlsSettings
+from bridge.api import ApiServices, GatewayView, close_app, create_app
+from bridge.api.services import Explainer
+from bridge.config.models import ApiSettings, ApiTlsSettings
 from bridge.errors import ConnectorError
+from bridge.runtime.lifecycle import LiveModels
+from bridge.store.db import Store
 
-__all__ = ["ApiServer"]
+__all__ = ["ApiServer", "api_server"]
 
 log = structlog.get_logger(__name__)
 
@@ -117,3 +123,19 @@ class ApiServer:
                 await self._task
         self._task = None
         close_app(self._app)
+
+
+def api_server(
+    settings: ApiSettings,
+    view: GatewayView,
+    store: Store,
+    live: LiveModels,
+    explainers: Mapping[str, Explainer],
+) -> ApiServer:
+    """The gateway's REST API (not yet listening). Its registry service is the gateway's own,
+    which knows the mapping and the signing policy, so an unfitting version is refused at the
+    call; registry changes wake this gateway's watcher at once."""
+    services = ApiServices.from_store(
+        view, store, settings, registry=live.service, live_models=live, explainers=explainers
+    )
+    return ApiServer(create_app(services), settings.host, settings.port, tls=settings.tls)

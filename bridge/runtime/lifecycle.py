@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
-from fastapi import FastAPI
 
 from bridge.config.resolved import Mapping
 from bridge.lifecycle.policy import policy_of
@@ -40,10 +39,6 @@ class LiveModels:
     service: RegistryService
     watcher: RegistryWatcher
     runners: Sequence[ModelRunner]
-
-    def attach(self, app: FastAPI) -> None:
-        app.state.registry = self.service
-        app.state.models_live = self
 
     def wake(self) -> None:
         self.watcher.wake()

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from bridge import registry
-from bridge.api.app import create_app
 from bridge.api.view import ModelInfo
 from bridge.outbox.relay import Relay
 from bridge.outbox.wiring import split_outputs
 from bridge.prepare import Prepared
 from bridge.runtime.alertsink import AlertSink
-from bridge.runtime.apiserver import ApiServer
+from bridge.runtime.apiserver import ApiServer, api_server
 from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
 from bridge.runtime.lifecycle import start_lifecycle
@@ -180,11 +179,7 @@ async def run_gateway(
     view = RuntimeView(gid, table, fanout, infos, probes, now)
     api = None
     if mapping.gateway.api.enabled:
-        settings = mapping.gateway.api
-        app = create_app(view, store, settings)
-        live.attach(app)
-        app.state.insights = insight.insights
-        api = ApiServer(app, settings.host, settings.port, tls=settings.tls)
+        api = api_server(mapping.gateway.api, view, store, live, insight.insights)
     gateway = Gateway(table, fanout, runners, supervisors, sinks, api, durable.relays, insight)
 
     started: list[Sink] = []

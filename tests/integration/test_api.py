@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.api import GatewayView, ModelInfo, TagState, create_app
+from bridge.api import ApiServices, GatewayView, ModelInfo, TagState, create_app
 from bridge.auth import Scope
 from bridge.store import PredictionRepository, Store, open_store
 from bridge.store.apikeys import ApiKeyRepository
@@ -118,7 +118,7 @@ async def client(gateway: FakeGateway, store: Store) -> AsyncIterator[httpx.Asyn
     repo = PredictionRepository(store)
     repo.add_many([pred(a, i, T0 + i) for i in range(20) for a in ("p1", "p2")])
     view: GatewayView = gateway
-    app = create_app(view, store)
+    app = create_app(ApiServices.from_store(view, store))
     _, key = ApiKeyRepository(store).create("test", Scope.READ)
     transport = httpx.ASGITransport(app=app)
     headers = {"Authorization": f"Bearer {key}"}

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 from stores import BACKENDS, PG_URL, pg_schema, temp_store
 from support import LOOPBACK, free_port, wait_until
 
-from bridge.api import create_app
+from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.config.models import ApiSettings
@@ -79,7 +79,7 @@ async def serve(store: Store, view: View | None = None, **settings: Any) -> Asyn
     keys = {s.label: repo.create(f"{s.label}-key", s)[1] for s in Scope}
     keys["other"] = repo.create("other-read", Scope.READ)[1]
     api = ApiSettings(host=LOOPBACK, port=free_port(), **settings)
-    app = create_app(view or View(), store, api)
+    app = create_app(ApiServices.from_store(view or View(), store, api))
     server = ApiServer(app, api.host, api.port)
     await server.start()
     try:

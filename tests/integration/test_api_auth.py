@@ -21,8 +21,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 from stores import BACKENDS, temp_store
 
-from bridge.api import create_app
-from bridge.api.auth import SCOPE_EXTENSION, KeyCache
+from bridge.api import ApiServices, create_app
+from bridge.api.auth import SCOPE_EXTENSION
+from bridge.api.keycache import KeyCache
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.cli import main
@@ -75,7 +76,7 @@ def pred(asset: str, seq: int, ts: float, value: str | float | None) -> Predicti
 def _operations() -> list[tuple[str, str, str]]:
     """(method, path, required scope) of every secured operation, read from the OpenAPI."""
     engine = create_engine("sqlite://")  # never queried: the OpenAPI needs no database
-    spec = create_app(View(), Store(engine, sessionmaker(engine))).openapi()
+    spec = create_app(ApiServices.from_store(View(), Store(engine, sessionmaker(engine)))).openapi()
     engine.dispose()
     ops = []
     for path, item in spec["paths"].items():
@@ -119,7 +120,7 @@ async def _api(store: Store) -> AsyncIterator[Api]:
     keys = {s.label: repo.create(f"{s.label}-key", s)[1] for s in Scope}
     revoked, keys["revoked"] = repo.create("old", Scope.ADMIN)
     repo.revoke(revoked.key_id)
-    transport = httpx.ASGITransport(app=create_app(View(), store))
+    transport = httpx.ASGITransport(app=create_app(ApiServices.from_store(View(), store)))
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as http:
         yield Api(http, store, keys)
 

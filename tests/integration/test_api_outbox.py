@@ -14,7 +14,7 @@ import httpx
 import pytest
 from stores import BACKENDS, temp_store
 
-from bridge.api import create_app
+from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.outbox.feed import Budget, OutboxFeed
@@ -83,7 +83,7 @@ async def api(store: Store) -> AsyncIterator[Api]:
     repo = ApiKeyRepository(store)
     keys = {s.label: repo.create(f"{s.label}-key", s)[1] for s in Scope}
     view = View()
-    transport = httpx.ASGITransport(app=create_app(view, store))
+    transport = httpx.ASGITransport(app=create_app(ApiServices.from_store(view, store)))
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as http:
         yield Api(http, view, keys)
 

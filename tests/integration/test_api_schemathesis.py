@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
-from bridge.api import create_app
+from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.config.models import ApiSettings
@@ -113,7 +113,7 @@ def target(tmp_path: Path) -> Iterator[Target]:
         )
         _add_dead_letters(store)
         _, key = ApiKeyRepository(store).create("schemathesis", Scope.ADMIN)
-        yield Target(create_app(View(), store, SETTINGS), key)
+        yield Target(create_app(ApiServices.from_store(View(), store, SETTINGS)), key)
     finally:
         store.dispose()
 
@@ -125,7 +125,9 @@ class _Served:
         # Until a test sets it: an app on a store that is never queried, enough to read the
         # OpenAPI document at collection time (the same code, so the same document).
         engine = create_engine("sqlite://")
-        self.app: Any = create_app(View(), Store(engine, sessionmaker(engine)), SETTINGS)
+        self.app: Any = create_app(
+            ApiServices.from_store(View(), Store(engine, sessionmaker(engine)), SETTINGS)
+        )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)

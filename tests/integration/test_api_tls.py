@@ -13,7 +13,7 @@ import pytest
 from support import LOOPBACK, free_port
 from testca import TlsFiles, make_ca
 
-from bridge.api import create_app
+from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.config.models import ApiSettings, ApiTlsSettings
 from bridge.errors import ConnectorError
@@ -49,7 +49,8 @@ def ca(tmp_path: Path) -> TlsFiles:
 async def _serve(tmp_path: Path, tls: ApiTlsSettings) -> AsyncIterator[ApiServer]:
     store = open_store(f"sqlite:///{tmp_path / 'api.db'}")
     settings = ApiSettings(host=LOOPBACK, port=free_port(), tls=tls)
-    server = ApiServer(create_app(View(), store, settings), settings.host, settings.port, tls=tls)
+    app = create_app(ApiServices.from_store(View(), store, settings))
+    server = ApiServer(app, settings.host, settings.port, tls=tls)
     await server.start()
     try:
         yield server
@@ -118,7 +119,7 @@ async def test_mutual_tls_needs_a_client_certificate_of_the_ca(
 def test_missing_or_mismatched_tls_files_are_clear_errors(tmp_path: Path, ca: TlsFiles) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'api.db'}")
     try:
-        app = create_app(View(), store)
+        app = create_app(ApiServices.from_store(View(), store))
         missing = ApiTlsSettings(certificate=str(tmp_path / "nope.pem"), private_key="k.pem")
         with pytest.raises(ConnectorError, match=r"gateway.api.tls.certificate: no file"):
             ApiServer(app, LOOPBACK, free_port(), tls=missing)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from support import free_port
 
-from bridge.api import create_app
+from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.inference.model import file_sha256
@@ -84,8 +84,8 @@ async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[A
     )
     store = open_store(f"sqlite:///{tmp_path / 'bridge.db'}")
     key = ApiKeyRepository(store).create("admin", Scope.ADMIN)[1]
-    app = create_app(View(), store)
-    app.state.registry = RegistryService(RegistryRepository(store), policy)
+    registry = RegistryService(RegistryRepository(store), policy)
+    app = create_app(ApiServices.from_store(View(), store, registry=registry))
     server = ApiServer(app, "127.0.0.1", free_port())
     await server.start()
     try:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from stores import BACKENDS, temp_store
 
-from bridge.api import create_app
+from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.lifecycle.accuracy import accuracy, with_accuracy
@@ -131,7 +131,7 @@ async def test_rest_metrics_show_the_accuracy(store: Store) -> None:
             "t",
         )
     key = ApiKeyRepository(store).create("reader", Scope.READ)[1]
-    transport = httpx.ASGITransport(app=create_app(_View(), store))
+    transport = httpx.ASGITransport(app=create_app(ApiServices.from_store(_View(), store)))
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as http:
         r = await http.get(
             "/api/v1/models/m/versions/2/metrics", headers={"Authorization": f"Bearer {key}"}

@@ -1,0 +1,112 @@
+"""Everything the API serves from, as one frozen set of typed services.
+
+``create_app`` takes an ``ApiServices``; routers reach it through one FastAPI dependency
+(``bridge.api.deps``). The parts only a running gateway has (live model state, the models that
+explain on request) are typed fields that are simply empty elsewhere (tests, benchmarks, an API
+over a store alone), so no router guesses with a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fastapi import FastAPI
+
+from bridge.config.models import ApiSettings
+from bridge.lifecycle.service import RegistryService
+from bridge.lifecycle.stats import VersionStats
+from bridge.store.alerts import AlertRepository
+from bridge.store.apikeys import ApiKeyRepository
+from bridge.store.db import Store
+from bridge.store.history import PredictionHistory
+from bridge.store.labels import LabelRepository
+from bridge.store.lineage import LineageRepository
+from bridge.store.outbox import OutboxRepository
+from bridge.store.registry import RegistryRepository
+from bridge.types import Explanation
+
+from .keycache import KeyCache
+from .queries import QueryRunner
+from .view import GatewayView
+
+__all__ = ["ApiServices", "Explainer", "LiveModelState", "install_services", "services_of"]
+
+# Queries that may wait for a free query thread; beyond, the API answers 503 at once.
+_WAITING_PER_THREAD = 8
+
+
+class LiveModelState(Protocol):
+    """The registry side of a running gateway: the admin API wakes its watcher after a change
+    (so this gateway switches at once) and reads the counters of the versions it serves."""
+
+    def wake(self) -> None: ...
+
+    def version_stats(self, name: str) -> Sequence[VersionStats]: ...
+
+
+class Explainer(Protocol):
+    """A model that keeps its recent predictions to explain one on request."""
+
+    def explain_kept(self, prediction_id: str) -> Explanation | None: ...
+
+
+@dataclass(frozen=True)
+class ApiServices:
+    settings: ApiSettings
+    view: GatewayView
+    queries: QueryRunner
+    keys: KeyCache
+    history: PredictionHistory
+    alerts: AlertRepository
+    registry: RegistryService
+    lineage: LineageRepository
+    labels: LabelRepository
+    outbox: OutboxRepository
+    # Only a running gateway has these: without them the admin API changes the registry (other
+    # gateways follow within their poll) and no prediction is kept for explanation.
+    live_models: LiveModelState | None = None
+    explainers: Mapping[str, Explainer] = field(default_factory=dict)
+
+    @classmethod
+    def from_store(
+        cls,
+        view: GatewayView,
+        store: Store,
+        settings: ApiSettings | None = None,
+        *,
+        registry: RegistryService | None = None,
+        live_models: LiveModelState | None = None,
+        explainers: Mapping[str, Explainer] | None = None,
+    ) -> ApiServices:
+        """The store-backed services. ``registry`` defaults to one that knows no mapping and
+        no signing policy; the gateway passes its own."""
+        settings = settings or ApiSettings()
+        queries = QueryRunner(settings.query_threads, settings.query_threads * _WAITING_PER_THREAD)
+        return cls(
+            settings=settings,
+            view=view,
+            queries=queries,
+            keys=KeyCache(ApiKeyRepository(store), queries=queries),
+            history=PredictionHistory(store, timeout_s=settings.query_timeout_s),
+            alerts=AlertRepository(store, timeout_s=settings.query_timeout_s),
+            registry=registry or RegistryService(RegistryRepository(store)),
+            lineage=LineageRepository(store),
+            labels=LabelRepository(store),
+            outbox=OutboxRepository(store),
+            live_models=live_models,
+            explainers=dict(explainers or {}),
+        )
+
+
+def install_services(app: FastAPI, services: ApiServices) -> None:
+    """Hand ``services`` to the app's requests (read back by ``services_of`` only)."""
+    app.state.services = services
+
+
+def services_of(app: FastAPI) -> ApiServices:
+    found = app.state.services
+    if not isinstance(found, ApiServices):
+        raise TypeError("this app was not built by bridge.api.create_app (no ApiServices)")
+    return found
