@@ -33,14 +33,15 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from bench.common import free_port, stop, write_result
+from bridge.destination import DestinationContext
 from bridge.logging import configure_logging
 from bridge.outbox import Relay, RelaySettings
 from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store.db import Store, open_store
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
-from bridge.types import ComponentHealth, Prediction, Quality, SinkContext
-from connectors.mes import MesSink, MesSinkSettings
+from bridge.types import ComponentHealth, Prediction, Quality
+from connectors.mes import MesDestination, MesSettings
 
 PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 GATEWAY = "bench"
@@ -153,13 +154,13 @@ async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         _store(backend, Path(tmp)) as store,
         _receiver() as mes,
     ):
-        settings = MesSinkSettings(
+        settings = MesSettings(
             url=f"{mes}/api/v1/events",
             concurrency=args.concurrency,
             timeout_s=30,
             batch_size=args.batch_size,
         )
-        sink = MesSink("mes", settings, SinkContext(GATEWAY, ()))
+        sink = MesDestination("mes", settings, DestinationContext(GATEWAY, ()))
         null = NullDestination()
         feed = OutboxFeed("mes", sink.encode, Budget(10_000_000))
         null_feed = OutboxFeed("null", null.encode, Budget(10_000_000))

@@ -1,4 +1,4 @@
-"""The durable MES path without the rest of the gateway: StoreSink -> outbox -> Relay -> MesSink.
+"""The durable MES path without the rest of the gateway: StoreSink -> outbox -> Relay -> MES.
 
 Used by the outbox tests, the crash-test child process and bench/outbox.py. Everything is real:
 SQLite files or the PostgreSQL on 127.0.0.1, HTTP to a MesReceiver.
@@ -16,14 +16,15 @@ from typing import Any
 
 from stores import PG_URL, pg_schema
 
+from bridge.destination import DestinationContext
 from bridge.outbox import Relay, RelaySettings
 from bridge.outbox.feed import Budget, WhenFull
 from bridge.outbox.wiring import feed_for
 from bridge.store.db import Store, open_store
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
-from bridge.types import Prediction, PredictionSlot, Quality, SinkContext
-from connectors.mes import MesSink, MesSinkSettings
+from bridge.types import Prediction, PredictionSlot, Quality
+from connectors.mes import MesDestination, MesSettings
 
 __all__ = ["PG_URL", "Durable", "pg_schema", "prediction", "received_in_order", "store_url"]
 
@@ -77,7 +78,7 @@ class Durable:
         **mes: Any,
     ) -> None:
         self.store = store
-        settings = MesSinkSettings(
+        settings = MesSettings(
             url=mes_url,
             timeout_s=timeout_s,
             initial_backoff_s=mes.pop("initial_backoff_s", 0.02),
@@ -86,7 +87,7 @@ class Durable:
             batch_size=mes_batch_size,
             **mes,
         )
-        self.mes = MesSink(name, settings, SinkContext(GATEWAY, tuple(slots)))
+        self.mes = MesDestination(name, settings, DestinationContext(GATEWAY, tuple(slots)))
         # Built as the gateway builds it: the destination's event rules run in the store writer.
         self.feed = feed_for(self.mes, Budget(max_pending, when_full), slots)
         self.writer = StoreSink(store, outbox=[self.feed], batch_size=batch_size)

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 from support import free_port, wait_until
 
-from bridge.drift.webhook import WebhookDestination
+from bridge import registry
+from bridge.destination import Destination, DestinationContext
 from bridge.outbox import Relay, RelaySettings
-from bridge.outbox.feed import Budget, OutboxFeed
+from bridge.outbox.feed import Budget
+from bridge.outbox.wiring import feed_for
 from bridge.store.db import Store, open_store
 from bridge.store.outbox import OutboxRepository, enqueue
 from simulators.mes import MesReceiver
@@ -54,7 +56,7 @@ def drift_events(store: Store, n: int) -> list[str]:
     return keys
 
 
-def relay_for(store: Store, hook: WebhookDestination) -> Relay:
+def relay_for(store: Store, hook: Destination) -> Relay:
     settings = RelaySettings(
         max_retries=3,
         max_retry_age_s=60.0,
@@ -64,12 +66,17 @@ def relay_for(store: Store, hook: WebhookDestination) -> Relay:
         max_backoff_s=0.2,
         retry_initial_s=0.05,
     )
-    feed = OutboxFeed(NAME, hook.encode, Budget(100))
+    feed = feed_for(hook, Budget(100))
     return Relay(hook, OutboxRepository(store), feed, settings)
 
 
-def hook_for(mes: MesReceiver) -> WebhookDestination:
-    return WebhookDestination(NAME, mes.events_url, initial_backoff_s=0.05, max_backoff_s=0.2)
+def hook_for(mes: MesReceiver) -> Destination:
+    """The ``webhook`` destination kind, built through the registry as the gateway does."""
+    kind = registry.destination_kinds()["webhook"]
+    settings = kind.settings_model.model_validate(
+        {"url": mes.events_url, "initial_backoff_s": 0.05, "max_backoff_s": 0.2}
+    )
+    return kind.factory(NAME, settings, DestinationContext("gw"))
 
 
 async def test_an_event_answered_500_forever_is_dead_lettered_after_the_cap(

@@ -1,5 +1,5 @@
-"""MES REST sink against a real MesReceiver on loopback; plus its pure payload helpers (the retry
-policy it answers with is tested in tests/unit/test_retry.py)."""
+"""MES REST destination against a real MesReceiver on loopback; plus its pure payload helpers
+(the retry policy it answers with is tested in tests/unit/test_retry.py)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,15 @@ from pydantic import ValidationError
 from support import free_port, wait_until
 
 from bridge import registry
-from bridge.errors import ConnectorError
-from bridge.outbox.protocol import Outcome, Retry
-from bridge.types import InputSnapshot, Prediction, PredictionSlot, Quality, SinkContext
-from connectors.mes import MesSink, MesSinkSettings, prediction_to_json, register
+from bridge.destination import DestinationContext, Envelope, Outcome, Retry
+from bridge.types import InputSnapshot, Prediction, PredictionSlot, Quality, Trigger
+from connectors.mes import MesDestination, MesSettings, prediction_to_json, register
 from simulators.mes import MesReceiver
 
 GATEWAY = "gw-test"
 T0 = 1714564800.25  # 2024-05-01T12:00:00.250Z
 
-SinkFactory = Callable[..., MesSink]
+SinkFactory = Callable[..., MesDestination]
 
 
 def prediction(asset: str, seq: int, value: str | float | None = "ok") -> Prediction:
@@ -49,8 +48,8 @@ def prediction(asset: str, seq: int, value: str | float | None = "ok") -> Predic
     )
 
 
-def context() -> SinkContext:
-    return SinkContext(GATEWAY, (PredictionSlot("p1", "pump-health", "1.2.0", "ab" * 32),))
+def context() -> DestinationContext:
+    return DestinationContext(GATEWAY, (PredictionSlot("p1", "pump-health", "1.2.0", "ab" * 32),))
 
 
 @pytest.fixture
@@ -65,9 +64,9 @@ async def receiver() -> AsyncIterator[MesReceiver]:
 
 @pytest.fixture
 async def make_sink() -> AsyncIterator[SinkFactory]:
-    sinks: list[MesSink] = []
+    sinks: list[MesDestination] = []
 
-    def make(url: str, **overrides: Any) -> MesSink:
+    def make(url: str, **overrides: Any) -> MesDestination:
         fields: dict[str, Any] = {
             "url": url,
             "initial_backoff_s": 0.02,
@@ -75,7 +74,7 @@ async def make_sink() -> AsyncIterator[SinkFactory]:
             "timeout_s": 2.0,
             **overrides,
         }
-        sink = MesSink("mes", MesSinkSettings(**fields), context())
+        sink = MesDestination("mes", MesSettings(**fields), context())
         sinks.append(sink)
         return sink
 
@@ -136,29 +135,32 @@ def test_payload_replaces_non_finite_numbers() -> None:
 
 def test_settings_reject_bad_url_and_unknown_keys() -> None:
     with pytest.raises(ValidationError):
-        MesSinkSettings(url="ftp://127.0.0.1/x")
+        MesSettings(url="ftp://127.0.0.1/x")
     with pytest.raises(ValidationError):
-        MesSinkSettings.model_validate({"url": "http://127.0.0.1/x", "retries": 3})
+        MesSettings.model_validate({"url": "http://127.0.0.1/x", "retries": 3})
 
 
 def test_register_adds_mes_rest_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "_loaded", True)  # only this connector, not every plugin
     monkeypatch.setattr(registry, "_sinks", {})
+    monkeypatch.setattr(registry, "_destinations", {})
     register()
-    kind = registry.sink_kinds()["mes-rest"]
-    assert kind.settings_model is MesSinkSettings
+    # A destination kind, fed by the outbox: never a sink the fan-out writes to.
+    assert "mes-rest" not in registry.sink_kinds()
+    kind = registry.destination_kinds()["mes-rest"]
+    assert kind.settings_model is MesSettings
     assert isinstance(
-        kind.factory("m", MesSinkSettings(url="http://127.0.0.1:1/"), context()), MesSink
+        kind.factory("m", MesSettings(url="http://127.0.0.1:1/"), context()), MesDestination
     )
 
 
 # -- against the receiver: one event at a time, as the outbox relay sends them ---------------
 
 
-async def send(sink: MesSink, p: Prediction) -> Outcome:
-    body = sink.encode(p)
-    assert body is not None
-    return await sink.deliver(p.id, body)
+async def send(sink: MesDestination, p: Prediction) -> Outcome:
+    body = sink.encode(Trigger(p))
+    (outcome,) = await sink.deliver([Envelope(p.id, body)])
+    return outcome
 
 
 async def test_events_arrive_with_payload_and_idempotency_key(
@@ -198,7 +200,7 @@ async def test_a_500_comes_back_as_retry_then_the_next_send_is_accepted(
     assert counters["retries"] == 2
     assert counters["sent"] == 1
     assert sink.health().state == "ok"
-    assert sink.backoff == (0.02, 0.1)  # the relay spaces the retries with these
+    assert sink.capabilities.backoff == (0.02, 0.1)  # the relay spaces the retries with these
 
 
 async def test_mes_down_is_a_retry_with_the_reason(make_sink: SinkFactory) -> None:
@@ -264,14 +266,13 @@ async def test_lost_reply_is_a_retry_and_the_resend_carries_the_same_key(
     assert len(receiver.calls) == 1
 
 
-async def test_write_is_refused_and_close_is_clean_while_mes_hangs(
+async def test_close_is_clean_while_mes_hangs(
     receiver: MesReceiver, make_sink: SinkFactory
 ) -> None:
     before = asyncio.all_tasks()
     sink = make_sink(events_url(receiver), timeout_s=10)
     await sink.start()
-    with pytest.raises(ConnectorError, match="outbox"):
-        await sink.write([prediction("p1", 1)])  # events only ever go through the outbox
+    assert not hasattr(sink, "write")  # events only ever go through the outbox
     receiver.set_delay(10)
     delivery = asyncio.create_task(send(sink, prediction("p1", 1)))
     await wait_until(lambda: sink.health().counters["in_flight"] == 1, timeout=5, what="POST")

@@ -17,14 +17,26 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 from support import free_port, wait_until
 
-from bridge.drift.webhook import WebhookDestination
+from bridge.destination import DestinationContext, Envelope, Outcome
 from bridge.errors import ConnectorError
-from bridge.types import PredictionSlot, SinkContext
-from connectors.mes import MesSink, MesSinkSettings
+from bridge.types import PredictionSlot
+from connectors.mes import MesDestination, MesSettings
+from connectors.webhook import WebhookDestination, WebhookSettings
 from simulators.mes import MesReceiver
 
 PASSWORD = "pl4nt-Secr3t-pw"
 TOKEN = "tok-Zy81-query"
+
+
+async def send_one(dest: MesDestination | WebhookDestination, key: str, body: str) -> Outcome:
+    (outcome,) = await dest.deliver([Envelope(key, body)])
+    return outcome
+
+
+def drift_webhook(url: str, **fields: Any) -> WebhookDestination:
+    """A webhook as the gateway builds it from a model's ``drift.webhook*`` keys."""
+    context = DestinationContext("gw", setting_keys=(("tls", "drift.webhook_tls"),))
+    return WebhookDestination("webhook-m", WebhookSettings(url=url, **fields), context)
 
 
 @pytest.fixture
@@ -39,14 +51,16 @@ async def mutual(ca: testca.TlsFiles) -> AsyncIterator[HttpsReceiver]:
 
 
 @pytest.fixture
-async def make_sink() -> AsyncIterator[Callable[..., MesSink]]:
-    sinks: list[MesSink] = []
+async def make_sink() -> AsyncIterator[Callable[..., MesDestination]]:
+    sinks: list[MesDestination] = []
 
-    def make(url: str, **fields: Any) -> MesSink:
-        settings = MesSinkSettings(
+    def make(url: str, **fields: Any) -> MesDestination:
+        settings = MesSettings(
             url=url, initial_backoff_s=0.02, max_backoff_s=0.1, timeout_s=2.0, **fields
         )
-        sink = MesSink("mes", settings, SinkContext("gw", (PredictionSlot("p", "m", "1", ""),)))
+        sink = MesDestination(
+            "mes", settings, DestinationContext("gw", (PredictionSlot("p", "m", "1", ""),))
+        )
         sinks.append(sink)
         return sink
 
@@ -84,11 +98,11 @@ async def _fails_with(deliver: asyncio.Task[Any], health: Callable[[], Any]) -> 
 
 
 async def test_mes_delivers_with_plant_ca_and_client_certificate(
-    ca: testca.TlsFiles, mutual: HttpsReceiver, make_sink: Callable[..., MesSink]
+    ca: testca.TlsFiles, mutual: HttpsReceiver, make_sink: Callable[..., MesDestination]
 ) -> None:
     sink = make_sink(f"{mutual.url}/api/v1/events", tls=tls(ca))
     await sink.start()
-    assert await asyncio.wait_for(sink.deliver("key-1", '{"n": 1}'), 10) is None
+    assert await asyncio.wait_for(send_one(sink, "key-1", '{"n": 1}'), 10) is None
     assert [(c.path, c.body, c.idempotency_key) for c in mutual.calls] == [
         ("/api/v1/events", b'{"n": 1}', "key-1")
     ]
@@ -96,24 +110,24 @@ async def test_mes_delivers_with_plant_ca_and_client_certificate(
 
 
 async def test_mes_without_the_plant_ca_refuses_the_certificate(
-    mutual: HttpsReceiver, make_sink: Callable[..., MesSink]
+    mutual: HttpsReceiver, make_sink: Callable[..., MesDestination]
 ) -> None:
     # The default trust (public CAs) does not know the plant CA: no delivery, a clear reason,
     # and nothing sent another way.
     sink = make_sink(f"{mutual.url}/api/v1/events")
     await sink.start()
-    detail = await _fails_with(asyncio.create_task(sink.deliver("k", "{}")), sink.health)
+    detail = await _fails_with(asyncio.create_task(send_one(sink, "k", "{}")), sink.health)
     assert "certificate was refused" in detail and "certificate verify failed" in detail
     assert "outputs.mes.tls.ca_file" in detail
     assert mutual.calls == []
 
 
 async def test_mes_without_client_certificate_is_refused_by_the_server(
-    ca: testca.TlsFiles, mutual: HttpsReceiver, make_sink: Callable[..., MesSink]
+    ca: testca.TlsFiles, mutual: HttpsReceiver, make_sink: Callable[..., MesDestination]
 ) -> None:
     sink = make_sink(f"{mutual.url}/api/v1/events", tls=tls(ca, client=False))
     await sink.start()
-    detail = await _fails_with(asyncio.create_task(sink.deliver("k", "{}")), sink.health)
+    detail = await _fails_with(asyncio.create_task(send_one(sink, "k", "{}")), sink.health)
     assert mutual.calls == []
     assert "reset the TLS connection" in detail, detail
     assert "outputs.mes.tls.client_certificate" in detail
@@ -124,24 +138,20 @@ async def test_webhook_delivers_with_ca_and_client_certificate(
 ) -> None:
     from bridge.client_tls import ClientTls
 
-    hook = WebhookDestination(
-        "webhook-m", f"{mutual.url}/retrain", tls=ClientTls(**tls(ca)), max_backoff_s=0.1
-    )
+    hook = drift_webhook(f"{mutual.url}/retrain", tls=ClientTls(**tls(ca)), max_backoff_s=0.1)
     await hook.start()
     try:
-        assert await asyncio.wait_for(hook.deliver("drift-1", '{"model": "m"}'), 10) is None
+        assert await asyncio.wait_for(send_one(hook, "drift-1", '{"model": "m"}'), 10) is None
     finally:
         await hook.close()
     assert [(c.path, c.idempotency_key) for c in mutual.calls] == [("/retrain", "drift-1")]
 
 
 async def test_webhook_without_the_ca_refuses_the_certificate(mutual: HttpsReceiver) -> None:
-    hook = WebhookDestination(
-        "webhook-m", f"{mutual.url}/retrain", initial_backoff_s=0.02, max_backoff_s=0.1
-    )
+    hook = drift_webhook(f"{mutual.url}/retrain", initial_backoff_s=0.02, max_backoff_s=0.1)
     await hook.start()
     try:
-        detail = await _fails_with(asyncio.create_task(hook.deliver("d", "{}")), hook.health)
+        detail = await _fails_with(asyncio.create_task(send_one(hook, "d", "{}")), hook.health)
     finally:
         await hook.close()
     assert "certificate was refused" in detail and "drift.webhook_tls.ca_file" in detail
@@ -150,13 +160,13 @@ async def test_webhook_without_the_ca_refuses_the_certificate(mutual: HttpsRecei
 
 def test_tls_settings_with_an_http_url_are_refused(ca: testca.TlsFiles) -> None:
     with pytest.raises(ValidationError, match="not https://"):
-        MesSinkSettings(url="http://127.0.0.1:1/events", tls=tls(ca))
+        MesSettings(url="http://127.0.0.1:1/events", tls=tls(ca))
 
 
 # -- credentials of the URL stay out of logs and health ------------------------------------
 
 
-async def test_mes_url_credentials_are_not_logged(make_sink: Callable[..., MesSink]) -> None:
+async def test_mes_url_credentials_are_not_logged(make_sink: Callable[..., MesDestination]) -> None:
     mes = MesReceiver(port=free_port())
     await mes.start()
     try:
@@ -164,7 +174,7 @@ async def test_mes_url_credentials_are_not_logged(make_sink: Callable[..., MesSi
         with capture_logs() as logs:
             sink = make_sink(url)
             await sink.start()
-            assert await asyncio.wait_for(sink.deliver("k1", '{"n": 1}'), 10) is None
+            assert await asyncio.wait_for(send_one(sink, "k1", '{"n": 1}'), 10) is None
             await sink.close()
     finally:
         await mes.stop()
@@ -174,26 +184,28 @@ async def test_mes_url_credentials_are_not_logged(make_sink: Callable[..., MesSi
         call.authorization == "Basic " + base64.b64encode(f"gateway:{PASSWORD}".encode()).decode()
     )
     # ... and not written anywhere.
-    started = [e for e in logs if e["event"] == "mes_sink_started"]
+    started = [e for e in logs if e["event"] == "mes_destination_started"]
     assert started and started[0]["url"].startswith("http://***@127.0.0.1:")
     assert "token=***" in started[0]["url"]
     text = repr(logs)
     assert PASSWORD not in text and TOKEN not in text
 
 
-async def test_mes_failure_detail_has_no_credentials(make_sink: Callable[..., MesSink]) -> None:
+async def test_mes_failure_detail_has_no_credentials(
+    make_sink: Callable[..., MesDestination],
+) -> None:
     port = free_port()  # nothing listens: connection refused, retried
     sink = make_sink(f"http://gateway:{PASSWORD}@127.0.0.1:{port}/events?token={TOKEN}")
     with capture_logs() as logs:
         await sink.start()
-        detail = await _fails_with(asyncio.create_task(sink.deliver("k", "{}")), sink.health)
+        detail = await _fails_with(asyncio.create_task(send_one(sink, "k", "{}")), sink.health)
     assert "ConnectError" in detail
     assert PASSWORD not in detail and TOKEN not in detail
     assert PASSWORD not in repr(logs) and TOKEN not in repr(logs)
 
 
 async def test_start_refuses_a_ca_file_gone_since_validation(
-    tmp_path: Path, ca: testca.TlsFiles, make_sink: Callable[..., MesSink]
+    tmp_path: Path, ca: testca.TlsFiles, make_sink: Callable[..., MesDestination]
 ) -> None:
     moved = tmp_path / "plant-ca.pem"
     moved.write_bytes(ca.ca.read_bytes())

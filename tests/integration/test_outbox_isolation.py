@@ -13,14 +13,14 @@ from outbox_harness import prediction, received_in_order
 from stores import temp_store
 from support import free_port, wait_until
 
-from bridge import registry
 from bridge.config.loader import load_mapping
 from bridge.config.models import OutboxSettings
-from bridge.outbox.wiring import split_outputs
+from bridge.destination import DestinationContext
+from bridge.outbox.wiring import durable_outputs
 from bridge.store.db import Store
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
-from bridge.types import PredictionSlot, SinkContext
+from bridge.types import PredictionSlot
 from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(90)
@@ -108,16 +108,12 @@ async def test_a_hung_or_garbage_mes_holds_back_only_its_own_destination(
     )
     mapping = load_mapping(path)
     slots = tuple(PredictionSlot(a, "health", "1.0.0", "ab" * 32, ("healthy",)) for a in ASSETS)
-    kinds = registry.sink_kinds()
-    sinks = [
-        kinds[o.kind].factory(o.name, o.settings, SinkContext(GATEWAY, slots))
-        for o in mapping.outputs.values()
-    ]
-    _, durable = split_outputs(sinks, OutboxRepository(store), OutboxSettings(), slots)
+    context = DestinationContext(GATEWAY, slots)
+    durable = durable_outputs(
+        mapping.outputs.values(), context, OutboxRepository(store), OutboxSettings()
+    )
     writer = StoreSink(store, outbox=durable.feeds, batch_size=4)
     await writer.start()
-    for s in sinks:
-        await s.start()
     await durable.start()
     relays = {r.destination.name: r for r in durable.relays}
     total = len(ASSETS) * EVENTS_PER_ASSET
@@ -174,8 +170,6 @@ async def test_a_hung_or_garbage_mes_holds_back_only_its_own_destination(
                 await receiver.stop()
     finally:
         await durable.close()
-        for s in sinks:
-            await s.close()
         await writer.close()
         for server in bad.values():
             await server.stop()

@@ -14,18 +14,18 @@ from outbox_harness import Durable, prediction, received_in_order
 from stores import BACKENDS, temp_store
 from support import free_port, wait_until
 
-from bridge import registry
 from bridge.config.loader import load_mapping
 from bridge.config.models import OutboxSettings
+from bridge.destination import DestinationContext
 from bridge.drift.events import drift_event_id
 from bridge.drift.monitor import DriftCrossing, FeatureWindowStats
 from bridge.drift.writer import DriftAlertWriter
-from bridge.outbox.wiring import split_outputs
+from bridge.outbox.wiring import durable_outputs
 from bridge.store.db import Store
 from bridge.store.drift import DriftAlertRepository
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
-from bridge.types import Prediction, PredictionSlot, Quality, SinkContext
+from bridge.types import Prediction, PredictionSlot, Quality
 from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(90)
@@ -117,17 +117,11 @@ async def test_two_destinations_each_with_its_rules_template_auth_and_backlog(
     )
     mapping = load_mapping(path, env={"MES_TOKEN": "s3cret"})
     slots = tuple(PredictionSlot(a, "health", "1.0.0", "ab" * 32, LABELS) for a in ("p1", "p2"))
-    kinds = registry.sink_kinds()
-    sinks = [
-        kinds[o.kind].factory(o.name, o.settings, SinkContext(GATEWAY, slots))
-        for o in mapping.outputs.values()
-    ]
     settings = OutboxSettings(reject_retry_s=0.05)
-    _, durable = split_outputs(sinks, OutboxRepository(store), settings, slots)
+    context = DestinationContext(GATEWAY, slots)
+    durable = durable_outputs(mapping.outputs.values(), context, OutboxRepository(store), settings)
     writer = StoreSink(store, outbox=durable.feeds, batch_size=3)
     await writer.start()
-    for s in sinks:
-        await s.start()
     await durable.start()
     try:
         labels = ["healthy", "bearing_fault", "bearing_fault", "healthy", "healthy", "cavitation"]
@@ -185,8 +179,6 @@ async def test_two_destinations_each_with_its_rules_template_auth_and_backlog(
         assert limits.duplicate_count == 0 and changes.duplicate_count == 0
     finally:
         await durable.close()
-        for s in sinks:
-            await s.close()
         await writer.close()
 
 
@@ -206,16 +198,12 @@ async def test_rules_resume_from_the_stored_predictions_after_a_restart(
     slots = (PredictionSlot("p1", "health", "1.0.0", "ab" * 32, LABELS),)
 
     async def run_gateway(batch: list[Prediction], until: int, limits_until: int) -> None:
-        kinds = registry.sink_kinds()
-        sinks = [
-            kinds[o.kind].factory(o.name, o.settings, SinkContext(GATEWAY, slots))
-            for o in mapping.outputs.values()
-        ]
-        _, durable = split_outputs(sinks, OutboxRepository(store), OutboxSettings(), slots)
+        context = DestinationContext(GATEWAY, slots)
+        durable = durable_outputs(
+            mapping.outputs.values(), context, OutboxRepository(store), OutboxSettings()
+        )
         writer = StoreSink(store, outbox=durable.feeds)
         await writer.start()
-        for s in sinks:
-            await s.start()
         await durable.start()
         try:
             await writer.write(batch)
@@ -229,8 +217,6 @@ async def test_rules_resume_from_the_stored_predictions_after_a_restart(
             await wait_until(lambda: writer.health().counters["written"] == len(batch), 5)
         finally:
             await durable.close()
-            for s in sinks:
-                await s.close()
             await writer.close()
 
     await run_gateway([pred("p1", 0, "healthy", 0.1), pred("p1", 1, "cavitation", 0.9)], 1, 1)
@@ -384,17 +370,13 @@ async def test_drift_events_follow_each_destinations_rules_and_template(
     )
     mapping = load_mapping(path)
     slots = (PredictionSlot("p1", "health", "1.0.0", "ab" * 32, LABELS),)
-    kinds = registry.sink_kinds()
-    sinks = [
-        kinds[o.kind].factory(o.name, o.settings, SinkContext(GATEWAY, slots))
-        for o in mapping.outputs.values()
-    ]
-    _, durable = split_outputs(sinks, OutboxRepository(store), OutboxSettings(), slots)
+    context = DestinationContext(GATEWAY, slots)
+    durable = durable_outputs(
+        mapping.outputs.values(), context, OutboxRepository(store), OutboxSettings()
+    )
     writer = DriftAlertWriter(DriftAlertRepository(store), GATEWAY, durable.alert_feeds)
     stats = FeatureWindowStats("vib.mean", 1.7, 6.0, 0.5, 5.0, 7.0, 2.0, 0.3)
     crossing = DriftCrossing("p1", 1.7, 0.25, 60, ("vib.mean",), (stats,), 1714564800.0)
-    for s in sinks:
-        await s.start()
     await durable.start()
     await writer.start()
     try:
@@ -438,5 +420,3 @@ async def test_drift_events_follow_each_destinations_rules_and_template(
     finally:
         await writer.close()
         await durable.close()
-        for s in sinks:
-            await s.close()

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from bridge.outbox.rules import Trigger
-from bridge.types import InputSnapshot, Prediction, Quality, SinkContext
-from connectors.mes import MesSink, MesSinkSettings
+from bridge.destination import DestinationContext
+from bridge.types import InputSnapshot, Prediction, Quality, Trigger
+from connectors.mes import MesDestination, MesSettings
 from connectors.mes.template import FIELDS, TemplateError, compile_template
 
 FIELDS_OF_EVENT = {
@@ -80,8 +80,8 @@ def test_mistakes_are_found_at_compile_time_with_their_place(
 def test_every_listed_field_is_filled_by_the_sink() -> None:
     """The whitelist and the fields the MES sink provides are the same set."""
     spec = {name: f"{{{name}}}" for name in FIELDS}
-    settings = MesSinkSettings(url="http://127.0.0.1:1/", template=spec)
-    sink = MesSink("mes", settings, SinkContext("gw", ()))
+    settings = MesSettings(url="http://127.0.0.1:1/", template=spec)
+    sink = MesDestination("mes", settings, DestinationContext("gw", ()))
     p = Prediction(
         id="id-1",
         seq=3,
@@ -96,7 +96,7 @@ def test_every_listed_field_is_filled_by_the_sink() -> None:
         input_age_s=0.5,
         inputs=(InputSnapshot("pump-1.t", 7.5, Quality.GOOD, 1714564799.0),),
     )
-    body = json.loads(sink.encode_event(Trigger(p, "threshold", None, "enter", 0.8, "score")))
+    body = json.loads(sink.encode(Trigger(p, "threshold", None, "enter", 0.8, "score")))
     assert set(body) == set(FIELDS)
     assert body["gateway_id"] == "gw"
     assert body["event"] == "threshold"

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 from support import wait_until
 
-from bridge.outbox import OutboxDestination, Relay, RelaySettings, Retry
+from bridge.destination import Capabilities, Destination, Envelope, Outcome, Retry
+from bridge.outbox import Relay, RelaySettings
 from bridge.outbox.feed import Budget, OutboxFeed
-from bridge.outbox.protocol import Outcome
+from bridge.outbox.wiring import feed_for
 from bridge.store.db import Store, open_store
 from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import PredictionRepository
-from bridge.types import ComponentHealth, Prediction, Quality
+from bridge.types import ComponentHealth, Prediction, Quality, Trigger
 
 
 def prediction(asset: str, seq: int) -> Prediction:
@@ -39,11 +40,12 @@ class Scripted:
     """Answers from a script per event id: None accepts, a string rejects, an exception is a bug."""
 
     name = "scripted"
-    concurrency = 4
 
-    def __init__(self, script: dict[str, list[Outcome | Exception]]) -> None:
+    def __init__(self, script: dict[str, list[Outcome | Exception]], batch_size: int = 1) -> None:
         self.script = script
         self.seen: list[str] = []
+        self.calls: list[list[str]] = []  # the keys of each deliver() call
+        self.capabilities = Capabilities(concurrency=4, batch_size=batch_size)
 
     async def start(self) -> None:
         pass
@@ -54,16 +56,20 @@ class Scripted:
     def health(self) -> ComponentHealth:
         return ComponentHealth(self.name, "ok")
 
-    def encode(self, p: Prediction) -> str | None:
-        return json.dumps({"id": p.id})
+    def encode(self, event: Trigger) -> str | None:
+        return json.dumps({"id": event.prediction.id})
 
-    async def deliver(self, key: str, body: str) -> Outcome:
-        self.seen.append(key)
-        answers = self.script.get(key)
-        answer = answers.pop(0) if answers else None
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+    async def deliver(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        self.calls.append([e.key for e in batch])
+        out: list[Outcome] = []
+        for key, _ in batch:
+            self.seen.append(key)
+            answers = self.script.get(key)
+            answer = answers.pop(0) if answers else None
+            if isinstance(answer, Exception):
+                raise answer
+            out.append(answer)
+        return out
 
 
 @pytest.fixture
@@ -75,8 +81,12 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         s.dispose()
 
 
+def feed_of(dest: Destination) -> OutboxFeed:
+    return feed_for(dest, Budget(100))
+
+
 async def run(store: Store, dest: Scripted, events: list[Prediction], dead_after: int) -> Relay:
-    feed = OutboxFeed(dest.name, dest.encode, Budget(100))
+    feed = feed_of(dest)
     PredictionRepository(store).add_many(events, [feed])
     relay = Relay(
         dest,
@@ -88,8 +98,29 @@ async def run(store: Store, dest: Scripted, events: list[Prediction], dead_after
     return relay
 
 
-async def test_destination_satisfies_the_protocol() -> None:
-    assert isinstance(Scripted({}), OutboxDestination)
+async def test_default_capabilities_deliver_one_event_per_call(store: Store) -> None:
+    dest = Scripted({})
+    assert dest.capabilities.batch_size == Capabilities().batch_size == 1
+    relay = await run(store, dest, [prediction(a, s) for s in range(2) for a in "ab"], 3)
+    try:
+        await wait_until(lambda: relay.delivered == 4, 5, what="4 delivered")
+        assert sorted(dest.calls) == [["a-0000"], ["a-0001"], ["b-0000"], ["b-0001"]]
+    finally:
+        await relay.close()
+
+
+async def test_a_batching_destination_gets_waves_one_event_per_asset(store: Store) -> None:
+    dest = Scripted({}, batch_size=10)
+    relay = await run(store, dest, [prediction(a, s) for s in range(2) for a in "abc"], 3)
+    try:
+        await wait_until(lambda: relay.delivered == 6, 5, what="6 delivered")
+        # Wave i carries the i-th event of every asset: never two of one asset in a call.
+        assert [sorted(c) for c in dest.calls] == [
+            ["a-0000", "b-0000", "c-0000"],
+            ["a-0001", "b-0001", "c-0001"],
+        ]
+    finally:
+        await relay.close()
 
 
 async def test_rejections_below_the_limit_are_retried_then_accepted_in_order(
@@ -128,15 +159,10 @@ class Gated(Scripted):
         self.held = held
         self.gate = asyncio.Event()
 
-    async def deliver(self, key: str, body: str) -> Outcome:
-        if key.startswith(self.held):
+    async def deliver(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        if any(e.key.startswith(self.held) for e in batch):
             await self.gate.wait()
-        answers = self.script.get(key)
-        self.seen.append(key)
-        answer = answers.pop(0) if answers else None
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+        return await super().deliver(batch)
 
 
 async def test_accepted_events_are_recorded_as_their_replies_arrive(store: Store) -> None:
@@ -159,7 +185,7 @@ async def test_a_retrying_asset_holds_back_only_its_own_later_events(store: Stor
     retry = Retry("HTTP 503")
     dest = Scripted({"p1-0000": [retry, retry]})
     events = [prediction(a, s) for s in range(3) for a in ("p1", "p2")]
-    feed = OutboxFeed(dest.name, dest.encode, Budget(100))
+    feed = feed_of(dest)
     PredictionRepository(store).add_many(events, [feed])
     relay = Relay(
         dest,

@@ -4,19 +4,21 @@ counts it in health and delivers the later events (real SQLite outbox)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import wait_until
 
+from bridge.destination import Capabilities, Envelope, Outcome
 from bridge.outbox import Relay, RelaySettings
-from bridge.outbox.feed import Budget, OutboxFeed
+from bridge.outbox.feed import Budget
+from bridge.outbox.wiring import feed_for
 from bridge.store.db import Store, open_store
 from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import PredictionRepository
-from bridge.types import ComponentHealth, Prediction, Quality
+from bridge.types import ComponentHealth, Prediction, Quality, Trigger
 
 
 def prediction(asset: str, seq: int) -> Prediction:
@@ -37,7 +39,7 @@ def prediction(asset: str, seq: int) -> Prediction:
 
 class Collecting:
     name = "collecting"
-    concurrency = 4
+    capabilities = Capabilities(concurrency=4)
 
     def __init__(self) -> None:
         self.seen: list[str] = []
@@ -51,11 +53,12 @@ class Collecting:
     def health(self) -> ComponentHealth:
         return ComponentHealth(self.name, "ok")
 
-    def encode(self, p: Prediction) -> str | None:
-        return json.dumps({"id": p.id})
+    def encode(self, event: Trigger) -> str | None:
+        return json.dumps({"id": event.prediction.id})
 
-    async def deliver(self, key: str, body: str) -> None:
-        self.seen.append(key)
+    async def deliver(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        self.seen.extend(e.key for e in batch)
+        return [None] * len(batch)
 
 
 @pytest.fixture
@@ -82,7 +85,7 @@ async def test_a_relay_restarts_after_a_crash_and_delivers_later_events(
 
     monkeypatch.setattr(OutboxRepository, "claim", claim)
     dest = Collecting()
-    feed = OutboxFeed(dest.name, dest.encode, Budget(100))
+    feed = feed_for(dest, Budget(100))
     PredictionRepository(store).add_many([prediction("p1", s) for s in range(3)], [feed])
     relay = Relay(
         dest,
