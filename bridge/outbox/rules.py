@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+# The `alerts` rule is the gateway's one alert rule (the alert writer steps the same tracks).
+from bridge.alertrule import LabelTrack, label_of
+
 # The rules as settings live in the kernel (connectors declare them); evaluated here.
 from bridge.eventrules import DRIFT_RULES, EVENT_KINDS, EventRule, ThresholdRule, ThresholdSpec
 
@@ -81,6 +84,9 @@ class EventSelector:
         self._normal = {(s.asset, s.model): s.labels[0] for s in slots if s.labels}
         self._labels: dict[_Key, str] = {}
         self._staged_labels: dict[_Key, str] = {}
+        # No hold: an alert event at every change to a fault label (the rule's IMMEDIATE).
+        self._tracks = {key: LabelTrack(normal) for key, normal in self._normal.items()}
+        self._staged_tracks: dict[_Key, LabelTrack] = {}
         self._thresholds = [
             _Threshold(r.threshold) for r in self.rules if isinstance(r, ThresholdRule)
         ]
@@ -94,8 +100,11 @@ class EventSelector:
         """Start from the last stored prediction of each (asset, model)."""
         for p in latest:
             key = (p.asset, p.model)
-            if isinstance(p.value, str) and p.quality is not Quality.BAD:
-                self._labels[key] = p.value
+            label = label_of(p)
+            if label is not None:
+                self._labels[key] = label
+                if key in self._tracks:
+                    self._tracks[key].seed(label)
             for t in self._thresholds:
                 x = _number(p, t.spec.field)
                 if x is not None:
@@ -104,6 +113,7 @@ class EventSelector:
     def select(self, predictions: Sequence[Prediction]) -> list[Trigger]:
         """Events of a batch, oldest first; state changes are staged until ``commit``."""
         self._staged_labels = {}
+        self._staged_tracks = {}
         self._staged_thresholds = [{} for _ in self._thresholds]
         out: list[Trigger] = []
         for p in predictions:
@@ -115,25 +125,29 @@ class EventSelector:
     def commit(self) -> None:
         """The batch of the last ``select`` is committed: keep the state it reached."""
         self._labels.update(self._staged_labels)
+        self._tracks.update(self._staged_tracks)
         for t, staged in zip(self._thresholds, self._staged_thresholds, strict=True):
             t.state.update(staged)
         self._staged_labels = {}
+        self._staged_tracks = {}
         self._staged_thresholds = [{} for _ in self._thresholds]
 
     def _one(self, p: Prediction) -> Trigger | None:
         key = (p.asset, p.model)
         label_trigger: Trigger | None = None
         alert_trigger: Trigger | None = None
-        if isinstance(p.value, str) and p.quality is not Quality.BAD:
-            normal = self._normal.get(key)
+        label = label_of(p)
+        if label is not None:
             # Before any prediction an asset counts as normal (same as the alert rule), so a
             # fault present at start-up is reported.
-            previous = self._staged_labels.get(key, self._labels.get(key, normal))
-            self._staged_labels[key] = p.value
-            if previous is not None and p.value != previous:
+            previous = self._staged_labels.get(key, self._labels.get(key, self._normal.get(key)))
+            self._staged_labels[key] = label
+            if previous is not None and label != previous:
                 label_trigger = Trigger(p, "label_change", previous)
-                if normal is not None and p.value != normal:
-                    alert_trigger = Trigger(p, "alert", previous)
+            track = self._staged_track(key)
+            left = track.step(label) if track is not None else None
+            if left is not None:
+                alert_trigger = Trigger(p, "alert", left)
         crossings = [
             t.step(key, p, staged)
             for t, staged in zip(self._thresholds, self._staged_thresholds, strict=True)
@@ -150,3 +164,10 @@ class EventSelector:
                     if t.spec is rule.threshold and crossing is not None:
                         return crossing
         return None
+
+    def _staged_track(self, key: _Key) -> LabelTrack | None:
+        """The alert track of ``key`` as this batch left it (a copy until ``commit``)."""
+        track = self._staged_tracks.get(key)
+        if track is None and key in self._tracks:
+            track = self._staged_tracks[key] = self._tracks[key].copy()
+        return track

@@ -1,4 +1,5 @@
-"""AlertSink: applies the alert rule to every prediction batch and stores the alerts it raises.
+"""AlertSink: applies the alert rule (``bridge.alertrule``) to every prediction batch and stores
+the alerts it raises.
 
 The gateway builds it with ``for_models`` so that each model's ``alerts:`` settings (the hold
 against a label flapping at the decision boundary, on by default) reach the rule.
@@ -15,13 +16,12 @@ from collections.abc import Mapping, Sequence
 
 import structlog
 
+from bridge.alertrule import AlertRule
 from bridge.config.models import AlertConfig
 from bridge.config.resolved import ResolvedModel
+from bridge.queuedwriter import QueuedWriter
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.types import Prediction, PredictionSlot
-
-from .alertrule import AlertRule
-from bridge.queuedwriter import QueuedWriter
 
 __all__ = ["AlertSink"]
 
@@ -61,10 +61,12 @@ class AlertSink(QueuedWriter[NewAlert]):
         return cls(repo, slots, alerts={name: m.alerts for name, m in models.items()})
 
     async def write(self, batch: Sequence[Prediction]) -> None:
-        alerts = self._rule.evaluate(batch)
-        if not alerts or self._closed:
+        raised = self._rule.evaluate(batch)
+        if not raised or self._closed:
             return
-        for alert in alerts:
+        for a in raised:
+            p = a.prediction
+            alert = NewAlert(p.id, p.asset, p.model, a.label, a.previous, p.score, p.timestamp)
             log.warning(
                 "alert_raised",
                 asset=alert.asset,

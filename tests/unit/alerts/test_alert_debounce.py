@@ -5,16 +5,17 @@ lasted ``raise_after`` runs, and an alerted asset counts as normal again only af
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from bridge.alertrule import AlertRule, LabelAlert
 from bridge.config import load_mapping
 from bridge.config.models import AlertConfig
 from bridge.config.resolved import Mapping
-from bridge.runtime.alertrule import AlertRule
 from bridge.runtime.alertsink import AlertSink
-from bridge.store.alerts import AlertFilter, AlertRepository, NewAlert
+from bridge.store.alerts import AlertFilter, AlertRepository
 from bridge.store.db import open_store
 from bridge.types import Prediction, PredictionSlot, Quality
 
@@ -39,7 +40,9 @@ def p(seq: int, value: str | None, asset: str = "p1") -> Prediction:
     )
 
 
-def run(rule: AlertRule, labels: list[str | None], start: int = 0) -> list[tuple[int, NewAlert]]:
+def run(
+    rule: AlertRule, labels: Sequence[str | None], start: int = 0
+) -> list[tuple[int, LabelAlert]]:
     """Feed one prediction per run; the run index of each alert raised, with the alert."""
     out = []
     for i, v in enumerate(labels, start):
@@ -60,7 +63,7 @@ def test_a_label_flapping_at_the_boundary_raises_one_alert() -> None:
     alerts = run(hold(), labels)
     assert [(i, a.label, a.previous) for i, a in alerts] == [(7, F, N)]
     # The alert points at the prediction that confirmed the fault.
-    assert alerts[0][1].prediction_id == p(7, F).id
+    assert alerts[0][1].prediction.id == p(7, F).id
 
 
 def test_a_sustained_fault_raises_within_raise_after_runs() -> None:

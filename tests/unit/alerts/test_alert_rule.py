@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import uuid
 
-from bridge.runtime.alertrule import AlertRule
+from bridge.alertrule import AlertRule, LabelTrack
+from bridge.outbox.rules import EventSelector
 from bridge.types import Prediction, PredictionSlot, Quality
 
 LABELS = ("healthy", "bearing_fault", "cavitation")
@@ -41,10 +42,10 @@ def test_change_to_a_fault_label_raises_once() -> None:
     r = rule()
     seq = ["healthy", "healthy", "bearing_fault", "bearing_fault", None, "bearing_fault"]
     alerts = [a for i, v in enumerate(seq) for a in r.evaluate([p("p1", i, v)])]
-    assert [(a.asset, a.label, a.previous, a.raised_at) for a in alerts] == [
+    assert [(a.prediction.asset, a.label, a.previous, a.prediction.timestamp) for a in alerts] == [
         ("p1", "bearing_fault", "healthy", 1002.0)
     ]
-    assert alerts[0].prediction_id == p("p1", 2, "bearing_fault").id
+    assert alerts[0].prediction.id == p("p1", 2, "bearing_fault").id
 
 
 def test_fault_to_other_fault_and_back_to_normal() -> None:
@@ -68,7 +69,67 @@ def test_assets_are_independent_and_unknown_or_numeric_predictions_raise_nothing
         p("p9", 1, "bearing_fault"),  # not a slot of this gateway
         p("p2", 2, "cavitation"),
     ]
-    assert [(a.asset, a.label) for a in r.evaluate(batch)] == [
+    assert [(a.prediction.asset, a.label) for a in r.evaluate(batch)] == [
         ("p1", "bearing_fault"),
         ("p2", "cavitation"),
     ]
+
+
+# -- one rule, two users: the stored alerts and a destination's `alerts` events ------------------
+
+
+def events(selector: EventSelector, batches: list[list[Prediction]]) -> list[tuple[str, str]]:
+    out = []
+    for batch in batches:
+        out += [(t.prediction.id, t.previous or "") for t in selector.select(batch)]
+        selector.commit()
+    return out
+
+
+def test_alert_events_of_a_destination_are_the_alerts_the_gateway_raises() -> None:
+    values: list[str | float | None] = [
+        "healthy", "bearing_fault", None, "bearing_fault", "cavitation", "healthy",
+        "healthy", "cavitation", None, "healthy", "bearing_fault", "bearing_fault",
+    ]  # fmt: skip
+    batch = [p(a, i, v) for i, v in enumerate(values) for a in ("p1", "p2")]
+    batch += [p("p1", i, float(i), model="flow") for i in range(3)]  # a regressor
+    slots = [
+        PredictionSlot("p1", "health", "1", "0" * 64, LABELS),
+        PredictionSlot("p2", "health", "1", "0" * 64, LABELS),
+        PredictionSlot("p1", "flow", "1", "0" * 64, ()),
+    ]
+    raised = [(a.prediction.id, a.previous) for a in rule().evaluate(batch)]
+    assert len(raised) == 8  # 4 per asset: the rule did fire
+    # Whether the batch comes in one transaction or one prediction at a time.
+    assert events(EventSelector(["alerts"], slots), [batch]) == raised
+    assert events(EventSelector(["alerts"], slots), [[x] for x in batch]) == raised
+
+
+def test_alert_events_are_staged_until_commit_and_seeded_after_a_restart() -> None:
+    slots = [PredictionSlot("p1", "health", "1", "0" * 64, LABELS)]
+    selector = EventSelector(["alerts"], slots)
+    batch = [p("p1", 0, "healthy"), p("p1", 1, "bearing_fault")]
+    first = [(t.prediction.seq, t.previous) for t in selector.select(batch)]  # not committed
+    again = [(t.prediction.seq, t.previous) for t in selector.select(batch)]
+    selector.commit()
+    assert first == again == [(1, "healthy")]
+    assert selector.select([p("p1", 2, "bearing_fault")]) == []  # committed: the same fault
+    # A restart starts from the last stored prediction: the fault is not alerted again, a
+    # different one is, as the change from the stored fault.
+    restarted = EventSelector(["alerts"], slots)
+    restarted.seed([p("p1", 2, "bearing_fault")])
+    assert restarted.select([p("p1", 3, "bearing_fault")]) == []
+    restarted.commit()
+    triggers = restarted.select([p("p1", 4, "cavitation")])
+    assert [(t.prediction.seq, t.event, t.previous) for t in triggers] == [
+        (4, "alert", "bearing_fault")
+    ]
+
+
+def test_a_staged_track_leaves_the_committed_one_alone() -> None:
+    track = LabelTrack("healthy", raise_after=2, clear_after=2)
+    staged = track.copy()
+    assert staged.step("bearing_fault") is None
+    assert staged.step("bearing_fault") == "healthy"
+    assert (track.state, track.fault_run) == ("healthy", 0)  # a failed commit changed nothing
+    assert track.step("bearing_fault") is None  # and starts again from there
