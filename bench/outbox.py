@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,14 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from bench.common import free_port, stop, write_result
-from bridge.destination import DestinationContext
+from bridge.destination import Capabilities, DestinationContext, Envelope, Outcome
 from bridge.logging import configure_logging
 from bridge.outbox import Relay, RelaySettings
 from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store.db import Store, open_store
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
-from bridge.types import ComponentHealth, Prediction, Quality
+from bridge.types import ComponentHealth, Prediction, Quality, Trigger
 from connectors.mes import MesDestination, MesSettings
 
 PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
@@ -128,7 +128,7 @@ class NullDestination:
     """Accepts every event at once: the relay's own cost, without HTTP."""
 
     name = "null"
-    concurrency = 64
+    capabilities = Capabilities(concurrency=64)
 
     async def start(self) -> None:
         pass
@@ -139,11 +139,11 @@ class NullDestination:
     def health(self) -> ComponentHealth:
         return ComponentHealth(self.name, "ok")
 
-    def encode(self, prediction: Prediction) -> str | None:
-        return prediction.id
+    def encode(self, event: Trigger) -> str | None:
+        return event.prediction.id
 
-    async def deliver(self, key: str, body: str) -> str | None:
-        return None
+    async def deliver(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        return [None] * len(batch)
 
 
 async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -162,8 +162,9 @@ async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         )
         sink = MesDestination("mes", settings, DestinationContext(GATEWAY, ()))
         null = NullDestination()
-        feed = OutboxFeed("mes", sink.encode, Budget(10_000_000))
-        null_feed = OutboxFeed("null", null.encode, Budget(10_000_000))
+        # Every prediction an event, without the rule selector (as measured before rules).
+        feed = OutboxFeed("mes", lambda p: sink.encode(Trigger(p)), Budget(10_000_000))
+        null_feed = OutboxFeed("null", lambda p: null.encode(Trigger(p)), Budget(10_000_000))
         writer = StoreSink(
             store, outbox=[feed, null_feed], queue_size=10 * args.assets, batch_size=1000
         )
