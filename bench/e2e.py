@@ -30,7 +30,7 @@ from onnx import TensorProto, helper
 from bench.common import free_port, percentile, write_result
 from bridge.logging import configure_logging
 from bridge.prepare import prepare
-from bridge.runtime.pipeline import Gateway, run_gateway
+from bridge.runtime.pipeline import Gateway, build_gateway
 from connectors.opcua.convert import make_node_id
 from simulators.plant.server import PlantSimulator
 
@@ -100,10 +100,11 @@ def echo_model(path: Path) -> None:
 @contextlib.asynccontextmanager
 async def gateway(mapping: Path) -> AsyncIterator[Gateway]:
     stop = asyncio.Event()
-    started: asyncio.Queue[Gateway] = asyncio.Queue(1)
-    task = asyncio.create_task(run_gateway(prepare(mapping), stop, started))
+    built = await build_gateway(prepare(mapping))
+    task = asyncio.create_task(built.run(stop))
     try:
-        yield await asyncio.wait_for(started.get(), 30)
+        await asyncio.wait_for(built.started.wait(), 30)
+        yield built
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

@@ -13,7 +13,7 @@ import click
 from bridge.auth import Scope
 from bridge.prepare import prepare
 from bridge.private_files import replace_private
-from bridge.runtime.pipeline import Gateway, run_gateway
+from bridge.runtime.pipeline import Gateway, build_gateway
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import open_store
 from simulators.mes.server import MesReceiver
@@ -77,15 +77,14 @@ async def run_demo(
         for sim in (mes, plc, plant):
             await sim.start()
             stack.push_async_callback(sim.stop)
-        started: asyncio.Queue[Gateway] = asyncio.Queue(1)
-        gateway_task = asyncio.create_task(run_gateway(prepared, stop, started), name="gateway")
-        getter = asyncio.create_task(started.get())
+        gateway = await build_gateway(prepared)
+        gateway_task = asyncio.create_task(gateway.run(stop), name="gateway")
+        getter = asyncio.create_task(gateway.started.wait())
         await asyncio.wait({gateway_task, getter}, return_when=asyncio.FIRST_COMPLETED)
         if not getter.done():
             getter.cancel()
             await gateway_task  # raises what went wrong at start-up
             return
-        gateway = getter.result()
         _banner(ports, mes_log, api_key)
         if on_started is not None:
             on_started.put_nowait((gateway, mes))

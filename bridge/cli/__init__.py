@@ -130,7 +130,7 @@ def schema(output: Path | None) -> None:
 def run(mapping: Path, duration: float | None) -> None:
     """Run the gateway with MAPPING until SIGINT/SIGTERM."""
     from bridge.prepare import prepare
-    from bridge.runtime.pipeline import run_gateway
+    from bridge.runtime.pipeline import build_gateway
 
     try:
         prepared = prepare(mapping)
@@ -142,7 +142,8 @@ def run(mapping: Path, duration: float | None) -> None:
         stop = asyncio.Event()
         waiter = asyncio.create_task(until_stopped(duration, stop))
         try:
-            await run_gateway(prepared, stop)
+            gateway = await build_gateway(prepared)
+            await gateway.run(stop)
         finally:
             stop.set()
             await waiter

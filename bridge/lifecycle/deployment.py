@@ -6,11 +6,11 @@ between ticks, so a tick never mixes two deployments and a swap is one reference
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from bridge.inference.model import LoadedModel
+from bridge.lifecycle.guard import CanaryGuard
 
 __all__ = ["CandidateMode", "Deployment", "Served"]
 
@@ -34,7 +34,7 @@ class Deployment:
     # The assets that get the candidate, resolved from the share or the list by
     # ``bridge.lifecycle.canary.canary_assets`` over all of the model's assets.
     canary_assets: frozenset[str] | None = None
-    guard: Mapping[str, float] | None = None
+    guard: CanaryGuard | None = None
 
     def serves_candidate(self, model: str, asset: str) -> bool:
         """Whether ``asset``'s published prediction comes from the candidate (canary only)."""
@@ -61,5 +61,5 @@ class Deployment:
             self.mode,
             self.canary_share,
             tuple(sorted(self.canary_assets)) if self.canary_assets is not None else None,
-            tuple(sorted(self.guard.items())) if self.guard else None,
+            self.guard,
         )

@@ -23,8 +23,10 @@ from bridge.config.reference import load_reference, validate_reference
 from bridge.config.resolved import ResolvedModel
 from bridge.inference.model import LoadedModel
 from bridge.lifecycle.files import read_confined, read_model_file
+from bridge.lifecycle.guard import GUARD_KEYS
 from bridge.lifecycle.loading import ModelRefused, load_verified
 from bridge.lifecycle.policy import ModelPolicy
+from bridge.lifecycle.states import move
 from bridge.prepare import model_problems
 from bridge.store.registry import (
     CANDIDATE_STATES,
@@ -32,13 +34,12 @@ from bridge.store.registry import (
     RegistryNotFound,
     RegistryRepository,
     VersionRecord,
+    VersionState,
 )
 
-__all__ = ["GUARD_KEYS", "RegistryService", "spec_of"]
+__all__ = ["RegistryService", "spec_of"]
 
 log = structlog.get_logger(__name__)
-
-GUARD_KEYS = frozenset({"max_disagreement", "max_error_rate", "min_samples"})
 
 
 def spec_of(loaded: LoadedModel) -> dict[str, Any]:
@@ -152,21 +153,21 @@ class RegistryService:
         if record.state == "active":
             raise RegistryConflict(f"model {name} version {version} is already active")
         self._verify(record)
-        return self.repo.set_state(name, version, "active", actor, "activate")
+        return self._move(name, version, "active", actor, "activate")
 
     def promote(self, name: str, actor: str) -> VersionRecord:
         cand = self._candidate(name)
         if cand is None:
             raise RegistryConflict(f"model {name} has no shadow or canary version to promote")
         self._verify(cand)
-        return self.repo.set_state(name, cand.version, "active", actor, "promote")
+        return self._move(name, cand.version, "active", actor, "promote")
 
     def rollback(self, name: str, actor: str, reason: str = "") -> VersionRecord:
         """End the candidate if there is one; otherwise reactivate the previous active version."""
         detail = {"reason": reason} if reason else {}
         cand = self._candidate(name)
         if cand is not None:
-            return self.repo.set_state(
+            return self._move(
                 name, cand.version, "retired", actor, "rollback-candidate", detail=detail
             )
         previous = self.repo.previous_active(name)
@@ -174,11 +175,11 @@ class RegistryService:
             raise RegistryConflict(f"model {name} has no earlier active version to roll back to")
         record = self._get(name, previous)
         self._verify(record)
-        return self.repo.set_state(name, previous, "active", actor, "rollback", detail=detail)
+        return self._move(name, previous, "active", actor, "rollback", detail=detail)
 
     def shadow(self, name: str, version: str, actor: str) -> VersionRecord:
         record = self._startable(name, version)
-        return self.repo.set_state(name, record.version, "shadow", actor, "shadow")
+        return self._move(name, record.version, "shadow", actor, "shadow")
 
     def canary(
         self,
@@ -204,7 +205,7 @@ class RegistryService:
                 f"unknown guard keys {sorted(unknown)}; use {', '.join(sorted(GUARD_KEYS))}"
             )
         record = self._startable(name, version)
-        return self.repo.set_state(
+        return self._move(
             name,
             record.version,
             "canary",
@@ -217,6 +218,32 @@ class RegistryService:
         )
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _move(
+        self,
+        name: str,
+        version: str,
+        target: VersionState,
+        actor: str,
+        action: str,
+        *,
+        detail: Mapping[str, Any] | None = None,
+        canary_share: float | None = None,
+        canary_assets: Sequence[str] | None = None,
+        guard: Mapping[str, float] | None = None,
+    ) -> VersionRecord:
+        """``version`` to ``target`` as ``bridge.lifecycle.states`` allows, in one transaction."""
+        record = self.repo.transition(
+            name,
+            version,
+            move(version, target, action, detail),
+            actor,
+            canary_share=canary_share,
+            canary_assets=canary_assets,
+            guard=guard,
+        )
+        assert record is not None  # a move without a file check always changes its version
+        return record
 
     def _verify(self, record: VersionRecord) -> None:
         """Refuse a tampered or unfitting file at the command, not only later in the runtime."""

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
-__all__ = ["AccuracyTally", "AgreementTally", "agrees", "judge", "value_text"]
+__all__ = [
+    "AccuracyTally",
+    "AgreementTally",
+    "CandidateComparison",
+    "agrees",
+    "judge",
+    "value_text",
+]
 
 REL_TOL = 0.01
 ABS_TOL = 1e-6
@@ -37,6 +45,25 @@ def value_text(value: str | float | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return repr(float(value))
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateComparison:
+    """One asset in one tick where a candidate ran beside the active version, as the runner
+    saw it; values are already text (``value_text``), as they are compared later."""
+
+    model: str
+    asset: str
+    mode: Literal["shadow", "canary"]
+    active_version: str
+    candidate_version: str
+    prediction_id: str
+    active_value: str | None
+    candidate_value: str | None
+    candidate_score: float | None
+    agree: bool
+    timestamp: float
+    gateway: str
 
 
 @dataclass

@@ -26,10 +26,12 @@ from bridge.errors import BridgeError
 from bridge.lifecycle.accuracy import with_accuracy
 from bridge.lifecycle.canary import canary_assets
 from bridge.lifecycle.deployment import CandidateMode, Deployment, Served
+from bridge.lifecycle.guard import CanaryGuard
 from bridge.lifecycle.loading import ModelRefused, check_signature, load_version
 from bridge.lifecycle.policy import ModelPolicy
 from bridge.lifecycle.service import RegistryService
 from bridge.lifecycle.signature import SignatureError
+from bridge.lifecycle.states import refusal
 from bridge.lifecycle.stats import VersionStats
 from bridge.store.registry import RegistryRepository, VersionRecord
 from bridge.types import ModelStatus
@@ -223,7 +225,7 @@ class RegistryWatcher:
             mode=mode,
             canary_share=cand.canary_share if cand else None,
             canary_assets=chosen,
-            guard=cand.guard if cand else None,
+            guard=CanaryGuard.of(cand.guard) if cand else None,
         )
         if deployment.key() == current.key():
             return False
@@ -245,14 +247,14 @@ class RegistryWatcher:
         """The registry must say what serves: ``record`` becomes ``refused`` and, if it was the
         active version, ``serving`` (what this gateway kept) is active again."""
         try:
+            restore = serving if record.state == "active" else None
             changed = await asyncio.to_thread(
-                self.repo.refuse,
+                self.repo.transition,
                 record.name,
                 record.version,
-                record.sha256,
-                serving if record.state == "active" else None,
+                refusal(record.version, restore, reason),
                 "runtime",
-                reason,
+                sha256=record.sha256,
             )
         except BridgeError as exc:
             log.warning("refusal_not_recorded", model=record.name, error=str(exc))
@@ -291,7 +293,7 @@ def _key(active: VersionRecord | None, cand: VersionRecord | None) -> tuple[obje
             cand.state,
             cand.canary_share,
             cand.canary_assets,
-            tuple(sorted(cand.guard.items())) if cand.guard else None,
+            CanaryGuard.of(cand.guard),
         )
         if cand
         else None,
@@ -308,7 +310,7 @@ def _deployment_key(d: Deployment) -> tuple[object, ...]:
             d.mode,
             d.canary_share,
             tuple(sorted(d.canary_assets)) if d.canary_assets is not None else None,
-            tuple(sorted(d.guard.items())) if d.guard else None,
+            d.guard,
         )
         if cand
         else None,

@@ -11,8 +11,9 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 
 from bridge.config.resolved import Mapping
-from bridge.lifecycle.policy import policy_of
+from bridge.lifecycle.policy import ModelPolicy
 from bridge.lifecycle.service import RegistryService
+from bridge.lifecycle.shadow import CandidateComparison
 from bridge.lifecycle.stats import VersionStats
 from bridge.lifecycle.switching import RegistryWatcher
 from bridge.runtime.models import ModelRunner
@@ -20,7 +21,7 @@ from bridge.store.db import Store
 from bridge.store.registry import Comparison, RegistryRepository
 from bridge.types import ModelStatus
 
-__all__ = ["LiveModels", "ModelStatusSink", "start_lifecycle"]
+__all__ = ["LiveModels", "ModelStatusSink", "live_models", "stored_comparison"]
 
 log = structlog.get_logger(__name__)
 
@@ -34,11 +35,17 @@ class ModelStatusSink(Protocol):
 
 @dataclass
 class LiveModels:
-    """The registry side of a running gateway; the admin API reads stats and wakes the watcher."""
+    """The registry side of a running gateway; the admin API reads stats and wakes the watcher.
 
+    ``start`` seeds the registry with the mapping's models and loads what it says serves, so
+    registry versions serve from the first tick; the watcher's own loop is a task of the
+    inference stage."""
+
+    name: str
     service: RegistryService
     watcher: RegistryWatcher
     runners: Sequence[ModelRunner]
+    status_sinks: Sequence[ModelStatusSink] = ()
 
     def wake(self) -> None:
         self.watcher.wake()
@@ -50,33 +57,59 @@ class LiveModels:
         runner = next((r for r in self.runners if r.model.name == name), None)
         return self.watcher.status(runner) if runner is not None else None
 
+    async def start(self) -> None:
+        await self.watcher.seed()
+        await self.watcher.sync()  # registry versions serve from the first tick
+        if self.status_sinks:
+            self.watcher.publish_status = self._publish
 
-async def start_lifecycle(
-    mapping: Mapping, store: Store, runners: Sequence[ModelRunner], sinks: Sequence[Any]
-) -> LiveModels:
-    """Seed the registry with the mapping's models, load what it says serves, and return the
-    watcher (not yet running) with the status feed connected."""
-    repo = RegistryRepository(store)
-    policy = await asyncio.to_thread(policy_of, mapping)
+    async def close(self) -> None:
+        self.watcher.publish_status = None
 
-    async def record(rows: Sequence[Comparison]) -> None:
-        await asyncio.to_thread(repo.add_comparisons, rows)
-
-    for runner in runners:
-        runner.record_comparisons = record
-    watcher = RegistryWatcher(repo, runners, mapping.gateway.models.poll_s, policy)
-    await watcher.seed()
-    await watcher.sync()  # registry versions serve from the first tick
-    status_sinks = [s for s in sinks if isinstance(s, ModelStatusSink)]
-
-    async def publish(statuses: Sequence[ModelStatus]) -> None:
-        for sink in status_sinks:
+    async def _publish(self, statuses: Sequence[ModelStatus]) -> None:
+        for sink in self.status_sinks:
             try:
                 await sink.write_models(statuses)
             except Exception:  # a display must not stop the registry watcher
                 log.exception("model_status_write_failed", sink=getattr(sink, "name", "?"))
 
-    watcher.publish_status = publish if status_sinks else None
+
+def live_models(
+    mapping: Mapping,
+    store: Store,
+    runners: Sequence[ModelRunner],
+    sinks: Sequence[Any],
+    policy: ModelPolicy,
+) -> LiveModels:
+    """The registry watcher (not yet started) over ``runners``, the status feed for the sinks
+    that show model versions, and the registry service the REST API uses."""
+    repo = RegistryRepository(store)
+
+    async def record(rows: Sequence[CandidateComparison]) -> None:
+        await asyncio.to_thread(repo.add_comparisons, [stored_comparison(c) for c in rows])
+
+    for runner in runners:
+        runner.record_comparisons = record
+    watcher = RegistryWatcher(repo, runners, mapping.gateway.models.poll_s, policy)
+    status_sinks = [s for s in sinks if isinstance(s, ModelStatusSink)]
     # The REST API's registry knows the mapping: an unfitting version is refused at the call.
     service = RegistryService(repo, policy, {r.model.name: r.model for r in runners})
-    return LiveModels(service, watcher, runners)
+    return LiveModels("registry", service, watcher, runners, status_sinks)
+
+
+def stored_comparison(c: CandidateComparison) -> Comparison:
+    """The store's row for a runner's comparison (the boundary between domain and store)."""
+    return Comparison(
+        name=c.model,
+        asset=c.asset,
+        mode=c.mode,
+        active_version=c.active_version,
+        candidate_version=c.candidate_version,
+        prediction_id=c.prediction_id,
+        active_value=c.active_value,
+        candidate_value=c.candidate_value,
+        candidate_score=c.candidate_score,
+        agree=c.agree,
+        timestamp=c.timestamp,
+        gateway=c.gateway,
+    )

@@ -27,9 +27,8 @@ from bridge.errors import BridgeError, InferenceError
 from bridge.features.vector import AssetRow, FeatureBatch, WindowedTag, build_batch
 from bridge.inference.model import BatchResult, LoadedModel
 from bridge.lifecycle.deployment import Deployment, Served
-from bridge.lifecycle.shadow import agrees, value_text
+from bridge.lifecycle.shadow import CandidateComparison, agrees, value_text
 from bridge.lifecycle.stats import VersionStats
-from bridge.store.registry import Comparison
 from bridge.types import ComponentHealth, HealthState, Prediction, Quality
 
 __all__ = ["Enricher", "ModelRunner", "Observer", "TickOutcome"]
@@ -74,7 +73,7 @@ class ModelRunner:
     gateway_id: str
     boot_id: str
     # Where shadow/canary comparisons go (the registry's store); None keeps them in memory only.
-    record_comparisons: Callable[[Sequence[Comparison]], Awaitable[None]] | None = None
+    record_comparisons: Callable[[Sequence[CandidateComparison]], Awaitable[None]] | None = None
     observers: list[Observer] = field(default_factory=list)
     enrichers: list[Enricher] = field(default_factory=list)
     # Windows and input ages on the monotonic clock (bridge.runtime.tagtable); prediction
@@ -167,7 +166,7 @@ class ModelRunner:
         active: BatchResult | None = None
         candidate: BatchResult | None = None
         cand_rows: tuple[int, ...] = ()
-        comparisons: list[Comparison] = []
+        comparisons: list[CandidateComparison] = []
         if batch.runnable:
             active = await self._run_active(deployment.active, batch.x)
             if deployment.candidate is not None:
@@ -272,8 +271,8 @@ class ModelRunner:
             version=served.version,
             error=error,
         )
-        guard = deployment.guard or {}
-        if "max_error_rate" not in guard and self.guard_tripped is None:
+        guard = deployment.guard
+        if (guard is None or not guard.tolerates_failures) and self.guard_tripped is None:
             self.guard_tripped = f"candidate {served.version} failed: {error}"
 
     def _made_all(
@@ -284,7 +283,7 @@ class ModelRunner:
         candidate: BatchResult | None,
         cand_rows: tuple[int, ...],
         now: float,
-        comparisons: list[Comparison],
+        comparisons: list[CandidateComparison],
     ) -> list[Prediction]:
         cand = deployment.candidate
         cand_index = {row: j for j, row in enumerate(cand_rows)} if candidate is not None else {}
@@ -330,8 +329,8 @@ class ModelRunner:
             if agree is not None and cand is not None and deployment.mode is not None:
                 self.version_stats(cand.version).agreement.add(row.asset, agree)
                 comparisons.append(
-                    Comparison(
-                        name=self.model.name,
+                    CandidateComparison(
+                        model=self.model.name,
                         asset=row.asset,
                         mode=deployment.mode,
                         active_version=deployment.active.version,
@@ -349,28 +348,10 @@ class ModelRunner:
 
     def _check_guard(self, deployment: Deployment) -> None:
         cand, guard = deployment.candidate, deployment.guard
-        if cand is None or not guard or self.guard_tripped is not None:
+        if cand is None or guard is None or self.guard_tripped is not None:
             return
-        stats = self.version_stats(cand.version)
-        min_samples = int(guard.get("min_samples", 20))
-        reason = ""
-        limit = guard.get("max_disagreement")
-        if (
-            limit is not None
-            and stats.agreement.total >= min_samples
-            and stats.agreement.disagreement > limit
-        ):
-            reason = f"disagreement {stats.agreement.disagreement:.3f} > {limit}"
-        limit = guard.get("max_error_rate")
-        attempts = stats.runs + stats.failed_runs
-        if (
-            not reason
-            and limit is not None
-            and attempts >= min_samples
-            and stats.error_rate > limit
-        ):
-            reason = f"error rate {stats.error_rate:.3f} > {limit}"
-        if reason:
+        reason = guard.tripped(self.version_stats(cand.version))
+        if reason is not None:
             self.guard_tripped = reason
             log.warning(
                 "canary_guard_tripped", model=self.model.name, version=cand.version, reason=reason

@@ -1,7 +1,9 @@
 """Wires the flow together: sources -> normalize -> windows -> models -> sinks, plus the REST API.
 
-Start order is store and sinks, then inference, then normalization, then sources; stop is the
-reverse, draining the normalize queue so nothing read is lost on the way down.
+``build_gateway`` only constructs the parts from the prepared mapping (the store is opened: the
+parts are made over it); ``Gateway.run`` starts them stage by stage: store and sinks, then
+inference, then normalization, then sources; stop is the reverse, draining the normalize queue
+so nothing read is lost on the way down. What a part does belongs to its own package.
 """
 
 from __future__ import annotations
@@ -10,30 +12,35 @@ import asyncio
 import gc
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from bridge import registry
 from bridge.api.view import ModelInfo
+from bridge.config.resolved import Mapping
+from bridge.destination import DestinationContext
+from bridge.lifecycle.policy import ModelPolicy, policy_of
 from bridge.outbox.relay import Relay
-from bridge.outbox.wiring import split_outputs
+from bridge.outbox.wiring import durable_outputs
 from bridge.prepare import Prepared
 from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.apiserver import ApiServer, api_server
 from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
-from bridge.runtime.lifecycle import start_lifecycle
+from bridge.runtime.lifecycle import LiveModels, live_models
 from bridge.runtime.lossalerts import LossAlerts
 from bridge.runtime.models import ModelRunner
 from bridge.runtime.retention import retention_for
 from bridge.runtime.sources import SourceSupervisor
+from bridge.runtime.stages import Hook, Stage, Tasks
 from bridge.runtime.tagtable import TagTable
 from bridge.runtime.tasks import TaskSet
 from bridge.runtime.view import RuntimeView
 from bridge.store.alerts import AlertRepository
-from bridge.store.db import open_store
+from bridge.store.db import Store, open_store
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
 from bridge.store.outbox import OutboxRepository
@@ -41,7 +48,7 @@ from bridge.store.sequences import SequenceRepository
 from bridge.store.sink import StoreSink
 from bridge.types import ComponentHealth, PredictionSlot, Sink, SinkContext, SourceTag, TagSample
 
-__all__ = ["Gateway", "run_gateway"]
+__all__ = ["Gateway", "build_gateway"]
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +57,14 @@ NORMALIZE_QUEUE_BATCHES = 1024
 
 @dataclass
 class Gateway:
-    """The running parts, for whoever needs to look inside (tests, the demo)."""
+    """The built parts and their start order. ``run`` starts the stages in order (store, sinks,
+    API, inference, normalization, sources) and closes them in reverse; the fields beyond
+    ``stages`` are for whoever needs to look inside (tests, the demo)."""
 
+    gateway_id: str
+    store: Store
+    tasks: TaskSet
+    stages: Sequence[Stage]
     table: TagTable
     fanout: PredictionFanout
     runners: list[ModelRunner]
@@ -60,26 +73,60 @@ class Gateway:
     api: ApiServer | None
     relays: list[Relay] = field(default_factory=list)
     insight: Insight | None = None
+    # Set once every stage started (tests and the demo wait for it).
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; raise if a part of the gateway failed. Call it once."""
+        self.tasks.stop_on(stop)
+        started: list[Stage] = []
+        try:
+            for stage in self.stages:
+                started.append(stage)  # a half-started stage closes what it started
+                await stage.start()
+            log.info(
+                "gateway_started",
+                gateway=self.gateway_id,
+                sources=len(self.supervisors),
+                sinks=len(self.sinks),
+                api=self.api.url if self.api else None,
+            )
+            # What start-up built (the OPC UA server's address space, the API's routes, the
+            # model sessions) lives as long as the process: out of the collector's reach, a
+            # full collection walks only what is made afterwards. Walking it all took
+            # 160-180 ms every few seconds at 10,000 updates/s: the p99 of the HMI latency
+            # (bench/README.md). Collected first, so no garbage of the start-up is frozen.
+            gc.collect()
+            gc.freeze()
+            self.started.set()
+            await stop.wait()
+        finally:
+            log.info("gateway_stopping", gateway=self.gateway_id)
+            for stage in reversed(started):
+                await stage.close()
+            await asyncio.to_thread(self.store.dispose)
+            log.info(
+                "gateway_stopped",
+                gateway=self.gateway_id,
+                predictions=self.fanout.published,
+                tag_updates=self.table.updates,
+            )
+        if self.tasks.failure is not None:
+            raise self.tasks.failure
 
 
-async def run_gateway(
-    prepared: Prepared, stop: asyncio.Event, on_started: asyncio.Queue[Gateway] | None = None
-) -> None:
-    """Run until ``stop`` is set; raise if a part of the gateway failed."""
+async def build_gateway(prepared: Prepared) -> Gateway:
+    """Open the store and construct every part from the prepared mapping; start nothing."""
     mapping = prepared.mapping
-    gid = mapping.gateway.id
-    boot_id = uuid.uuid4().hex[:12]
-    tasks = TaskSet(stop)
     log.info(
         "gateway_starting",
-        gateway=gid,
+        gateway=mapping.gateway.id,
         mapping=str(mapping.path),
         revision=mapping.revision[:12],
         tags=len(mapping.tags),
         assets=len(mapping.assets),
         models=len(mapping.models),
     )
-
     durability = mapping.gateway.durability
     store = await asyncio.to_thread(
         lambda: open_store(
@@ -88,6 +135,19 @@ async def run_gateway(
             profile=durability.profile,
         )
     )
+    try:
+        policy = await asyncio.to_thread(policy_of, mapping)
+        return _wire(prepared, store, policy)
+    except BaseException:
+        await asyncio.to_thread(store.dispose)
+        raise
+
+
+def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
+    mapping = prepared.mapping
+    gid = mapping.gateway.id
+    boot_id = uuid.uuid4().hex[:12]
+    tasks = TaskSet()
     slots = tuple(
         PredictionSlot(asset, name, m.version, prepared.models[name].sha256, prepared.labels[name])
         for name, m in mapping.models.items()
@@ -100,11 +160,15 @@ async def run_gateway(
     outputs = [
         sink_kinds[out.kind].factory(out.name, out.settings, context)
         for out in mapping.outputs.values()
+        if out.kind in sink_kinds
     ]
-    # Durable outputs (mes-rest) are fed from the outbox, written with each prediction batch.
-    # The gateway id names its outbox leases: a restarted gateway takes its own back at once.
+    # Outputs of destination kinds (mes-rest) are fed from the outbox, written with each
+    # prediction batch. The gateway id names its outbox leases: a restarted gateway takes its
+    # own back at once.
     repo = OutboxRepository(store, holder=gid)
-    _, durable = split_outputs(outputs, repo, mapping.gateway.outbox, slots)
+    durable = durable_outputs(
+        mapping.outputs.values(), DestinationContext(gid, slots), repo, mapping.gateway.outbox
+    )
     # Predictions the store writer cannot keep become alerts (written once the store is back).
     loss_alerts = LossAlerts(AlertRepository(store))
     # Old rows leave the store in batches; a low disk degrades health and raises an alert.
@@ -122,7 +186,7 @@ async def run_gateway(
     table = TagTable(mapping)
     # The store writer is the sink that makes the runner wait while its queue is full
     # (backpressure): last, so the live sinks (the HMI server) have each prediction meanwhile.
-    live_sinks = [s for s in sinks if not durable.owns(s) and s is not store_sink]
+    live_sinks = [s for s in sinks if s is not store_sink]
     fanout = PredictionFanout([*live_sinks, store_sink])
     runners = [
         ModelRunner(
@@ -130,28 +194,12 @@ async def run_gateway(
         )
         for name, m in mapping.models.items()
     ]
-    # Sequence numbers go on from the last committed ones (an MES orders by them).
-    sequences = SequenceRepository(store)
-    for runner in runners:
-        runner.resume(await asyncio.to_thread(sequences.last, gid, runner.model.name))
     # Registry versions replace the mapping's files before the first tick (bridge.lifecycle).
-    live = await start_lifecycle(mapping, store, runners, sinks)
+    live = live_models(mapping, store, runners, sinks, policy)
     # Drift scores and explanations, drift alerts to the MES outbox and retraining webhooks.
     insight = build_insight(mapping, store, runners, durable.alert_feeds, mapping.gateway.outbox)
     queue: asyncio.Queue[Sequence[TagSample]] = asyncio.Queue(NORMALIZE_QUEUE_BATCHES)
-    source_kinds = registry.source_kinds()
-    supervisors = []
-    for src in mapping.sources.values():
-        tags = mapping.tags_of_source(src.name)
-        if not tags:
-            log.warning("source_unused", source=src.name)
-            continue
-        source = source_kinds[src.kind].factory(
-            src.name, src.settings, [SourceTag(t.id, t.address) for t in tags]
-        )
-        supervisors.append(
-            SourceSupervisor(source, src.kind, [t.id for t in tags], queue.put, table.mark_bad)
-        )
+    supervisors = _supervisors(mapping, queue, table)
 
     now = time.time()
     infos = [
@@ -171,84 +219,105 @@ async def run_gateway(
         + [r.health for r in runners]
         + [s.health for s in sinks]
         + [loss_alerts.health, retention.health]
-        + [r.health for r in durable.relays]
+        + durable.probes
         + [lambda: _normalize_health(table, queue)]
         + [lambda: insight.writer.health()]
         + [r.health for r in insight.relays]
     )
     view = RuntimeView(gid, table, fanout, infos, probes, now)
-    api = None
-    if mapping.gateway.api.enabled:
-        api = api_server(mapping.gateway.api, view, store, live, insight.insights)
-    gateway = Gateway(table, fanout, runners, supervisors, sinks, api, durable.relays, insight)
+    api = _api(mapping, view, store, live, insight)
 
-    started: list[Sink] = []
-    try:
-        await loss_alerts.start()
-        await retention.start()
-        for sink in sinks:
-            await sink.start()
-            started.append(sink)
-        await durable.start()
-        await insight.start()
-        if api is not None:
-            await api.start()
+    # Sequence numbers go on from the last committed ones (an MES orders by them).
+    sequences = SequenceRepository(store)
+
+    async def resume_sequences() -> None:
         for runner in runners:
-            tasks.spawn(f"model:{runner.model.name}", runner.run())
-        tasks.spawn("model:registry", live.watcher.run())
-        tasks.spawn("normalize", _normalize(queue, table))
-        for sup in supervisors:
-            tasks.spawn(f"source:{sup.name}", sup.run())
-        log.info(
-            "gateway_started",
-            gateway=gid,
-            sources=len(supervisors),
-            sinks=len(sinks),
-            api=api.url if api else None,
+            runner.resume(await asyncio.to_thread(sequences.last, gid, runner.model.name))
+
+    def drain() -> None:
+        while not queue.empty():
+            table.apply(queue.get_nowait())
+
+    stages = [
+        # The store's own writers first and last (the loss alerts report what the store writer
+        # could not keep, so they close after it); the registry says what serves before any
+        # socket opens (a mapping model refused in production stops the start here).
+        Stage("store", [loss_alerts, retention, Hook("sequences", resume_sequences), live]),
+        Stage("sinks", [*sinks, durable, insight]),
+        Stage("api", [Hook("api", api.start, api.stop)] if api is not None else []),
+        Stage(
+            "inference",
+            [
+                Tasks(
+                    "models",
+                    tasks,
+                    [(f"model:{r.model.name}", r.run) for r in runners]
+                    + [("model:registry", live.watcher.run)],
+                )
+            ],
+        ),
+        # Stopped after the sources, then drained: nothing read is lost on the way down.
+        Stage(
+            "normalize",
+            [Tasks("normalize", tasks, [("normalize", _consumer(queue, table))], drain)],
+        ),
+        Stage(
+            "sources",
+            [Tasks("sources", tasks, [(f"source:{s.name}", s.run) for s in supervisors])],
+        ),
+    ]
+    return Gateway(
+        gid,
+        store,
+        tasks,
+        stages,
+        table,
+        fanout,
+        runners,
+        supervisors,
+        sinks,
+        api,
+        durable.relays,
+        insight,
+    )
+
+
+def _supervisors(
+    mapping: Mapping, queue: asyncio.Queue[Sequence[TagSample]], table: TagTable
+) -> list[SourceSupervisor]:
+    source_kinds = registry.source_kinds()
+    supervisors = []
+    for src in mapping.sources.values():
+        tags = mapping.tags_of_source(src.name)
+        if not tags:
+            log.warning("source_unused", source=src.name)
+            continue
+        source = source_kinds[src.kind].factory(
+            src.name, src.settings, [SourceTag(t.id, t.address) for t in tags]
         )
-        # What start-up built (the OPC UA server's address space, the API's routes, the model
-        # sessions) lives as long as the process: out of the collector's reach, a full
-        # collection walks only what is made afterwards. Walking it all took 160-180 ms every
-        # few seconds at 10,000 updates/s: the p99 of the HMI latency (bench/README.md).
-        # Collected first, so no garbage of the start-up is frozen with it.
-        gc.collect()
-        gc.freeze()
-        if on_started is not None:
-            on_started.put_nowait(gateway)
-        await stop.wait()
-    finally:
-        log.info("gateway_stopping", gateway=gid)
-        await tasks.cancel("source:")
-        _drain(queue, table)
-        await tasks.cancel("normalize", "model:")
-        if api is not None:
-            await api.stop()
-        await durable.close()
-        await insight.close()
-        for sink in reversed(started):
-            try:
-                await sink.close()
-            except Exception:
-                log.exception("sink_close_failed", sink=sink.name)
-        await retention.close()
-        await loss_alerts.close()  # after the store writer: it reports what it could not keep
-        await asyncio.to_thread(store.dispose)
-        log.info(
-            "gateway_stopped", gateway=gid, predictions=fanout.published, tag_updates=table.updates
+        supervisors.append(
+            SourceSupervisor(source, src.kind, [t.id for t in tags], queue.put, table.mark_bad)
         )
-    if tasks.failure is not None:
-        raise tasks.failure
+    return supervisors
 
 
-async def _normalize(queue: asyncio.Queue[Sequence[TagSample]], table: TagTable) -> None:
-    while True:
-        batch = await queue.get()
-        table.apply(batch)
+def _api(
+    mapping: Mapping, view: RuntimeView, store: Store, live: LiveModels, insight: Insight
+) -> ApiServer | None:
+    if not mapping.gateway.api.enabled:
+        return None
+    return api_server(mapping.gateway.api, view, store, live, insight.insights)
 
 
-def _drain(queue: asyncio.Queue[Sequence[TagSample]], table: TagTable) -> None:
-    while not queue.empty():
-        table.apply(queue.get_nowait())
+def _consumer(
+    queue: asyncio.Queue[Sequence[TagSample]], table: TagTable
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def normalize() -> None:
+        while True:
+            batch = await queue.get()
+            table.apply(batch)
+
+    return normalize
 
 
 def _normalize_health(

@@ -16,10 +16,17 @@ log = structlog.get_logger(__name__)
 
 
 class TaskSet:
-    def __init__(self, stop: asyncio.Event) -> None:
-        self._stop = stop
+    """``stop`` is the event a crash or an unexpected end sets; a gateway's tasks are made
+    when it is built, the event arrives with ``run`` (``stop_on``)."""
+
+    def __init__(self, stop: asyncio.Event | None = None) -> None:
+        self._stop = stop if stop is not None else asyncio.Event()
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self.failure: BaseException | None = None
+
+    def stop_on(self, stop: asyncio.Event) -> None:
+        """Set ``stop`` (instead of the event given so far) when a task fails or ends."""
+        self._stop = stop
 
     def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -40,9 +47,10 @@ class TaskSet:
             log.error("task_ended_unexpectedly", task=task.get_name())
             self._stop.set()
 
-    async def cancel(self, *prefixes: str) -> None:
-        """Cancel the tasks whose names start with any prefix and wait for them to finish."""
-        chosen = [t for n, t in self._tasks.items() if n.startswith(prefixes)]
+    async def cancel_named(self, *names: str) -> None:
+        """Cancel the tasks of exactly these names and wait for them to finish. Exact, not
+        prefixes: stopping ``model:pump`` must not take ``model:pump2`` with it."""
+        chosen = [t for n, t in self._tasks.items() if n in names]
         for task in chosen:
             task.cancel()
         for task in chosen:

@@ -1,10 +1,9 @@
 """The model registry tables and their repository (synchronous; wrap in ``asyncio.to_thread``).
 
-A version is in one state at a time: ``registered`` (known, not serving), ``active`` (serves every
-asset), ``shadow`` (runs beside the active one, published nowhere), ``canary`` (serves a share of
-the assets), ``retired``, or ``refused`` (a gateway would not load it: the reason is in its
-``refuse`` event). Per model name at most one version is active and at most one is a candidate
-(shadow or canary); every change is written to ``model_events`` in the same transaction.
+A version is in one state at a time (``VersionState``). Which state may follow which, and what a
+move does to the model's other versions, is decided by ``bridge.lifecycle.states``: the
+repository locks the model's rows, hands their states to that decision and writes what it says
+(states and ``model_events``) in the same transaction.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -41,12 +40,14 @@ __all__ = [
     "CANDIDATE_STATES",
     "Agreement",
     "Comparison",
+    "Decide",
     "LabelledComparison",
     "ModelEvent",
     "RegistryConflict",
     "RegistryError",
     "RegistryNotFound",
     "RegistryRepository",
+    "StateChanges",
     "VersionRecord",
     "VersionState",
 ]
@@ -55,6 +56,19 @@ _T = TypeVar("_T")
 
 VersionState = Literal["registered", "active", "shadow", "canary", "retired", "refused"]
 CANDIDATE_STATES: tuple[VersionState, ...] = ("shadow", "canary")
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanges:
+    """What one registry transition writes: the new state of each version it moves, and its
+    events as (version, action, detail). Decided by ``bridge.lifecycle.states``."""
+
+    states: Mapping[str, VersionState]
+    events: tuple[tuple[str, str, Mapping[str, Any]], ...]
+
+
+# Given every version of a model and its state (rows locked), what changes; None: nothing.
+Decide = Callable[[Mapping[str, VersionState]], StateChanges | None]
 
 
 class ModelVersionRow(Base):
@@ -388,46 +402,49 @@ class RegistryRepository:
             raise StoreError(f"cannot register {record.name} {record.version}: {exc}") from exc
         return _record(row)
 
-    def set_state(
+    def transition(
         self,
         name: str,
         version: str,
-        state: VersionState,
+        decide: Decide,
         actor: str,
-        action: str,
         *,
+        sha256: str | None = None,
         canary_share: float | None = None,
         canary_assets: Sequence[str] | None = None,
-        guard: dict[str, float] | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> VersionRecord:
-        """Move ``version`` to ``state``; the version it displaces is retired (a displaced active
-        version is remembered in the event, which is what ``previous_active`` reads)."""
+        guard: Mapping[str, float] | None = None,
+    ) -> VersionRecord | None:
+        """Lock the model's versions, ask ``decide`` what changes and write it. ``version`` is
+        the one the caller acts on: it takes the canary settings given (any other version that
+        moves loses its own: they belong to a candidate). With ``sha256`` (a gateway reporting
+        a file it saw), a version that is gone or no longer that file changes nothing.
+        Returns ``version``'s record, or ``None`` when nothing changed."""
         now = time.time()
-        info = dict(detail or {})
         try:
             with self._store.sessions.begin() as s:
-                row = self._row(s, name, version, for_update=True)
-                if row is None:
+                rows = {r.version: r for r in self._versions(s, name)}
+                row = rows.get(version)
+                if row is None and sha256 is None:
                     raise RegistryNotFound(f"model {name} has no version {version}")
-                if state == "active":
-                    for other in self._in_states(s, name, ("active",)):
-                        if other.version != version:
-                            other.state, other.state_changed_at = "retired", now
-                            info.setdefault("previous", other.version)
-                if state == "active" or state in CANDIDATE_STATES:
-                    # One candidate at a time: a new shadow/canary (or promoting it) ends the old.
-                    for other in self._in_states(s, name, CANDIDATE_STATES):
-                        if other.version != version:
-                            other.state, other.state_changed_at = "retired", now
-                            other.canary_share = other.canary_assets_json = None
-                row.state, row.state_changed_at = state, now
-                row.canary_share = canary_share
-                row.canary_assets_json = (
-                    json.dumps(list(canary_assets)) if canary_assets is not None else None
-                )
-                row.guard_json = json.dumps(guard) if guard else None
-                self._event(s, name, version, action, actor, info)
+                if row is None or (sha256 is not None and row.sha256 != sha256):
+                    return None
+                # Rows hold the state as text; only VersionState values are ever written.
+                current: dict[str, Any] = {v: r.state for v, r in rows.items()}
+                changes = decide(current)
+                if changes is None:
+                    return None
+                for moved, state in changes.states.items():
+                    other = rows[moved]
+                    other.state, other.state_changed_at = state, now
+                    other.canary_share = other.canary_assets_json = other.guard_json = None
+                if version in changes.states:
+                    row.canary_share = canary_share
+                    row.canary_assets_json = (
+                        json.dumps(list(canary_assets)) if canary_assets is not None else None
+                    )
+                    row.guard_json = json.dumps(dict(guard)) if guard else None
+                for at, action, detail in changes.events:
+                    self._event(s, name, at, action, actor, dict(detail))
                 s.flush()
                 return _record(row)
         except SQLAlchemyError as exc:
@@ -451,44 +468,6 @@ class RegistryRepository:
             return str(previous) if previous is not None else None
 
         return self._read(read, f"read history of {name}")
-
-    def refuse(
-        self, name: str, version: str, sha256: str, restore: str | None, actor: str, reason: str
-    ) -> VersionRecord | None:
-        """Move a version a gateway refused to load to ``refused``, so that the registry says
-        what serves. If it was the active version, ``restore`` (the version that gateway still
-        serves) becomes active again, unless another version was activated meanwhile.
-
-        Only if the version is still in the serving state the gateway saw, with the same file:
-        every gateway of a fleet refuses the same version, the first one to say so wins, the
-        others change nothing. Returns the refused record, or ``None`` when nothing changed."""
-        now = time.time()
-        try:
-            with self._store.sessions.begin() as s:
-                row = self._row(s, name, version, for_update=True)
-                if row is None or row.sha256 != sha256:
-                    return None
-                if row.state not in ("active", *CANDIDATE_STATES):
-                    return None
-                was_active = row.state == "active"
-                row.state, row.state_changed_at = "refused", now
-                row.canary_share = row.canary_assets_json = row.guard_json = None
-                back = None
-                if was_active and restore is not None and restore != version:
-                    back = self._row(s, name, restore, for_update=True)
-                    if back is not None and back.state not in ("retired", "registered"):
-                        back = None
-                detail: dict[str, Any] = {"reason": reason}
-                if back is not None:
-                    detail["restored"] = restore
-                self._event(s, name, version, "refuse", actor, detail)
-                if back is not None:
-                    back.state, back.state_changed_at = "active", now
-                    self._event(s, name, back.version, "restore", actor, {"refused": version})
-                s.flush()
-                return _record(row)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot record the refusal of {name} {version}: {exc}") from exc
 
     def add_event(
         self, name: str, version: str, action: str, actor: str, detail: dict[str, Any]
@@ -549,11 +528,12 @@ class RegistryRepository:
         return s.scalars(stmt).one_or_none()
 
     @staticmethod
-    def _in_states(s: Session, name: str, states: Sequence[str]) -> builtins.list[ModelVersionRow]:
+    def _versions(s: Session, name: str) -> builtins.list[ModelVersionRow]:
+        """Every version of ``name``, locked: a transition sees the states it changes."""
         stmt = (
             select(ModelVersionRow)
             .where(ModelVersionRow.name == name)
-            .where(ModelVersionRow.state.in_(states))
+            .order_by(ModelVersionRow.id)
             .with_for_update()
         )
         return list(s.scalars(stmt))

@@ -19,7 +19,7 @@ from support import free_port, wait_until
 
 from bridge.cli import main
 from bridge.prepare import prepare
-from bridge.runtime.pipeline import Gateway, run_gateway
+from bridge.runtime.pipeline import build_gateway
 from simulators.plc.register_map import expected_values
 from simulators.plc.server import PlcSimulator
 
@@ -158,9 +158,9 @@ async def test_in_process_stop_leaves_no_task_running(tmp_path: Path, plc: PlcSi
     mapping, _ = _mapping(tmp_path, plc.port)
     before = asyncio.all_tasks()
     stop = asyncio.Event()
-    started: asyncio.Queue[Gateway] = asyncio.Queue(1)
-    task = asyncio.create_task(run_gateway(prepare(mapping), stop, started))
-    gateway = await asyncio.wait_for(started.get(), 20)
+    gateway = await build_gateway(prepare(mapping))
+    task = asyncio.create_task(gateway.run(stop))
+    await asyncio.wait_for(gateway.started.wait(), 20)
     await wait_until(lambda: gateway.table.updates > 0, 10, what="tag updates")
     t0 = time.monotonic()
     stop.set()

@@ -16,7 +16,7 @@ from support import free_port, wait_until
 
 from bridge.auth import Scope
 from bridge.prepare import prepare
-from bridge.runtime.pipeline import Gateway, run_gateway
+from bridge.runtime.pipeline import Gateway, build_gateway
 from bridge.store import open_store
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.types import Quality
@@ -132,10 +132,10 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         stack.push_async_callback(mes.stop)
         stack.push_async_callback(plc.stop)
         stack.push_async_callback(lambda: plant.sim.stop())
-        started: asyncio.Queue[Gateway] = asyncio.Queue(1)
-        task = asyncio.create_task(run_gateway(prepared, stop, started))
+        gateway = await build_gateway(prepared)
+        task = asyncio.create_task(gateway.run(stop))
         try:
-            gateway = await asyncio.wait_for(started.get(), 20)
+            await asyncio.wait_for(gateway.started.wait(), 20)
             yield Running(
                 gateway,
                 plant,

@@ -27,7 +27,7 @@ from bridge.auth import Scope
 from bridge.inference.model import file_sha256
 from bridge.lifecycle.canary import canary_assets
 from bridge.prepare import prepare
-from bridge.runtime.pipeline import Gateway, run_gateway
+from bridge.runtime.pipeline import Gateway, build_gateway
 from bridge.store import open_store
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import Store
@@ -366,10 +366,10 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str, str, Path
     stop = asyncio.Event()
     await plant.start()
     try:
-        started: asyncio.Queue[Gateway] = asyncio.Queue(1)
-        task = asyncio.create_task(run_gateway(prepared, stop, started))
+        g = await build_gateway(prepared)
+        task = asyncio.create_task(g.run(stop))
         try:
-            g = await asyncio.wait_for(started.get(), 20)
+            await asyncio.wait_for(g.started.wait(), 20)
             yield g, f"http://127.0.0.1:{ports['api']}", key, models["always_fault"], db
         finally:
             stop.set()

@@ -34,7 +34,7 @@ from support import free_port, wait_until
 
 from bridge.auth import Scope
 from bridge.prepare import prepare
-from bridge.runtime.pipeline import Gateway, run_gateway
+from bridge.runtime.pipeline import Gateway, build_gateway
 from bridge.store import open_store
 from bridge.store.alerts import AlertFilter, AlertRepository
 from bridge.store.apikeys import ApiKeyRepository
@@ -164,10 +164,10 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         onset = time.time() + FAULT_AT_S
         await plant.start()
         stack.push_async_callback(plant.stop)
-        started: asyncio.Queue[Gateway] = asyncio.Queue(1)
-        task = asyncio.create_task(run_gateway(prepared, stop, started))
+        gateway = await build_gateway(prepared)
+        task = asyncio.create_task(gateway.run(stop))
         try:
-            gateway = await asyncio.wait_for(started.get(), 20)
+            await asyncio.wait_for(gateway.started.wait(), 20)
             yield Running(
                 gateway,
                 mes,

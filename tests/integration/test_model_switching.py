@@ -19,8 +19,9 @@ from support import free_port, wait_until
 
 from bridge.auth import Scope
 from bridge.cli import main
+from bridge.lifecycle.states import move
 from bridge.prepare import prepare
-from bridge.runtime.pipeline import Gateway, run_gateway
+from bridge.runtime.pipeline import Gateway, build_gateway
 from bridge.store import open_store
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.registry import RegistryRepository
@@ -101,10 +102,10 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     async with contextlib.AsyncExitStack() as stack:
         await plant.start()
         stack.push_async_callback(plant.stop)
-        started: asyncio.Queue[Gateway] = asyncio.Queue(1)
-        task = asyncio.create_task(run_gateway(prepared, stop, started))
+        gateway = await build_gateway(prepared)
+        task = asyncio.create_task(gateway.run(stop))
         try:
-            gateway = await asyncio.wait_for(started.get(), 20)
+            await asyncio.wait_for(gateway.started.wait(), 20)
             yield Running(
                 gateway,
                 f"http://127.0.0.1:{ports['api']}",
@@ -181,7 +182,11 @@ async def test_activate_rollback_and_tampered_file_without_gap(
         repo = RegistryRepository(store)
         try:
             await asyncio.to_thread(
-                repo.set_state, "pump-health", "3", "active", "other-process", "activate"
+                repo.transition,
+                "pump-health",
+                "3",
+                move("3", "active", "activate"),
+                "other-process",
             )
             # The registry is made to say what serves: "3" refused, "2" active again.
             await wait_until(

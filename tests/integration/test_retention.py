@@ -24,7 +24,7 @@ from bridge.auth import Scope
 from bridge.config.models import GatewaySettings, RetentionSettings
 from bridge.drift.events import DRIFT_LABEL
 from bridge.prepare import prepare
-from bridge.runtime.pipeline import run_gateway
+from bridge.runtime.pipeline import build_gateway
 from bridge.runtime.retention import DISK_LOW_LABEL, RetentionJob, retention_for
 from bridge.store.alerts import Alert, AlertFilter, AlertRepository, AlertRow
 from bridge.store.apikeys import ApiKeyRepository
@@ -430,7 +430,7 @@ async def test_the_gateway_reports_a_low_disk_in_health_and_raises_one_alert(
     with temp_store("sqlite", tmp_path, "gw.db") as store:
         key = ApiKeyRepository(store).create("t", Scope.READ)[1]
         stop = asyncio.Event()
-        gateway = asyncio.create_task(run_gateway(prepare(path), stop))
+        gateway = asyncio.create_task((await build_gateway(prepare(path))).run(stop))
         try:
             headers = {"X-API-Key": key}
             url = f"http://127.0.0.1:{api}"

@@ -10,9 +10,11 @@ from typing import Any
 from bridge.inference import LoadedModel
 from bridge.lifecycle.canary import canary_assets, canary_count, rank
 from bridge.lifecycle.deployment import Deployment, Served
-from bridge.lifecycle.shadow import agrees
+from bridge.lifecycle.guard import CanaryGuard
+from bridge.lifecycle.shadow import CandidateComparison, agrees
+from bridge.runtime.lifecycle import stored_comparison
 from bridge.store.db import open_store
-from bridge.store.registry import Comparison, RegistryRepository
+from bridge.store.registry import RegistryRepository
 from bridge.types import Quality
 
 
@@ -26,11 +28,11 @@ async def test_shadow_agreement_matches_hand_computed_case(
 ) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'cmp.db'}")
     repo = RegistryRepository(store)
-    stored: list[Comparison] = []
+    stored: list[CandidateComparison] = []
 
-    async def record(rows: Sequence[Comparison]) -> None:
+    async def record(rows: Sequence[CandidateComparison]) -> None:
         stored.extend(rows)
-        repo.add_comparisons(rows)
+        repo.add_comparisons([stored_comparison(c) for c in rows])
 
     rig.runner.record_comparisons = record
     active = rig.runner.deployment.active
@@ -96,7 +98,7 @@ async def test_canary_guard_trips_on_disagreement(rig: Any, variants: dict[str, 
             mode="canary",
             canary_share=100.0,
             canary_assets=canary_assets("pump-health", rig.runner.model.assets, 100.0),
-            guard={"max_disagreement": 0.2, "min_samples": 2},
+            guard=CanaryGuard(max_disagreement=0.2, min_samples=2),
         )
     )
     await rig.runner.tick()  # pump-a agrees, pump-b does not: 0.5 > 0.2
