@@ -44,7 +44,8 @@ class Durable:
 
     @property
     def alert_feeds(self) -> list[OutboxFeed]:
-        """Feeds of the destinations that want drift alerts (rules `every` or `alerts`)."""
+        """Feeds of the destinations that want drift alerts: rules `every` or `alerts`, or no
+        rules at all (a ``webhook`` output)."""
         return [f for f in self.feeds if f.wants_alerts]
 
     @property
