@@ -64,6 +64,8 @@ def remember_key(scope: MutableMapping[str, Any], record: ApiKeyRecord) -> None:
 
 
 def checked_key(request: Request) -> ApiKeyRecord | None:
+    """The record ``remember_key`` left for this request; None when the guard did not check
+    one (public paths)."""
     found = request.scope.get("state", {}).get(_CHECKED_KEY)
     return found if isinstance(found, ApiKeyRecord) else None
 

@@ -65,15 +65,13 @@ def time_range(since: str | None, until: str | None) -> tuple[float | None, floa
 
 
 def bounded_range(
-    max_days: float, since: str | None, until: str | None
+    days: float, since: str | None, until: str | None
 ) -> tuple[float | None, float | None]:
-    """``time_range``, refused (400) when wider than ``max_days``
-    (``gateway.api.max_history_days``).
+    """``time_range``, refused (400) when wider than ``days`` (gateway.api.max_history_days).
 
     ``since`` alone reaches up to now. A range open at the start is left to the page limit
     and the statement timeout: newest first, it reads no further back than one page."""
     since_ts, until_ts = time_range(since, until)
-    days = max_days
     if since_ts is not None:
         end = until_ts if until_ts is not None else time.time()
         if end - since_ts > days * 86400:

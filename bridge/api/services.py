@@ -54,6 +54,9 @@ class Explainer(Protocol):
 
 @dataclass(frozen=True)
 class ApiServices:
+    """One per app, shared by every request: the repositories open a session per call, the
+    query runner and the key cache are built for concurrent requests."""
+
     settings: ApiSettings
     view: GatewayView
     queries: QueryRunner
@@ -96,7 +99,8 @@ class ApiServices:
             labels=LabelRepository(store),
             outbox=OutboxRepository(store),
             live_models=live_models,
-            explainers=dict(explainers or {}),
+            # Kept, not copied: the app reads the runtime's own mapping, as it always has.
+            explainers=explainers if explainers is not None else {},
         )
 
 
