@@ -25,7 +25,7 @@ from bridge.drift.monitor import DriftMonitor
 from bridge.explain.occlusion import occlusion_effects
 from bridge.explain.reason import describe
 from bridge.inference.model import LoadedModel, OutputRoles
-from bridge.runtime.insight import score_function
+from bridge.inference.score import score_function
 
 ASSETS = 2000
 WINDOW = 100

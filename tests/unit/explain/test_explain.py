@@ -11,7 +11,7 @@ from insight_models import linear_regressor, logistic_classifier
 from bridge.explain.occlusion import occlusion_effects, perturbed
 from bridge.explain.reason import describe
 from bridge.inference.model import LoadedModel, OutputRoles
-from bridge.runtime.insight import score_function
+from bridge.inference.score import score_function
 
 BASELINE = np.asarray([2.5, 50.0, 4.4, 1470.0])
 
