@@ -36,6 +36,7 @@ from bridge.store.registry import (
     RegistryNotFound,
     RegistryRepository,
     VersionRecord,
+    VersionState,
 )
 from bridge.types import ComponentHealth, Explanation, Feedback, Prediction, Quality
 
@@ -124,7 +125,7 @@ class Served:
     predictions: list[Prediction]
 
 
-def _version(version: str, state: str) -> VersionRecord:
+def _version(version: str, state: VersionState) -> VersionRecord:
     return VersionRecord(
         name="health",
         version=version,
@@ -137,7 +138,7 @@ def _version(version: str, state: str) -> VersionRecord:
         metrics={},
         registered_by="test",
         registered_at=NOW,
-        state=typing.cast(Any, state),
+        state=state,
         canary_share=None,
         canary_assets=None,
         guard=None,
