@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from bridge.redact import redact_text
 
-__all__ = ["configure_logging", "redact_urls"]
+__all__ = ["add_logger_name", "configure_logging", "redact_urls", "to_stdlib"]
 
 
 def redact_urls(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
@@ -28,12 +29,50 @@ def redact_urls(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> 
     return event_dict
 
 
+def add_logger_name(logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog's ``add_logger_name``, for any logger: see ``to_stdlib``."""
+    name = getattr(logger, "name", None)
+    if name is not None:
+        event_dict["logger"] = name
+    return event_dict
+
+
+def to_stdlib(logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
+    """The last processor: hands the event to the stdlib handler that renders it.
+
+    A logger bound before ``configure_logging`` ran (a part built before the CLI configured
+    logging in the same process) wraps structlog's default ``PrintLogger``, yet runs these
+    processors, because they are changed in place. ``wrap_for_formatter``'s answer is for a
+    stdlib logger only: given to a ``PrintLogger`` it raised inside the caller (a connector's
+    ``close()`` failed on its "stopped" line). Such an event goes to the stdlib logger its
+    ``logger`` key names (``bridge`` without one), and the wrapped logger gets nothing.
+    """
+    if isinstance(logger, logging.Logger):
+        return structlog.stdlib.ProcessorFormatter.wrap_for_formatter(logger, method, event_dict)
+    target = logging.getLogger(str(event_dict.get("logger") or "bridge"))
+    level = _LEVELS.get(method, logging.INFO)
+    if target.isEnabledFor(level):
+        target.log(level, event_dict, extra={"_logger": target, "_name": method})
+    raise structlog.DropEvent
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
     as_json = not sys.stderr.isatty() if json is None else json
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
@@ -47,7 +86,7 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         *shared,
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
-        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        to_stdlib,
     ]
     structlog.configure(
         processors=processors,

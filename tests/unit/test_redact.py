@@ -75,3 +75,27 @@ def test_log_lines_carry_no_url_credentials(capsys: pytest.CaptureFixture[str]) 
     assert lines[0]["url"] == "https://***@mes.local/e?token=***"
     assert "giving up on https://***@mes.local/e?token=*** after 3 tries" in lines[1]["event"]
     assert "s3cr3t-pw" not in err and "t0k3n-v4l" not in err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_logger_bound_before_configuration_still_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    """A part built before the CLI configured logging in the same process (the gateway in a
+    test, then an in-process CLI call) holds a logger bound to structlog's default
+    PrintLogger; after configure_logging its lines reach the handler, and logging never raises
+    into the caller (a connector's close() once failed on its last log line)."""
+    structlog.reset_defaults()
+    early = structlog.get_logger("bridge.early").bind(part="hmi")
+    early.info("bound_before")  # structlog's default output, before configuration
+    capsys.readouterr()
+    configure_logging("info", json=True)
+    early.info("server_stopped", url="https://gw:s3cr3t@mes.local/")
+    early.debug("below_the_level")
+    try:
+        raise ConnectionError("gone")
+    except ConnectionError:
+        early.exception("close_failed")
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert [x["event"] for x in lines] == ["server_stopped", "close_failed"]
+    assert lines[0]["part"] == "hmi" and lines[0]["level"] == "info"
+    assert lines[0]["url"] == "https://***@mes.local/"
+    assert lines[1]["level"] == "error" and "ConnectionError: gone" in lines[1]["exception"]
