@@ -22,7 +22,7 @@ from bench.common import write_result
 from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
-from bridge.config.models import ApiSettings
+from bridge.config.spec import ApiSettings
 from bridge.logging import configure_logging
 from bridge.store import open_store
 from bridge.store.alerts import AlertRepository, NewAlert

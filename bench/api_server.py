@@ -23,7 +23,7 @@ from bridge.api import ApiServices, create_app
 from bridge.api.schemas import PredictionOut
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth.scopes import Scope
-from bridge.config.models import ApiSettings
+from bridge.config.spec import ApiSettings
 from bridge.runtime.apiserver import ApiServer
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import open_store

@@ -32,7 +32,7 @@ from bridge.types import Prediction, Quality, TagSample
 async def _hold(mapping_path: Path, rounds: int) -> dict[str, Any]:
     """Runs inside the child process: load, build, keep updating, report RSS."""
     from bridge.prepare import prepare
-    from bridge.runtime.models import ModelRunner
+    from bridge.runtime.runner import ModelRunner
     from bridge.runtime.tagtable import TagTable
 
     base = rss_mb()

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import percentile, row, write_result
-from bridge.config.models import RetentionSettings
+from bridge.config.spec import RetentionSettings
 from bridge.drift.events import DRIFT_LABEL
 from bridge.logging import configure_logging
 from bridge.runtime.retention import RetentionJob

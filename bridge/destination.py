@@ -1,5 +1,5 @@
 """The one contract of a durable destination (MES REST, webhook, ...): a connector implements
-``Destination``, registers a ``DestinationKind`` (``bridge.registry``) and is fed only through
+``Destination``, registers a ``DestinationKind`` (``bridge.plugins``) and is fed only through
 the outbox.
 
 Who owns what: the core decides which predictions become events (the destination's declared
@@ -39,7 +39,7 @@ class Retry:
     """A failure that may pass (5xx, 408/425/429, timeout, refused connection): send it later.
 
     ``after_s`` is the destination's own hint (an HTTP ``Retry-After``), if it gave one. The
-    relay decides when to send it again and when to give up (``bridge.outbox.policy``).
+    relay decides when to send it again and when to give up (``bridge.outbox.retries``).
     """
 
     reason: str

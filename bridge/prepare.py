@@ -11,7 +11,7 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge import registry
+from bridge import plugins
 from bridge.config import Mapping, ResolvedModel, load_mapping
 from bridge.errors import ConfigError, ConfigIssue, InferenceError
 from bridge.inference.model import LoadedModel, OutputRoles
@@ -81,8 +81,8 @@ def connector_problems(mapping: Mapping) -> list[ConfigIssue]:
     """What each source's and output's connector ``check`` finds (files it names, ...)."""
     issues: list[ConfigIssue] = []
     sections = (
-        ("sources", mapping.sources, registry.source_kinds()),
-        ("outputs", mapping.outputs, registry.output_kinds()),
+        ("sources", mapping.sources, plugins.source_kinds()),
+        ("outputs", mapping.outputs, plugins.output_kinds()),
     )
     for section, endpoints, kinds in sections:
         for name, endpoint in endpoints.items():

@@ -8,7 +8,7 @@ use tenacity because the retried unit is not one call: between two tries they ta
 into the same batch and report their state to health, so they keep the failure count
 themselves and ask this module for the wait. Who *decides* to retry is never here: a source's
 reconnect belongs to ``runtime/sources.py``, an event's retries to the outbox relay
-(``bridge.outbox.policy``), a destination only reports what happened.
+(``bridge.outbox.retries``), a destination only reports what happened.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ class TagSample:
 class SourceTag:
     """What a source needs to know about one tag: its id and its protocol address.
 
-    ``address`` is the connector's own validated pydantic model (see ``bridge.registry``).
+    ``address`` is the connector's own validated pydantic model (see ``bridge.plugins``).
     """
 
     tag: str

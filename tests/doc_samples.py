@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from bridge import registry
-from bridge.config.models import MappingFile
+from bridge import plugins
+from bridge.config.spec import MappingFile
 
 __all__ = ["BASE", "DOCS", "NOT_A_MAPPING", "ROOT", "Sample", "merge", "place", "samples"]
 
@@ -116,9 +116,9 @@ def place(sample: Any) -> dict[str, Any]:
         return _over_base({"templates": {"pump": {"tags": sample}}})
     if _entries_with(sample, "kind"):
         kinds = {str(v["kind"]) for v in sample.values()}
-        if kinds <= set(registry.source_kinds()):
+        if kinds <= set(plugins.source_kinds()):
             return _over_base({"sources": sample})
-        if kinds <= set(registry.output_kinds()):
+        if kinds <= set(plugins.output_kinds()):
             return _over_base({"outputs": sample})
     raise AssertionError(
         f"cannot tell where a sample with keys {sorted(sample)} goes in a mapping: write it "

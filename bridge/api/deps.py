@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from bridge.config.models import ApiSettings
+from bridge.config.spec import ApiSettings
 from bridge.lifecycle.service import RegistryService
 from bridge.store.alerts import AlertRepository
 from bridge.store.history import PredictionHistory

@@ -14,9 +14,9 @@ from typing import Protocol
 
 from fastapi import FastAPI
 
-from bridge.config.models import ApiSettings
+from bridge.config.spec import ApiSettings
 from bridge.lifecycle.service import RegistryService
-from bridge.lifecycle.stats import VersionStats
+from bridge.lifecycle.version_stats import VersionStats
 from bridge.store.alerts import AlertRepository
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import Store

@@ -12,10 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from bridge import registry
-from bridge.config.models import AssetConfig, MappingFile, ModelConfig, TagConfig
+from bridge import plugins
 from bridge.config.reference import ReferenceFileError, load_reference
 from bridge.config.resolved import Endpoint, Feature, Mapping, ResolvedModel, ResolvedTag
+from bridge.config.spec import AssetConfig, MappingFile, ModelConfig, TagConfig
 from bridge.config.yamlsource import LineIndex, Substitutions, gc_paused, read_yaml
 from bridge.errors import ConfigError, ConfigIssue
 
@@ -99,11 +99,11 @@ def load_mapping(path: str | Path, env: MappingABC[str, str] | None = None) -> M
 
 
 def _source_models() -> dict[str, type[BaseModel]]:
-    return {k: v.settings_model for k, v in registry.source_kinds().items()}
+    return {k: v.settings_model for k, v in plugins.source_kinds().items()}
 
 
 def _sink_models() -> dict[str, type[BaseModel]]:
-    return {k: v.settings_model for k, v in registry.output_kinds().items()}
+    return {k: v.settings_model for k, v in plugins.output_kinds().items()}
 
 
 def _endpoints(
@@ -143,7 +143,7 @@ def _expand_assets(
 ) -> tuple[dict[str, ResolvedTag], dict[str, tuple[str, ...]]]:
     """Tags per asset, with addresses checked by their source's kind (even when the source's
     own settings are wrong, so all mistakes show up in one run)."""
-    kinds_by_name = registry.source_kinds()
+    kinds_by_name = plugins.source_kinds()
     address_models = {k: v.address_model for k, v in kinds_by_name.items()}
     quick = {k: v.quick_address for k, v in kinds_by_name.items() if v.quick_address is not None}
     tags: dict[str, ResolvedTag] = {}

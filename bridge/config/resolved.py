@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.config.models import (
+from bridge.config.spec import (
     AlertConfig,
     DriftConfig,
     ExplainConfig,

@@ -23,8 +23,8 @@ from pydantic import BaseModel, create_model
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_json_schema
 from pydantic_core import core_schema
 
-from bridge import registry
-from bridge.config.models import NAME_PATTERN, MappingFile
+from bridge import plugins
+from bridge.config.spec import NAME_PATTERN, MappingFile
 
 __all__ = ["mapping_schema"]
 
@@ -78,13 +78,13 @@ def _by_kind(refs: dict[str, JsonSchemaValue]) -> dict[str, Any]:
 def mapping_schema() -> dict[str, Any]:
     sources = {
         k: _with_kind(k, v.settings_model, "Source")
-        for k, v in sorted(registry.source_kinds().items())
+        for k, v in sorted(plugins.source_kinds().items())
     }
     outputs = {
         k: _with_kind(k, v.settings_model, "Output")
-        for k, v in sorted(registry.output_kinds().items())
+        for k, v in sorted(plugins.output_kinds().items())
     }
-    addresses = {k: v.address_model for k, v in sorted(registry.source_kinds().items())}
+    addresses = {k: v.address_model for k, v in sorted(plugins.source_kinds().items())}
     models = [*sources.values(), *outputs.values(), *addresses.values()]
     refs, extra = models_json_schema(
         [(m, "validation") for m in models], ref_template=_REF, schema_generator=_MappingSchema

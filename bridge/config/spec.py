@@ -2,7 +2,7 @@
 for editors and the docs come from these descriptions.
 
 Connector-specific blocks (a source's settings, a tag's address, an output's settings) are
-validated by the connector's own models, found through ``bridge.registry``.
+validated by the connector's own models, found through ``bridge.plugins``.
 """
 
 from __future__ import annotations

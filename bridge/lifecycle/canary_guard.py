@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bridge.lifecycle.stats import VersionStats
+from bridge.lifecycle.version_stats import VersionStats
 
 __all__ = ["DEFAULT_MIN_SAMPLES", "GUARD_KEYS", "CanaryGuard"]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bridge.inference.model import LoadedModel
-from bridge.lifecycle.guard import CanaryGuard
+from bridge.lifecycle.canary_guard import CanaryGuard
 
 __all__ = ["CandidateMode", "Deployment", "Served"]
 

@@ -22,8 +22,8 @@ import structlog
 from bridge.config.reference import load_reference, validate_reference
 from bridge.config.resolved import ResolvedModel
 from bridge.inference.model import LoadedModel
+from bridge.lifecycle.canary_guard import GUARD_KEYS
 from bridge.lifecycle.files import read_confined, read_model_file
-from bridge.lifecycle.guard import GUARD_KEYS
 from bridge.lifecycle.loading import ModelRefused, load_verified
 from bridge.lifecycle.policy import ModelPolicy
 from bridge.lifecycle.states import move

@@ -25,14 +25,14 @@ from bridge.config.resolved import ResolvedModel
 from bridge.errors import BridgeError
 from bridge.lifecycle.accuracy import with_accuracy
 from bridge.lifecycle.canary import canary_assets
+from bridge.lifecycle.canary_guard import CanaryGuard
 from bridge.lifecycle.deployment import CandidateMode, Deployment, Served
-from bridge.lifecycle.guard import CanaryGuard
 from bridge.lifecycle.loading import ModelRefused, check_signature, load_version
 from bridge.lifecycle.policy import ModelPolicy
 from bridge.lifecycle.service import RegistryService
 from bridge.lifecycle.signature import SignatureError
 from bridge.lifecycle.states import refusal
-from bridge.lifecycle.stats import VersionStats
+from bridge.lifecycle.version_stats import VersionStats
 from bridge.store.registry import RegistryRepository, VersionRecord
 from bridge.types import ModelStatus
 

@@ -44,7 +44,7 @@ from bridge.supervise import Supervised
 from bridge.types import ComponentHealth
 
 from .feed import OutboxFeed
-from .policy import RetryDecision, RetryPolicy
+from .retries import RetryDecision, RetryPolicy
 
 __all__ = ["Relay", "RelaySettings"]
 

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 
-from bridge import registry
-from bridge.config.models import OutboxSettings
+from bridge import plugins
 from bridge.config.resolved import Endpoint
+from bridge.config.spec import OutboxSettings
 from bridge.destination import Destination, DestinationContext
 from bridge.store.outbox import OutboxRepository
 from bridge.types import ComponentHealth, PredictionSlot, Trigger
@@ -132,7 +132,7 @@ def durable_outputs(
 ) -> Durable:
     """The ``outputs:`` whose kind is a registered destination kind, built by its factory, with
     their feeds and relays; outputs of sink kinds are left to the caller."""
-    kinds = registry.destination_kinds()
+    kinds = plugins.destination_kinds()
     destinations = [
         kinds[out.kind].factory(out.name, out.settings, context)
         for out in outputs

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 import structlog
 
 from bridge.alertrule import AlertRule
-from bridge.config.models import AlertConfig
 from bridge.config.resolved import ResolvedModel
+from bridge.config.spec import AlertConfig
 from bridge.queuedwriter import QueuedWriter
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.types import Prediction, PredictionSlot

@@ -24,9 +24,9 @@ from fastapi import FastAPI
 
 from bridge.api import ApiServices, GatewayView, close_app, create_app
 from bridge.api.services import Explainer
-from bridge.config.models import ApiSettings, ApiTlsSettings
+from bridge.config.spec import ApiSettings, ApiTlsSettings
 from bridge.errors import ConnectorError
-from bridge.runtime.lifecycle import LiveModels
+from bridge.runtime.live_models import LiveModels
 from bridge.store.db import Store
 
 __all__ = ["ApiServer", "api_server"]

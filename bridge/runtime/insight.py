@@ -28,7 +28,7 @@ from bridge.explain.explainer import Explainer, baseline_of
 from bridge.inference.model import LoadedModel
 from bridge.inference.score import score_function
 from bridge.lifecycle.deployment import Deployment, Served
-from bridge.runtime.models import TickOutcome
+from bridge.runtime.runner import TickOutcome
 from bridge.store.registry import VersionRecord
 from bridge.types import Explanation, Prediction, Quality
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from bridge import registry
-from bridge.config.models import OutboxSettings
+from bridge import plugins
 from bridge.config.reference import load_reference
 from bridge.config.resolved import Mapping, ResolvedModel
+from bridge.config.spec import OutboxSettings
 from bridge.destination import Destination, DestinationContext
 from bridge.drift.monitor import DriftCrossing
 from bridge.drift.writer import DriftAlertWriter
@@ -23,7 +23,7 @@ from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.outbox.relay import Relay
 from bridge.outbox.wiring import feed_for, relay_settings_for
 from bridge.runtime.insight import ModelInsight
-from bridge.runtime.models import ModelRunner
+from bridge.runtime.runner import ModelRunner
 from bridge.store.db import Store
 from bridge.store.drift import DriftAlertRepository
 from bridge.store.labels import LabelRepository
@@ -156,7 +156,7 @@ def _webhook(mapping: Mapping, model: ResolvedModel) -> Destination:
     through the registry like any output) with the model's ``drift.webhook*`` settings."""
     drift = model.drift
     assert drift is not None and drift.webhook
-    kind = registry.destination_kinds().get("webhook")
+    kind = plugins.destination_kinds().get("webhook")
     if kind is None:
         raise ConfigError(
             [

@@ -14,9 +14,9 @@ from bridge.config.resolved import Mapping
 from bridge.lifecycle.policy import ModelPolicy
 from bridge.lifecycle.service import RegistryService
 from bridge.lifecycle.shadow import CandidateComparison
-from bridge.lifecycle.stats import VersionStats
 from bridge.lifecycle.switching import RegistryWatcher
-from bridge.runtime.models import ModelRunner
+from bridge.lifecycle.version_stats import VersionStats
+from bridge.runtime.runner import ModelRunner
 from bridge.store.db import Store
 from bridge.store.registry import Comparison, RegistryRepository
 from bridge.types import ModelStatus

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from bridge import registry
+from bridge import plugins
 from bridge.api.view import ModelInfo
 from bridge.config.resolved import Mapping
 from bridge.destination import DestinationContext
@@ -30,10 +30,10 @@ from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.apiserver import ApiServer, api_server
 from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
-from bridge.runtime.lifecycle import LiveModels, live_models
+from bridge.runtime.live_models import LiveModels, live_models
 from bridge.runtime.lossalerts import LossAlerts
-from bridge.runtime.models import ModelRunner
 from bridge.runtime.retention import retention_for
+from bridge.runtime.runner import ModelRunner
 from bridge.runtime.sources import SourceSupervisor
 from bridge.runtime.stages import Hook, Stage, Tasks
 from bridge.runtime.tagtable import TagTable
@@ -156,7 +156,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     # Operator feedback (HMI methods) reaches the store through this narrow service.
     feedback = StoreFeedback(LabelRepository(store), LineageRepository(store))
     context = SinkContext(gid, slots, feedback=feedback)
-    sink_kinds = registry.sink_kinds()
+    sink_kinds = plugins.sink_kinds()
     outputs = [
         sink_kinds[out.kind].factory(out.name, out.settings, context)
         for out in mapping.outputs.values()
@@ -285,7 +285,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
 def _supervisors(
     mapping: Mapping, queue: asyncio.Queue[Sequence[TagSample]], table: TagTable
 ) -> list[SourceSupervisor]:
-    source_kinds = registry.source_kinds()
+    source_kinds = plugins.source_kinds()
     supervisors = []
     for src in mapping.sources.values():
         tags = mapping.tags_of_source(src.name)

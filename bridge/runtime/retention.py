@@ -29,7 +29,7 @@ import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from bridge.config.models import GatewaySettings, RetentionSettings
+from bridge.config.spec import GatewaySettings, RetentionSettings
 from bridge.drift.events import DRIFT_LABEL
 from bridge.errors import BridgeError
 from bridge.store.alerts import AlertRepository, NewAlert

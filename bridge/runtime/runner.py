@@ -28,7 +28,7 @@ from bridge.features.vector import AssetRow, FeatureBatch, WindowedTag, build_ba
 from bridge.inference.model import BatchResult, LoadedModel
 from bridge.lifecycle.deployment import Deployment, Served
 from bridge.lifecycle.shadow import CandidateComparison, agrees, value_text
-from bridge.lifecycle.stats import VersionStats
+from bridge.lifecycle.version_stats import VersionStats
 from bridge.types import ComponentHealth, HealthState, Prediction, Quality
 
 __all__ = ["Enricher", "ModelRunner", "Observer", "TickOutcome"]

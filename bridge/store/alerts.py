@@ -15,8 +15,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from bridge.errors import StoreError
 
 from .db import Store, read_session
-from .models import Base
 from .sql import insert_ignoring
+from .tables import Base
 
 __all__ = [
     "Alert",

@@ -14,7 +14,7 @@ from bridge.auth import ApiKeyError, Scope, generate_key, keys_match, parse_key_
 from bridge.errors import StoreError
 
 from .db import Store
-from .models import Base
+from .tables import Base
 
 __all__ = ["ApiKeyRecord", "ApiKeyRepository", "ApiKeyRow"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from bridge.types import Contribution, Explanation, InputSnapshot, Prediction, Quality, TagValue
 
-from .models import PredictionRow
+from .tables import PredictionRow
 
 __all__ = [
     "explanation_from_json",

@@ -12,7 +12,7 @@ from bridge.types import Prediction
 
 from .codec import prediction_from_row
 from .db import Store, read_session
-from .models import PredictionRow
+from .tables import PredictionRow
 
 __all__ = ["HistoryPage", "PageKey", "PredictionHistory"]
 

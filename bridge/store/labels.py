@@ -21,7 +21,7 @@ from bridge.errors import StoreError
 from bridge.types import Feedback
 
 from .db import Store
-from .models import Base, PredictionRow
+from .tables import Base, PredictionRow
 
 __all__ = ["FeedbackMetrics", "LabelRecord", "LabelRepository", "PredictionLabelRow"]
 

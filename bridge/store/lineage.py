@@ -14,7 +14,7 @@ from bridge.types import Prediction
 from .codec import prediction_from_row
 from .db import Store
 from .labels import LabelRecord, LabelRepository
-from .models import PredictionRow
+from .tables import PredictionRow
 
 __all__ = ["LineageRepository", "PredictionLineage"]
 

@@ -55,7 +55,7 @@ from bridge.types import Prediction
 
 from .codec import prediction_from_row
 from .db import Store
-from .models import DeadLetterRow, OutboxRow, PredictionRow
+from .tables import DeadLetterRow, OutboxRow, PredictionRow
 
 __all__ = [
     "Claim",
@@ -109,7 +109,7 @@ class OutboxEvent:
 
 
 class RetryUpdate(Protocol):
-    """What the relay decided for an event that failed retryably (``bridge.outbox.policy``)."""
+    """What the relay decided for an event that failed retryably (``bridge.outbox.retries``)."""
 
     @property
     def retries(self) -> int: ...

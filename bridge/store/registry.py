@@ -34,7 +34,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from bridge.errors import StoreError
 
 from .db import Store
-from .models import Base
+from .tables import Base
 
 __all__ = [
     "CANDIDATE_STATES",
@@ -340,7 +340,7 @@ class RegistryRepository:
 
     def prediction_counts(self, name: str) -> dict[str, dict[str, int]]:
         """Per version, stored predictions by value (label, or ``"<number>"``, or ``"<none>"``)."""
-        from .models import PredictionRow
+        from .tables import PredictionRow
 
         stmt = (
             select(

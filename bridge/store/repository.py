@@ -11,10 +11,10 @@ from bridge.types import Prediction
 
 from .codec import prediction_to_values
 from .db import Store
-from .models import PredictionRow
 from .outbox import OnCommit, OutboxHook
 from .sequences import record_sequences
 from .sql import insert_ignoring
+from .tables import PredictionRow
 
 __all__ = ["PredictionRepository"]
 

@@ -29,8 +29,8 @@ from bridge.errors import StoreError
 from .alerts import AlertRow
 from .db import Store
 from .labels import PredictionLabelRow
-from .models import OutboxAcceptedRow, OutboxRow, PredictionRow
 from .registry import ComparisonRow
+from .tables import OutboxAcceptedRow, OutboxRow, PredictionRow
 
 __all__ = ["HISTORY", "TARGETS", "RetentionStore", "Target"]
 

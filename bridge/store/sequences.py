@@ -21,7 +21,7 @@ from bridge.errors import StoreError
 from bridge.types import Prediction
 
 from .db import Store
-from .models import PredictionRow, PredictionSequenceRow
+from .tables import PredictionRow, PredictionSequenceRow
 
 __all__ = ["SequenceRepository", "record_sequences"]
 

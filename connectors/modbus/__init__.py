@@ -36,7 +36,7 @@ def _source(name: str, settings: Any, tags: Sequence[SourceTag]) -> Source:
 
 def register() -> None:
     """Make ``kind: modbus`` known to the registry (called through the entry point)."""
-    from bridge.registry import SourceKind, register_source
+    from bridge.plugins import SourceKind, register_source
 
     register_source(
         SourceKind(

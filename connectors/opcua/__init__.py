@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from bridge.registry import (
+from bridge.plugins import (
     SettingsProblem,
     SinkKind,
     SourceKind,

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from bridge.registry import SettingsProblem
+from bridge.plugins import SettingsProblem
 from connectors.opcua.config import OpcUaSourceSettings
 from connectors.opcua.server_config import OpcUaServerSettings
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bridge.destination import Destination, DestinationContext
-from bridge.registry import DestinationKind, register_destination
+from bridge.plugins import DestinationKind, register_destination
 
 from .config import WebhookSettings
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from doc_samples import ROOT, Sample, samples
 
-from bridge import registry
+from bridge import plugins
 
 SCHEMA = json.loads((ROOT / "mappings" / "bridge-mapping.schema.json").read_text())
 VALIDATOR = jsonschema_rs.validator_for(SCHEMA)
@@ -57,8 +57,8 @@ def test_the_schema_knows_every_registered_kind() -> None:
         entry = next(iter(SCHEMA["properties"][section]["patternProperties"].values()))
         return set(entry["properties"]["kind"]["enum"])
 
-    assert kinds("sources") == set(registry.source_kinds())
-    assert kinds("outputs") == set(registry.output_kinds())
+    assert kinds("sources") == set(plugins.source_kinds())
+    assert kinds("outputs") == set(plugins.output_kinds())
 
 
 @pytest.mark.parametrize(("section", "name"), [("sources", "plant"), ("outputs", "hmi")])

@@ -26,7 +26,7 @@ from support import LOOPBACK, free_port, wait_until
 from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
-from bridge.config.models import ApiSettings
+from bridge.config.spec import ApiSettings
 from bridge.runtime.apiserver import ApiServer
 from bridge.store import Store, open_store
 from bridge.store.apikeys import ApiKeyRepository

@@ -23,7 +23,7 @@ from sqlalchemy.orm import sessionmaker
 from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
-from bridge.config.models import ApiSettings
+from bridge.config.spec import ApiSettings
 from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store import PredictionRepository, Store, open_store
 from bridge.store.alerts import AlertRepository, NewAlert

@@ -21,9 +21,9 @@ from bridge.api.keycache import KeyCache
 from bridge.api.models_admin import registry_status
 from bridge.api.queries import QueryRunner
 from bridge.auth import Scope
-from bridge.config.models import ApiSettings
+from bridge.config.spec import ApiSettings
 from bridge.lifecycle.service import RegistryService
-from bridge.lifecycle.stats import VersionStats
+from bridge.lifecycle.version_stats import VersionStats
 from bridge.store import PredictionRepository, Store, open_store
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.store.apikeys import ApiKeyRepository
@@ -87,7 +87,7 @@ class View:
 
 @dataclass
 class LiveModels:
-    """What a running gateway's registry side offers the API (bridge.runtime.lifecycle has the
+    """What a running gateway's registry side offers the API (bridge.runtime.live_models has the
     real one, over a watcher and model runners)."""
 
     stats: dict[str, list[VersionStats]]

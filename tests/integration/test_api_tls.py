@@ -15,7 +15,7 @@ from testca import TlsFiles, make_ca
 
 from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
-from bridge.config.models import ApiSettings, ApiTlsSettings
+from bridge.config.spec import ApiSettings, ApiTlsSettings
 from bridge.errors import ConnectorError
 from bridge.runtime.apiserver import ApiServer
 from bridge.store import open_store

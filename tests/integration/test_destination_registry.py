@@ -16,9 +16,9 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 from support import free_port, wait_until
 
-from bridge import registry
+from bridge import plugins
 from bridge.config.loader import load_mapping
-from bridge.config.models import OutboxSettings
+from bridge.config.spec import OutboxSettings
 from bridge.destination import Capabilities, Destination, DestinationContext, Envelope, Outcome
 from bridge.destination import Retry as RetryLater
 from bridge.drift.events import drift_event_id
@@ -26,7 +26,7 @@ from bridge.drift.monitor import DriftCrossing, FeatureWindowStats
 from bridge.drift.writer import DriftAlertWriter
 from bridge.errors import ConfigError
 from bridge.outbox.wiring import durable_outputs
-from bridge.registry import DestinationKind
+from bridge.plugins import DestinationKind
 from bridge.store.db import Store, open_store
 from bridge.store.drift import DriftAlertRepository
 from bridge.store.outbox import OutboxRepository
@@ -96,9 +96,9 @@ def _echo(name: str, settings: Any, context: DestinationContext) -> Destination:
 @pytest.fixture
 def echo_kind(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The installed connectors plus ``echo-post``, for this test only."""
-    registry.load_plugins()
-    monkeypatch.setattr(registry, "_destinations", dict(registry.destination_kinds()))
-    registry.register_destination(DestinationKind("echo-post", EchoSettings, _echo))
+    plugins.load_plugins()
+    monkeypatch.setattr(plugins, "_destinations", dict(plugins.destination_kinds()))
+    plugins.register_destination(DestinationKind("echo-post", EchoSettings, _echo))
     yield
 
 

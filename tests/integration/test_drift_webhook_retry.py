@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support import free_port, wait_until
 
-from bridge import registry
+from bridge import plugins
 from bridge.destination import Destination, DestinationContext
 from bridge.outbox import Relay, RelaySettings
 from bridge.outbox.feed import Budget
@@ -72,7 +72,7 @@ def relay_for(store: Store, hook: Destination) -> Relay:
 
 def hook_for(mes: MesReceiver) -> Destination:
     """The ``webhook`` destination kind, built through the registry as the gateway does."""
-    kind = registry.destination_kinds()["webhook"]
+    kind = plugins.destination_kinds()["webhook"]
     settings = kind.settings_model.model_validate(
         {"url": mes.events_url, "initial_backoff_s": 0.05, "max_backoff_s": 0.2}
     )

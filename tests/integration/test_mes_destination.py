@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 from support import free_port, wait_until
 
-from bridge import registry
+from bridge import plugins
 from bridge.destination import DestinationContext, Envelope, Outcome, Retry
 from bridge.types import InputSnapshot, Prediction, PredictionSlot, Quality, Trigger
 from connectors.mes import MesDestination, MesSettings, prediction_to_json, register
@@ -141,13 +141,13 @@ def test_settings_reject_bad_url_and_unknown_keys() -> None:
 
 
 def test_register_adds_mes_rest_kind(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_loaded", True)  # only this connector, not every plugin
-    monkeypatch.setattr(registry, "_sinks", {})
-    monkeypatch.setattr(registry, "_destinations", {})
+    monkeypatch.setattr(plugins, "_loaded", True)  # only this connector, not every plugin
+    monkeypatch.setattr(plugins, "_sinks", {})
+    monkeypatch.setattr(plugins, "_destinations", {})
     register()
     # A destination kind, fed by the outbox: never a sink the fan-out writes to.
-    assert "mes-rest" not in registry.sink_kinds()
-    kind = registry.destination_kinds()["mes-rest"]
+    assert "mes-rest" not in plugins.sink_kinds()
+    kind = plugins.destination_kinds()["mes-rest"]
     assert kind.settings_model is MesSettings
     assert isinstance(
         kind.factory("m", MesSettings(url="http://127.0.0.1:1/"), context()), MesDestination
@@ -243,7 +243,7 @@ async def test_retry_after_is_passed_to_the_relay(
     receiver.fail(503, count=1, retry_after=1)
     assert await send(sink, prediction("p1", 1)) == Retry("HTTP 503", 1.0)
     receiver.fail(429, count=1, retry_after=60)
-    # The hint as the MES gave it; the relay caps it at max_backoff_s (bridge.outbox.policy).
+    # The hint as the MES gave it; the relay caps it at max_backoff_s (bridge.outbox.retries).
     assert await send(sink, prediction("p1", 1)) == Retry("HTTP 429", 60.0)
     assert await send(sink, prediction("p1", 1)) is None
     assert len(receiver.calls) == 1

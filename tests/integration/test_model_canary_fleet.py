@@ -31,8 +31,8 @@ from bridge.runtime.pipeline import Gateway, build_gateway
 from bridge.store import open_store
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import Store
-from bridge.store.models import PredictionRow
 from bridge.store.registry import ComparisonRow, ModelVersionRow, RegistryRepository
+from bridge.store.tables import PredictionRow
 from bridge.types import Quality
 from simulators.plant.model_variants import write_variants
 from simulators.plant.server import PlantSimulator

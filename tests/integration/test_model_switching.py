@@ -222,7 +222,7 @@ async def test_activate_rollback_and_tampered_file_without_gap(
     try:
         from sqlalchemy import select
 
-        from bridge.store.models import PredictionRow
+        from bridge.store.tables import PredictionRow
 
         with store.sessions() as s:
             rows = s.execute(

@@ -15,9 +15,9 @@ from stores import BACKENDS, temp_store
 
 from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store.db import Store
-from bridge.store.models import OutboxRow
 from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import PredictionRepository
+from bridge.store.tables import OutboxRow
 
 
 @pytest.fixture(params=BACKENDS)

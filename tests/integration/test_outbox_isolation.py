@@ -14,7 +14,7 @@ from stores import temp_store
 from support import free_port, wait_until
 
 from bridge.config.loader import load_mapping
-from bridge.config.models import OutboxSettings
+from bridge.config.spec import OutboxSettings
 from bridge.destination import DestinationContext
 from bridge.outbox.wiring import durable_outputs
 from bridge.store.db import Store

@@ -15,7 +15,7 @@ from stores import BACKENDS, temp_store
 from support import free_port, wait_until
 
 from bridge.config.loader import load_mapping
-from bridge.config.models import OutboxSettings
+from bridge.config.spec import OutboxSettings
 from bridge.destination import DestinationContext
 from bridge.drift.events import drift_event_id
 from bridge.drift.monitor import DriftCrossing, FeatureWindowStats

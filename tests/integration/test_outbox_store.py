@@ -23,13 +23,13 @@ import bridge.store.apikeys
 import bridge.store.labels
 import bridge.store.registry
 from bridge.cli import main
-from bridge.config.models import DurabilitySettings
+from bridge.config.spec import DurabilitySettings
 from bridge.errors import StoreError
 from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store.db import Store, open_store
-from bridge.store.models import Base
 from bridge.store.outbox import OutboxRepository
 from bridge.store.repository import PredictionRepository
+from bridge.store.tables import Base
 from bridge.types import Prediction
 
 # Every table module is loaded, so the models' metadata is complete for the migration check.

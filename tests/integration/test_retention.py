@@ -21,7 +21,7 @@ from stores import BACKENDS, temp_store
 from support import free_port, wait_until
 
 from bridge.auth import Scope
-from bridge.config.models import GatewaySettings, RetentionSettings
+from bridge.config.spec import GatewaySettings, RetentionSettings
 from bridge.drift.events import DRIFT_LABEL
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import build_gateway
@@ -31,10 +31,10 @@ from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import Store
 from bridge.store.history import PredictionHistory
 from bridge.store.labels import PredictionLabelRow
-from bridge.store.models import DeadLetterRow, OutboxAcceptedRow, OutboxRow, PredictionRow
 from bridge.store.registry import ComparisonRow
 from bridge.store.retention import RetentionStore
 from bridge.store.sink import StoreSink
+from bridge.store.tables import DeadLetterRow, OutboxAcceptedRow, OutboxRow, PredictionRow
 from bridge.types import Prediction, Quality
 
 DAY = 86400.0

@@ -21,7 +21,7 @@ from bridge.config import load_mapping
 from bridge.inference import LoadedModel
 from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.lossalerts import LOSS_LABEL, LossAlerts
-from bridge.runtime.models import ModelRunner
+from bridge.runtime.runner import ModelRunner
 from bridge.runtime.tagtable import TagTable
 from bridge.store.alerts import AlertFilter, AlertRepository
 from bridge.store.db import Store, open_store

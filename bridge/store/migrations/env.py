@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from bridge.store.models import Base
+from bridge.store.tables import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata)

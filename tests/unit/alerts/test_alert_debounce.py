@@ -12,8 +12,8 @@ import pytest
 
 from bridge.alertrule import AlertRule, LabelAlert
 from bridge.config import load_mapping
-from bridge.config.models import AlertConfig
 from bridge.config.resolved import Mapping
+from bridge.config.spec import AlertConfig
 from bridge.runtime.alertsink import AlertSink
 from bridge.store.alerts import AlertFilter, AlertRepository
 from bridge.store.db import open_store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from bridge.config.models import ApiSettings, ApiTlsSettings
+from bridge.config.spec import ApiSettings, ApiTlsSettings
 
 TLS = ApiTlsSettings(certificate="pki/api.pem", private_key="pki/api.key")
 

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from structlog.testing import capture_logs
 
-from bridge.config.models import DriftConfig, ModelOutputs
 from bridge.config.reference import compute_reference
 from bridge.config.resolved import Feature, ResolvedModel
+from bridge.config.spec import DriftConfig, ModelOutputs
 from bridge.drift.references import ReferenceBook, RegisteredReference
 from bridge.drift.tracker import DriftTracker
 from bridge.errors import StoreError

@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from bridge.config.models import ExplainConfig, ModelOutputs
 from bridge.config.resolved import Feature, ResolvedModel
+from bridge.config.spec import ExplainConfig, ModelOutputs
 from bridge.explain import explainer as explainer_module
 from bridge.explain.explainer import Explainer, baseline_of
 from bridge.types import Prediction, Quality

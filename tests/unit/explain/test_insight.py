@@ -11,14 +11,14 @@ import pytest
 from insight_models import logistic_classifier
 from structlog.testing import capture_logs
 
-from bridge.config.models import DriftConfig, ExplainConfig, ModelOutputs
 from bridge.config.reference import compute_reference
 from bridge.config.resolved import Feature, ResolvedModel
+from bridge.config.spec import DriftConfig, ExplainConfig, ModelOutputs
 from bridge.features.vector import AssetRow, FeatureBatch
 from bridge.inference.model import LoadedModel, OutputRoles
 from bridge.lifecycle.deployment import Deployment, Served
 from bridge.runtime.insight import ModelInsight
-from bridge.runtime.models import TickOutcome
+from bridge.runtime.runner import TickOutcome
 from bridge.store.db import open_store
 from bridge.store.registry import RegistryRepository, VersionRecord
 from bridge.types import Prediction, Quality

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bridge.config.models import ModelOutputs
 from bridge.config.resolved import Feature, ResolvedModel
+from bridge.config.spec import ModelOutputs
 from bridge.features import stats
 from bridge.features.vector import build_batch
 from bridge.features.window import Ring

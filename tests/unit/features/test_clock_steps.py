@@ -16,7 +16,7 @@ from insight_models import linear_regressor
 
 from bridge.config import load_mapping
 from bridge.inference import LoadedModel
-from bridge.runtime.models import ModelRunner, TickOutcome
+from bridge.runtime.runner import ModelRunner, TickOutcome
 from bridge.runtime.tagtable import TagTable
 from bridge.types import Prediction, Quality, TagSample
 

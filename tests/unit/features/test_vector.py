@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from bridge.config.models import ModelOutputs
 from bridge.config.resolved import Feature, ResolvedModel
+from bridge.config.spec import ModelOutputs
 from bridge.features.vector import build_batch
 from bridge.features.window import Ring
 from bridge.types import Quality, TagValue

@@ -15,7 +15,7 @@ from pump_mapping import pump_mapping
 from bridge.config import load_mapping
 from bridge.config.resolved import Mapping
 from bridge.inference import LoadedModel
-from bridge.runtime.models import ModelRunner
+from bridge.runtime.runner import ModelRunner
 from bridge.runtime.tagtable import TagTable
 from bridge.types import Prediction, Quality, TagSample
 from simulators.plant.model_variants import write_variants

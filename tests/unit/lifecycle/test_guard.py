@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bridge.lifecycle.guard import DEFAULT_MIN_SAMPLES, CanaryGuard
-from bridge.lifecycle.stats import VersionStats
+from bridge.lifecycle.canary_guard import DEFAULT_MIN_SAMPLES, CanaryGuard
+from bridge.lifecycle.version_stats import VersionStats
 
 
 def _stats(agree: int, disagree: int, runs: int = 0, failed: int = 0) -> VersionStats:

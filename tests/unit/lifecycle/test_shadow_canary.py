@@ -9,10 +9,10 @@ from typing import Any
 
 from bridge.inference import LoadedModel
 from bridge.lifecycle.canary import canary_assets, canary_count, rank
+from bridge.lifecycle.canary_guard import CanaryGuard
 from bridge.lifecycle.deployment import Deployment, Served
-from bridge.lifecycle.guard import CanaryGuard
 from bridge.lifecycle.shadow import CandidateComparison, agrees
-from bridge.runtime.lifecycle import stored_comparison
+from bridge.runtime.live_models import stored_comparison
 from bridge.store.db import open_store
 from bridge.store.registry import RegistryRepository
 from bridge.types import Quality

@@ -77,7 +77,7 @@ def test_tls_on_http_url(tmp_path: Path, ca: testca.TlsFiles) -> None:
 
 
 def test_webhook_tls_on_http_url(tmp_path: Path, ca: testca.TlsFiles) -> None:
-    from bridge.config.models import DriftConfig
+    from bridge.config.spec import DriftConfig
 
     with pytest.raises(ValueError, match="webhook_tls is set but the URL is not https://"):
         DriftConfig.model_validate(

@@ -91,10 +91,10 @@ def test_address_rejects(data: dict[str, Any]) -> None:
 def test_register_makes_modbus_kind_known(monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib.metadata import entry_points
 
-    import bridge.registry
+    import bridge.plugins
 
-    registered: list[bridge.registry.SourceKind] = []
-    monkeypatch.setattr(bridge.registry, "register_source", registered.append)
+    registered: list[bridge.plugins.SourceKind] = []
+    monkeypatch.setattr(bridge.plugins, "register_source", registered.append)
     register()
     (kind,) = registered
     assert kind.kind == "modbus"

@@ -96,12 +96,12 @@ def test_server_settings() -> None:
 
 
 def test_register_adds_both_kinds() -> None:
-    from bridge import registry
+    from bridge import plugins
     from connectors.opcua import register
 
     register()
-    assert registry._sources["opcua"].address_model is OpcUaAddress
-    assert registry._sinks["opcua-server"].settings_model is OpcUaServerSettings
+    assert plugins._sources["opcua"].address_model is OpcUaAddress
+    assert plugins._sinks["opcua-server"].settings_model is OpcUaServerSettings
 
 
 def test_address_by_browse_path() -> None:

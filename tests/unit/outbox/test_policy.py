@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.outbox.policy import RetryPolicy
+from bridge.outbox.retries import RetryPolicy
 
 NOW = 1_000_000.0
 

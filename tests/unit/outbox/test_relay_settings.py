@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from bridge.config.models import OutboxSettings
+from bridge.config.spec import OutboxSettings
 from bridge.outbox.wiring import relay_settings_for
 
 

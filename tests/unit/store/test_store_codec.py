@@ -12,7 +12,7 @@ from bridge.store.codec import (
     prediction_from_row,
     prediction_to_values,
 )
-from bridge.store.models import PredictionRow
+from bridge.store.tables import PredictionRow
 from bridge.types import InputSnapshot, Prediction, Quality
 
 INPUTS = (
