@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 from bench.common import PUMP_MODEL, PUMP_TAGS, pump_mapping, row, write_result
 from bridge.config import load_mapping
-from bridge.prepare import load_model_for
+from bridge.inference.fit import load_model_for
 from bridge.runtime.runner import ModelRunner
 from bridge.runtime.tagtable import TagTable
 from bridge.types import Prediction, Quality, TagSample

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge import plugins
-from bridge.config import Mapping, ResolvedModel, load_mapping
+from bridge.config import Mapping, load_mapping
 from bridge.errors import ConfigError, ConfigIssue, InferenceError
-from bridge.inference.model import LoadedModel, OutputRoles
+from bridge.inference.fit import load_model_for
+from bridge.inference.model import LoadedModel
 
-__all__ = ["Prepared", "connector_problems", "load_model_for", "model_problems", "prepare"]
+__all__ = ["Prepared", "connector_problems", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -95,28 +96,6 @@ def connector_problems(mapping: Mapping) -> list[ConfigIssue]:
                     _issue(mapping, (section, name, *problem.key), problem.message, problem.fix)
                 )
     return issues
-
-
-def load_model_for(model: ResolvedModel) -> LoadedModel:
-    roles = OutputRoles(
-        label=model.outputs.label, scores=model.outputs.scores, value=model.outputs.value
-    )
-    return LoadedModel.load(model.path, expected_sha256=model.sha256, roles=roles)
-
-
-def model_problems(model: ResolvedModel, loaded: LoadedModel) -> list[str]:
-    """The checks ``prepare`` makes of a model against its mapping entry, as plain sentences
-    (used when a registry version is loaded while the gateway runs)."""
-    problems = loaded.check(
-        model.input,
-        len(model.features),
-        model.outputs.label,
-        model.outputs.scores,
-        model.outputs.value,
-    )
-    if model.outputs.label is not None and not (model.labels or loaded.labels):
-        problems.append("the model has no `labels` metadata to name its classes")
-    return problems
 
 
 def _load_for_life(path: str | Path, env: MappingABC[str, str] | None) -> Mapping:

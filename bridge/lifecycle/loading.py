@@ -14,12 +14,12 @@ import structlog
 
 from bridge.config.resolved import ResolvedModel
 from bridge.errors import InferenceError
+from bridge.inference.fit import model_problems
 from bridge.inference.model import LoadedModel, OutputRoles
 from bridge.lifecycle.deployment import Served
 from bridge.lifecycle.files import ModelFileRefused, read_model_file
 from bridge.lifecycle.policy import ModelPolicy
 from bridge.lifecycle.signature import SignatureError, verify_model
-from bridge.prepare import model_problems
 from bridge.store.registry import VersionRecord
 
 __all__ = ["ModelRefused", "check_signature", "load_verified", "load_version"]

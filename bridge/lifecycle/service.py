@@ -21,13 +21,13 @@ import structlog
 
 from bridge.config.reference import load_reference, validate_reference
 from bridge.config.resolved import ResolvedModel
+from bridge.inference.fit import model_problems
 from bridge.inference.model import LoadedModel
 from bridge.lifecycle.canary_guard import GUARD_KEYS
 from bridge.lifecycle.files import read_confined, read_model_file
 from bridge.lifecycle.loading import ModelRefused, load_verified
 from bridge.lifecycle.policy import ModelPolicy
 from bridge.lifecycle.states import move
-from bridge.prepare import model_problems
 from bridge.store.registry import (
     CANDIDATE_STATES,
     RegistryConflict,
