@@ -4,6 +4,9 @@ After ``failures`` failed polls in a row a unit is skipped for ``backoff_s``; wh
 time is up one poll probes it (half-open): success closes the breaker, failure opens it again
 for twice as long (capped at ``max_backoff_s``). A skipped unit costs the shared line nothing,
 which is what keeps one dead unit from delaying the healthy ones.
+
+Not ``bridge.retry``'s jittered backoff: this is a schedule of one gateway's own line (no herd of
+clients to spread out), and an exact one lets the poller report when a unit is tried next.
 """
 
 from __future__ import annotations
