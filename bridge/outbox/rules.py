@@ -13,10 +13,10 @@ Pure: no I/O. Connectors import these models for their settings (``events:``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 # The `alerts` rule is the gateway's one alert rule (the alert writer steps the same tracks).
-from bridge.alertrule import LabelTrack, label_of
+from bridge.alertrule import IMMEDIATE, Hold, LabelTrack, label_of
 
 # The rules as settings live in the kernel (connectors declare them); evaluated here.
 from bridge.eventrules import DRIFT_RULES, EVENT_KINDS, EventRule, ThresholdRule, ThresholdSpec
@@ -79,13 +79,22 @@ class _Threshold:
 class EventSelector:
     """The rules of one destination, with their state per (asset, model)."""
 
-    def __init__(self, rules: Sequence[EventRule], slots: Iterable[PredictionSlot] = ()) -> None:
+    def __init__(
+        self,
+        rules: Sequence[EventRule],
+        slots: Iterable[PredictionSlot] = (),
+        holds: Mapping[str, Hold] | None = None,
+    ) -> None:
+        """``holds``: the models' ``alerts:`` settings, the same the gateway's stored alerts
+        use; a model without one alerts at every change to a fault label (``IMMEDIATE``)."""
         self.rules = tuple(rules) or ("every",)
         self._normal = {(s.asset, s.model): s.labels[0] for s in slots if s.labels}
         self._labels: dict[_Key, str] = {}
         self._staged_labels: dict[_Key, str] = {}
-        # No hold: an alert event at every change to a fault label (the rule's IMMEDIATE).
-        self._tracks = {key: LabelTrack(normal) for key, normal in self._normal.items()}
+        self._tracks = {
+            key: LabelTrack.held(normal, (holds or {}).get(key[1], IMMEDIATE))
+            for key, normal in self._normal.items()
+        }
         self._staged_tracks: dict[_Key, LabelTrack] = {}
         self._thresholds = [
             _Threshold(r.threshold) for r in self.rules if isinstance(r, ThresholdRule)

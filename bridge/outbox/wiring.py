@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import structlog
 
 from bridge import plugins
+from bridge.alertrule import Hold
 from bridge.config.resolved import Endpoint
 from bridge.config.spec import OutboxSettings
 from bridge.destination import Destination, DestinationContext
@@ -87,14 +88,20 @@ class Durable:
 
 
 def feed_for(
-    destination: Destination, budget: Budget, slots: Sequence[PredictionSlot] = ()
+    destination: Destination,
+    budget: Budget,
+    slots: Sequence[PredictionSlot] = (),
+    holds: Mapping[str, Hold] | None = None,
 ) -> OutboxFeed:
-    """The store writer's side of one destination: its rules (if any) and its budget."""
+    """The store writer's side of one destination: its rules (if any) and its budget.
+
+    ``holds``: each model's ``alerts:`` settings, so that an ``alerts`` rule raises exactly the
+    alerts the gateway stores (without them, every change to a fault label)."""
     encode = destination.encode
     feed = OutboxFeed(destination.name, lambda p: encode(Trigger(p)), budget)
     rules = destination.capabilities.rules
     if rules is not None:
-        feed.selector = EventSelector(rules, slots)
+        feed.selector = EventSelector(rules, slots, holds)
         feed.render = _renderer(destination)
     return feed
 
@@ -129,6 +136,7 @@ def durable_outputs(
     context: DestinationContext,
     repo: OutboxRepository,
     settings: OutboxSettings,
+    holds: Mapping[str, Hold] | None = None,
 ) -> Durable:
     """The ``outputs:`` whose kind is a registered destination kind, built by its factory, with
     their feeds and relays; outputs of sink kinds are left to the caller."""
@@ -138,7 +146,7 @@ def durable_outputs(
         for out in outputs
         if out.kind in kinds
     ]
-    return durable_for(destinations, repo, settings, context.slots)
+    return durable_for(destinations, repo, settings, context.slots, holds)
 
 
 def durable_for(
@@ -146,6 +154,7 @@ def durable_for(
     repo: OutboxRepository,
     settings: OutboxSettings,
     slots: Sequence[PredictionSlot] = (),
+    holds: Mapping[str, Hold] | None = None,
 ) -> Durable:
     """A feed and a relay for each destination.
 
@@ -157,7 +166,7 @@ def durable_for(
     budget = Budget(settings.max_pending, settings.when_full)
     relay_settings = relay_settings_for(settings)
     for destination in destinations:
-        feed = feed_for(destination, budget, slots)
+        feed = feed_for(destination, budget, slots, holds)
         feeds.append(feed)
         relays.append(Relay(destination, repo, feed, relay_settings))
     return Durable(list(destinations), feeds, relays, repo, slots)

@@ -167,7 +167,11 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     # own back at once.
     repo = OutboxRepository(store, holder=gid)
     durable = durable_outputs(
-        mapping.outputs.values(), DestinationContext(gid, slots), repo, mapping.gateway.outbox
+        mapping.outputs.values(),
+        DestinationContext(gid, slots),
+        repo,
+        mapping.gateway.outbox,
+        holds={name: m.alerts for name, m in mapping.models.items()},
     )
     # Predictions the store writer cannot keep become alerts (written once the store is back).
     loss_alerts = LossAlerts(AlertRepository(store))

@@ -133,3 +133,25 @@ def test_a_staged_track_leaves_the_committed_one_alone() -> None:
     assert staged.step("bearing_fault") == "healthy"
     assert (track.state, track.fault_run) == ("healthy", 0)  # a failed commit changed nothing
     assert track.step("bearing_fault") is None  # and starts again from there
+
+
+def test_with_the_mappings_hold_a_destination_alerts_as_the_gateway_stores() -> None:
+    """The models' ``alerts:`` hold reaches a destination's ``alerts`` rule too: a label
+    flapping at the boundary is one alert in the store and one event to the MES, not one
+    event per flip."""
+    from bridge.alertrule import AlertHold
+
+    holds = {"health": AlertHold(raise_after=3, clear_after=2)}
+    slots = [PredictionSlot("p1", "health", "1", "0" * 64, LABELS)]
+    values = [
+        "healthy", "bearing_fault", "healthy", "bearing_fault", "bearing_fault",
+        "bearing_fault", "healthy", "bearing_fault", "healthy", "healthy", "cavitation",
+        "cavitation", "cavitation",
+    ]  # fmt: skip
+    batch = [p("p1", i, v) for i, v in enumerate(values)]
+    raised = [(a.prediction.id, a.previous) for a in AlertRule(slots, holds).evaluate(batch)]
+    # Two held faults, each from the normal state (two healthy runs in a row cleared the first).
+    assert [x[1] for x in raised] == ["healthy", "healthy"]
+    assert events(EventSelector(["alerts"], slots, holds), [[x] for x in batch]) == raised
+    # Without the hold the destination would have sent an event at every flip.
+    assert len(events(EventSelector(["alerts"], slots), [[x] for x in batch])) > len(raised)
