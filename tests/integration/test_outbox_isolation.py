@@ -132,15 +132,16 @@ async def test_a_hung_or_garbage_mes_holds_back_only_its_own_destination(
             what="hung and garbage destinations degraded",
         )
         assert all(server.connections >= 1 for server in bad.values())  # tried, and failed
-        # The backlog figure is refreshed from the store about once a second.
+        # The backlog figure is refreshed from the store about once a second, by each relay
+        # on its own schedule: the good one's may lag the bad ones' on a loaded machine.
         await wait_until(
-            lambda: all(relays[n].health().counters["backlog"] == total for n in bad),
+            lambda: all(relays[n].health().counters["backlog"] == total for n in bad)
+            and relays["good"].health().counters["backlog"] == 0,
             10,
-            what="hung and garbage backlogs hold every event",
+            what="hung and garbage backlogs hold every event, the good one's is empty",
         )
         assert "ReadTimeout" in relays["hung"].health().detail
         assert "RemoteProtocolError" in relays["garbage"].health().detail
-        assert relays["good"].health().counters["backlog"] == 0
 
         # Recovery: working receivers take the bad MES' ports; each then gets its events
         # exactly once, in order.
