@@ -14,7 +14,7 @@ from pathlib import Path
 from bridge import plugins
 from bridge.config import Mapping, load_mapping
 from bridge.errors import ConfigError, ConfigIssue, InferenceError
-from bridge.inference.fit import load_model_for
+from bridge.inference.fit import fit_problems, load_model_for
 from bridge.inference.model import LoadedModel
 
 __all__ = ["Prepared", "connector_problems", "prepare"]
@@ -45,34 +45,12 @@ def prepare(path: str | Path, env: MappingABC[str, str] | None = None) -> Prepar
                 )
             )
             continue
-        problems = loaded.check(
-            model.input,
-            len(model.features),
-            model.outputs.label,
-            model.outputs.scores,
-            model.outputs.value,
-        )
-        for problem in problems:
+        for problem in fit_problems(model, loaded):
             issues.append(
-                _issue(
-                    mapping,
-                    ("models", name),
-                    problem,
-                    "make `input:`, `features:` and `outputs:` match the model",
-                )
-            )
-        names = model.labels or loaded.labels
-        if model.outputs.label is not None and not names:
-            issues.append(
-                _issue(
-                    mapping,
-                    ("models", name, "outputs", "label"),
-                    "the model has no `labels` metadata to name its classes",
-                    "add `labels: [name0, name1, ...]` to the model",
-                )
+                _issue(mapping, ("models", name, *problem.key), problem.message, problem.fix)
             )
         models[name] = loaded
-        labels[name] = tuple(names)
+        labels[name] = tuple(model.labels or loaded.labels)
     if issues:
         raise ConfigError(issues)
     return Prepared(mapping, models, labels)

@@ -55,6 +55,9 @@ def test_wrong_output_shape_in_a_mapping_stops_validate(
     with pytest.raises(ConfigError) as err:  # ... the model is not, and validate says why
         prepare(path)
     assert "output 'label' has shape [2], expected [1]" in str(err.value)
+    (issue,) = err.value.issues
+    assert issue.key.startswith("models.") and issue.line is not None
+    assert "match the model" in issue.hint
 
 
 def test_wrong_output_shape_at_run_is_an_inference_error(variants: dict[str, Path]) -> None:
