@@ -15,12 +15,12 @@ Cancellation is not a failure: ``stop()`` (or cancelling the owner) ends the wor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from bridge.cancel import cancel_and_wait
 from bridge.retry import backoff_delay, tenacity_wait
 
 __all__ = ["Supervised"]
@@ -70,9 +70,7 @@ class Supervised:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     async def _supervise(self) -> None:
         while True:

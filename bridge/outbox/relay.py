@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from bridge.cancel import cancel_and_wait
 from bridge.destination import Destination, Envelope, Outcome, Retry
 from bridge.errors import BridgeError
 from bridge.retry import Backoff
@@ -275,10 +276,10 @@ class Relay:
             try:
                 outcomes = await self._send_claimed(limit, claim.events, recorder)
             finally:
-                renewing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewing
-                await recorder.close()
+                try:
+                    await cancel_and_wait(renewing)
+                finally:
+                    await recorder.close()
             accepted = recorder.recorded + recorder.unrecorded
             rejected = {i: o for i, o in outcomes.items() if isinstance(o, str)}
             retried = self._decide(claim.events, outcomes, bool(accepted))

@@ -24,6 +24,7 @@ from fastapi import FastAPI
 
 from bridge.api import ApiServices, GatewayView, close_app, create_app
 from bridge.api.services import Explainer
+from bridge.cancel import cancel_and_wait
 from bridge.config.spec import ApiSettings, ApiTlsSettings
 from bridge.errors import ConnectorError
 from bridge.runtime.live_models import LiveModels
@@ -118,9 +119,7 @@ class ApiServer:
                 await self._task
         except TimeoutError:
             self._server.force_exit = True
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         self._task = None
         close_app(self._app)
 

@@ -4,11 +4,12 @@ the gateway, so nothing keeps running half-dead."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
 import structlog
+
+from bridge.cancel import cancel_and_wait
 
 __all__ = ["TaskSet"]
 
@@ -54,7 +55,6 @@ class TaskSet:
         for task in chosen:
             task.cancel()
         for task in chosen:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for name in [n for n, t in self._tasks.items() if t in chosen]:
             del self._tasks[name]
