@@ -135,8 +135,10 @@ async def test_a_hung_or_garbage_mes_holds_back_only_its_own_destination(
         # The backlog figure is refreshed from the store about once a second, by each relay
         # on its own schedule: the good one's may lag the bad ones' on a loaded machine.
         await wait_until(
-            lambda: all(relays[n].health().counters["backlog"] == total for n in bad)
-            and relays["good"].health().counters["backlog"] == 0,
+            lambda: (
+                all(relays[n].health().counters["backlog"] == total for n in bad)
+                and relays["good"].health().counters["backlog"] == 0
+            ),
             10,
             what="hung and garbage backlogs hold every event, the good one's is empty",
         )
