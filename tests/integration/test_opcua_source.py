@@ -207,7 +207,17 @@ async def test_blackholed_link_raises_and_close_does_not_hang(plant: PlantSimula
     tags = plant_tags(1)
     source = OpcUaSource("plant", settings(f"opc.tcp://127.0.0.1:{proxy.port}"), tags)
     try:
-        await source.connect()
+        # The set-up is not what is tested: on a loaded machine one request of the first
+        # connect may exceed the short timeout_s this test needs, and the gateway's supervisor
+        # would simply connect again (it once failed here, with two suites side by side).
+        for attempt in range(3):
+            try:
+                await source.connect()
+                break
+            except ConnectorError:
+                await source.close()
+                if attempt == 2:
+                    raise
         await collect(source, {t.tag for t in tags})
         proxy.frozen = True
         frozen = time.monotonic()
