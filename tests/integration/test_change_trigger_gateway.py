@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncua import Client, Server, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.server.server import Server
 from insight_models import linear_regressor
 from support import free_port, wait_until
 
@@ -24,6 +26,7 @@ from bridge.runtime.pipeline import Gateway, build_gateway
 from bridge.runtime.runner import ModelRunner
 from bridge.runtime.trigger import ChangeTrigger
 from bridge.types import Quality
+from connectors.opcua.convert import make_node_id
 
 ASSETS = ("a1", "a2", "a3")
 MIN_INTERVAL_MS = 1000  # long, so that a burst surely falls within one interval
@@ -112,7 +115,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     ns = await plant.register_namespace("urn:test:plant")
     nodes = {}
     for asset in ASSETS:
-        var = await plant.nodes.objects.add_variable(ua.NodeId(f"{asset}.X", ns), f"{asset}.X", 0.0)
+        var = await plant.nodes.objects.add_variable(
+            make_node_id(f"{asset}.X", ns), f"{asset}.X", 0.0
+        )
         nodes[asset] = var.nodeid
     model = linear_regressor(tmp_path / "echo.onnx", [1.0], [0.0], [1.0])  # value = x
     assets = "\n".join(f'  {a}: {{template: machine, vars: {{n: "{a}"}}}}' for a in ASSETS)
@@ -141,7 +146,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             pns = await client.get_namespace_index("urn:bridge:predictions")
             sub = await client.create_subscription(20, hmi)
             for asset in ASSETS:
-                node = client.get_node(ua.NodeId(f"Predictions.{asset}.echo.Value", pns))
+                node = client.get_node(make_node_id(f"Predictions.{asset}.echo.Value", pns))
                 hmi.names[node.nodeid] = asset
                 await sub.subscribe_data_change(node)
             yield Rig(gateway, plant, nodes, hmi)
