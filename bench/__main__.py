@@ -31,7 +31,7 @@ from bench.common import RESULTS, ROOT, row, write_result
 from bench.peer import NODERED
 
 # Benchmarks other issues add to bench/: run when present, read from their own JSON result.
-EXTERNAL = ("opcua_ingest", "modbus_poll", "outbox", "api_auth", "retention")
+EXTERNAL = ("opcua_ingest", "modbus_poll", "outbox", "api_auth", "retention", "trigger")
 EXTERNAL_TIMEOUT_S = {True: 90, False: 900}
 # Arguments of the full run where a part's own defaults are sized for running it alone
 # (bench.outbox's 600 s backlog on two backends takes ~12 of the suite's ~18 minutes).

@@ -407,6 +407,14 @@ def _resolve_models(
                 f"feature(s) listed twice: {', '.join(dupes)}",
                 "list each tag/stat pair once",
             )
+        if m.trigger == "change" and "period_s" in m.model_fields_set:
+            issues.add(
+                (*loc, "period_s"),
+                "period_s applies to `trigger: period`; a `trigger: change` model runs when "
+                "its inputs change",
+                "remove period_s (min_interval_ms bounds how often a change-triggered model "
+                "runs), or use `trigger: period`",
+            )
         file = (base / m.file).resolve()
         if not file.is_file():
             issues.add(
@@ -425,6 +433,8 @@ def _resolve_models(
             outputs=m.outputs,
             labels=tuple(m.labels) if m.labels else None,
             period_s=m.period_s,
+            trigger=m.trigger,
+            min_interval_s=m.min_interval_ms / 1000,
             window_s=m.window_s,
             min_window_s=m.window_s / 2 if m.min_window_s is None else m.min_window_s,
             max_samples=m.max_samples,

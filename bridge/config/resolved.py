@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bridge.config.spec import (
     AlertConfig,
@@ -69,6 +69,10 @@ class ResolvedModel:
     drift: DriftConfig | None = None
     explain: ExplainConfig | None = None
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    # `period`: every period_s over all assets; `change`: over the assets whose inputs changed,
+    # at most once per min_interval_s (bridge.runtime.trigger).
+    trigger: Literal["period", "change"] = "period"
+    min_interval_s: float = 0.01
 
 
 @dataclass(frozen=True, slots=True)

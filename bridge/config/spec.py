@@ -536,7 +536,23 @@ class ModelConfig(Strict):
     labels: list[str] | None = Field(
         None, description="Class names by index; default: the model's `labels` metadata."
     )
-    period_s: float = Field(1.0, gt=0, description="Run the model every this many seconds.")
+    trigger: Literal["period", "change"] = Field(
+        "period",
+        description="When the model runs: every `period_s` seconds over all its assets "
+        "(`period`), or as soon as an input of an asset changes (`change`): one batch over "
+        "the assets whose inputs changed since the last run, at most one run per "
+        "`min_interval_ms`.",
+    )
+    min_interval_ms: float = Field(
+        10.0,
+        ge=0,
+        description="With `trigger: change`: the least time between two runs. Changes that "
+        "arrive meanwhile are coalesced: an asset changed many times is one row of the next "
+        "run. 0 runs again as soon as the previous run ended.",
+    )
+    period_s: float = Field(
+        1.0, gt=0, description="With `trigger: period`: run the model every this many seconds."
+    )
     window_s: float = Field(
         30.0,
         gt=0,

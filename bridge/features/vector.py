@@ -10,7 +10,7 @@ a step of the wall clock moves no sample in or out of a window and makes no inpu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,9 +64,13 @@ class FeatureBatch:
 
 
 def build_batch(
-    model: ResolvedModel, lookup: Callable[[str], WindowedTag], now: float
+    model: ResolvedModel,
+    lookup: Callable[[str], WindowedTag],
+    now: float,
+    assets: Sequence[str] | None = None,
 ) -> FeatureBatch:
-    """The feature rows of ``model``'s assets at ``now`` (monotonic clock)."""
+    """The feature rows of ``model``'s assets at ``now`` (monotonic clock); of ``assets`` only
+    when given (a change-triggered run: the assets whose inputs changed)."""
     start = now - model.window_s
     tag_names = list(dict.fromkeys(f.tag for f in model.features))
     # First every asset's inputs and windows, then the statistics of all assets at once: one
@@ -74,7 +78,7 @@ def build_batch(
     # window of ~100 samples is almost all overhead).
     slots: list[tuple[AssetRow, int]] = []  # in asset order; index into `windows`, -1 blocked
     windows: list[dict[str, Window]] = []
-    for asset in model.assets:
+    for asset in model.assets if assets is None else assets:
         states = {name: lookup(f"{asset}.{name}") for name in tag_names}
         inputs, quality, reason, age = _inputs(asset, states, now)
         if quality is Quality.BAD:

@@ -194,7 +194,14 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     fanout = PredictionFanout([*live_sinks, store_sink])
     runners = [
         ModelRunner(
-            m, prepared.models[name], prepared.labels[name], table.get, fanout.publish, gid, boot_id
+            m,
+            prepared.models[name],
+            prepared.labels[name],
+            table.get,
+            fanout.publish,
+            gid,
+            boot_id,
+            trigger=table.triggers.get(name),
         )
         for name, m in mapping.models.items()
     ]

@@ -1,4 +1,6 @@
-"""Runs one model periodically: all its assets in one batched call, off the event loop.
+"""Runs one model: one batched call per run, off the event loop. A ``trigger: period`` model
+runs every ``period_s`` over all its assets; a ``trigger: change`` model runs when inputs change,
+over the assets whose inputs changed since its last run (``bridge.runtime.trigger``).
 
 What runs is the runner's ``Deployment`` (``bridge.lifecycle.deployment``): the active version
 and, optionally, a candidate in shadow mode (same rows, outputs stored, never published) or in
@@ -29,6 +31,7 @@ from bridge.inference.model import BatchResult, LoadedModel
 from bridge.lifecycle.deployment import Deployment, Served
 from bridge.lifecycle.shadow import CandidateComparison, agrees, value_text
 from bridge.lifecycle.version_stats import VersionStats
+from bridge.runtime.trigger import ChangeTrigger
 from bridge.types import ComponentHealth, HealthState, Prediction, Quality
 
 __all__ = ["Enricher", "ModelRunner", "Observer", "TickOutcome"]
@@ -74,6 +77,8 @@ class ModelRunner:
     boot_id: str
     # Where shadow/canary comparisons go (the registry's store); None keeps them in memory only.
     record_comparisons: Callable[[Sequence[CandidateComparison]], Awaitable[None]] | None = None
+    # Set for a `trigger: change` model (the tag table marks its changed assets).
+    trigger: ChangeTrigger | None = None
     observers: list[Observer] = field(default_factory=list)
     enrichers: list[Enricher] = field(default_factory=list)
     # Windows and input ages on the monotonic clock (bridge.runtime.tagtable); prediction
@@ -137,19 +142,20 @@ class ModelRunner:
             "backpressure_ms": int(self.publish_wait_s * 1000),
             "refused_versions": self.refusals,
         }
+        if self.trigger is not None:
+            counters["input_changes"] = self.trigger.marks
+            counters["coalesced_changes"] = self.trigger.coalesced
         detail = "; ".join(d for d in (self.last_error, self.refused) if d)
         return ComponentHealth(f"model:{self.model.name}", state, detail, counters)
 
     async def run(self) -> None:
+        if self.trigger is not None:
+            await self._run_on_change(self.trigger)
+            return
         period = self.model.period_s
         next_at = time.monotonic()
         while True:
-            try:
-                await self.tick()
-            except Exception as exc:  # a bug in one tick must not end the gateway: next tick
-                self.errors += 1
-                self.last_error = f"tick failed: {exc!r}"
-                log.exception("model_tick_failed", model=self.model.name)
+            await self._safe_tick(None)
             next_at += period
             now = time.monotonic()
             if now > next_at:  # skip ticks we missed instead of bursting to catch up
@@ -158,10 +164,31 @@ class ModelRunner:
                 next_at += missed * period
             await asyncio.sleep(next_at - now)
 
-    async def tick(self) -> list[Prediction]:
+    async def _run_on_change(self, trigger: ChangeTrigger) -> None:
+        """Wait for a change (an event, no polling), wait out the minimum interval, run over
+        the changed assets; changes meanwhile join the run (one row per asset)."""
+        while True:
+            await trigger.changed.wait()
+            delay = trigger.wait_s(self.monotonic_clock())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            assets = trigger.take(self.monotonic_clock())
+            if assets:
+                await self._safe_tick(assets)
+
+    async def _safe_tick(self, assets: Sequence[str] | None) -> None:
+        try:
+            await self.tick(assets)
+        except Exception as exc:  # a bug in one tick must not end the gateway: next tick
+            self.errors += 1
+            self.last_error = f"tick failed: {exc!r}"
+            log.exception("model_tick_failed", model=self.model.name)
+
+    async def tick(self, assets: Sequence[str] | None = None) -> list[Prediction]:
+        """One run over ``assets`` (default: all the model's assets)."""
         deployment = self.deployment  # one deployment for the whole tick
         now = self.wall_clock()  # prediction time, for people and the store
-        batch = build_batch(self.model, self.lookup, self.monotonic_clock())
+        batch = build_batch(self.model, self.lookup, self.monotonic_clock(), assets)
         predictions = [self._blocked(row, now, deployment.active) for row in batch.blocked]
         active: BatchResult | None = None
         candidate: BatchResult | None = None

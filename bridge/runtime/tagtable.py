@@ -22,6 +22,7 @@ from bridge.api.view import TagState
 from bridge.config.resolved import Mapping, ResolvedTag
 from bridge.features.window import Ring
 from bridge.normalize import Transform, compile_transform, passes_deadband
+from bridge.runtime.trigger import ChangeTrigger
 from bridge.types import Quality, TagSample, TagValue
 
 __all__ = ["TagEntry", "TagTable"]
@@ -41,6 +42,8 @@ class TagEntry:
     server_time: float | None = None
     updated: float | None = None  # when the gateway last heard of it (also within the deadband)
     updated_mono: float | None = None  # the same moment on the monotonic clock: ages, staleness
+    # The change triggers of the `trigger: change` models that read this tag (usually none).
+    triggers: tuple[ChangeTrigger, ...] = ()
 
     @property
     def max_age_s(self) -> float:
@@ -56,19 +59,30 @@ class TagTable:
     unknown: int = 0
     wall_clock: Callable[[], float] = time.time
     monotonic_clock: Callable[[], float] = time.monotonic
+    # model name -> its change trigger, for the models with `trigger: change`.
+    triggers: dict[str, ChangeTrigger] = field(init=False)
 
     def __post_init__(self) -> None:
         # Only tags a model reads keep a window: at most max_samples, as long as its longest
         # window needs (the ring grows lazily, bridge/features/window.py).
         capacity: dict[str, int] = {}
         horizon: dict[str, float] = {}
+        self.triggers = {}
+        watchers: dict[str, list[ChangeTrigger]] = {}
         for model in self.mapping.models.values():
             reach = max(model.window_s, model.min_window_s)
+            trigger = None
+            if model.trigger == "change":
+                trigger = self.triggers[model.name] = ChangeTrigger(
+                    model.name, model.min_interval_s
+                )
             for asset in model.assets:
-                for feature in model.features:
-                    key = f"{asset}.{feature.tag}"
+                for tag in dict.fromkeys(f.tag for f in model.features):
+                    key = f"{asset}.{tag}"
                     capacity[key] = max(capacity.get(key, 0), model.max_samples)
                     horizon[key] = max(horizon.get(key, 0.0), reach)
+                    if trigger is not None:
+                        watchers.setdefault(key, []).append(trigger)
         # Tags with the same scale/offset/clamp share one transform: one closure per tag was
         # ~220 bytes, 22 MB at 100,000 tags.
         transforms: dict[tuple[float, float, tuple[float, float] | None], Transform] = {}
@@ -79,7 +93,7 @@ class TagTable:
             if transform is None:
                 transform = transforms[shape] = compile_transform(t)
             ring = Ring(capacity[tid], horizon[tid]) if tid in capacity else None
-            entries[tid] = TagEntry(t, transform, ring)
+            entries[tid] = TagEntry(t, transform, ring, triggers=tuple(watchers.get(tid, ())))
         self.entries = entries
 
     def get(self, tag_id: str) -> TagEntry:
@@ -115,6 +129,9 @@ class TagTable:
             ring = entry.ring
             if ring is not None and quality is good and isinstance(value, (int, float)):
                 ring.append(mono, float(value))
+            if entry.triggers:
+                for trigger in entry.triggers:
+                    trigger.mark(entry.tag.asset)
         self.updates += updates
         self.suppressed += suppressed
         self.unknown += unknown
@@ -125,6 +142,8 @@ class TagTable:
             entry = self.entries.get(tid)
             if entry is not None:
                 entry.quality, entry.reason = Quality.BAD, reason
+                for trigger in entry.triggers:
+                    trigger.mark(entry.tag.asset)
 
     def snapshot(self, asset: str | None = None) -> list[TagState]:
         return [
