@@ -98,16 +98,19 @@ def echo_model(path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def gateway(mapping: Path) -> AsyncIterator[Gateway]:
+async def gateway(
+    mapping: Path, start_timeout_s: float = 30, stop_timeout_s: float = 30
+) -> AsyncIterator[Gateway]:
+    """The gateway in this process, started and stopped within the given times."""
     stop = asyncio.Event()
     built = await build_gateway(prepare(mapping))
     task = asyncio.create_task(built.run(stop))
     try:
-        await asyncio.wait_for(built.started.wait(), 30)
+        await asyncio.wait_for(built.started.wait(), start_timeout_s)
         yield built
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await asyncio.wait_for(task, stop_timeout_s)
 
 
 async def latency(samples: int, work: Path) -> dict[str, Any]:

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +36,9 @@ from asyncua.client.client import Client
 from asyncua.server.server import Server
 
 from bench.common import free_port, machine, percentile, row, write_result
-from bench.e2e import echo_model
+from bench.e2e import echo_model, gateway
 from bridge.logging import configure_logging
-from bridge.prepare import prepare
-from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.runtime.pipeline import Gateway
 from bridge.types import TagSample
 from connectors.opcua.convert import make_node_id
 
@@ -77,20 +75,6 @@ outputs:
   hmi: {{kind: opcua-server, endpoint: "opc.tcp://127.0.0.1:{hmi}", allow_anonymous: true,
         security_policies: ["None"]}}
 """
-
-
-@contextlib.asynccontextmanager
-async def gateway(mapping: Path) -> AsyncIterator[Gateway]:
-    """The gateway in this process; 2,000 assets' HMI nodes take a while to build."""
-    stop = asyncio.Event()
-    built = await build_gateway(prepare(mapping))
-    task = asyncio.create_task(built.run(stop))
-    try:
-        await asyncio.wait_for(built.started.wait(), 300)
-        yield built
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
 
 
 def _time_sinks(g: Gateway) -> dict[str, float]:
@@ -148,7 +132,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 hmi=hmi_port,
             )
         )
-        async with probe, gateway(mapping) as g:
+        # 2,000 assets' HMI nodes take a while to build.
+        async with probe, gateway(mapping, start_timeout_s=300, stop_timeout_s=60) as g:
             return await _probe(args, g, probe, var.nodeid, hmi_port)
     finally:
         load.terminate()
