@@ -14,7 +14,7 @@ Gateway-added time = HMI client arrival - the probe sample's ``received_time`` (
 gateway's OPC UA source when it takes the notification from asyncua's handler), both on this
 process's wall clock. The write -> HMI time (source publishing included) is printed beside it.
 
-    python -m bench.trigger [--assets 2000 --samples 300 --period 1.0 --hmi-ms 10]
+    python -m bench.trigger [--assets 2000 --samples 300 --period 1.0 --hmi-ms 10] [--quick]
 """
 
 from __future__ import annotations
@@ -259,12 +259,18 @@ async def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--period", type=float, default=1.0, help="load: each input changes once")
     parser.add_argument("--hmi-ms", type=float, default=10.0)
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run (200 assets, 40 samples): not the target"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.assets, args.samples = min(args.assets, 200), min(args.samples, 40)
     configure_logging("warning")
     with tempfile.TemporaryDirectory() as tmp:
         figures = await measure(args, Path(tmp))
     added = figures["gateway_added_ms"]
-    met = figures["samples"] > 0 and added["p99"] <= TARGET_P99_MS
+    # A smoke run's figure is not the target's (200 assets): reported, never judged.
+    met = None if args.quick else figures["samples"] > 0 and added["p99"] <= TARGET_P99_MS
     figures["machine"] = machine()
     figures["rows"] = [
         row(
@@ -288,7 +294,7 @@ async def main() -> None:
         f"gateway-added (source notification arrival -> HMI notification): p50 {added['p50']} ms,"
         f" p95 {added['p95']} ms, p99 {added['p99']} ms, max {added['max']} ms "
         f"({figures['samples']} samples, {figures['lost']} lost) -> target p99 <= "
-        f"{TARGET_P99_MS:g} ms {'met' if met else 'NOT met'}"
+        f"{TARGET_P99_MS:g} ms { {True: 'met', False: 'NOT met', None: '(smoke run)'}[met] }"
     )
     wt = figures["write_to_hmi_ms"]
     print(
