@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from bridge.types import Prediction, TagValue, Trigger
@@ -12,11 +13,29 @@ __all__ = ["event_fields", "event_to_json", "iso_utc", "prediction_to_json"]
 
 
 def iso_utc(ts: float | None) -> str | None:
-    """Epoch seconds -> ``2024-05-01T12:00:00.123Z`` (None stays None)."""
+    """Epoch seconds -> ``2024-05-01T12:00:00.123Z`` (None stays None).
+
+    The same text as ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")``
+    (microseconds rounded half-even as ``fromtimestamp`` does, then truncated to milliseconds),
+    at a fraction of the cost: it is called six times per MES event, in the store writer's thread.
+    """
     if ts is None:
         return None
-    moment = datetime.fromtimestamp(ts, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    frac, whole = math.modf(ts)
+    micros = round(frac * 1e6)
+    seconds = int(whole)
+    # fromtimestamp's normalisation: the fraction may round up to a whole second, or be negative.
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    elif micros < 0:
+        seconds, micros = seconds - 1, micros + 1_000_000
+    return f"{_iso_second(seconds)}.{micros // 1000:03d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    # Events of one tick share their seconds: the calendar arithmetic is done once per second.
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat()[:19]
 
 
 def _finite(value: float | None) -> float | None:
