@@ -10,13 +10,26 @@ from bridge.types import Contribution, Explanation, InputSnapshot, Prediction, Q
 from .tables import PredictionRow
 
 __all__ = [
+    "PREDICTION_COLUMNS",
     "explanation_from_json",
     "explanation_to_json",
     "inputs_from_json",
     "inputs_to_json",
     "prediction_from_row",
+    "prediction_row",
     "prediction_to_values",
 ]
+
+# One encoder for every row: ``json.dumps`` with any option builds a new JSONEncoder per call.
+# Same settings as ``json.dumps(..., separators=(",", ":"))``, so the text is the same.
+_JSON = json.JSONEncoder(separators=(",", ":"))
+# ``Quality.label`` (capitalising the name) per input costs more than the lookup.
+_LABELS = {q: q.label for q in Quality}
+
+
+def _label(q: Quality) -> str:
+    # Only a real Quality takes the table (an int equal to one would otherwise pass).
+    return _LABELS[q] if type(q) is Quality else q.label
 
 
 def _quality(label: str) -> Quality:
@@ -28,17 +41,16 @@ def _quality(label: str) -> Quality:
 
 
 def inputs_to_json(inputs: tuple[InputSnapshot, ...]) -> str:
-    return json.dumps(
+    return _JSON.encode(
         [
             {
                 "tag": i.tag,
                 "value": i.value,
-                "quality": i.quality.label,
+                "quality": _label(i.quality),
                 "source_time": i.source_time,
             }
             for i in inputs
-        ],
-        separators=(",", ":"),
+        ]
     )
 
 
@@ -68,7 +80,7 @@ def explanation_to_json(e: Explanation | None) -> str | None:
         {"feature": c.feature, "value": c.value, "baseline": c.baseline, "effect": c.effect}
         for c in e.top
     ]
-    return json.dumps({"reason": e.reason, "top": top}, separators=(",", ":"))
+    return _JSON.encode({"reason": e.reason, "top": top})
 
 
 def explanation_from_json(text: str | None) -> Explanation | None:
@@ -103,6 +115,54 @@ def prediction_to_values(p: Prediction) -> dict[str, Any]:
         "explanation_json": explanation_to_json(p.explanation),
         "drift_score": p.drift_score,
     }
+
+
+# The columns of ``prediction_row``, in its order (the surrogate ``id`` is the database's).
+PREDICTION_COLUMNS = (
+    "prediction_id",
+    "seq",
+    "asset",
+    "model",
+    "version",
+    "sha256",
+    "value_text",
+    "value_num",
+    "score",
+    "quality",
+    "reason",
+    "timestamp",
+    "input_age_s",
+    "inputs_json",
+    "explanation_json",
+    "drift_score",
+    "mapping_revision",
+)
+
+
+def prediction_row(p: Prediction, mapping_revision: str | None) -> tuple[Any, ...]:
+    """``prediction_to_values`` plus the mapping revision, as a tuple in ``PREDICTION_COLUMNS``
+    order: the store writer's bulk insert takes tuples (no dict per row, no key look-ups)."""
+    value = p.value
+    is_text = isinstance(value, str)
+    return (
+        p.id,
+        p.seq,
+        p.asset,
+        p.model,
+        p.version,
+        p.sha256,
+        value if is_text else None,
+        None if is_text or value is None else float(value),
+        p.score,
+        _label(p.quality),
+        p.reason,
+        p.timestamp,
+        p.input_age_s,
+        inputs_to_json(p.inputs),
+        None if p.explanation is None else explanation_to_json(p.explanation),
+        p.drift_score,
+        mapping_revision,
+    )
 
 
 def prediction_from_row(row: PredictionRow) -> Prediction:
