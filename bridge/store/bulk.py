@@ -28,6 +28,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import structlog
 from sqlalchemy import BigInteger, Column, Connection, Identity, MetaData, Table, func, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
@@ -35,6 +36,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTable
 
 __all__ = ["create_staging", "insert_new", "insert_rows", "upsert_max"]
+
+log = structlog.get_logger(__name__)
 
 Row = Sequence[Any]
 
@@ -44,15 +47,18 @@ _SQLITE_MAX_PARAMS = 32766
 _STAGE_PREFIX = "bridge_stage_"
 # Staged rows keep their batch order through this column: ids are given in that order.
 _ORDINAL = "bridge_n"
+# Set in a connection's info once its staging tables exist.
+_STAGED = "bridge_staging"
 
 
-def _fast(conn: Connection) -> str:
-    """Which fast path this connection takes: "sqlite", "postgresql" (psycopg 3) or ""."""
+def _fast(conn: Connection, staged: bool = False) -> str:
+    """Which fast path this connection takes: "sqlite", "postgresql" (psycopg 3; with
+    ``staged``, only where its staging tables were made) or ""."""
     dialect = conn.dialect
     if dialect.name == "sqlite" and dialect.driver == "pysqlite":
         return "sqlite"
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
-        return "postgresql"
+        return "postgresql" if conn.info.get(_STAGED) or not staged else ""
     return ""
 
 
@@ -146,7 +152,7 @@ def insert_new(
     if not rows:
         return []
     conn = session.connection()
-    path = _fast(conn)
+    path = _fast(conn, staged=True)
     quoted_key = _names(conn, [key])
     skip = f"ON CONFLICT ({quoted_key}) DO NOTHING RETURNING {quoted_key}"
     if path == "postgresql":
@@ -186,7 +192,7 @@ def upsert_max(
     if not rows:
         return
     conn = session.connection()
-    path = _fast(conn)
+    path = _fast(conn, staged=True)
     columns = [*keys, column]
     name, col = _names(conn, [table.name]), _names(conn, [column])
     update = f"ON CONFLICT ({_names(conn, keys)}) DO UPDATE SET {col} ="
@@ -216,13 +222,15 @@ def upsert_max(
         conn.execute(stmt, values)
 
 
-def create_staging(dbapi_connection: Any, tables: Sequence[Any]) -> None:
+def create_staging(dbapi_connection: Any, record: Any, tables: Sequence[Any]) -> None:
     """PostgreSQL: the temporary staging tables of ``tables`` on a new connection (a pool
     ``connect`` event), committed there, so no data transaction ever creates them.
 
     Same column types as the tables, no constraints (the real table checks them on the
     INSERT ... SELECT), an ordinal that keeps the batch's order, emptied at every commit (ON
     COMMIT DELETE ROWS: an in-place truncation, no new file and no catalog churn per batch).
+    A server that refuses them (no TEMPORARY privilege) leaves that connection on SQLAlchemy's
+    slower path, logged, instead of failing the store.
     """
     meta = MetaData()
     ddl: list[str] = []
@@ -237,8 +245,15 @@ def create_staging(dbapi_connection: Any, tables: Sequence[Any]) -> None:
             prefixes=["TEMPORARY"],
             postgresql_on_commit="DELETE ROWS",
         )
-        ddl.append(str(CreateTable(stage).compile(dialect=postgresql.dialect())))  # type: ignore[no-untyped-call]
-    with dbapi_connection.cursor() as cursor:
-        for statement in ddl:
-            cursor.execute(statement)
-    dbapi_connection.commit()
+        compiled = CreateTable(stage).compile(dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
+        ddl.append(str(compiled))
+    try:
+        with dbapi_connection.cursor() as cursor:
+            for statement in ddl:
+                cursor.execute(statement)
+        dbapi_connection.commit()
+    except Exception as exc:  # the driver's error: this connection goes without staging
+        dbapi_connection.rollback()
+        log.warning("store_staging_unavailable", error=str(exc), effect="slower batch inserts")
+        return
+    record.info[_STAGED] = True

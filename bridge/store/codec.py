@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from json.encoder import encode_basestring_ascii as _ascii
 from typing import Any
 
 from bridge.types import Contribution, Explanation, InputSnapshot, Prediction, Quality, TagValue
@@ -40,17 +42,49 @@ def _quality(label: str) -> Quality:
         return Quality.BAD
 
 
+_INFINITY = math.inf
+
+
+def _json_value(v: Any) -> str:
+    """``json.dumps(v)`` for one scalar, by type: the common ones without the encoder's
+    machinery (``json.dumps`` writes floats with ``float.__repr__``, NaN and infinities as
+    ``NaN``/``Infinity``, strings ASCII-escaped); anything else through the encoder itself."""
+    if v is None:
+        return "null"
+    kind = type(v)
+    if kind is float:
+        if v != v:
+            return "NaN"
+        if v == _INFINITY:
+            return "Infinity"
+        if v == -_INFINITY:
+            return "-Infinity"
+        return float.__repr__(v)
+    if kind is str:
+        return _ascii(v)
+    if kind is bool:
+        return "true" if v else "false"
+    if kind is int:
+        return int.__repr__(v)
+    return _JSON.encode(v)
+
+
 def inputs_to_json(inputs: tuple[InputSnapshot, ...]) -> str:
-    return _JSON.encode(
-        [
-            {
-                "tag": i.tag,
-                "value": i.value,
-                "quality": _label(i.quality),
-                "source_time": i.source_time,
-            }
-            for i in inputs
-        ]
+    """The same text as ``json.dumps([{"tag", "value", "quality", "source_time"}, ...],
+    separators=(",", ":"))``, written directly: it is most of the store writer's own CPU per
+    prediction (~2x faster than building dicts for the encoder; a property test holds the two
+    equal)."""
+    return (
+        "["
+        + ",".join(
+            [
+                f'{{"tag":{_json_value(i.tag)},"value":{_json_value(i.value)},'
+                f'"quality":{_json_value(_label(i.quality))},'
+                f'"source_time":{_json_value(i.source_time)}}}'
+                for i in inputs
+            ]
+        )
+        + "]"
     )
 
 

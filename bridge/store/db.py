@@ -122,8 +122,9 @@ def _sqlite_pragmas(synchronous: Synchronous) -> Any:
     return on_connect
 
 
-def _pg_staging(dbapi_connection: Any, _record: Any) -> None:
-    create_staging(dbapi_connection, [PredictionRow.__table__, PredictionSequenceRow.__table__])
+def _pg_staging(dbapi_connection: Any, record: Any) -> None:
+    tables = [PredictionRow.__table__, PredictionSequenceRow.__table__]
+    create_staging(dbapi_connection, record, tables)
 
 
 def _create_private(path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session
 from stores import BACKENDS, PG_URL, temp_store
 
@@ -108,6 +108,32 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def test_a_batch_gives_its_rows_with_the_values_of_the_orm_path(store: Store) -> None:
+    _check_batch(store)
+
+
+def test_postgresql_without_staging_tables_takes_sqlalchemys_path(tmp_path: Path) -> None:
+    """A connection whose staging tables could not be made (no TEMPORARY privilege) writes
+    through SQLAlchemy Core instead: the same rows."""
+    with temp_store("postgresql", tmp_path) as store:
+
+        def unstaged(_dbapi: Any, record: Any, _proxy: Any) -> None:
+            record.info.pop("bridge_staging", None)
+
+        statements: list[str] = []
+
+        def seen(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
+            statements.append(statement)
+
+        event.listen(store.engine, "checkout", unstaged)
+        event.listen(store.engine, "before_cursor_execute", seen)
+        _check_batch(store)
+        _retried_batch(store, offset=BATCH)
+        # It did take the other path: SQLAlchemy's upserts, never the staging tables.
+        assert any("ON CONFLICT" in s for s in statements)
+        assert not any("bridge_stage_" in s for s in statements)
+
+
+def _check_batch(store: Store) -> None:
     batch = [_prediction(i) for i in range(BATCH)]
     feed = _feed()
     PredictionRepository(store, REVISION, "gw-1").add_many(batch, [feed])
@@ -146,7 +172,15 @@ def test_sequence_marks_only_rise(store: Store) -> None:
 
 
 def test_a_retried_batch_stages_only_the_new_predictions(store: Store) -> None:
-    batch = [_prediction(i) for i in range(BATCH)]
+    _retried_batch(store)
+
+
+def _retried_batch(store: Store, offset: int = 0) -> None:
+    batch = (
+        [_prediction(i, seq=2) for i in range(BATCH)]
+        if offset
+        else [_prediction(i) for i in range(BATCH)]
+    )
     repo = PredictionRepository(store, REVISION)
     first, spy = Spy(), Spy()
     # The first half committed, but (say) its reply was lost: the whole batch comes again.
@@ -154,7 +188,7 @@ def test_a_retried_batch_stages_only_the_new_predictions(store: Store) -> None:
     repo.add_many(batch, [spy])
     assert spy.staged == [[p.id for p in batch[BATCH // 2 :]]]
     assert spy.committed == 1
-    assert _rows(store, "SELECT count(*) AS n FROM predictions")[0]["n"] == BATCH
+    assert _rows(store, "SELECT count(*) AS n FROM predictions")[0]["n"] == BATCH + offset
     # Nothing new at all: the hook is given no prediction.
     again = Spy()
     repo.add_many(batch, [again])
