@@ -17,9 +17,10 @@ rounds of one tick each, so both sides see the same machine load:
   the faster of the two is the floor. The sequence marks are an upsert on every side (COPY
   cannot upsert: executemany there).
 
-Rows: predictions/s per backend (target >= 10,000/s and >= 70 % of the floor).
+Rows: predictions/s per backend (target >= 10,000/s and >= 70 % of the floor), and the MES
+destination's encode per prediction (report). ``--quick`` writes 10,000 predictions (< 30 s).
 
-    python -m bench.store [--backend sqlite,postgresql] [--rows 20000] [--assets 2000] [--quick]
+    python -m bench.store [--backend sqlite,postgresql] [--rows 100000] [--assets 2000] [--quick]
 """
 
 from __future__ import annotations
@@ -337,10 +338,10 @@ def main() -> None:
     parser.add_argument("--backend", default="sqlite,postgresql")
     parser.add_argument("--rows", type=int, default=100_000, help="predictions per backend")
     parser.add_argument("--assets", type=int, default=2000, help="predictions per tick")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 rows (< 30 s)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 10,000 rows (< 30 s)")
     args = parser.parse_args()
     if args.quick:
-        args.rows = 20_000
+        args.rows = 10_000
     figures = run([b.strip() for b in args.backend.split(",") if b.strip()], args.rows, args.assets)
     for r in figures["rows"]:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
