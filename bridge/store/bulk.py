@@ -41,8 +41,11 @@ log = structlog.get_logger(__name__)
 
 Row = Sequence[Any]
 
-# SQLite's default limit of bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER since
-# 3.32); a multi-row INSERT of 17 columns holds up to 1,927 rows, so 2,000 take two statements.
+# SQLite's limit of bound parameters per statement when the library cannot say (the default
+# SQLITE_MAX_VARIABLE_NUMBER before 3.32), and at most the default since 3.32 (32,766; some
+# builds allow 250,000): a multi-row INSERT of 17 columns then holds up to 1,927 rows, so
+# 2,000 take two statements whatever the build.
+_SQLITE_MIN_PARAMS = 999
 _SQLITE_MAX_PARAMS = 32766
 _STAGE_PREFIX = "bridge_stage_"
 # Staged rows keep their batch order through this column: ids are given in that order.
@@ -93,6 +96,16 @@ def _copy(conn: Connection, table: str, columns: Sequence[str], rows: Sequence[R
         write = copy.write_row
         for row in rows:
             write(row)
+
+
+def _sqlite_max_params(conn: Connection) -> int:
+    """This connection's limit of bound parameters (the library's build decides it)."""
+    dbapi: Any = conn.dialect.loaded_dbapi
+    raw: Any = conn.connection.driver_connection
+    try:
+        return min(_SQLITE_MAX_PARAMS, int(raw.getlimit(dbapi.SQLITE_LIMIT_VARIABLE_NUMBER)))
+    except AttributeError:  # a driver without getlimit (Python < 3.11)
+        return _SQLITE_MIN_PARAMS
 
 
 def _sqlite_run(conn: Connection, statement: str, rows: Sequence[Row]) -> None:
@@ -159,7 +172,7 @@ def insert_new(
         _copy(conn, _STAGE_PREFIX + table.name, columns, rows)
         return list(_staged_insert(conn, table, columns, skip).scalars())
     if path == "sqlite":
-        per = max(1, _SQLITE_MAX_PARAMS // len(columns))
+        per = max(1, _sqlite_max_params(conn) // len(columns))
         one = "(" + ", ".join("?" * len(columns)) + ")"
         into = f"{_names(conn, [table.name])} ({_names(conn, columns)})"
         done: list[Any] = []

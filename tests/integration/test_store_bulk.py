@@ -7,6 +7,7 @@ StoreError and nothing of the batch stays; a Python error stays a Python error).
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,17 @@ def test_postgresql_without_staging_tables_takes_sqlalchemys_path(tmp_path: Path
         # It did take the other path: SQLAlchemy's upserts, never the staging tables.
         assert any("ON CONFLICT" in s for s in statements)
         assert not any("bridge_stage_" in s for s in statements)
+
+
+def test_sqlite_with_a_low_parameter_limit_splits_the_batch_further(tmp_path: Path) -> None:
+    """An SQLite built with the old limit of 999 bound parameters gets statements of 58 rows."""
+    with temp_store("sqlite", tmp_path) as store:
+
+        def low_limit(dbapi: Any, _record: Any, _proxy: Any) -> None:
+            dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+        event.listen(store.engine, "checkout", low_limit)
+        _check_batch(store)
 
 
 def _check_batch(store: Store) -> None:
