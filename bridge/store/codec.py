@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from json.encoder import encode_basestring_ascii as _ascii
 from typing import Any
 
 from bridge.types import Contribution, Explanation, InputSnapshot, Prediction, Quality, TagValue
@@ -10,13 +12,26 @@ from bridge.types import Contribution, Explanation, InputSnapshot, Prediction, Q
 from .tables import PredictionRow
 
 __all__ = [
+    "PREDICTION_COLUMNS",
     "explanation_from_json",
     "explanation_to_json",
     "inputs_from_json",
     "inputs_to_json",
     "prediction_from_row",
+    "prediction_row",
     "prediction_to_values",
 ]
+
+# One encoder for every row: ``json.dumps`` with any option builds a new JSONEncoder per call.
+# Same settings as ``json.dumps(..., separators=(",", ":"))``, so the text is the same.
+_JSON = json.JSONEncoder(separators=(",", ":"))
+# ``Quality.label`` (capitalising the name) per input costs more than the lookup.
+_LABELS = {q: q.label for q in Quality}
+
+
+def _label(q: Quality) -> str:
+    # Only a real Quality takes the table (an int equal to one would otherwise pass).
+    return _LABELS[q] if type(q) is Quality else q.label
 
 
 def _quality(label: str) -> Quality:
@@ -27,18 +42,49 @@ def _quality(label: str) -> Quality:
         return Quality.BAD
 
 
+_INFINITY = math.inf
+
+
+def _json_value(v: Any) -> str:
+    """``json.dumps(v)`` for one scalar, by type: the common ones without the encoder's
+    machinery (``json.dumps`` writes floats with ``float.__repr__``, NaN and infinities as
+    ``NaN``/``Infinity``, strings ASCII-escaped); anything else through the encoder itself."""
+    if v is None:
+        return "null"
+    kind = type(v)
+    if kind is float:
+        if v != v:
+            return "NaN"
+        if v == _INFINITY:
+            return "Infinity"
+        if v == -_INFINITY:
+            return "-Infinity"
+        return float.__repr__(v)
+    if kind is str:
+        return _ascii(v)
+    if kind is bool:
+        return "true" if v else "false"
+    if kind is int:
+        return int.__repr__(v)
+    return _JSON.encode(v)
+
+
 def inputs_to_json(inputs: tuple[InputSnapshot, ...]) -> str:
-    return json.dumps(
-        [
-            {
-                "tag": i.tag,
-                "value": i.value,
-                "quality": i.quality.label,
-                "source_time": i.source_time,
-            }
-            for i in inputs
-        ],
-        separators=(",", ":"),
+    """The same text as ``json.dumps([{"tag", "value", "quality", "source_time"}, ...],
+    separators=(",", ":"))``, written directly: it is most of the store writer's own CPU per
+    prediction (~2x faster than building dicts for the encoder; a property test holds the two
+    equal)."""
+    return (
+        "["
+        + ",".join(
+            [
+                f'{{"tag":{_json_value(i.tag)},"value":{_json_value(i.value)},'
+                f'"quality":{_json_value(_label(i.quality))},'
+                f'"source_time":{_json_value(i.source_time)}}}'
+                for i in inputs
+            ]
+        )
+        + "]"
     )
 
 
@@ -68,7 +114,7 @@ def explanation_to_json(e: Explanation | None) -> str | None:
         {"feature": c.feature, "value": c.value, "baseline": c.baseline, "effect": c.effect}
         for c in e.top
     ]
-    return json.dumps({"reason": e.reason, "top": top}, separators=(",", ":"))
+    return _JSON.encode({"reason": e.reason, "top": top})
 
 
 def explanation_from_json(text: str | None) -> Explanation | None:
@@ -103,6 +149,54 @@ def prediction_to_values(p: Prediction) -> dict[str, Any]:
         "explanation_json": explanation_to_json(p.explanation),
         "drift_score": p.drift_score,
     }
+
+
+# The columns of ``prediction_row``, in its order (the surrogate ``id`` is the database's).
+PREDICTION_COLUMNS = (
+    "prediction_id",
+    "seq",
+    "asset",
+    "model",
+    "version",
+    "sha256",
+    "value_text",
+    "value_num",
+    "score",
+    "quality",
+    "reason",
+    "timestamp",
+    "input_age_s",
+    "inputs_json",
+    "explanation_json",
+    "drift_score",
+    "mapping_revision",
+)
+
+
+def prediction_row(p: Prediction, mapping_revision: str | None) -> tuple[Any, ...]:
+    """``prediction_to_values`` plus the mapping revision, as a tuple in ``PREDICTION_COLUMNS``
+    order: the store writer's bulk insert takes tuples (no dict per row, no key look-ups)."""
+    value = p.value
+    is_text = isinstance(value, str)
+    return (
+        p.id,
+        p.seq,
+        p.asset,
+        p.model,
+        p.version,
+        p.sha256,
+        value if is_text else None,
+        None if is_text or value is None else float(value),
+        p.score,
+        _label(p.quality),
+        p.reason,
+        p.timestamp,
+        p.input_age_s,
+        inputs_to_json(p.inputs),
+        None if p.explanation is None else explanation_to_json(p.explanation),
+        p.drift_score,
+        mapping_revision,
+    )
 
 
 def prediction_from_row(row: PredictionRow) -> Prediction:

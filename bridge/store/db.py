@@ -19,7 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bridge.errors import StoreError
 
+from .bulk import create_staging
 from .migrate import upgrade
+from .tables import PredictionRow, PredictionSequenceRow
 
 __all__ = [
     "Profile",
@@ -120,6 +122,11 @@ def _sqlite_pragmas(synchronous: Synchronous) -> Any:
     return on_connect
 
 
+def _pg_staging(dbapi_connection: Any, record: Any) -> None:
+    tables = [PredictionRow.__table__, PredictionSequenceRow.__table__]
+    create_staging(dbapi_connection, record, tables)
+
+
 def _create_private(path: Path) -> None:
     """Create the SQLite file 0600 before SQLite does (it would make it 0644 less the umask):
     it holds API key hashes and the plant's data. SQLite gives the -wal and -shm files the
@@ -202,6 +209,10 @@ def open_store(
             # search_path as a connection option survives the pool's rollbacks, unlike a SET.
             connect_args = {"options": f"-csearch_path={schema}"} if schema else {}
             engine = create_engine(sa_url, pool_pre_ping=True, connect_args=connect_args)
+            if engine.dialect.driver == "psycopg":
+                # The store writer COPYs batches into per-connection staging tables
+                # (bridge.store.bulk); made once per connection, never inside a batch.
+                event.listen(engine, "connect", _pg_staging)
     except (SQLAlchemyError, ImportError, OSError) as exc:
         raise StoreError(f"cannot open store {sa_url.render_as_string()}: {exc}") from exc
     try:

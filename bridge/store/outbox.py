@@ -53,6 +53,7 @@ from sqlalchemy.orm import Session
 from bridge.errors import StoreError
 from bridge.types import Prediction
 
+from .bulk import insert_rows
 from .codec import prediction_from_row
 from .db import Store
 from .tables import DeadLetterRow, OutboxRow, PredictionRow
@@ -198,6 +199,23 @@ def pending_count(session: Session, destination: str) -> int:
     return int(session.execute(stmt).scalar_one())
 
 
+_OUTBOX: Any = OutboxRow.__table__
+_ENQUEUE_COLUMNS = (
+    "destination",
+    "asset",
+    "event_id",
+    "body",
+    "created_at",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+    "retries",
+    "first_failed_at",
+    "claimed_by",
+    "lease_until",
+)
+
+
 def enqueue(session: Session, destination: str, rows: Sequence[tuple[str, str, str]]) -> int:
     """Add ``(asset, event_id, body)`` rows, oldest first, inside the caller's transaction.
 
@@ -207,21 +225,14 @@ def enqueue(session: Session, destination: str, rows: Sequence[tuple[str, str, s
     if not rows:
         return 0
     now = time.time()
-    session.execute(
-        insert(OutboxRow),
+    # Bulk path (bridge.store.bulk): COPY on PostgreSQL, executemany of tuples on SQLite; every
+    # column given, as the ORM insert gave them (no server default decides a value).
+    insert_rows(
+        session,
+        _OUTBOX,
+        _ENQUEUE_COLUMNS,
         [
-            {
-                "destination": destination,
-                "asset": asset,
-                "event_id": event_id,
-                "body": body,
-                "created_at": now,
-                "attempts": 0,
-                "next_attempt_at": 0.0,
-                "last_error": "",
-                "retries": 0,
-                "first_failed_at": 0.0,
-            }
+            (destination, asset, event_id, body, now, 0, 0.0, "", 0, 0.0, "", 0.0)
             for asset, event_id, body in rows
         ],
     )

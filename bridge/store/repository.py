@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from bridge.errors import StoreError
 from bridge.types import Prediction
 
-from .codec import prediction_to_values
+from .bulk import insert_new
+from .codec import PREDICTION_COLUMNS, prediction_row
 from .db import Store
 from .outbox import OnCommit, OutboxHook
 from .sequences import record_sequences
-from .sql import insert_ignoring
 from .tables import PredictionRow
 
 __all__ = ["PredictionRepository"]
@@ -40,21 +41,22 @@ class PredictionRepository:
         """
         if not predictions:
             return
-        stmt = insert_ignoring(self._store, PredictionRow.__table__, ["prediction_id"])
-        rows = [prediction_to_values(p) for p in predictions]
-        for row in rows:
-            row["mapping_revision"] = self._revision
+        table: Any = PredictionRow.__table__
+        revision = self._revision
+        rows = [prediction_row(p, revision) for p in predictions]
         on_commit: list[OnCommit] = []
         try:
             with self._store.sessions.begin() as session:
                 if self._gateway_id is not None:
                     record_sequences(session, self._store.dialect, self._gateway_id, predictions)
-                if not outbox:
-                    session.execute(stmt, rows)
-                else:
-                    returning = stmt.returning(PredictionRow.prediction_id)
-                    new_ids = set(session.execute(returning, rows).scalars())
-                    fresh = [p for p in predictions if p.id in new_ids]
+                # Bulk paths (bridge.store.bulk): COPY on PostgreSQL, multi-row VALUES on
+                # SQLite; ON CONFLICT DO NOTHING either way, returning the ids it inserted.
+                new_ids = insert_new(session, table, PREDICTION_COLUMNS, rows, "prediction_id")
+                if outbox:
+                    fresh = predictions
+                    if len(new_ids) != len(predictions):
+                        stored = set(new_ids)
+                        fresh = [p for p in predictions if p.id in stored]
                     # Event rules run here, so an event exists iff its prediction committed.
                     on_commit = [hook.stage(session, fresh) for hook in outbox]
         except SQLAlchemyError as exc:

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bridge.errors import StoreError
 from bridge.types import Prediction
 
+from .bulk import upsert_max
 from .db import Store
 from .tables import PredictionRow, PredictionSequenceRow
 
@@ -39,24 +39,10 @@ def record_sequences(
             highest[key] = p.seq
     if not highest:
         return
-    rows = [
-        {"gateway_id": gateway_id, "asset": asset, "model": model, "last_seq": seq}
-        for (asset, model), seq in sorted(highest.items())
-    ]
-    if dialect == "postgresql":
-        pg = postgresql.insert(_TABLE)
-        stmt: Any = pg.on_conflict_do_update(
-            index_elements=["gateway_id", "asset", "model"],
-            set_={"last_seq": func.greatest(_TABLE.c.last_seq, pg.excluded.last_seq)},
-        )
-    else:
-        lite = sqlite.insert(_TABLE)
-        # SQLite's max() with two arguments is the scalar maximum.
-        stmt = lite.on_conflict_do_update(
-            index_elements=["gateway_id", "asset", "model"],
-            set_={"last_seq": func.max(_TABLE.c.last_seq, lite.excluded.last_seq)},
-        )
-    session.execute(stmt, rows)
+    rows = [(gateway_id, asset, model, seq) for (asset, model), seq in sorted(highest.items())]
+    # Bulk path (bridge.store.bulk): COPY + one INSERT ... SELECT on PostgreSQL, executemany
+    # on SQLite; sorted, so two writers lock the rows in the same order.
+    upsert_max(session, _TABLE, ("gateway_id", "asset", "model"), "last_seq", rows)
 
 
 class SequenceRepository:
