@@ -13,6 +13,7 @@ right colour without knowing bridge:
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -85,15 +86,56 @@ def status_for(quality: Quality) -> ua.StatusCode:
     return make_status(STATUS_FOR_QUALITY[quality])
 
 
+# asyncua's Variant and DataValue validate and guess types in __post_init__ (~3 µs per value,
+# most of a 2,000-prediction batch's encoding: 16,000 values/s). Here the types are known, so the
+# two are filled field by field (~0.6 µs), when their fields are the ones this was written for
+# (asyncua 2.1); otherwise the constructors are used. test_opcua_encode_fill checks both agree.
+_VARIANT_FIELDS = ("Value", "VariantType", "Dimensions", "is_array")
+_DATAVALUE_FIELDS = (
+    "Encoding",
+    "Value",
+    "StatusCode",
+    "SourceTimestamp",
+    "ServerTimestamp",
+    "SourcePicoseconds",
+    "ServerPicoseconds",
+)
+_FILL = (
+    tuple(f.name for f in fields(ua.Variant)) == _VARIANT_FIELDS
+    and tuple(f.name for f in fields(ua.DataValue)) == _DATAVALUE_FIELDS
+)
+_NULL = ua.Variant()
+_NO_MASK: Any = 0  # DataValue.Encoding: computed when the value is serialized
+_new = object.__new__
+
+
 def _dv(
     value: Any, vtype: ua.VariantType, status: int, source: datetime | None, server: datetime
 ) -> ua.DataValue:
-    variant = ua.Variant() if value is None else ua.Variant(value, vtype)
     stamp: Any = source
     now: Any = server
-    return ua.DataValue(
-        variant, StatusCode=make_status(status), SourceTimestamp=stamp, ServerTimestamp=now
-    )
+    if not _FILL:
+        variant = _NULL if value is None else ua.Variant(value, vtype)
+        return ua.DataValue(
+            variant, StatusCode=make_status(status), SourceTimestamp=stamp, ServerTimestamp=now
+        )
+    if value is None:
+        variant = _NULL  # shared: nothing mutates a stored Variant
+    else:
+        variant = _new(ua.Variant)
+        variant.Value = value
+        variant.VariantType = vtype
+        variant.Dimensions = None
+        variant.is_array = False
+    dv = _new(ua.DataValue)
+    dv.Encoding = _NO_MASK
+    dv.Value = variant
+    dv.StatusCode = make_status(status)
+    dv.SourceTimestamp = stamp
+    dv.ServerTimestamp = now
+    dv.SourcePicoseconds = None
+    dv.ServerPicoseconds = None
+    return dv
 
 
 def initial_values(slot: PredictionSlot, now: datetime) -> dict[str, ua.DataValue]:
