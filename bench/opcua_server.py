@@ -365,7 +365,7 @@ async def main() -> None:
     parser.add_argument("--hmi-ms", type=float, default=10.0)
     parser.add_argument("--fields", choices=("value", "all"), default="value")
     parser.add_argument("--sides", default="bridge,floor", help="bridge,floor or one of them")
-    parser.add_argument("--quick", action="store_true", help="200 assets, 3 s: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="100 assets, 2 s: a smoke run")
     parser.add_argument("--hmi", help=argparse.SUPPRESS)
     parser.add_argument("--idents", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -373,7 +373,7 @@ async def main() -> None:
         await hmi(args.hmi, args.idents.read_text().split(), args.hmi_ms)
         return
     if args.quick:
-        args.assets, args.seconds = min(args.assets, 200), min(args.seconds, 3)
+        args.assets, args.seconds = min(args.assets, 100), min(args.seconds, 2)
     args.sides = [s for s in args.sides.split(",") if s]
     configure_logging("warning")
     figures = await measure(args)
