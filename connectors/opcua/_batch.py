@@ -10,7 +10,9 @@ those awaits ever suspends unless a subscription publishes with a 0 ms interval.
 :class:`BatchWriter` does the same work in one plain loop over a batch:
 
 - stores the DataValue in the node's ``AttributeValue`` (resolved once per node id through the
-  public ``AddressSpace.get``), with asyncua's rules: a Bad status nulls the value, a variant of
+  public ``AddressSpace.get`` and kept: the nodes written are never deleted while the server
+  runs; a node deleted after its first write would go on taking values unseen), with asyncua's
+  rules: a Bad status nulls the value, a variant of
   another type than the variable's is refused with ``BadTypeMismatch``;
 - for every monitored item of every client subscription, keeps the DataValue as the item's
   current value **without** the deep copy (the DataValues come from ``connectors.opcua.encode``,
