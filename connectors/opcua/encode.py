@@ -13,6 +13,7 @@ right colour without knowing bridge:
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -64,9 +65,17 @@ def node_string(asset: str, model: str, field: str | None = None) -> str:
     return f"{base}.{field}" if field else base
 
 
+_STATUSES: dict[int, ua.StatusCode] = {}
+
+
 def make_status(code: int) -> ua.StatusCode:
-    # asyncua annotates StatusCode with its own int subclass; a plain int is what it expects.
-    return ua.StatusCode(cast(Any, code))
+    """One shared StatusCode per code: ~20,000 are needed per second at 2,000 predictions/s and
+    nothing mutates them (asyncua only reads ``.value``)."""
+    status = _STATUSES.get(code)
+    if status is None:
+        # asyncua annotates StatusCode with its own int subclass; a plain int is what it expects.
+        status = _STATUSES[code] = ua.StatusCode(cast(Any, code))
+    return status
 
 
 def value_type(slot: PredictionSlot) -> ua.VariantType:
@@ -77,15 +86,56 @@ def status_for(quality: Quality) -> ua.StatusCode:
     return make_status(STATUS_FOR_QUALITY[quality])
 
 
+# asyncua's Variant and DataValue validate and guess types in __post_init__ (~3 µs per value,
+# most of a 2,000-prediction batch's encoding: 16,000 values/s). Here the types are known, so the
+# two are filled field by field (~0.6 µs), when their fields are the ones this was written for
+# (asyncua 2.1); otherwise the constructors are used. test_opcua_encode_fill checks both agree.
+_VARIANT_FIELDS = ("Value", "VariantType", "Dimensions", "is_array")
+_DATAVALUE_FIELDS = (
+    "Encoding",
+    "Value",
+    "StatusCode",
+    "SourceTimestamp",
+    "ServerTimestamp",
+    "SourcePicoseconds",
+    "ServerPicoseconds",
+)
+_FILL = (
+    tuple(f.name for f in fields(ua.Variant)) == _VARIANT_FIELDS
+    and tuple(f.name for f in fields(ua.DataValue)) == _DATAVALUE_FIELDS
+)
+_NULL = ua.Variant()
+_NO_MASK: Any = 0  # DataValue.Encoding: computed when the value is serialized
+_new = object.__new__
+
+
 def _dv(
     value: Any, vtype: ua.VariantType, status: int, source: datetime | None, server: datetime
 ) -> ua.DataValue:
-    variant = ua.Variant() if value is None else ua.Variant(value, vtype)
     stamp: Any = source
     now: Any = server
-    return ua.DataValue(
-        variant, StatusCode=make_status(status), SourceTimestamp=stamp, ServerTimestamp=now
-    )
+    if not _FILL:
+        variant = _NULL if value is None else ua.Variant(value, vtype)
+        return ua.DataValue(
+            variant, StatusCode=make_status(status), SourceTimestamp=stamp, ServerTimestamp=now
+        )
+    if value is None:
+        variant = _NULL  # shared: nothing mutates a stored Variant
+    else:
+        variant = _new(ua.Variant)
+        variant.Value = value
+        variant.VariantType = vtype
+        variant.Dimensions = None
+        variant.is_array = False
+    dv = _new(ua.DataValue)
+    dv.Encoding = _NO_MASK
+    dv.Value = variant
+    dv.StatusCode = make_status(status)
+    dv.SourceTimestamp = stamp
+    dv.ServerTimestamp = now
+    dv.SourcePicoseconds = None
+    dv.ServerPicoseconds = None
+    return dv
 
 
 def initial_values(slot: PredictionSlot, now: datetime) -> dict[str, ua.DataValue]:
@@ -124,9 +174,11 @@ def _slot_value(slot: PredictionSlot, value: str | float | None) -> tuple[Any, i
 
 
 def encode_prediction(
-    slot: PredictionSlot, prediction: Prediction, now: datetime
+    slot: PredictionSlot, prediction: Prediction, now: datetime, model_fields: bool = True
 ) -> dict[str, ua.DataValue]:
-    """DataValues for every variable of the slot; SourceTimestamp is the prediction time."""
+    """DataValues for every variable of the slot; SourceTimestamp is the prediction time.
+    ``model_fields=False`` leaves out ModelName, ModelVersion and ModelSha256 (the server skips
+    them while they equal what the nodes show)."""
     when = datetime.fromtimestamp(prediction.timestamp, UTC)
     status = STATUS_FOR_QUALITY[prediction.quality]
     good = StatusCodes.Good
@@ -139,9 +191,6 @@ def encode_prediction(
     out = {
         "Value": _dv(value, value_type(slot), value_status, when, now),
         "Score": _dv(prediction.score, ua.VariantType.Double, score_status, when, now),
-        "ModelName": _dv(prediction.model, ua.VariantType.String, good, when, now),
-        "ModelVersion": _dv(prediction.version, ua.VariantType.String, good, when, now),
-        "ModelSha256": _dv(prediction.sha256, ua.VariantType.String, good, when, now),
         "Quality": _dv(prediction.quality.label, ua.VariantType.String, good, when, now),
         "Timestamp": _dv(when, ua.VariantType.DateTime, good, when, now),
         "InputAge": _dv(
@@ -153,6 +202,10 @@ def encode_prediction(
         ),
         "PredictionId": _dv(prediction.id, ua.VariantType.String, good, when, now),
     }
+    if model_fields:
+        out["ModelName"] = _dv(prediction.model, ua.VariantType.String, good, when, now)
+        out["ModelVersion"] = _dv(prediction.version, ua.VariantType.String, good, when, now)
+        out["ModelSha256"] = _dv(prediction.sha256, ua.VariantType.String, good, when, now)
     # Written only when the prediction carries them: a prediction the model did not explain
     # leaves the last explanation (and drift score) on the HMI.
     if prediction.explanation is not None:

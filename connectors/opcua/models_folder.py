@@ -93,9 +93,10 @@ class ModelsFolder:
                     await server.write_attribute_value(nodeid, _dv(None))
                     self._nodes[(model, field)] = nodeid
 
-    async def write(self, server: Server, statuses: Sequence[ModelStatus]) -> int:
-        """Write what changed; returns the number of node writes."""
-        writes = 0
+    def changes(self, statuses: Sequence[ModelStatus]) -> list[tuple[ua.NodeId, ua.DataValue]]:
+        """The (node, value) pairs that changed since the last call, for one batch write
+        (``connectors.opcua._batch``)."""
+        out: list[tuple[ua.NodeId, ua.DataValue]] = []
         for status in statuses:
             values: dict[str, object] = dict(_fields(status))
             for asset, rate in status.agreement:
@@ -117,9 +118,8 @@ class ModelsFolder:
                 else:
                     now: Any = datetime.now(UTC)
                     dv = ua.DataValue(ua.Variant(value, STATUS_FIELDS[field]), SourceTimestamp=now)
-                await server.write_attribute_value(nodeid, dv)
-                writes += 1
-        return writes
+                out.append((nodeid, dv))
+        return out
 
 
 _SIDES = ("Active", "Candidate")

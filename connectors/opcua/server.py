@@ -46,6 +46,7 @@ from connectors.opcua._access import (
     ReadOnlyRuleset,
     mark_user_certificates,
 )
+from connectors.opcua._batch import BatchWriter, WriteFailure
 from connectors.opcua._feedback import FeedbackMethods
 from connectors.opcua._guard import GuardedServer
 from connectors.opcua._throttle import LoginThrottle
@@ -90,6 +91,7 @@ class PredictionServer:
             else None
         )
         self._server: Server | None = None
+        self._writer: BatchWriter | None = None
         self._models: ModelsFolder | None = None
         self._namespace_index: int | None = None
         self._nodes: dict[tuple[str, str], dict[str, ua.NodeId]] = {}
@@ -133,6 +135,7 @@ class PredictionServer:
             await server.set_application_uri(settings.application_uri)
             server.allow_remote_admin(False)
             self._apply_limits(server)
+            _floor_publishing_interval(server, settings.min_publishing_interval_ms)
             if settings.certificate and settings.private_key:
                 await server.load_certificate(settings.certificate)
                 await server.load_private_key(settings.private_key)
@@ -157,6 +160,7 @@ class PredictionServer:
                 self._log.debug("stop_after_failed_start", error=repr(stop_exc))
             raise ConnectorError(f"{self.name}: cannot start OPC UA server: {exc!r}") from exc
         self._server = server
+        self._writer = BatchWriter(server)
         self._state, self._detail = "ok", ""
         self._warn_about_access()
         self._log.info("server_started", slots=len(self._slots), namespace_index=ns)
@@ -243,16 +247,24 @@ class PredictionServer:
         return make_node_id(identifier, self._namespace_index, ua.NodeIdType.String)
 
     async def write_models(self, statuses: Sequence[ModelStatus]) -> None:
-        """Update the ``Models`` folder (connectors.opcua.models_folder)."""
-        if self._server is not None and self._models is not None:
-            self._counters["writes"] += await self._models.write(self._server, statuses)
+        """Update the ``Models`` folder (connectors.opcua.models_folder), one pass."""
+        writer = self._writer
+        if writer is not None and self._models is not None:
+            items = self._models.changes(statuses)
+            failures = writer.write(items)
+            failures += await writer.settle()
+            self._count(len(items), failures)
 
     async def write(self, batch: Sequence[Prediction]) -> None:
-        """Update the nodes through asyncua's in-process fast path; never waits on a client."""
-        server = self._server
-        if server is None:
+        """Update the nodes of a whole batch in one synchronous pass over the address space
+        (``connectors.opcua._batch``: no await per node, subscribed clients' notifications
+        queued in the same pass); never waits on a client."""
+        writer = self._writer
+        if writer is None:
             raise ConnectorError(f"{self.name}: write() before start()")
         now = datetime.now(UTC)
+        items: list[tuple[ua.NodeId, ua.DataValue]] = []
+        feedback = self._feedback
         for prediction in batch:
             key = (prediction.asset, prediction.model)
             ids = self._nodes.get(key)
@@ -263,23 +275,38 @@ class PredictionServer:
                     self._unknown_logged.add(key)
                     self._log.warning("prediction_for_unknown_slot", asset=key[0], model=key[1])
                 continue
-            if self._feedback is not None:
-                self._feedback.shown(prediction)
+            if feedback is not None:
+                feedback.shown(prediction)
             sticky = self._sticky[key]
-            for field, dv in encode_prediction(slot, prediction, now).items():
+            # The model's name, version and hash rarely change: skip encoding them when equal.
+            model_fields = (
+                sticky["ModelName"] != prediction.model
+                or sticky["ModelVersion"] != prediction.version
+                or sticky["ModelSha256"] != prediction.sha256
+            )
+            for field, dv in encode_prediction(slot, prediction, now, model_fields).items():
                 if field in _STICKY:
                     text = str(dv.Value.Value) if dv.Value is not None else ""
                     if sticky.get(field) == text:
                         continue
                     sticky[field] = text
-                try:
-                    await server.write_attribute_value(ids[field], dv)
-                except Exception as exc:  # one bad node must not stop the batch
-                    self._counters["write_errors"] += 1
-                    self._log.warning("node_write_failed", field=field, error=repr(exc))
-                    continue
-                self._counters["writes"] += 1
+                items.append((ids[field], dv))
             self._counters["predictions"] += 1
+        failures = writer.write(items)
+        failures += await writer.settle()
+        self._count(len(items), failures)
+
+    def _count(self, attempted: int, failures: list[WriteFailure]) -> None:
+        self._counters["writes"] += attempted - len(failures)
+        if failures:  # one bad node must not stop the batch: counted, logged once per batch
+            self._counters["write_errors"] += len(failures)
+            nodeid, code = failures[0]
+            self._log.warning(
+                "node_write_failed",
+                failed=len(failures),
+                first=str(nodeid.Identifier),
+                status=ua.StatusCode(cast(Any, code)).name,
+            )
 
     def health(self) -> ComponentHealth:
         state: Any = self._state
@@ -287,6 +314,7 @@ class PredictionServer:
 
     async def close(self) -> None:
         server, self._server = self._server, None
+        self._writer = None
         if server is None:
             if self._state != "down":
                 self._state = "stopped"
@@ -321,6 +349,24 @@ class _ClientCertificateValidator(CertificateValidator):
             await self._trust.check(cert)
         except UntrustedCertificate as exc:
             raise ServiceError(exc.status) from exc
+
+
+def _floor_publishing_interval(server: Server, floor_ms: float) -> None:
+    """asyncua grants whatever publishing interval a client asks for, 0 included (a publish per
+    changed item); raise requests below ``floor_ms`` to it. Sampling needs no such floor: every
+    write notifies at once (the monitored items' revised sampling interval is the publishing
+    interval, the value asyncua reports)."""
+    service = server.iserver.subscription_service
+    create = service.create_subscription
+
+    async def create_with_floor(
+        params: ua.CreateSubscriptionParameters, *args: Any, **kwargs: Any
+    ) -> ua.CreateSubscriptionResult:
+        if not params.RequestedPublishingInterval >= floor_ms:  # NaN too
+            params.RequestedPublishingInterval = floor_ms
+        return await create(params, *args, **kwargs)
+
+    service.create_subscription = create_with_floor  # type: ignore[method-assign]
 
 
 def _placeholder(vtype: ua.VariantType) -> Any:

@@ -158,6 +158,15 @@ class OpcUaServerSettings(BaseModel):
     )
     max_connections: int = Field(50, ge=1, description="Concurrent client connections.")
     max_subscriptions_per_session: int = Field(10, ge=1, description="Per client session.")
+    min_publishing_interval_ms: float = Field(
+        10.0,
+        ge=1.0,
+        le=60_000.0,
+        description="Shortest publishing interval granted to a subscription, ms: a client asking "
+        "for less (0 = publish every change at once) gets this. Values are sampled on write: "
+        "every prediction write queues its notification at once, sent with the next publish, so "
+        "an HMI at 10 ms sees a prediction within ~10 ms of its write.",
+    )
 
     @model_validator(mode="after")
     def _certificates(self) -> Self:

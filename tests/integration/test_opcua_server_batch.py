@@ -1,0 +1,232 @@
+"""PredictionServer's one-pass batch write seen by a real asyncua HMI client subscribed at 10 ms:
+every field of every prediction of a batch arrives with its value, status and SourceTimestamp;
+the model fields are sent only when they change; a node that cannot be written is counted and
+the rest of the batch still arrives; a client asking for a 0 ms publishing interval gets the
+configured floor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.subscription import Subscription
+from asyncua.ua.status_codes import StatusCodes
+from support import free_port
+
+from bridge.types import Explanation, Prediction, PredictionSlot, Quality, SinkContext
+from connectors.opcua import OpcUaServerSettings, PredictionServer
+from connectors.opcua.convert import make_node_id
+from connectors.opcua.encode import FIELDS, node_string
+
+NS = "urn:test:batch"
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+SLOTS = (
+    PredictionSlot("B1", "bearing", "1.0.0", "a" * 64, labels=("ok", "fault")),
+    PredictionSlot("B2", "rul", "2.0.0", "b" * 64),
+    PredictionSlot("B3", "rul", "2.0.0", "b" * 64),
+    PredictionSlot("B4", "rul", "2.0.0", "b" * 64),
+)
+DEADLINE_S = 15.0
+
+
+class Collector:
+    """asyncua handler: every notification, by node id string, in arrival order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, ua.DataValue]] = []
+        self.changed = asyncio.Event()
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        self.seen.append((str(node.nodeid.Identifier), data.monitored_item.Value))
+        self.changed.set()
+
+    async def wait_for(self, wanted: set[str], start: int) -> dict[str, ua.DataValue]:
+        """The last value of each wanted node notified after ``start``; fails at the deadline."""
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            got = {n: dv for n, dv in self.seen[start:] if n in wanted}
+            if set(got) == wanted:
+                return got
+            left = deadline - time.monotonic()
+            assert left > 0, f"never notified: {sorted(wanted - set(got))}"
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sink() -> AsyncIterator[PredictionServer]:
+    settings = OpcUaServerSettings(
+        endpoint=f"opc.tcp://127.0.0.1:{free_port()}",
+        namespace=NS,
+        allow_anonymous=True,
+        security_policies=["None"],
+    )
+    server = PredictionServer("hmi", settings, SinkContext("gw1", SLOTS))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def hmi(sink: PredictionServer) -> AsyncIterator[tuple[Collector, Subscription]]:
+    """One HMI session subscribed at 10 ms to every variable of every slot."""
+    client = Client(sink._settings.endpoint, timeout=10)
+    await client.connect()
+    try:
+        ns = await client.get_namespace_index(NS)
+        collector = Collector()
+        sub = await client.create_subscription(10, collector)
+        nodes = [
+            client.get_node(make_node_id(node_string(s.asset, s.model, f), ns))
+            for s in SLOTS
+            for f in FIELDS
+        ]
+        handles = await sub.subscribe_data_change(nodes)
+        assert all(isinstance(h, int) for h in handles), handles
+        # Every item first reports its current value: wait for all of them.
+        await collector.wait_for({str(n.nodeid.Identifier) for n in nodes}, 0)
+        yield collector, sub
+    finally:
+        await client.disconnect()
+
+
+def prediction(slot: PredictionSlot, value: str | float, when: float, **kw: Any) -> Prediction:
+    fields: dict[str, Any] = {
+        "id": f"{slot.asset}-{when}",
+        "seq": 1,
+        "asset": slot.asset,
+        "model": slot.model,
+        "version": slot.version,
+        "sha256": slot.sha256,
+        "value": value,
+        "score": 0.25,
+        "quality": Quality.GOOD,
+        "timestamp": when,
+        "input_age_s": 0.5,
+        "explanation": Explanation("vibration high", ()),
+        "drift_score": 0.125,
+    }
+    fields.update(kw)
+    return Prediction(**fields)
+
+
+def ident(slot: PredictionSlot, field: str) -> str:
+    return node_string(slot.asset, slot.model, field)
+
+
+def value(dv: ua.DataValue) -> Any:
+    assert dv.Value is not None
+    return dv.Value.Value
+
+
+def status(dv: ua.DataValue) -> int:
+    assert dv.StatusCode is not None
+    return int(dv.StatusCode.value)
+
+
+async def test_hmi_at_10_ms_gets_every_field_of_a_batch(
+    sink: PredictionServer, hmi: tuple[Collector, Subscription]
+) -> None:
+    collector, sub = hmi
+    assert sub.parameters.RequestedPublishingInterval == 10  # the revised value: granted
+    when = time.time() - 2.5  # SourceTimestamp must be this, not the write time
+    b1, b2, b3 = SLOTS[0], SLOTS[1], SLOTS[2]
+    batch = [
+        prediction(b1, "fault", when),
+        prediction(b2, 41.5, when + 0.001, quality=Quality.UNCERTAIN),
+        # A new model version: the model fields of this slot change, the others' do not.
+        prediction(b3, 7.25, when + 0.002, version="2.1.0", sha256="c" * 64),
+    ]
+    written = sink.health().counters["writes"]
+    start = len(collector.seen)
+    await sink.write(batch)
+    measured = [f for f in FIELDS if not f.startswith("Model")]
+    wanted = {ident(s, f) for s in (b1, b2, b3) for f in measured}
+    wanted |= {ident(b3, "ModelVersion"), ident(b3, "ModelSha256")}
+    got = await collector.wait_for(wanted, start)
+    assert sink.health().counters["writes"] - written == len(wanted)
+    for p, slot in zip(batch, (b1, b2, b3), strict=True):
+        stamp = datetime.fromtimestamp(p.timestamp, UTC)
+        for field in measured:
+            source: Any = got[ident(slot, field)].SourceTimestamp
+            assert source is not None and abs((source - stamp).total_seconds()) < 1e-3, field
+        good = p.quality is Quality.GOOD
+        expected = StatusCodes.Good if good else StatusCodes.UncertainLastUsableValue
+        assert status(got[ident(slot, "Value")]) == expected
+        assert value(got[ident(slot, "Value")]) == p.value
+        assert value(got[ident(slot, "Score")]) == 0.25
+        assert value(got[ident(slot, "Quality")]) == p.quality.label
+        assert value(got[ident(slot, "InputAge")]) == 0.5
+        assert value(got[ident(slot, "PredictionId")]) == p.id
+        assert value(got[ident(slot, "Explanation")]) == "vibration high"
+        assert value(got[ident(slot, "DriftScore")]) == 0.125
+        assert value(got[ident(slot, "Timestamp")]) == stamp
+    assert value(got[ident(b3, "ModelVersion")]) == "2.1.0"
+    assert value(got[ident(b3, "ModelSha256")]) == "c" * 64
+    # Ten publishing intervals later: nothing else was sent (unchanged model fields skipped).
+    await asyncio.sleep(0.1)
+    extra = {n for n, _ in collector.seen[start:]} - wanted
+    assert not extra, extra
+
+
+# asyncua's delete_nodes calls the monitored item's coroutine callback without awaiting it.
+@pytest.mark.filterwarnings("ignore:coroutine 'MonitoredItemService.datachange_callback'")
+async def test_a_node_that_cannot_be_written_does_not_stop_the_batch(
+    sink: PredictionServer, hmi: tuple[Collector, Subscription]
+) -> None:
+    collector, _ = hmi
+    b4 = SLOTS[3]
+    server = sink._server
+    assert server is not None and sink.namespace_index is not None
+    # Take B4's Score variable out of the address space: its write fails, the rest goes on.
+    score = server.get_node(make_node_id(ident(b4, "Score"), sink.namespace_index))
+    await server.delete_nodes([score])
+    errors = sink.health().counters["write_errors"]
+    start = len(collector.seen)
+    when = time.time() - 1.0
+    # Values unlike the earlier tests': an unchanged value is (rightly) not notified again.
+    other = {"input_age_s": 0.75, "drift_score": 0.5, "score": 0.625}
+    explained = Explanation("speed low", ())
+    batch = [
+        prediction(b4, 3.5, when),
+        prediction(SLOTS[1], 9.0, when, **other, explanation=explained),
+    ]
+    await sink.write(batch)
+    assert sink.health().counters["write_errors"] - errors == 1
+    measured = [f for f in FIELDS if not f.startswith("Model") and f != "Score"]
+    wanted = {ident(s, f) for s in (b4, SLOTS[1]) for f in measured} | {ident(SLOTS[1], "Score")}
+    got = await collector.wait_for(wanted, start)
+    assert value(got[ident(b4, "Value")]) == 3.5
+    assert value(got[ident(SLOTS[1], "Value")]) == 9.0
+    assert value(got[ident(SLOTS[1], "InputAge")]) == 0.75
+    assert value(got[ident(SLOTS[1], "Explanation")]) == "speed low"
+
+
+async def test_a_zero_ms_subscription_gets_the_configured_floor(sink: PredictionServer) -> None:
+    client = Client(sink._settings.endpoint, timeout=10)
+    await client.connect()
+    try:
+        collector = Collector()
+        sub = await client.create_subscription(0, collector)
+        assert sub.parameters.RequestedPublishingInterval == 10.0
+        ns = await client.get_namespace_index(NS)
+        node = client.get_node(make_node_id(ident(SLOTS[1], "Value"), ns))
+        await sub.subscribe_data_change([node])
+        await collector.wait_for({ident(SLOTS[1], "Value")}, 0)
+        start = len(collector.seen)
+        await sink.write([prediction(SLOTS[1], 123.0, time.time())])
+        got = await collector.wait_for({ident(SLOTS[1], "Value")}, start)
+        assert value(got[ident(SLOTS[1], "Value")]) == 123.0
+    finally:
+        await client.disconnect()
