@@ -1,0 +1,34 @@
+"""How ``sessions:`` splits a source's tags: contiguous, even shares; ``auto`` by item count."""
+
+from __future__ import annotations
+
+from connectors.opcua import OpcUaSourceSettings
+from connectors.opcua.source import shares
+
+
+def settings(**kw: object) -> OpcUaSourceSettings:
+    return OpcUaSourceSettings.model_validate({"endpoint": "opc.tcp://h:1", **kw})
+
+
+def test_shares_are_contiguous_and_even() -> None:
+    assert shares(10, 3) == [range(0, 4), range(4, 7), range(7, 10)]
+    assert shares(2, 1) == [range(0, 2)]
+    got = shares(10_001, 4)
+    assert [len(r) for r in got] == [2501, 2500, 2500, 2500]
+    assert got[-1].stop == 10_001
+
+
+def test_session_count_auto_and_capped_by_items() -> None:
+    auto = settings(sessions="auto")
+    assert [auto.session_count(n) for n in (1, 2500, 2501, 10_000, 100_000)] == [1, 1, 2, 4, 4]
+    assert settings(sessions=8).session_count(3) == 3
+    assert settings().session_count(10_000) == 1
+
+
+def test_workers_above_sessions_is_a_config_error() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="workers"):
+        settings(sessions=2, workers=3)
+    assert settings(sessions=4, workers=2).workers == 2
