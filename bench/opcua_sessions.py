@@ -61,7 +61,10 @@ async def bare(endpoint: str, shares: Sequence[tuple[int, int]], seconds: float)
 
     clients = []
     for start, stop in shares:
-        client = Client(endpoint, timeout=60)
+        # asyncua's liveness probe reads the server state with a watchdog_intervall timeout
+        # (1 s by default); on a box loaded by the flood itself a late answer would drop the
+        # session and leave no figure. The gateway's sessions keep their 1 s probe.
+        client = Client(endpoint, timeout=60, watchdog_intervall=10.0)
         await client.connect()
         clients.append(client)
         ns = await client.get_namespace_index(NS)
