@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import pickle
 import signal
@@ -50,6 +51,7 @@ from typing import Any
 import structlog
 
 from bridge.errors import ConnectorError, NotConnected
+from bridge.logging import configure_logging
 from bridge.types import SourceTag, TagSample
 from connectors.opcua._packed import pack, unpack
 from connectors.opcua.config import OpcUaSourceSettings, ReconnectSettings
@@ -157,6 +159,7 @@ class OpcUaWorkerSource:
                 f"{self.name}/w{index}",
                 child_settings.model_copy(update={"sessions": sessions}),
                 tags,
+                _log_level(),
             )
             process, ours = await asyncio.to_thread(_spawn, pickle.dumps(start))
             child = _Child(index, process, ours, tuple(t.tag for t in tags))
@@ -304,12 +307,18 @@ def child_main(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the gateway, which asks Q
     conn = Connection(fd)
     try:
-        name, settings, tags = pickle.loads(conn.recv_bytes())
+        name, settings, tags, level = pickle.loads(conn.recv_bytes())
+        # The gateway's level, on stderr (JSON unless a terminal): never on the gateway's stdout.
+        configure_logging(level)
         asyncio.run(_child(conn, name, settings, tags))
     except (EOFError, OSError):  # the gateway went away before or while starting us
         pass
     finally:
         conn.close()
+
+
+def _log_level() -> str:
+    return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
 
 
 def _die_with_parent() -> None:

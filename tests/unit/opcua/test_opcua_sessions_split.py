@@ -32,3 +32,18 @@ def test_workers_above_sessions_is_a_config_error() -> None:
     with pytest.raises(ValidationError, match="workers"):
         settings(sessions=2, workers=3)
     assert settings(sessions=4, workers=2).workers == 2
+
+
+def test_the_registry_makes_a_worker_source_only_when_asked() -> None:
+    from bridge import plugins
+    from bridge.types import SourceTag
+    from connectors.opcua import OpcUaAddress
+    from connectors.opcua._worker import OpcUaWorkerSource
+
+    plugins.load_plugins()
+    factory = plugins.source_kinds()["opcua"].factory
+    tags = [SourceTag(f"t{i}", OpcUaAddress(node=f"nsu=urn:x;s={i}")) for i in range(10)]
+    made = factory("p", settings(sessions=4, workers=2), tags)
+    assert isinstance(made, OpcUaWorkerSource)
+    assert made.workers == 2
+    assert not isinstance(factory("p", settings(sessions=4), tags), OpcUaWorkerSource)
