@@ -171,12 +171,12 @@ async def gateway(
             raise SystemExit(f"gateway: no full first read in 300 s ({supervisor.detail})")
         await asyncio.sleep(WARM_S)
         pids = [os.getpid(), *getattr(source, "pids", [])]
-        cpu0 = sum(proc_cpu_s(p) for p in pids)
+        cpu0 = sum(cpu_s(p) for p in pids)
         u0, t0 = table.updates, time.perf_counter()
         await asyncio.sleep(seconds)
         elapsed = time.perf_counter() - t0
         rate = (table.updates - u0) / elapsed
-        cpu = (sum(proc_cpu_s(p) for p in pids) - cpu0) / elapsed
+        cpu = (sum(cpu_s(p) for p in pids) - cpu0) / elapsed
         health = supervisor.health()
     finally:
         for task in tasks:
@@ -189,6 +189,14 @@ async def gateway(
         "counters": dict(health.counters),
         "dropped": getattr(source, "dropped", None),
     }
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid``; 0 once it is gone (a worker the supervisor replaced)."""
+    try:
+        return proc_cpu_s(pid)
+    except FileNotFoundError:
+        return 0.0
 
 
 # --- the plant server ------------------------------------------------------------------------
