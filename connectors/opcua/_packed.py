@@ -20,7 +20,8 @@ from bridge.types import Quality, TagSample, TagValue
 
 __all__ = ["pack", "unpack"]
 
-_HEADER = struct.Struct("<II")  # samples, bytes of the pickled extras
+_HEADER = struct.Struct("<IIB")  # samples, bytes of the pickled extras, flags
+_NO_SOURCE_TIME, _NO_SERVER_TIME = 1, 2  # flags: some sample lacks that timestamp
 _FLOAT, _INT, _BOOL, _NONE, _OTHER = 0, 1, 2, 3, 4
 _EXACT = 2**53  # ints beyond this do not survive a float64 column
 _QUALITIES = tuple(Quality)
@@ -40,6 +41,7 @@ def pack(batch: Sequence[TagSample], position: Mapping[str, int]) -> bytes:
     server = array("d", bytes(8 * n))
     other: dict[int, TagValue] = {}
     reasons: dict[int, str] = {}
+    flags = 0
     for i, s in enumerate(batch):
         where[i] = position[s.tag]
         v = s.value
@@ -58,14 +60,20 @@ def pack(batch: Sequence[TagSample], position: Mapping[str, int]) -> bytes:
         qualities[i] = s.quality
         received[i] = s.received_time
         st, sv = s.source_time, s.server_time
-        source[i] = _NAN if st is None else st
-        server[i] = _NAN if sv is None else sv
+        if st is None:
+            source[i], flags = _NAN, flags | _NO_SOURCE_TIME
+        else:
+            source[i] = st
+        if sv is None:
+            server[i], flags = _NAN, flags | _NO_SERVER_TIME
+        else:
+            server[i] = sv
         if s.reason:
             reasons[i] = s.reason
     extras = pickle.dumps((other, reasons)) if other or reasons else b""
     return b"".join(
         (
-            _HEADER.pack(n, len(extras)),
+            _HEADER.pack(n, len(extras), flags),
             where.tobytes(),
             kinds,
             values.tobytes(),
@@ -81,7 +89,7 @@ def pack(batch: Sequence[TagSample], position: Mapping[str, int]) -> bytes:
 def unpack(frame: bytes | memoryview, tags: Sequence[str]) -> list[TagSample]:
     """The samples of one ``pack`` frame; ``tags`` is the list the positions index."""
     view = memoryview(frame)
-    n, extras_len = _HEADER.unpack_from(view)
+    n, extras_len, flags = _HEADER.unpack_from(view)
     at = _HEADER.size
 
     def column(code: str, size: int) -> list[Any]:
@@ -104,7 +112,6 @@ def unpack(frame: bytes | memoryview, tags: Sequence[str]) -> list[TagSample]:
     reasons: dict[int, str] = {}
     if extras_len:
         other, reasons = pickle.loads(view[at : at + extras_len])
-    q = _QUALITIES
     if kinds.count(_FLOAT) != n:
         for i, kind in enumerate(kinds):
             if kind == _INT:
@@ -115,18 +122,24 @@ def unpack(frame: bytes | memoryview, tags: Sequence[str]) -> list[TagSample]:
                 values[i] = None
             elif kind == _OTHER:
                 values[i] = other[i]
-    # NaN is the only float unequal to itself: the columns' "no timestamp".
-    out = [
-        TagSample(
-            tags[where[i]],
-            values[i],
-            q[qualities[i]],
-            received[i],
-            None if source[i] != source[i] else source[i],
-            None if server[i] != server[i] else server[i],
+    # NaN (the only float unequal to itself) is the columns' "no timestamp"; the flags say
+    # whether a column has any, so the usual frame is built by map() without a test per value.
+    if flags & _NO_SOURCE_TIME:
+        source = [None if t != t else t for t in source]
+    if flags & _NO_SERVER_TIME:
+        server = [None if t != t else t for t in server]
+    q = _QUALITIES
+    out = list(
+        map(
+            TagSample,
+            [tags[i] for i in where],
+            values,
+            [q[i] for i in qualities],
+            received,
+            source,
+            server,
         )
-        for i in range(n)
-    ]
+    )
     for i, reason in reasons.items():
         out[i].reason = reason
     return out

@@ -11,12 +11,13 @@ socket pair framed as a ``multiprocessing.connection.Connection``; the gateway u
 into TagSample batches for the tag table.
 
 Pipe, not shared memory: measured with ``python -m bench.opcua_sessions --transport`` on the
-2-core box (load average ~9 from other jobs), a 5,000-sample frame (190 kB) crosses the pipe
-in 0.44 ms; writing and reading it through a shared-memory segment takes 0.16 ms, while
-packing takes 8.6 ms and unpacking 19 ms. The copy a shared-memory ring would save is ~1 %
-of the hand-off, and a ring needs its own wake-up (a pipe or futex anyway), framing, and
-clean-up of the segment when a child dies. A pipe gives framing, back-pressure (a full pipe
-blocks the child, whose inbox then coalesces) and end-of-file when either side dies.
+2-core box (CPU time, two runs), a 5,000-sample frame (190 kB) costs 0.15-0.16 ms of CPU to
+cross the pipe (send and receive) against 0.013-0.019 ms to write and read it through a
+shared-memory segment, while packing costs 2.7-3.3 ms and unpacking 4.2-4.8 ms. What a
+shared-memory ring would save is ~2 % of the hand-off, and a ring needs its own wake-up (a
+pipe or futex anyway), framing, and clean-up of the segment when a child dies. A pipe gives
+framing, back-pressure (a full pipe blocks the child, whose inbox then coalesces) and
+end-of-file when either side dies.
 
 Ownership: the child never reconnects as a whole. Its ``OpcUaSource`` reconnects a lost
 session while others are up (as in-process); when all of a child's sessions are lost, or it
