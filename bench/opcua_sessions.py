@@ -62,8 +62,8 @@ async def bare(endpoint: str, shares: Sequence[tuple[int, int]], seconds: float)
     clients = []
     for start, stop in shares:
         # asyncua's liveness probe reads the server state with a watchdog_intervall timeout
-        # (1 s by default); on a box loaded by the flood itself a late answer would drop the
-        # session and leave no figure. The gateway's sessions keep their 1 s probe.
+        # (1 s by default); on a loaded box a flooded server answers later and the session
+        # drops before any figure. 10 s here, and for the gateway (watchdog_s: 100).
         client = Client(endpoint, timeout=60, watchdog_intervall=10.0)
         await client.connect()
         clients.append(client)
@@ -119,7 +119,7 @@ def mapping_text(endpoint: str, items: int, sessions: int, workers: int, store: 
         f'gateway: {{id: bench, store: "{store}", api: {{enabled: false}}}}',
         "sources:",
         f'  plant: {{kind: opcua, endpoint: "{endpoint}", publishing_interval_ms: 100, '
-        f"timeout_s: 60, sessions: {sessions}, workers: {workers}}}",
+        f"timeout_s: 60, watchdog_s: 100, sessions: {sessions}, workers: {workers}}}",
         "assets:",
     ]
     per_asset = 10

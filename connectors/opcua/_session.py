@@ -31,7 +31,14 @@ from connectors.opcua._subscription import InboxSubscription, decode_publish_off
 from connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings
 from connectors.opcua.convert import NodeRef, make_node_id, node_id_for, parse_nsu
 
-__all__ = ["DEFAULT_BATCH", "SESSION_TIMEOUT_MS", "SampleMaker", "Session", "address_of"]
+__all__ = [
+    "DEFAULT_BATCH",
+    "SESSION_TIMEOUT_MS",
+    "SampleMaker",
+    "Session",
+    "address_of",
+    "probe_interval",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +100,7 @@ class Session:
         client = Client(
             settings.endpoint,
             timeout=settings.timeout_s,
-            watchdog_intervall=min(1.0, settings.watchdog_s / 4),
+            watchdog_intervall=probe_interval(settings.watchdog_s),
             auto_reconnect=False,
         )
         client.session_timeout = SESSION_TIMEOUT_MS
@@ -361,6 +368,14 @@ class Session:
         finally:
             # A timed-out disconnect can leave the socket open; drop it for sure.
             client.disconnect_socket()
+
+
+def probe_interval(watchdog_s: float) -> float:
+    """asyncua's liveness probe (a Read of the server state) runs this often and must answer
+    within as long. 1 s up to the default watchdog_s of 10 (a silent link is seen in ~1 s);
+    a tenth of a longer watchdog_s, so a gateway on a loaded box, where a flooded server
+    answers a Read later than 1 s, can lengthen it (measured: sessions dropped at load 8)."""
+    return max(min(1.0, watchdog_s / 4), watchdog_s / 10)
 
 
 def address_of(tag: SourceTag) -> OpcUaAddress:

@@ -168,7 +168,9 @@ class OpcUaSourceSettings(BaseModel):
     watchdog_s: float = Field(
         10,
         gt=0,
-        description="No notification and no keep-alive for this long: the subscription is dead.",
+        description="No notification and no keep-alive for this long: the subscription is dead. "
+        "The connection's liveness probe runs every 1 s up to watchdog_s 10 and every "
+        "watchdog_s / 10 above (raise it on a loaded box whose server answers late).",
     )
     reconnect: ReconnectSettings = Field(
         default_factory=ReconnectSettings,

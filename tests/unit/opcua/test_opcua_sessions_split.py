@@ -47,3 +47,11 @@ def test_the_registry_makes_a_worker_source_only_when_asked() -> None:
     assert isinstance(made, OpcUaWorkerSource)
     assert made.workers == 2
     assert not isinstance(factory("p", settings(sessions=4), tags), OpcUaWorkerSource)
+
+
+def test_the_liveness_probe_keeps_1_s_up_to_the_default_watchdog_and_grows_beyond() -> None:
+    from connectors.opcua._session import probe_interval
+
+    assert probe_interval(10) == 1.0  # the default: unchanged
+    assert probe_interval(3) == 0.75  # short watchdogs (tests) unchanged
+    assert probe_interval(100) == 10.0
