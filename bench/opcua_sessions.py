@@ -16,7 +16,7 @@ Rows: gateway vs one bare session (target >= 1.5x) and vs N bare sessions (targe
 CPU seconds per second of the server and of the client processes are in the JSON.
 
     .venv/bin/python -m bench.opcua_sessions [--items 10000 --period 0.1 --seconds 15]
-        [--sessions 4 --workers 2] [--quick] [--transport]
+        [--sessions 4 --workers 2 --rounds 2] [--quick] [--transport]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -325,7 +326,8 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="2,000 items, 4 s per turn")
+    parser.add_argument("--rounds", type=int, default=2, help="turns per side (medians)")
+    parser.add_argument("--quick", action="store_true", help="2,000 items, 4 s, 1 round")
     parser.add_argument("--transport", action="store_true", help="pipe vs shared memory only")
     args = parser.parse_args()
     if args.transport:
@@ -334,12 +336,13 @@ async def main() -> None:
         write_result("opcua_transport", moves)
         return
     if args.quick:
-        args.items, args.seconds = 2000, 4.0
+        args.items, args.seconds, args.rounds = 2000, 4.0, 1
     port = free_port()
     load0 = os.getloadavg()[0]
     server, kind = start_server(port, args.items, args.period)
     endpoint = f"opc.tcp://127.0.0.1:{port}"
-    turns: dict[str, dict[str, Any]] = {}
+    turns: dict[str, list[dict[str, Any]]] = {"bare_1": [], "bare_n": [], "gateway": []}
+    layout = layout_of(args.items, args.sessions, args.workers)
     try:
 
         def server_cpu() -> float:
@@ -350,21 +353,25 @@ async def main() -> None:
             t0 = time.perf_counter()
             result = await job
             result["server_cpu_avg"] = round((server_cpu() - c0) / (time.perf_counter() - t0), 2)
-            turns[name] = result
+            result["load_average_1m"] = round(os.getloadavg()[0], 2)
+            turns[name].append(result)
             print(f"{name}: {result['rate']:,.0f}/s ({result})", file=sys.stderr)
 
-        await turn(
-            "bare_1", asyncio.to_thread(run_bare, endpoint, [split(args.items, 1)], args.seconds)
-        )
-        layout = layout_of(args.items, args.sessions, args.workers)
-        await turn("bare_n", asyncio.to_thread(run_bare, endpoint, layout, args.seconds))
-        await turn(
-            "gateway",
-            gateway(endpoint, args.items, args.sessions, args.workers, args.seconds),
-        )
+        def job(name: str) -> Any:
+            if name == "bare_1":
+                return asyncio.to_thread(run_bare, endpoint, [split(args.items, 1)], args.seconds)
+            if name == "bare_n":
+                return asyncio.to_thread(run_bare, endpoint, layout, args.seconds)
+            return gateway(endpoint, args.items, args.sessions, args.workers, args.seconds)
+
+        # Round 2 runs the turns in reverse, so neither side always meets a fresher server.
+        order = ["bare_1", "bare_n", "gateway"]
+        for r in range(args.rounds):
+            for name in order if r % 2 == 0 else order[::-1]:
+                await turn(name, job(name))
     finally:
         stop_server(server)
-    one, many, ours = (turns[k]["rate"] for k in ("bare_1", "bare_n", "gateway"))
+    one, many, ours = (statistics.median(t["rate"] for t in turns[k]) for k in turns)
     shape = f"sessions {args.sessions}, workers {args.workers}"
     period_ms = args.period * 1000
     figures: dict[str, Any] = {
@@ -375,9 +382,12 @@ async def main() -> None:
         "seconds_per_turn": args.seconds,
         "sessions": args.sessions,
         "workers": args.workers,
+        "rounds": args.rounds,
         "turns": {
-            k: {**v, "rate": round(v["rate"]), "cpu": round(v["cpu"], 2)} for k, v in turns.items()
+            k: [{**v, "rate": round(v["rate"]), "cpu": round(v["cpu"], 2)} for v in runs]
+            for k, runs in turns.items()
         },
+        "medians": {"bare_1": round(one), "bare_n": round(many), "gateway": round(ours)},
         "load_average_1m_before": round(load0, 2),
         "machine": machine(),
         "rows": [
@@ -389,7 +399,7 @@ async def main() -> None:
                 "updates/s",
                 ">= 1.5x one bare asyncua session",
                 bool(one) and ours / one >= 1.5,
-                "tag-table updates/s vs notifications/s, same run",
+                f"tag-table updates/s vs notifications/s, medians of {args.rounds} turns",
             ),
             row(
                 f"{kind} {args.items:,} items @{period_ms:g} ms: gateway "
