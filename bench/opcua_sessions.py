@@ -49,6 +49,7 @@ WARM_S = 3.0
 
 async def bare(endpoint: str, shares: Sequence[tuple[int, int]], seconds: float) -> dict[str, Any]:
     """One asyncua session per (start, stop) share, all in this process; notifications/s."""
+    from asyncua import ua
     from asyncua.client.client import Client
 
     from connectors.opcua.convert import make_node_id
@@ -76,7 +77,7 @@ async def bare(endpoint: str, shares: Sequence[tuple[int, int]], seconds: float)
             # node-opcua server sample every item on a timer, work the gateway's items do not
             # cost it (measured: the bare clients got half the gateway's rate from it)
             await sub.subscribe_data_change(
-                nodes[at : at + 1000], queuesize=1, sampling_interval=0.0
+                nodes[at : at + 1000], queuesize=1, sampling_interval=ua.Double(0.0)
             )
     await asyncio.sleep(WARM_S)  # let the initial burst pass
     cpu0 = proc_cpu_s(os.getpid())
