@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -74,6 +74,18 @@ class Probeable(Protocol):
 
     @property
     def probe_address(self) -> tuple[str, int] | None: ...
+
+
+@runtime_checkable
+class PartlyUp(Protocol):
+    """A source made of several links (e.g. OPC UA ``sessions: N``) that stays up while some
+    are lost: ``degraded`` says why ("" when all are up), ``counters`` go into its health."""
+
+    @property
+    def degraded(self) -> str: ...
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...
 
 
 async def port_accepts(host: str, port: int) -> bool:
@@ -149,6 +161,7 @@ class SourceSupervisor:
             state = "starting"
         elif self.state == "stopped":
             state = "stopped"
+        detail = self.detail
         counters = {
             "connects": self.connects,
             "failures": self.failures,
@@ -156,7 +169,12 @@ class SourceSupervisor:
             "probe_wakeups": self.probe_wakeups,
             "tags": len(self.tag_ids),
         }
-        return ComponentHealth(f"source:{self.name}", state, self.detail, counters)
+        if isinstance(self.source, PartlyUp):
+            counters.update(self.source.counters)
+            why = self.source.degraded
+            if state == "ok" and why:
+                state, detail = "degraded", why
+        return ComponentHealth(f"source:{self.name}", state, detail, counters)
 
     async def run(self) -> None:
         try:

@@ -52,6 +52,10 @@ def __getattr__(name: str) -> Any:
 
 
 def _source(name: str, settings: Any, tags: Sequence[SourceTag]) -> Source:
+    if settings.workers > 0:
+        from connectors.opcua._worker import OpcUaWorkerSource
+
+        return OpcUaWorkerSource(name, settings, tags)
     from connectors.opcua.source import OpcUaSource
 
     return OpcUaSource(name, settings, tags)

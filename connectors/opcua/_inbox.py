@@ -18,10 +18,12 @@ T = TypeVar("T")
 
 
 class Inbox(Generic[T]):
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, wake: asyncio.Event | None = None) -> None:
         self._queue: asyncio.Queue[tuple[int, T]] = asyncio.Queue(maxsize=maxsize)
         self._spilled: dict[int, T] = {}
-        self._wake = asyncio.Event()
+        # Shared by the inboxes of one source's sessions, so its consumer waits on one event;
+        # it then takes from every inbox (take() clears the shared event before draining).
+        self._wake = wake if wake is not None else asyncio.Event()
         self._failure: str | None = None
         self.dropped = 0
         self.spilled_total = 0

@@ -24,6 +24,11 @@ def _opc_tcp(value: str) -> str:
 
 OpcTcpUrl = Annotated[str, AfterValidator(_opc_tcp)]
 
+# sessions: auto. Against a node-opcua server (1,000 notifications per Publish response) on 2
+# cores, 10,000 items at 100 ms gave ~26k notifications/s on one session and ~43k on four.
+AUTO_ITEMS_PER_SESSION = 2500
+AUTO_MAX_SESSIONS = 4
+
 __all__ = ["OpcUaAddress", "OpcUaSourceSettings", "ReconnectSettings", "SecuritySettings"]
 
 SecurityPolicyName = Literal[
@@ -163,12 +168,41 @@ class OpcUaSourceSettings(BaseModel):
     watchdog_s: float = Field(
         10,
         gt=0,
-        description="No notification and no keep-alive for this long: the subscription is dead.",
+        description="No notification and no keep-alive for this long: the subscription is dead. "
+        "The connection's liveness probe runs every 1 s up to watchdog_s 10 and every "
+        "watchdog_s / 10 above (raise it on a loaded box whose server answers late).",
     )
     reconnect: ReconnectSettings = Field(
         default_factory=ReconnectSettings,
         description="Backoff between connect attempts and the port probe that ends it early.",
     )
+    sessions: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        1,
+        description="Sessions the items are split over (contiguous shares, one subscription "
+        "each). asyncua keeps one Publish request in flight per session, so one session tops "
+        "out at one server response per round trip; more sessions take more notifications/s "
+        "from a large server. 'auto': one session per 2,500 items, at most 4. A session that "
+        "is lost marks only its items Bad and is reconnected on its own.",
+    )
+    workers: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="Child processes that run this source's sessions (connect, subscribe, "
+        "decode) and hand packed batches to the gateway over a pipe; 0 = in the gateway's "
+        "process. Worth it on 2+ cores with thousands of fast-changing items: one process "
+        "decodes some 25-40k notifications/s. The sessions are spread over the workers.",
+    )
+
+    def session_count(self, items: int) -> int:
+        """Sessions actually opened for ``items`` tags (never more than items, at least 1)."""
+        setting = self.sessions
+        wanted = (
+            min(AUTO_MAX_SESSIONS, -(-items // AUTO_ITEMS_PER_SESSION))
+            if setting == "auto"
+            else setting
+        )
+        return max(1, min(wanted, items))
 
     @model_validator(mode="after")
     def _user_pair(self) -> Self:
@@ -180,6 +214,11 @@ class OpcUaSourceSettings(BaseModel):
             raise ValueError("user_certificate and user_private_key go together")
         if self.user_certificate and self.username:
             raise ValueError("choose one identity: username or user_certificate")
+        if isinstance(self.sessions, int) and self.workers > self.sessions:
+            raise ValueError(
+                f"workers ({self.workers}) above sessions ({self.sessions}): a worker runs at "
+                "least one session; raise sessions or lower workers"
+            )
         return self
 
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs node-opcua (the OPC UA stack many SCADA test servers are built on) into
+# bench/nodeopcua/ (gitignored, never committed) for bench.opcua_sessions' plant server.
+# Usage: bench/setup_nodeopcua.sh        (needs node >= 18 + npm)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+dest="$here/nodeopcua"
+
+if ! command -v npm >/dev/null 2>&1; then
+  echo "npm is missing: install Node.js >= 18 to run the node-opcua server" >&2
+  exit 1
+fi
+mkdir -p "$dest"
+cd "$dest"
+[ -f package.json ] || echo '{"name": "bridge-bench-nodeopcua", "private": true}' > package.json
+npm install --no-audit --no-fund --loglevel=error node-opcua-server@2
+echo "node-opcua installed in $dest: $(node -e 'console.log(require("node-opcua-server/package.json").version)')"
