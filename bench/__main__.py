@@ -3,6 +3,7 @@
     python -m bench            # full run, on demand (several minutes)
     python -m bench --quick    # smoke run for CI (< 2 minutes): same code paths, smaller sizes
     python -m bench --only pipeline,inference
+    python -m bench --quick --skip opcua_sessions,opcua_server   # leave parts out
 
 Prints a table and writes bench/results/bench.json (bench-quick.json for --quick) with the
 figures, the ratios, the versions and the machine. Targets are reported, never asserted: the
@@ -31,11 +32,25 @@ from bench.common import RESULTS, ROOT, row, write_result
 from bench.peer import NODERED
 
 # Benchmarks other issues add to bench/: run when present, read from their own JSON result.
-EXTERNAL = ("opcua_ingest", "modbus_poll", "outbox", "api_auth", "retention", "trigger")
+EXTERNAL = (
+    "opcua_ingest",
+    "modbus_poll",
+    "outbox",
+    "api_auth",
+    "retention",
+    "trigger",
+    "store",
+    "opcua_server",
+    "opcua_sessions",
+)
 EXTERNAL_TIMEOUT_S = {True: 90, False: 900}
 # Arguments of the full run where a part's own defaults are sized for running it alone
 # (bench.outbox's 600 s backlog on two backends takes ~12 of the suite's ~18 minutes).
-EXTERNAL_ARGS = {"outbox": ["--backlog-s", "60", "--drain-s", "15"]}
+EXTERNAL_ARGS = {
+    "outbox": ["--backlog-s", "60", "--drain-s", "15"],
+    # bench.store's stand-alone default (100,000 rows per backend and side) takes minutes.
+    "store": ["--rows", "40000"],
+}
 
 
 def _e2e(quick: bool) -> dict[str, Any]:
@@ -198,6 +213,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke run, < 2 minutes")
     parser.add_argument("--only", default="", help="comma-separated parts to run")
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out")
     parser.add_argument("--out", type=Path, help="write the JSON here instead of bench/results/")
     args = parser.parse_args()
     from bridge.logging import configure_logging
@@ -205,6 +221,11 @@ def main() -> int:
     configure_logging("warning")
     available = parts(args.quick)
     chosen = [p for p in args.only.split(",") if p] or list(available)
+    skipped = {p for p in args.skip.split(",") if p}
+    if unknown := skipped - set(available):
+        print(f"unknown part(s) {', '.join(sorted(unknown))} in --skip", file=sys.stderr)
+        return 2
+    chosen = [p for p in chosen if p not in skipped]
     figures: dict[str, Any] = {"quick": args.quick, "tools": tools(), "parts": {}}
     crashed = False
     t_all = time.perf_counter()

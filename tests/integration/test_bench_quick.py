@@ -12,6 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 OWN_PARTS = ("pipeline", "inference", "api", "memory", "peer")
+# Smoke runs of 30-90 s each with servers of their own (node-opcua or asyncua load servers, an HMI
+# process): run on demand with the rest of `python -m bench --quick`, left out here so CI stays
+# within its time. The code they measure has its own tests.
+SLOW_PARTS = "opcua_sessions,opcua_server,trigger"
 ROW_KEYS = {"measure", "bridge", "floor", "unit", "ratio", "target", "met", "note"}
 
 
@@ -19,7 +23,7 @@ ROW_KEYS = {"measure", "bridge", "floor", "unit", "ratio", "target", "met", "not
 def test_quick_bench_completes_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--skip", SLOW_PARTS, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -34,6 +38,7 @@ def test_quick_bench_completes_and_writes_json(tmp_path: Path) -> None:
     figures = doc["figures"]
     assert figures["quick"] is True
     assert set(OWN_PARTS) <= set(figures["parts"])
+    assert not set(SLOW_PARTS.split(",")) & set(figures["parts"])
     for name in OWN_PARTS:
         part = figures["parts"][name]
         assert "error" not in part, f"{name}: {part.get('error')}"
