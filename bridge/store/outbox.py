@@ -27,7 +27,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -384,6 +384,11 @@ class Claim:
         self._open = False
         return dead
 
+    def all_recorded(self) -> None:
+        """Every event was accepted and its deletion committed (``record_accepted``): nothing
+        is left to finish or release, so no transaction is spent on it."""
+        self._open = False
+
     @staticmethod
     def _bury(s: Session, event: OutboxEvent, now: float, attempts: int, error: str) -> None:
         s.execute(insert(DeadLetterRow).values(_dead_values(event, now, attempts, error)))
@@ -467,6 +472,7 @@ class OutboxRepository:
         now: float | None = None,
         depth: int = 1,
         lease_s: float = 30.0,
+        skip: Collection[str] = (),
     ) -> Claim:
         """Lease the oldest pending events of up to ``limit`` due assets, at most ``depth`` each.
 
@@ -475,14 +481,19 @@ class OutboxRepository:
         head (or an earlier row) another relay holds an unexpired lease on is left out; rows
         whose lease expired (their relay died or lost the store) are free again. The leases
         are committed before this returns: nothing stays open while the events are sent.
+
+        ``skip``: assets this holder is still sending (an earlier claim of its own, in flight
+        or waiting for its outcome to be recorded): none of their rows is taken, so their
+        later events never overtake them.
         """
         when = time.time() if now is None else now
+        busy = list(skip)
         try:
             with self._store.sessions.begin() as s:
                 _lock_claims(s, destination)
-                events = self._scan(s, destination, limit, depth, when, self.holder)
+                events = self._scan(s, destination, limit, depth, when, self.holder, busy)
                 if events is None:
-                    events = self._heads(s, destination, limit, when, self.holder)
+                    events = self._heads(s, destination, limit, when, self.holder, busy)
                 if events:
                     s.execute(
                         update(OutboxRow)
@@ -496,7 +507,13 @@ class OutboxRepository:
 
     @staticmethod
     def _scan(
-        s: Session, destination: str, limit: int, depth: int, when: float, holder: str
+        s: Session,
+        destination: str,
+        limit: int,
+        depth: int,
+        when: float,
+        holder: str,
+        busy: list[str],
     ) -> list[OutboxEvent] | None:
         """Fast path: the oldest rows by id (the primary key), cut into per-asset prefixes.
 
@@ -511,12 +528,11 @@ class OutboxRepository:
             # SQLite would filter through the (destination, asset, id) index and then sort the
             # whole backlog by id; an expression keeps it on the primary key, in order.
             dest_col = OutboxRow.destination + ""
-        stmt = (
-            select(*_EVENT_COLUMNS)
-            .where(dest_col == destination)
-            .order_by(OutboxRow.id)
-            .limit(limit * depth)
-        )
+        stmt = select(*_EVENT_COLUMNS).where(dest_col == destination)
+        if busy:
+            # Out of the window, so rows in flight (the lowest ids) do not fill it.
+            stmt = stmt.where(~_among(s, OutboxRow.asset, busy))
+        stmt = stmt.order_by(OutboxRow.id).limit(limit * depth)
         rows = [OutboxEvent(*row) for row in s.execute(stmt)]
         if not rows:
             return []
@@ -544,7 +560,7 @@ class OutboxRepository:
 
     @staticmethod
     def _heads(
-        s: Session, destination: str, limit: int, when: float, holder: str
+        s: Session, destination: str, limit: int, when: float, holder: str, busy: list[str]
     ) -> list[OutboxEvent]:
         """The head (oldest row) of every due asset no other relay holds, from an index-only
         GROUP BY."""
@@ -562,6 +578,8 @@ class OutboxRepository:
             .order_by(OutboxRow.id)
             .limit(limit)
         )
+        if busy:
+            stmt = stmt.where(~_among(s, OutboxRow.asset, busy))
         return [OutboxEvent(*row) for row in s.execute(stmt)]
 
     def stats(self, destination: str) -> OutboxStats:
