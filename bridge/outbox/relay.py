@@ -368,22 +368,42 @@ class Relay:
             self._free(sent.held)
 
     async def _send_round(self, claim: Claim, recorder: _Recorder, sent: _Sent) -> None:
-        outcomes = await self._send_claimed(claim.events, recorder, sent)
-        accepted = sent.recorded + sent.unrecorded
-        if len(sent.recorded) == len(claim.events):
+        outcomes = await self._send_claimed(claim, recorder, sent)
+        done = set(sent.recorded) | sent.settled
+        left = [e for e in claim.events if e.id not in done]
+        if not left:
             claim.all_recorded()  # the usual round: nothing left to finish or release
             return
-        rejected = {i: o for i, o in outcomes.items() if isinstance(o, str)}
-        retried = self._decide(claim.events, outcomes, bool(accepted))
+        await self._settle(claim, left, outcomes, sent, part=False)
+
+    async def _settle(
+        self,
+        claim: Claim,
+        events: list[OutboxEvent],
+        outcomes: dict[int, Outcome],
+        sent: _Sent,
+        *,
+        part: bool,
+    ) -> None:
+        """Record what came of ``events`` (rejections, retries, dead letters, accepted events
+        whose own commit failed) and release their leases; ``part``: some of the claim's
+        events (one asset's), the rest of the claim goes on."""
+        accepted = bool(sent.recorded or sent.unrecorded)
+        ids = {e.id for e in events}
+        unrecorded = [i for i in sent.unrecorded if i in ids]
+        rejected = {e.id: o for e in events if isinstance(o := outcomes.get(e.id), str)}
+        retried = self._decide(events, outcomes, accepted)
         dead = await _see_through(
             claim.finish,
-            sent.unrecorded,
+            unrecorded,
             rejected,
             self._s.dead_letter_after,
             self._s.reject_retry_s,
             retried,
+            events if part else None,
         )
-        self._counted(len(sent.unrecorded))  # deleted by ``finish`` instead
+        sent.settled.update(ids)
+        self._counted(len(unrecorded))  # deleted by ``finish`` instead
         self._feed.pending = max(0, self._feed.pending - len(dead))
         self.rejected += len(rejected)
         self.retried += len(retried)
@@ -399,11 +419,12 @@ class Relay:
             )
         if retried and not accepted and not self._working():
             # Nothing accepted lately: the destination is down as a whole, not one event.
-            # Pause the relay (not the events): their count stays, the backlog waits. Rounds
-            # running side by side all see it: one pause, not one step of backoff per round.
+            # Pause the relay (not the events): their count stays, the backlog waits. Lanes
+            # and rounds running side by side all see it: one pause, not one step of backoff
+            # for each of them.
             if time.monotonic() >= self._hold_until:
                 self._outage += 1
-            hints = [o.after_s for o in outcomes.values() if isinstance(o, Retry)]
+            hints = [o.after_s for i in retried if isinstance(o := outcomes.get(i), Retry)]
             hint = max((h for h in hints if h is not None), default=None)
             pause = self._policy.delay(self._outage, hint)
             self._hold_until = max(self._hold_until, time.monotonic() + pause)
@@ -466,7 +487,7 @@ class Relay:
         return out
 
     async def _send_claimed(
-        self, events: list[OutboxEvent], recorder: _Recorder, sent: _Sent
+        self, claim: Claim, recorder: _Recorder, sent: _Sent
     ) -> dict[int, Outcome]:
         """Send the claimed events; returns the outcome of every event that was sent.
 
@@ -474,19 +495,20 @@ class Relay:
         never has two events in flight and a failure holds back the rest of its queue.
         """
         queues: dict[str, list[OutboxEvent]] = {}
-        for e in events:  # oldest first, so each queue is in delivery order
+        for e in claim.events:  # oldest first, so each queue is in delivery order
             queues.setdefault(e.asset, []).append(e)
         outcomes: dict[int, Outcome] = {}
         if self._caps.batch_size > 1:
             await self._waves(queues, outcomes, recorder, sent, self._caps.batch_size)
         else:
             await asyncio.gather(
-                *(self._lane(q, outcomes, recorder, sent) for q in queues.values())
+                *(self._lane(claim, q, outcomes, recorder, sent) for q in queues.values())
             )
         return outcomes
 
     async def _lane(
         self,
+        claim: Claim,
         queue: list[OutboxEvent],
         outcomes: dict[int, Outcome],
         recorder: _Recorder,
@@ -507,6 +529,7 @@ class Relay:
                     self._wake.set()
                 if outcome is not None:
                     self._failed(outcome)
+                    await self._settle_early(claim, queue[i:], outcomes, sent)
                     return
                 self._accepted()
                 # The asset's next event waits until this one is recorded (the commit is
@@ -524,6 +547,25 @@ class Relay:
         finally:
             if wanting:
                 self._demand -= 1
+
+    async def _settle_early(
+        self,
+        claim: Claim,
+        rest: list[OutboxEvent],
+        outcomes: dict[int, Outcome],
+        sent: _Sent,
+    ) -> None:
+        """An asset's send failed: schedule its retry and release it now, not when the whole
+        claim is done (a long round would hold it back far beyond its backoff)."""
+        try:
+            await self._settle(claim, rest, outcomes, sent, part=True)
+        except BridgeError as exc:
+            # The round's own finish tries again; until then the asset stays held.
+            log.warning("outbox_settle_failed", destination=self.name, error=str(exc))
+            return
+        asset = rest[0].asset
+        sent.held.discard(asset)
+        self._free({asset})
 
     async def _waves(
         self,
@@ -600,6 +642,7 @@ class _Sent:
     held: set[str]
     recorded: list[int] = field(default_factory=list)
     unrecorded: list[int] = field(default_factory=list)
+    settled: set[int] = field(default_factory=set)  # by a lane's early ``finish``
 
 
 class _Recorder:

@@ -309,6 +309,11 @@ class Claim:
     A lease that expired and was taken by another relay is no longer this claim's: ``finish``
     touches only the rows still leased to its holder (the other relay sends them again, with
     the same Idempotency-Key).
+
+    ``finish(..., part=...)`` settles some events early (an asset whose send failed, so that
+    its retry is scheduled and its lease released at once, not when the whole claim is done);
+    later calls and ``close`` leave those rows alone: by then a newer claim of the same holder
+    may have leased them again.
     """
 
     def __init__(self, store: Store, holder: str, events: list[OutboxEvent]) -> None:
@@ -316,6 +321,7 @@ class Claim:
         self._store = store
         self._holder = holder
         self._open = bool(events)
+        self._settled: set[int] = set()  # ids settled by a ``finish(part=...)``
 
     def finish(
         self,
@@ -324,20 +330,26 @@ class Claim:
         dead_letter_after: int,
         retry_in_s: float,
         retried: Mapping[int, RetryUpdate] | None = None,
+        part: Sequence[OutboxEvent] | None = None,
     ) -> list[OutboxEvent]:
         """Delete accepted rows; count rejections and retryable failures; move rows rejected
         too often, or whose retries are exhausted (``retried[id].dead``), to dead letters;
-        release the leases of the rest.
+        release the leases of the rest (of ``part`` only, when given: the claim stays open).
 
         Returns the events that became dead letters. One transaction: all of it or nothing, so
         a lost connection here only means those events are sent again (same Idempotency-Key).
         """
         now = time.time()
         dead: list[OutboxEvent] = []
+        events = [e for e in (self.events if part is None else part) if e.id not in self._settled]
+        if not events:
+            if part is None:
+                self._open = False
+            return dead
         try:
             with self._store.sessions.begin() as s:
                 mine_stmt = select(OutboxRow.id).where(
-                    _among(s, OutboxRow.id, [e.id for e in self.events]),
+                    _among(s, OutboxRow.id, [e.id for e in events]),
                     OutboxRow.claimed_by == self._holder,
                 )
                 if s.get_bind().dialect.name == "postgresql":
@@ -352,7 +364,7 @@ class Claim:
                         # No ORM objects to keep in sync: skip the RETURNING of every deleted id.
                         execution_options={"synchronize_session": False},
                     )
-                for e in self.events:
+                for e in events:
                     if e.id not in mine or e.id in done:
                         continue
                     error = rejected.get(e.id)
@@ -381,7 +393,10 @@ class Claim:
                     s.execute(update(OutboxRow).where(OutboxRow.id == e.id).values(**values))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record outbox outcome: {exc}") from exc
-        self._open = False
+        if part is None:
+            self._open = False
+        else:
+            self._settled.update(e.id for e in events)
         return dead
 
     def all_recorded(self) -> None:
@@ -399,11 +414,14 @@ class Claim:
         if not self._open:
             return
         self._open = False
+        ids = [e.id for e in self.events if e.id not in self._settled]
+        if not ids:
+            return
         with contextlib.suppress(SQLAlchemyError), self._store.sessions.begin() as s:
             s.execute(
                 update(OutboxRow)
                 .where(
-                    _among(s, OutboxRow.id, [e.id for e in self.events]),
+                    _among(s, OutboxRow.id, ids),
                     OutboxRow.claimed_by == self._holder,
                 )
                 .values(claimed_by="", lease_until=0.0)
