@@ -23,7 +23,7 @@ For each backend (SQLite file, PostgreSQL at 127.0.0.1):
 
     python -m bench.outbox [--backend sqlite,postgresql] [--parts drain,per-event,flaky]
                            [--assets 2000] [--backlog-s 600] [--drain-s 30] [--concurrency 8]
-                           [--batch-size 500] [--produced 1000] [--event-assets 200]
+                           [--batch-size 500] [--produced 600] [--event-assets 200]
                            [--event-s 10] [--flaky-rates 20,100,200] [--flaky-s 15]
 """
 
@@ -536,7 +536,7 @@ if __name__ == "__main__":
         "--batch-size", type=int, default=500, help="events per POST (1: one POST per event)"
     )
     parser.add_argument("--mes-delay-ms", type=float, default=5.0, help="per-event, flaky parts")
-    parser.add_argument("--produced", type=float, default=1000.0, help="per-event: events/s")
+    parser.add_argument("--produced", type=float, default=600.0, help="per-event: events/s")
     parser.add_argument("--event-assets", type=int, default=200, help="per-event: assets")
     parser.add_argument("--event-s", type=float, default=10.0, help="per-event: window")
     parser.add_argument("--flaky-rates", default="20,100,200", help="flaky: events/s")
