@@ -7,17 +7,21 @@ backoff, dead-lettered after ``max_retries`` or ``max_retry_age_s``, see ``polic
 destination that retries inside ``deliver`` itself still works, it only gets no cap.
 
 A round claims the oldest events of up to ``batch_size`` assets (up to ``per_asset`` each).
-Each asset is a lane: its events are sent one after the other, the next only once the previous
-was accepted *and recorded*, at most ``concurrency`` requests at once; lanes do not wait for
-each other, and a failure ends only its own lane (its later events wait behind it, so order per
-asset holds across retries, crashes and restarts). Accepted events are recorded as their
-replies arrive (one commit for whatever arrived meanwhile), so a crash re-sends at most one
-accepted event per asset: the one whose commit was under way. A destination whose
+Rounds overlap: while fewer lanes want a slot than the destination's ``concurrency``, the
+relay claims again, skipping the assets its running rounds still hold (in flight, or failed
+and not yet settled), so new events do not wait for the end of a long round and the slots
+stay busy. Each asset is a lane: its events are sent one after the other, the next only once
+the previous was accepted *and recorded*, at most ``concurrency`` requests at once; lanes do
+not wait for each other, and a failure ends only its own lane (its later events wait behind
+it, so order per asset holds across retries, crashes and restarts); a failed lane settles its
+asset at once (retry scheduled or dead letter, lease released). Accepted events are recorded
+as their replies arrive (one commit for whatever arrived meanwhile), so a crash re-sends at
+most one accepted event per asset: the one whose commit was under way. A destination whose
 ``capabilities.batch_size`` is above 1 gets waves instead: wave i carries the i-th event of
 every asset still going, several per request, and each wave is recorded at once.
 
 A claim leases its rows (``lease_s``) and commits: no transaction stays open while events are
-sent, whatever the destination does; the round renews its leases while it runs. The rows of a
+sent, whatever the destination does; the relay renews its leases while rounds run. The rows of a
 relay that died are claimable by any relay once its leases expire.
 
 Both loops (delivery and stats) are supervised: any exception restarts them with backoff, and
