@@ -10,9 +10,21 @@ For each backend (SQLite file, PostgreSQL at 127.0.0.1):
    destination uses batch mode (``--batch-size`` events per POST; 1 = one POST per event).
 3. drain without HTTP: the same, with a destination that accepts every event at once, to
    separate the outbox's own cost (claim, delete, transactions) from the HTTP client/server.
+4. per event (``per-event``): the batch contract off (one POST per event), an MES answering
+   each request in ``--mes-delay-ms`` (5 ms; its own process), predictions written into the
+   store at ``--produced`` events/s over ``--event-assets`` assets while the relay runs:
+   events/s the MES recorded, against a floor of bare httpx POSTs (the same body, client
+   settings and concurrency) to the same MES in the same run, measured before and after the
+   relay (target >= 500 events/s).
+5. flaky MES (``flaky``): the same MES answering one request in three with 500, events
+   produced at each of ``--flaky-rates`` (20, 100, 200 events/s; 2 a second per asset, as in
+   the field report): delivered / produced over the last two thirds of the window (target
+   >= 0.9), and the lag left at the end (events and the age of the oldest).
 
-    python -m bench.outbox [--backend sqlite,postgresql] [--assets 2000] [--backlog-s 600]
-                           [--drain-s 30] [--concurrency 8] [--batch-size 500]
+    python -m bench.outbox [--backend sqlite,postgresql] [--parts drain,per-event,flaky]
+                           [--assets 2000] [--backlog-s 600] [--drain-s 30] [--concurrency 8]
+                           [--batch-size 500] [--produced 600] [--event-assets 200]
+                           [--event-s 10] [--flaky-rates 20,100,200] [--flaky-s 15]
 """
 
 from __future__ import annotations
@@ -20,6 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +47,7 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from bench.common import free_port, stop, write_result
+from bench.common import free_port, row, stop, write_result
 from bridge.destination import Capabilities, DestinationContext, Envelope, Outcome
 from bridge.logging import configure_logging
 from bridge.outbox import Relay, RelaySettings
@@ -90,10 +105,11 @@ def _store(backend: str, workdir: Path) -> Iterator[Store]:
 
 
 @contextlib.contextmanager
-def _receiver() -> Iterator[str]:
+def _receiver(delay_ms: float = 0.0, fail_every: int = 0) -> Iterator[str]:
     port = free_port()
+    options = ["--delay-ms", str(delay_ms), "--fail-every", str(fail_every)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators.mes", "--port", str(port)],
+        [sys.executable, "-m", "simulators.mes", "--port", str(port), *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -233,27 +249,285 @@ async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         }
 
 
-async def main(args: argparse.Namespace) -> None:
-    results = []
-    for backend in args.backend.split(","):
-        r = await run_backend(backend.strip(), args)
-        results.append(r)
-        print(
-            f"{r['backend']:>10}: persisted {r['persist_events_per_s']:>7} ev/s "
-            f"({r['events_persisted']} events) | delivered {r['drain_events_per_s']:>6} ev/s "
-            f"= {r['drain_to_ingest_ratio']}x the ingest of {r['assets']} assets at 1/s "
-            f"(target 3x) | duplicates {r['duplicates_at_mes']} | outbox alone (no HTTP) "
-            f"{r['drain_without_http_events_per_s']} ev/s = "
-            f"{r['drain_without_http_to_ingest_ratio']}x",
-            flush=True,
+# -- per event: one POST per event at the MES's speed ------------------------------------------
+
+
+def _client(concurrency: int) -> httpx.AsyncClient:
+    """The HTTP client ``MesDestination`` builds (pool size, keep-alive, TCP_NODELAY)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(30),
+        trust_env=False,
+        transport=httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        ),
+    )
+
+
+async def floor_posts(mes: str, body: str, concurrency: int, seconds: float) -> float:
+    """Bare httpx: ``concurrency`` workers POSTing the same body, each with a key of its own,
+    for ``seconds``; events/s the MES recorded."""
+    url = f"{mes}/api/v1/events"
+    run = uuid.uuid4().hex[:8]  # keys of their own: a repeated key is not recorded again
+    async with _client(concurrency) as client:
+        before = (await _stats(client, mes))["unique"]
+        t0 = time.perf_counter()
+        stop_at = t0 + seconds
+
+        async def worker(w: int) -> None:
+            i = 0
+            while time.perf_counter() < stop_at:
+                headers = {"Content-Type": "application/json", "Idempotency-Key": f"{run}-{w}-{i}"}
+                await client.post(url, content=body, headers=headers)
+                i += 1
+
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+        recorded = (await _stats(client, mes))["unique"] - before
+    return recorded / elapsed
+
+
+async def relay_at_rate(
+    store: Store,
+    mes: str,
+    *,
+    rate: float,
+    assets: int,
+    seconds: float,
+    concurrency: int,
+    label: str,
+) -> dict[str, Any]:
+    """Write ``rate`` predictions/s (round robin over ``assets``) through the real StoreSink for
+    ``seconds`` while the relay sends them one POST each, with the gateway's relay settings
+    and the MES connector's default backoff. Rates over the last two thirds of the window."""
+    settings = MesSettings(url=f"{mes}/api/v1/events", concurrency=concurrency, timeout_s=10)
+    sink = MesDestination("mes", settings, DestinationContext(GATEWAY, ()))
+    feed = OutboxFeed("mes", lambda p: sink.encode(Trigger(p)), Budget(10_000_000))
+    writer = StoreSink(store, outbox=[feed], queue_size=100_000, batch_size=1000)
+    repo = OutboxRepository(store)
+    relay = Relay(sink, repo, feed, RelaySettings())
+    names = [f"{label}{i:04d}" for i in range(assets)]
+    await writer.start()
+    await sink.start()
+    await relay.start()
+    produced = 0
+    try:
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            first = await _stats(client, mes)
+            t0 = time.perf_counter()
+            mark = t0 + seconds / 3
+            marked: tuple[int, int] | None = None  # (produced, recorded) at the mark
+            while (now := time.perf_counter()) < t0 + seconds:
+                due = int((now - t0) * rate)
+                if due > produced:
+                    batch = [
+                        _prediction(names[n % assets], n // assets) for n in range(produced, due)
+                    ]
+                    await writer.write(batch)
+                    produced = due
+                if marked is None and now >= mark:
+                    marked = (produced, (await _stats(client, mes))["unique"])
+                await asyncio.sleep(0.02)
+            end = await _stats(client, mes)
+            window = time.perf_counter() - mark
+            backlog = await asyncio.to_thread(lambda: repo.stats("mes"))
+    finally:
+        await relay.close()
+        await sink.close()
+        await writer.close()
+    assert marked is not None
+    made = produced - marked[0]
+    got = end["unique"] - marked[1]
+    oldest = backlog.oldest_created_at
+    return {
+        "produced_events_per_s": round(made / window, 1),
+        "delivered_events_per_s": round(got / window, 1),
+        "delivered_to_produced": round(got / made, 3) if made else None,
+        "produced": produced,
+        "delivered": end["unique"] - first["unique"],
+        "lag_events_at_end": backlog.backlog,
+        "lag_oldest_age_s_at_end": round(time.time() - oldest, 2) if oldest else 0.0,
+        "duplicates_at_mes": end["duplicates"] - first["duplicates"],
+        "answered_500": end["failed_on_purpose"] - first["failed_on_purpose"],
+        "max_in_flight_at_mes": end["max_in_flight"],
+        "relay_retried": relay.retried,
+        "dead_lettered": relay.dead_lettered,
+        "assets": assets,
+        "window_s": round(window, 1),
+    }
+
+
+async def run_per_event(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    body = MesDestination(
+        "mes", MesSettings(url="http://x/"), DestinationContext(GATEWAY, ())
+    ).encode(Trigger(_prediction("a00000", 0)))
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        _store(backend, Path(tmp)) as store,
+        _receiver(delay_ms=args.mes_delay_ms) as mes,
+    ):
+        # Floor before and after the relay: the machine's share for this work may change.
+        floor_a = await floor_posts(mes, body, args.concurrency, args.event_s / 2)
+        r = await relay_at_rate(
+            store,
+            mes,
+            rate=args.produced,
+            assets=args.event_assets,
+            seconds=args.event_s,
+            concurrency=args.concurrency,
+            label="e",
         )
-    path = write_result("outbox", {"runs": results, "command": " ".join(sys.argv)})
+        floor_b = await floor_posts(mes, body, args.concurrency, args.event_s / 2)
+    floor = (floor_a + floor_b) / 2
+    return {
+        "backend": backend,
+        "mes_delay_ms": args.mes_delay_ms,
+        "concurrency": args.concurrency,
+        **r,
+        "floor_events_per_s": round(floor, 1),
+        "floor_before_after": [round(floor_a, 1), round(floor_b, 1)],
+        "ratio_to_floor": round(r["delivered_events_per_s"] / floor, 3) if floor else None,
+        "target_events_per_s": 500,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+async def run_flaky(backend: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    out = []
+    with _receiver(delay_ms=args.mes_delay_ms, fail_every=3) as mes:
+        for rate in (float(r) for r in args.flaky_rates.split(",")):
+            with tempfile.TemporaryDirectory() as tmp, _store(backend, Path(tmp)) as store:
+                r = await relay_at_rate(
+                    store,
+                    mes,
+                    rate=rate,
+                    # 2 events/s per asset, the field report's (10 assets at 20 events/s).
+                    assets=max(1, round(rate / 2)),
+                    seconds=args.flaky_s,
+                    concurrency=args.concurrency,
+                    label=f"r{int(rate)}-",
+                )
+            out.append(
+                {
+                    "backend": backend,
+                    "rate": rate,
+                    "mes_delay_ms": args.mes_delay_ms,
+                    "fail_every": 3,
+                    **r,
+                    "target_ratio": 0.9,
+                    "load_average_1m": round(os.getloadavg()[0], 2),
+                }
+            )
+    return out
+
+
+def _rows(
+    drains: list[dict[str, Any]], per_event: list[dict[str, Any]], flaky: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    rows = []
+    for r in drains:
+        rows.append(
+            row(
+                f"outbox drain, batch POSTs, {r['backend']} (events/s)",
+                r["drain_events_per_s"],
+                r["drain_without_http_events_per_s"],
+                "events/s",
+                f">= 3x ingest ({3 * r['ingest_events_per_s']:.0f}/s)",
+                r["drain_to_ingest_ratio"] >= 3.0 and r["duplicates_at_mes"] == 0,
+                f"floor: the relay without HTTP; duplicates {r['duplicates_at_mes']}",
+            )
+        )
+    for r in per_event:
+        rows.append(
+            row(
+                f"outbox one POST per event, MES {r['mes_delay_ms']:g} ms, {r['backend']} "
+                "(events/s)",
+                r["delivered_events_per_s"],
+                r["floor_events_per_s"],
+                "events/s",
+                ">= 500/s",
+                r["delivered_events_per_s"] >= 500 and r["duplicates_at_mes"] == 0,
+                f"floor: bare httpx, same concurrency {r['concurrency']}, before/after "
+                f"{r['floor_before_after']}; produced {r['produced_events_per_s']}/s; "
+                f"max in flight {r['max_in_flight_at_mes']}; load {r['load_average_1m']}",
+            )
+        )
+    for r in flaky:
+        rows.append(
+            row(
+                f"outbox 1 in 3 answered 500, {r['rate']:g}/s produced, {r['backend']} "
+                "(delivered/produced)",
+                r["delivered_to_produced"],
+                None,
+                "ratio",
+                ">= 0.9",
+                (r["delivered_to_produced"] or 0) >= 0.9 and r["duplicates_at_mes"] == 0,
+                f"lag at end {r['lag_events_at_end']} events, oldest "
+                f"{r['lag_oldest_age_s_at_end']} s; {r['answered_500']} answered 500; "
+                f"load {r['load_average_1m']}",
+            )
+        )
+    return rows
+
+
+async def main(args: argparse.Namespace) -> None:
+    parts = {p.strip() for p in args.parts.split(",")}
+    results: list[dict[str, Any]] = []
+    per_event: list[dict[str, Any]] = []
+    flaky: list[dict[str, Any]] = []
+    for backend in (b.strip() for b in args.backend.split(",")):
+        if "drain" in parts:
+            r = await run_backend(backend, args)
+            results.append(r)
+            print(
+                f"{r['backend']:>10}: persisted {r['persist_events_per_s']:>7} ev/s "
+                f"({r['events_persisted']} events) | delivered {r['drain_events_per_s']:>6} "
+                f"ev/s = {r['drain_to_ingest_ratio']}x the ingest of {r['assets']} assets at "
+                f"1/s (target 3x) | duplicates {r['duplicates_at_mes']} | outbox alone (no "
+                f"HTTP) {r['drain_without_http_events_per_s']} ev/s = "
+                f"{r['drain_without_http_to_ingest_ratio']}x",
+                flush=True,
+            )
+        if "per-event" in parts:
+            e = await run_per_event(backend, args)
+            per_event.append(e)
+            print(
+                f"{backend:>10}: one POST per event, MES {e['mes_delay_ms']:g} ms, "
+                f"produced {e['produced_events_per_s']}/s: delivered "
+                f"{e['delivered_events_per_s']}/s (target 500/s) vs bare httpx "
+                f"{e['floor_events_per_s']}/s ({e['ratio_to_floor']}x) | max in flight "
+                f"{e['max_in_flight_at_mes']} | duplicates {e['duplicates_at_mes']} | load "
+                f"{e['load_average_1m']}",
+                flush=True,
+            )
+        if "flaky" in parts:
+            for f in await run_flaky(backend, args):
+                flaky.append(f)
+                print(
+                    f"{backend:>10}: 1 in 3 answered 500, produced {f['produced_events_per_s']}"
+                    f"/s over {f['assets']} assets: delivered {f['delivered_events_per_s']}/s = "
+                    f"{f['delivered_to_produced']} (target 0.9) | lag at end "
+                    f"{f['lag_events_at_end']} events, oldest {f['lag_oldest_age_s_at_end']} s"
+                    f" | duplicates {f['duplicates_at_mes']} | load {f['load_average_1m']}",
+                    flush=True,
+                )
+    rows = _rows(results, per_event, flaky)
+    figures = {
+        "runs": results,
+        "per_event": per_event,
+        "flaky": flaky,
+        "rows": rows,
+        "command": " ".join(sys.argv),
+    }
+    path = write_result("outbox", figures)
+    print(json.dumps([(r["measure"], r["bridge"], r["floor"], r["met"]) for r in rows]))
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.outbox", description=__doc__)
     parser.add_argument("--backend", default="sqlite,postgresql")
+    parser.add_argument("--parts", default="drain,per-event,flaky")
     parser.add_argument("--assets", type=int, default=2000)
     parser.add_argument("--backlog-s", type=int, default=600)
     parser.add_argument("--drain-s", type=float, default=30.0)
@@ -261,13 +535,21 @@ if __name__ == "__main__":
     parser.add_argument(
         "--batch-size", type=int, default=500, help="events per POST (1: one POST per event)"
     )
+    parser.add_argument("--mes-delay-ms", type=float, default=5.0, help="per-event, flaky parts")
+    parser.add_argument("--produced", type=float, default=600.0, help="per-event: events/s")
+    parser.add_argument("--event-assets", type=int, default=200, help="per-event: assets")
+    parser.add_argument("--event-s", type=float, default=10.0, help="per-event: window")
+    parser.add_argument("--flaky-rates", default="20,100,200", help="flaky: events/s")
+    parser.add_argument("--flaky-s", type=float, default=15.0, help="flaky: window per rate")
     configure_logging("warning", json=False)
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: SQLite, 500 assets, 10 s backlog, 3 s drain (not the target's figures)",
+        help="smoke run: SQLite, 500 assets, 10 s backlog, 3 s drain, 4 s per-event and "
+        "flaky windows (not the target's figures)",
     )
     parsed = parser.parse_args()
     if parsed.quick:
         parsed.backend, parsed.assets, parsed.backlog_s, parsed.drain_s = "sqlite", 500, 10, 3.0
+        parsed.event_s, parsed.flaky_s = 4.0, 4.0
     asyncio.run(main(parsed))

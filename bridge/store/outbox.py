@@ -27,7 +27,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -320,6 +320,11 @@ class Claim:
     A lease that expired and was taken by another relay is no longer this claim's: ``finish``
     touches only the rows still leased to its holder (the other relay sends them again, with
     the same Idempotency-Key).
+
+    ``finish(..., part=...)`` settles some events early (an asset whose send failed, so that
+    its retry is scheduled and its lease released at once, not when the whole claim is done);
+    later calls and ``close`` leave those rows alone: by then a newer claim of the same holder
+    may have leased them again.
     """
 
     def __init__(self, store: Store, holder: str, events: list[OutboxEvent]) -> None:
@@ -327,6 +332,7 @@ class Claim:
         self._store = store
         self._holder = holder
         self._open = bool(events)
+        self._settled: set[int] = set()  # ids settled by a ``finish(part=...)``
 
     def finish(
         self,
@@ -335,20 +341,26 @@ class Claim:
         dead_letter_after: int,
         retry_in_s: float,
         retried: Mapping[int, RetryUpdate] | None = None,
+        part: Sequence[OutboxEvent] | None = None,
     ) -> list[OutboxEvent]:
         """Delete accepted rows; count rejections and retryable failures; move rows rejected
         too often, or whose retries are exhausted (``retried[id].dead``), to dead letters;
-        release the leases of the rest.
+        release the leases of the rest (of ``part`` only, when given: the claim stays open).
 
         Returns the events that became dead letters. One transaction: all of it or nothing, so
         a lost connection here only means those events are sent again (same Idempotency-Key).
         """
         now = time.time()
         dead: list[OutboxEvent] = []
+        events = [e for e in (self.events if part is None else part) if e.id not in self._settled]
+        if not events:
+            if part is None:
+                self._open = False
+            return dead
         try:
             with self._store.sessions.begin() as s:
                 mine_stmt = select(OutboxRow.id).where(
-                    _among(s, OutboxRow.id, [e.id for e in self.events]),
+                    _among(s, OutboxRow.id, [e.id for e in events]),
                     OutboxRow.claimed_by == self._holder,
                 )
                 if s.get_bind().dialect.name == "postgresql":
@@ -363,7 +375,7 @@ class Claim:
                         # No ORM objects to keep in sync: skip the RETURNING of every deleted id.
                         execution_options={"synchronize_session": False},
                     )
-                for e in self.events:
+                for e in events:
                     if e.id not in mine or e.id in done:
                         continue
                     error = rejected.get(e.id)
@@ -392,8 +404,16 @@ class Claim:
                     s.execute(update(OutboxRow).where(OutboxRow.id == e.id).values(**values))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record outbox outcome: {exc}") from exc
-        self._open = False
+        if part is None:
+            self._open = False
+        else:
+            self._settled.update(e.id for e in events)
         return dead
+
+    def all_recorded(self) -> None:
+        """Every event was accepted and its deletion committed (``record_accepted``): nothing
+        is left to finish or release, so no transaction is spent on it."""
+        self._open = False
 
     @staticmethod
     def _bury(s: Session, event: OutboxEvent, now: float, attempts: int, error: str) -> None:
@@ -405,11 +425,14 @@ class Claim:
         if not self._open:
             return
         self._open = False
+        ids = [e.id for e in self.events if e.id not in self._settled]
+        if not ids:
+            return
         with contextlib.suppress(SQLAlchemyError), self._store.sessions.begin() as s:
             s.execute(
                 update(OutboxRow)
                 .where(
-                    _among(s, OutboxRow.id, [e.id for e in self.events]),
+                    _among(s, OutboxRow.id, ids),
                     OutboxRow.claimed_by == self._holder,
                 )
                 .values(claimed_by="", lease_until=0.0)
@@ -478,6 +501,7 @@ class OutboxRepository:
         now: float | None = None,
         depth: int = 1,
         lease_s: float = 30.0,
+        skip: Collection[str] = (),
     ) -> Claim:
         """Lease the oldest pending events of up to ``limit`` due assets, at most ``depth`` each.
 
@@ -486,14 +510,19 @@ class OutboxRepository:
         head (or an earlier row) another relay holds an unexpired lease on is left out; rows
         whose lease expired (their relay died or lost the store) are free again. The leases
         are committed before this returns: nothing stays open while the events are sent.
+
+        ``skip``: assets this holder is still sending (an earlier claim of its own, in flight
+        or waiting for its outcome to be recorded): none of their rows is taken, so their
+        later events never overtake them.
         """
         when = time.time() if now is None else now
+        busy = list(skip)
         try:
             with self._store.sessions.begin() as s:
                 _lock_claims(s, destination)
-                events = self._scan(s, destination, limit, depth, when, self.holder)
+                events = self._scan(s, destination, limit, depth, when, self.holder, busy)
                 if events is None:
-                    events = self._heads(s, destination, limit, when, self.holder)
+                    events = self._heads(s, destination, limit, when, self.holder, busy)
                 if events:
                     s.execute(
                         update(OutboxRow)
@@ -507,7 +536,13 @@ class OutboxRepository:
 
     @staticmethod
     def _scan(
-        s: Session, destination: str, limit: int, depth: int, when: float, holder: str
+        s: Session,
+        destination: str,
+        limit: int,
+        depth: int,
+        when: float,
+        holder: str,
+        busy: list[str],
     ) -> list[OutboxEvent] | None:
         """Fast path: the oldest rows by id (the primary key), cut into per-asset prefixes.
 
@@ -522,12 +557,11 @@ class OutboxRepository:
             # SQLite would filter through the (destination, asset, id) index and then sort the
             # whole backlog by id; an expression keeps it on the primary key, in order.
             dest_col = OutboxRow.destination + ""
-        stmt = (
-            select(*_EVENT_COLUMNS)
-            .where(dest_col == destination)
-            .order_by(OutboxRow.id)
-            .limit(limit * depth)
-        )
+        stmt = select(*_EVENT_COLUMNS).where(dest_col == destination)
+        if busy:
+            # Out of the window, so rows in flight (the lowest ids) do not fill it.
+            stmt = stmt.where(~_among(s, OutboxRow.asset, busy))
+        stmt = stmt.order_by(OutboxRow.id).limit(limit * depth)
         rows = [OutboxEvent(*row) for row in s.execute(stmt)]
         if not rows:
             return []
@@ -555,7 +589,7 @@ class OutboxRepository:
 
     @staticmethod
     def _heads(
-        s: Session, destination: str, limit: int, when: float, holder: str
+        s: Session, destination: str, limit: int, when: float, holder: str, busy: list[str]
     ) -> list[OutboxEvent]:
         """The head (oldest row) of every due asset no other relay holds, from an index-only
         GROUP BY."""
@@ -573,6 +607,8 @@ class OutboxRepository:
             .order_by(OutboxRow.id)
             .limit(limit)
         )
+        if busy:
+            stmt = stmt.where(~_among(s, OutboxRow.asset, busy))
         return [OutboxEvent(*row) for row in s.execute(stmt)]
 
     def stats(self, destination: str) -> OutboxStats:

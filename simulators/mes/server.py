@@ -75,6 +75,10 @@ class MesReceiver(Service):
         self._flaky: tuple[int, int] | None = None
         self._requests = 0
         self.flaky_answers = 0
+        # Event requests being answered right now, and the most seen at once: how many the
+        # gateway really keeps in flight (a client-side count would not show a serialised path).
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._stopping = asyncio.Event()
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -138,6 +142,9 @@ class MesReceiver(Service):
             "count": len(self.calls),
             "unique": len(self._keys),
             "duplicates": self.duplicate_count,
+            "requests": self._requests,
+            "failed_on_purpose": self.flaky_answers,
+            "max_in_flight": self.max_in_flight,
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -227,6 +234,14 @@ class MesReceiver(Service):
         return False
 
     async def _record(self, request: Request) -> Response:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> Response:
         # Read the body first: a slow MES still processes a request whose client gave up, which
         # is exactly the "reply lost" case the idempotency key exists for.
         try:
@@ -347,10 +362,17 @@ class MesReceiver(Service):
 
 
 async def serve_forever(
-    host: str = "127.0.0.1", port: int = 8081, log_path: Path | None = None
+    host: str = "127.0.0.1",
+    port: int = 8081,
+    log_path: Path | None = None,
+    delay_s: float = 0.0,
+    fail_every: int = 0,
+    fail_status: int = 500,
 ) -> None:
     """Run until cancelled (Ctrl-C under ``asyncio.run``), then stop cleanly."""
     receiver = MesReceiver(host, port, log_path)
+    receiver.set_delay(delay_s)
+    receiver.fail_every(fail_every, fail_status)
     await receiver.start()
     try:
         await asyncio.Event().wait()

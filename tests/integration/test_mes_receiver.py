@@ -53,7 +53,14 @@ async def test_records_calls_and_answers_duplicates_without_recording(
     assert [c.path for c in receiver.calls] == ["/api/v1/events", "/api/v1/predictions"]
     assert receiver.unique_keys == {"k-1", "k-2"}
     assert receiver.duplicate_count == 1
-    assert (await client.get("/stats")).json() == {"count": 2, "unique": 2, "duplicates": 1}
+    assert (await client.get("/stats")).json() == {
+        "count": 2,
+        "unique": 2,
+        "duplicates": 1,
+        "requests": 3,
+        "failed_on_purpose": 0,
+        "max_in_flight": 1,  # one request after the other
+    }
     calls = (await client.get("/calls")).json()
     assert [c["idempotency_key"] for c in calls] == ["k-1", "k-2"]
     assert all(abs(c["received_at"] - time.time()) < 60 for c in calls)

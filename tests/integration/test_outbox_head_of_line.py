@@ -85,7 +85,11 @@ async def test_an_asset_answered_500_forever_is_dead_lettered_and_holds_back_no_
         for d in dead:
             assert d.attempts == MAX_RETRIES
             assert "HTTP 500" in d.last_error and "retryable" in d.last_error, d.last_error
-        assert mes.poison_answers == ROUNDS * MAX_RETRIES  # tried exactly the cap, then set aside
+        # Tried the cap, then set aside; plus at most one failure that came before the MES had
+        # accepted anything (not counted: the destination was not known to work yet). A failed
+        # asset is settled as its answer arrives, so its first 500 may come before any other
+        # asset's first acceptance.
+        assert ROUNDS * MAX_RETRIES <= mes.poison_answers <= ROUNDS * MAX_RETRIES + 1
         await wait_until(lambda: g.backlog() == 0, 10, what="outbox empty")
         # The relay counts a round's dead letters once the round has closed, a moment after
         # they are in the store.
