@@ -79,6 +79,9 @@ SCALE = 2.0
 PLANT_NS = "urn:bridge:sim:plant"
 MODES = ("per-message", "batched")
 TARGET = 5.0
+# Connections of Node-RED's http request node (0: its agent's own, unbounded); see
+# nodered_settings.
+NODERED_SOCKETS = 0
 # Node-RED's settings for the benchmark: no editor, admin API, metrics or audit log (nothing
 # the job needs), logging at warn. Written as the user directory's settings.js.
 NODERED_SETTINGS = """module.exports = {
@@ -89,6 +92,20 @@ NODERED_SETTINGS = """module.exports = {
   logging: {console: {level: "warn", metrics: false, audit: false}},
 };
 """
+
+
+def nodered_settings(max_sockets: int) -> str:
+    """settings.js; ``max_sockets`` > 0 bounds the connections of the http request node.
+
+    Why: its keep-alive agent (``persist``) has no bound on sockets and keeps 256 idle ones; a
+    publish response brings up to ~1,000 notifications at once, each a POST in flight, so
+    every burst opens hundreds of connections and closes those above 256 (the sink counts
+    them). ``http.Agent.defaultMaxSockets`` is read when the node builds its agent, so setting
+    it here (before the flows start) bounds that agent; the other requests wait in its queue.
+    """
+    if max_sockets <= 0:
+        return NODERED_SETTINGS
+    return f'require("http").Agent.defaultMaxSockets = {max_sockets};\n' + NODERED_SETTINGS
 
 
 def _get_json(url: str) -> Any:
@@ -106,10 +123,10 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise RuntimeError(f"{what} not ready within {timeout:g} s")
 
 
-def _sink_stats(port: int) -> tuple[int, int]:
-    """(messages, POSTs) the sink has counted so far."""
+def _sink_stats(port: int) -> tuple[int, int, int]:
+    """(messages, POSTs, TCP connections) the sink has counted so far."""
     doc = _get_json(f"http://127.0.0.1:{port}/stats")
-    return int(doc["count"]), int(doc["requests"])
+    return int(doc["count"]), int(doc["requests"]), int(doc["connections"])
 
 
 def _namespace(port: int, uri: str) -> int:
@@ -144,6 +161,8 @@ def _measure(
         "cpu_percent": round(100 * (c1 - c0) / wall, 1),
         "sink_messages_per_s": round((s1[0] - s0[0]) / wall, 1),
         "sink_posts_per_s": round((s1[1] - s0[1]) / wall, 1),
+        # Keep-alive at work: new TCP connections per second (0 once every socket is reused).
+        "sink_connections_per_s": round((s1[2] - s0[2]) / wall, 1),
         "others_cpu_percent": {n: round(100 * (o1[n] - o0[n]) / wall, 1) for n in others},
     }
 
@@ -330,6 +349,7 @@ def run(
     mes_batch: int = 100,
     modes: tuple[str, ...] = MODES,
     nodered_runs: int | None = None,
+    nodered_sockets: int = NODERED_SOCKETS,
 ) -> dict[str, Any]:
     seconds = seconds or (3 if quick else 20)
     # Two starts of Node-RED per mode (its better one counts, see _run_nodered); one in --quick.
@@ -344,12 +364,23 @@ def run(
         with process(["node", str(SINK), str(sink_port)], work / "sink.log") as sink:
             _wait(lambda: _sink_stats(sink_port)[0] >= 0, 30, "sink")
             ceiling = sink_ceiling(sink_port, sink.pid, 1 if quick else 5, work, mes_batch)
-            job = _Job(work, sink_port, sink.pid, seconds, settle, modes, nodered_runs, mes_batch)
+            job = _Job(
+                work,
+                sink_port,
+                sink.pid,
+                seconds,
+                settle,
+                modes,
+                nodered_runs,
+                mes_batch,
+                nodered_sockets,
+            )
             if source == "plant":
                 out = job.plant(pumps or (20 if quick else 200))
             else:
                 out = job.load(items or (200 if quick else 1000), load_procs, nice)
     out["sink_ceiling"] = ceiling
+    out["nodered_max_sockets"] = nodered_sockets or None
     out["load_average_1m"] = round(os.getloadavg()[0], 2)
     out["rows"] = [_row(out, mode) for mode in modes]
     return out
@@ -367,7 +398,8 @@ def _row(out: dict[str, Any], mode: str) -> dict[str, Any]:
     note = (
         f"msg/s bridge {b['messages_per_s']:,} at {b['cpu_percent']}% CPU "
         f"({b['sink_posts_per_s']:,.0f} POSTs/s) vs Node-RED {n['messages_per_s']:,} at "
-        f"{n['cpu_percent']}% ({n['sink_posts_per_s']:,.0f} POSTs/s), raw ratio {raw}; "
+        f"{n['cpu_percent']}% ({n['sink_posts_per_s']:,.0f} POSTs/s, "
+        f"{n['sink_connections_per_s']:,.0f} new connections/s), raw ratio {raw}; "
         f"sink {n['others_cpu_percent']['sink']}% CPU beside Node-RED, alone {ceil}; "
         f"offered {out['offered_per_s']:,}/s; load {out['load_average_1m']}"
     )
@@ -399,10 +431,11 @@ class _Job:
         modes: tuple[str, ...],
         nodered_runs: int,
         batch: int,
+        max_sockets: int,
     ) -> None:
         self.work, self.sink_port, self.sink_pid = work, sink_port, sink_pid
         self.seconds, self.settle, self.modes = seconds, settle, modes
-        self.nodered_runs, self.batch = nodered_runs, batch
+        self.nodered_runs, self.batch, self.max_sockets = nodered_runs, batch, max_sockets
 
     def _outputs(self, batch: int) -> list[str]:
         return [
@@ -563,7 +596,7 @@ class _Job:
         for k in range(self.nodered_runs):
             user = self.work / f"nodered-{mode}-{k}"
             user.mkdir()
-            (user / "settings.js").write_text(NODERED_SETTINGS)
+            (user / "settings.js").write_text(nodered_settings(self.max_sockets))
             (user / "flows.json").write_text(
                 json.dumps(nodered_flow(clients, self.sink_port, batch))
             )
@@ -598,6 +631,12 @@ def main() -> None:
     )
     parser.add_argument("--modes", default=",".join(MODES), help="per-message,batched")
     parser.add_argument("--nodered-runs", type=int, default=2, help="Node-RED starts per mode")
+    parser.add_argument(
+        "--nodered-sockets",
+        type=int,
+        default=NODERED_SOCKETS,
+        help="bound of the http request node's keep-alive connections (0: none)",
+    )
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--quick", action="store_true", help="small sizes, 3 s windows")
     args = parser.parse_args()
@@ -616,6 +655,7 @@ def main() -> None:
         mes_batch=args.mes_batch,
         modes=modes,
         nodered_runs=1 if args.quick else args.nodered_runs,
+        nodered_sockets=args.nodered_sockets,
     )
     for r in figures["rows"]:
         print(

@@ -8,18 +8,19 @@
 //   - a JSON array (a Node-RED join batch)             -> 204, counts its length
 //   - a JSON array of {idempotency_key, event} (bridge's batch contract, connectors/mes/batch.py)
 //                                                      -> 200 {"results": [{key, 201}, ...]}
-// GET /stats -> {"count": messages, "requests": POSTs}
+// GET /stats -> {"count": messages, "requests": POSTs, "connections": TCP connections accepted}
 // The body is parsed only when it starts with "[" (a batch): a single message costs no parse.
 "use strict";
 const http = require("http");
 
 let count = 0;
 let requests = 0;
+let connections = 0;  // TCP connections accepted: shows whether the client keeps them alive
 
 const server = http.createServer((req, res) => {
   if (req.method === "GET") {
     res.writeHead(200, { "content-type": "application/json" });
-    res.end(JSON.stringify({ count, requests }));
+    res.end(JSON.stringify({ count, requests, connections }));
     return;
   }
   const chunks = [];
@@ -55,6 +56,7 @@ const server = http.createServer((req, res) => {
 });
 // Node's default keep-alive timeout (5 s) would close idle keep-alive sockets between bursts.
 server.keepAliveTimeout = 60000;
+server.on("connection", () => { connections += 1; });
 server.listen(Number(process.argv[2]), "127.0.0.1");
 // Nothing to flush: exit at once (a close would wait for the clients' keep-alive sockets).
 for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => process.exit(0));
