@@ -79,9 +79,6 @@ SCALE = 2.0
 PLANT_NS = "urn:bridge:sim:plant"
 MODES = ("per-message", "batched")
 TARGET = 5.0
-# Connections of Node-RED's http request node (0: its agent's own, unbounded); see
-# nodered_settings.
-NODERED_SOCKETS = 0
 # Node-RED's settings for the benchmark: no editor, admin API, metrics or audit log (nothing
 # the job needs), logging at warn. Written as the user directory's settings.js.
 NODERED_SETTINGS = """module.exports = {
@@ -92,20 +89,6 @@ NODERED_SETTINGS = """module.exports = {
   logging: {console: {level: "warn", metrics: false, audit: false}},
 };
 """
-
-
-def nodered_settings(max_sockets: int) -> str:
-    """settings.js; ``max_sockets`` > 0 bounds the connections of the http request node.
-
-    Why: its keep-alive agent (``persist``) has no bound on sockets and keeps 256 idle ones; a
-    publish response brings up to ~1,000 notifications at once, each a POST in flight, so
-    every burst opens hundreds of connections and closes those above 256 (the sink counts
-    them). ``http.Agent.defaultMaxSockets`` is read when the node builds its agent, so setting
-    it here (before the flows start) bounds that agent; the other requests wait in its queue.
-    """
-    if max_sockets <= 0:
-        return NODERED_SETTINGS
-    return f'require("http").Agent.defaultMaxSockets = {max_sockets};\n' + NODERED_SETTINGS
 
 
 def _get_json(url: str) -> Any:
@@ -260,7 +243,11 @@ def nodered_flow(
         "ret": "txt",
         "paytoqs": "ignore",
         "url": f"http://127.0.0.1:{sink_port}/api/v1/events",
-        # Keep-alive: without it every POST opens a TCP connection (the issue's "not its best").
+        # Keep-alive: the node's own agent, unbounded, keeping up to 256 idle sockets. A publish
+        # response brings up to ~1,000 notifications at once, each a POST in flight, so bursts
+        # still open connections beyond those 256 (the sink counts them). Bounding the agent
+        # (http.Agent.defaultMaxSockets in settings.js) was tried: POSTs then wait in got's
+        # queue, and in those runs they stalled (a few msg/s, 64 requests hung until exit).
         "persist": True,
         "wires": [[]],
     }
@@ -349,7 +336,6 @@ def run(
     mes_batch: int = 100,
     modes: tuple[str, ...] = MODES,
     nodered_runs: int | None = None,
-    nodered_sockets: int = NODERED_SOCKETS,
 ) -> dict[str, Any]:
     seconds = seconds or (3 if quick else 20)
     # Two starts of Node-RED per mode (its better one counts, see _run_nodered); one in --quick.
@@ -373,14 +359,12 @@ def run(
                 modes,
                 nodered_runs,
                 mes_batch,
-                nodered_sockets,
             )
             if source == "plant":
                 out = job.plant(pumps or (20 if quick else 200))
             else:
                 out = job.load(items or (200 if quick else 1000), load_procs, nice)
     out["sink_ceiling"] = ceiling
-    out["nodered_max_sockets"] = nodered_sockets or None
     out["load_average_1m"] = round(os.getloadavg()[0], 2)
     out["rows"] = [_row(out, mode) for mode in modes]
     return out
@@ -431,11 +415,10 @@ class _Job:
         modes: tuple[str, ...],
         nodered_runs: int,
         batch: int,
-        max_sockets: int,
     ) -> None:
         self.work, self.sink_port, self.sink_pid = work, sink_port, sink_pid
         self.seconds, self.settle, self.modes = seconds, settle, modes
-        self.nodered_runs, self.batch, self.max_sockets = nodered_runs, batch, max_sockets
+        self.nodered_runs, self.batch = nodered_runs, batch
 
     def _outputs(self, batch: int) -> list[str]:
         return [
@@ -596,7 +579,7 @@ class _Job:
         for k in range(self.nodered_runs):
             user = self.work / f"nodered-{mode}-{k}"
             user.mkdir()
-            (user / "settings.js").write_text(nodered_settings(self.max_sockets))
+            (user / "settings.js").write_text(NODERED_SETTINGS)
             (user / "flows.json").write_text(
                 json.dumps(nodered_flow(clients, self.sink_port, batch))
             )
@@ -632,12 +615,6 @@ def main() -> None:
     )
     parser.add_argument("--modes", default=",".join(MODES), help="per-message,batched")
     parser.add_argument("--nodered-runs", type=int, default=2, help="Node-RED starts per mode")
-    parser.add_argument(
-        "--nodered-sockets",
-        type=int,
-        default=NODERED_SOCKETS,
-        help="bound of the http request node's keep-alive connections (0: none)",
-    )
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--quick", action="store_true", help="small sizes, 3 s windows")
     args = parser.parse_args()
@@ -656,7 +633,6 @@ def main() -> None:
         mes_batch=args.mes_batch,
         modes=modes,
         nodered_runs=1 if args.quick else args.nodered_runs,
-        nodered_sockets=args.nodered_sockets,
     )
     for r in figures["rows"]:
         print(
