@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the peer comparison and the REST load test need, outside the Python venv:
 #   - Node-RED + node-red-contrib-opcua into bench/nodered/ (gitignored, never committed)
-#   - wrk (Debian package) for the HTTP load figures
+#   - wrk (Debian package) for the HTTP load figures (and bench.peer's sink ceiling)
+# bench.peer's MES stand-in (bench/sink.js) needs only node.
 # Usage: bench/setup_nodered.sh        (needs node >= 18 + npm; apt-get for wrk when root)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
