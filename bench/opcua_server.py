@@ -115,6 +115,9 @@ async def bridge_server(assets: Sequence[str], port: int) -> tuple[PredictionSer
             for i, a in enumerate(assets)
         ]
         await server.write(batch)
+        # A batch larger than the server's chunk is written by its drain task: the batch's
+        # cost is until the last chunk is written.
+        await server.drained()
 
     return server, write
 

@@ -17,6 +17,7 @@ Status codes are documented in ``connectors.opcua.encode``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from asyncua.server.server import Server
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from bridge.cancel import cancel_and_wait
 from bridge.errors import ConnectorError
 from bridge.types import (
     ComponentHealth,
@@ -74,6 +76,10 @@ _POLICY_TYPES: dict[ServerSecurityPolicy, ua.SecurityPolicyType] = {
 }
 # Only "slowly changing" fields are skipped when unchanged; measurements are always written.
 _STICKY = ("ModelName", "ModelVersion", "ModelSha256")
+# A batch larger than this is written by a task of the server's own, this many predictions per
+# pass with the event loop free in between: the model runner is not held up by a 2,000-asset
+# burst, and a lone change that arrives meanwhile is shown at once instead of after the burst.
+CHUNK = 250
 
 
 class PredictionServer:
@@ -83,7 +89,17 @@ class PredictionServer:
         self._slots: dict[tuple[str, str], PredictionSlot] = {
             (s.asset, s.model): s for s in context.slots
         }
-        self._counters = {"predictions": 0, "writes": 0, "unknown_slot": 0, "write_errors": 0}
+        self._counters = {
+            "predictions": 0,
+            "writes": 0,
+            "unknown_slot": 0,
+            "write_errors": 0,
+            "superseded": 0,  # newer prediction of the same asset+model came before it was shown
+        }
+        self.chunk = CHUNK
+        # Predictions of large batches not shown yet, oldest first; one per asset+model.
+        self._pending: dict[tuple[str, str], Prediction] = {}
+        self._drain: asyncio.Task[None] | None = None
         self._log = log.bind(sink=name, endpoint=settings.endpoint)
         self._feedback = (
             FeedbackMethods(context.feedback, self._counters, self._log)
@@ -256,9 +272,50 @@ class PredictionServer:
             self._count(len(items), failures)
 
     async def write(self, batch: Sequence[Prediction]) -> None:
-        """Update the nodes of a whole batch in one synchronous pass over the address space
-        (``connectors.opcua._batch``: no await per node, subscribed clients' notifications
-        queued in the same pass); never waits on a client."""
+        """Show a batch; never waits on a client.
+
+        A batch of up to ``chunk`` predictions is written now, in one synchronous pass over the
+        address space (``connectors.opcua._batch``: no await per node, subscribed clients'
+        notifications queued in the same pass). A larger one is handed to the drain task,
+        written ``chunk`` at a time. An HMI shows the latest value, so a prediction still
+        waiting there when a newer one of its asset+model arrives is dropped (``superseded``),
+        and a small batch that arrives meanwhile is written at once: it is the newest.
+        """
+        if self._writer is None:
+            raise ConnectorError(f"{self.name}: write() before start()")
+        pending = self._pending
+        if len(batch) <= self.chunk:
+            if pending:
+                for p in batch:
+                    if pending.pop((p.asset, p.model), None) is not None:
+                        self._counters["superseded"] += 1
+            await self._write_now(batch)
+            return
+        for p in batch:
+            key = (p.asset, p.model)
+            if pending.pop(key, None) is not None:
+                self._counters["superseded"] += 1
+            pending[key] = p
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.create_task(self._drain_pending(), name=f"{self.name}-drain")
+
+    async def drained(self) -> None:
+        """Wait until every prediction handed to ``write`` has been written (or superseded)."""
+        while self._drain is not None and not self._drain.done():
+            await asyncio.shield(self._drain)
+
+    async def _drain_pending(self) -> None:
+        pending = self._pending
+        while pending and self._writer is not None:
+            keys = list(itertools.islice(pending, self.chunk))
+            try:
+                await self._write_now([pending.pop(k) for k in keys])
+            except Exception:  # a defect must not stop the HMI for good: logged, next chunk
+                self._log.exception("hmi_chunk_write_failed", predictions=len(keys))
+            # The loop runs between chunks: notifications, a lone change's run, client publishes.
+            await asyncio.sleep(0)
+
+    async def _write_now(self, batch: Sequence[Prediction]) -> None:
         writer = self._writer
         if writer is None:
             raise ConnectorError(f"{self.name}: write() before start()")
@@ -313,6 +370,10 @@ class PredictionServer:
         return ComponentHealth(self.name, state, self._detail, dict(self._counters))
 
     async def close(self) -> None:
+        if self._drain is not None:  # what is still pending is not shown: the server stops
+            await cancel_and_wait(self._drain)
+            self._drain = None
+        self._pending.clear()
         server, self._server = self._server, None
         self._writer = None
         if server is None:

@@ -230,3 +230,38 @@ async def test_a_zero_ms_subscription_gets_the_configured_floor(sink: Prediction
         assert value(got[ident(SLOTS[1], "Value")]) == 123.0
     finally:
         await client.disconnect()
+
+
+async def test_a_large_batch_is_drained_in_chunks_and_a_newer_lone_change_goes_first(
+    sink: PredictionServer, hmi: tuple[Collector, Subscription]
+) -> None:
+    collector, _ = hmi
+    counters = sink.health().counters
+    shown, superseded = counters["predictions"], counters["superseded"]
+    start = len(collector.seen)
+    when = time.time()
+    burst = [prediction(s, 500.0 + i, when) for i, s in enumerate(SLOTS[1:])]  # 3 > chunk
+    sink.chunk = 2
+    try:
+        await sink.write(burst)
+        # Handed to the drain task: the runner got control back before anything was shown.
+        assert sink.health().counters["predictions"] == shown
+        # A lone change of B4 arrives before B4's burst value was shown: it is shown now, and
+        # the older burst value of B4 never is.
+        lone = prediction(SLOTS[3], 777.0, when + 0.01)
+        await sink.write([lone])
+        assert sink.health().counters["predictions"] == shown + 1
+        await asyncio.wait_for(sink.drained(), DEADLINE_S)
+    finally:
+        sink.chunk = 250
+    counters = sink.health().counters
+    assert counters["superseded"] - superseded == 1
+    assert counters["predictions"] - shown == 3  # B2, B3 from the burst, B4's lone change
+    wanted = {ident(s, "Value") for s in SLOTS[1:]}
+    got = await collector.wait_for(wanted, start)
+    assert value(got[ident(SLOTS[1], "Value")]) == 500.0
+    assert value(got[ident(SLOTS[2], "Value")]) == 501.0
+    assert value(got[ident(SLOTS[3], "Value")]) == 777.0
+    await asyncio.sleep(0.1)  # ten publishing intervals: the superseded 502.0 never comes
+    b4_values = [value(dv) for n, dv in collector.seen[start:] if n == ident(SLOTS[3], "Value")]
+    assert b4_values == [777.0]
