@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 import pytest_asyncio
 from asyncua import ua
+from plant_tags import plant_tags as shared_plant_tags
 from support import free_port
 
 from bridge.errors import ConnectorError
@@ -23,14 +24,7 @@ PUMPS = 3
 
 
 def plant_tags(pumps: int = PUMPS) -> list[SourceTag]:
-    return [
-        SourceTag(
-            f"P{p}.{signal}",
-            OpcUaAddress.model_validate(f"nsu={PLANT_NAMESPACE};s=Pump{p:02d}.{signal}"),
-        )
-        for p in range(1, pumps + 1)
-        for signal in SIGNALS
-    ]
+    return shared_plant_tags(pumps)
 
 
 def settings(endpoint: str, **kw: object) -> OpcUaSourceSettings:

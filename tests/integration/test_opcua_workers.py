@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from faultproxy import FaultProxy
+from plant_tags import plant_tags as shared_plant_tags
 from support import free_port
 
 from bridge.errors import ConnectorError
 from bridge.runtime.sources import SourceSupervisor
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.opcua import OpcUaAddress, OpcUaSourceSettings
+from connectors.opcua import OpcUaSourceSettings
 from connectors.opcua._worker import OpcUaWorkerSource
-from simulators.plant import PLANT_NAMESPACE, PlantSimulator
-from simulators.plant.physics import SIGNALS
+from simulators.plant import PlantSimulator
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PUMPS = 4
@@ -31,14 +31,7 @@ HERE = Path(__file__).resolve().parent.parent
 
 
 def plant_tags() -> list[SourceTag]:
-    return [
-        SourceTag(
-            f"P{p}.{signal}",
-            OpcUaAddress.model_validate(f"nsu={PLANT_NAMESPACE};s=Pump{p:02d}.{signal}"),
-        )
-        for p in range(1, PUMPS + 1)
-        for signal in SIGNALS
-    ]
+    return shared_plant_tags(PUMPS)
 
 
 def settings(endpoint: str, **kw: object) -> OpcUaSourceSettings:
