@@ -145,6 +145,9 @@ class PredictionSlot:
     version: str
     sha256: str
     labels: tuple[str, ...] = ()
+    unit: str = ""  # of a regressor's value (the model's `outputs.unit`); "" for labels
+    # (tag name, unit) of the model's inputs on this asset, units after `convert_to`.
+    input_units: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from bridge import plugins
+from bridge import plugins, units
 from bridge.config.reference import ReferenceFileError, load_reference
 from bridge.config.resolved import Endpoint, Feature, Mapping, ResolvedModel, ResolvedTag
 from bridge.config.spec import AssetConfig, MappingFile, ModelConfig, TagConfig
+from bridge.config.unitcheck import check_feature_units
 from bridge.config.yamlsource import LineIndex, Substitutions, gc_paused, read_yaml
 from bridge.errors import ConfigError, ConfigIssue
 
@@ -184,17 +185,25 @@ def _expand_assets(
                 tag_name,
                 tag.source,
                 address,
-                tag.unit,
+                tag.convert_to or tag.unit,
                 tag.scale,
                 tag.offset,
                 tag.deadband,
                 tag.clamp,
                 tag.max_age_s or default_max_age_s,
                 tag.description,
+                *_converted(tag.unit, tag.convert_to),
             )
             ids.append(tag_id)
         assets[asset_name] = tuple(ids)
     return tags, assets
+
+
+def _converted(unit: str, convert_to: str) -> tuple[str, tuple[float, float] | None]:
+    """``ResolvedTag.source_unit`` and ``.convert``: the spec's validators checked the pair."""
+    if not convert_to:
+        return "", None
+    return unit, units.conversion(unit, convert_to)
 
 
 def _asset_tags(
@@ -285,6 +294,7 @@ class _Tag:
     clamp: tuple[float, float] | None
     max_age_s: float | None
     description: str
+    convert_to: str = ""
 
     @classmethod
     def of(cls, tag: TagConfig) -> _Tag:
@@ -399,6 +409,7 @@ def _resolve_models(
                     "use a tag name the served assets have, e.g. "
                     + ", ".join(sorted({t.name for t in tags.values() if t.asset in served})[:8]),
                 )
+        check_feature_units(loc, m, served, tags, issues.add)
         names = [f.name for f in m.features]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -429,7 +440,7 @@ def _resolve_models(
             sha256=m.sha256,
             assets=tuple(served),
             input=m.input,
-            features=tuple(Feature(f.tag, f.stat) for f in m.features),
+            features=tuple(Feature(f.tag, f.stat, f.unit) for f in m.features),
             outputs=m.outputs,
             labels=tuple(m.labels) if m.labels else None,
             period_s=m.period_s,

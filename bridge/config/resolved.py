@@ -38,12 +38,18 @@ class ResolvedTag:
     clamp: tuple[float, float] | None
     max_age_s: float
     description: str = ""
+    # With `convert_to`: ``unit`` above is the unit converted to, ``source_unit`` the one the
+    # source's value (after scale/offset) comes in, and ``convert`` the (factor, offset) that
+    # bridge.normalize applies: worked out once at load, never per sample.
+    source_unit: str = ""
+    convert: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Feature:
     tag: str
     stat: Stat
+    unit: str = ""  # the model's unit for this input; the loader checked the tag has it
 
     @property
     def name(self) -> str:
@@ -98,3 +104,12 @@ class Mapping:
 
     def tags_of_source(self, source: str) -> list[ResolvedTag]:
         return [t for t in self.tags.values() if t.source == source]
+
+    def input_units(self, model: ResolvedModel, asset: str) -> tuple[tuple[str, str], ...]:
+        """(tag name, unit) of each input ``model`` reads on ``asset``, once per tag."""
+        out: dict[str, str] = {}
+        for f in model.features:
+            tag = self.tags.get(f"{asset}.{f.tag}")
+            if tag is not None and tag.unit:
+                out.setdefault(f.tag, tag.unit)
+        return tuple(out.items())

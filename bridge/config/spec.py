@@ -10,9 +10,17 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from bridge import units
 from bridge.client_tls import ClientTls, require_https
 
 __all__ = [
@@ -41,6 +49,16 @@ TAG_PATTERN = r"^[a-z][a-z0-9_]*$"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Stat = Literal["mean", "std", "min", "max", "last", "slope"]
+
+
+def _checked_unit(text: str) -> str:
+    """``text`` if pint knows the unit (empty: no unit); else an error with a did-you-mean."""
+    if text:
+        try:
+            units.parse(text)
+        except units.UnitError as exc:
+            raise PydanticCustomError("unit_unknown", exc.message, {"hint": exc.hint}) from None
+    return text
 
 
 class Strict(BaseModel):
@@ -358,14 +376,29 @@ class TagConfig(Strict):
         "`nsu=<namespace uri>;s=<id>`, for Modbus a register block (table, address, type, "
         "word_order). Template variables like `{n}` are replaced per asset."
     )
-    unit: str = Field("", description="Engineering unit after scaling, e.g. `degC`, `bar`, `mm/s`.")
-    scale: float = Field(1.0, description="value = raw * scale + offset.")
-    offset: float = Field(0.0, description="value = raw * scale + offset.")
+    unit: str = Field(
+        "",
+        description="Engineering unit after scaling, e.g. `degC`, `degF`, `bar`, `psi`, `mm/s`, "
+        "`m3/h`, `rpm`, `%` (pint's unit names; an unknown unit is a mapping error).",
+    )
+    convert_to: str = Field(
+        "",
+        description="Convert the value from `unit` to this unit before windows and models "
+        "(after scale/offset; degF -> degC is affine). The tag's unit is then this one; "
+        "`deadband` and `clamp` are in it.",
+    )
+    scale: float = Field(1.0, description="value = raw * scale + offset (in `unit`).")
+    offset: float = Field(0.0, description="value = raw * scale + offset (in `unit`).")
     deadband: float = Field(
-        0.0, ge=0, description="Ignore changes smaller than this (absolute, in engineering units)."
+        0.0,
+        ge=0,
+        description="Ignore changes smaller than this (absolute, in the tag's unit: "
+        "`convert_to` if set).",
     )
     clamp: tuple[float, float] | None = Field(
-        None, description="[min, max]: values outside are clamped and marked Uncertain."
+        None,
+        description="[min, max] in the tag's unit (`convert_to` if set): values outside are "
+        "clamped and marked Uncertain.",
     )
     max_age_s: float | None = Field(
         None,
@@ -374,6 +407,32 @@ class TagConfig(Strict):
         "Default: gateway.default_max_age_s.",
     )
     description: str = Field("", description="Free text for people.")
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, v: str) -> str:
+        return _checked_unit(v)
+
+    @field_validator("convert_to")
+    @classmethod
+    def _convertible(cls, v: str, info: ValidationInfo) -> str:
+        if not v:
+            return v
+        unit = info.data.get("unit")
+        if unit is None:
+            return v  # `unit` itself is wrong: reported on its own
+        if not unit:
+            raise PydanticCustomError(
+                "unit_missing",
+                "convert_to needs the unit the value comes in",
+                {"hint": f"add `unit:` (the unit after scale/offset) to convert it to {v}"},
+            )
+        _checked_unit(v)
+        try:
+            units.conversion(unit, v)
+        except units.UnitError as exc:
+            raise PydanticCustomError("unit_conversion", exc.message, {"hint": exc.hint}) from None
+        return v
 
     @field_validator("clamp")
     @classmethod
@@ -412,6 +471,18 @@ class FeatureConfig(Strict):
         description="Statistic over the window: mean, std, min, max, last, slope "
         "(units per second)."
     )
+    unit: str = Field(
+        "",
+        description="The unit the model was trained with for this tag (slope: this unit per "
+        "second). The tag's unit (its `convert_to` if set) must be this very unit (`degC` and "
+        "`°C` are one unit; `degF` is not, even though it converts): else the mapping is "
+        "refused. Empty: not checked.",
+    )
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, v: str) -> str:
+        return _checked_unit(v)
 
     @property
     def name(self) -> str:
@@ -428,11 +499,27 @@ class ModelOutputs(Strict):
     value: str | None = Field(
         None, description="ONNX output holding a number per row (regression models)."
     )
+    unit: str = Field(
+        "",
+        description="Unit of the `value` output (regression models): shown as the OPC UA "
+        "EngineeringUnits of Value and sent as `unit` to the MES.",
+    )
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, v: str) -> str:
+        return _checked_unit(v)
 
     @model_validator(mode="after")
     def _one_kind(self) -> ModelOutputs:
         if (self.label is None) == (self.value is None):
             raise ValueError("name exactly one of `label` (classifier) or `value` (regressor)")
+        if self.unit and self.value is None:
+            raise PydanticCustomError(
+                "unit_of_label",
+                "`unit` is the unit of a regressor's `value`; a label has none",
+                {"hint": "remove `unit:` from outputs, or name the `value:` output it is of"},
+            )
         return self
 
 

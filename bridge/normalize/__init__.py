@@ -1,5 +1,12 @@
-"""Pure per-tag transforms compiled once from the mapping: scaling, clamp, deadband, finiteness."""
+"""Pure per-tag transforms compiled once from the mapping: scaling, unit conversion, clamp,
+deadband, finiteness."""
 
-from bridge.normalize.transform import Transform, compile_transform, passes_deadband
+from bridge.normalize.transform import (
+    Transform,
+    compile_transform,
+    linear_of,
+    passes_deadband,
+    transform_key,
+)
 
-__all__ = ["Transform", "compile_transform", "passes_deadband"]
+__all__ = ["Transform", "compile_transform", "linear_of", "passes_deadband", "transform_key"]

@@ -1,4 +1,5 @@
-"""Turn a raw source value into an engineering value. No state, no I/O: tested with tables."""
+"""Turn a raw source value into an engineering value (scaled, then converted to the tag's
+``convert_to`` unit). No state, no I/O: tested with tables."""
 
 from __future__ import annotations
 
@@ -8,14 +9,30 @@ from collections.abc import Callable
 from bridge.config.resolved import ResolvedTag
 from bridge.types import Quality, TagValue
 
-__all__ = ["Transform", "compile_transform", "passes_deadband"]
+__all__ = ["Transform", "compile_transform", "linear_of", "passes_deadband", "transform_key"]
 
 Transform = Callable[[TagValue, Quality], tuple[TagValue, Quality, str]]
 
 
+def transform_key(tag: ResolvedTag) -> tuple[float, float, tuple[float, float] | None]:
+    """What the tag's transform depends on: tags with equal keys can share one."""
+    scale, offset = linear_of(tag)
+    return scale, offset, tag.clamp
+
+
+def linear_of(tag: ResolvedTag) -> tuple[float, float]:
+    """``(scale, offset)`` from the raw value to the tag's unit: the mapping's scale/offset
+    (raw -> ``unit``) followed by the unit conversion (``unit`` -> ``convert_to``), folded into
+    one multiply-add at load time."""
+    if tag.convert is None:
+        return tag.scale, tag.offset
+    factor, shift = tag.convert
+    return tag.scale * factor, tag.offset * factor + shift
+
+
 def compile_transform(tag: ResolvedTag) -> Transform:
     """Build the value function for one tag; the common identity case costs nothing extra."""
-    scale, offset, clamp = tag.scale, tag.offset, tag.clamp
+    (scale, offset), clamp = linear_of(tag), tag.clamp
     linear = scale != 1.0 or offset != 0.0
 
     def transform(raw: TagValue, quality: Quality) -> tuple[TagValue, Quality, str]:

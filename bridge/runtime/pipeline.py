@@ -149,7 +149,15 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     boot_id = uuid.uuid4().hex[:12]
     tasks = TaskSet()
     slots = tuple(
-        PredictionSlot(asset, name, m.version, prepared.models[name].sha256, prepared.labels[name])
+        PredictionSlot(
+            asset,
+            name,
+            m.version,
+            prepared.models[name].sha256,
+            prepared.labels[name],
+            m.outputs.unit,
+            mapping.input_units(m, asset),
+        )
         for name, m in mapping.models.items()
         for asset in m.assets
     )

@@ -21,7 +21,7 @@ import structlog
 from bridge.api.view import TagState
 from bridge.config.resolved import Mapping, ResolvedTag
 from bridge.features.window import Ring
-from bridge.normalize import Transform, compile_transform, passes_deadband
+from bridge.normalize import Transform, compile_transform, passes_deadband, transform_key
 from bridge.runtime.trigger import ChangeTrigger
 from bridge.types import Quality, TagSample, TagValue
 
@@ -88,7 +88,7 @@ class TagTable:
         transforms: dict[tuple[float, float, tuple[float, float] | None], Transform] = {}
         entries: dict[str, TagEntry] = {}
         for tid, t in self.mapping.tags.items():
-            shape = (t.scale, t.offset, t.clamp)
+            shape = transform_key(t)
             transform = transforms.get(shape)
             if transform is None:
                 transform = transforms[shape] = compile_transform(t)

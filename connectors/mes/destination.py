@@ -29,7 +29,7 @@ from bridge.types import ComponentHealth, Trigger
 
 from .batch import BatchReplyError, batch_body, parse_batch_reply
 from .config import MesSettings
-from .payload import event_fields, event_to_json
+from .payload import NO_UNITS, event_fields, event_to_json, units_of
 from .template import compile_template
 
 __all__ = ["MesDestination"]
@@ -65,6 +65,7 @@ class MesDestination:
         self.name = name
         self._settings = settings
         self._gateway_id = context.gateway_id
+        self._units = units_of(context.slots)
         self._tls_key = context.key_of(name, "tls")
         self.capabilities = Capabilities(
             concurrency=settings.concurrency,
@@ -135,10 +136,12 @@ class MesDestination:
 
     def encode(self, event: Trigger) -> str:
         body: Any
+        p = event.prediction
+        units = self._units.get((p.asset, p.model), NO_UNITS)
         if self._template is None:
-            body = event_to_json(event, self._gateway_id)
+            body = event_to_json(event, self._gateway_id, units)
         else:
-            body = self._template.render(event_fields(event, self._gateway_id))
+            body = self._template.render(event_fields(event, self._gateway_id, units))
         return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
     async def deliver(self, batch: Sequence[Envelope]) -> list[Outcome]:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from bridge.types import Prediction, TagValue, Trigger
+from bridge.types import Prediction, PredictionSlot, TagValue, Trigger
 
-__all__ = ["event_fields", "event_to_json", "iso_utc", "prediction_to_json"]
+__all__ = [
+    "NO_UNITS",
+    "Units",
+    "event_fields",
+    "event_to_json",
+    "iso_utc",
+    "prediction_to_json",
+    "units_of",
+]
 
 
 def iso_utc(ts: float | None) -> str | None:
@@ -51,8 +61,31 @@ def _json_value(value: TagValue) -> TagValue:
     return value
 
 
-def prediction_to_json(p: Prediction, gateway_id: str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Units:
+    """Units of one (asset, model): of its value (a regressor's `outputs.unit`) and of its
+    inputs by tag id; ``None`` / absent: no unit in the mapping."""
+
+    value: str | None = None
+    inputs: Mapping[str, str] = field(default_factory=dict)
+
+
+NO_UNITS = Units()
+
+
+def units_of(slots: Iterable[PredictionSlot]) -> dict[tuple[str, str], Units]:
+    """The units of each (asset, model) the gateway serves, looked up once per event."""
+    return {
+        (s.asset, s.model): Units(
+            s.unit or None, {f"{s.asset}.{tag}": unit for tag, unit in s.input_units}
+        )
+        for s in slots
+    }
+
+
+def prediction_to_json(p: Prediction, gateway_id: str, units: Units = NO_UNITS) -> dict[str, Any]:
     value: str | float | None = p.value if isinstance(p.value, str) else _finite(p.value)
+    unit_of = units.inputs.get
     return {
         "id": p.id,
         "seq": p.seq,
@@ -62,6 +95,7 @@ def prediction_to_json(p: Prediction, gateway_id: str) -> dict[str, Any]:
         "version": p.version,
         "sha256": p.sha256,
         "value": value,
+        "unit": units.value,
         "score": _finite(p.score),
         "quality": p.quality.label,
         "reason": p.reason,
@@ -71,6 +105,7 @@ def prediction_to_json(p: Prediction, gateway_id: str) -> dict[str, Any]:
             {
                 "tag": i.tag,
                 "value": _json_value(i.value),
+                "unit": unit_of(i.tag),
                 "quality": i.quality.label,
                 "source_time": iso_utc(i.source_time),
             }
@@ -79,11 +114,11 @@ def prediction_to_json(p: Prediction, gateway_id: str) -> dict[str, Any]:
     }
 
 
-def event_fields(t: Trigger, gateway_id: str) -> dict[str, Any]:
+def event_fields(t: Trigger, gateway_id: str, units: Units = NO_UNITS) -> dict[str, Any]:
     """Every field a payload template may use (``template.FIELDS``), flat."""
     drift = t.drift or {}
     return {
-        **prediction_to_json(t.prediction, gateway_id),
+        **prediction_to_json(t.prediction, gateway_id, units),
         "event": t.event,
         "previous": t.previous,
         "crossing": t.crossing,
@@ -97,9 +132,9 @@ def event_fields(t: Trigger, gateway_id: str) -> dict[str, Any]:
     }
 
 
-def event_to_json(t: Trigger, gateway_id: str) -> dict[str, Any]:
+def event_to_json(t: Trigger, gateway_id: str, units: Units = NO_UNITS) -> dict[str, Any]:
     """The default body: the prediction, what made it an event, and that rule's details."""
-    body = prediction_to_json(t.prediction, gateway_id)
+    body = prediction_to_json(t.prediction, gateway_id, units)
     body["event"] = t.event
     if t.previous is not None:
         body["previous"] = t.previous

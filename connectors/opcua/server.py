@@ -59,6 +59,7 @@ from connectors.opcua.encode import node_string as prediction_node_string
 from connectors.opcua.models_folder import ModelsFolder
 from connectors.opcua.server_config import OpcUaServerSettings, ServerSecurityPolicy
 from connectors.opcua.trust import TrustList, UntrustedCertificate
+from connectors.opcua.units import eu_information
 
 __all__ = ["PredictionServer"]
 
@@ -76,6 +77,8 @@ _POLICY_TYPES: dict[ServerSecurityPolicy, ua.SecurityPolicyType] = {
 }
 # Only "slowly changing" fields are skipped when unchanged; measurements are always written.
 _STICKY = ("ModelName", "ModelVersion", "ModelSha256")
+# Variables whose unit is fixed whatever the model; Value takes the model's `outputs.unit`.
+_UNIT_OF = {"InputAge": "s"}
 # A batch larger than this is written by a task of the server's own, this many predictions per
 # pass with the event loop free in between: the model runner is not held up by a 2,000-asset
 # burst, and a lone change that arrives meanwhile is shown at once instead of after the burst.
@@ -248,15 +251,28 @@ class PredictionServer:
             for field, vtype in FIELDS.items():
                 if field == "Value":
                     vtype = value_type(slot)
-                nodeid = self._nid(prediction_node_string(slot.asset, slot.model, field))
+                identifier = prediction_node_string(slot.asset, slot.model, field)
+                nodeid = self._nid(identifier)
                 await model_node.add_variable(nodeid, f"{ns}:{field}", _placeholder(vtype), vtype)
                 await server.write_attribute_value(nodeid, initial[field])
                 ids[field] = nodeid
+                unit = _UNIT_OF.get(field) or (slot.unit if field == "Value" else "")
+                if unit:
+                    await self._add_unit(server.get_node(nodeid), identifier, unit)
             self._nodes[key] = ids
             if self._feedback is not None:
                 await self._feedback.add(model_node, ns, key, self._nid)
             self._sticky[key] = {"ModelName": slot.model, "ModelVersion": slot.version}
             self._sticky[key]["ModelSha256"] = slot.sha256
+
+    async def _add_unit(self, variable: Node, identifier: str, unit: str) -> None:
+        # The standard property: BrowseName in namespace 0, as HMIs and browsers look for it.
+        eu = eu_information(unit, self._settings.namespace)
+        await variable.add_property(
+            self._nid(f"{identifier}.EngineeringUnits"),
+            ua.QualifiedName("EngineeringUnits", 0),
+            eu,
+        )
 
     def _nid(self, identifier: str) -> ua.NodeId:
         assert self._namespace_index is not None

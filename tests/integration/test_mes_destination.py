@@ -114,14 +114,22 @@ def test_payload_shape() -> None:
     assert body["sha256"] == "ab" * 32
     assert (body["value"], body["score"], body["quality"]) == (12.5, 0.875, "Good")
     assert body["timestamp"] == "2024-05-01T12:00:03.250Z"
+    assert body["unit"] is None  # no units known (see test_payload_carries_units)
     assert body["inputs"] == [
         {
             "tag": "p1.vibration",
             "value": 4.5,
+            "unit": None,
             "quality": "Good",
             "source_time": "2024-05-01T12:00:02.250Z",
         },
-        {"tag": "p1.running", "value": True, "quality": "Uncertain", "source_time": None},
+        {
+            "tag": "p1.running",
+            "value": True,
+            "unit": None,
+            "quality": "Uncertain",
+            "source_time": None,
+        },
     ]
     json.dumps(body, allow_nan=False)  # valid JSON as is
 
