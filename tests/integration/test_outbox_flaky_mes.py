@@ -42,6 +42,7 @@ async def mes() -> AsyncIterator[MesReceiver]:
         await receiver.stop()
 
 
+@pytest.mark.serial
 async def test_one_post_in_three_failing_still_delivers_90_percent_of_the_rate(
     store: Store, mes: MesReceiver
 ) -> None:
