@@ -159,8 +159,15 @@ async def spawn_child(store_url: str, mes_url: str, mode: str) -> asyncio.subpro
         env=env,
     )
     assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert line.strip() == b"ready", line
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.strip() == b"ready", line
+    except BaseException:
+        # The test fails here, before it could stop the child: stop it now, or it goes on
+        # writing (a slow start on a loaded machine left one producing for many minutes).
+        proc.kill()
+        await proc.wait()
+        raise
     return proc
 
 

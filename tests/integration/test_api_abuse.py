@@ -401,6 +401,7 @@ def _tags(n: int) -> list[TagState]:
     ]
 
 
+@pytest.mark.serial
 async def test_a_large_tags_answer_is_built_off_the_event_loop(store: Store) -> None:
     view = View(tags=_tags(100_000))
     # Long-lived like the gateway's own state, which it freezes out of the collector's walks

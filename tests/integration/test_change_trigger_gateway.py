@@ -155,6 +155,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             await asyncio.wait_for(task, 30)
 
 
+@pytest.mark.serial
 async def test_predictions_follow_changes_coalesced_and_only_for_changed_assets(
     rig: Rig,
 ) -> None:

@@ -98,6 +98,7 @@ def _mapping(tmp_path: Path, plc_port: int) -> tuple[Path, int]:
     return path, api
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_run_serves_then_stops_cleanly_on_signal(
     tmp_path: Path, plc: PlcSimulator, sig: signal.Signals
@@ -154,6 +155,7 @@ async def test_run_serves_then_stops_cleanly_on_signal(
     assert "task_crashed" not in events
 
 
+@pytest.mark.serial
 async def test_in_process_stop_leaves_no_task_running(tmp_path: Path, plc: PlcSimulator) -> None:
     mapping, _ = _mapping(tmp_path, plc.port)
     before = asyncio.all_tasks()

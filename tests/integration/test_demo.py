@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from support import free_port, wait_until
 
 from bridge.runtime.pipeline import Gateway
@@ -17,6 +18,7 @@ from simulators.demo import FAULTY_PUMP, PUMPS, DemoPorts, run_demo
 from simulators.mes.server import MesReceiver
 
 
+@pytest.mark.serial
 async def test_demo_flags_the_faulty_pump_within_30_seconds(tmp_path: Path) -> None:
     ports = DemoPorts(
         plant=free_port(), plc=free_port(), mes=free_port(), api=free_port(), hmi=free_port()

@@ -172,6 +172,7 @@ def _new_key(db: Path) -> str:
         store.dispose()
 
 
+@pytest.mark.serial
 async def test_plant_to_hmi_mes_and_api_then_plant_restart(
     running: Running, tmp_path: Path
 ) -> None:

@@ -42,6 +42,7 @@ def tags_of(unit: int, table: str | None = None) -> list[SourceTag]:
     ]
 
 
+@pytest.mark.serial
 async def test_ten_thousand_malformed_frames_never_give_a_wrong_good_value() -> None:
     rng = random.Random(5)
 

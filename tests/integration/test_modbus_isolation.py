@@ -40,6 +40,7 @@ def settings(port: int, **changes: Any) -> ModbusSourceSettings:
     return ModbusSourceSettings.model_validate({"host": LOOPBACK, "port": port, **changes})
 
 
+@pytest.mark.serial
 async def test_dead_unit_backs_off_and_healthy_units_keep_their_rates() -> None:
     plc = PlcSimulator(
         port=free_port(), update_interval_s=FROZEN, more_units=(2,), silent_units=True

@@ -95,6 +95,7 @@ async def test_signs_and_wide_values_are_exercised(plc: PlcSimulator) -> None:
     assert expected_values(41.0)["GridPower"] > 65535
 
 
+@pytest.mark.serial
 async def test_samples_polls_on_the_interval_and_follows_changes(plc: PlcSimulator) -> None:
     await plc.apply(10.0)
     source = await connected(make_source(plc.port, mapped_tags(), poll_interval_ms=100))

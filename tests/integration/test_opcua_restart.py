@@ -175,6 +175,7 @@ async def _outage(rig: Rig, outage_s: float, at_reopen: Callable[[], None] = lam
     return first - reopened
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(300 + 3 * OUTAGE_S)
 async def test_fresh_good_values_within_5s_after_outages(tmp_path: Path) -> None:
     """Default reconnect settings (none in the mapping), two restarts after 10 s outages
@@ -200,6 +201,7 @@ async def test_fresh_good_values_within_5s_after_outages(tmp_path: Path) -> None
     assert connected[-1]["down_for_s"] >= OUTAGE_S
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(300)
 async def test_fresh_good_values_within_5s_after_a_long_outage_with_grown_backoff(
     tmp_path: Path,

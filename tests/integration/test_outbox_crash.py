@@ -28,6 +28,7 @@ def _committed(db: Path) -> tuple[set[str], int]:
         engine.dispose()
 
 
+@pytest.mark.serial
 async def test_kill_9_mid_stream_then_restart_delivers_every_committed_event_once(
     tmp_path: Path,
 ) -> None:

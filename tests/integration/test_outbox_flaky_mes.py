@@ -42,6 +42,7 @@ async def mes() -> AsyncIterator[MesReceiver]:
         await receiver.stop()
 
 
+@pytest.mark.serial
 async def test_one_post_in_three_failing_still_delivers_90_percent_of_the_rate(
     store: Store, mes: MesReceiver
 ) -> None:
@@ -105,6 +106,7 @@ def _pending_keys(db: Path) -> set[str]:
 RESEND_BOUND = 5
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("kill_after", [40, 200])
 async def test_kill_9_with_a_flaky_mes_resends_at_most_the_events_in_flight(
     tmp_path: Path, mes: MesReceiver, kill_after: int

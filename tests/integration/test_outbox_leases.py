@@ -74,6 +74,7 @@ def idle_in_transaction(monitor: Engine, pids: set[int]) -> float:
     return 0.0 if value is None else float(value)
 
 
+@pytest.mark.serial
 async def test_no_session_idles_in_a_transaction_during_an_mes_outage(
     schema: str, monitor: Engine
 ) -> None:
@@ -121,8 +122,13 @@ async def _spawn(schema: str, mes_url: str, lease_s: float) -> asyncio.subproces
         env=env,
     )
     assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 60)
-    assert line.strip() == b"ready", line
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line.strip() == b"ready", line
+    except BaseException:
+        proc.kill()  # the test fails before it could stop the child: it must not outlive it
+        await proc.wait()
+        raise
     return proc
 
 
@@ -139,6 +145,7 @@ def _leases(store: Store) -> tuple[int, float]:
     return int(n), float(until or 0.0)
 
 
+@pytest.mark.serial
 async def test_a_killed_gateways_leases_are_taken_over_within_the_lease_time(
     schema: str,
 ) -> None:

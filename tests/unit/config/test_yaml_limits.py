@@ -31,6 +31,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     return file
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize(("levels", "width"), [(10, 10), (40, 10), (9, 1000)])
 def test_billion_laughs_is_refused_fast_in_bounded_memory(
     tmp_path: Path, levels: int, width: int

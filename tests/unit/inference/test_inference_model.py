@@ -241,6 +241,7 @@ async def _ticks_during(call: Coroutine[Any, Any, object]) -> tuple[int, float, 
     return ticks, longest, took
 
 
+@pytest.mark.serial
 async def test_run_async_does_not_block_the_loop(bundled_model: Path) -> None:
     m = LoadedModel.load(bundled_model)
     # Grow the batch until one call takes long enough to measure (>= 80 ms).

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+import pytest
 from support import LOOPBACK, free_port, wait_until
 
 from bridge.errors import ConnectorError
@@ -167,6 +168,7 @@ def test_probe_off_and_explicit_cap() -> None:
     assert capped.reconnect_policy == ReconnectPolicy(1.0, 1.0, 0.5)
 
 
+@pytest.mark.serial
 async def test_a_reopened_port_cuts_a_long_wait_short() -> None:
     port = free_port()
     greeter = Greeter(port, b"ok")
