@@ -116,9 +116,9 @@ class ApiServer:
             while not self._server.started:
                 if self._task.done():
                     self._task.result()
-                    raise ConnectorError("REST API stopped during start-up")
+                    raise ConnectorError(f"{self._what} stopped during start-up")
                 await asyncio.sleep(0.02)
-        log.info("api_listening", url=self.url, docs=f"{self.url}/docs")
+        log.info("api_listening", what=self._what, url=self.url, docs=f"{self.url}/docs")
 
     async def stop(self) -> None:
         if self._task is None:

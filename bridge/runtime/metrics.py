@@ -277,12 +277,19 @@ class GatewayCollector(Collector):
         depth = GaugeMetricFamily(
             "bridge_queue_depth", "Items waiting in a component's queue.", labels=["component"]
         )
+        dropped = CounterMetricFamily(
+            "bridge_queue_dropped",
+            "Items a component's queue could not keep (counted, logged and alerted by it).",
+            labels=["component"],
+        )
         for h in healths:
             for s in _STATES:
                 state.add_metric([h.name, s], 1 if h.state == s else 0)
             if "queue_depth" in h.counters:
                 depth.add_metric([h.name], h.counters["queue_depth"])
-        yield from (state, depth)
+                if "dropped" in h.counters:
+                    dropped.add_metric([h.name], h.counters["dropped"])
+        yield from (state, depth, dropped)
 
     def _store(self, healths: Sequence[ComponentHealth]) -> Iterator[Metric]:
         c = self.store_sink.counters

@@ -298,6 +298,8 @@ async def test_scrape_after_an_end_to_end_run_matches_what_happened(tmp_path: Pa
     assert {label for _, _, label, _ in stored} >= {"healthy", "bearing_fault"}
     assert value(final, "bridge_store_predictions_written_total") == sum(stored.values())
     assert value(final, "bridge_store_predictions_dropped_total") == 0
+    assert ("bridge_queue_dropped_total", frozenset({("component", "store")})) in final
+    assert value(final, "bridge_queue_dropped_total", component="store") == 0
     delivered = value(final, "bridge_outbox_delivered_total", destination="mes")
     assert delivered == len(run.mes.unique_keys) > 0
     assert value(final, "bridge_outbox_dead_letters", destination="mes") == 0
