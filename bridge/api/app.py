@@ -19,6 +19,7 @@ from .limits import KeyLimits
 from .lineage import build_lineage_router
 from .models_admin import build_models_admin_router
 from .openapi import install_openapi
+from .ops import OPS_PATHS, RequestMetrics, build_ops_router
 from .outbox import build_outbox_router
 from .problems import install_problem_handlers
 from .routes import HEALTH_PATH, build_router
@@ -30,8 +31,8 @@ log = structlog.get_logger(__name__)
 
 
 def create_app(services: ApiServices) -> FastAPI:
-    """Every operation but health and the docs needs an API key (see bridge.api.auth).
-    ``ApiServices.from_store`` builds the services of an API over a store."""
+    """Every operation but health, the docs, the probes and the scrape needs an API key (see
+    bridge.api.auth). ``ApiServices.from_store`` builds the services of an API over a store."""
     settings = services.settings
     app = FastAPI(
         title="bridge gateway",
@@ -49,8 +50,11 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(build_key_router())
     app.include_router(build_outbox_router())
     app.include_router(build_models_admin_router())
+    app.include_router(
+        build_ops_router(services.ops, services.metrics.registry, metrics=services.metrics_on_api)
+    )
     mount_docs(app)
-    # The last added runs first: the guard, then the body cap.
+    # The last added runs first: the request metrics, the guard, then the body cap.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         ApiGuard,
@@ -58,9 +62,11 @@ def create_app(services: ApiServices) -> FastAPI:
         limits=KeyLimits(
             settings.rate_limit_per_s, settings.rate_burst, settings.max_concurrent_per_key
         ),
-        public=(HEALTH_PATH, *DOCS_PATHS),
+        public=(HEALTH_PATH, *DOCS_PATHS, *OPS_PATHS),
         public_prefixes=(ASSETS_PREFIX + "/",),
     )
+    # Outermost: requests the guard or the body cap refuse are counted too.
+    app.add_middleware(RequestMetrics, metrics=services.metrics, routes=app.router.routes)
     return app
 
 

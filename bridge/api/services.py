@@ -28,6 +28,7 @@ from bridge.store.registry import RegistryRepository
 from bridge.types import Explanation
 
 from .keycache import KeyCache
+from .ops import ApiMetrics, Operations
 from .queries import QueryRunner
 from .view import GatewayView
 
@@ -71,6 +72,11 @@ class ApiServices:
     # gateways follow within their poll) and no prediction is kept for explanation.
     live_models: LiveModelState | None = None
     explainers: Mapping[str, Explainer] = field(default_factory=dict)
+    # Probes and scrape of a running gateway (None: the probes answer 200, /metrics holds the
+    # API's own request metrics). ``metrics_on_api`` False: /metrics has a listener of its own.
+    ops: Operations | None = None
+    metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    metrics_on_api: bool = True
 
     @classmethod
     def from_store(
@@ -82,6 +88,8 @@ class ApiServices:
         registry: RegistryService | None = None,
         live_models: LiveModelState | None = None,
         explainers: Mapping[str, Explainer] | None = None,
+        ops: Operations | None = None,
+        metrics_on_api: bool = True,
     ) -> ApiServices:
         """The store-backed services. ``registry`` defaults to one that knows no mapping and
         no signing policy; the gateway passes its own."""
@@ -101,6 +109,9 @@ class ApiServices:
             live_models=live_models,
             # Kept, not copied: the app reads the runtime's own mapping, as it always has.
             explainers=explainers if explainers is not None else {},
+            ops=ops,
+            metrics=ApiMetrics(ops.registry if ops is not None else None),
+            metrics_on_api=metrics_on_api,
         )
 
 

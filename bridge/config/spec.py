@@ -34,10 +34,12 @@ __all__ = [
     "FeatureConfig",
     "GatewaySettings",
     "MappingFile",
+    "MetricsSettings",
     "ModelConfig",
     "ModelOutputs",
     "ModelRegistrySettings",
     "OutboxSettings",
+    "ProbeSettings",
     "RetentionSettings",
     "Stat",
     "TagConfig",
@@ -335,6 +337,46 @@ class RetentionSettings(Strict):
     )
 
 
+class MetricsSettings(Strict):
+    listen: str | None = Field(
+        None,
+        description="`host:port` of a listener of its own for `/metrics` (with `/livez` and "
+        "`/readyz`), e.g. `127.0.0.1:9464`, so the scrape port can be firewalled apart from "
+        "the API. Default: `/metrics` is served on the REST API's port.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise PydanticCustomError(
+                "listen",
+                "expected host:port, e.g. 127.0.0.1:9464 (got {value!r})",
+                {"value": value},
+            )
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class ProbeSettings(Strict):
+    source_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="`/readyz` stays ready while a source that was connected is away for up "
+        "to this long (a reconnect in progress); a source that never connected since the "
+        "start, or is away for longer, makes the gateway not ready.",
+    )
+
+
 class GatewaySettings(Strict):
     id: Name = Field(
         "bridge", description="This gateway's id; part of every event's idempotency key."
@@ -360,6 +402,14 @@ class GatewaySettings(Strict):
     retention: RetentionSettings = Field(
         default_factory=RetentionSettings,
         description="How long the store keeps each kind of row, and the free-disk check.",
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings,
+        description="The Prometheus scrape endpoint `/metrics`.",
+    )
+    probes: ProbeSettings = Field(
+        default_factory=ProbeSettings,
+        description="The liveness and readiness probes `/livez` and `/readyz`.",
     )
     default_max_age_s: float = Field(
         10.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bridge.histogram import LatencyHistogram
 from bridge.lifecycle.shadow import AgreementTally
 
 __all__ = ["VersionStats"]
@@ -19,11 +20,14 @@ class VersionStats:
     latency_ms_max: float = 0.0
     labels: dict[str, int] = field(default_factory=dict)
     agreement: AgreementTally = field(default_factory=AgreementTally)
+    # Run latencies for the metrics endpoint (bridge_model_run_duration_seconds).
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def ran(self, latency_ms: float) -> None:
         self.runs += 1
         self.latency_ms_total += latency_ms
         self.latency_ms_max = max(self.latency_ms_max, latency_ms)
+        self.latency.observe(latency_ms / 1000)
 
     def counted(self, value: str | float | None) -> None:
         self.predictions += 1

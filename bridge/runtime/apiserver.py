@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 
 import structlog
@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from bridge.api import ApiServices, GatewayView, close_app, create_app
+from bridge.api.ops import Operations, create_ops_app
 from bridge.api.services import Explainer
 from bridge.cancel import cancel_and_wait
 from bridge.config.spec import ApiSettings, ApiTlsSettings
@@ -30,7 +31,7 @@ from bridge.errors import ConnectorError
 from bridge.runtime.live_models import LiveModels
 from bridge.store.db import Store
 
-__all__ = ["ApiServer", "api_server"]
+__all__ = ["ApiServer", "api_server", "ops_server"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,10 +56,18 @@ def _check_files(tls: ApiTlsSettings) -> None:
 
 class ApiServer:
     def __init__(
-        self, app: FastAPI, host: str, port: int, tls: ApiTlsSettings | None = None
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        tls: ApiTlsSettings | None = None,
+        on_close: Callable[[FastAPI], None] | None = close_app,
+        what: str = "REST API",
     ) -> None:
         self.host, self.port = host, port
         self._app = app
+        self._on_close = on_close
+        self._what = what
         self._scheme = "http" if tls is None else "https"
         if tls is not None:
             _check_files(tls)
@@ -97,18 +106,19 @@ class ApiServer:
             sock.bind((self.host, self.port))
         except OSError as exc:
             sock.close()
+            setting = "gateway.api.port" if self._what == "REST API" else "gateway.metrics.listen"
             raise ConnectorError(
-                f"REST API cannot listen on {self.host}:{self.port}: {exc.strerror} "
-                "(is another bridge running? change gateway.api.port)"
+                f"{self._what} cannot listen on {self.host}:{self.port}: {exc.strerror} "
+                f"(is another bridge running? change {setting})"
             ) from exc
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="api")
         async with asyncio.timeout(10):
             while not self._server.started:
                 if self._task.done():
                     self._task.result()
-                    raise ConnectorError("REST API stopped during start-up")
+                    raise ConnectorError(f"{self._what} stopped during start-up")
                 await asyncio.sleep(0.02)
-        log.info("api_listening", url=self.url, docs=f"{self.url}/docs")
+        log.info("api_listening", what=self._what, url=self.url, docs=f"{self.url}/docs")
 
     async def stop(self) -> None:
         if self._task is None:
@@ -121,7 +131,8 @@ class ApiServer:
             self._server.force_exit = True
             await cancel_and_wait(self._task)
         self._task = None
-        close_app(self._app)
+        if self._on_close is not None:
+            self._on_close(self._app)
 
 
 def api_server(
@@ -130,11 +141,26 @@ def api_server(
     store: Store,
     live: LiveModels,
     explainers: Mapping[str, Explainer],
+    ops: Operations | None = None,
+    metrics_on_api: bool = True,
 ) -> ApiServer:
     """The gateway's REST API (not yet listening). Its registry service is the gateway's own,
     which knows the mapping and the signing policy, so an unfitting version is refused at the
     call; registry changes wake this gateway's watcher at once."""
     services = ApiServices.from_store(
-        view, store, settings, registry=live.service, live_models=live, explainers=explainers
+        view,
+        store,
+        settings,
+        registry=live.service,
+        live_models=live,
+        explainers=explainers,
+        ops=ops,
+        metrics_on_api=metrics_on_api,
     )
     return ApiServer(create_app(services), settings.host, settings.port, tls=settings.tls)
+
+
+def ops_server(ops: Operations, host: str, port: int) -> ApiServer:
+    """``/metrics``, ``/livez`` and ``/readyz`` on a listener of their own (plain HTTP: a
+    scrape address is meant for a plant network or the host itself)."""
+    return ApiServer(create_ops_app(ops), host, port, on_close=None, what="metrics endpoint")

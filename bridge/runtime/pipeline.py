@@ -27,11 +27,12 @@ from bridge.outbox.relay import Relay
 from bridge.outbox.wiring import durable_outputs
 from bridge.prepare import Prepared
 from bridge.runtime.alertsink import AlertSink
-from bridge.runtime.apiserver import ApiServer, api_server
+from bridge.runtime.apiserver import ApiServer, api_server, ops_server
 from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
 from bridge.runtime.live_models import LiveModels, live_models
 from bridge.runtime.lossalerts import LossAlerts
+from bridge.runtime.metrics import GatewayOps, gateway_ops
 from bridge.runtime.retention import retention_for
 from bridge.runtime.runner import ModelRunner
 from bridge.runtime.sources import SourceSupervisor
@@ -75,6 +76,9 @@ class Gateway:
     insight: Insight | None = None
     # Set once every stage started (tests and the demo wait for it).
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    # Metrics and probes (bridge.runtime.metrics); the scrape listener if it has its own.
+    ops: GatewayOps | None = None
+    metrics_server: ApiServer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; raise if a part of the gateway failed. Call it once."""
@@ -244,7 +248,22 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         + [r.health for r in insight.relays]
     )
     view = RuntimeView(gid, table, fanout, infos, probes, now)
-    api = _api(mapping, view, store, live, insight)
+    started = asyncio.Event()
+    ops = gateway_ops(
+        mapping,
+        view.health,
+        store,
+        tasks,
+        started,
+        supervisors,
+        table,
+        runners,
+        store_sink,
+        durable.relays + insight.relays,
+    )
+    address = mapping.gateway.metrics.address
+    api = _api(mapping, view, store, live, insight, ops, metrics_on_api=address is None)
+    metrics_server = None if address is None else ops_server(ops, *address)
 
     # Sequence numbers go on from the last committed ones (an MES orders by them).
     sequences = SequenceRepository(store)
@@ -263,7 +282,14 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         # socket opens (a mapping model refused in production stops the start here).
         Stage("store", [loss_alerts, retention, Hook("sequences", resume_sequences), live]),
         Stage("sinks", [*sinks, durable, insight]),
-        Stage("api", [Hook("api", api.start, api.stop)] if api is not None else []),
+        Stage(
+            "api",
+            [
+                Hook(name, srv.start, srv.stop)
+                for name, srv in (("api", api), ("metrics", metrics_server))
+                if srv is not None
+            ],
+        ),
         Stage(
             "inference",
             [
@@ -298,6 +324,9 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         api,
         durable.relays,
         insight,
+        started,
+        ops,
+        metrics_server,
     )
 
 
@@ -321,11 +350,18 @@ def _supervisors(
 
 
 def _api(
-    mapping: Mapping, view: RuntimeView, store: Store, live: LiveModels, insight: Insight
+    mapping: Mapping,
+    view: RuntimeView,
+    store: Store,
+    live: LiveModels,
+    insight: Insight,
+    ops: GatewayOps,
+    *,
+    metrics_on_api: bool,
 ) -> ApiServer | None:
     if not mapping.gateway.api.enabled:
         return None
-    return api_server(mapping.gateway.api, view, store, live, insight.insights)
+    return api_server(mapping.gateway.api, view, store, live, insight.insights, ops, metrics_on_api)
 
 
 def _consumer(

@@ -114,6 +114,7 @@ class SourceSupervisor:
     connects: int = 0
     failures: int = 0
     batches: int = 0
+    samples: int = 0  # tag samples delivered (bridge_source_tag_updates_total)
     probe_wakeups: int = 0  # waits cut short because the server's port accepted again
     backoff_s: float = 0.0  # the wait scheduled after the latest failed connect (0: connected)
     _attempt: int = field(init=False, default=0)
@@ -145,6 +146,12 @@ class SourceSupervisor:
     @property
     def name(self) -> str:
         return self.source.name
+
+    @property
+    def down_since(self) -> float | None:
+        """When (monotonic) the source was lost or first failed to connect; None while it is
+        connected or before its first attempt failed."""
+        return self._down_since
 
     @property
     def reconnect_policy(self) -> ReconnectPolicy:
@@ -183,6 +190,7 @@ class SourceSupervisor:
                 try:
                     async for batch in self.source.samples():
                         self.batches += 1
+                        self.samples += len(batch)
                         await self.deliver(batch)
                     raise ConnectorError("the source ended its stream")
                 except ConnectorError as exc:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from bridge.errors import StoreError
+from bridge.histogram import LatencyHistogram
 from bridge.queuedwriter import QueuedWriter
 from bridge.types import Prediction
 
@@ -91,6 +92,8 @@ class StoreSink(QueuedWriter[Prediction]):
         self._last_drop_log = -math.inf
         self._last_drop_at = -math.inf
         self._last_drop_reason = ""
+        # Seconds per committed batch, for the metrics endpoint (bridge_store_write_seconds).
+        self.write_latency = LatencyHistogram()
 
     async def start(self) -> None:
         if self._closed:
@@ -154,6 +157,7 @@ class StoreSink(QueuedWriter[Prediction]):
                 log.exception("store_drop_report_failed")
 
     async def _persist(self, items: Sequence[Prediction]) -> None:
+        started = time.monotonic()
         job = asyncio.ensure_future(asyncio.to_thread(self._repo.add_many, items, self._outbox))
         try:
             await asyncio.shield(job)
@@ -164,6 +168,7 @@ class StoreSink(QueuedWriter[Prediction]):
                 await asyncio.wait_for(job, _SETTLE_TIMEOUT_S)
                 self._committed(items)
             raise
+        self.write_latency.observe(time.monotonic() - started)
         self._committed(items)
 
     def _committed(self, items: Sequence[Prediction]) -> None:
