@@ -250,7 +250,7 @@ class MesDestination:
         status = response.status_code
         if not response.is_success:
             if is_retryable_status(status):
-                retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+                retry_after = parse_retry_after(response.header("Retry-After"), time.time())
                 raise _RetryableError(f"HTTP {status}", retry_after)
             # The MES refused the request as a whole: every event in it is a rejection.
             excerpt = response.text[:_BODY_EXCERPT_CHARS]
@@ -290,6 +290,6 @@ class MesDestination:
             return
         status = response.status_code
         if is_retryable_status(status):
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            retry_after = parse_retry_after(response.header("Retry-After"), time.time())
             raise _RetryableError(f"HTTP {status}", retry_after)
         raise _RejectedError(status, response.text[:_BODY_EXCERPT_CHARS])

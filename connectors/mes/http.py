@@ -87,6 +87,10 @@ class Response:
     headers: dict[str, str]  # names in lower case; a repeated header keeps its last value
     content: bytes
 
+    def header(self, name: str) -> str | None:
+        """A header's value by its name, in any case."""
+        return self.headers.get(name.lower())
+
     @property
     def is_success(self) -> bool:
         return 200 <= self.status_code < 300
@@ -101,6 +105,7 @@ class _Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     h11: h11.Connection
+    replies: int = 0  # complete exchanges on it so far
 
     def reusable(self) -> bool:
         return (
@@ -256,7 +261,12 @@ class LeanClient:
                 except OSError as exc:
                     raise ReadError(str(exc) or type(exc).__name__) from exc
                 if not data and h.their_state is h11.SEND_RESPONSE:
-                    raise RemoteProtocolError("the server closed the connection without a reply")
+                    error = RemoteProtocolError("the server closed the connection without a reply")
+                    if conn.replies == 0:
+                        # On a new connection, like a reset: a TLS 1.3 server that wants a client
+                        # certificate and got none closes it so (``bridge.client_tls`` hints).
+                        raise error from ConnectionResetError("closed before the first reply")
+                    raise error
                 h.receive_data(data)
             elif isinstance(event, h11.Response):
                 status = event.status_code
@@ -264,6 +274,7 @@ class LeanClient:
             elif isinstance(event, h11.Data):
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
+                conn.replies += 1
                 if h.our_state is h11.DONE and h.their_state is h11.DONE:
                     h.start_next_cycle()
                 return Response(status, headers, b"".join(chunks))
