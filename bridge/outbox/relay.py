@@ -754,7 +754,14 @@ class _Settler:
                 self._flush(), name=f"outbox:{self._destination}:settle"
             )
         # A result, never an exception, in the future: a cancelled lane leaves none unread.
-        result = await asyncio.shield(done)
+        try:
+            result = await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # Like ``_see_through``: the round closes its claim next (releases its leases),
+            # which must not run beside the settle of the same rows (a deadlock on PostgreSQL).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(done), _SETTLE_TIMEOUT_S)
+            raise
         if isinstance(result, BridgeError):
             raise result
         return result

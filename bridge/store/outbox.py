@@ -300,6 +300,15 @@ def _lock_claims(s: Session, destination: str) -> None:
         s.execute(select(func.pg_advisory_xact_lock(key)))
 
 
+def _lock_mine(s: Session, ids: list[int], holder: str) -> set[int]:
+    """The rows of ``ids`` still leased to ``holder``; on PostgreSQL locked (in id order) so
+    that no claim takes them over between this look and the writes that follow."""
+    stmt = select(OutboxRow.id).where(_among(s, OutboxRow.id, ids), OutboxRow.claimed_by == holder)
+    if s.get_bind().dialect.name == "postgresql":
+        stmt = stmt.order_by(OutboxRow.id).with_for_update()
+    return set(s.execute(stmt).scalars())
+
+
 def _dead_values(event: OutboxEvent, now: float, attempts: int, error: str) -> dict[str, Any]:
     return {
         "destination": event.destination,
@@ -395,18 +404,14 @@ class Claim:
         dead_letter_after: int,
         retry_in_s: float,
         retried: Mapping[int, RetryUpdate] | None,
+        mine: set[int] | None = None,
     ) -> list[OutboxEvent]:
-        """``finish`` inside the transaction ``s``."""
+        """``finish`` inside the transaction ``s``; ``mine``: the rows of ``events`` still
+        leased to this holder, when the caller already locked them."""
         now = time.time()
         dead: list[OutboxEvent] = []
-        mine_stmt = select(OutboxRow.id).where(
-            _among(s, OutboxRow.id, [e.id for e in events]),
-            OutboxRow.claimed_by == self._holder,
-        )
-        if s.get_bind().dialect.name == "postgresql":
-            # No claim may take these rows over between this look and the writes below.
-            mine_stmt = mine_stmt.with_for_update()
-        mine = set(s.execute(mine_stmt).scalars())
+        if mine is None:
+            mine = _lock_mine(s, [e.id for e in events], self._holder)
         done = set(accepted)
         gone = [i for i in accepted if i in mine]
         if gone:
@@ -529,6 +534,10 @@ class OutboxRepository:
         dead: list[list[OutboxEvent]] = []
         try:
             with self._store.sessions.begin() as s:
+                ids = [e.id for _, events in todo for e in events]
+                # Every part's rows locked at once, in id order (PostgreSQL): part by part,
+                # the locks of two transactions could cross.
+                mine = _lock_mine(s, ids, self.holder) if ids else set()
                 for p, events in todo:
                     dead.append(
                         p.claim._finish_in(
@@ -539,6 +548,7 @@ class OutboxRepository:
                             p.dead_letter_after,
                             p.retry_in_s,
                             p.retried,
+                            mine,
                         )
                         if events
                         else []
