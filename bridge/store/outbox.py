@@ -66,6 +66,7 @@ __all__ = [
     "OutboxHook",
     "OutboxRepository",
     "OutboxStats",
+    "PartOutcome",
     "RetryUpdate",
     "drop_oldest",
     "enqueue",
@@ -299,6 +300,15 @@ def _lock_claims(s: Session, destination: str) -> None:
         s.execute(select(func.pg_advisory_xact_lock(key)))
 
 
+def _lock_mine(s: Session, ids: list[int], holder: str) -> set[int]:
+    """The rows of ``ids`` still leased to ``holder``; on PostgreSQL locked (in id order) so
+    that no claim takes them over between this look and the writes that follow."""
+    stmt = select(OutboxRow.id).where(_among(s, OutboxRow.id, ids), OutboxRow.claimed_by == holder)
+    if s.get_bind().dialect.name == "postgresql":
+        stmt = stmt.order_by(OutboxRow.id).with_for_update()
+    return set(s.execute(stmt).scalars())
+
+
 def _dead_values(event: OutboxEvent, now: float, attempts: int, error: str) -> dict[str, Any]:
     return {
         "destination": event.destination,
@@ -310,6 +320,20 @@ def _dead_values(event: OutboxEvent, now: float, attempts: int, error: str) -> d
         "attempts": attempts,
         "last_error": error,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class PartOutcome:
+    """What came of some of a claim's events (``Claim.finish`` with ``part``), for
+    ``OutboxRepository.finish_parts``."""
+
+    claim: Claim
+    events: Sequence[OutboxEvent]
+    accepted: Sequence[int]
+    rejected: dict[int, str]
+    dead_letter_after: int
+    retry_in_s: float
+    retried: Mapping[int, RetryUpdate] | None
 
 
 class Claim:
@@ -350,64 +374,90 @@ class Claim:
         Returns the events that became dead letters. One transaction: all of it or nothing, so
         a lost connection here only means those events are sent again (same Idempotency-Key).
         """
-        now = time.time()
-        dead: list[OutboxEvent] = []
         events = [e for e in (self.events if part is None else part) if e.id not in self._settled]
         if not events:
             if part is None:
                 self._open = False
-            return dead
+            return []
         try:
             with self._store.sessions.begin() as s:
-                mine_stmt = select(OutboxRow.id).where(
-                    _among(s, OutboxRow.id, [e.id for e in events]),
-                    OutboxRow.claimed_by == self._holder,
+                dead = self._finish_in(
+                    s, events, accepted, rejected, dead_letter_after, retry_in_s, retried
                 )
-                if s.get_bind().dialect.name == "postgresql":
-                    # No claim may take these rows over between this look and the writes below.
-                    mine_stmt = mine_stmt.with_for_update()
-                mine = set(s.execute(mine_stmt).scalars())
-                done = set(accepted)
-                gone = [i for i in accepted if i in mine]
-                if gone:
-                    s.execute(
-                        delete(OutboxRow).where(_among(s, OutboxRow.id, gone)),
-                        # No ORM objects to keep in sync: skip the RETURNING of every deleted id.
-                        execution_options={"synchronize_session": False},
-                    )
-                for e in events:
-                    if e.id not in mine or e.id in done:
-                        continue
-                    error = rejected.get(e.id)
-                    decision = (retried or {}).get(e.id)
-                    values: dict[str, Any] = {"claimed_by": "", "lease_until": 0.0}
-                    if error is not None:
-                        attempts = e.attempts + 1
-                        if attempts >= dead_letter_after:
-                            dead.append(e)
-                            self._bury(s, e, now, attempts, error)
-                            continue
-                        values.update(
-                            attempts=attempts, next_attempt_at=now + retry_in_s, last_error=error
-                        )
-                    elif decision is not None:
-                        if decision.dead:
-                            dead.append(e)
-                            self._bury(s, e, now, decision.retries, decision.reason)
-                            continue
-                        values.update(
-                            retries=decision.retries,
-                            first_failed_at=decision.first_failed_at,
-                            next_attempt_at=decision.next_attempt_at,
-                            last_error=decision.reason,
-                        )
-                    s.execute(update(OutboxRow).where(OutboxRow.id == e.id).values(**values))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record outbox outcome: {exc}") from exc
-        if part is None:
-            self._open = False
-        else:
+        self._finished(events, part is not None)
+        return dead
+
+    def _finished(self, events: list[OutboxEvent], part: bool) -> None:
+        if part:
             self._settled.update(e.id for e in events)
+        else:
+            self._open = False
+
+    def _finish_in(
+        self,
+        s: Session,
+        events: list[OutboxEvent],
+        accepted: Sequence[int],
+        rejected: dict[int, str],
+        dead_letter_after: int,
+        retry_in_s: float,
+        retried: Mapping[int, RetryUpdate] | None,
+        mine: set[int] | None = None,
+    ) -> list[OutboxEvent]:
+        """``finish`` inside the transaction ``s``; ``mine``: the rows of ``events`` still
+        leased to this holder, when the caller already locked them."""
+        now = time.time()
+        dead: list[OutboxEvent] = []
+        if mine is None:
+            mine = _lock_mine(s, [e.id for e in events], self._holder)
+        done = set(accepted)
+        gone = [i for i in accepted if i in mine]
+        if gone:
+            s.execute(
+                delete(OutboxRow).where(_among(s, OutboxRow.id, gone)),
+                # No ORM objects to keep in sync: skip the RETURNING of every deleted id.
+                execution_options={"synchronize_session": False},
+            )
+        released: list[int] = []  # not sent (behind a failure): only their leases go
+        for e in events:
+            if e.id not in mine or e.id in done:
+                continue
+            error = rejected.get(e.id)
+            decision = (retried or {}).get(e.id)
+            values: dict[str, Any] = {"claimed_by": "", "lease_until": 0.0}
+            if error is not None:
+                attempts = e.attempts + 1
+                if attempts >= dead_letter_after:
+                    dead.append(e)
+                    self._bury(s, e, now, attempts, error)
+                    continue
+                values.update(attempts=attempts, next_attempt_at=now + retry_in_s, last_error=error)
+            elif decision is not None:
+                if decision.dead:
+                    dead.append(e)
+                    self._bury(s, e, now, decision.retries, decision.reason)
+                    continue
+                values.update(
+                    retries=decision.retries,
+                    first_failed_at=decision.first_failed_at,
+                    next_attempt_at=decision.next_attempt_at,
+                    last_error=decision.reason,
+                )
+            else:
+                released.append(e.id)
+                continue
+            s.execute(update(OutboxRow).where(OutboxRow.id == e.id).values(**values))
+        if released:
+            # One statement for all of them, not one each: a failed lane leaves up to
+            # ``per_asset`` events behind it.
+            s.execute(
+                update(OutboxRow)
+                .where(_among(s, OutboxRow.id, released))
+                .values(claimed_by="", lease_until=0.0),
+                execution_options={"synchronize_session": False},
+            )
         return dead
 
     def all_recorded(self) -> None:
@@ -475,6 +525,39 @@ class OutboxRepository:
                 )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record accepted outbox events: {exc}") from exc
+
+    def finish_parts(self, parts: Sequence[PartOutcome]) -> list[list[OutboxEvent]]:
+        """``Claim.finish(..., part=...)`` of several claims' parts in one transaction (lanes of
+        a relay that failed at about the same time): the dead letters of each part, in order.
+        All of it or nothing, like ``finish``."""
+        todo = [(p, [e for e in p.events if e.id not in p.claim._settled]) for p in parts]
+        dead: list[list[OutboxEvent]] = []
+        try:
+            with self._store.sessions.begin() as s:
+                ids = [e.id for _, events in todo for e in events]
+                # Every part's rows locked at once, in id order (PostgreSQL): part by part,
+                # the locks of two transactions could cross.
+                mine = _lock_mine(s, ids, self.holder) if ids else set()
+                for p, events in todo:
+                    dead.append(
+                        p.claim._finish_in(
+                            s,
+                            events,
+                            p.accepted,
+                            p.rejected,
+                            p.dead_letter_after,
+                            p.retry_in_s,
+                            p.retried,
+                            mine,
+                        )
+                        if events
+                        else []
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record outbox outcome: {exc}") from exc
+        for p, events in todo:
+            p.claim._finished(events, True)
+        return dead
 
     def renew(self, destination: str, lease_s: float) -> int:
         """Extend every lease this holder has on ``destination`` (a long round is still going).

@@ -12,12 +12,10 @@ while the other assets go on, and dead-letters it after ``max_retries``/``max_re
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
 import structlog
 
 from bridge.client_tls import ClientTlsError, describe_tls_failure
@@ -29,6 +27,7 @@ from bridge.types import ComponentHealth, Trigger
 
 from .batch import BatchReplyError, batch_body, parse_batch_reply
 from .config import MesSettings
+from .http import LeanClient, TransportError
 from .payload import NO_UNITS, event_fields, event_to_json, units_of
 from .template import compile_template
 
@@ -37,7 +36,11 @@ __all__ = ["MesDestination"]
 log = structlog.get_logger(__name__)
 
 _BODY_EXCERPT_CHARS = 200
-_JSON = {"Content-Type": "application/json"}
+_JSON = [(b"Content-Type", b"application/json")]
+_PER_REQUEST = {"content-type", "idempotency-key", "content-length"}
+# One "the MES is failing" warning (and its "recovered") per this many seconds: a flaky MES
+# (one request in three answered 500) fails hundreds of times a second at full speed.
+_LOG_EVERY_S = 10.0
 
 
 class _RetryableError(Exception):
@@ -74,10 +77,13 @@ class MesDestination:
             rules=tuple(settings.events),
         )
         self._template = None if settings.template is None else compile_template(settings.template)
-        self._client: httpx.AsyncClient | None = None
+        self._client: LeanClient | None = None
         self._closed = False
         self._in_flight = 0
         self._last_error = ""
+        self._warned = False  # "mes_send_failing" logged, its "mes_recovered" not yet
+        self._warned_at = -_LOG_EVERY_S  # monotonic
+        self._unlogged = 0  # failures since the last warning
         self._counters: dict[str, int] = {"sent": 0, "retries": 0, "rejected": 0}
 
     async def start(self) -> None:
@@ -88,23 +94,18 @@ class MesDestination:
         s = self._settings
         try:
             # The plant CA and the client certificate, when the mapping gives them.
-            verify = True if s.tls is None else s.tls.ssl_context()
+            verify = None if s.tls is None else s.tls.ssl_context()
         except ClientTlsError as exc:
             raise ConnectorError(f"mes destination {self.name!r}: {exc}") from exc
-        # trust_env=False: where events go is decided by the mapping, not by proxy variables.
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.timeout_s),
-            headers=s.headers,
-            follow_redirects=False,
-            trust_env=False,
-            # Small requests on kept-alive connections: never hold a segment back (Nagle).
-            transport=httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(
-                    max_connections=s.concurrency, max_keepalive_connections=s.concurrency
-                ),
-                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-                verify=verify,
-            ),
+        # Where events go is decided by the mapping, never by proxy variables; redirects are
+        # not followed; TCP_NODELAY on (see ``http.py``).
+        self._client = LeanClient(
+            s.url,
+            # The request's own headers win, as they did with httpx.
+            headers={k: v for k, v in s.headers.items() if k.lower() not in _PER_REQUEST},
+            timeout_s=s.timeout_s,
+            tls=verify,
+            max_connections=s.concurrency,
         )
         log.info(
             "mes_destination_started",
@@ -154,7 +155,7 @@ class MesDestination:
     async def _deliver_one(self, key: str, body: str) -> Outcome:
         """None accepted, the reason of a rejection, or ``Retry``."""
         # The same key on every attempt lets the MES discard a repeat whose first reply was lost.
-        headers = {**_JSON, "Idempotency-Key": key}
+        headers = [*_JSON, (b"Idempotency-Key", key.encode())]
         self._in_flight += 1
         try:
             await self._post(body, headers)
@@ -202,7 +203,7 @@ class MesDestination:
             self._recovered()
         return [outcomes[k] for k, _ in events]
 
-    def _transport_error(self, exc: httpx.TransportError) -> str:
+    def _transport_error(self, exc: TransportError) -> str:
         # A refused certificate is retried like any connection error (the MES may renew it),
         # but its message says which setting to fix.
         s = self._settings
@@ -216,16 +217,27 @@ class MesDestination:
 
     def _failed(self, error: str) -> None:
         self._counters["retries"] += 1
-        if not self._last_error:
-            # One warning when the MES starts failing; the recovery is logged once too.
-            log.warning("mes_send_failing", destination=self.name, error=error)
+        now = time.monotonic()
+        if not self._warned and now - self._warned_at >= _LOG_EVERY_S:
+            # One warning when the MES starts failing, then at most one per _LOG_EVERY_S
+            # while it keeps failing now and then, with the count of failures in between.
+            log.warning(
+                "mes_send_failing",
+                destination=self.name,
+                error=error,
+                failures_since_last_warning=self._unlogged + 1,
+            )
+            self._warned, self._warned_at, self._unlogged = True, now, 0
         else:
+            self._unlogged += 1
             log.debug("mes_send_retry", destination=self.name, error=error)
         self._last_error = error
 
     def _recovered(self) -> None:
         if self._last_error:
-            log.info("mes_recovered", destination=self.name, after_error=self._last_error)
+            if self._warned:  # the recovery of a logged warning is logged too
+                log.info("mes_recovered", destination=self.name, after_error=self._last_error)
+                self._warned = False
             self._last_error = ""
 
     async def _post_batch(self, events: list[Envelope], outcomes: dict[str, Outcome]) -> None:
@@ -235,15 +247,13 @@ class MesDestination:
         if client is None:
             raise ConnectorError(f"mes destination {self.name!r} is not started")
         try:
-            response = await client.post(
-                self._settings.url, content=batch_body(events), headers=_JSON
-            )
-        except httpx.TransportError as exc:
+            response = await client.post(batch_body(events).encode(), _JSON)
+        except TransportError as exc:
             raise _RetryableError(self._transport_error(exc)) from exc
         status = response.status_code
         if not response.is_success:
             if is_retryable_status(status):
-                retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+                retry_after = parse_retry_after(response.header("Retry-After"), time.time())
                 raise _RetryableError(f"HTTP {status}", retry_after)
             # The MES refused the request as a whole: every event in it is a rejection.
             excerpt = response.text[:_BODY_EXCERPT_CHARS]
@@ -271,18 +281,18 @@ class MesDestination:
             # The settled ones are kept; the relay sends only the rest again.
             self._failed(f"{len(retry)} of {len(events)} events: {retry[0]}")
 
-    async def _post(self, body: str, headers: dict[str, str]) -> None:
+    async def _post(self, body: str, headers: list[tuple[bytes, bytes]]) -> None:
         client = self._client
         if client is None:
             raise ConnectorError(f"mes destination {self.name!r} is not started")
         try:
-            response = await client.post(self._settings.url, content=body, headers=headers)
-        except httpx.TransportError as exc:
+            response = await client.post(body.encode(), headers)
+        except TransportError as exc:
             raise _RetryableError(self._transport_error(exc)) from exc
         if response.is_success:
             return
         status = response.status_code
         if is_retryable_status(status):
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            retry_after = parse_retry_after(response.header("Retry-After"), time.time())
             raise _RetryableError(f"HTTP {status}", retry_after)
         raise _RejectedError(status, response.text[:_BODY_EXCERPT_CHARS])
