@@ -62,7 +62,7 @@ async def run_demo(
     async with contextlib.AsyncExitStack() as stack:
         for name, sim in (("mes", mes), ("plc", plc), ("plant", plant)):
             # Taken between the check and now (another program was quicker).
-            with _naming_busy_port(name, getattr(ports, name)):
+            with _naming_busy_port((name, getattr(ports, name))):
                 await sim.start()
             stack.push_async_callback(sim.stop)
         gateway = await build_gateway(prepared)
@@ -71,7 +71,7 @@ async def run_demo(
         await asyncio.wait({gateway_task, getter}, return_when=asyncio.FIRST_COMPLETED)
         if not getter.done():
             getter.cancel()
-            with _naming_busy_port("hmi", ports.hmi):
+            with _naming_busy_port(("api", ports.api), ("hmi", ports.hmi)):
                 await gateway_task  # raises what went wrong at start-up
             return
         _banner(ports, mes_log, api_key)
@@ -92,13 +92,29 @@ async def run_demo(
 
 
 @contextlib.contextmanager
-def _naming_busy_port(name: str, port: int) -> Iterator[None]:
+def _naming_busy_port(*candidates: tuple[str, int]) -> Iterator[None]:
+    """A bind error (bare, or as the cause of a connector's error) of one of ``candidates``
+    becomes the busy-port message; the port the error text names tells which one it was."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
+    except Exception as exc:
+        text = _address_in_use(exc)
+        if text is None:
             raise
+        name, port = next(
+            ((n, p) for n, p in candidates if f"{p})" in text or f":{p}" in text), candidates[0]
+        )
         raise DemoError(busy_message(name, port)) from exc
+
+
+def _address_in_use(exc: BaseException | None) -> str | None:
+    """The text of the EADDRINUSE error in ``exc``'s chain of causes, if there is one."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.EADDRINUSE:
+            return f"{exc} {seen}"
+        seen = seen.__cause__
+    return None
 
 
 def demo_api_key(store_url: str, workdir: Path) -> str:

@@ -64,3 +64,24 @@ def test_a_busy_port_names_itself_and_the_option_to_change_it(
     assert "Traceback" not in result.output
     # Refused before anything started: no store, no key.
     assert not (tmp_path / "w" / "api-key").exists()
+
+
+@pytest.mark.timeout(300)  # the simulators and the gateway start before the bind fails
+def test_a_port_taken_after_the_check_is_named_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program binds the HMI port between the check and the gateway's start: the OPC UA
+    server's bind error becomes the same message (it was a bare OSError 98 that ended the demo)."""
+    monkeypatch.setattr(DemoPorts, "check_free", lambda self, host="127.0.0.1": None)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        args = ["demo", "--duration", "30", "--workdir", str(tmp_path / "w"), "--hmi-port"]
+        args.append(str(busy))
+        for other in ("plant", "plc", "mes", "api"):
+            args += [f"--{other}-port", str(free_port())]
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert f"port {busy} on 127.0.0.1 (the gateway's OPC UA server) is in use" in result.output
+    assert "--hmi-port" in result.output
