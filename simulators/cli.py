@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import click
 
 from bridge.cli import run_async, until_stopped
+from simulators.demo_ports import DemoPorts
+
+FC = TypeVar("FC", bound=Callable[..., object])
 
 __all__ = ["demo", "simulate"]
 
@@ -20,19 +24,72 @@ class _Simulator(Protocol):
     async def stop(self) -> None: ...
 
 
+def _port_option(name: str, default: int, what: str) -> Callable[[FC], FC]:
+    return click.option(
+        f"--{name}-port",
+        name,
+        type=click.IntRange(1, 65535),
+        envvar=f"BRIDGE_DEMO_{name.upper()}_PORT",
+        show_envvar=True,
+        default=None,
+        help=f"Port of {what} [default: {default} + --port-offset].",
+    )
+
+
 @click.command()
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 @click.option(
     "--mapping",
     type=click.Path(path_type=Path),
     default=None,
-    help="Demo mapping (default: mappings/demo.yaml of this repository).",
+    help="Demo mapping (default: the one bundled with bridge, mappings/demo.yaml in the source).",
 )
-def demo(duration: float | None, mapping: Path | None) -> None:
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/demo"),
+    show_default=True,
+    help="Where the demo keeps its store, API key and MES call log.",
+)
+@click.option(
+    "--port-offset",
+    type=click.IntRange(0, 60000),
+    default=0,
+    show_default=True,
+    help="Added to every default port (e.g. 100: plant 4940, API 8100, ...); a port given "
+    "by its own option or variable is used as it is.",
+)
+@_port_option("plant", DemoPorts.plant, "the simulated plant (OPC UA)")
+@_port_option("plc", DemoPorts.plc, "the simulated PLC (Modbus TCP)")
+@_port_option("mes", DemoPorts.mes, "the MES receiver (HTTP)")
+@_port_option("api", DemoPorts.api, "the gateway's REST API")
+@_port_option("hmi", DemoPorts.hmi, "the gateway's OPC UA server")
+def demo(
+    duration: float | None,
+    mapping: Path | None,
+    workdir: Path,
+    port_offset: int,
+    **ports: int | None,
+) -> None:
     """Simulated plant + PLC + MES and the gateway with the bundled model, all on 127.0.0.1."""
     from simulators.demo import run_demo
 
-    run_async(lambda: run_demo(mapping, duration))
+    chosen = demo_ports(port_offset, ports)
+    run_async(lambda: run_demo(mapping, duration, chosen, workdir))
+
+
+def demo_ports(offset: int, given: Mapping[str, int | None]) -> DemoPorts:
+    """Each port as given (option or BRIDGE_DEMO_*_PORT), else its default plus ``offset``."""
+    defaults = DemoPorts()
+    chosen = {}
+    for name, default in defaults.items():
+        port = given.get(name)
+        chosen[name] = port if port is not None else default + offset
+        if chosen[name] > 65535:
+            raise click.BadParameter(
+                f"{default} + {offset} is above 65535 (port of {name})", param_hint="--port-offset"
+            )
+    return DemoPorts(**chosen)
 
 
 @click.group()

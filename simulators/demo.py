@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
-from dataclasses import dataclass
+from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
 
 import click
@@ -16,48 +18,32 @@ from bridge.private_files import replace_private
 from bridge.runtime.pipeline import Gateway, build_gateway
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import open_store
+from simulators.demo_ports import DemoError, DemoPorts, busy_message
 from simulators.mes.server import MesReceiver
 from simulators.plant.server import PlantSimulator
 from simulators.plc.server import PlcSimulator
 
-__all__ = ["DEFAULT_MAPPING", "DemoPorts", "demo_api_key", "run_demo"]
+__all__ = ["DEFAULT_MAPPING", "DemoError", "DemoPorts", "demo_api_key", "run_demo"]
 
-DEFAULT_MAPPING = Path(__file__).resolve().parents[1] / "mappings" / "demo.yaml"
+# Package data, so an installed wheel has it too: in a source tree these are links to
+# mappings/demo.yaml and mappings/models/pump_health.onnx (one copy to edit).
+DEFAULT_MAPPING = Path(str(files("simulators") / "demo_data" / "demo.yaml"))
 STATUS_EVERY_S = 5.0
 PUMPS = 8
 FAULTY_PUMP = 3
-
-
-@dataclass(frozen=True)
-class DemoPorts:
-    """The demo's ports; the demo mapping reads them from BRIDGE_DEMO_* variables."""
-
-    plant: int = 4840
-    plc: int = 5020
-    mes: int = 8081
-    api: int = 8000
-    hmi: int = 4850
-
-    def env(self, workdir: Path) -> dict[str, str]:
-        return {
-            "BRIDGE_DEMO_PLANT_PORT": str(self.plant),
-            "BRIDGE_DEMO_PLC_PORT": str(self.plc),
-            "BRIDGE_DEMO_MES_PORT": str(self.mes),
-            "BRIDGE_DEMO_API_PORT": str(self.api),
-            "BRIDGE_DEMO_HMI_PORT": str(self.hmi),
-            "BRIDGE_DEMO_STORE": f"sqlite:///{workdir / 'bridge.db'}",
-        }
+DEFAULT_PORTS = DemoPorts()
 
 
 async def run_demo(
     mapping: Path | None,
     duration: float | None,
-    ports: DemoPorts = DemoPorts(),
+    ports: DemoPorts = DEFAULT_PORTS,
     workdir: Path = Path("var/demo"),
     stop: asyncio.Event | None = None,
     on_started: asyncio.Queue[tuple[Gateway, MesReceiver]] | None = None,
 ) -> None:
     """Run until ``duration`` passes, ``stop`` is set, or SIGINT/SIGTERM (when ``stop`` is None)."""
+    ports.check_free()
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     prepared = await asyncio.to_thread(prepare, mapping or DEFAULT_MAPPING, ports.env(workdir))
     api_key = await asyncio.to_thread(demo_api_key, prepared.mapping.gateway.store, workdir)
@@ -74,8 +60,10 @@ async def run_demo(
         loop.call_later(duration, stop.set)
 
     async with contextlib.AsyncExitStack() as stack:
-        for sim in (mes, plc, plant):
-            await sim.start()
+        for name, sim in (("mes", mes), ("plc", plc), ("plant", plant)):
+            # Taken between the check and now (another program was quicker).
+            with _naming_busy_port((name, getattr(ports, name))):
+                await sim.start()
             stack.push_async_callback(sim.stop)
         gateway = await build_gateway(prepared)
         gateway_task = asyncio.create_task(gateway.run(stop), name="gateway")
@@ -83,7 +71,8 @@ async def run_demo(
         await asyncio.wait({gateway_task, getter}, return_when=asyncio.FIRST_COMPLETED)
         if not getter.done():
             getter.cancel()
-            await gateway_task  # raises what went wrong at start-up
+            with _naming_busy_port(("api", ports.api), ("hmi", ports.hmi)):
+                await gateway_task  # raises what went wrong at start-up
             return
         _banner(ports, mes_log, api_key)
         if on_started is not None:
@@ -100,6 +89,32 @@ async def run_demo(
         f"({mes.duplicate_count} duplicate keys), log in {mes_log}",
         err=True,
     )
+
+
+@contextlib.contextmanager
+def _naming_busy_port(*candidates: tuple[str, int]) -> Iterator[None]:
+    """A bind error (bare, or as the cause of a connector's error) of one of ``candidates``
+    becomes the busy-port message; the port the error text names tells which one it was."""
+    try:
+        yield
+    except Exception as exc:
+        text = _address_in_use(exc)
+        if text is None:
+            raise
+        name, port = next(
+            ((n, p) for n, p in candidates if f"{p})" in text or f":{p}" in text), candidates[0]
+        )
+        raise DemoError(busy_message(name, port)) from exc
+
+
+def _address_in_use(exc: BaseException | None) -> str | None:
+    """The text of the EADDRINUSE error in ``exc``'s chain of causes, if there is one."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.EADDRINUSE:
+            return f"{exc} {seen}"
+        seen = seen.__cause__
+    return None
 
 
 def demo_api_key(store_url: str, workdir: Path) -> str:
