@@ -45,7 +45,8 @@ class DemoPorts:
             "BRIDGE_DEMO_MES_PORT": str(self.mes),
             "BRIDGE_DEMO_API_PORT": str(self.api),
             "BRIDGE_DEMO_HMI_PORT": str(self.hmi),
-            "BRIDGE_DEMO_STORE": f"sqlite:///{workdir / 'bridge.db'}",
+            # Absolute: a relative SQLite path in a mapping is relative to the mapping file.
+            "BRIDGE_DEMO_STORE": f"sqlite:///{workdir.absolute() / 'bridge.db'}",
         }
 
 
