@@ -237,7 +237,7 @@ async def test_validate_reports_certificate_files_with_line_and_fix(tmp_path: Pa
         "    private_key: pki/own/key.pem\n"
     )
     code, out, err = await _bridge("validate", "mapping.yaml", cwd=tmp_path)
-    assert code == 1, out + err
+    assert code == 3, out + err  # an invalid mapping
     lines = err.splitlines()
     assert (
         "mapping.yaml:10: sources.scada.security.private_key: other/key.pem is not the private "
