@@ -5,13 +5,13 @@ Every error bridge raises on purpose is a ``BridgeError``; the drawing below is 
 here, sits elsewhere than drawn, or is drawn but gone). The base classes live in this module so
 that any layer can raise them; a subclass lives beside the code that knows its case.
 
-    BridgeError               bridge.errors               base; the CLI prints it, exit 2
+    BridgeError               bridge.errors               base; the CLI prints it, exit 1
     ├── ConfigError           bridge.errors               a mapping is invalid, with every
     │                                                     issue found (ConfigIssue): the
     │                                                     config loader, prepare (models that
     │                                                     do not fit), the gateway's wiring (a
     │                                                     kind that is not installed); CLI
-    │                                                     exit 1
+    │                                                     exit 3
     ├── ReferenceFileError    bridge.config.reference     a reference statistics file breaks
     │                                                     bridge-reference/1: read when a
     │                                                     mapping loads (reported there as a
@@ -36,7 +36,8 @@ that any layer can raise them; a subclass lives beside the code that knows its c
     ├── QuantizeError         bridge.lifecycle.quantize   a model that cannot be quantized, or
     │                                                     whose quantized copy leaves tolerance
     └── StoreError            bridge.errors               the SQL store failed: every
-        │                                                 repository of bridge.store
+        │                                                 repository of bridge.store (CLI
+        │                                                 exit 4; a conflict exits 1)
         ├── QueryTimeoutError bridge.store.db             a read ran past its statement timeout
         │                                                 (the REST API answers 503)
         ├── AlreadyAcknowledged bridge.store.alerts       an alert acknowledged twice (409)

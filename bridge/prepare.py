@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bridge import plugins
 from bridge.config import Mapping, load_mapping
+from bridge.config.files import file_problems
 from bridge.errors import ConfigError, ConfigIssue, InferenceError
 from bridge.inference.fit import fit_problems, load_model_for
 from bridge.inference.model import LoadedModel
@@ -27,12 +28,19 @@ class Prepared:
     labels: dict[str, tuple[str, ...]]
 
 
-def prepare(path: str | Path, env: MappingABC[str, str] | None = None) -> Prepared:
-    mapping = _load_for_life(path, env)
-    issues: list[ConfigIssue] = connector_problems(mapping)
+def prepare(
+    path: str | Path, env: MappingABC[str, str] | None = None, *, placeholders: bool = False
+) -> Prepared:
+    """``placeholders``: see ``load_mapping``; what waits for a variable is not checked."""
+    mapping = _load_for_life(path, env, placeholders)
+    unfilled = {k for keys in mapping.needs.values() for k in keys}
+    issues = [i for i in connector_problems(mapping) if not _under(i.key, unfilled)]
+    issues += file_problems(mapping, unfilled | {i.key for i in issues})
     models: dict[str, LoadedModel] = {}
     labels: dict[str, tuple[str, ...]] = {}
     for name, model in mapping.models.items():
+        if _under(f"models.{name}.file", unfilled):
+            continue
         try:
             loaded = load_model_for(model)
         except InferenceError as exc:
@@ -76,14 +84,20 @@ def connector_problems(mapping: Mapping) -> list[ConfigIssue]:
     return issues
 
 
-def _load_for_life(path: str | Path, env: MappingABC[str, str] | None) -> Mapping:
+def _under(key: str, keys: set[str]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def _load_for_life(
+    path: str | Path, env: MappingABC[str, str] | None, placeholders: bool = False
+) -> Mapping:
     """``load_mapping`` with the cyclic garbage collector paused, then the loaded objects moved
     out of its reach (``gc.freeze``): a 100,000-tag mapping is ~10^6 objects that live as long
     as the process, and every full collection would walk them all again (bench/README.md)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        mapping = load_mapping(path, env)
+        mapping = load_mapping(path, env, placeholders=placeholders)
     finally:
         gc.freeze()
         if was_enabled:

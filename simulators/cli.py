@@ -98,12 +98,12 @@ def simulate() -> None:
 
 
 @simulate.command("plant")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=4840, show_default=True)
-@click.option("--pumps", default=8, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=4840, show_default=True, help="OPC UA port.")
+@click.option("--pumps", default=8, show_default=True, help="Number of pumps.")
 @click.option("--faulty", default="3", show_default=True, help="Comma-separated pump numbers.")
 @click.option("--interval", default=0.1, show_default=True, help="Update interval, seconds.")
-@click.option("--duration", type=float)
+@click.option("--duration", type=float, help="Stop after this many seconds.")
 def simulate_plant(
     host: str, port: int, pumps: int, faulty: str, interval: float, duration: float | None
 ) -> None:
@@ -116,9 +116,9 @@ def simulate_plant(
 
 
 @simulate.command("plc")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5020, show_default=True)
-@click.option("--duration", type=float)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5020, show_default=True, help="Modbus TCP port.")
+@click.option("--duration", type=float, help="Stop after this many seconds.")
 def simulate_plc(host: str, port: int, duration: float | None) -> None:
     """Modbus TCP PLC serving values in several encodings."""
     from simulators.plc.server import PlcSimulator
@@ -128,8 +128,8 @@ def simulate_plc(host: str, port: int, duration: float | None) -> None:
 
 
 @simulate.command("mes")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8081, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8081, show_default=True, help="HTTP port.")
 @click.option(
     "--log",
     "log_path",
@@ -137,7 +137,7 @@ def simulate_plc(host: str, port: int, duration: float | None) -> None:
     default=None,
     help="Append every call as a JSON line to this file.",
 )
-@click.option("--duration", type=float)
+@click.option("--duration", type=float, help="Stop after this many seconds.")
 def simulate_mes(host: str, port: int, log_path: Path | None, duration: float | None) -> None:
     """MES receiver: records calls, counts duplicate Idempotency-Keys, fails on command."""
     from simulators.mes.server import MesReceiver

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
 import click
 
 from bridge.cli.apikeys import apikeys
-from bridge.cli.report import fail, print_issues
+from bridge.cli.report import EXIT_MAPPING, fail, print_issues
 from bridge.errors import BridgeError, ConfigError
 from bridge.logging import configure_logging
 
@@ -33,8 +34,17 @@ async def until_stopped(duration: float | None, stop: asyncio.Event) -> None:
     await stop.wait()
 
 
-# Commands that only check or print: their output is the answer, info logs would be noise.
-QUIET_COMMANDS = {"validate", "schema", "apikeys", "verify"}
+# Commands that keep running and report as they go (a service's log is its output); every
+# other command only checks, prints or changes something: its output is the answer, and info
+# logs (the store opened, Alembic's migrations) would be noise on its stderr.
+SERVICE_COMMANDS = {"run", "demo", "simulate"}
+
+
+def _version() -> str:
+    try:
+        return version("bridge-gateway")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown (not installed)"
 
 
 class _PluginGroup(click.Group):
@@ -75,11 +85,12 @@ def _not_installed(name: str, module: str) -> click.Command:
 
 
 @click.group(cls=_PluginGroup)
+@click.version_option(_version(), "--version", prog_name="bridge", message="%(prog)s %(version)s")
 @click.option(
     "--log-level",
     default=None,
     type=click.Choice(["debug", "info", "warning", "error"]),
-    help="Default: info (warning for validate and schema).",
+    help="Default: info for run, demo and simulate, warning for every other command.",
 )
 @click.option(
     "--log-json/--log-console",
@@ -88,27 +99,63 @@ def _not_installed(name: str, module: str) -> click.Command:
 )
 @click.pass_context
 def main(ctx: click.Context, log_level: str | None, log_json: bool | None) -> None:
-    """bridge: edge gateway from OPC UA / Modbus tags to ONNX models, SCADA and MES."""
-    quiet = ctx.invoked_subcommand in QUIET_COMMANDS
-    configure_logging(log_level or ("warning" if quiet else "info"), log_json)
+    """bridge: edge gateway from OPC UA / Modbus tags to ONNX models, SCADA and MES.
+
+    Exit codes: 0 done, 1 refused or failed, 2 usage, 3 invalid mapping, 4 store missing or
+    not found in it (see the README)."""
+    service = ctx.invoked_subcommand in SERVICE_COMMANDS
+    level = log_level or ("info" if service else "warning")
+    configure_logging(level, log_json)
+    # Alembic says "Context impl SQLiteImpl." and each migration it runs at info: of use when
+    # looking into a store's upgrade, not on every command and start.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
 @main.command()
 @click.argument("mapping", type=click.Path(path_type=Path))
-def validate(mapping: Path) -> None:
-    """Check a mapping (and its models) without opening any connection."""
+@click.option(
+    "--no-env",
+    is_flag=True,
+    help="Read no environment variables (for CI, without the secrets): a ${VAR} is taken as "
+    "a placeholder and listed as needed at run time; ${VAR:-default} takes its default.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
+def validate(mapping: Path, no_env: bool, as_json: bool) -> None:
+    """Check a mapping, its models and every file it names, without opening any connection.
+
+    Exit 0 when valid, 3 with each problem as file:line: key: message (fix: ...)."""
     from bridge.prepare import prepare
 
     try:
-        prepared = prepare(mapping)
+        prepared = prepare(mapping, {} if no_env else None, placeholders=no_env)
     except ConfigError as err:
-        print_issues(err)
-        sys.exit(1)
+        if as_json:
+            problems = [
+                {"file": i.file, "line": i.line, "key": i.key, "message": i.message, "fix": i.hint}
+                for i in err.issues
+            ]
+            click.echo(json.dumps({"mapping": str(mapping), "valid": False, "problems": problems}))
+        else:
+            print_issues(err)
+        sys.exit(EXIT_MAPPING)
     m = prepared.mapping
+    if as_json:
+        counts = {
+            "sources": len(m.sources),
+            "assets": len(m.assets),
+            "tags": len(m.tags),
+            "models": len(m.models),
+            "outputs": len(m.outputs),
+        }
+        needs = {name: list(keys) for name, keys in m.needs.items()}
+        click.echo(json.dumps({"mapping": str(mapping), "valid": True, **counts, "needs": needs}))
+        return
     click.echo(
         f"{mapping}: OK ({len(m.sources)} sources, {len(m.assets)} assets, "
         f"{len(m.tags)} tags, {len(m.models)} models, {len(m.outputs)} outputs)"
     )
+    for name, keys in sorted(m.needs.items()):
+        click.echo(f"needs {name} at run time ({', '.join(keys)})")
 
 
 @main.command()
@@ -136,7 +183,7 @@ def run(mapping: Path, duration: float | None) -> None:
         prepared = prepare(mapping)
     except ConfigError as err:
         print_issues(err)
-        sys.exit(1)
+        sys.exit(EXIT_MAPPING)
 
     async def go() -> None:
         stop = asyncio.Event()

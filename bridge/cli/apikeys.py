@@ -8,7 +8,7 @@ is stored).
 
 from __future__ import annotations
 
-import sys
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bridge.auth import Scope
-from bridge.cli.report import fail
+from bridge.cli.report import EXIT_FAILED, EXIT_STORE, EXIT_USAGE, fail, fail_with
 from bridge.cli.store import opened_store, store_options
 from bridge.errors import BridgeError
 from bridge.private_files import create_private
@@ -32,11 +32,13 @@ _where = store_options()
 
 
 @contextmanager
-def _repo(mapping: Path | None, store_url: str | None) -> Iterator[ApiKeyRepository]:
+def _repo(
+    mapping: Path | None, store_url: str | None, *, create: bool = False
+) -> Iterator[ApiKeyRepository]:
     from bridge.store.apikeys import ApiKeyRepository
 
     try:
-        with opened_store(mapping, store_url) as opened:
+        with opened_store(mapping, store_url, create=create) as opened:
             yield ApiKeyRepository(opened.store)
     except BridgeError as err:
         fail(err)
@@ -76,21 +78,18 @@ def create(
     """Create a key called NAME and print it (once: it is not stored)."""
     if output is not None and (output.exists() or output.is_symlink()):
         # Checked before the key is made, so a refusal leaves no unused key behind.
-        click.echo(f"error: {output} exists; give a new file name", err=True)
-        sys.exit(2)
-    with _repo(mapping, store_url) as repo:
+        fail_with(f"{output} exists; give a new file name", EXIT_USAGE)
+    with _repo(mapping, store_url, create=True) as repo:
         try:
             record, key = repo.create(name, Scope.parse(scope))
         except ValueError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(2)
+            fail_with(str(err), EXIT_USAGE)
         if output is not None:
             try:
                 create_private(output, key + "\n")
             except OSError as err:
                 repo.revoke(record.key_id)  # nobody has it: it must not stay valid
-                click.echo(f"error: cannot write {output}: {err.strerror}; key revoked", err=True)
-                sys.exit(2)
+                fail_with(f"cannot write {output}: {err.strerror}; key revoked", EXIT_FAILED)
     if output is not None:
         click.echo(
             f"created key {record.key_id} '{record.name}' with scope {scope} in {output} "
@@ -108,11 +107,25 @@ def create(
 
 @apikeys.command("list")
 @click.option("--all", "include_revoked", is_flag=True, help="Also list revoked keys.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @_where
-def list_keys(include_revoked: bool, mapping: Path | None, store_url: str | None) -> None:
+def list_keys(
+    include_revoked: bool, as_json: bool, mapping: Path | None, store_url: str | None
+) -> None:
     """List keys (id, scope, name, created, revoked); never the keys themselves."""
     with _repo(mapping, store_url) as repo:
         records = repo.list(include_revoked)
+    if as_json:
+        for r in records:
+            row = {
+                "key_id": r.key_id,
+                "name": r.name,
+                "scope": r.scope.label,
+                "created_at": _when(r.created_at),
+                "revoked_at": None if r.revoked_at is None else _when(r.revoked_at),
+            }
+            click.echo(json.dumps(row, separators=(",", ":")))
+        return
     click.echo(f"{'KEY ID':<12}  {'SCOPE':<7}  {'CREATED':<20}  {'REVOKED':<20}  NAME")
     for r in records:
         click.echo(
@@ -129,6 +142,5 @@ def revoke(key_id: str, mapping: Path | None, store_url: str | None) -> None:
     with _repo(mapping, store_url) as repo:
         record = repo.revoke(key_id)
     if record is None:
-        click.echo(f"error: no key {key_id}", err=True)
-        sys.exit(1)
+        fail_with(f"no key {key_id} (`bridge apikeys list` shows the ids)", EXIT_STORE)
     click.echo(f"revoked {record.key_id} '{record.name}'")

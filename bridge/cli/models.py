@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
-from bridge.cli.report import fail
+from bridge.cli.report import EXIT_FAILED, fail, fail_with
 from bridge.cli.store import opened_store, store_options
 from bridge.errors import BridgeError
 from bridge.store.registry import RegistryRepository, VersionRecord
@@ -55,6 +54,8 @@ def _service(
     store_url: str | None,
     public_key: Path | None,
     models_dir: Path | None = None,
+    *,
+    create: bool = False,
 ) -> Iterator[Any]:
     from dataclasses import replace
 
@@ -67,7 +68,7 @@ def _service(
             "--models-dir goes with --store; with --mapping set gateway.models.directory"
         )
     key = load_public_key(public_key) if public_key is not None else None
-    with opened_store(mapping, store_url) as opened:
+    with opened_store(mapping, store_url, create=create) as opened:
         models: dict[str, Any] = {}
         if opened.mapping is not None:
             models = dict(opened.mapping.models)  # versions of these names must fit them
@@ -161,7 +162,7 @@ def register(
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--metrics") from exc
     try:
-        with _service(mapping, store_url, public_key, models_dir) as svc:
+        with _service(mapping, store_url, public_key, models_dir, create=True) as svc:
             r = svc.register(
                 file.absolute(),
                 name,
@@ -226,7 +227,7 @@ def show(
 def _state_command(
     verb: str, fn: Callable[[Any, str, str | None], VersionRecord], needs_version: bool
 ) -> None:
-    @models.command(verb)
+    @models.command(verb, help=_STATE_HELP[verb])
     @click.argument("name")
     @click.argument("version", required=needs_version)
     @_store_options
@@ -244,12 +245,13 @@ def _state_command(
             fail(err)
         click.echo(f"{r.name} {r.version} is now {r.state}")
 
-    cmd.__doc__ = {
-        "activate": "Make VERSION the active version of NAME (serves every asset).",
-        "shadow": "Run VERSION beside the active one on the same batches; publish nothing.",
-        "promote": "Make the shadow or canary version of NAME the active one.",
-        "rollback": "End the candidate of NAME; without one, reactivate the previous version.",
-    }[verb]
+
+_STATE_HELP = {
+    "activate": "Make VERSION the active version of NAME (serves every asset).",
+    "shadow": "Run VERSION beside the active one on the same batches; publish nothing.",
+    "promote": "Make the shadow or canary version of NAME the active one.",
+    "rollback": "End the candidate of NAME; without one, reactivate the previous version.",
+}
 
 
 _state_command("activate", lambda s, n, v: s.activate(n, v, _actor()), True)
@@ -350,9 +352,19 @@ def _echo_canary_assets(mapping: Path, r: VersionRecord) -> None:
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Rows to measure agreement on (default: the calibration rows).",
 )
-@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @click.option(
-    "--method", type=click.Choice(["static", "dynamic"]), default="static", show_default=True
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Write the INT8 model here.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["static", "dynamic"]),
+    default="static",
+    show_default=True,
+    help="static: activations calibrated on the rows; dynamic: measured at run time.",
 )
 @click.option(
     "--min-agreement",
@@ -399,12 +411,11 @@ def quantize(
     if name is None or version is None:
         return
     if report.agreement < min_agreement:
-        click.echo(
-            f"error: agreement {report.agreement:.4f} is below --min-agreement "
+        fail_with(
+            f"agreement {report.agreement:.4f} is below --min-agreement "
             f"{min_agreement}: not registering {out}",
-            err=True,
+            EXIT_FAILED,
         )
-        sys.exit(3)
     metrics = {
         "quantized_from": str(file),
         "quantization": method,
@@ -412,7 +423,7 @@ def quantize(
         "golden_rows": report.golden_rows,
     }
     try:
-        with _service(mapping, store_url, public_key, models_dir) as svc:
+        with _service(mapping, store_url, public_key, models_dir, create=True) as svc:
             r = svc.register(out.absolute(), name, version, actor=_actor(), metrics=metrics)
     except BridgeError as err:
         fail(err)
@@ -420,8 +431,20 @@ def quantize(
 
 
 @models.command()
-@click.option("--private", "private_out", type=click.Path(path_type=Path), required=True)
-@click.option("--public", "public_out", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--private",
+    "private_out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Write the private key here (keep it secret).",
+)
+@click.option(
+    "--public",
+    "public_out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Write the public key here (gateway.models.public_key).",
+)
 def keygen(private_out: Path, public_out: Path) -> None:
     """Make an Ed25519 key pair (PEM) for signing model files; never overwrites a file."""
     from bridge.lifecycle.signature import generate_keypair
@@ -435,10 +458,17 @@ def keygen(private_out: Path, public_out: Path) -> None:
 
 @models.command()
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--key", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="Ed25519 private key (PEM, from `bridge models keygen`).",
+)
 @click.option("--name", required=True, help="Model name the signature is for.")
 @click.option("--version", "version", required=True, help="Version the signature is for.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Default: FILE.sig")
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path), help="The signature file; default: FILE.sig"
+)
 def sign(file: Path, key: Path, name: str, version: str, out: Path | None) -> None:
     """Sign FILE as version VERSION of model NAME (name, version and sha256 are signed, see
     bridge.lifecycle.signature) with an Ed25519 private key; writes a base64 signature file."""

@@ -33,7 +33,13 @@ def outbox() -> None:
 @_where
 @_dest_opt
 @click.option("--dead", is_flag=True, help="List dead letters instead of pending events.")
-@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100000),
+    default=100,
+    show_default=True,
+    help="At most this many rows.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_(
     mapping: Path | None,

@@ -51,8 +51,14 @@ class OpenedStore:
 
 
 @contextmanager
-def opened_store(mapping: Path | None, store_url: str | None) -> Iterator[OpenedStore]:
+def opened_store(
+    mapping: Path | None, store_url: str | None, *, create: bool = False
+) -> Iterator[OpenedStore]:
     """Open the chosen store and dispose of it afterwards.
+
+    Only a command that adds something (``create``: a key, a model version) makes a store that
+    is not there yet; every other one fails with "no store at ..." and creates nothing (a
+    mistyped path or another working directory must not leave an empty database behind).
 
     Raises ``click.UsageError`` unless exactly one of the two is given, ``ConfigError`` for a
     mapping with problems and ``StoreError`` for a store that cannot be opened.
@@ -71,10 +77,11 @@ def opened_store(mapping: Path | None, store_url: str | None) -> Iterator[Opened
             loaded.gateway.store,
             synchronous=durability.synchronous,
             profile=durability.profile,
+            must_exist=not create,
         )
     else:
         assert store_url is not None
-        store = open_store(store_url)
+        store = open_store(store_url, must_exist=not create)
     try:
         yield OpenedStore(store, loaded)
     finally:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -23,6 +24,7 @@ from bridge.errors import ConfigError, ConfigIssue
 __all__ = ["load_mapping"]
 
 Loc = tuple[str | int, ...]
+_M = TypeVar("_M", bound=BaseModel)
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -39,7 +41,10 @@ class _Issues:
         self.items: list[ConfigIssue] = []
 
     def add(self, loc: Loc, message: str, hint: str = "", line_loc: Loc | None = None) -> None:
-        line = self.index.line_of(line_loc if line_loc is not None else loc)
+        where = line_loc if line_loc is not None else loc
+        if self.substitutions.unfilled(where):
+            return  # `validate --no-env`: the value is only known at run time
+        line = self.index.line_of(where)
         scrub = self.substitutions.scrub
         self.items.append(ConfigIssue(self.file, line, _dotted(loc), scrub(message), scrub(hint)))
 
@@ -58,10 +63,15 @@ class _Issues:
             self.add(full, _message(err, written), _hint(err, model, loc), line_loc)
 
 
-def load_mapping(path: str | Path, env: MappingABC[str, str] | None = None) -> Mapping:
-    """Read, validate and resolve a mapping; raise ``ConfigError`` with every issue found."""
+def load_mapping(
+    path: str | Path, env: MappingABC[str, str] | None = None, *, placeholders: bool = False
+) -> Mapping:
+    """Read, validate and resolve a mapping; raise ``ConfigError`` with every issue found.
+
+    ``placeholders`` (``bridge validate --no-env``): an unset ``${VAR}`` is accepted, its key
+    left unchecked and listed in ``Mapping.needs``; pass ``env={}`` to read no environment."""
     path = Path(path)
-    doc = read_yaml(path, env)
+    doc = read_yaml(path, env, placeholders=placeholders)
     issues = _Issues(doc.file, doc.index, doc.substitutions)
     issues.items.extend(doc.issues)
     if doc.data is None:
@@ -74,7 +84,7 @@ def load_mapping(path: str | Path, env: MappingABC[str, str] | None = None) -> M
         )
         raise ConfigError(issues.items)
     try:
-        spec = MappingFile.model_validate(doc.data)
+        spec = _validate(MappingFile, doc.data, (), doc.substitutions)
     except ValidationError as exc:
         issues.from_validation(exc, (), model=MappingFile)
         raise ConfigError(issues.items) from None
@@ -86,17 +96,79 @@ def load_mapping(path: str | Path, env: MappingABC[str, str] | None = None) -> M
     models = _resolve_models(spec, path.parent, assets, tags, issues)
     if issues.items:
         raise ConfigError(issues.items)
+    store = beside(spec.gateway.store, path.parent)
     return Mapping(
         path=path,
         revision=hashlib.sha256(path.read_bytes()).hexdigest(),
-        gateway=spec.gateway,
+        gateway=spec.gateway.model_copy(update={"store": store}),
         sources=sources,
         tags=tags,
         assets=assets,
         models=models,
         outputs=outputs,
         index=doc.index,
+        needs={
+            name: tuple(_dotted(p) for p in paths)
+            for name, paths in doc.substitutions.needs.items()
+        },
     )
+
+
+_SQLITE = re.compile(r"^(sqlite(?:\+\w+)?:///)([^?]*)(\?.*)?$")
+
+
+def beside(url: str, base: Path) -> str:
+    """``url`` with a relative SQLite path made relative to ``base`` (the mapping's folder),
+    as model paths are: the store is the same whichever directory a command runs in."""
+    m = _SQLITE.match(url)
+    if m is None:
+        return url
+    prefix, database, query = m.group(1), m.group(2), m.group(3) or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    if Path(database).is_absolute() or "${" in database:
+        return url
+    return f"{prefix}{os.path.normpath(base.absolute() / database)}{query}"
+
+
+def _validate(model: type[_M], data: Any, prefix: Loc, subs: Substitutions) -> _M:
+    """``model.model_validate(data)``; under ``--no-env`` a value holding an unfilled
+    placeholder that the model refuses as written (a port, a URL) is tried as a neutral
+    stand-in ("1"), then left out, so the rest of the block is still checked. The value
+    itself is checked at run time; issues at its key are dropped (``_Issues.add``)."""
+    if not subs.needs or not isinstance(data, dict):
+        return model.model_validate(data)
+    data = dict(data)
+    for step in ("1", None):
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            refused = [
+                tuple(e["loc"])
+                for e in exc.errors(include_url=False)
+                if subs.unfilled((*prefix, *tuple(e["loc"])))
+            ]
+            if not refused:
+                raise
+            for loc in refused:
+                _replace(data, loc, step)
+    return model.model_validate(data)
+
+
+def _replace(data: dict[Any, Any], loc: tuple[Any, ...], value: str | None) -> None:
+    """Set (None: remove) the value at ``loc`` in nested dicts, copying each dict on the way."""
+    parent = data
+    for step in loc[:-1]:
+        child = parent.get(step)
+        if not isinstance(child, dict):
+            return
+        parent[step] = child = dict(child)
+        parent = child
+    if loc and loc[-1] in parent:
+        if value is None:
+            del parent[loc[-1]]
+        else:
+            parent[loc[-1]] = value
 
 
 def _source_models() -> dict[str, type[BaseModel]]:
@@ -132,7 +204,8 @@ def _endpoints(
             continue
         settings = {k: v for k, v in block.items() if k != "kind"}
         try:
-            out[name] = Endpoint(name, str(kind), model.model_validate(settings))
+            validated = _validate(model, settings, loc, issues.substitutions)
+            out[name] = Endpoint(name, str(kind), validated)
         except ValidationError as exc:
             issues.from_validation(exc, loc, model=model)
     return out

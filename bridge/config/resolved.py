@@ -101,6 +101,8 @@ class Mapping:
     models: dict[str, ResolvedModel]
     outputs: dict[str, Endpoint]
     index: LineIndex  # key path -> line, for errors found after loading (e.g. model checks)
+    # `validate --no-env`: variable -> the keys (dotted) whose value waits for it at run time.
+    needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def tags_of_source(self, source: str) -> list[ResolvedTag]:
         return [t for t in self.tags.values() if t.source == source]

@@ -384,7 +384,8 @@ class GatewaySettings(Strict):
     store: str = Field(
         "sqlite:///var/bridge.db",
         description="SQLAlchemy database URL of the store (prediction history, models). "
-        "A relative SQLite path is relative to the directory bridge is started in.",
+        "A relative SQLite path is relative to this mapping file (like model paths), "
+        "whichever directory a command runs in.",
     )
     api: ApiSettings = Field(default_factory=ApiSettings, description="The REST API.")
     durability: DurabilitySettings = Field(

@@ -118,6 +118,17 @@ class Substitutions:
     written: dict[Path_, str] = field(default_factory=dict)
     # Substituted value -> its placeholder, for scrubbing text that quotes a value.
     values: dict[str, str] = field(default_factory=dict)
+    # Read without the environment (``bridge validate --no-env``): variable -> the key paths
+    # whose value keeps its ``${NAME}`` unfilled, to be given at run time.
+    needs: dict[str, list[Path_]] = field(default_factory=dict)
+
+    def unfilled(self, path: Path_) -> bool:
+        """Whether ``path`` or a key above it holds a placeholder left unfilled: its value can
+        only be checked at run time."""
+        if not self.needs:
+            return False
+        held = {p for paths in self.needs.values() for p in paths}
+        return any(path[:n] in held for n in range(len(path) + 1))
 
     def scrub(self, text: str, min_length: int = 4) -> str:
         """``text`` with every substituted value of ``min_length`` characters or more replaced
@@ -137,8 +148,13 @@ class YamlDocument:
     substitutions: Substitutions = field(default_factory=Substitutions)
 
 
-def read_yaml(path: Path, env: Mapping[str, str] | None = None) -> YamlDocument:
-    """Parse ``path``; syntax errors, duplicate keys and unset ``${VARS}`` come back as issues."""
+def read_yaml(
+    path: Path, env: Mapping[str, str] | None = None, *, placeholders: bool = False
+) -> YamlDocument:
+    """Parse ``path``; syntax errors, duplicate keys and unset ``${VARS}`` come back as issues.
+
+    With ``placeholders`` an unset ``${VAR}`` (without ``:-default``) is no issue: the value
+    keeps the placeholder as written and ``Substitutions.needs`` lists it."""
     environ = os.environ if env is None else env
     file = str(path)
     issues: list[ConfigIssue] = []
@@ -197,7 +213,7 @@ def read_yaml(path: Path, env: Mapping[str, str] | None = None) -> YamlDocument:
         return YamlDocument(file, None, index, [shape_issue])
     substitutions = Substitutions()
     with _collector_paused():
-        data = _build(root, (), index, issues, file, environ, loader, substitutions)
+        data = _build(root, (), index, issues, file, environ, loader, substitutions, placeholders)
     return YamlDocument(file, data, index, issues, substitutions)
 
 
@@ -319,6 +335,7 @@ def _build(
     env: Mapping[str, str],
     loader: yaml.SafeLoader,
     subs: Substitutions,
+    placeholders: bool = False,
 ) -> Any:
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves YAML merge keys ("<<: *anchor")
@@ -350,18 +367,21 @@ def _build(
                     )
                 )
             index.lines[child] = line
-            out[key] = _build(value_node, child, index, issues, file, env, loader, subs)
+            out[key] = _build(
+                value_node, child, index, issues, file, env, loader, subs, placeholders
+            )
         return out
     if isinstance(node, yaml.SequenceNode):
         items = []
         for i, item in enumerate(node.value):
             child = (*path, i)
             index.lines[child] = item.start_mark.line + 1
-            items.append(_build(item, child, index, issues, file, env, loader, subs))
+            items.append(_build(item, child, index, issues, file, env, loader, subs, placeholders))
         return items
     value = _scalar(node, loader)
     if isinstance(value, str) and "${" in value:
-        return _substitute(value, path, node.start_mark.line + 1, issues, file, env, subs)
+        line = node.start_mark.line + 1
+        return _substitute(value, path, line, issues, file, env, subs, placeholders)
     return value
 
 
@@ -381,6 +401,7 @@ def _substitute(
     file: str,
     env: Mapping[str, str],
     subs: Substitutions,
+    placeholders: bool = False,
 ) -> str:
     subs.written[path] = text
 
@@ -393,6 +414,9 @@ def _substitute(
             return value
         if default is not None:
             return default
+        if placeholders:
+            subs.needs.setdefault(name, []).append(path)
+            return match.group(0)
         issues.append(
             ConfigIssue(
                 file,

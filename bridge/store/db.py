@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -178,14 +178,32 @@ def _check_durability(engine: Engine, synchronous: Synchronous, profile: Profile
                 )
 
 
+def _absent(what: str) -> str:
+    return (
+        f"{what}; check --store or the mapping's gateway.store (a relative SQLite path is "
+        "relative to the mapping file), or start the gateway once to create it"
+    )
+
+
+def _has_tables(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        # "predictions" alone: a store made before migrations existed (upgrade() stamps it).
+        return bool({"alembic_version", "predictions"} & set(inspect(conn).get_table_names()))
+
+
 def open_store(
     url: str,
     *,
     schema: str | None = None,
     synchronous: Synchronous = "NORMAL",
     profile: Profile = "default",
+    must_exist: bool = False,
 ) -> Store:
     """Connect, check durability settings and migrate the schema to the newest revision.
+
+    ``must_exist`` is for commands that only read (``bridge apikeys list``, ...): a store that
+    is not there yet (no SQLite file, no bridge tables in the database) is a ``StoreError``
+    saying so, and nothing is created.
 
     ``schema`` (PostgreSQL) puts the tables in that schema, which must exist; tests use it to
     keep their tables apart. The ``production`` profile refuses anything weaker than
@@ -200,7 +218,10 @@ def open_store(
     try:
         if sa_url.get_backend_name() == "sqlite":
             database = sa_url.database or ""
-            if database and database != ":memory:" and not database.startswith("file:"):
+            on_disk = database and database != ":memory:" and not database.startswith("file:")
+            if must_exist and on_disk and not Path(database).is_file():
+                raise StoreError(_absent(f"no store at {database}"))
+            if on_disk:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
                 _create_private(Path(database))
             engine = create_engine(sa_url)
@@ -216,6 +237,9 @@ def open_store(
     except (SQLAlchemyError, ImportError, OSError) as exc:
         raise StoreError(f"cannot open store {sa_url.render_as_string()}: {exc}") from exc
     try:
+        if must_exist and not _has_tables(engine):
+            engine.dispose()
+            raise StoreError(_absent(f"no store at {sa_url.render_as_string()} (no bridge tables)"))
         _check_durability(engine, synchronous, profile)
         upgrade(engine)
     except (SQLAlchemyError, StoreError) as exc:
@@ -223,7 +247,8 @@ def open_store(
         if isinstance(exc, StoreError):
             raise
         raise StoreError(f"cannot prepare {sa_url.render_as_string()}: {exc}") from exc
-    log.info(
+    # Debug: every CLI command opens the store, and its output is the answer, not this line.
+    log.debug(
         "store_opened",
         url=sa_url.render_as_string(),
         dialect=engine.dialect.name,

@@ -39,7 +39,7 @@ def verify(mapping: Path, live: bool) -> None:
     except ConfigError as err:
         for issue in err.issues:
             click.echo(str(issue), err=True)
-        sys.exit(1)
+        sys.exit(3)  # the README's exit codes: 3 is an invalid mapping
     # Every Modbus tag of a source shapes its blocks; the ones with `expect:` are judged.
     plan: dict[str, list[VerifyTag]] = {}
     for tag in m.tags.values():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ def certs() -> None:
     type=click.Path(path_type=Path),
     default=Path("pki/own/cert.der"),
     show_default=True,
+    help="Write the certificate (DER) here.",
 )
 @click.option(
     "--key",
@@ -45,6 +47,7 @@ def certs() -> None:
     type=click.Path(path_type=Path),
     default=Path("pki/own/key.pem"),
     show_default=True,
+    help="Write its private key (PEM, mode 0600) here.",
 )
 @click.option(
     "--application-uri",
@@ -53,7 +56,7 @@ def certs() -> None:
     help="Must equal application_uri in the mapping (source security / opcua-server).",
 )
 @click.option("--hostname", "hostnames", multiple=True, help="DNS SAN; repeat. Default: this host.")
-@click.option("--days", default=730, show_default=True)
+@click.option("--days", default=730, show_default=True, help="Validity of the certificate.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def certs_create(
     cert_path: Path,
@@ -114,11 +117,24 @@ def certs_trust(certificate: str, pki_dir: Path, issuer: bool) -> None:
 
 @certs.command("list")
 @_PKI_DIR
-def certs_list(pki_dir: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def certs_list(pki_dir: Path, as_json: bool) -> None:
     """List the certificates in <pki-dir>/trusted, issuers and rejected."""
     from connectors.opcua.pki import list_folder
 
     entries = list_folder(pki_dir)
+    if as_json:
+        for e in entries:
+            row = {
+                "folder": e.folder,
+                "thumbprint": e.thumbprint,
+                "subject": e.subject,
+                "not_after": e.not_after.isoformat(),
+                "is_ca": e.is_ca,
+                "expired": e.expired,
+            }
+            click.echo(json.dumps(row, separators=(",", ":")))
+        return
     if not entries:
         click.echo(f"{pki_dir}: no certificates (every certificate-based peer is refused)")
         return
@@ -159,8 +175,8 @@ def certs_hash_password(from_stdin: bool, cost: int) -> None:
 @click.argument("endpoint")
 @click.option("--root", default=None, help="Browse path below Objects, e.g. Plant/Pump01.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the scaffold here.")
-@click.option("--max-depth", default=6, show_default=True)
-@click.option("--max-nodes", default=10_000, show_default=True)
+@click.option("--max-depth", default=6, show_default=True, help="Levels below the start node.")
+@click.option("--max-nodes", default=10_000, show_default=True, help="Stop after this many nodes.")
 @click.option("--timeout", "timeout_s", default=5.0, show_default=True, help="Per request, s.")
 @click.option("--source", default="server", show_default=True, help="Source name to write.")
 @connection_options
@@ -208,7 +224,7 @@ def browse(
         # shown with its type, which is often all it says (TimeoutError()).
         shown = str(exc) if isinstance(exc, BridgeError) else repr(exc)
         click.echo(f"\nerror: cannot browse {endpoint}: {shown}", err=True)
-        sys.exit(2)
+        sys.exit(1)  # the README's exit codes: 1 failed; 2 is for usage
     click.echo("", err=True)
     text = scaffold_yaml(found, endpoint, source, block)
     if output is None:

@@ -496,7 +496,7 @@ def test_cli_creates_lists_and_revokes_keys(tmp_path: Path) -> None:
     finally:
         store.dispose()
     r = runner.invoke(main, ["apikeys", "revoke", "0123456789ab", "--store", url])
-    assert r.exit_code == 1
+    assert r.exit_code == 4
     r = runner.invoke(main, ["apikeys", "create", "x", "--scope", "root", "--store", url])
     assert r.exit_code == 2 and "root" in r.output
     r = runner.invoke(main, ["apikeys", "list"])

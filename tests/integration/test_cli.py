@@ -58,7 +58,7 @@ def test_validate_ok_and_errors(tmp_path: Path) -> None:
         "      t: {source: nowhere, address: x}\n"
     )
     bad = runner.invoke(main, ["validate", str(broken)])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 3
     assert f"{broken}:6: assets.p.tags.t.source: unknown source 'nowhere'" in bad.output
     assert "1 problem(s) found" in bad.output
 

@@ -51,7 +51,7 @@ def test_production_start_needs_the_mapping_model_signed_for_its_version(tmp_pat
     assert keygen.returncode == 0, keygen.stderr
 
     unsigned = _bridge(tmp_path, "run", "mapping.yaml", "--duration", "2")
-    assert unsigned.returncode == 2, (unsigned.stdout, unsigned.stderr)
+    assert unsigned.returncode == 1, (unsigned.stdout, unsigned.stderr)
     message = _error(unsigned)
     assert "pump-health 7" in message and "has no signature" in message, unsigned.stderr
     assert "bridge models sign" in message and "pump_health_v1.onnx.sig" in message, message
@@ -71,7 +71,7 @@ def test_production_start_needs_the_mapping_model_signed_for_its_version(tmp_pat
     )
     assert signed_for_other.returncode == 0, signed_for_other.stderr
     refused = _bridge(tmp_path, "run", "mapping.yaml", "--duration", "2")
-    assert refused.returncode == 2 and "not signed for pump-health 7" in _error(refused)
+    assert refused.returncode == 1 and "not signed for pump-health 7" in _error(refused)
 
     sign = _bridge(
         tmp_path,

@@ -88,7 +88,7 @@ async def test_browse_is_bounded_and_fails_cleanly(plant: PlantSimulator, tmp_pa
     n = sum(len(a["tags"]) for a in mapping["assets"].values())
     assert n == 2  # 3 pump objects + 2 variables = 5 nodes, then the walk stops
     code, _, err = await _bridge("browse", plant.endpoint, "--root", "Nope", cwd=tmp_path)
-    assert code == 2 and "Nope" in err
+    assert code == 1 and "Nope" in err
 
 
 async def test_certs_create_sets_application_uri_and_hosts(tmp_path: Path) -> None:
@@ -162,20 +162,20 @@ async def test_browse_over_sign_and_encrypt_with_user(
 
     # Anonymous on None (the old default) is refused by this server.
     code, _, err = await _bridge("browse", endpoint, cwd=tmp_path)
-    assert code == 2 and "BadSecurityPolicyRejected" in err, err
+    assert code == 1 and "BadSecurityPolicyRejected" in err, err
     # The password comes from the environment, never from the command line.
     code, _, err = await _bridge(*args, cwd=tmp_path)
     assert code == 2 and "BROWSE_PW is not set" in err, err
     # Unknown server certificate: refused and filed for the operator to trust.
     code, _, err = await _bridge(*args, cwd=tmp_path, env={"BROWSE_PW": "br0wse-pw"})
-    assert code == 2 and "BadCertificateUntrusted" in err, err
+    assert code == 1 and "BadCertificateUntrusted" in err, err
     (rejected,) = (tmp_path / "client-pki" / "rejected").glob("*.der")
     assert rejected.read_bytes() == server_cert.read_bytes()
     (tmp_path / "client-pki" / "trusted").mkdir()
     shutil.move(rejected, tmp_path / "client-pki" / "trusted" / "server.der")
     # Wrong password: refused.
     code, _, err = await _bridge(*args, cwd=tmp_path, env={"BROWSE_PW": "wrong"})
-    assert code == 2 and "BadUserAccessDenied" in err, err
+    assert code == 1 and "BadUserAccessDenied" in err, err
     assert not out.exists()
 
     code, _, err = await _bridge(*args, cwd=tmp_path, env={"BROWSE_PW": "br0wse-pw"})
@@ -237,7 +237,7 @@ async def test_validate_reports_certificate_files_with_line_and_fix(tmp_path: Pa
         "    private_key: pki/own/key.pem\n"
     )
     code, out, err = await _bridge("validate", "mapping.yaml", cwd=tmp_path)
-    assert code == 1, out + err
+    assert code == 3, out + err  # an invalid mapping
     lines = err.splitlines()
     assert (
         "mapping.yaml:10: sources.scada.security.private_key: other/key.pem is not the private "

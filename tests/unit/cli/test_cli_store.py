@@ -40,14 +40,14 @@ def _mapping(tmp_path: Path) -> Path:
 
 
 def test_a_mapping_opens_its_store_with_its_durability_settings(tmp_path: Path) -> None:
-    with opened_store(_mapping(tmp_path), None) as opened:
+    with opened_store(_mapping(tmp_path), None, create=True) as opened:
         assert opened.mapping is not None and opened.mapping.gateway.id == "cli"
         assert _synchronous(opened.store) == 2  # FULL, as the mapping says
     assert (tmp_path / "m.db").exists()
 
 
 def test_a_url_opens_the_store_with_the_defaults(tmp_path: Path) -> None:
-    with opened_store(None, f"sqlite:///{tmp_path / 'u.db'}") as opened:
+    with opened_store(None, f"sqlite:///{tmp_path / 'u.db'}", create=True) as opened:
         assert opened.mapping is None
         assert _synchronous(opened.store) == 1  # NORMAL
 
@@ -70,6 +70,6 @@ def test_every_store_command_reports_a_bad_mapping_the_same_way(
     bad = tmp_path / "bad.yaml"
     bad.write_text(MAPPING.format(store=tmp_path / "m.db").replace("id: cli", "idd: cli"))
     result = CliRunner().invoke(main, [*command, "--mapping", str(bad)])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output
     assert "gateway.idd" in result.stderr and "problem(s) found" in result.stderr
     assert not (tmp_path / "m.db").exists()  # nothing opened

@@ -104,6 +104,6 @@ def test_template_value_is_replaced_by_its_placeholder(tmp_path: Path) -> None:
 def test_bridge_validate_output_has_no_secret(tmp_path: Path, case: str) -> None:
     file = _write(tmp_path, CASES[case])
     result = CliRunner().invoke(main, ["validate", str(file)], env={"SECRET": SECRET})
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output
     assert "problem(s) found" in result.output
     assert SECRET not in result.output

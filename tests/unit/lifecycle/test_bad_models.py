@@ -280,7 +280,7 @@ def test_cli_refuses_an_unfitting_version_when_it_knows_the_mapping(
     assert models_cmd("activate", MODEL, "1", *for_mapping).exit_code == 0
 
     out = models_cmd("register", bad, "--name", MODEL, "--version", "3", *for_mapping)
-    assert out.exit_code == 2 and why in _error(out), out.stderr
+    assert out.exit_code == 1 and why in _error(out), out.stderr
     assert "does not fit the mapping's model pump-health" in _error(out)
 
     # Registered without the mapping (nothing to check it against) ...
@@ -305,7 +305,7 @@ def test_cli_refuses_an_unfitting_version_when_it_knows_the_mapping(
         ("canary", MODEL, "3", "--share", "50%"),
     ):
         out = models_cmd(*args, *for_mapping)
-        assert out.exit_code == 2 and why in _error(out), (args, out.stderr)
+        assert out.exit_code == 1 and why in _error(out), (args, out.stderr)
     listed = models_cmd("list", *for_mapping).stdout.splitlines()
     assert {line.split("\t")[1]: line.split("\t")[2] for line in listed} == {
         "1": "active",

@@ -107,7 +107,7 @@ def test_refuses_below_min_agreement_and_registers_above(
         "--min-agreement",
         "0.95",
     )
-    assert refused.exit_code == 3, (refused.output, refused.stderr)
+    assert refused.exit_code == 1, (refused.output, refused.stderr)
     measured = _agreement(src, refused_out, np.load(rows["borderline"]))
     assert measured < 0.95, "the borderline golden set must make INT8 disagree"
     assert _reported(refused) == pytest.approx(measured, abs=1e-4)
