@@ -133,8 +133,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 hmi=hmi_port,
             )
         )
-        # 2,000 assets' HMI nodes take a while to build.
-        async with probe, gateway(mapping, start_timeout_s=300, stop_timeout_s=60) as g:
+        # 2,000 assets' HMI nodes take a while to build (many minutes on a loaded machine).
+        async with probe, gateway(mapping, start_timeout_s=1200, stop_timeout_s=60) as g:
             return await _probe(args, g, probe, var.nodeid, hmi_port)
     finally:
         load.terminate()

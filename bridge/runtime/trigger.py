@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 
 __all__ = ["MAX_ROWS", "ChangeTrigger"]
 
-# Rows of one run. Features, predictions and the sinks cost ~25-50 µs a row on the event loop,
-# so a chunk holds it a few ms (bench/trigger.py); a run also costs a fixed ~0.3 ms.
-MAX_ROWS = 100
+# Rows of one run. Features, predictions and the sinks (the HMI server's writes most of all)
+# cost ~50-100 µs a row on the event loop of a quiet 2-core machine, so a chunk holds it a few
+# ms (bench/trigger.py: the probe waits for the chunk in progress, and its notification for
+# the HMI server's next publish, which waits for the loop too); a run also costs ~0.3 ms.
+MAX_ROWS = 50
 
 
 @dataclass(eq=False, slots=True)
