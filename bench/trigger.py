@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import random
 import resource
 import subprocess
@@ -132,8 +133,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 hmi=hmi_port,
             )
         )
-        # 2,000 assets' HMI nodes take a while to build.
-        async with probe, gateway(mapping, start_timeout_s=300, stop_timeout_s=60) as g:
+        # 2,000 assets' HMI nodes take a while to build (many minutes on a loaded machine).
+        async with probe, gateway(mapping, start_timeout_s=1200, stop_timeout_s=60) as g:
             return await _probe(args, g, probe, var.nodeid, hmi_port)
     finally:
         load.terminate()
@@ -166,6 +167,7 @@ async def _probe(
     assert trigger is not None
     added: list[float] = []
     total: list[float] = []
+    stages: dict[str, list[float]] = {"wait": [], "run": [], "to_hmi": []}
     lost = 0
     async with Client(f"opc.tcp://127.0.0.1:{hmi_port}", timeout=10) as client:
         pns = await client.get_namespace_index("urn:bridge:predictions")
@@ -180,21 +182,33 @@ async def _probe(
         # Where a run's time goes: the whole tick (features, inference, sinks) per run.
         tick = runner.tick
         tick_s: list[float] = []
+        rows: list[int] = []
+        # The probe's own run: when it started and ended (wall clock, as the arrival).
+        probe_run: list[tuple[float, float]] = []
 
         async def timed(assets: Sequence[str] | None = None) -> list[Any]:
-            started = time.perf_counter()
+            started, wall = time.perf_counter(), time.time()
             try:
                 return await tick(assets)
             finally:
                 tick_s.append(time.perf_counter() - started)
+                rows.append(len(assets) if assets is not None else args.assets + 1)
+                if assets is not None and "probe" in assets:
+                    probe_run.append((wall, time.time()))
 
         runner.tick = timed  # type: ignore[method-assign]
         sink_s = _time_sinks(g)
+        # Where the event loop's time goes (the loop thread only; it slows everything down,
+        # so the latencies of a profiled run are not the product's).
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler is not None:
+            profiler.enable()
         rng = random.Random(1)
         for k in range(1, args.samples + 1):
             value = float(k)
             while not seen.empty():
                 seen.get_nowait()
+            probe_run.clear()
             wrote = time.time()
             await probe.write_attribute_value(probe_node, ua.DataValue(ua.Variant(value)))
             try:
@@ -209,11 +223,22 @@ async def _probe(
                     break
                 continue
             if value in arrivals:
-                added.append((at - arrivals.pop(value)) * 1000)
+                arrived = arrivals.pop(value)
+                added.append((at - arrived) * 1000)
                 total.append((at - wrote) * 1000)
+                if probe_run:  # the probe's path: waiting for its run, the run, run -> HMI
+                    run_start, run_end = probe_run[-1]
+                    if arrived <= run_start <= run_end <= at:
+                        stages["wait"].append((run_start - arrived) * 1000)
+                        stages["run"].append((run_end - run_start) * 1000)
+                        stages["to_hmi"].append((at - run_end) * 1000)
+                probe_run.clear()
             # Probes land at every phase of the load's cycle.
             await asyncio.sleep(rng.uniform(0.05, 0.25))
         span = time.perf_counter() - t0
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
         runs, changes, cpu = runner.runs - runs0, trigger.marks - rows0, _cpu() - cpu0
         publish_s = runner.publish_wait_s - wait0
         runner.tick = tick  # type: ignore[method-assign]
@@ -237,7 +262,16 @@ async def _probe(
         "sink_write_ms_per_run": {k: round(v * 1000 / runs, 2) for k, v in sink_s.items()}
         if runs
         else {},
+        "probe_path_ms": {
+            name: {
+                "p50": round(percentile(v, 50), 2),
+                "p99": round(percentile(v, 99), 2),
+            }
+            for name, v in stages.items()
+            if v
+        },
         "run_ms": {
+            "rows_max": max(rows, default=0),
             "p50": round(percentile([t * 1000 for t in tick_s], 50), 2),
             "max": round(max(tick_s, default=0.0) * 1000, 2),
             "publish_mean": round(publish_s * 1000 / runs, 2) if runs else None,
@@ -259,6 +293,9 @@ async def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--period", type=float, default=1.0, help="load: each input changes once")
     parser.add_argument("--hmi-ms", type=float, default=10.0)
+    parser.add_argument(
+        "--profile", metavar="PATH", help="cProfile the event loop while probing, stats to PATH"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run (200 assets, 40 samples): not the target"
     )
@@ -303,9 +340,16 @@ async def main() -> None:
         f"{figures['input_changes_per_s']}/s, process CPU {figures['process_cpu_percent']}%"
     )
     print(f"sink write() per run, ms: {figures['sink_write_ms_per_run']}")
+    print(
+        "the probe's path, ms (arrival -> its run starts / its run / run end -> HMI): "
+        + "; ".join(
+            f"{k} p50 {v['p50']} p99 {v['p99']}" for k, v in figures["probe_path_ms"].items()
+        )
+    )
     r = figures["run_ms"]
     print(
-        f"a run (features + inference + sinks): p50 {r['p50']} ms, max {r['max']} ms; of which "
+        f"a run (features + inference + sinks; up to {r['rows_max']} rows): p50 {r['p50']} ms, "
+        f"max {r['max']} ms; of which "
         f"handing predictions to the sinks {r['publish_mean']} ms on average, inference "
         f"{r['inference_last']} ms (last run)"
     )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
+import time
+from collections import deque
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -44,6 +47,11 @@ _DTYPES = {
 }
 # Batches up to this many rows run on the event loop (a few tens of µs for the bundled models).
 INLINE_ROWS = 16
+# A larger batch also runs on the loop when this model's calls measured so far say it takes
+# less than this: the hop to a worker thread and back costs ~0.1-0.3 ms on a quiet machine and
+# several ms on a loaded one (the thread and then the loop must each get a core), which a
+# change-triggered model's chunks of ~100 rows paid on every run.
+INLINE_S = 0.0005
 _INT_DTYPES = frozenset({"int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8"})
 _FLOAT_DTYPES = frozenset({"float32", "float64", "float16"})
 
@@ -104,6 +112,26 @@ class BatchResult:
         if self.invalid is None or not self.invalid[i]:
             return ""
         return "the model's output is not a finite number (NaN or infinity)"
+
+
+class _RunCost:
+    """Seconds per row of a model's session calls: the least of the last few (a call that lost
+    its core or waited for the GIL says little about the model; a model that got slower shows
+    in all of them). Unknown (infinite) until a call of more than ``INLINE_ROWS`` rows was
+    measured. Written from worker threads: a deque append is atomic, a race only makes the
+    figure one call older."""
+
+    __slots__ = ("_recent",)
+
+    def __init__(self) -> None:
+        self._recent: deque[float] = deque(maxlen=8)
+
+    def ran(self, rows: int, seconds: float) -> None:
+        self._recent.append(seconds / rows)
+
+    def expected_s(self, rows: int) -> float:
+        recent = tuple(self._recent)
+        return min(recent) * rows if recent else math.inf
 
 
 def file_sha256(path: Path) -> str:
@@ -341,6 +369,7 @@ class LoadedModel:
         rows = batch.shape[0]
         if rows == 0:
             return self._result([np.empty((0,)) for _ in names], rows=0)
+        started = time.perf_counter()
         try:
             arrays = self.session.run(names, {self._input_name: batch})
         except Exception as exc:  # onnxruntime's errors are untyped
@@ -349,6 +378,8 @@ class LoadedModel:
             ) from exc
         # What the model computed, not what it declared: a wrong shape for some inputs only
         # must be a refused batch, never an exception that ends the runner.
+        if rows > INLINE_ROWS:  # small batches are mostly the call's fixed cost
+            self._cost.ran(rows, time.perf_counter() - started)
         problems = _shape_problems(self.roles, names, arrays, rows)
         if problems:
             raise InferenceError(
@@ -365,10 +396,16 @@ class LoadedModel:
 
         A small batch runs inline: the hop to a thread and back (and the GIL hand-over while
         the loop is busy with I/O) costs more than the call itself, and it lengthens the
-        input -> prediction latency of a gateway with few assets."""
-        if x.shape[0] <= INLINE_ROWS:
+        input -> prediction latency of a gateway with few assets. So does a larger batch of a
+        model whose calls took less than ``INLINE_S`` for that many rows."""
+        rows = x.shape[0]
+        if rows <= INLINE_ROWS or self._cost.expected_s(rows) < INLINE_S:
             return self.run(x)
         return await asyncio.to_thread(self.run, x)
+
+    @cached_property
+    def _cost(self) -> _RunCost:
+        return _RunCost()
 
     @cached_property
     def _output_names(self) -> list[str]:

@@ -82,7 +82,9 @@ _UNIT_OF = {"InputAge": "s"}
 # A batch larger than this is written by a task of the server's own, this many predictions per
 # pass with the event loop free in between: the model runner is not held up by a 2,000-asset
 # burst, and a lone change that arrives meanwhile is shown at once instead of after the burst.
-CHUNK = 250
+# 100 predictions (800 nodes) hold the loop a few ms; a `trigger: change` model's runs are at
+# most as large (bridge.runtime.trigger.MAX_ROWS), so they are written in the run itself.
+CHUNK = 100
 
 
 class PredictionServer:

@@ -279,3 +279,46 @@ async def test_run_async_gives_run_results_inline_and_in_a_thread(bundled_model:
         assert sync.scores is not None and via.scores is not None
         assert np.array_equal(sync.scores, via.scores)
         assert via.scores.dtype == np.float64 and via.labels.dtype == np.int64
+
+
+async def test_a_batch_the_model_was_measured_to_run_fast_stays_on_the_loop(
+    bundled_model: Path,
+) -> None:
+    """Larger than INLINE_ROWS: a worker thread until the model's calls were measured, then
+    inline when they take well under a thread hop; a batch expected to be slow still goes to
+    a thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bridge.inference.model import INLINE_ROWS, INLINE_S
+
+    submitted: list[object] = []
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            submitted.append(fn)
+            return super().submit(fn, *args, **kwargs)
+
+    executor = Counting(max_workers=1)
+    asyncio.get_running_loop().set_default_executor(executor)
+    m = LoadedModel.load(bundled_model)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4 * INLINE_ROWS, 7)).astype(np.float32)
+    await m.run_async(x)
+    assert len(submitted) == 1  # not measured yet: a thread
+    for _ in range(5):
+        m.run(x)  # a few µs a row: well under INLINE_S for these rows
+    assert m._cost.expected_s(len(x)) < INLINE_S
+    via = await m.run_async(x)
+    assert len(submitted) == 1  # ran on the loop
+    sync = m.run(x)
+    assert via.labels is not None and sync.labels is not None
+    assert np.array_equal(via.labels, sync.labels)
+    big = rows_for(m, INLINE_S * 20)
+    await m.run_async(rng.normal(size=(big, 7)).astype(np.float32))
+    assert len(submitted) == 2  # expected to hold the loop: a thread
+
+
+def rows_for(m: LoadedModel, seconds: float) -> int:
+    """Rows that the model's measured cost says take ``seconds``."""
+    per_row = m._cost.expected_s(1)
+    return int(seconds / per_row) + 1

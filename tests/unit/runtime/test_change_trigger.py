@@ -15,7 +15,7 @@ from insight_models import linear_regressor
 from bridge.config import load_mapping
 from bridge.config.resolved import Mapping
 from bridge.inference import LoadedModel
-from bridge.runtime.runner import ModelRunner
+from bridge.runtime.runner import ModelRunner, TickOutcome
 from bridge.runtime.tagtable import TagTable
 from bridge.runtime.trigger import ChangeTrigger
 from bridge.types import Prediction, Quality, TagSample
@@ -59,6 +59,64 @@ def test_min_interval_zero_never_waits() -> None:
     assert t.wait_s(1.0) == 0.0
 
 
+def test_a_burst_runs_in_chunks_and_a_lone_change_overtakes_it() -> None:
+    t = ChangeTrigger("m", min_interval_s=0.5, max_rows=4)
+    burst = [f"b{i}" for i in range(10)]
+    for asset in burst:
+        t.mark(asset)
+    assert t.take(100.0) == ("b0", "b1", "b2", "b3")
+    assert t.pending == 6 and t.ready
+    assert t.wait_s(100.001) == 0.0  # the rest of a burst taken does not wait the interval
+    t.mark("lone")  # arrives while the first chunk runs
+    assert t.changed.is_set()
+    assert t.take(100.01) == ("lone",)  # it goes first, in a chunk of its own
+    assert t.take(100.02) == ("b4", "b5", "b6", "b7")
+    assert t.take(100.03) == ("b8", "b9")
+    assert not t.ready
+    assert t.wait_s(100.03) == pytest.approx(0.5)  # idle again: the interval applies
+    assert t.runs == 4
+
+
+def test_a_burst_is_never_starved_by_new_changes() -> None:
+    t = ChangeTrigger("m", min_interval_s=0.0, max_rows=4)
+    for asset in ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9"):
+        t.mark(asset)
+    chunks = [t.take(0.0)]
+    for k in range(4):  # during every chunk, a flood of new changes arrives
+        for i in range(6):
+            t.mark(f"f{k}{i}")
+        chunks.append(t.take(float(k)))
+    assert chunks == [
+        ("b0", "b1", "b2", "b3"),
+        ("f00", "f01", "f02", "f03"),  # new changes first; their overflow queues behind
+        ("b4", "b5", "b6", "b7"),  # then the burst's turn: it moves every other chunk
+        ("f10", "f11", "f12", "f13"),
+        ("b8", "b9", "f04", "f05"),
+    ]
+    while t.ready:
+        chunks.append(t.take(9.0))
+    ran = [a for c in chunks for a in c]
+    assert len(ran) == len(set(ran)) == 10 + 4 * 6  # each asset once, none lost
+
+
+def test_an_asset_waiting_in_a_burst_is_coalesced() -> None:
+    t = ChangeTrigger("m", min_interval_s=0.0, max_rows=2)
+    for asset in ("a", "b", "c", "d"):
+        t.mark(asset)
+    assert t.take(0.0) == ("a", "b")
+    t.mark("d")  # still waiting in the burst: its row will read the latest inputs
+    t.mark("a")  # its row was computed: a new row
+    assert (t.marks, t.coalesced) == (6, 1)
+    assert t.take(0.0) == ("a",)
+    assert t.take(0.0) == ("c", "d")
+    assert not t.ready
+
+
+def test_max_rows_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_rows"):
+        ChangeTrigger("m", min_interval_s=0.0, max_rows=0)
+
+
 # --- the tag table marks -----------------------------------------------------------------------
 
 MAPPING = """
@@ -72,9 +130,7 @@ templates:
       x: {{source: plant, address: "nsu=urn:t;s={{n}}.X", deadband: 0.5, max_age_s: 30}}
       unread: {{source: plant, address: "nsu=urn:t;s={{n}}.U"}}
 assets:
-  p1: {{template: pump, vars: {{n: "1"}}}}
-  p2: {{template: pump, vars: {{n: "2"}}}}
-  p3: {{template: pump, vars: {{n: "3"}}}}
+{assets}
 models:
   on-change:
     file: {model}
@@ -99,11 +155,16 @@ models:
 """
 
 
-def _mapping(tmp_path: Path, interval_ms: float = 0) -> Mapping:
+def _mapping(tmp_path: Path, interval_ms: float = 0, pumps: int = 3) -> Mapping:
     # value = x.last: the prediction reads back the latest input.
     model = linear_regressor(tmp_path / "m.onnx", [1.0], [0.0], [1.0])
     path = tmp_path / "mapping.yaml"
-    path.write_text(MAPPING.format(store=tmp_path / "b.db", model=model, interval=interval_ms))
+    assets = "\n".join(
+        f'  p{n}: {{template: pump, vars: {{n: "{n}"}}}}' for n in range(1, pumps + 1)
+    )
+    path.write_text(
+        MAPPING.format(store=tmp_path / "b.db", model=model, interval=interval_ms, assets=assets)
+    )
     return load_mapping(path)
 
 
@@ -172,6 +233,52 @@ async def test_the_runner_runs_over_the_changed_assets_only(tmp_path: Path) -> N
         assert sorted((p.asset, p.value) for p in runs[1]) == [("p1", 11.0), ("p3", 111.0)]
         await asyncio.sleep(0.3)
         assert len(runs) == 2  # nothing changed since: no run
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_lone_change_overtakes_the_rest_of_a_burst(tmp_path: Path) -> None:
+    mapping = _mapping(tmp_path, interval_ms=0, pumps=6)
+    table = TagTable(mapping)
+    model = mapping.models["on-change"]
+    trigger = table.triggers["on-change"]
+    trigger.max_rows = 2
+    runs: list[list[tuple[str, float | str | None]]] = []
+    done = asyncio.Event()
+
+    async def publish(batch: Sequence[Prediction]) -> None:
+        runs.append([(p.asset, p.value) for p in batch])
+        if sum(map(len, runs)) >= 6:
+            done.set()
+
+    def lone_change(outcome: TickOutcome) -> None:
+        if len(runs) == 0:  # while the burst's first chunk runs, p6 changes
+            table.apply([_sample("p6.x", 66.0)])
+
+    runner = ModelRunner(
+        model,
+        LoadedModel.load(model.path),
+        (),
+        table.get,
+        publish,
+        "unit",
+        "boot",
+        trigger=trigger,
+        observers=[lone_change],
+    )
+    table.apply([_sample(f"p{n}.x", float(n)) for n in range(1, 6)])  # a burst of 5
+    task = asyncio.create_task(runner.run())
+    try:
+        await asyncio.wait_for(done.wait(), 2.0)
+        assert runs == [
+            [("p1", 1.0), ("p2", 2.0)],
+            [("p6", 66.0)],  # the lone change first, then the burst goes on
+            [("p3", 3.0), ("p4", 4.0)],
+            [("p5", 5.0)],
+        ]
+        assert not trigger.ready
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
