@@ -13,9 +13,10 @@ from pathlib import Path
 
 from bridge import plugins
 from bridge.config import Mapping, load_mapping
+from bridge.config.resolved import ResolvedModel
 from bridge.errors import ConfigError, ConfigIssue, InferenceError
 from bridge.inference.fit import fit_problems, load_model_for
-from bridge.inference.model import LoadedModel
+from bridge.inference.model import LoadedModel, file_sha256
 
 __all__ = ["Prepared", "connector_problems", "prepare"]
 
@@ -27,14 +28,20 @@ class Prepared:
     labels: dict[str, tuple[str, ...]]
 
 
-def prepare(path: str | Path, env: MappingABC[str, str] | None = None) -> Prepared:
+def prepare(
+    path: str | Path,
+    env: MappingABC[str, str] | None = None,
+    running: Prepared | None = None,
+) -> Prepared:
+    """With ``running`` (a mapping reload) a model whose file, pin and outputs did not change
+    keeps its loaded session: loading an ONNX file again holds the interpreter for seconds."""
     mapping = _load_for_life(path, env)
     issues: list[ConfigIssue] = connector_problems(mapping)
     models: dict[str, LoadedModel] = {}
     labels: dict[str, tuple[str, ...]] = {}
     for name, model in mapping.models.items():
         try:
-            loaded = load_model_for(model)
+            loaded = _reused(running, model) or load_model_for(model)
         except InferenceError as exc:
             issues.append(
                 _issue(
@@ -54,6 +61,17 @@ def prepare(path: str | Path, env: MappingABC[str, str] | None = None) -> Prepar
     if issues:
         raise ConfigError(issues)
     return Prepared(mapping, models, labels)
+
+
+def _reused(running: Prepared | None, model: ResolvedModel) -> LoadedModel | None:
+    if running is None or model.name not in running.models:
+        return None
+    old, loaded = running.mapping.models[model.name], running.models[model.name]
+    same = (old.path, old.sha256, old.outputs) == (model.path, model.sha256, model.outputs)
+    try:
+        return loaded if same and file_sha256(model.path) == loaded.sha256 else None
+    except OSError:
+        return None  # gone or unreadable: loading it reports that
 
 
 def connector_problems(mapping: Mapping) -> list[ConfigIssue]:

@@ -21,6 +21,7 @@ from .models_admin import build_models_admin_router
 from .openapi import install_openapi
 from .outbox import build_outbox_router
 from .problems import install_problem_handlers
+from .reload import build_reload_router
 from .routes import HEALTH_PATH, build_router
 from .services import ApiServices, install_services, services_of
 
@@ -49,6 +50,7 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(build_key_router())
     app.include_router(build_outbox_router())
     app.include_router(build_models_admin_router())
+    app.include_router(build_reload_router())
     mount_docs(app)
     # The last added runs first: the guard, then the body cap.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -29,6 +29,7 @@ from bridge.types import Explanation
 
 from .keycache import KeyCache
 from .queries import QueryRunner
+from .reloadable import MappingReloader
 from .view import GatewayView
 
 __all__ = ["ApiServices", "Explainer", "LiveModelState", "install_services", "services_of"]
@@ -71,6 +72,8 @@ class ApiServices:
     # gateways follow within their poll) and no prediction is kept for explanation.
     live_models: LiveModelState | None = None
     explainers: Mapping[str, Explainer] = field(default_factory=dict)
+    # Applies a changed mapping file (POST /api/v1/reload); only a running gateway has one.
+    reloader: MappingReloader | None = None
 
     @classmethod
     def from_store(
@@ -82,6 +85,7 @@ class ApiServices:
         registry: RegistryService | None = None,
         live_models: LiveModelState | None = None,
         explainers: Mapping[str, Explainer] | None = None,
+        reloader: MappingReloader | None = None,
     ) -> ApiServices:
         """The store-backed services. ``registry`` defaults to one that knows no mapping and
         no signing policy; the gateway passes its own."""
@@ -101,6 +105,7 @@ class ApiServices:
             live_models=live_models,
             # Kept, not copied: the app reads the runtime's own mapping, as it always has.
             explainers=explainers if explainers is not None else {},
+            reloader=reloader,
         )
 
 

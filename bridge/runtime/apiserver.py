@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from bridge.api import ApiServices, GatewayView, close_app, create_app
+from bridge.api.reloadable import MappingReloader
 from bridge.api.services import Explainer
 from bridge.cancel import cancel_and_wait
 from bridge.config.spec import ApiSettings, ApiTlsSettings
@@ -130,11 +131,18 @@ def api_server(
     store: Store,
     live: LiveModels,
     explainers: Mapping[str, Explainer],
+    reloader: MappingReloader | None = None,
 ) -> ApiServer:
     """The gateway's REST API (not yet listening). Its registry service is the gateway's own,
     which knows the mapping and the signing policy, so an unfitting version is refused at the
     call; registry changes wake this gateway's watcher at once."""
     services = ApiServices.from_store(
-        view, store, settings, registry=live.service, live_models=live, explainers=explainers
+        view,
+        store,
+        settings,
+        registry=live.service,
+        live_models=live,
+        explainers=explainers,
+        reloader=reloader,
     )
     return ApiServer(create_app(services), settings.host, settings.port, tls=settings.tls)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -32,6 +33,8 @@ from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
 from bridge.runtime.live_models import LiveModels, live_models
 from bridge.runtime.lossalerts import LossAlerts
+from bridge.runtime.parts import model_runner, source_supervisor
+from bridge.runtime.reload import Reloader
 from bridge.runtime.retention import retention_for
 from bridge.runtime.runner import ModelRunner
 from bridge.runtime.sources import SourceSupervisor
@@ -44,9 +47,10 @@ from bridge.store.db import Store, open_store
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
 from bridge.store.outbox import OutboxRepository
+from bridge.store.registry import RegistryRepository
 from bridge.store.sequences import SequenceRepository
 from bridge.store.sink import StoreSink
-from bridge.types import ComponentHealth, PredictionSlot, Sink, SinkContext, SourceTag, TagSample
+from bridge.types import ComponentHealth, PredictionSlot, Sink, SinkContext, TagSample
 
 __all__ = ["Gateway", "build_gateway"]
 
@@ -73,12 +77,16 @@ class Gateway:
     api: ApiServer | None
     relays: list[Relay] = field(default_factory=list)
     insight: Insight | None = None
+    # Applies a changed mapping file in place (SIGHUP, POST /api/v1/reload, the file watch).
+    reloader: Reloader | None = None
     # Set once every stage started (tests and the demo wait for it).
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set; raise if a part of the gateway failed. Call it once."""
+    async def run(self, stop: asyncio.Event, *, reload_on_sighup: bool = False) -> None:
+        """Run until ``stop`` is set; raise if a part of the gateway failed. Call it once.
+        With ``reload_on_sighup`` (the ``bridge run`` process) SIGHUP reloads the mapping."""
         self.tasks.stop_on(stop)
+        reloads: set[asyncio.Task[None]] = set()
         started: list[Stage] = []
         try:
             for stage in self.stages:
@@ -98,9 +106,13 @@ class Gateway:
             # (bench/README.md). Collected first, so no garbage of the start-up is frozen.
             gc.collect()
             gc.freeze()
+            if reload_on_sighup and self.reloader is not None:
+                _on_sighup(self.reloader, reloads)
             self.started.set()
             await stop.wait()
         finally:
+            if reload_on_sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             log.info("gateway_stopping", gateway=self.gateway_id)
             for stage in reversed(started):
                 await stage.close()
@@ -113,6 +125,15 @@ class Gateway:
             )
         if self.tasks.failure is not None:
             raise self.tasks.failure
+
+
+def _on_sighup(reloader: Reloader, running: set[asyncio.Task[None]]) -> None:
+    def reload() -> None:
+        task = asyncio.create_task(reloader.reload_logged(), name="mapping:reload")
+        running.add(task)  # a reference, so the task is not collected while it runs
+        task.add_done_callback(running.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 async def build_gateway(prepared: Prepared) -> Gateway:
@@ -193,17 +214,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     live_sinks = [s for s in sinks if s is not store_sink]
     fanout = PredictionFanout([*live_sinks, store_sink])
     runners = [
-        ModelRunner(
-            m,
-            prepared.models[name],
-            prepared.labels[name],
-            table.get,
-            fanout.publish,
-            gid,
-            boot_id,
-            trigger=table.triggers.get(name),
-        )
-        for name, m in mapping.models.items()
+        model_runner(prepared, name, table, fanout.publish, gid, boot_id) for name in mapping.models
     ]
     # Registry versions replace the mapping's files before the first tick (bridge.lifecycle).
     live = live_models(mapping, store, runners, sinks, policy)
@@ -225,21 +236,44 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         )
         for name, m in mapping.models.items()
     ]
+    # Sources and runners come and go with a mapping reload: their probes are asked per call.
+    groups = [
+        lambda: [s.health() for s in supervisors],
+        lambda: [r.health() for r in runners],
+    ]
     probes = (
-        [s.health for s in supervisors]
-        + [r.health for r in runners]
-        + [s.health for s in sinks]
+        [s.health for s in sinks]
         + [loss_alerts.health, retention.health]
         + durable.probes
         + [lambda: _normalize_health(table, queue)]
         + [lambda: insight.writer.health()]
         + [r.health for r in insight.relays]
     )
-    view = RuntimeView(gid, table, fanout, infos, probes, now)
-    api = _api(mapping, view, store, live, insight)
-
+    view = RuntimeView(gid, table, fanout, infos, probes, now, groups)
     # Sequence numbers go on from the last committed ones (an MES orders by them).
     sequences = SequenceRepository(store)
+    model_jobs = [(f"model:{r.model.name}", r.run) for r in runners]
+    source_jobs = [(f"source:{s.name}", s.run) for s in supervisors]
+    reloader = Reloader(
+        prepared,
+        tasks,
+        table,
+        queue,
+        fanout,
+        supervisors,
+        runners,
+        source_jobs,
+        model_jobs,
+        store_sink,
+        view,
+        live,
+        sequences,
+        RegistryRepository(store),
+        gid,
+        boot_id,
+    )
+    probes.append(reloader.health)
+    api = _api(mapping, view, store, live, insight, reloader)
 
     async def resume_sequences() -> None:
         for runner in runners:
@@ -259,12 +293,8 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         Stage(
             "inference",
             [
-                Tasks(
-                    "models",
-                    tasks,
-                    [(f"model:{r.model.name}", r.run) for r in runners]
-                    + [("model:registry", live.watcher.run)],
-                )
+                Tasks("models", tasks, model_jobs),
+                Tasks("registry", tasks, [("model:registry", live.watcher.run)]),
             ],
         ),
         # Stopped after the sources, then drained: nothing read is lost on the way down.
@@ -272,10 +302,9 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
             "normalize",
             [Tasks("normalize", tasks, [("normalize", _consumer(queue, table))], drain)],
         ),
-        Stage(
-            "sources",
-            [Tasks("sources", tasks, [(f"source:{s.name}", s.run) for s in supervisors])],
-        ),
+        # The reloader changes sources and models only while this stage runs: it is the
+        # last part to start and the first to close (after a reload under way).
+        Stage("sources", [Tasks("sources", tasks, source_jobs), *_watch(mapping, tasks, reloader)]),
     ]
     return Gateway(
         gid,
@@ -290,34 +319,40 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         api,
         durable.relays,
         insight,
+        reloader,
     )
 
 
 def _supervisors(
     mapping: Mapping, queue: asyncio.Queue[Sequence[TagSample]], table: TagTable
 ) -> list[SourceSupervisor]:
-    source_kinds = plugins.source_kinds()
-    supervisors = []
-    for src in mapping.sources.values():
-        tags = mapping.tags_of_source(src.name)
-        if not tags:
-            log.warning("source_unused", source=src.name)
-            continue
-        source = source_kinds[src.kind].factory(
-            src.name, src.settings, [SourceTag(t.id, t.address) for t in tags]
-        )
-        supervisors.append(
-            SourceSupervisor(source, src.kind, [t.id for t in tags], queue.put, table.mark_bad)
-        )
-    return supervisors
+    made = (source_supervisor(mapping, name, queue, table) for name in mapping.sources)
+    return [s for s in made if s is not None]
+
+
+def _watch(mapping: Mapping, tasks: TaskSet, reloader: Reloader) -> list[Tasks | Reloader]:
+    """The reloader, after the file watch if the mapping asks for it: closed first, it lets a
+    reload under way finish before the watch is cancelled."""
+    settings = mapping.gateway.reload
+    if not settings.watch:
+        return [reloader]
+    watch = Tasks(
+        "watch", tasks, [("mapping:watch", lambda: reloader.watch(settings.watch_interval_s))]
+    )
+    return [watch, reloader]
 
 
 def _api(
-    mapping: Mapping, view: RuntimeView, store: Store, live: LiveModels, insight: Insight
+    mapping: Mapping,
+    view: RuntimeView,
+    store: Store,
+    live: LiveModels,
+    insight: Insight,
+    reloader: Reloader,
 ) -> ApiServer | None:
     if not mapping.gateway.api.enabled:
         return None
-    return api_server(mapping.gateway.api, view, store, live, insight.insights)
+    return api_server(mapping.gateway.api, view, store, live, insight.insights, reloader)
 
 
 def _consumer(

@@ -92,6 +92,10 @@ class StoreSink(QueuedWriter[Prediction]):
         self._last_drop_at = -math.inf
         self._last_drop_reason = ""
 
+    def set_mapping_revision(self, revision: str) -> None:
+        """Rows written from now on carry ``revision`` (a reloaded mapping)."""
+        self._repo.mapping_revision = revision
+
     async def start(self) -> None:
         if self._closed:
             raise StoreError("store sink is closed")
