@@ -38,7 +38,7 @@ def build_reload_router() -> APIRouter:
     route = secured(
         Scope.ADMIN,
         (422, "The mapping is invalid: `errors` lists each problem as `file:line: key: ...`"),
-        (503, "The gateway is starting or stopping, or this API runs without a gateway"),
+        (409, "The gateway is starting or stopping, or this API runs without a gateway"),
     )
 
     @router.post(
@@ -53,7 +53,7 @@ def build_reload_router() -> APIRouter:
     async def reload(services: Services, request: Request) -> ReloadOut | JSONResponse:
         reloader = services.reloader
         if reloader is None:
-            return problem(503, "this API is not served by a running gateway", request.url.path)
+            return problem(409, "this API is not served by a running gateway", request.url.path)
         try:
             done = await reloader.reload()
         except ConfigError as err:
@@ -68,7 +68,7 @@ def build_reload_router() -> APIRouter:
             }
             return JSONResponse(body, status_code=422, media_type=PROBLEM_MEDIA_TYPE)
         except ReloadUnavailable as exc:
-            return problem(503, str(exc), request.url.path)
+            return problem(409, str(exc), request.url.path)
         return ReloadOut(
             revision=done.revision,
             previous_revision=done.previous_revision,
