@@ -14,9 +14,10 @@ from pathlib import Path
 from bridge import plugins
 from bridge.config import Mapping, load_mapping
 from bridge.config.files import file_problems
+from bridge.config.resolved import ResolvedModel
 from bridge.errors import ConfigError, ConfigIssue, InferenceError
 from bridge.inference.fit import fit_problems, load_model_for
-from bridge.inference.model import LoadedModel
+from bridge.inference.model import LoadedModel, file_sha256
 
 __all__ = ["Prepared", "connector_problems", "prepare"]
 
@@ -29,9 +30,15 @@ class Prepared:
 
 
 def prepare(
-    path: str | Path, env: MappingABC[str, str] | None = None, *, placeholders: bool = False
+    path: str | Path,
+    env: MappingABC[str, str] | None = None,
+    running: Prepared | None = None,
+    *,
+    placeholders: bool = False,
 ) -> Prepared:
-    """``placeholders``: see ``load_mapping``; what waits for a variable is not checked."""
+    """``placeholders``: see ``load_mapping``; what waits for a variable is not checked. With
+    ``running`` (a mapping reload) a model whose file, pin and outputs did not change keeps its
+    loaded session: loading an ONNX file again holds the interpreter for seconds."""
     mapping = _load_for_life(path, env, placeholders)
     unfilled = {k for keys in mapping.needs.values() for k in keys}
     issues = [i for i in connector_problems(mapping) if not _under(i.key, unfilled)]
@@ -42,7 +49,7 @@ def prepare(
         if _under(f"models.{name}.file", unfilled):
             continue
         try:
-            loaded = load_model_for(model)
+            loaded = _reused(running, model) or load_model_for(model)
         except InferenceError as exc:
             issues.append(
                 _issue(
@@ -62,6 +69,17 @@ def prepare(
     if issues:
         raise ConfigError(issues)
     return Prepared(mapping, models, labels)
+
+
+def _reused(running: Prepared | None, model: ResolvedModel) -> LoadedModel | None:
+    if running is None or model.name not in running.models:
+        return None
+    old, loaded = running.mapping.models[model.name], running.models[model.name]
+    same = (old.path, old.sha256, old.outputs) == (model.path, model.sha256, model.outputs)
+    try:
+        return loaded if same and file_sha256(model.path) == loaded.sha256 else None
+    except OSError:
+        return None  # gone or unreadable: loading it reports that
 
 
 def connector_problems(mapping: Mapping) -> list[ConfigIssue]:

@@ -22,6 +22,7 @@ from .openapi import install_openapi
 from .ops import OPS_PATHS, RequestMetrics, build_ops_router
 from .outbox import build_outbox_router
 from .problems import install_problem_handlers
+from .reload import build_reload_router
 from .routes import HEALTH_PATH, build_router
 from .services import ApiServices, install_services, services_of
 
@@ -53,6 +54,7 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(
         build_ops_router(services.ops, services.metrics.registry, metrics=services.metrics_on_api)
     )
+    app.include_router(build_reload_router())
     mount_docs(app)
     # The last added runs first: the request metrics, the guard, then the body cap.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -30,6 +30,7 @@ from bridge.types import Explanation
 from .keycache import KeyCache
 from .ops import ApiMetrics, Operations
 from .queries import QueryRunner
+from .reloadable import MappingReloader
 from .view import GatewayView
 
 __all__ = ["ApiServices", "Explainer", "LiveModelState", "install_services", "services_of"]
@@ -77,6 +78,8 @@ class ApiServices:
     ops: Operations | None = None
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
     metrics_on_api: bool = True
+    # Applies a changed mapping file (POST /api/v1/reload); only a running gateway has one.
+    reloader: MappingReloader | None = None
 
     @classmethod
     def from_store(
@@ -90,6 +93,7 @@ class ApiServices:
         explainers: Mapping[str, Explainer] | None = None,
         ops: Operations | None = None,
         metrics_on_api: bool = True,
+        reloader: MappingReloader | None = None,
     ) -> ApiServices:
         """The store-backed services. ``registry`` defaults to one that knows no mapping and
         no signing policy; the gateway passes its own."""
@@ -112,6 +116,7 @@ class ApiServices:
             ops=ops,
             metrics=ApiMetrics(ops.registry if ops is not None else None),
             metrics_on_api=metrics_on_api,
+            reloader=reloader,
         )
 
 

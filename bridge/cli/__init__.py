@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from bridge.cli.apikeys import apikeys
+from bridge.cli.reload import reload
 from bridge.cli.report import EXIT_MAPPING, fail, print_issues
 from bridge.errors import BridgeError, ConfigError
 from bridge.logging import configure_logging
@@ -190,7 +191,7 @@ def run(mapping: Path, duration: float | None) -> None:
         waiter = asyncio.create_task(until_stopped(duration, stop))
         try:
             gateway = await build_gateway(prepared)
-            await gateway.run(stop)
+            await gateway.run(stop, reload_on_sighup=True)
         finally:
             stop.set()
             await waiter
@@ -209,3 +210,4 @@ def run_async(factory: Callable[[], Awaitable[None]]) -> None:
 
 
 main.add_command(apikeys)
+main.add_command(reload)

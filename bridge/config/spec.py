@@ -262,6 +262,17 @@ class ModelRegistrySettings(Strict):
     )
 
 
+class ReloadSettings(Strict):
+    watch: bool = Field(
+        False,
+        description="Reload the mapping when its file changes (polled: modification time, "
+        "then sha256). SIGHUP and `bridge reload` work either way.",
+    )
+    watch_interval_s: float = Field(
+        2.0, gt=0, description="How often the watch looks at the mapping file."
+    )
+
+
 class RetentionSettings(Strict):
     predictions_days: float = Field(
         30.0,
@@ -411,6 +422,10 @@ class GatewaySettings(Strict):
     probes: ProbeSettings = Field(
         default_factory=ProbeSettings,
         description="The liveness and readiness probes `/livez` and `/readyz`.",
+    )
+    reload: ReloadSettings = Field(
+        default_factory=ReloadSettings,
+        description="Hot reload of this mapping file (SIGHUP, `bridge reload`, file watch).",
     )
     default_max_age_s: float = Field(
         10.0,

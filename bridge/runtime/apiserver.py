@@ -24,6 +24,7 @@ from fastapi import FastAPI
 
 from bridge.api import ApiServices, GatewayView, close_app, create_app
 from bridge.api.ops import Operations, create_ops_app
+from bridge.api.reloadable import MappingReloader
 from bridge.api.services import Explainer
 from bridge.cancel import cancel_and_wait
 from bridge.config.spec import ApiSettings, ApiTlsSettings
@@ -143,6 +144,7 @@ def api_server(
     explainers: Mapping[str, Explainer],
     ops: Operations | None = None,
     metrics_on_api: bool = True,
+    reloader: MappingReloader | None = None,
 ) -> ApiServer:
     """The gateway's REST API (not yet listening). Its registry service is the gateway's own,
     which knows the mapping and the signing policy, so an unfitting version is refused at the
@@ -156,6 +158,7 @@ def api_server(
         explainers=explainers,
         ops=ops,
         metrics_on_api=metrics_on_api,
+        reloader=reloader,
     )
     return ApiServer(create_app(services), settings.host, settings.port, tls=settings.tls)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -33,6 +34,8 @@ from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
 from bridge.runtime.live_models import LiveModels, live_models
 from bridge.runtime.lossalerts import LossAlerts
 from bridge.runtime.metrics import GatewayOps, gateway_ops
+from bridge.runtime.parts import model_runner, source_supervisor
+from bridge.runtime.reload import Reloader
 from bridge.runtime.retention import retention_for
 from bridge.runtime.runner import ModelRunner
 from bridge.runtime.sources import SourceSupervisor
@@ -45,9 +48,10 @@ from bridge.store.db import Store, open_store
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
 from bridge.store.outbox import OutboxRepository
+from bridge.store.registry import RegistryRepository
 from bridge.store.sequences import SequenceRepository
 from bridge.store.sink import StoreSink
-from bridge.types import ComponentHealth, PredictionSlot, Sink, SinkContext, SourceTag, TagSample
+from bridge.types import ComponentHealth, PredictionSlot, Sink, SinkContext, TagSample
 
 __all__ = ["Gateway", "build_gateway"]
 
@@ -74,15 +78,19 @@ class Gateway:
     api: ApiServer | None
     relays: list[Relay] = field(default_factory=list)
     insight: Insight | None = None
+    # Applies a changed mapping file in place (SIGHUP, POST /api/v1/reload, the file watch).
+    reloader: Reloader | None = None
     # Set once every stage started (tests and the demo wait for it).
     started: asyncio.Event = field(default_factory=asyncio.Event)
     # Metrics and probes (bridge.runtime.metrics); the scrape listener if it has its own.
     ops: GatewayOps | None = None
     metrics_server: ApiServer | None = None
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set; raise if a part of the gateway failed. Call it once."""
+    async def run(self, stop: asyncio.Event, *, reload_on_sighup: bool = False) -> None:
+        """Run until ``stop`` is set; raise if a part of the gateway failed. Call it once.
+        With ``reload_on_sighup`` (the ``bridge run`` process) SIGHUP reloads the mapping."""
         self.tasks.stop_on(stop)
+        reloads: set[asyncio.Task[None]] = set()
         started: list[Stage] = []
         try:
             for stage in self.stages:
@@ -102,9 +110,13 @@ class Gateway:
             # (bench/README.md). Collected first, so no garbage of the start-up is frozen.
             gc.collect()
             gc.freeze()
+            if reload_on_sighup and self.reloader is not None:
+                _on_sighup(self.reloader, reloads)
             self.started.set()
             await stop.wait()
         finally:
+            if reload_on_sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             log.info("gateway_stopping", gateway=self.gateway_id)
             for stage in reversed(started):
                 await stage.close()
@@ -117,6 +129,15 @@ class Gateway:
             )
         if self.tasks.failure is not None:
             raise self.tasks.failure
+
+
+def _on_sighup(reloader: Reloader, running: set[asyncio.Task[None]]) -> None:
+    def reload() -> None:
+        task = asyncio.create_task(reloader.reload_logged(), name="mapping:reload")
+        running.add(task)  # a reference, so the task is not collected while it runs
+        task.add_done_callback(running.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 async def build_gateway(prepared: Prepared) -> Gateway:
@@ -205,17 +226,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     live_sinks = [s for s in sinks if s is not store_sink]
     fanout = PredictionFanout([*live_sinks, store_sink])
     runners = [
-        ModelRunner(
-            m,
-            prepared.models[name],
-            prepared.labels[name],
-            table.get,
-            fanout.publish,
-            gid,
-            boot_id,
-            trigger=table.triggers.get(name),
-        )
-        for name, m in mapping.models.items()
+        model_runner(prepared, name, table, fanout.publish, gid, boot_id) for name in mapping.models
     ]
     # Registry versions replace the mapping's files before the first tick (bridge.lifecycle).
     live = live_models(mapping, store, runners, sinks, policy)
@@ -237,17 +248,20 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         )
         for name, m in mapping.models.items()
     ]
+    # Sources and runners come and go with a mapping reload: their probes are asked per call.
+    groups = [
+        lambda: [s.health() for s in supervisors],
+        lambda: [r.health() for r in runners],
+    ]
     probes = (
-        [s.health for s in supervisors]
-        + [r.health for r in runners]
-        + [s.health for s in sinks]
+        [s.health for s in sinks]
         + [loss_alerts.health, retention.health]
         + durable.probes
         + [lambda: _normalize_health(table, queue)]
         + [lambda: insight.writer.health()]
         + [r.health for r in insight.relays]
     )
-    view = RuntimeView(gid, table, fanout, infos, probes, now)
+    view = RuntimeView(gid, table, fanout, infos, probes, now, groups)
     started = asyncio.Event()
     ops = gateway_ops(
         mapping,
@@ -262,11 +276,34 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         durable.relays + insight.relays,
     )
     address = mapping.gateway.metrics.address
-    api = _api(mapping, view, store, live, insight, ops, metrics_on_api=address is None)
     metrics_server = None if address is None else ops_server(ops, *address)
 
     # Sequence numbers go on from the last committed ones (an MES orders by them).
     sequences = SequenceRepository(store)
+    model_jobs = [(f"model:{r.model.name}", r.run) for r in runners]
+    source_jobs = [(f"source:{s.name}", s.run) for s in supervisors]
+    reloader = Reloader(
+        prepared,
+        tasks,
+        table,
+        queue,
+        fanout,
+        supervisors,
+        runners,
+        source_jobs,
+        model_jobs,
+        store_sink,
+        view,
+        live,
+        sequences,
+        RegistryRepository(store),
+        gid,
+        boot_id,
+    )
+    probes.append(reloader.health)
+    reloader.runner_hooks.append(lambda r: r.observers.append(ops.collector.predictions.observe))
+    reloader.applied_hooks.append(lambda p: setattr(ops.collector, "revision", p.mapping.revision))
+    api = _api(mapping, view, store, live, insight, ops, reloader, metrics_on_api=address is None)
 
     async def resume_sequences() -> None:
         for runner in runners:
@@ -293,12 +330,8 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         Stage(
             "inference",
             [
-                Tasks(
-                    "models",
-                    tasks,
-                    [(f"model:{r.model.name}", r.run) for r in runners]
-                    + [("model:registry", live.watcher.run)],
-                )
+                Tasks("models", tasks, model_jobs),
+                Tasks("registry", tasks, [("model:registry", live.watcher.run)]),
             ],
         ),
         # Stopped after the sources, then drained: nothing read is lost on the way down.
@@ -306,10 +339,9 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
             "normalize",
             [Tasks("normalize", tasks, [("normalize", _consumer(queue, table))], drain)],
         ),
-        Stage(
-            "sources",
-            [Tasks("sources", tasks, [(f"source:{s.name}", s.run) for s in supervisors])],
-        ),
+        # The reloader changes sources and models only while this stage runs: it is the
+        # last part to start and the first to close (after a reload under way).
+        Stage("sources", [Tasks("sources", tasks, source_jobs), *_watch(mapping, tasks, reloader)]),
     ]
     return Gateway(
         gid,
@@ -324,6 +356,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         api,
         durable.relays,
         insight,
+        reloader,
         started,
         ops,
         metrics_server,
@@ -333,20 +366,20 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
 def _supervisors(
     mapping: Mapping, queue: asyncio.Queue[Sequence[TagSample]], table: TagTable
 ) -> list[SourceSupervisor]:
-    source_kinds = plugins.source_kinds()
-    supervisors = []
-    for src in mapping.sources.values():
-        tags = mapping.tags_of_source(src.name)
-        if not tags:
-            log.warning("source_unused", source=src.name)
-            continue
-        source = source_kinds[src.kind].factory(
-            src.name, src.settings, [SourceTag(t.id, t.address) for t in tags]
-        )
-        supervisors.append(
-            SourceSupervisor(source, src.kind, [t.id for t in tags], queue.put, table.mark_bad)
-        )
-    return supervisors
+    made = (source_supervisor(mapping, name, queue, table) for name in mapping.sources)
+    return [s for s in made if s is not None]
+
+
+def _watch(mapping: Mapping, tasks: TaskSet, reloader: Reloader) -> list[Tasks | Reloader]:
+    """The reloader, after the file watch if the mapping asks for it: closed first, it lets a
+    reload under way finish before the watch is cancelled."""
+    settings = mapping.gateway.reload
+    if not settings.watch:
+        return [reloader]
+    watch = Tasks(
+        "watch", tasks, [("mapping:watch", lambda: reloader.watch(settings.watch_interval_s))]
+    )
+    return [watch, reloader]
 
 
 def _api(
@@ -356,12 +389,22 @@ def _api(
     live: LiveModels,
     insight: Insight,
     ops: GatewayOps,
+    reloader: Reloader,
     *,
     metrics_on_api: bool,
 ) -> ApiServer | None:
     if not mapping.gateway.api.enabled:
         return None
-    return api_server(mapping.gateway.api, view, store, live, insight.insights, ops, metrics_on_api)
+    return api_server(
+        mapping.gateway.api,
+        view,
+        store,
+        live,
+        insight.insights,
+        ops=ops,
+        metrics_on_api=metrics_on_api,
+        reloader=reloader,
+    )
 
 
 def _consumer(

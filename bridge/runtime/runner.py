@@ -414,6 +414,11 @@ class ModelRunner:
         for asset, seq in last.items():
             self._seq[asset] = max(self._seq.get(asset, 0), seq)
 
+    @property
+    def sequences(self) -> dict[str, int]:
+        """Asset -> last sequence number used (a runner rebuilt by a reload goes on from it)."""
+        return dict(self._seq)
+
     def _next_id(self, asset: str) -> tuple[str, int]:
         seq = self._seq.get(asset, 0) + 1
         self._seq[asset] = seq

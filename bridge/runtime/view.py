@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from bridge.api.view import ModelInfo, TagState
@@ -21,6 +21,8 @@ class RuntimeView:
     model_infos: Sequence[ModelInfo]
     health_sources: Sequence[Callable[[], ComponentHealth]]
     boot_time: float
+    # Probes of parts a mapping reload adds and removes (sources, models), asked first.
+    health_groups: Sequence[Callable[[], Iterable[ComponentHealth]]] = ()
 
     def tag_states(self) -> Sequence[TagState]:
         return self.table.snapshot()
@@ -32,7 +34,8 @@ class RuntimeView:
         return self.model_infos
 
     def health(self) -> Sequence[ComponentHealth]:
-        return [probe() for probe in self.health_sources]
+        found = [h for group in self.health_groups for h in group()]
+        return found + [probe() for probe in self.health_sources]
 
     def started_at(self) -> float:
         return self.boot_time

@@ -26,7 +26,7 @@ class PredictionRepository:
     ) -> None:
         self._store = store
         # Lineage: every row names the mapping (file hash) it was made under.
-        self._revision = mapping_revision
+        self.mapping_revision = mapping_revision
         # With a gateway id, each batch also raises its sequence high-water marks (a restart
         # goes on from them: bridge.store.sequences).
         self._gateway_id = gateway_id
@@ -42,7 +42,7 @@ class PredictionRepository:
         if not predictions:
             return
         table: Any = PredictionRow.__table__
-        revision = self._revision
+        revision = self.mapping_revision
         rows = [prediction_row(p, revision) for p in predictions]
         on_commit: list[OnCommit] = []
         try:

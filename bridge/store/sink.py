@@ -95,6 +95,10 @@ class StoreSink(QueuedWriter[Prediction]):
         # Seconds per committed batch, for the metrics endpoint (bridge_store_write_seconds).
         self.write_latency = LatencyHistogram()
 
+    def set_mapping_revision(self, revision: str) -> None:
+        """Rows written from now on carry ``revision`` (a reloaded mapping)."""
+        self._repo.mapping_revision = revision
+
     async def start(self) -> None:
         if self._closed:
             raise StoreError("store sink is closed")

@@ -1,0 +1,31 @@
+"""What the reload endpoint needs from a running gateway (``bridge.runtime.reload`` has it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["MappingReloader", "ReloadSummary", "ReloadUnavailable"]
+
+
+@dataclass(frozen=True)
+class ReloadSummary:
+    """What a reload applied. ``changes`` maps e.g. ``sources.added`` to names;
+    ``restart_needed`` names what changed but only applies at the next start."""
+
+    revision: str
+    previous_revision: str
+    changes: Mapping[str, Sequence[str]]
+    restart_needed: Sequence[str]
+
+
+class ReloadUnavailable(Exception):
+    """The gateway cannot reload now (still starting, or stopping)."""
+
+
+class MappingReloader(Protocol):
+    async def reload(self) -> ReloadSummary:
+        """Read the mapping file again and apply it; raise ``bridge.errors.ConfigError`` (the
+        running mapping stays) or ``ReloadUnavailable``."""
+        ...

@@ -1,0 +1,426 @@
+"""Hot reload of the mapping: SIGHUP, ``POST /api/v1/reload`` (``bridge reload``) and the
+optional file watch read the mapping file again and apply the difference in place.
+
+The new file is checked exactly as ``bridge validate`` checks it (``bridge.prepare``); an
+invalid one raises ``ConfigError`` with its ``file:line`` issues and nothing running is touched.
+A valid one is compared with the running mapping (``diff_mappings``) and applied:
+
+- sources: an added source starts, a removed one stops; a changed one (settings, or the list
+  of its tags) is restarted alone: a new session and subscription. An unchanged source is not
+  touched: same supervisor, same session, same subscription.
+- tags: the tag table is rebuilt, and every tag whose definition did not change keeps its
+  value, quality and window (its ring is the same object while the models read it over the
+  same window length and sample count; otherwise its window starts over).
+- models: an added model starts, a removed one stops. A changed model whose file, version,
+  labels, period and trigger are the same (assets or features changed) is updated in place:
+  its runner goes on with the next tick, no gap. Any other change rebuilds its runner, which
+  goes on with the same sequence numbers and runs at once.
+- lineage: predictions stored from now on carry the new mapping revision (sha256).
+
+Not applied, named in ``restart_needed``: the ``gateway:`` section, outputs (destinations and
+the OPC UA server) added, removed or changed; a sink built at start shows the prediction slots
+known at start (the OPC UA server gets nodes for a new asset at the next start). A model
+added or rebuilt by a reload has no drift scores nor explanations until the next start
+unless they were already set up for it and did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Collection, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from bridge.api.reloadable import ReloadSummary, ReloadUnavailable
+from bridge.api.view import ModelInfo
+from bridge.config.resolved import Mapping
+from bridge.errors import BridgeError, ConfigError
+from bridge.lifecycle.shadow import CandidateComparison
+from bridge.prepare import Prepared, prepare
+from bridge.runtime.fanout import PredictionFanout
+from bridge.runtime.live_models import LiveModels, stored_comparison
+from bridge.runtime.parts import model_runner, source_supervisor
+from bridge.runtime.runner import ModelRunner
+from bridge.runtime.sources import SourceSupervisor
+from bridge.runtime.tagtable import TagTable
+from bridge.runtime.tasks import TaskSet
+from bridge.runtime.view import RuntimeView
+from bridge.store.registry import RegistryRepository
+from bridge.store.sequences import SequenceRepository
+from bridge.store.sink import StoreSink
+from bridge.types import ComponentHealth, TagSample
+
+__all__ = ["MappingDiff", "Reloader", "diff_mappings", "retable"]
+
+log = structlog.get_logger(__name__)
+
+Job = tuple[str, Callable[[], Coroutine[Any, Any, Any]]]
+SECTIONS = ("sources", "tags", "assets", "models", "outputs")
+
+
+@dataclass(frozen=True)
+class MappingDiff:
+    """Names per section (``SECTIONS``) added, removed and changed from ``old`` to ``new``."""
+
+    added: dict[str, tuple[str, ...]]
+    removed: dict[str, tuple[str, ...]]
+    changed: dict[str, tuple[str, ...]]
+    gateway_changed: bool
+
+    def changes(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for what, names in (("added", self.added), ("removed", self.removed)):
+            for section in SECTIONS:
+                if names[section]:
+                    out[f"{section}.{what}"] = list(names[section])
+        for section in SECTIONS:
+            if self.changed[section]:
+                out[f"{section}.changed"] = list(self.changed[section])
+        return out
+
+    def restart_needed(self) -> list[str]:
+        outputs = self.added["outputs"] + self.removed["outputs"] + self.changed["outputs"]
+        return (["gateway"] if self.gateway_changed else []) + [f"outputs.{n}" for n in outputs]
+
+
+def _compare(
+    old: dict[str, Any], new: dict[str, Any], same: Callable[[str], bool]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    added = tuple(n for n in new if n not in old)
+    removed = tuple(n for n in old if n not in new)
+    changed = tuple(n for n in new if n in old and not same(n))
+    return added, removed, changed
+
+
+def diff_mappings(old: Prepared, new: Prepared) -> MappingDiff:
+    a, b = old.mapping, new.mapping
+
+    def source_same(name: str) -> bool:
+        return a.sources[name] == b.sources[name] and _source_tags(a, name) == _source_tags(b, name)
+
+    def model_same(name: str) -> bool:
+        return (
+            a.models[name] == b.models[name]
+            and old.models[name].sha256 == new.models[name].sha256
+            and old.labels[name] == new.labels[name]
+        )
+
+    rules: dict[str, tuple[dict[str, Any], dict[str, Any], Callable[[str], bool]]] = {
+        "sources": (a.sources, b.sources, source_same),
+        "tags": (a.tags, b.tags, lambda n: a.tags[n] == b.tags[n]),
+        "assets": (a.assets, b.assets, lambda n: a.assets[n] == b.assets[n]),
+        "models": (a.models, b.models, model_same),
+        "outputs": (a.outputs, b.outputs, lambda n: a.outputs[n] == b.outputs[n]),
+    }
+    added, removed, changed = {}, {}, {}
+    for section, (x, y, same) in rules.items():
+        added[section], removed[section], changed[section] = _compare(x, y, same)
+    return MappingDiff(added, removed, changed, a.gateway != b.gateway)
+
+
+def _source_tags(mapping: Mapping, source: str) -> list[tuple[str, Any]]:
+    return [(t.id, t.address) for t in mapping.tags_of_source(source)]
+
+
+def _ring_shapes(mapping: Mapping) -> dict[str, tuple[int, float]]:
+    """Tag id -> (capacity, horizon) of its window ring: the same rule as ``TagTable``."""
+    shapes: dict[str, tuple[int, float]] = {}
+    for model in mapping.models.values():
+        reach = max(model.window_s, model.min_window_s)
+        for asset in model.assets:
+            for tag in dict.fromkeys(f.tag for f in model.features):
+                key = f"{asset}.{tag}"
+                cap, hor = shapes.get(key, (0, 0.0))
+                shapes[key] = (max(cap, model.max_samples), max(hor, reach))
+    return shapes
+
+
+def retable(table: TagTable, mapping: Mapping, keep_triggers: Collection[str]) -> int:
+    """Make ``table`` serve ``mapping`` in place (the same object: the sources, runners and API
+    hold it). A tag whose definition is unchanged keeps its state and, when its window has the
+    same shape, its window. ``keep_triggers`` names the models whose change trigger (held by
+    their running runner) is kept. Returns how many windows were kept."""
+    fresh = TagTable(mapping, wall_clock=table.wall_clock, monotonic_clock=table.monotonic_clock)
+    old_shapes, new_shapes = _ring_shapes(table.mapping), _ring_shapes(mapping)
+    triggers = dict(fresh.triggers)
+    swap = {}
+    for name in keep_triggers:
+        if name in table.triggers and name in fresh.triggers:
+            swap[id(fresh.triggers[name])] = table.triggers[name]
+            triggers[name] = table.triggers[name]
+    kept = 0
+    old_entries = table.entries
+    for tid, entry in fresh.entries.items():
+        if swap and entry.triggers:
+            entry.triggers = tuple(swap.get(id(t), t) for t in entry.triggers)
+        old = old_entries.get(tid)
+        if old is None or old.tag != entry.tag:
+            continue
+        entry.value, entry.quality, entry.reason = old.value, old.quality, old.reason
+        entry.source_time, entry.server_time = old.source_time, old.server_time
+        entry.updated, entry.updated_mono = old.updated, old.updated_mono
+        if (
+            old.ring is not None
+            and entry.ring is not None
+            and old_shapes.get(tid) == new_shapes.get(tid)
+        ):
+            entry.ring = old.ring
+            kept += 1
+    # One synchronous swap: the normalize task and the runners see the old or the new table.
+    table.mapping, table.entries, table.triggers = mapping, fresh.entries, triggers
+    return kept
+
+
+def _in_place(old: Prepared, new: Prepared, name: str) -> bool:
+    """A changed model that the running runner can take over between two ticks."""
+    a, b = old.mapping.models[name], new.mapping.models[name]
+    return (
+        old.models[name].sha256 == new.models[name].sha256
+        and old.labels[name] == new.labels[name]
+        and (a.version, a.period_s, a.trigger, a.min_interval_s)
+        == (b.version, b.period_s, b.trigger, b.min_interval_s)
+    )
+
+
+@dataclass
+class Reloader:
+    """Applies a changed mapping to the running gateway's parts, which it changes in place
+    (the lists are the gateway's own: its health, shutdown and registry watcher follow)."""
+
+    prepared: Prepared
+    tasks: TaskSet
+    table: TagTable
+    queue: asyncio.Queue[Sequence[TagSample]]
+    fanout: PredictionFanout
+    supervisors: list[SourceSupervisor]
+    runners: list[ModelRunner]
+    source_jobs: list[Job]
+    model_jobs: list[Job]
+    store_sink: StoreSink | None
+    view: RuntimeView
+    live: LiveModels
+    sequences: SequenceRepository
+    registry: RegistryRepository
+    gateway_id: str
+    boot_id: str
+    # Set once the gateway started; cleared (under the lock) when it begins to stop.
+    running: bool = False
+    reloads: int = 0
+    refusals: int = 0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _watched: tuple[float, int] | None = None
+    _refused_revision: str = ""
+    # Called with every runner a reload builds (the metrics' prediction counter observes it) and
+    # with every mapping applied (the metrics' revision label follows it).
+    runner_hooks: list[Callable[[ModelRunner], None]] = field(default_factory=list)
+    applied_hooks: list[Callable[[Prepared], None]] = field(default_factory=list)
+
+    @property
+    def revision(self) -> str:
+        return self.prepared.mapping.revision
+
+    def health(self) -> ComponentHealth:
+        counters = {"reloads": self.reloads, "refusals": self.refusals}
+        return ComponentHealth("mapping", "ok", f"revision {self.revision[:12]}", counters)
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def close(self) -> None:
+        async with self._lock:  # a reload under way finishes first
+            self.running = False
+
+    async def reload(self) -> ReloadSummary:
+        async with self._lock:
+            if not self.running:
+                raise ReloadUnavailable("the gateway is starting or stopping; try again")
+            path = self.prepared.mapping.path
+            try:
+                new = await asyncio.to_thread(prepare, path, None, self.prepared)
+            except ConfigError as err:
+                self.refusals += 1
+                log.warning(
+                    "mapping_reload_refused",
+                    mapping=str(path),
+                    problems=[str(i) for i in err.issues],
+                    running_revision=self.revision[:12],
+                )
+                raise
+            old = self.prepared
+            diff = diff_mappings(old, new)
+            await self._apply(old, new, diff)
+            self.prepared = new
+            for applied in self.applied_hooks:
+                applied(new)
+            self.reloads += 1
+            summary = ReloadSummary(
+                new.mapping.revision, old.mapping.revision, diff.changes(), diff.restart_needed()
+            )
+            log.info(
+                "mapping_reloaded",
+                mapping=str(path),
+                revision=summary.revision[:12],
+                previous=summary.previous_revision[:12],
+                changes=summary.changes,
+                restart_needed=summary.restart_needed,
+            )
+            return summary
+
+    async def reload_logged(self) -> None:
+        """Reload for SIGHUP and the file watch: problems are logged, never raised."""
+        try:
+            await self.reload()
+        except ConfigError:
+            pass  # logged by reload
+        except ReloadUnavailable as exc:
+            log.warning("mapping_reload_skipped", reason=str(exc))
+        except Exception:  # a reload's bug must not end the gateway
+            log.exception("mapping_reload_failed")
+
+    async def watch(self, interval_s: float) -> None:
+        """Reload when the mapping file's content changes (mtime and size first, then its
+        sha256); a content refused once is not tried again until it changes."""
+        path = self.prepared.mapping.path
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # an editor replacing the file: look again next time
+            stamp = (st.st_mtime, st.st_size)
+            if stamp == self._watched:
+                continue
+            self._watched = stamp
+            digest = await asyncio.to_thread(_sha256, path)
+            if digest in (self.revision, self._refused_revision):
+                continue
+            try:
+                await self.reload()
+            except ConfigError:
+                self._refused_revision = digest
+            except ReloadUnavailable:
+                self._watched = None  # try again next time
+            except Exception:  # a reload's bug must not end the gateway
+                log.exception("mapping_reload_failed")
+
+    async def _apply(self, old: Prepared, new: Prepared, diff: MappingDiff) -> None:
+        mapping = new.mapping
+        # 1. Build what is new before anything stops: a connector that refuses its settings
+        #    leaves the running mapping untouched.
+        #    Off the loop: a connector imports its protocol library when it first makes a
+        #    source (pymodbus: ~0.8 s that would stall every tick).
+        built = await asyncio.to_thread(
+            self._sources, mapping, diff.added["sources"] + diff.changed["sources"]
+        )
+        in_place = [n for n in diff.changed["models"] if _in_place(old, new, n)]
+        rebuild = [n for n in diff.changed["models"] if n not in in_place]
+        kept_models = [n for n in mapping.models if n not in diff.added["models"] + tuple(rebuild)]
+
+        # 2. Stop what goes away or is rebuilt (their tasks end before the table changes).
+        gone_sources = diff.removed["sources"] + diff.changed["sources"]
+        await self.tasks.cancel_named(*(f"source:{n}" for n in gone_sources))
+        gone_models = diff.removed["models"] + tuple(rebuild)
+        await self.tasks.cancel_named(*(f"model:{n}" for n in gone_models))
+        old_runners = {r.model.name: r for r in self.runners}
+
+        # 3. Swap the table and update the runners that stay, with no await in between.
+        windows = retable(self.table, mapping, kept_models)
+        for name in in_place:
+            old_runners[name].model = mapping.models[name]
+        self.supervisors[:] = [s for s in self.supervisors if s.name not in gone_sources]
+        self.runners[:] = [r for r in self.runners if r.model.name not in gone_models]
+        self.source_jobs[:] = [j for j in self.source_jobs if j[0][7:] not in gone_sources]
+        self.model_jobs[:] = [j for j in self.model_jobs if j[0][6:] not in gone_models]
+        if self.store_sink is not None:
+            self.store_sink.set_mapping_revision(mapping.revision)
+
+        # 4. Start what is new.
+        for name in diff.added["models"] + tuple(rebuild):
+            runner = model_runner(
+                new, name, self.table, self.fanout.publish, self.gateway_id, self.boot_id
+            )
+            runner.record_comparisons = self._record
+            for hook in self.runner_hooks:
+                hook(runner)
+            previous = old_runners.get(name)
+            if previous is not None:
+                runner.resume(previous.sequences)
+                _carry_insight(previous, runner)
+            else:
+                runner.resume(await asyncio.to_thread(self.sequences.last, self.gateway_id, name))
+            self.runners.append(runner)
+            job: Job = (f"model:{name}", runner.run)
+            self.model_jobs.append(job)
+            self.tasks.spawn(job[0], job[1]())
+        for name, supervisor in built.items():
+            if supervisor is None:
+                continue
+            self.supervisors.append(supervisor)
+            job = (f"source:{name}", supervisor.run)
+            self.source_jobs.append(job)
+            self.tasks.spawn(job[0], job[1]())
+        self._update_view(new, diff)
+        if diff.added["models"] or rebuild:
+            await self._register_models()
+        log.info(
+            "mapping_reload_applied",
+            sources_restarted=list(diff.changed["sources"]),
+            models_in_place=in_place,
+            models_rebuilt=rebuild,
+            windows_kept=windows,
+        )
+
+    def _sources(
+        self, mapping: Mapping, names: Sequence[str]
+    ) -> dict[str, SourceSupervisor | None]:
+        """New supervisors (connectors' constructors do no I/O and need no running loop)."""
+        return {name: source_supervisor(mapping, name, self.queue, self.table) for name in names}
+
+    async def _record(self, rows: Sequence[CandidateComparison]) -> None:
+        await asyncio.to_thread(self.registry.add_comparisons, [stored_comparison(c) for c in rows])
+
+    async def _register_models(self) -> None:
+        """New mapping models become registry versions (as at start); the watcher then
+        applies what the registry says serves."""
+        try:
+            await self.live.watcher.seed()
+        except BridgeError as exc:
+            log.warning("mapping_reload_models_not_registered", error=str(exc))
+        self.live.wake()
+
+    def _update_view(self, new: Prepared, diff: MappingDiff) -> None:
+        now = time.time()
+        fresh = set(diff.added["models"] + diff.changed["models"])
+        infos = {i.name: i for i in self.view.model_infos if i.name not in fresh}
+        for name, m in new.mapping.models.items():
+            if name not in infos:
+                infos[name] = ModelInfo(
+                    name,
+                    m.version,
+                    new.models[name].sha256,
+                    str(m.path),
+                    now,
+                    m.assets,
+                    tuple(f.name for f in m.features),
+                )
+        self.view.model_infos = [infos[n] for n in new.mapping.models]
+
+
+def _carry_insight(old: ModelRunner, new: ModelRunner) -> None:
+    """Drift and explanation hooks go on with a rebuilt runner when their settings did not
+    change; otherwise they need a restart (they were built for the old model)."""
+    a, b = old.model, new.model
+    if (a.reference, a.drift, a.explain) == (b.reference, b.drift, b.explain):
+        new.observers.extend(o for o in old.observers if o not in new.observers)
+        new.enrichers.extend(old.enrichers)
+    elif old.observers or old.enrichers:
+        log.warning("model_insight_needs_restart", model=b.name)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
