@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from support import LOOPBACK, free_port
 
 from bridge.cli import main
+from bridge.cli.report import EXIT_FAILED
 from simulators.cli import demo_ports
 from simulators.demo import DEFAULT_MAPPING
 from simulators.demo_ports import DemoPorts
@@ -58,7 +59,7 @@ def test_a_busy_port_names_itself_and_the_option_to_change_it(
         for other in ("plant", "plc", "mes", "api", "hmi"):
             args += [f"--{other}-port", str(busy if other == name else free_port())]
         result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == EXIT_FAILED, result.output
     assert f"port {busy} on 127.0.0.1" in result.output
     assert f"--{name}-port" in result.output and "--port-offset" in result.output
     assert "Traceback" not in result.output
@@ -82,6 +83,6 @@ def test_a_port_taken_after_the_check_is_named_too(
         for other in ("plant", "plc", "mes", "api"):
             args += [f"--{other}-port", str(free_port())]
         result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == EXIT_FAILED, result.output
     assert f"port {busy} on 127.0.0.1 (the gateway's OPC UA server) is in use" in result.output
     assert "--hmi-port" in result.output
