@@ -89,3 +89,76 @@ def test_parts_of_two_claims_settle_in_one_call(store: Store) -> None:
         second.close()
     assert not any(k[0] == "b" for k in rows(store))  # accepted: deleted
     assert rows(store)[("a", 0)][2] == 1
+
+
+def test_each_failed_event_gets_its_own_outcome_in_one_settle(store: Store) -> None:
+    """The failed rows of a settle are written in one batched statement per kind: every row
+    still gets its own attempts, retry schedule and error, and nothing else changes."""
+    feed = OutboxFeed("mes", lambda p: json.dumps({"seq": p.seq}), Budget(10_000))
+    assets = [f"x{i}" for i in range(6)]
+    PredictionRepository(store).add_many(
+        [prediction(a, s) for a in assets for s in range(2)], [feed]
+    )
+    repo = OutboxRepository(store)
+    claim = repo.claim("mes", 10, None, 2)
+    try:
+        heads = {e.asset: e for e in claim.events if json.loads(e.body)["seq"] == 0}
+        tails = {e.asset: e for e in claim.events if json.loads(e.body)["seq"] == 1}
+        assert set(heads) == set(assets)
+        now = time.time()
+        retried = {
+            heads["x0"].id: RetryDecision(2, now - 5, now + 40, False, "HTTP 500 zero"),
+            heads["x1"].id: RetryDecision(7, now - 9, now + 90, False, "HTTP 503 one"),
+            heads["x4"].id: RetryDecision(21, now - 99, now, True, "retries exhausted four"),
+        }
+        rejected = {heads["x2"].id: "HTTP 422 two", heads["x3"].id: "HTTP 400 three"}
+        dead = repo.finish_parts(
+            [
+                PartOutcome(claim, [heads[a], tails[a]], [], rejected, 3, 15.0, retried)
+                for a in ("x0", "x1", "x2", "x3", "x4")
+            ]
+            # x5: its head accepted (its own record failed), its tail released
+            + [PartOutcome(claim, [heads["x5"], tails["x5"]], [heads["x5"].id], {}, 3, 1.0, None)]
+        )
+        assert dead == [[], [], [], [], [heads["x4"]], []]
+        with store.sessions() as s:
+            found = {
+                r.asset: r
+                for r in s.execute(
+                    select(
+                        OutboxRow.asset,
+                        OutboxRow.body,
+                        OutboxRow.claimed_by,
+                        OutboxRow.lease_until,
+                        OutboxRow.attempts,
+                        OutboxRow.retries,
+                        OutboxRow.first_failed_at,
+                        OutboxRow.next_attempt_at,
+                        OutboxRow.last_error,
+                    ).where(OutboxRow.body.like('%"seq": 0%'))
+                )
+            }
+        assert set(found) == {"x0", "x1", "x2", "x3"}  # x4 dead, x5 accepted
+        for a, (retries, first, due, error) in {
+            "x0": (2, now - 5, now + 40, "HTTP 500 zero"),
+            "x1": (7, now - 9, now + 90, "HTTP 503 one"),
+        }.items():
+            r = found[a]
+            assert (r.claimed_by, r.lease_until, r.attempts, r.retries) == ("", 0.0, 0, retries)
+            assert r.first_failed_at == pytest.approx(first)
+            assert r.next_attempt_at == pytest.approx(due)
+            assert r.last_error == error
+        for a, error in {"x2": "HTTP 422 two", "x3": "HTTP 400 three"}.items():
+            r = found[a]
+            assert (r.claimed_by, r.lease_until, r.attempts, r.retries) == ("", 0.0, 1, 0)
+            assert r.next_attempt_at == pytest.approx(now + 15.0, abs=5)
+            assert r.last_error == error
+        pending = rows(store)
+        assert {pending[(a, 1)][0] for a in assets} == {""}  # every tail released
+        assert {pending[(a, 1)][1:] for a in assets} == {(0, 0, "")}  # and left as it was
+        letters = repo.dead_letters("mes")
+        assert [(d.asset, d.attempts, d.last_error) for d in letters] == [
+            ("x4", 21, "retries exhausted four")
+        ]
+    finally:
+        claim.close()
