@@ -163,6 +163,8 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
         "PrivateTmp": "yes",
         "ProtectHome": "yes",
         "CapabilityBoundingSet": "",
+        # `systemctl reload` is the gateway's hot reload, not a restart.
+        "ExecReload": "/bin/kill -HUP $MAINPID",
     }.items():
         assert settings.get(key) == value, key
     security = subprocess.run(
