@@ -4,15 +4,19 @@ an HMI client's notification of the prediction, with a `trigger: change` model a
 Processes: a load server (``bench.opcua_ingest --serve``, own process) serves the 2,000 assets'
 inputs and changes every one of them once per ``--period`` (2,000 changes/s by default, in one
 burst per period, as a plant's scan cycle does); this process hosts a probe OPC UA server (one
-variable), the gateway (built in-process, defaults everywhere but the trigger: source
-publishing 100 ms, ``min_interval_ms`` 10) and the HMI client, subscribed to the probe asset's
-prediction at ``--hmi-ms`` (the gateway's server allows it). The model is an "echo" regressor
+variable) and the gateway (built in-process, defaults everywhere but the trigger: source
+publishing 100 ms, ``min_interval_ms`` 10); the HMI client runs in its own process (as an HMI
+does: on the gateway's loop it would compete with the gateway it measures), subscribed to the
+probe asset's prediction at ``--hmi-ms`` (the gateway's server allows it), and reports each
+notification's arrival time on its stdout. The model is an "echo" regressor
 (value = last input) over 2,001 assets (2,000 + the probe), so each probe write is a visible
 prediction, and a probe change that lands while a 2,000-row run is in progress waits for it.
 
 Gateway-added time = HMI client arrival - the probe sample's ``received_time`` (stamped by the
-gateway's OPC UA source when it takes the notification from asyncua's handler), both on this
-process's wall clock. The write -> HMI time (source publishing included) is printed beside it.
+gateway's OPC UA source when it takes the notification from asyncua's handler), both on the
+machine's wall clock. The cyclic garbage collector's pauses in the gateway's process during the
+probing are counted per generation (``gc_pauses_ms``). The write -> HMI time (source
+publishing included) is printed beside it.
 
     python -m bench.trigger [--assets 2000 --samples 300 --period 1.0 --hmi-ms 10] [--quick]
 """
@@ -22,6 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
+import json
+import logging
 import random
 import resource
 import subprocess
@@ -155,13 +162,65 @@ async def _probe(
         apply(batch)
 
     g.table.apply = spy  # type: ignore[method-assign]
-    seen: asyncio.Queue[tuple[float, float]] = asyncio.Queue()
+    command = [sys.executable, "-m", "bench.trigger", "--hmi-client", str(hmi_port)]
+    hmi = await asyncio.create_subprocess_exec(
+        *command, "--hmi-ms", str(args.hmi_ms), stdout=asyncio.subprocess.PIPE
+    )
+    assert hmi.stdout is not None
+    reader: asyncio.Task[None] | None = None
+    try:
+        hello = json.loads(await asyncio.wait_for(hmi.stdout.readline(), 120))
+        seen: asyncio.Queue[tuple[float, float]] = asyncio.Queue()
 
-    class Handler:
-        def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
-            if isinstance(val, float):
-                seen.put_nowait((time.time(), val))
+        async def read_hmi(stream: asyncio.StreamReader) -> None:
+            while line := await stream.readline():
+                at, got = line.split()
+                seen.put_nowait((float(at), float(got)))
 
+        reader = asyncio.create_task(read_hmi(hmi.stdout))
+        figures = await _sample(args, g, probe, probe_node, arrivals, seen)
+    finally:
+        if reader is not None:
+            reader.cancel()
+        if hmi.returncode is None:
+            hmi.terminate()
+        await asyncio.wait_for(hmi.wait(), 30)
+    figures["hmi_revised_publishing_interval_ms"] = hello["revised_ms"]
+    return figures
+
+
+class _GcPauses:
+    """The collector's pauses in this process, per generation (bench-only gc.callbacks hook)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.ms[info["generation"]].append((time.perf_counter() - self._started) * 1000)
+
+    def summary(self, span_s: float) -> dict[str, dict[str, float]]:
+        return {
+            f"gen{g}": {
+                "per_s": round(len(v) / span_s, 2),
+                "p50": round(percentile(v, 50), 2) if v else 0.0,
+                "max": round(max(v, default=0.0), 2),
+            }
+            for g, v in self.ms.items()
+        }
+
+
+async def _sample(
+    args: argparse.Namespace,
+    g: Gateway,
+    probe: Server,
+    probe_node: ua.NodeId,
+    arrivals: dict[float, float],
+    seen: asyncio.Queue[tuple[float, float]],
+) -> dict[str, Any]:
     [runner] = g.runners
     trigger = runner.trigger
     assert trigger is not None
@@ -169,80 +228,77 @@ async def _probe(
     total: list[float] = []
     stages: dict[str, list[float]] = {"wait": [], "run": [], "to_hmi": []}
     lost = 0
-    async with Client(f"opc.tcp://127.0.0.1:{hmi_port}", timeout=10) as client:
-        pns = await client.get_namespace_index("urn:bridge:predictions")
-        sub = await client.create_subscription(args.hmi_ms, Handler())
-        revised = sub.parameters.RequestedPublishingInterval
-        await sub.subscribe_data_change(
-            client.get_node(make_node_id("Predictions.probe.echo.Value", pns))
-        )
-        await asyncio.sleep(3 * args.period + 2)  # every asset predicted once, load steady
-        runs0, rows0, cpu0, t0 = runner.runs, trigger.marks, _cpu(), time.perf_counter()
-        wait0 = runner.publish_wait_s
-        # Where a run's time goes: the whole tick (features, inference, sinks) per run.
-        tick = runner.tick
-        tick_s: list[float] = []
-        rows: list[int] = []
-        # The probe's own run: when it started and ended (wall clock, as the arrival).
-        probe_run: list[tuple[float, float]] = []
+    if args.gc_thresholds:
+        gc.set_threshold(*(int(x) for x in args.gc_thresholds.split(",")))
+    await asyncio.sleep(3 * args.period + 2)  # every asset predicted once, load steady
+    runs0, rows0, cpu0, t0 = runner.runs, trigger.marks, _cpu(), time.perf_counter()
+    wait0 = runner.publish_wait_s
+    # Where a run's time goes: the whole tick (features, inference, sinks) per run.
+    tick = runner.tick
+    tick_s: list[float] = []
+    rows: list[int] = []
+    # The probe's own run: when it started and ended (wall clock, as the arrival).
+    probe_run: list[tuple[float, float]] = []
 
-        async def timed(assets: Sequence[str] | None = None) -> list[Any]:
-            started, wall = time.perf_counter(), time.time()
-            try:
-                return await tick(assets)
-            finally:
-                tick_s.append(time.perf_counter() - started)
-                rows.append(len(assets) if assets is not None else args.assets + 1)
-                if assets is not None and "probe" in assets:
-                    probe_run.append((wall, time.time()))
+    async def timed(assets: Sequence[str] | None = None) -> list[Any]:
+        started, wall = time.perf_counter(), time.time()
+        try:
+            return await tick(assets)
+        finally:
+            tick_s.append(time.perf_counter() - started)
+            rows.append(len(assets) if assets is not None else args.assets + 1)
+            if assets is not None and "probe" in assets:
+                probe_run.append((wall, time.time()))
 
-        runner.tick = timed  # type: ignore[method-assign]
-        sink_s = _time_sinks(g)
-        # Where the event loop's time goes (the loop thread only; it slows everything down,
-        # so the latencies of a profiled run are not the product's).
-        profiler = cProfile.Profile() if args.profile else None
-        if profiler is not None:
-            profiler.enable()
-        rng = random.Random(1)
-        for k in range(1, args.samples + 1):
-            value = float(k)
-            while not seen.empty():
-                seen.get_nowait()
+    runner.tick = timed  # type: ignore[method-assign]
+    sink_s = _time_sinks(g)
+    # Where the event loop's time goes (the loop thread only; it slows everything down,
+    # so the latencies of a profiled run are not the product's).
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
+    pauses = _GcPauses()
+    gc.callbacks.append(pauses)
+    rng = random.Random(1)
+    for k in range(1, args.samples + 1):
+        value = float(k)
+        while not seen.empty():
+            seen.get_nowait()
+        probe_run.clear()
+        wrote = time.time()
+        await probe.write_attribute_value(probe_node, ua.DataValue(ua.Variant(value)))
+        try:
+            async with asyncio.timeout(5):
+                while True:
+                    at, got = await seen.get()
+                    if got == value:
+                        break
+        except TimeoutError:
+            lost += 1
+            if lost >= MAX_LOST:
+                break
+            continue
+        if value in arrivals:
+            arrived = arrivals.pop(value)
+            added.append((at - arrived) * 1000)
+            total.append((at - wrote) * 1000)
+            if probe_run:  # the probe's path: waiting for its run, the run, run -> HMI
+                run_start, run_end = probe_run[-1]
+                if arrived <= run_start <= run_end <= at:
+                    stages["wait"].append((run_start - arrived) * 1000)
+                    stages["run"].append((run_end - run_start) * 1000)
+                    stages["to_hmi"].append((at - run_end) * 1000)
             probe_run.clear()
-            wrote = time.time()
-            await probe.write_attribute_value(probe_node, ua.DataValue(ua.Variant(value)))
-            try:
-                async with asyncio.timeout(5):
-                    while True:
-                        at, got = await seen.get()
-                        if got == value:
-                            break
-            except TimeoutError:
-                lost += 1
-                if lost >= MAX_LOST:
-                    break
-                continue
-            if value in arrivals:
-                arrived = arrivals.pop(value)
-                added.append((at - arrived) * 1000)
-                total.append((at - wrote) * 1000)
-                if probe_run:  # the probe's path: waiting for its run, the run, run -> HMI
-                    run_start, run_end = probe_run[-1]
-                    if arrived <= run_start <= run_end <= at:
-                        stages["wait"].append((run_start - arrived) * 1000)
-                        stages["run"].append((run_end - run_start) * 1000)
-                        stages["to_hmi"].append((at - run_end) * 1000)
-                probe_run.clear()
-            # Probes land at every phase of the load's cycle.
-            await asyncio.sleep(rng.uniform(0.05, 0.25))
-        span = time.perf_counter() - t0
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(args.profile)
-        runs, changes, cpu = runner.runs - runs0, trigger.marks - rows0, _cpu() - cpu0
-        publish_s = runner.publish_wait_s - wait0
-        runner.tick = tick  # type: ignore[method-assign]
-        await sub.delete()
+        # Probes land at every phase of the load's cycle.
+        await asyncio.sleep(rng.uniform(0.05, 0.25))
+    span = time.perf_counter() - t0
+    gc.callbacks.remove(pauses)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+    runs, changes, cpu = runner.runs - runs0, trigger.marks - rows0, _cpu() - cpu0
+    publish_s = runner.publish_wait_s - wait0
+    runner.tick = tick  # type: ignore[method-assign]
     return {
         "assets": args.assets + 1,
         "load_changes_per_s": round(args.assets / args.period),
@@ -280,15 +336,41 @@ async def _probe(
         "input_changes_per_s": round(changes / span),
         "process_cpu_percent": round(100 * cpu / span, 1),
         "hmi_publishing_interval_ms": args.hmi_ms,
-        "hmi_revised_publishing_interval_ms": revised,
         "source_publishing_interval_ms": 100,
         "min_interval_ms": 10,
-        "note": "gateway, probe server and HMI client in this process; load server in its own",
+        "gc_pauses_ms": pauses.summary(span),
+        "note": "gateway and probe server in this process; HMI client and load server in their own",
     }
+
+
+async def hmi_client(port: int, hmi_ms: float) -> None:
+    """The HMI (``--hmi-client PORT``): subscribes to the probe asset's prediction and prints
+    each notification's arrival (wall clock) and value, one line each, until terminated."""
+
+    class Handler:
+        def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+            if isinstance(val, float):
+                sys.stdout.write(f"{time.time()!r} {val!r}\n")
+                sys.stdout.flush()
+
+    async with Client(f"opc.tcp://127.0.0.1:{port}", timeout=10) as client:
+        pns = await client.get_namespace_index("urn:bridge:predictions")
+        sub = await client.create_subscription(hmi_ms, Handler())
+        node = client.get_node(make_node_id("Predictions.probe.echo.Value", pns))
+        await sub.subscribe_data_change(node)
+        revised = sub.parameters.RequestedPublishingInterval
+        print(json.dumps({"revised_ms": revised}), flush=True)
+        await asyncio.Event().wait()
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hmi-client", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--gc-thresholds",
+        metavar="G0,G1,G2",
+        help="override the collector thresholds the gateway sets after start (experiments)",
+    )
     parser.add_argument("--assets", type=int, default=2000)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--period", type=float, default=1.0, help="load: each input changes once")
@@ -300,6 +382,10 @@ async def main() -> None:
         "--quick", action="store_true", help="smoke run (200 assets, 40 samples): not the target"
     )
     args = parser.parse_args()
+    if args.hmi_client:
+        logging.disable(logging.WARNING)  # asyncua's notes on a plain session are not figures
+        await hmi_client(args.hmi_client, args.hmi_ms)
+        return
     if args.quick:
         args.assets, args.samples = min(args.assets, 200), min(args.samples, 40)
     configure_logging("warning")
@@ -352,6 +438,13 @@ async def main() -> None:
         f"max {r['max']} ms; of which "
         f"handing predictions to the sinks {r['publish_mean']} ms on average, inference "
         f"{r['inference_last']} ms (last run)"
+    )
+    print(
+        "garbage collector in the gateway's process: "
+        + "; ".join(
+            f"{k} {v['per_s']}/s, p50 {v['p50']} ms, max {v['max']} ms"
+            for k, v in figures["gc_pauses_ms"].items()
+        )
     )
     print(f"written {write_result('trigger', figures)}")
 

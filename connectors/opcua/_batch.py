@@ -10,10 +10,10 @@ those awaits ever suspends unless a subscription publishes with a 0 ms interval.
 :class:`BatchWriter` does the same work in one plain loop over a batch:
 
 - stores the DataValue in the node's ``AttributeValue`` (resolved once per node id through the
-  public ``AddressSpace.get`` and kept: the nodes written are never deleted while the server
-  runs; a node deleted after its first write would go on taking values unseen), with asyncua's
-  rules: a Bad status nulls the value, a variant of
-  another type than the variable's is refused with ``BadTypeMismatch``;
+  public ``AddressSpace.get``, at start for the whole namespace (``prepare``), and kept: whoever
+  deletes a node must tell the writer (``forget``), or the node goes on taking values unseen),
+  with asyncua's rules: a Bad status nulls the value, a variant of another type than the
+  variable's is refused with ``BadTypeMismatch``;
 - for every monitored item of every client subscription, keeps the DataValue as the item's
   current value **without** the deep copy (the DataValues come from ``connectors.opcua.encode``,
   are built fresh per write and never mutated afterwards), applies asyncua's own change/deadband
@@ -144,6 +144,21 @@ class BatchWriter:
         for isub in immediate:
             await isub._trigger_publish()
         return failures
+
+    def prepare(self, namespace_index: int) -> int:
+        """Resolve every Value attribute of the namespace now; returns how many. Called at
+        start-up, before the gateway moves what start-up built out of the cyclic collector's
+        reach (``gc.freeze``): resolved lazily, the ~10 targets per prediction slot would be
+        young objects that every full collection walks again."""
+        for nodeid in list(self._aspace.keys()):
+            if nodeid.NamespaceIndex == namespace_index and nodeid not in self._targets:
+                self._resolve(nodeid)
+        return len(self._targets)
+
+    def forget(self, nodeids: Iterable[ua.NodeId]) -> None:
+        """The nodes are deleted (or about to be): a later write to one fails BadNodeIdUnknown."""
+        for nodeid in nodeids:
+            self._targets.pop(nodeid, None)
 
     def _resolve(self, nodeid: ua.NodeId) -> _Target | None:
         node = self._aspace.get(nodeid)

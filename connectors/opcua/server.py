@@ -182,6 +182,7 @@ class PredictionServer:
             raise ConnectorError(f"{self.name}: cannot start OPC UA server: {exc!r}") from exc
         self._server = server
         self._writer = BatchWriter(server)
+        self._writer.prepare(ns)
         self._state, self._detail = "ok", ""
         self._warn_about_access()
         self._log.info("server_started", slots=len(self._slots), namespace_index=ns)

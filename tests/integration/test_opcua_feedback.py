@@ -5,10 +5,11 @@ client calls a real PredictionServer whose FeedbackService is the gateway's, ove
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from bridge.store.db import Store, open_store
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
 from bridge.store.repository import PredictionRepository
-from bridge.types import Prediction, PredictionSlot, Quality, SinkContext
+from bridge.types import InputSnapshot, Prediction, PredictionSlot, Quality, SinkContext
 from connectors.opcua import OpcUaServerSettings, PredictionServer
 from connectors.opcua.server_config import OpcUaServerUser
 
@@ -143,3 +144,27 @@ async def test_older_stored_id_is_accepted_unknown_and_foreign_ids_are_refused(r
     stored = _labels(rig.store, [p.id for p in history] + [other.id])
     assert stored == [(history[0].id, "acknowledge", "ops", "")]
     assert rig.server.health().counters["feedback_refused"] == 3
+
+
+async def test_shown_predictions_are_kept_out_of_the_collectors_reach(rig: Rig) -> None:
+    """The server remembers the predictions it showed (for feedback on the newest ids before
+    the store has them) as untracked tuples, not as Prediction objects with their inputs: at
+    2,000 assets those were ~400,000 objects that every full collection walked again."""
+    inputs = tuple(InputSnapshot(f"t{k}", float(k), Quality.GOOD, time.time()) for k in range(3))
+    history = [
+        replace(prediction(asset, seq, "ok"), inputs=inputs)
+        for seq in range(1, 101)
+        for asset in ("P1", "P2")
+    ]
+    gc.collect()
+    before = len(gc.get_objects())
+    for k in range(0, len(history), 20):
+        await rig.server.write(history[k : k + 20])
+    newest, shown = history[-1].id, {p.id for p in history}
+    del history
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, Prediction) and o.id in shown]
+    # 200 predictions shown: what is left for the collector does not grow with them.
+    assert len(gc.get_objects()) - before < 100
+    # And feedback still finds the newest one without the store.
+    assert await _call(rig.url, "P2", "Acknowledge", newest, "") == [newest]
