@@ -69,23 +69,46 @@ def _json_value(v: Any) -> str:
     return _JSON.encode(v)
 
 
+# Per tag, the start of its object up to the value: ``{"tag":"<tag>","value":``. A plant's tags
+# come again in every prediction: escaped once, not once per row. Bounded: a mapping has a
+# bounded number of tags, but reloads may bring others.
+_TAG_HEADS: dict[str, str] = {}
+_MAX_TAG_HEADS = 200_000
+# Per quality, the text between the value and the source time.
+_MIDDLES = {q: f',"quality":{_ascii(q.label)},"source_time":' for q in Quality}
+
+
+def _tag_head(tag: str) -> str:
+    head = f'{{"tag":{_json_value(tag)},"value":'
+    # Only a real str is kept: keys equal to it (1 and 1.0) may have other texts.
+    if type(tag) is str:
+        if len(_TAG_HEADS) >= _MAX_TAG_HEADS:
+            _TAG_HEADS.clear()
+        _TAG_HEADS[tag] = head
+    return head
+
+
+def _middle(q: Quality) -> str:
+    return f',"quality":{_json_value(_label(q))},"source_time":'
+
+
 def inputs_to_json(inputs: tuple[InputSnapshot, ...]) -> str:
     """The same text as ``json.dumps([{"tag", "value", "quality", "source_time"}, ...],
     separators=(",", ":"))``, written directly: it is most of the store writer's own CPU per
-    prediction (~2x faster than building dicts for the encoder; a property test holds the two
-    equal)."""
-    return (
-        "["
-        + ",".join(
-            [
-                f'{{"tag":{_json_value(i.tag)},"value":{_json_value(i.value)},'
-                f'"quality":{_json_value(_label(i.quality))},'
-                f'"source_time":{_json_value(i.source_time)}}}'
-                for i in inputs
-            ]
-        )
-        + "]"
-    )
+    prediction (a property test holds the two equal). The common input, a finite float value
+    with a finite float source time, is one f-string around two float reprs (the reprs are
+    most of what is left); anything else goes through ``_json_value``."""
+    parts: list[str] = []
+    for i in inputs:
+        tag, v, t, q = i.tag, i.value, i.source_time, i.quality
+        head = (_TAG_HEADS.get(tag) if type(tag) is str else None) or _tag_head(tag)
+        middle = _MIDDLES[q] if type(q) is Quality else _middle(q)
+        # x - x == 0.0 is false for NaN and the infinities, which JSON spells its own way.
+        if type(v) is float and type(t) is float and v - v == 0.0 and t - t == 0.0:
+            parts.append(f"{head}{v!r}{middle}{t!r}}}")
+        else:
+            parts.append(f"{head}{_json_value(v)}{middle}{_json_value(t)}}}")
+    return "[" + ",".join(parts) + "]"
 
 
 def _tag_value(raw: Any) -> TagValue:
