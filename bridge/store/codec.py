@@ -69,23 +69,8 @@ def _json_value(v: Any) -> str:
     return _JSON.encode(v)
 
 
-# Per tag, the start of its object up to the value: ``{"tag":"<tag>","value":``. A plant's tags
-# come again in every prediction: escaped once, not once per row. Bounded: a mapping has a
-# bounded number of tags, but reloads may bring others.
-_TAG_HEADS: dict[str, str] = {}
-_MAX_TAG_HEADS = 200_000
 # Per quality, the text between the value and the source time.
 _MIDDLES = {q: f',"quality":{_ascii(q.label)},"source_time":' for q in Quality}
-
-
-def _tag_head(tag: str) -> str:
-    head = f'{{"tag":{_json_value(tag)},"value":'
-    # Only a real str is kept: keys equal to it (1 and 1.0) may have other texts.
-    if type(tag) is str:
-        if len(_TAG_HEADS) >= _MAX_TAG_HEADS:
-            _TAG_HEADS.clear()
-        _TAG_HEADS[tag] = head
-    return head
 
 
 def _middle(q: Quality) -> str:
@@ -100,14 +85,13 @@ def inputs_to_json(inputs: tuple[InputSnapshot, ...]) -> str:
     most of what is left); anything else goes through ``_json_value``."""
     parts: list[str] = []
     for i in inputs:
-        tag, v, t, q = i.tag, i.value, i.source_time, i.quality
-        head = (_TAG_HEADS.get(tag) if type(tag) is str else None) or _tag_head(tag)
+        tag, v, t, q = _json_value(i.tag), i.value, i.source_time, i.quality
         middle = _MIDDLES[q] if type(q) is Quality else _middle(q)
         # x - x == 0.0 is false for NaN and the infinities, which JSON spells its own way.
         if type(v) is float and type(t) is float and v - v == 0.0 and t - t == 0.0:
-            parts.append(f"{head}{v!r}{middle}{t!r}}}")
+            parts.append(f'{{"tag":{tag},"value":{v!r}{middle}{t!r}}}')
         else:
-            parts.append(f"{head}{_json_value(v)}{middle}{_json_value(t)}}}")
+            parts.append(f'{{"tag":{tag},"value":{_json_value(v)}{middle}{_json_value(t)}}}')
     return "[" + ",".join(parts) + "]"
 
 
