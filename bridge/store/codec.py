@@ -69,23 +69,30 @@ def _json_value(v: Any) -> str:
     return _JSON.encode(v)
 
 
+# Per quality, the text between the value and the source time.
+_MIDDLES = {q: f',"quality":{_ascii(q.label)},"source_time":' for q in Quality}
+
+
+def _middle(q: Quality) -> str:
+    return f',"quality":{_json_value(_label(q))},"source_time":'
+
+
 def inputs_to_json(inputs: tuple[InputSnapshot, ...]) -> str:
     """The same text as ``json.dumps([{"tag", "value", "quality", "source_time"}, ...],
     separators=(",", ":"))``, written directly: it is most of the store writer's own CPU per
-    prediction (~2x faster than building dicts for the encoder; a property test holds the two
-    equal)."""
-    return (
-        "["
-        + ",".join(
-            [
-                f'{{"tag":{_json_value(i.tag)},"value":{_json_value(i.value)},'
-                f'"quality":{_json_value(_label(i.quality))},'
-                f'"source_time":{_json_value(i.source_time)}}}'
-                for i in inputs
-            ]
-        )
-        + "]"
-    )
+    prediction (a property test holds the two equal). The common input, a finite float value
+    with a finite float source time, is one f-string around two float reprs (the reprs are
+    most of what is left); anything else goes through ``_json_value``."""
+    parts: list[str] = []
+    for i in inputs:
+        tag, v, t, q = _json_value(i.tag), i.value, i.source_time, i.quality
+        middle = _MIDDLES[q] if type(q) is Quality else _middle(q)
+        # x - x == 0.0 is false for NaN and the infinities, which JSON spells its own way.
+        if type(v) is float and type(t) is float and v - v == 0.0 and t - t == 0.0:
+            parts.append(f'{{"tag":{tag},"value":{v!r}{middle}{t!r}}}')
+        else:
+            parts.append(f'{{"tag":{tag},"value":{_json_value(v)}{middle}{_json_value(t)}}}')
+    return "[" + ",".join(parts) + "]"
 
 
 def _tag_value(raw: Any) -> TagValue:

@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bridge.errors import StoreError
 from bridge.types import Prediction
 
-from .bulk import insert_new
+from .bulk import KeyConflict, insert_fresh, insert_new
 from .codec import PREDICTION_COLUMNS, prediction_row
 from .db import Store
 from .outbox import OnCommit, OutboxHook
@@ -41,26 +41,45 @@ class PredictionRepository:
         """
         if not predictions:
             return
-        table: Any = PredictionRow.__table__
         revision = self.mapping_revision
         rows = [prediction_row(p, revision) for p in predictions]
-        on_commit: list[OnCommit] = []
+        try:
+            on_commit = self._write(predictions, rows, outbox, replay=False)
+        except KeyConflict:
+            # Some are stored already (a replayed batch): that transaction was rolled back,
+            # this one skips them and stages events only for the others.
+            on_commit = self._write(predictions, rows, outbox, replay=True)
+        # Only once committed: a failed batch is retried and would count twice.
+        for done in on_commit:
+            done()
+
+    def _write(
+        self,
+        predictions: Sequence[Prediction],
+        rows: list[tuple[Any, ...]],
+        outbox: Sequence[OutboxHook],
+        *,
+        replay: bool,
+    ) -> list[OnCommit]:
+        """One transaction of the batch. Without ``replay`` every prediction must be new (the
+        plain insert, the fast one; ``KeyConflict`` otherwise); with it, stored ones are
+        skipped (ON CONFLICT DO NOTHING, returning the ids it inserted)."""
+        table: Any = PredictionRow.__table__
         try:
             with self._store.sessions.begin() as session:
                 if self._gateway_id is not None:
                     record_sequences(session, self._store.dialect, self._gateway_id, predictions)
-                # Bulk paths (bridge.store.bulk): COPY on PostgreSQL, multi-row VALUES on
-                # SQLite; ON CONFLICT DO NOTHING either way, returning the ids it inserted.
-                new_ids = insert_new(session, table, PREDICTION_COLUMNS, rows, "prediction_id")
-                if outbox:
-                    fresh = predictions
+                # Bulk paths (bridge.store.bulk): COPY on PostgreSQL, executemany or multi-row
+                # VALUES on SQLite.
+                fresh = predictions
+                if not replay:
+                    insert_fresh(session, table, PREDICTION_COLUMNS, rows, "prediction_id")
+                else:
+                    new_ids = insert_new(session, table, PREDICTION_COLUMNS, rows, "prediction_id")
                     if len(new_ids) != len(predictions):
                         stored = set(new_ids)
                         fresh = [p for p in predictions if p.id in stored]
-                    # Event rules run here, so an event exists iff its prediction committed.
-                    on_commit = [hook.stage(session, fresh) for hook in outbox]
+                # Event rules run here, so an event exists iff its prediction committed.
+                return [hook.stage(session, fresh) for hook in outbox]
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store {len(rows)} predictions: {exc}") from exc
-        # Only once committed: a failed batch is retried and would count twice.
-        for done in on_commit:
-            done()

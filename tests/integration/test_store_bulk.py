@@ -1,8 +1,10 @@
-"""The store writer's bulk path (bridge.store.bulk: multi-row VALUES on SQLite, COPY through a
-staging table on PostgreSQL) on both backends: a batch gives exactly its rows, with the values
-the ORM path wrote, in batch order; a retried batch stages events only for the predictions new
-to the store; a bad row fails its whole batch the way it did before (a database refusal is a
-StoreError and nothing of the batch stays; a Python error stays a Python error)."""
+"""The store writer's bulk path (bridge.store.bulk) on both backends: new predictions by
+executemany on SQLite and COPY straight into the table on PostgreSQL; a batch with stored ones
+by multi-row VALUES ... RETURNING on SQLite and COPY through a staging table on PostgreSQL. A
+batch gives exactly its rows, with the values the ORM path wrote, in batch order; a retried
+batch stages events only for the predictions new to the store; a bad row fails its whole batch
+the way it did before (a database refusal is a StoreError and nothing of the batch stays; a
+Python error stays a Python error)."""
 
 from __future__ import annotations
 
@@ -19,10 +21,12 @@ from stores import BACKENDS, PG_URL, temp_store
 
 from bridge.errors import StoreError
 from bridge.outbox.feed import Budget, OutboxFeed
-from bridge.store.codec import prediction_to_values
+from bridge.store.bulk import KeyConflict, insert_fresh
+from bridge.store.codec import PREDICTION_COLUMNS, prediction_row, prediction_to_values
 from bridge.store.db import Store
 from bridge.store.outbox import OnCommit
 from bridge.store.repository import PredictionRepository
+from bridge.store.tables import PredictionRow
 from bridge.types import (
     Contribution,
     Explanation,
@@ -286,3 +290,75 @@ def test_postgresql_connection_lost_inside_a_batch_is_a_store_error(tmp_path: Pa
             repo.add_many([_prediction(i) for i in range(5)], [Killer()])
         repo.add_many([_prediction(i) for i in range(5)], [_feed()])
         assert _rows(store, "SELECT count(*) AS n FROM outbox")[0]["n"] == 5
+
+
+def test_insert_fresh_writes_new_rows_and_flags_a_stored_key(store: Store) -> None:
+    """New rows go in whole and in order; a batch with one stored key raises KeyConflict, and
+    after the caller's rollback nothing of that batch is left."""
+    table: Any = PredictionRow.__table__
+    first = [prediction_row(_prediction(i), REVISION) for i in range(BATCH)]
+    with store.sessions.begin() as session:
+        insert_fresh(session, table, PREDICTION_COLUMNS, first, "prediction_id")
+    replay = [prediction_row(_prediction(i, seq=2), REVISION) for i in range(10)] + [first[7]]
+    with pytest.raises(KeyConflict), store.sessions.begin() as session:
+        insert_fresh(session, table, PREDICTION_COLUMNS, replay, "prediction_id")
+    ids = [
+        r["prediction_id"]
+        for r in _rows(store, "SELECT prediction_id FROM predictions ORDER BY id")
+    ]
+    assert ids == [row[0] for row in first]
+
+
+class Probe:
+    """An outbox hook that looks, inside the batch's transaction, at how the predictions went
+    in: rows in the PostgreSQL staging table (the path that skips stored ones) or the SQLite
+    statements seen so far."""
+
+    def __init__(self, statements: list[str] | None = None) -> None:
+        self.staged: list[int] = []
+        self.statements = statements
+        self.returning: list[bool] = []
+
+    def stage(self, session: Session, predictions: Sequence[Prediction]) -> OnCommit:
+        conn = session.connection()
+        if conn.dialect.name == "postgresql":
+            count = conn.exec_driver_sql("SELECT count(*) FROM bridge_stage_predictions").scalar()
+            self.staged.append(int(count or 0))
+        if self.statements is not None:
+            self.returning.append(
+                any("INTO predictions" in s and "RETURNING" in s for s in self.statements)
+            )
+            self.statements.clear()
+        return lambda: None
+
+
+def test_postgresql_copies_new_predictions_straight_into_the_table(tmp_path: Path) -> None:
+    """The staging table (COPY, then INSERT ... SELECT ... ON CONFLICT) is only for a batch
+    with stored predictions: a batch of new ones is one COPY into the table."""
+    with temp_store("postgresql", tmp_path) as store:
+        repo = PredictionRepository(store, REVISION, "gw-1")
+        batch = [_prediction(i) for i in range(BATCH)]
+        probe = Probe()
+        repo.add_many(batch[: BATCH // 2], [probe])
+        repo.add_many(batch, [probe])  # the first half is stored: the other path
+        assert probe.staged == [0, BATCH]
+        assert _rows(store, "SELECT count(*) AS n FROM predictions")[0]["n"] == BATCH
+
+
+def test_sqlite_inserts_new_predictions_without_returning(tmp_path: Path) -> None:
+    """RETURNING (a multi-row INSERT that says which rows it added) is only for a batch with
+    stored predictions: a batch of new ones is a plain executemany."""
+    with temp_store("sqlite", tmp_path) as store:
+        statements: list[str] = []
+
+        def trace(dbapi: Any, _record: Any, _proxy: Any) -> None:
+            dbapi.set_trace_callback(statements.append)
+
+        event.listen(store.engine, "checkout", trace)
+        repo = PredictionRepository(store, REVISION, "gw-1")
+        batch = [_prediction(i) for i in range(BATCH)]
+        probe = Probe(statements)
+        repo.add_many(batch[: BATCH // 2], [probe])
+        repo.add_many(batch, [probe])
+        assert probe.returning == [False, True]
+        assert _rows(store, "SELECT count(*) AS n FROM predictions")[0]["n"] == BATCH
