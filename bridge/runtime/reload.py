@@ -395,6 +395,8 @@ class Reloader:
         if self.outputs is not None:
             outputs = await self.outputs.apply(new, diff.changed["outputs"])
             self.live.follow_sinks()
+            if outputs.started or outputs.restarted:
+                self.live.wake()  # a new HMI server shows the serving versions at once
 
         # 2. Stop what goes away or is rebuilt (their tasks end before the table changes).
         gone_sources = diff.removed["sources"] + diff.changed["sources"]

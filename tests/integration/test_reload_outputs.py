@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,8 +174,10 @@ class Rig:
         self.path.write_text(self.text(plan))
         self.plan = plan
 
-    async def reload(self, plan: Plan) -> dict[str, Any]:
-        self.write(plan)
+    async def reload(self, plan: Plan, edit: Callable[[str], str] = str) -> dict[str, Any]:
+        """Write ``plan``'s mapping (changed by ``edit``) and reload it."""
+        self.plan = plan
+        self.path.write_text(edit(self.text(plan)))
         async with httpx.AsyncClient(timeout=60) as client:
             response = await client.post(
                 f"{self.api}/api/v1/reload", headers={"Authorization": f"Bearer {self.key}"}
@@ -424,6 +426,17 @@ async def test_reload_starts_and_stops_mes_destinations(
         assert len(mes_a.calls) > calls_a  # the unchanged destination goes on
         assert relay("mes-a") is relay_a
 
+        # A changed destination is restarted alone: a new relay, and it goes on sending.
+        url = f'url: "http://127.0.0.1:{mes_a.port}/api/v1/predictions"'
+        body = await rig.reload(
+            Plan(mes={"mes-a": mes_a.port}), lambda t: t.replace(url, f"{url}, timeout_s: 7")
+        )
+        assert body["changes"]["outputs.changed"] == ["mes-a"]
+        assert relay("mes-a") is not relay_a
+        assert _hmi(g) is hmi
+        calls_a = len(mes_a.calls)
+        await wait_until(lambda: len(mes_a.calls) >= calls_a + 3, 15, what="mes-a again")
+
         # gateway: keys by name; probes and retention are applied, the API port needs a restart.
         body = await rig.reload(
             Plan(mes={"mes-a": mes_a.port}, grace=5.0, days=7.0, api_port=free_port())
@@ -454,13 +467,11 @@ async def test_a_model_added_by_a_reload_scores_drift_and_explains(tmp_path: Pat
         assert g.insight.insights["pump-drift"].monitor is not None
         # Rebuilt (a new period): new parts, built the same way, scoring from its new ticks.
         first = g.insight.insights["pump-drift"]
-        rig.path.write_text(rig.text(Plan(drift=True)).replace("period_s: 0.2", "period_s: 0.25"))
         rebuilt_at = time.time()
-        async with httpx.AsyncClient(timeout=60) as client:
-            response = await client.post(
-                f"{rig.api}/api/v1/reload", headers={"Authorization": f"Bearer {rig.key}"}
-            )
-        assert response.json()["changes"]["models.changed"] == ["pump-drift"]
+        body = await rig.reload(
+            Plan(drift=True), lambda t: t.replace("period_s: 0.2", "period_s: 0.25")
+        )
+        assert body["changes"]["models.changed"] == ["pump-drift"]
         assert g.insight.insights["pump-drift"] is not first
         [runner] = [r for r in g.runners if r.model.name == "pump-drift"]
         assert runner.model.period_s == 0.25
