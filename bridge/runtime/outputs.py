@@ -102,7 +102,6 @@ class Outputs:
         alerts: AlertSink,
         feedback: FeedbackService | None,
     ) -> None:
-        self._prepared = prepared
         self._store = store
         self._fanout = fanout
         self._store_sink = store_sink
@@ -168,7 +167,7 @@ class Outputs:
         redo = [n for n in new_names if n in old_names and n in changed]
         slots = slots_of(new)
         built = await asyncio.to_thread(self._build, new, slots, [*added, *redo])
-        self._prepared, self._slots = new, slots
+        self._slots = slots
 
         holds = {name: m.alerts for name, m in new.mapping.models.items()}
         self._alerts.follow(slots, new.mapping.models)
@@ -187,8 +186,9 @@ class Outputs:
 
         kept: dict[str, int] = {}
         for name in [*removed, *redo]:
-            left = await self._stop(name, forget=True)
-            if left is not None and name in removed:  # a restarted one sends them itself
+            # A restarted destination sends what it left itself; a removed one leaves it.
+            left = await self._stop(name, forget=True, count=name in removed)
+            if left is not None:
                 kept[name] = left
         failed: list[str] = []
         for name in [*added, *redo]:
@@ -200,9 +200,13 @@ class Outputs:
                 await self._start(name)
             except Exception as exc:  # e.g. the HMI port taken: the rest of the reload stands
                 log.error("output_start_failed", output=name, error=str(exc))
-                self._sinks.pop(name, None)
-                self._durables.pop(name, None)
                 failed.append(name)
+                part = self._sinks.pop(name, None) or self._durables.pop(name, None)
+                try:
+                    if part is not None:
+                        await part.close()  # what it started before it failed
+                except Exception:
+                    log.exception("output_close_failed", output=name)
         self._fanout_sinks()
         self._store_sink.set_outbox(self.feeds)
         for hook in self.alert_feed_hooks:
@@ -255,8 +259,9 @@ class Outputs:
             await self._durables[name].start()  # seeds stateful rules, destination, relay
         self._started.append(name)
 
-    async def _stop(self, name: str, *, forget: bool = False) -> int | None:
-        """Close output ``name``; for a destination, the events it leaves in the outbox."""
+    async def _stop(self, name: str, *, forget: bool = False, count: bool = False) -> int | None:
+        """Close output ``name`` (``forget``: and drop it); with ``count``, the undelivered
+        events a destination leaves in the outbox."""
         was_started = name in self._started
         if was_started:
             self._started.remove(name)
@@ -279,7 +284,7 @@ class Outputs:
                 hook(self.alert_feeds)
         if was_started:
             await durable.close()
-        if not forget:
+        if not count:
             return None
         try:
             left = await asyncio.to_thread(OutboxRepository(self._store).pending_count, name)

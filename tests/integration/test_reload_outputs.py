@@ -376,6 +376,14 @@ async def test_reload_adds_and_removes_hmi_nodes_and_keeps_subscriptions(
         assert max(gaps) < 3 * PERIOD_S, gaps
         assert hmi.health().counters["write_errors"] == 0
 
+        # An output that cannot start (its port is the API's) is named; the rest goes on.
+        busy = HMI.replace("hmi:", "hmi2:").format(hmi=rig.ports["api"])
+        body = await rig.reload(Plan(pumps=V2), lambda t: t + busy)
+        assert body["changes"]["outputs.failed"] == ["hmi2"]
+        assert body["restart_needed"] == ["outputs.hmi2"]
+        assert _hmi(g) is hmi and [s.name for s in g.sinks] == ["hmi"]
+        assert await _status_of(client, ns, _value_id("pump-05")) == "Good"
+
 
 async def test_reload_starts_and_stops_mes_destinations(
     tmp_path: Path, mes_a: MesReceiver, mes_b: MesReceiver
