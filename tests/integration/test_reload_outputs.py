@@ -406,6 +406,15 @@ async def test_reload_starts_and_stops_mes_destinations(
         assert body["changes"]["outputs.added"] == ["mes-b"]
         await wait_until(lambda: len(mes_b.calls) >= 3, 15, what="mes-b receives")
         assert body["outbox_kept"] == {} and body["restart_needed"] == []
+        # /metrics follows: the added destination's counters are scraped.
+        async with httpx.AsyncClient(timeout=10) as client:
+            scrape = (await client.get(f"{rig.api}/metrics")).text
+        delivered = [
+            line
+            for line in scrape.splitlines()
+            if line.startswith('bridge_outbox_delivered_total{destination="mes-b"}')
+        ]
+        assert delivered and float(delivered[0].split()[-1]) >= 1, delivered
         assert {c.body["asset"] for c in mes_b.calls} <= {pump(n) for n in V1}
         assert relay("mes-a") is relay_a
         assert _hmi(g) is hmi
