@@ -120,6 +120,29 @@ class LabelAlert:
     previous: str
 
 
+def follow_tracks(
+    tracks: Mapping[tuple[str, str], LabelTrack],
+    slots: Iterable[PredictionSlot],
+    holds: Mapping[str, Hold] | None,
+) -> dict[tuple[str, str], LabelTrack]:
+    """One track per slot with labels: an existing track is kept (its state goes on) while its
+    normal label and hold are the same; a new slot, or one whose were changed, starts one."""
+    out: dict[tuple[str, str], LabelTrack] = {}
+    for slot in slots:
+        if not slot.labels:
+            continue
+        key = (slot.asset, slot.model)
+        hold = (holds or {}).get(slot.model, IMMEDIATE)
+        old = tracks.get(key)
+        same = old is not None and (old.normal, old.raise_after, old.clear_after) == (
+            slot.labels[0],
+            hold.raise_after,
+            hold.clear_after,
+        )
+        out[key] = old if same and old is not None else LabelTrack.held(slot.labels[0], hold)
+    return out
+
+
 class AlertRule:
     """The rule over prediction batches, one ``LabelTrack`` per asset and model with labels."""
 
@@ -130,11 +153,11 @@ class AlertRule:
     ) -> None:
         """``holds``: the mapping's alert settings per model name; a model not in it (or no
         ``holds`` at all) alerts on every change (``IMMEDIATE``)."""
-        self._tracks: dict[tuple[str, str], LabelTrack] = {}
-        for slot in slots:
-            if slot.labels:
-                hold = (holds or {}).get(slot.model, IMMEDIATE)
-                self._tracks[(slot.asset, slot.model)] = LabelTrack.held(slot.labels[0], hold)
+        self._tracks = follow_tracks({}, slots, holds)
+
+    def follow(self, slots: Iterable[PredictionSlot], holds: Mapping[str, Hold] | None) -> None:
+        """Serve ``slots`` from now on (a mapping reload); see ``follow_tracks``."""
+        self._tracks = follow_tracks(self._tracks, slots, holds)
 
     def evaluate(self, batch: Sequence[Prediction]) -> list[LabelAlert]:
         alerts = []

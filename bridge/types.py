@@ -14,6 +14,7 @@ __all__ = [
     "Feedback",
     "FeedbackAction",
     "FeedbackService",
+    "FollowsSlots",
     "HealthState",
     "InputSnapshot",
     "ModelStatus",
@@ -291,3 +292,14 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
     def health(self) -> ComponentHealth: ...
+
+
+@runtime_checkable
+class FollowsSlots(Protocol):
+    """An output (a ``Sink`` or a durable destination) whose layout or bodies depend on the
+    (asset, model) pairs the gateway serves: a mapping reload that adds or removes assets or
+    models, or changes a model's version, labels or units, hands it the new slots instead of
+    restarting it (the HMI server adds and removes its nodes; the MES destination's bodies
+    take the new units). Optional: an output without it keeps the slots it was built with."""
+
+    async def follow_slots(self, slots: Sequence[PredictionSlot]) -> None: ...

@@ -29,7 +29,13 @@ class ReloadOut(BaseModel):
         description="What was applied, e.g. `sources.added`, `models.changed`, `tags.removed`."
     )
     restart_needed: list[str] = Field(
-        description="Parts that changed but apply only at the next start (e.g. `gateway`)."
+        description="`gateway:` keys that changed but apply only at the next start (e.g. "
+        "`gateway.api.port`), and outputs that could not start (`outputs.<name>`)."
+    )
+    outbox_kept: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per removed MES destination: its undelivered events, kept in the store "
+        "(`bridge outbox list`; sent if a destination of that name comes back).",
     )
 
 
@@ -46,8 +52,8 @@ def build_reload_router() -> APIRouter:
         response_model=ReloadOut,
         summary="Apply the changed mapping file without a restart",
         description="Reads the mapping file again, validates it like `bridge validate`, and "
-        "applies the difference: sources, tags and models added, removed or changed are "
-        "started, stopped or rebuilt; unchanged ones keep running untouched.",
+        "applies the difference: sources, tags, models and outputs added, removed or changed "
+        "are started, stopped or rebuilt; unchanged ones keep running untouched.",
         **route,
     )
     async def reload(services: Services, request: Request) -> ReloadOut | JSONResponse:
@@ -74,6 +80,7 @@ def build_reload_router() -> APIRouter:
             previous_revision=done.previous_revision,
             changes={k: list(v) for k, v in done.changes.items()},
             restart_needed=list(done.restart_needed),
+            outbox_kept=dict(done.outbox_kept),
         )
 
     return router

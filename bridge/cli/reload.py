@@ -75,6 +75,11 @@ def reload(url: str, api_key: str, ca_file: Path | None) -> None:
         click.echo("  nothing changed")
     for part in body.get("restart_needed") or []:
         click.echo(f"  needs a restart: {part}")
+    for destination, rows in sorted((body.get("outbox_kept") or {}).items()):
+        click.echo(
+            f"  {destination} removed: {rows} undelivered event(s) kept in the outbox "
+            "(bridge outbox list)"
+        )
 
 
 def _json(response: Any) -> dict[str, Any]:

@@ -73,6 +73,10 @@ class DriftAlertWriter(QueuedWriter[_Pending]):
         self._alert_feeds = tuple(alert_feeds)
         self.counters["duplicates"] = 0
 
+    def set_alert_feeds(self, alert_feeds: Sequence[AlertFeed]) -> None:
+        """Alerts raised from now on go to these destinations (a mapping reload changed them)."""
+        self._alert_feeds = tuple(alert_feeds)
+
     def raise_crossing(
         self,
         model: str,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 # The `alerts` rule is the gateway's one alert rule (the alert writer steps the same tracks).
-from bridge.alertrule import IMMEDIATE, Hold, LabelTrack, label_of
+from bridge.alertrule import Hold, LabelTrack, follow_tracks, label_of
 
 # The rules as settings live in the kernel (connectors declare them); evaluated here.
 from bridge.eventrules import DRIFT_RULES, EVENT_KINDS, EventRule, ThresholdRule, ThresholdSpec
@@ -76,6 +76,10 @@ class _Threshold:
         return None
 
 
+def _normals(slots: Iterable[PredictionSlot]) -> dict[_Key, str]:
+    return {(s.asset, s.model): s.labels[0] for s in slots if s.labels}
+
+
 class EventSelector:
     """The rules of one destination, with their state per (asset, model)."""
 
@@ -88,18 +92,23 @@ class EventSelector:
         """``holds``: the models' ``alerts:`` settings, the same the gateway's stored alerts
         use; a model without one alerts at every change to a fault label (``IMMEDIATE``)."""
         self.rules = tuple(rules) or ("every",)
-        self._normal = {(s.asset, s.model): s.labels[0] for s in slots if s.labels}
+        slots = tuple(slots)
+        self._normal = _normals(slots)
         self._labels: dict[_Key, str] = {}
         self._staged_labels: dict[_Key, str] = {}
-        self._tracks = {
-            key: LabelTrack.held(normal, (holds or {}).get(key[1], IMMEDIATE))
-            for key, normal in self._normal.items()
-        }
+        self._tracks = follow_tracks({}, slots, holds)
         self._staged_tracks: dict[_Key, LabelTrack] = {}
         self._thresholds = [
             _Threshold(r.threshold) for r in self.rules if isinstance(r, ThresholdRule)
         ]
         self._staged_thresholds: list[dict[_Key, bool]] = [{} for _ in self._thresholds]
+
+    def follow(self, slots: Iterable[PredictionSlot], holds: Mapping[str, Hold] | None) -> None:
+        """Serve ``slots`` from now on (a mapping reload): the state of a slot that stays goes
+        on (``bridge.alertrule.follow_tracks``); a new slot starts from its normal label."""
+        slots = tuple(slots)
+        self._normal = _normals(slots)
+        self._tracks = follow_tracks(self._tracks, slots, holds)
 
     @property
     def stateful(self) -> bool:

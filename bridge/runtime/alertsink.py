@@ -60,6 +60,10 @@ class AlertSink(QueuedWriter[NewAlert]):
         """The sink with each model's alert settings from the mapping."""
         return cls(repo, slots, alerts={name: m.alerts for name, m in models.items()})
 
+    def follow(self, slots: Sequence[PredictionSlot], models: Mapping[str, ResolvedModel]) -> None:
+        """Alert on ``slots`` from now on (a mapping reload); kept assets keep their state."""
+        self._rule.follow(slots, {name: m.alerts for name, m in models.items()})
+
     async def write(self, batch: Sequence[Prediction]) -> None:
         raised = self._rule.evaluate(batch)
         if not raised or self._closed:

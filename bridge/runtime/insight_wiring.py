@@ -18,7 +18,7 @@ from bridge.config.spec import OutboxSettings
 from bridge.destination import Destination, DestinationContext
 from bridge.drift.monitor import DriftCrossing
 from bridge.drift.writer import DriftAlertWriter
-from bridge.errors import ConfigError, ConfigIssue, StoreError
+from bridge.errors import BridgeError, ConfigError, ConfigIssue, StoreError
 from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.outbox.relay import Relay
 from bridge.outbox.wiring import feed_for, relay_settings_for
@@ -67,10 +67,22 @@ class StoreFeedback:
 
 @dataclass
 class Insight:
+    """The drift and explanation parts of a running gateway: one ``ModelInsight`` per model
+    with ``drift:`` or ``explain:`` (its ``enrich`` hooked into the model's runner), the drift
+    alert writer, and each ``drift.webhook``'s destination and relay. ``attach`` builds a
+    model's parts, at start and for a model a mapping reload adds or changes (``replace``)."""
+
     insights: dict[str, ModelInsight]
     writer: DriftAlertWriter
     webhooks: list[Destination] = field(default_factory=list)
     relays: list[Relay] = field(default_factory=list)
+    mapping: Mapping | None = None
+    store: Store | None = None
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    _started: bool = False
+    # Webhooks (and their relays) a reload took out or added, closed or started by ``settle``.
+    _closing: list[tuple[Destination, Relay]] = field(default_factory=list)
+    _opening: list[tuple[Destination, Relay]] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.writer.start()
@@ -78,37 +90,24 @@ class Insight:
             await hook.start()
         for relay in self.relays:
             await relay.start()
+        self._started = True
 
     async def close(self) -> None:
+        self._started = False
         for relay in self.relays:
             await relay.close()
         for hook in self.webhooks:
             await hook.close()
         await self.writer.close()
 
-
-def build_insight(
-    mapping: Mapping,
-    store: Store,
-    runners: Sequence[ModelRunner],
-    alert_feeds: Sequence[OutboxFeed],
-    outbox: OutboxSettings,
-) -> Insight:
-    """One ``ModelInsight`` per model that has ``drift:`` or ``explain:``, hooked into its
-    runner; one webhook destination (outbox + relay) per model with ``drift.webhook``."""
-    gid = mapping.gateway.id
-    writer = DriftAlertWriter(DriftAlertRepository(store), gid, alert_feeds)
-    repo = OutboxRepository(store, holder=gid)
-    budget = Budget(outbox.max_pending, outbox.when_full)
-    # The webhooks' relays cap retries like the MES's: one event answered 5xx forever is
-    # dead-lettered after ``max_retries`` / ``max_retry_age_s`` instead of blocking the model's.
-    relay_settings = relay_settings_for(outbox)
-    parts = Insight({}, writer)
-    registry = RegistryRepository(store)
-    for runner in runners:
-        m = runner.model
+    def attach(self, runner: ModelRunner) -> tuple[Destination, Relay] | None:
+        """Build the drift and explanation parts of ``runner``'s model if it has ``drift:`` or
+        ``explain:`` (with a ``reference``); the webhook and its relay, if any, are returned
+        not started."""
+        assert self.mapping is not None and self.store is not None
+        mapping, m = self.mapping, runner.model
         if m.reference is None or (m.drift is None and m.explain is None):
-            continue
+            return None
         reference = load_reference(m.reference, [f.name for f in m.features])
         first = m.assets[0] if m.assets else ""
         units = {
@@ -116,12 +115,21 @@ def build_insight(
             for f in m.features
             if f"{first}.{f.tag}" in mapping.tags
         }
+        webhook: tuple[Destination, Relay] | None = None
         webhook_feed: OutboxFeed | None = None
         if m.drift is not None and m.drift.webhook:
             hook = _webhook(mapping, m)
-            webhook_feed = feed_for(hook, budget)
-            parts.webhooks.append(hook)
-            parts.relays.append(Relay(hook, repo, webhook_feed, relay_settings))
+            # The webhooks' relays cap retries like the MES's: one event answered 5xx forever
+            # is dead-lettered after ``max_retries`` / ``max_retry_age_s`` instead of blocking
+            # the model's.
+            webhook_feed = feed_for(hook, Budget(self.outbox.max_pending, self.outbox.when_full))
+            repo = OutboxRepository(self.store, holder=mapping.gateway.id)
+            relay = Relay(hook, repo, webhook_feed, relay_settings_for(self.outbox))
+            self.webhooks.append(hook)
+            self.relays.append(relay)
+            webhook = (hook, relay)
+        writer = self.writer
+        registry = RegistryRepository(self.store)
 
         def on_crossing(
             c: DriftCrossing,
@@ -139,7 +147,73 @@ def build_insight(
 
         insight = ModelInsight(m, reference, units, on_crossing, lookup)
         runner.enrichers.append(insight.enrich)
-        parts.insights[m.name] = insight
+        self.insights[m.name] = insight
+        return webhook
+
+    def rewire(self, mapping: Mapping, gone: Sequence[str], runners: Sequence[ModelRunner]) -> None:
+        """A mapping reload, with no await (the runners must not tick half-way): the models
+        ``gone`` (removed, or changed) lose their parts, then ``runners`` (of models added or
+        changed) get theirs, built as at start (``attach``); a changed model's drift windows
+        start over. The webhooks gone and new are closed and started by ``settle``."""
+        self.mapping = mapping
+        for name in gone:
+            self._detach(name, runners)
+        for runner in runners:
+            try:
+                webhook = self.attach(runner)
+            except (BridgeError, OSError, ValueError) as exc:  # prepare checked them: unlikely
+                log.error("model_insight_not_built", model=runner.model.name, error=str(exc))
+                continue
+            if webhook is not None:
+                self._opening.append(webhook)
+            if runner.model.name in self.insights:
+                log.info("model_insight_built", model=runner.model.name)
+
+    async def settle(self) -> None:
+        """Close the webhooks of models gone, start those of models added (if this runs)."""
+        closing, self._closing = self._closing, []
+        opening, self._opening = self._opening, []
+        for hook, relay in closing:
+            await relay.close()
+            try:
+                await hook.close()
+            except Exception:
+                log.exception("destination_close_failed", destination=hook.name)
+        if self._started:
+            for hook, relay in opening:
+                await hook.start()
+                await relay.start()
+
+    def _detach(self, name: str, runners: Sequence[ModelRunner]) -> None:
+        insight = self.insights.pop(name, None)
+        if insight is not None:
+            for runner in runners:
+                if insight.enrich in runner.enrichers:
+                    runner.enrichers.remove(insight.enrich)
+        hooks = [h for h in self.webhooks if h.name == f"webhook-{name}"]
+        relays = [r for r in self.relays if r.destination in hooks]
+        self.webhooks[:] = [h for h in self.webhooks if h not in hooks]
+        self.relays[:] = [r for r in self.relays if r not in relays]
+        self._closing.extend((r.destination, r) for r in relays)
+
+    def set_alert_feeds(self, feeds: Sequence[OutboxFeed]) -> None:
+        """The durable destinations that get drift alerts (outputs a reload changed)."""
+        self.writer.set_alert_feeds(feeds)
+
+
+def build_insight(
+    mapping: Mapping,
+    store: Store,
+    runners: Sequence[ModelRunner],
+    alert_feeds: Sequence[OutboxFeed],
+    outbox: OutboxSettings,
+) -> Insight:
+    """One ``ModelInsight`` per model that has ``drift:`` or ``explain:``, hooked into its
+    runner; one webhook destination (outbox + relay) per model with ``drift.webhook``."""
+    writer = DriftAlertWriter(DriftAlertRepository(store), mapping.gateway.id, alert_feeds)
+    parts = Insight({}, writer, mapping=mapping, store=store, outbox=outbox)
+    for runner in runners:
+        parts.attach(runner)
     return parts
 
 

@@ -45,7 +45,10 @@ class LiveModels:
     service: RegistryService
     watcher: RegistryWatcher
     runners: Sequence[ModelRunner]
-    status_sinks: Sequence[ModelStatusSink] = ()
+    # The gateway's live outputs (changed in place by a mapping reload); those that show model
+    # versions (``ModelStatusSink``) get the watcher's statuses.
+    sinks: Sequence[Any] = ()
+    _running: bool = False
 
     def wake(self) -> None:
         self.watcher.wake()
@@ -60,14 +63,21 @@ class LiveModels:
     async def start(self) -> None:
         await self.watcher.seed()
         await self.watcher.sync()  # registry versions serve from the first tick
-        if self.status_sinks:
-            self.watcher.publish_status = self._publish
+        self._running = True
+        self.follow_sinks()
 
     async def close(self) -> None:
+        self._running = False
         self.watcher.publish_status = None
 
+    def follow_sinks(self) -> None:
+        """Publish statuses while an output shows them (the set changes with a reload); the
+        watcher reads accuracy from the store for them, so not otherwise."""
+        shown = self._running and any(isinstance(s, ModelStatusSink) for s in self.sinks)
+        self.watcher.publish_status = self._publish if shown else None
+
     async def _publish(self, statuses: Sequence[ModelStatus]) -> None:
-        for sink in self.status_sinks:
+        for sink in [s for s in self.sinks if isinstance(s, ModelStatusSink)]:
             try:
                 await sink.write_models(statuses)
             except Exception:  # a display must not stop the registry watcher
@@ -91,10 +101,9 @@ def live_models(
     for runner in runners:
         runner.record_comparisons = record
     watcher = RegistryWatcher(repo, runners, mapping.gateway.models.poll_s, policy)
-    status_sinks = [s for s in sinks if isinstance(s, ModelStatusSink)]
     # The REST API's registry knows the mapping: an unfitting version is refused at the call.
     service = RegistryService(repo, policy, {r.model.name: r.model for r in runners})
-    return LiveModels("registry", service, watcher, runners, status_sinks)
+    return LiveModels("registry", service, watcher, runners, sinks)
 
 
 def stored_comparison(c: CandidateComparison) -> Comparison:

@@ -109,7 +109,8 @@ class GatewayCollector(Collector):
     table: TagTable
     runners: Sequence[ModelRunner]
     store_sink: StoreSink
-    relays: Sequence[Relay]
+    # The outbox relays now (a mapping reload adds and removes destinations).
+    relays: Callable[[], Sequence[Relay]]
     health: Callable[[], Sequence[ComponentHealth]]
     predictions: PredictionCounter
     figures: StoreFigures
@@ -258,7 +259,7 @@ class GatewayCollector(Collector):
             key: CounterMetricFamily(name, doc, labels=labels)
             for key, (name, doc) in counters.items()
         }
-        for relay in self.relays:
+        for relay in self.relays():
             c = relay.health().counters
             name = relay.destination.name
             backlog.add_metric([name], c.get("backlog", 0))
@@ -445,7 +446,7 @@ def gateway_ops(
     table: TagTable,
     runners: Sequence[ModelRunner],
     store_sink: StoreSink,
-    relays: Sequence[Relay],
+    relays: Callable[[], Sequence[Relay]],
 ) -> GatewayOps:
     """The gateway's metrics and probes. Predictions are counted by a runner observer; all
     else is read from the parts when Prometheus scrapes."""

@@ -19,13 +19,9 @@ from typing import Any
 
 import structlog
 
-from bridge import plugins
 from bridge.api.view import ModelInfo
 from bridge.config.resolved import Mapping
-from bridge.destination import DestinationContext
 from bridge.lifecycle.policy import ModelPolicy, policy_of
-from bridge.outbox.relay import Relay
-from bridge.outbox.wiring import durable_outputs
 from bridge.prepare import Prepared
 from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.apiserver import ApiServer, api_server, ops_server
@@ -34,6 +30,7 @@ from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
 from bridge.runtime.live_models import LiveModels, live_models
 from bridge.runtime.lossalerts import LossAlerts
 from bridge.runtime.metrics import GatewayOps, gateway_ops
+from bridge.runtime.outputs import Outputs, slots_of
 from bridge.runtime.parts import model_runner, source_supervisor
 from bridge.runtime.reload import Reloader
 from bridge.runtime.retention import retention_for
@@ -47,11 +44,10 @@ from bridge.store.alerts import AlertRepository
 from bridge.store.db import Store, open_store
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
-from bridge.store.outbox import OutboxRepository
 from bridge.store.registry import RegistryRepository
 from bridge.store.sequences import SequenceRepository
 from bridge.store.sink import StoreSink
-from bridge.types import ComponentHealth, PredictionSlot, Sink, SinkContext, TagSample
+from bridge.types import ComponentHealth, Sink, TagSample
 
 __all__ = ["Gateway", "build_gateway"]
 
@@ -85,7 +81,7 @@ class Gateway:
     supervisors: list[SourceSupervisor]
     sinks: list[Sink]
     api: ApiServer | None
-    relays: list[Relay] = field(default_factory=list)
+    outputs: Outputs | None = None
     insight: Insight | None = None
     # Applies a changed mapping file in place (SIGHUP, POST /api/v1/reload, the file watch).
     reloader: Reloader | None = None
@@ -187,65 +183,34 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     gid = mapping.gateway.id
     boot_id = uuid.uuid4().hex[:12]
     tasks = TaskSet()
-    slots = tuple(
-        PredictionSlot(
-            asset,
-            name,
-            m.version,
-            prepared.models[name].sha256,
-            prepared.labels[name],
-            m.outputs.unit,
-            mapping.input_units(m, asset),
-        )
-        for name, m in mapping.models.items()
-        for asset in m.assets
-    )
     # Operator feedback (HMI methods) reaches the store through this narrow service.
     feedback = StoreFeedback(LabelRepository(store), LineageRepository(store))
-    context = SinkContext(gid, slots, feedback=feedback)
-    sink_kinds = plugins.sink_kinds()
-    outputs = [
-        sink_kinds[out.kind].factory(out.name, out.settings, context)
-        for out in mapping.outputs.values()
-        if out.kind in sink_kinds
-    ]
-    # Outputs of destination kinds (mes-rest) are fed from the outbox, written with each
-    # prediction batch. The gateway id names its outbox leases: a restarted gateway takes its
-    # own back at once.
-    repo = OutboxRepository(store, holder=gid)
-    durable = durable_outputs(
-        mapping.outputs.values(),
-        DestinationContext(gid, slots),
-        repo,
-        mapping.gateway.outbox,
-        holds={name: m.alerts for name, m in mapping.models.items()},
-    )
     # Predictions the store writer cannot keep become alerts (written once the store is back).
     loss_alerts = LossAlerts(AlertRepository(store))
     # Old rows leave the store in batches; a low disk degrades health and raises an alert.
     retention = retention_for(mapping.gateway, store)
+    # Outbox rows of the durable destinations (mes-rest) go in the store writer's transactions
+    # (``Outputs`` hands it their feeds).
     store_sink = StoreSink(
         store,
-        outbox=durable.feeds,
         mapping_revision=mapping.revision,
         on_drop=loss_alerts.raise_for,
         gateway_id=gid,
     )
-    alerts = AlertSink.for_models(AlertRepository(store), slots, mapping.models)
-    sinks: list[Sink] = [store_sink, alerts, *outputs]
+    alerts = AlertSink.for_models(AlertRepository(store), slots_of(prepared), mapping.models)
+    fanout = PredictionFanout([])
+    # The HMI server and the MES destinations, by name: a mapping reload changes them one by one.
+    outputs = Outputs(prepared, store, fanout, store_sink, alerts, feedback)
 
     table = TagTable(mapping)
-    # The store writer is the sink that makes the runner wait while its queue is full
-    # (backpressure): last, so the live sinks (the HMI server) have each prediction meanwhile.
-    live_sinks = [s for s in sinks if s is not store_sink]
-    fanout = PredictionFanout([*live_sinks, store_sink])
     runners = [
         model_runner(prepared, name, table, fanout.publish, gid, boot_id) for name in mapping.models
     ]
     # Registry versions replace the mapping's files before the first tick (bridge.lifecycle).
-    live = live_models(mapping, store, runners, sinks, policy)
+    live = live_models(mapping, store, runners, outputs.sinks, policy)
     # Drift scores and explanations, drift alerts to the MES outbox and retraining webhooks.
-    insight = build_insight(mapping, store, runners, durable.alert_feeds, mapping.gateway.outbox)
+    insight = build_insight(mapping, store, runners, outputs.alert_feeds, mapping.gateway.outbox)
+    outputs.alert_feed_hooks.append(insight.set_alert_feeds)
     queue: asyncio.Queue[Sequence[TagSample]] = asyncio.Queue(NORMALIZE_QUEUE_BATCHES)
     supervisors = _supervisors(mapping, queue, table)
 
@@ -262,19 +227,22 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         )
         for name, m in mapping.models.items()
     ]
-    # Sources and runners come and go with a mapping reload: their probes are asked per call.
+    # Sources, runners and outputs come and go with a mapping reload: their probes are asked
+    # per call.
     groups = [
         lambda: [s.health() for s in supervisors],
         lambda: [r.health() for r in runners],
+        outputs.health,
+        lambda: [r.health() for r in insight.relays],
     ]
-    probes = (
-        [s.health for s in sinks]
-        + [loss_alerts.health, retention.health]
-        + durable.probes
-        + [lambda: _normalize_health(table, queue)]
-        + [lambda: insight.writer.health()]
-        + [r.health for r in insight.relays]
-    )
+    probes = [
+        store_sink.health,
+        alerts.health,
+        loss_alerts.health,
+        retention.health,
+        lambda: _normalize_health(table, queue),
+        lambda: insight.writer.health(),
+    ]
     view = RuntimeView(gid, table, fanout, infos, probes, now, groups)
     started = asyncio.Event()
     ops = gateway_ops(
@@ -287,7 +255,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         table,
         runners,
         store_sink,
-        durable.relays + insight.relays,
+        lambda: [*outputs.relays(), *insight.relays],
     )
     address = mapping.gateway.metrics.address
     metrics_server = None if address is None else ops_server(ops, *address)
@@ -314,6 +282,11 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         gid,
         boot_id,
     )
+    reloader.outputs, reloader.insight = outputs, insight
+    reloader.gateway_hooks += [
+        lambda g: retention.follow(g.retention),
+        lambda g: setattr(ops, "source_grace_s", g.probes.source_grace_s),
+    ]
     probes.append(reloader.health)
     reloader.runner_hooks.append(lambda r: r.observers.append(ops.collector.predictions.observe))
     reloader.applied_hooks.append(lambda p: setattr(ops.collector, "revision", p.mapping.revision))
@@ -332,7 +305,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         # could not keep, so they close after it); the registry says what serves before any
         # socket opens (a mapping model refused in production stops the start here).
         Stage("store", [loss_alerts, retention, Hook("sequences", resume_sequences), live]),
-        Stage("sinks", [*sinks, durable, insight]),
+        Stage("sinks", [store_sink, alerts, outputs, insight]),
         Stage(
             "api",
             [
@@ -366,9 +339,9 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         fanout,
         runners,
         supervisors,
-        sinks,
+        outputs.sinks,
         api,
-        durable.relays,
+        outputs,
         insight,
         reloader,
         started,

@@ -16,12 +16,23 @@ A valid one is compared with the running mapping (``diff_mappings``) and applied
   its runner goes on with the next tick, no gap. Any other change rebuilds its runner, which
   goes on with the same sequence numbers and runs at once.
 - lineage: predictions stored from now on carry the new mapping revision (sha256).
-
-Not applied, named in ``restart_needed``: the ``gateway:`` section, outputs (destinations and
-the OPC UA server) added, removed or changed; a sink built at start shows the prediction slots
-known at start (the OPC UA server gets nodes for a new asset at the next start). A model
-added or rebuilt by a reload has no drift scores nor explanations until the next start
-unless they were already set up for it and did not change.
+- drift and explanations: a model added or changed gets its ``ModelInsight`` (and its
+  ``drift.webhook`` relay) built by the start-up code (``Insight.attach``) before its next
+  tick; a changed model's drift windows start over. A removed model's parts stop.
+- outputs (``bridge.runtime.outputs``): an added output starts, a removed one stops, a
+  changed one is restarted alone; an unchanged one is the same object (the HMI server keeps
+  its clients' sessions and subscriptions, an MES destination its relay). A removed
+  destination's undelivered events stay in the store's outbox: the summary counts them
+  (``outbox_kept``). Outputs that follow the (asset, model) pairs (``FollowsSlots``) get the
+  new pairs before any model serves them: the HMI server adds the nodes of an added asset or
+  model at run time (the node ids and browse paths a start would make) and marks those of a
+  removed one ``BadConfigurationError`` before deleting them; the MES bodies take the new
+  units; the stored alerts and the destinations' event rules follow too. An output that
+  cannot start (its port taken) is logged, named in ``restart_needed`` and tried again by
+  the next reload.
+- ``gateway:``: changed keys are named (``gateway.api.port``, ...). ``retention.*`` (but
+  ``disk_path``), ``probes.*``, ``default_max_age_s`` (through the tags) and
+  ``reload.watch_interval_s`` apply in place; every other key is listed in ``restart_needed``.
 """
 
 from __future__ import annotations
@@ -35,15 +46,19 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 
 from bridge.api.reloadable import ReloadSummary, ReloadUnavailable
 from bridge.api.view import ModelInfo
 from bridge.config.resolved import Mapping
+from bridge.config.spec import GatewaySettings
 from bridge.errors import BridgeError, ConfigError
 from bridge.lifecycle.shadow import CandidateComparison
 from bridge.prepare import Prepared, prepare
 from bridge.runtime.fanout import PredictionFanout
+from bridge.runtime.insight_wiring import Insight
 from bridge.runtime.live_models import LiveModels, stored_comparison
+from bridge.runtime.outputs import Outputs, OutputsChange
 from bridge.runtime.parts import model_runner, source_supervisor
 from bridge.runtime.runner import ModelRunner
 from bridge.runtime.sources import SourceSupervisor
@@ -63,14 +78,34 @@ Job = tuple[str, Callable[[], Coroutine[Any, Any, Any]]]
 SECTIONS = ("sources", "tags", "assets", "models", "outputs")
 
 
+# ``gateway:`` keys a reload applies in place (a key, or every key under a prefix ending in
+# "."); every other changed key is reported under ``restart_needed``. The tags' resolved
+# ``max_age_s`` carries ``default_max_age_s``: the changed tags apply it.
+GATEWAY_IN_PLACE = (
+    "gateway.retention.",
+    "gateway.probes.",
+    "gateway.default_max_age_s",
+    "gateway.reload.watch_interval_s",
+)
+# ... except these (the watched folder is chosen at start).
+GATEWAY_RESTART = ("gateway.retention.disk_path",)
+
+
+def gateway_in_place(key: str) -> bool:
+    if key in GATEWAY_RESTART:
+        return False
+    return any(key.startswith(p) if p.endswith(".") else key == p for p in GATEWAY_IN_PLACE)
+
+
 @dataclass(frozen=True)
 class MappingDiff:
-    """Names per section (``SECTIONS``) added, removed and changed from ``old`` to ``new``."""
+    """Names per section (``SECTIONS``) added, removed and changed from ``old`` to ``new``;
+    ``gateway``: the ``gateway:`` keys that changed (``gateway.api.port``, ...)."""
 
     added: dict[str, tuple[str, ...]]
     removed: dict[str, tuple[str, ...]]
     changed: dict[str, tuple[str, ...]]
-    gateway_changed: bool
+    gateway: tuple[str, ...] = ()
 
     def changes(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -81,11 +116,27 @@ class MappingDiff:
         for section in SECTIONS:
             if self.changed[section]:
                 out[f"{section}.changed"] = list(self.changed[section])
+        applied = [k for k in self.gateway if gateway_in_place(k)]
+        if applied:
+            out["gateway.changed"] = applied
         return out
 
     def restart_needed(self) -> list[str]:
-        outputs = self.added["outputs"] + self.removed["outputs"] + self.changed["outputs"]
-        return (["gateway"] if self.gateway_changed else []) + [f"outputs.{n}" for n in outputs]
+        return [k for k in self.gateway if not gateway_in_place(k)]
+
+
+def gateway_keys(a: BaseModel, b: BaseModel, prefix: str = "gateway") -> list[str]:
+    """The dotted keys of settings that differ between ``a`` and ``b`` (the leaves)."""
+    keys: list[str] = []
+    for name in type(a).model_fields:
+        x, y = getattr(a, name), getattr(b, name)
+        if x == y:
+            continue
+        if isinstance(x, BaseModel) and type(x) is type(y):
+            keys.extend(gateway_keys(x, y, f"{prefix}.{name}"))
+        else:
+            keys.append(f"{prefix}.{name}")
+    return keys
 
 
 def _compare(
@@ -120,7 +171,7 @@ def diff_mappings(old: Prepared, new: Prepared) -> MappingDiff:
     added, removed, changed = {}, {}, {}
     for section, (x, y, same) in rules.items():
         added[section], removed[section], changed[section] = _compare(x, y, same)
-    return MappingDiff(added, removed, changed, a.gateway != b.gateway)
+    return MappingDiff(added, removed, changed, tuple(gateway_keys(a.gateway, b.gateway)))
 
 
 def _source_tags(mapping: Mapping, source: str) -> list[tuple[str, Any]]:
@@ -219,6 +270,11 @@ class Reloader:
     # with every mapping applied (the metrics' revision label follows it).
     runner_hooks: list[Callable[[ModelRunner], None]] = field(default_factory=list)
     applied_hooks: list[Callable[[Prepared], None]] = field(default_factory=list)
+    # The outputs (HMI server, MES destinations) and the drift/explanation parts a reload
+    # changes; ``gateway_hooks`` apply the ``gateway:`` settings that change in place.
+    outputs: Outputs | None = None
+    insight: Insight | None = None
+    gateway_hooks: list[Callable[[GatewaySettings], None]] = field(default_factory=list)
 
     @property
     def revision(self) -> str:
@@ -253,13 +309,23 @@ class Reloader:
                 raise
             old = self.prepared
             diff = diff_mappings(old, new)
-            await self._apply(old, new, diff)
+            outputs = await self._apply(old, new, diff)
             self.prepared = new
             for applied in self.applied_hooks:
                 applied(new)
+            if any(gateway_in_place(k) for k in diff.gateway):
+                for apply_gateway in self.gateway_hooks:
+                    apply_gateway(new.mapping.gateway)
             self.reloads += 1
+            changes = diff.changes()
+            if outputs.failed:
+                changes["outputs.failed"] = list(outputs.failed)
             summary = ReloadSummary(
-                new.mapping.revision, old.mapping.revision, diff.changes(), diff.restart_needed()
+                new.mapping.revision,
+                old.mapping.revision,
+                changes,
+                diff.restart_needed() + [f"outputs.{n}" for n in outputs.failed],
+                dict(outputs.kept_outbox),
             )
             log.info(
                 "mapping_reloaded",
@@ -268,6 +334,7 @@ class Reloader:
                 previous=summary.previous_revision[:12],
                 changes=summary.changes,
                 restart_needed=summary.restart_needed,
+                outbox_kept=summary.outbox_kept,
             )
             return summary
 
@@ -288,6 +355,7 @@ class Reloader:
         path = self.prepared.mapping.path
         while True:
             await asyncio.sleep(interval_s)
+            interval_s = self.prepared.mapping.gateway.reload.watch_interval_s
             try:
                 st = path.stat()
             except OSError:
@@ -308,7 +376,7 @@ class Reloader:
             except Exception:  # a reload's bug must not end the gateway
                 log.exception("mapping_reload_failed")
 
-    async def _apply(self, old: Prepared, new: Prepared, diff: MappingDiff) -> None:
+    async def _apply(self, old: Prepared, new: Prepared, diff: MappingDiff) -> OutputsChange:
         mapping = new.mapping
         # 1. Build what is new before anything stops: a connector that refuses its settings
         #    leaves the running mapping untouched.
@@ -320,6 +388,15 @@ class Reloader:
         in_place = [n for n in diff.changed["models"] if _in_place(old, new, n)]
         rebuild = [n for n in diff.changed["models"] if n not in in_place]
         kept_models = [n for n in mapping.models if n not in diff.added["models"] + tuple(rebuild)]
+        # Outputs: the changed ones restart, the others follow the new (asset, model) pairs
+        # before any model serves them (an added asset's HMI nodes exist before its first
+        # prediction; a removed asset's last predictions are counted, not shown).
+        outputs = OutputsChange()
+        if self.outputs is not None:
+            outputs = await self.outputs.apply(new, diff.changed["outputs"])
+            self.live.follow_sinks()
+            if outputs.started or outputs.restarted:
+                self.live.wake()  # a new HMI server shows the serving versions at once
 
         # 2. Stop what goes away or is rebuilt (their tasks end before the table changes).
         gone_sources = diff.removed["sources"] + diff.changed["sources"]
@@ -332,6 +409,8 @@ class Reloader:
         windows = retable(self.table, mapping, kept_models)
         for name in in_place:
             old_runners[name].model = mapping.models[name]
+        if self.insight is not None:  # their drift and explanations follow the new model
+            self.insight.rewire(mapping, in_place, [old_runners[n] for n in in_place])
         self.supervisors[:] = [s for s in self.supervisors if s.name not in gone_sources]
         self.runners[:] = [r for r in self.runners if r.model.name not in gone_models]
         self.source_jobs[:] = [j for j in self.source_jobs if j[0][7:] not in gone_sources]
@@ -340,6 +419,7 @@ class Reloader:
             self.store_sink.set_mapping_revision(mapping.revision)
 
         # 4. Start what is new.
+        fresh: list[ModelRunner] = []
         for name in diff.added["models"] + tuple(rebuild):
             runner = model_runner(
                 new, name, self.table, self.fanout.publish, self.gateway_id, self.boot_id
@@ -350,13 +430,22 @@ class Reloader:
             previous = old_runners.get(name)
             if previous is not None:
                 runner.resume(previous.sequences)
-                _carry_insight(previous, runner)
+                # Whoever watches the model's ticks (a test, the demo) goes on watching.
+                runner.observers.extend(o for o in previous.observers if o not in runner.observers)
             else:
                 runner.resume(await asyncio.to_thread(self.sequences.last, self.gateway_id, name))
+            fresh.append(runner)
+        # Drift and explanations of the models added or rebuilt, built as at start, before
+        # their first tick.
+        if self.insight is not None:
+            self.insight.rewire(mapping, diff.removed["models"] + tuple(rebuild), fresh)
+        for runner in fresh:
             self.runners.append(runner)
-            job: Job = (f"model:{name}", runner.run)
+            job: Job = (f"model:{runner.model.name}", runner.run)
             self.model_jobs.append(job)
             self.tasks.spawn(job[0], job[1]())
+        if self.insight is not None:
+            await self.insight.settle()
         for name, supervisor in built.items():
             if supervisor is None:
                 continue
@@ -373,7 +462,11 @@ class Reloader:
             models_in_place=in_place,
             models_rebuilt=rebuild,
             windows_kept=windows,
+            outputs_started=list(outputs.started),
+            outputs_stopped=list(outputs.stopped),
+            outputs_restarted=list(outputs.restarted),
         )
+        return outputs
 
     def _sources(
         self, mapping: Mapping, names: Sequence[str]
@@ -409,17 +502,6 @@ class Reloader:
                     tuple(f.name for f in m.features),
                 )
         self.view.model_infos = [infos[n] for n in new.mapping.models]
-
-
-def _carry_insight(old: ModelRunner, new: ModelRunner) -> None:
-    """Drift and explanation hooks go on with a rebuilt runner when their settings did not
-    change; otherwise they need a restart (they were built for the old model)."""
-    a, b = old.model, new.model
-    if (a.reference, a.drift, a.explain) == (b.reference, b.drift, b.explain):
-        new.observers.extend(o for o in old.observers if o not in new.observers)
-        new.enrichers.extend(old.enrichers)
-    elif old.observers or old.enrichers:
-        log.warning("model_insight_needs_restart", model=b.name)
 
 
 def _sha256(path: Path) -> str:

@@ -243,10 +243,15 @@ class RetentionJob:
         )
         return deleted
 
+    def follow(self, settings: RetentionSettings) -> None:
+        """Use ``settings`` from the next check on (a mapping reload; ``disk_path`` excepted:
+        the watched folder is chosen at start)."""
+        self._settings = settings
+
     async def _loop(self) -> None:
-        s = self._settings
         next_run = time.monotonic()
         while True:
+            s = self._settings  # a reload may change them
             await self.check_disk()
             # While the disk is low the job runs at every check (history cut short).
             if self.low_disk or time.monotonic() >= next_run:

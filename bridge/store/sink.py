@@ -95,6 +95,11 @@ class StoreSink(QueuedWriter[Prediction]):
         # Seconds per committed batch, for the metrics endpoint (bridge_store_write_seconds).
         self.write_latency = LatencyHistogram()
 
+    def set_outbox(self, outbox: Sequence[OutboxHook]) -> None:
+        """Batches written from now on fill these destinations' outboxes (a mapping reload
+        added or removed destinations; a batch already in its transaction keeps the old ones)."""
+        self._outbox = tuple(outbox)
+
     def set_mapping_revision(self, revision: str) -> None:
         """Rows written from now on carry ``revision`` (a reloaded mapping)."""
         self._repo.mapping_revision = revision

@@ -23,7 +23,7 @@ from bridge.destination import Capabilities, DestinationContext, Envelope, Outco
 from bridge.errors import ConnectorError
 from bridge.redact import redact_text, redact_url
 from bridge.retry import is_retryable_status, parse_retry_after
-from bridge.types import ComponentHealth, Trigger
+from bridge.types import ComponentHealth, PredictionSlot, Trigger
 
 from .batch import BatchReplyError, batch_body, parse_batch_reply
 from .config import MesSettings
@@ -113,6 +113,11 @@ class MesDestination:
             url=redact_url(s.url),
             concurrency=s.concurrency,
         )
+
+    async def follow_slots(self, slots: Sequence[PredictionSlot]) -> None:
+        """``bridge.types.FollowsSlots``: bodies encoded from now on carry the units of the
+        slots a mapping reload made (an added asset's included)."""
+        self._units = units_of(slots)
 
     async def close(self) -> None:
         if self._closed:

@@ -9,6 +9,8 @@ right colour without knowing bridge:
 - ``BadWaitingForInitialData``: no prediction was made since the server started.
 - ``BadTypeMismatch``: the value does not fit the variable (e.g. text for a numeric slot).
 - ``BadNoData``: an optional field (score, input age) is absent in this prediction.
+- ``BadConfigurationError``: written to every variable of an asset+model a mapping reload
+  removed, just before its nodes are deleted (a subscribed HMI shows it Bad, not frozen).
 """
 
 from __future__ import annotations

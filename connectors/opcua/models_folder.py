@@ -14,6 +14,7 @@ Fed with plain ``bridge.types.ModelStatus`` values; read-only like every other n
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -54,44 +55,88 @@ class ModelsFolder:
         self._ns = ns
         self._nodes: dict[tuple[str, str], ua.NodeId] = {}
         self._last: dict[tuple[str, str], object] = {}
+        self._assets: dict[str, set[str]] = {}  # model -> assets with nodes
 
     async def build(self, server: Server, slots: Sequence[PredictionSlot]) -> None:
-        ns = self._ns
-        root = await server.nodes.objects.add_folder(self._nid("Models"), f"{ns}:Models")
+        await server.nodes.objects.add_folder(self._nid("Models"), f"{self._ns}:Models")
+        await self.follow(server, slots)
+
+    async def follow(self, server: Server, slots: Sequence[PredictionSlot]) -> None:
+        """Nodes for the models and assets of ``slots``, built at start and changed by a
+        mapping reload: a new model or asset gets its nodes, a model or asset gone loses
+        them, the others keep theirs (and their values)."""
         by_model: dict[str, list[PredictionSlot]] = {}
         for slot in slots:
             by_model.setdefault(slot.model, []).append(slot)
+        for model in sorted(set(self._assets) - set(by_model)):
+            await self._delete(server, f"Models.{model}")
+            self._forget(model, None)
+            del self._assets[model]
         for model, its in sorted(by_model.items()):
-            node = await root.add_object(self._nid(f"Models.{model}"), f"{ns}:{model}")
-            first = its[0]
-            initial = ModelStatus(model, first.version, first.sha256)
-            for field, vtype in STATUS_FIELDS.items():
-                nodeid = self._nid(f"Models.{model}.{field}")
-                value = _fields(initial)[field]
-                await node.add_variable(nodeid, f"{ns}:{field}", value, vtype)
-                self._nodes[(model, field)] = nodeid
-                self._last[(model, field)] = value
-            folder = await node.add_folder(
-                self._nid(f"Models.{model}.Agreement"), f"{ns}:Agreement"
-            )
+            if model not in self._assets:
+                await self._add_model(server, model, its[0])
+                self._assets[model] = set()
+            have = self._assets[model]
+            for asset in sorted(have - {s.asset for s in its}):
+                await self._delete(server, f"Models.{model}.Agreement.{asset}")
+                await self._delete(server, f"Models.{model}.Accuracy.{asset}")
+                self._forget(model, asset)
+                have.discard(asset)
             for slot in sorted(its, key=lambda s: s.asset):
-                nodeid = self._nid(f"Models.{model}.Agreement.{slot.asset}")
-                await folder.add_variable(nodeid, f"{ns}:{slot.asset}", 0.0, ua.VariantType.Double)
-                await server.write_attribute_value(nodeid, _dv(None))
-                self._nodes[(model, f"Agreement.{slot.asset}")] = nodeid
-            accuracy = await node.add_folder(
-                self._nid(f"Models.{model}.Accuracy"), f"{ns}:Accuracy"
+                if slot.asset not in have:
+                    await self._add_asset(server, model, slot.asset)
+                    have.add(slot.asset)
+
+    async def _add_model(self, server: Server, model: str, first: PredictionSlot) -> None:
+        ns = self._ns
+        root = server.get_node(self._nid("Models"))
+        node = await root.add_object(self._nid(f"Models.{model}"), f"{ns}:{model}")
+        initial = ModelStatus(model, first.version, first.sha256)
+        for field, vtype in STATUS_FIELDS.items():
+            nodeid = self._nid(f"Models.{model}.{field}")
+            value = _fields(initial)[field]
+            await node.add_variable(nodeid, f"{ns}:{field}", value, vtype)
+            self._nodes[(model, field)] = nodeid
+            self._last[(model, field)] = value
+        await node.add_folder(self._nid(f"Models.{model}.Agreement"), f"{ns}:Agreement")
+        await node.add_folder(self._nid(f"Models.{model}.Accuracy"), f"{ns}:Accuracy")
+
+    async def _add_asset(self, server: Server, model: str, asset: str) -> None:
+        ns = self._ns
+        folder = server.get_node(self._nid(f"Models.{model}.Agreement"))
+        nodeid = self._nid(f"Models.{model}.Agreement.{asset}")
+        await folder.add_variable(nodeid, f"{ns}:{asset}", 0.0, ua.VariantType.Double)
+        await server.write_attribute_value(nodeid, _dv(None))
+        self._nodes[(model, f"Agreement.{asset}")] = nodeid
+        accuracy = server.get_node(self._nid(f"Models.{model}.Accuracy"))
+        per = await accuracy.add_object(
+            self._nid(f"Models.{model}.Accuracy.{asset}"), f"{ns}:{asset}"
+        )
+        for side in _SIDES:
+            field = f"Accuracy.{asset}.{side}"
+            nodeid = self._nid(f"Models.{model}.{field}")
+            await per.add_variable(nodeid, f"{ns}:{side}", 0.0, ua.VariantType.Double)
+            await server.write_attribute_value(nodeid, _dv(None))
+            self._nodes[(model, field)] = nodeid
+
+    async def _delete(self, server: Server, identifier: str) -> None:
+        with warnings.catch_warnings():  # asyncua's unawaited callback (server._delete)
+            warnings.filterwarnings(
+                "ignore", message=r"coroutine '.*datachange_callback' was never awaited"
             )
-            for slot in sorted(its, key=lambda s: s.asset):
-                per = await accuracy.add_object(
-                    self._nid(f"Models.{model}.Accuracy.{slot.asset}"), f"{ns}:{slot.asset}"
-                )
-                for side in _SIDES:
-                    field = f"Accuracy.{slot.asset}.{side}"
-                    nodeid = self._nid(f"Models.{model}.{field}")
-                    await per.add_variable(nodeid, f"{ns}:{side}", 0.0, ua.VariantType.Double)
-                    await server.write_attribute_value(nodeid, _dv(None))
-                    self._nodes[(model, field)] = nodeid
+            await server.delete_nodes([server.get_node(self._nid(identifier))], recursive=True)
+
+    def _forget(self, model: str, asset: str | None) -> None:
+        """Drop the node ids of a model (``asset`` None) or of one of its assets."""
+
+        def gone(field: str) -> bool:
+            if asset is None:
+                return True
+            return field == f"Agreement.{asset}" or field.startswith(f"Accuracy.{asset}.")
+
+        for key in [k for k in self._nodes if k[0] == model and gone(k[1])]:
+            del self._nodes[key]
+            self._last.pop(key, None)
 
     def changes(self, statuses: Sequence[ModelStatus]) -> list[tuple[ua.NodeId, ua.DataValue]]:
         """The (node, value) pairs that changed since the last call, for one batch write

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from asyncua.common.node import Node
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.server import Server
+from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -54,7 +56,13 @@ from connectors.opcua._guard import GuardedServer
 from connectors.opcua._throttle import LoginThrottle
 from connectors.opcua.certs import load_der, thumbprint
 from connectors.opcua.convert import make_node_id
-from connectors.opcua.encode import FIELDS, encode_prediction, initial_values, value_type
+from connectors.opcua.encode import (
+    FIELDS,
+    encode_prediction,
+    initial_values,
+    make_status,
+    value_type,
+)
 from connectors.opcua.encode import node_string as prediction_node_string
 from connectors.opcua.models_folder import ModelsFolder
 from connectors.opcua.server_config import OpcUaServerSettings, ServerSecurityPolicy
@@ -116,6 +124,9 @@ class PredictionServer:
         self._models: ModelsFolder | None = None
         self._namespace_index: int | None = None
         self._nodes: dict[tuple[str, str], dict[str, ua.NodeId]] = {}
+        self._assets: set[str] = set()  # assets with a folder under Predictions
+        # One layout change at a time (a reload); the writes never wait for it.
+        self._layout = asyncio.Lock()
         self._sticky: dict[tuple[str, str], dict[str, str]] = {}
         self._state: str = "starting"
         self._detail = ""
@@ -238,35 +249,108 @@ class PredictionServer:
             self._log.warning("passwords_sent_in_clear_text", hint="enable a SignAndEncrypt policy")
 
     async def _build(self, server: Server, ns: int) -> None:
-        now = datetime.now(UTC)
-        root = await server.nodes.objects.add_folder(self._nid("Predictions"), f"{ns}:Predictions")
-        assets: dict[str, Node] = {}
-        for key, slot in sorted(self._slots.items()):
-            asset_node = assets.get(slot.asset)
-            if asset_node is None:
-                nodeid = self._nid(f"Predictions.{slot.asset}")
-                asset_node = await root.add_folder(nodeid, f"{ns}:{slot.asset}")
-                assets[slot.asset] = asset_node
-            model_id = self._nid(prediction_node_string(slot.asset, slot.model))
-            model_node = await asset_node.add_object(model_id, f"{ns}:{slot.model}")
-            initial = initial_values(slot, now)
-            ids: dict[str, ua.NodeId] = {}
-            for field, vtype in FIELDS.items():
-                if field == "Value":
-                    vtype = value_type(slot)
-                identifier = prediction_node_string(slot.asset, slot.model, field)
-                nodeid = self._nid(identifier)
-                await model_node.add_variable(nodeid, f"{ns}:{field}", _placeholder(vtype), vtype)
-                await server.write_attribute_value(nodeid, initial[field])
-                ids[field] = nodeid
-                unit = _UNIT_OF.get(field) or (slot.unit if field == "Value" else "")
-                if unit:
-                    await self._add_unit(server.get_node(nodeid), identifier, unit)
-            self._nodes[key] = ids
-            if self._feedback is not None:
-                await self._feedback.add(model_node, ns, key, self._nid)
-            self._sticky[key] = {"ModelName": slot.model, "ModelVersion": slot.version}
-            self._sticky[key]["ModelSha256"] = slot.sha256
+        await server.nodes.objects.add_folder(self._nid("Predictions"), f"{ns}:Predictions")
+        for key in sorted(self._slots):
+            await self._add_slot(server, self._slots[key])
+
+    async def _add_slot(self, server: Server, slot: PredictionSlot) -> None:
+        """The object of one asset+model and its variables and methods (at start, and for a
+        slot a mapping reload adds: the same node ids and browse paths)."""
+        ns = self._namespace_index
+        assert ns is not None
+        key = (slot.asset, slot.model)
+        asset_id = self._nid(f"Predictions.{slot.asset}")
+        if slot.asset in self._assets:
+            asset_node = server.get_node(asset_id)
+        else:
+            root = server.get_node(self._nid("Predictions"))
+            asset_node = await root.add_folder(asset_id, f"{ns}:{slot.asset}")
+            self._assets.add(slot.asset)
+        model_id = self._nid(prediction_node_string(slot.asset, slot.model))
+        model_node = await asset_node.add_object(model_id, f"{ns}:{slot.model}")
+        initial = initial_values(slot, datetime.now(UTC))
+        ids: dict[str, ua.NodeId] = {}
+        for field, vtype in FIELDS.items():
+            if field == "Value":
+                vtype = value_type(slot)
+            identifier = prediction_node_string(slot.asset, slot.model, field)
+            nodeid = self._nid(identifier)
+            await model_node.add_variable(nodeid, f"{ns}:{field}", _placeholder(vtype), vtype)
+            await server.write_attribute_value(nodeid, initial[field])
+            ids[field] = nodeid
+            unit = _UNIT_OF.get(field) or (slot.unit if field == "Value" else "")
+            if unit:
+                await self._add_unit(server.get_node(nodeid), identifier, unit)
+        if self._feedback is not None:
+            await self._feedback.add(model_node, ns, key, self._nid)
+        self._sticky[key] = {"ModelName": slot.model, "ModelVersion": slot.version}
+        self._sticky[key]["ModelSha256"] = slot.sha256
+        # Last: a prediction of this slot is written only once every node exists.
+        self._slots[key] = slot
+        self._nodes[key] = ids
+        self._unknown_logged.discard(key)
+
+    async def _remove_slot(self, server: Server, key: tuple[str, str]) -> None:
+        """Mark the variables of one asset+model ``BadConfigurationError`` (the mapping no
+        longer serves it), then delete its object (and its asset folder once empty): a client
+        subscribed to one of them sees the Bad status last, not a frozen Good value. Reading
+        the nodes afterwards answers ``BadNodeIdUnknown``."""
+        # First: from here on a prediction of this slot is counted as unknown, not written.
+        ids = self._nodes.pop(key, {})
+        writer = self._writer
+        if writer is not None and ids:
+            now = datetime.now(UTC)
+            gone = make_status(StatusCodes.BadConfigurationError)
+            items = [
+                (nodeid, ua.DataValue(StatusCode=gone, SourceTimestamp=cast(Any, now)))
+                for nodeid in ids.values()
+            ]
+            failures = writer.write(items)
+            failures += await writer.settle()
+            self._count(len(items), failures)
+        self._slots.pop(key, None)
+        self._sticky.pop(key, None)
+        self._pending.pop(key, None)
+        # Its last predictions (the model stops after this) are counted, not warned about.
+        self._unknown_logged.add(key)
+        asset, model = key
+        await _delete(server, server.get_node(self._nid(prediction_node_string(asset, model))))
+        if all(a != asset for a, _ in self._slots):
+            self._assets.discard(asset)
+            await _delete(server, server.get_node(self._nid(f"Predictions.{asset}")))
+
+    async def follow_slots(self, slots: Sequence[PredictionSlot]) -> None:
+        """Serve ``slots`` from now on (``bridge.types.FollowsSlots``: a mapping reload added or
+        removed assets or models). A new slot gets its nodes at once (AddNodes at run time,
+        the node ids and browse paths it would have had at start); a slot gone loses them; a
+        slot whose value type or unit changed gets new nodes; every other slot keeps its nodes,
+        so a client's monitored items on them go on without a gap."""
+        wanted = {(s.asset, s.model): s for s in slots}
+        server = self._server
+        if server is None:  # not started yet: start builds the address space from these
+            self._slots = wanted
+            return
+        async with self._layout:
+            current = dict(self._slots)
+            redo = [k for k in wanted if k in current and _layout(current[k]) != _layout(wanted[k])]
+            gone = [k for k in current if k not in wanted]
+            for key in [*gone, *redo]:
+                await self._remove_slot(server, key)
+            added = sorted(k for k in wanted if k not in self._slots)
+            for key in added:
+                await self._add_slot(server, wanted[key])
+            for key, slot in wanted.items():
+                self._slots[key] = slot  # a new version or labels: shown with the next value
+            if self._models is not None:
+                await self._models.follow(server, list(wanted.values()))
+        if gone or added:
+            self._log.info(
+                "server_slots_changed",
+                added=[f"{a}/{m}" for a, m in added if (a, m) not in redo],
+                removed=[f"{a}/{m}" for a, m in gone],
+                rebuilt=[f"{a}/{m}" for a, m in redo],
+                slots=len(self._slots),
+            )
 
     async def _add_unit(self, variable: Node, identifier: str, unit: str) -> None:
         # The standard property: BrowseName in namespace 0, as HMIs and browsers look for it.
@@ -447,6 +531,23 @@ def _floor_publishing_interval(server: Server, floor_ms: float) -> None:
         return await create(params, *args, **kwargs)
 
     service.create_subscription = create_with_floor  # type: ignore[method-assign]
+
+
+async def _delete(server: Server, node: Node) -> None:
+    """Delete ``node`` and what is under it. asyncua 2.1's delete calls each monitored item's
+    (async) data change callback without awaiting it: nothing reaches the client (it has had
+    the Bad status already) and Python warns of a coroutine never awaited, once per item. The
+    delete does not suspend on the way, so the warning filter covers exactly that call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"coroutine '.*datachange_callback' was never awaited"
+        )
+        await server.delete_nodes([node], recursive=True)
+
+
+def _layout(slot: PredictionSlot) -> tuple[ua.VariantType, str]:
+    """What a slot's nodes are made with: a change of either needs new nodes."""
+    return value_type(slot), slot.unit
 
 
 def _placeholder(vtype: ua.VariantType) -> Any:

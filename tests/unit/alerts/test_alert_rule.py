@@ -155,3 +155,29 @@ def test_with_the_mappings_hold_a_destination_alerts_as_the_gateway_stores() -> 
     assert events(EventSelector(["alerts"], slots, holds), [[x] for x in batch]) == raised
     # Without the hold the destination would have sent an event at every flip.
     assert len(events(EventSelector(["alerts"], slots), [[x] for x in batch])) > len(raised)
+
+
+def test_a_reload_keeps_the_state_of_kept_slots_and_starts_new_ones_at_normal() -> None:
+    r = rule()
+    assert [a.label for a in r.evaluate([p("p1", 0, "bearing_fault")])] == ["bearing_fault"]
+    # The mapping now serves p1 and p3 (p2 removed): p1 is still in its fault, so the same
+    # label is no new alert; p3 is tracked from its normal label on; p2 is no longer tracked.
+    r.follow(
+        [
+            PredictionSlot("p1", "health", "1", "0" * 64, LABELS),
+            PredictionSlot("p3", "health", "1", "0" * 64, LABELS),
+        ],
+        None,
+    )
+    assert r.evaluate([p("p1", 1, "bearing_fault")]) == []
+    assert [a.label for a in r.evaluate([p("p3", 0, "cavitation")])] == ["cavitation"]
+    assert r.evaluate([p("p2", 0, "cavitation")]) == []
+
+
+def test_an_event_selector_follows_a_reload_like_the_alert_rule() -> None:
+    slots = [PredictionSlot("p1", "health", "1", "0" * 64, LABELS)]
+    selector = EventSelector(["label_change", "alerts"], slots)
+    selector.follow([*slots, PredictionSlot("p3", "health", "1", "0" * 64, LABELS)], None)
+    # p3 is new: before any prediction it counts as normal, so a fault is a change and an alert.
+    [trigger] = selector.select([p("p3", 0, "cavitation")])
+    assert (trigger.event, trigger.previous) == ("label_change", "healthy")
