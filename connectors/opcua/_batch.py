@@ -11,7 +11,8 @@ those awaits ever suspends unless a subscription publishes with a 0 ms interval.
 
 - stores the DataValue in the node's ``AttributeValue`` (resolved once per node id through the
   public ``AddressSpace.get``, at start for the whole namespace (``prepare``), and kept: whoever
-  deletes a node must tell the writer (``forget``), or the node goes on taking values unseen),
+  deletes or re-creates nodes calls ``prune`` afterwards, or a deleted node goes on taking
+  values unseen),
   with asyncua's rules: a Bad status nulls the value, a variant of another type than the
   variable's is refused with ``BadTypeMismatch``;
 - for every monitored item of every client subscription, keeps the DataValue as the item's
@@ -37,7 +38,7 @@ from typing import Any
 
 import structlog
 from asyncua import ua
-from asyncua.server.address_space import AddressSpace, AttributeValue
+from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
 from asyncua.server.monitored_item_service import MonitoredItemService
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
@@ -62,9 +63,12 @@ WriteFailure = tuple[ua.NodeId, int]
 class _Target:
     """A resolved Value attribute and the variant type a Good write must carry."""
 
-    __slots__ = ("attval", "vtype")
+    __slots__ = ("attval", "node", "vtype")
 
-    def __init__(self, attval: AttributeValue, vtype: ua.VariantType | None) -> None:
+    def __init__(
+        self, node: NodeData, attval: AttributeValue, vtype: ua.VariantType | None
+    ) -> None:
+        self.node = node
         self.attval = attval
         self.vtype = vtype
 
@@ -155,10 +159,15 @@ class BatchWriter:
                 self._resolve(nodeid)
         return len(self._targets)
 
-    def forget(self, nodeids: Iterable[ua.NodeId]) -> None:
-        """The nodes are deleted (or about to be): a later write to one fails BadNodeIdUnknown."""
-        for nodeid in nodeids:
-            self._targets.pop(nodeid, None)
+    def prune(self) -> int:
+        """Drop what was resolved for nodes deleted (or deleted and made again) since; returns
+        how many. A later write to a deleted node fails BadNodeIdUnknown; a node made again is
+        resolved afresh."""
+        aspace, targets = self._aspace, self._targets
+        stale = [n for n, t in targets.items() if aspace.get(n) is not t.node]
+        for nodeid in stale:
+            del targets[nodeid]
+        return len(stale)
 
     def _resolve(self, nodeid: ua.NodeId) -> _Target | None:
         node = self._aspace.get(nodeid)
@@ -167,7 +176,7 @@ class BatchWriter:
         attval = node.attributes.get(_VALUE)
         if attval is None:
             return None
-        target = _Target(attval, _expected_type(node.attributes, attval))
+        target = _Target(node, attval, _expected_type(node.attributes, attval))
         self._targets[nodeid] = target
         return target
 

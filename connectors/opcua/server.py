@@ -343,6 +343,10 @@ class PredictionServer:
                 self._slots[key] = slot  # a new version or labels: shown with the next value
             if self._models is not None:
                 await self._models.follow(server, list(wanted.values()))
+            if self._writer is not None and self._namespace_index is not None:
+                # Nodes deleted or made again under the same ids: not the ones resolved before.
+                self._writer.prune()
+                self._writer.prepare(self._namespace_index)
         if gone or added:
             self._log.info(
                 "server_slots_changed",

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -193,10 +194,9 @@ async def test_a_node_that_cannot_be_written_does_not_stop_the_batch(
     # Take B4's Score variable out of the address space: its write fails, the rest goes on.
     score = server.get_node(make_node_id(ident(b4, "Score"), sink.namespace_index))
     await server.delete_nodes([score])
-    # The sink's own deletions (a reload that removes a slot) tell its writer; this one is
-    # behind its back.
-    assert sink._writer is not None
-    sink._writer.forget([score.nodeid])
+    # The sink re-checks its nodes after it changes its own layout (a reload); this deletion
+    # is behind its back.
+    assert sink._writer is not None and sink._writer.prune() == 1
     errors = sink.health().counters["write_errors"]
     start = len(collector.seen)
     when = time.time() - 1.0
@@ -292,5 +292,30 @@ async def test_start_resolves_every_value_node_so_writes_leave_no_new_objects() 
         grown = len(gc.get_objects()) - before
         # The new values replace the initial ones; nothing per node stays.
         assert grown < 2 * len(SLOTS), grown
+    finally:
+        await server.close()
+
+
+async def test_a_slot_made_again_by_a_reload_shows_new_values() -> None:
+    """A reload that changes a slot's layout (here the unit of its value) deletes its nodes and
+    makes them again under the same ids: the next prediction must reach the new nodes, not
+    the deleted ones the writer resolved before."""
+    settings = OpcUaServerSettings(
+        endpoint=f"opc.tcp://127.0.0.1:{free_port()}",
+        namespace=NS,
+        allow_anonymous=True,
+        security_policies=["None"],
+    )
+    rul = SLOTS[1]
+    server = PredictionServer("hmi3", settings, SinkContext("gw1", (rul,)))
+    await server.start()
+    try:
+        await server.write([prediction(rul, 1.5, 1.0)])
+        await server.follow_slots([replace(rul, unit="h")])
+        await server.write([prediction(rul, 2.5, 2.0)])
+        async with Client(settings.endpoint, timeout=10) as client:
+            ns = await client.get_namespace_index(NS)
+            node = client.get_node(make_node_id(ident(rul, "Value"), ns))
+            assert await node.read_value() == 2.5
     finally:
         await server.close()
