@@ -64,14 +64,18 @@ class Collector:
                 await asyncio.wait_for(self.changed.wait(), left)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def sink() -> AsyncIterator[PredictionServer]:
-    settings = OpcUaServerSettings(
+def _settings() -> OpcUaServerSettings:
+    return OpcUaServerSettings(
         endpoint=f"opc.tcp://127.0.0.1:{free_port()}",
         namespace=NS,
         allow_anonymous=True,
         security_policies=["None"],
     )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sink() -> AsyncIterator[PredictionServer]:
+    settings = _settings()
     server = PredictionServer("hmi", settings, SinkContext("gw1", SLOTS))
     await server.start()
     try:
@@ -276,12 +280,7 @@ async def test_start_resolves_every_value_node_so_writes_leave_no_new_objects() 
     """What a write needs per node is built at start, before the gateway freezes what start-up
     made (gc.freeze): resolved at the first write instead, ~10 objects per slot stayed young
     for every full collection to walk (bench/trigger.py)."""
-    settings = OpcUaServerSettings(
-        endpoint=f"opc.tcp://127.0.0.1:{free_port()}",
-        namespace=NS,
-        allow_anonymous=True,
-        security_policies=["None"],
-    )
+    settings = _settings()
     server = PredictionServer("hmi2", settings, SinkContext("gw1", SLOTS))
     await server.start()
     try:
@@ -300,12 +299,7 @@ async def test_a_slot_made_again_by_a_reload_shows_new_values() -> None:
     """A reload that changes a slot's layout (here the unit of its value) deletes its nodes and
     makes them again under the same ids: the next prediction must reach the new nodes, not
     the deleted ones the writer resolved before."""
-    settings = OpcUaServerSettings(
-        endpoint=f"opc.tcp://127.0.0.1:{free_port()}",
-        namespace=NS,
-        allow_anonymous=True,
-        security_policies=["None"],
-    )
+    settings = _settings()
     rul = SLOTS[1]
     server = PredictionServer("hmi3", settings, SinkContext("gw1", (rul,)))
     await server.start()
