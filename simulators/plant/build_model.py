@@ -1,9 +1,10 @@
 """Build the bundled pump-health model from the simulator's own physics.
 
-Run ``python -m simulators.plant.build_model [--out PATH]``. It simulates many pumps (healthy and
-with developing bearing faults), cuts windows the way the gateway does, computes features with
-``bridge.features.stats``, trains a standardized logistic regression with numpy and exports it to
-ONNX. The same seed gives the same bytes, so the committed model can be rebuilt and compared.
+Run ``python -m bridge.simulators.plant.build_model [--out PATH]``. It simulates many pumps
+(healthy and with developing bearing faults), cuts windows the way the gateway does, computes
+features with ``bridge.features.stats``, trains a standardized logistic regression with numpy
+and exports it to ONNX. The same seed gives the same bytes, so the committed model can be rebuilt
+and compared.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bridge.features import stats
-from simulators.plant.physics import FaultPlan, PumpState
+from bridge.simulators.plant.physics import FaultPlan, PumpState
 
 __all__ = [
     "DEFAULT_OUT",
