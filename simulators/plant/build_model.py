@@ -69,6 +69,8 @@ DEFAULT_OUT = Path(__file__).resolve().parents[2] / "mappings" / "models" / "pum
 OPSET = 17
 # IR 8 goes with opset 17 and loads in every onnxruntime the project allows (>= 1.18).
 IR_VERSION = 8
+# The label the committed model was built with (now bridge.simulators.plant.build_model): it is
+# part of the model's bytes, so renaming it would change the model and its sha256 in lineage.
 PRODUCER = "bridge simulators.plant.build_model"
 PRODUCER_VERSION = "1"
 
