@@ -28,11 +28,11 @@ from asyncua.server.server import Server
 from onnx import TensorProto, helper
 
 from bench.common import free_port, percentile, write_result
+from bridge.connectors.opcua.convert import make_node_id
 from bridge.logging import configure_logging
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, build_gateway
-from connectors.opcua.convert import make_node_id
-from simulators.plant.server import PlantSimulator
+from bridge.simulators.plant.server import PlantSimulator
 
 SOURCE_PUBLISH_MS = 10
 MODEL_PERIOD_S = 0.02

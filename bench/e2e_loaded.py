@@ -49,7 +49,7 @@ from bench.e2e import (
     echo_model,
     probe_change,
 )
-from connectors.opcua.convert import make_node_id
+from bridge.connectors.opcua.convert import make_node_id
 
 PLANT_PUBLISH_MS = 100  # the load tags: a normal SCADA rate; the probe uses 10 ms
 LOAD_NS = "urn:bench:ingest"

@@ -24,10 +24,10 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from bench.common import free_port, row, write_result
+from bridge.connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings
+from bridge.connectors.modbus.codec import encode
 from bridge.logging import configure_logging
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings
-from connectors.modbus.codec import encode
 
 REGISTERS = 2000
 

@@ -29,7 +29,7 @@ async def serve(port: int, items: int, period: float) -> None:
     from asyncua.server.server import Server
     from asyncua.ua.object_ids import ObjectIds
 
-    from connectors.opcua.convert import make_node_id
+    from bridge.connectors.opcua.convert import make_node_id
 
     server = Server()
     await server.init()
@@ -78,7 +78,7 @@ async def serve(port: int, items: int, period: float) -> None:
 async def bare(endpoint: str, items: int, seconds: float) -> float:
     from asyncua.client.client import Client
 
-    from connectors.opcua.convert import make_node_id
+    from bridge.connectors.opcua.convert import make_node_id
 
     count = 0
 
@@ -104,8 +104,8 @@ async def bare(endpoint: str, items: int, seconds: float) -> float:
 
 
 async def ours(endpoint: str, items: int, seconds: float) -> tuple[float, int]:
+    from bridge.connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
     from bridge.types import SourceTag, TagSample
-    from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
 
     tags = [
         SourceTag(f"v{i}", OpcUaAddress.model_validate(f"nsu={NS};s=v{i}")) for i in range(items)

@@ -43,11 +43,11 @@ from asyncua.client.client import Client
 from asyncua.server.server import Server
 
 from bench.common import free_port, machine, percentile, row, stop, write_result
+from bridge.connectors.opcua import OpcUaServerSettings, PredictionServer
+from bridge.connectors.opcua.convert import make_node_id
+from bridge.connectors.opcua.encode import FIELDS, node_string
 from bridge.logging import configure_logging
 from bridge.types import Explanation, Prediction, PredictionSlot, Quality, SinkContext
-from connectors.opcua import OpcUaServerSettings, PredictionServer
-from connectors.opcua.convert import make_node_id
-from connectors.opcua.encode import FIELDS, node_string
 
 NS = "urn:bench:hmi"
 MODEL = "m"

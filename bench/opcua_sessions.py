@@ -52,7 +52,7 @@ async def bare(endpoint: str, shares: Sequence[tuple[int, int]], seconds: float)
     from asyncua import ua
     from asyncua.client.client import Client
 
-    from connectors.opcua.convert import make_node_id
+    from bridge.connectors.opcua.convert import make_node_id
 
     count = 0
 
@@ -241,7 +241,7 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
 
 
 def split(items: int, parts: int) -> list[tuple[int, int]]:
-    from connectors.opcua.source import shares
+    from bridge.connectors.opcua.source import shares
 
     return [(r.start, r.stop) for r in shares(items, parts)]
 
@@ -264,8 +264,8 @@ def transport(samples: int = 5000, rounds: int = 200) -> dict[str, Any]:
     from multiprocessing import shared_memory
     from multiprocessing.connection import Connection
 
+    from bridge.connectors.opcua._packed import pack, unpack
     from bridge.types import Quality, TagSample
-    from connectors.opcua._packed import pack, unpack
 
     now = time.time()
     names = [f"a{i // 10}.t{i % 10}" for i in range(samples)]

@@ -48,6 +48,8 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from bench.common import free_port, row, stop, write_result
+from bridge.connectors.mes import MesDestination, MesSettings
+from bridge.connectors.mes.http import LeanClient
 from bridge.destination import Capabilities, DestinationContext, Envelope, Outcome
 from bridge.logging import configure_logging
 from bridge.outbox import Relay, RelaySettings
@@ -56,8 +58,6 @@ from bridge.store.db import Store, open_store
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
 from bridge.types import ComponentHealth, Prediction, Quality, Trigger
-from connectors.mes import MesDestination, MesSettings
-from connectors.mes.http import LeanClient
 
 PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 GATEWAY = "bench"
@@ -110,7 +110,7 @@ def _receiver(delay_ms: float = 0.0, fail_every: int = 0) -> Iterator[str]:
     port = free_port()
     options = ["--delay-ms", str(delay_ms), "--fail-every", str(fail_every)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators.mes", "--port", str(port), *options],
+        [sys.executable, "-m", "bridge.simulators.mes", "--port", str(port), *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

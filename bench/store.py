@@ -42,6 +42,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from bench.common import row, write_result
+from bridge.connectors.mes import MesDestination, MesSettings
 from bridge.destination import DestinationContext
 from bridge.logging import configure_logging
 from bridge.outbox.feed import Budget, OutboxFeed
@@ -49,7 +50,6 @@ from bridge.store.codec import PREDICTION_COLUMNS, prediction_row
 from bridge.store.db import Store, open_store
 from bridge.store.sink import StoreSink
 from bridge.types import InputSnapshot, Prediction, Quality, Trigger
-from connectors.mes import MesDestination, MesSettings
 
 PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 PG_DSN = "host=127.0.0.1 user=root dbname=test"

@@ -45,10 +45,10 @@ from asyncua.server.server import Server
 
 from bench.common import free_port, machine, percentile, row, write_result
 from bench.e2e import echo_model, gateway
+from bridge.connectors.opcua.convert import make_node_id
 from bridge.logging import configure_logging
 from bridge.runtime.pipeline import Gateway
 from bridge.types import TagSample
-from connectors.opcua.convert import make_node_id
 
 PROBE_NS = "urn:bench:probe"
 TARGET_P99_MS = 20.0

@@ -9,6 +9,7 @@ WORKDIR /opt/bridge
 COPY deploy/requirements.lock ./requirements.lock
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml README.md LICENSE ./
+# bridge/connectors and bridge/simulators are links to the two folders below (COPY keeps links).
 COPY bridge ./bridge
 COPY connectors ./connectors
 COPY simulators ./simulators

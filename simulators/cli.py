@@ -11,7 +11,7 @@ from typing import Protocol, TypeVar
 import click
 
 from bridge.cli import run_async, until_stopped
-from simulators.demo_ports import DemoPorts
+from bridge.simulators.demo_ports import DemoPorts
 
 FC = TypeVar("FC", bound=Callable[..., object])
 
@@ -72,7 +72,7 @@ def demo(
     **ports: int | None,
 ) -> None:
     """Simulated plant + PLC + MES and the gateway with the bundled model, all on 127.0.0.1."""
-    from simulators.demo import run_demo
+    from bridge.simulators.demo import run_demo
 
     chosen = demo_ports(port_offset, ports)
     run_async(lambda: run_demo(mapping, duration, chosen, workdir))
@@ -108,7 +108,7 @@ def simulate_plant(
     host: str, port: int, pumps: int, faulty: str, interval: float, duration: float | None
 ) -> None:
     """OPC UA plant: pumps with physics, noise and a developing bearing fault."""
-    from simulators.plant.server import PlantSimulator
+    from bridge.simulators.plant.server import PlantSimulator
 
     bad = tuple(int(x) for x in faulty.split(",") if x.strip())
     sim = PlantSimulator(host=host, port=port, pumps=pumps, faulty=bad, update_interval_s=interval)
@@ -121,7 +121,7 @@ def simulate_plant(
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 def simulate_plc(host: str, port: int, duration: float | None) -> None:
     """Modbus TCP PLC serving values in several encodings."""
-    from simulators.plc.server import PlcSimulator
+    from bridge.simulators.plc.server import PlcSimulator
 
     sim = PlcSimulator(host=host, port=port)
     run_async(lambda: _serve(sim, f"PLC on {host}:{port}", duration))
@@ -140,7 +140,7 @@ def simulate_plc(host: str, port: int, duration: float | None) -> None:
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 def simulate_mes(host: str, port: int, log_path: Path | None, duration: float | None) -> None:
     """MES receiver: records calls, counts duplicate Idempotency-Keys, fails on command."""
-    from simulators.mes.server import MesReceiver
+    from bridge.simulators.mes.server import MesReceiver
 
     sim = MesReceiver(host=host, port=port, log_path=log_path)
     run_async(lambda: _serve(sim, f"MES receiver on {sim.url}", duration))

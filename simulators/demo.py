@@ -16,18 +16,18 @@ from bridge.auth import Scope
 from bridge.prepare import prepare
 from bridge.private_files import replace_private
 from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.simulators.demo_ports import DemoError, DemoPorts, busy_message
+from bridge.simulators.mes.server import MesReceiver
+from bridge.simulators.plant.server import PlantSimulator
+from bridge.simulators.plc.server import PlcSimulator
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import open_store
-from simulators.demo_ports import DemoError, DemoPorts, busy_message
-from simulators.mes.server import MesReceiver
-from simulators.plant.server import PlantSimulator
-from simulators.plc.server import PlcSimulator
 
 __all__ = ["DEFAULT_MAPPING", "DemoError", "DemoPorts", "demo_api_key", "run_demo"]
 
 # Package data, so an installed wheel has it too: in a source tree these are links to
 # mappings/demo.yaml and mappings/models/pump_health.onnx (one copy to edit).
-DEFAULT_MAPPING = Path(str(files("simulators") / "demo_data" / "demo.yaml"))
+DEFAULT_MAPPING = Path(str(files("bridge.simulators") / "demo_data" / "demo.yaml"))
 STATUS_EVERY_S = 5.0
 PUMPS = 8
 FAULTY_PUMP = 3

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from bridge.config.reference import compute_reference
-from simulators.plant.physics import FaultPlan, PumpState
+from bridge.simulators.plant.physics import FaultPlan, PumpState
 
 INSIGHT_PUMPS = (1, 3, 4)  # pumps 1, 3 and 4 of the simulator run at nearly the same load
 INSIGHT_FEATURES = ("vibration.last", "discharge_pressure.last", "speed.last")

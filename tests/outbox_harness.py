@@ -16,6 +16,7 @@ from typing import Any
 
 from stores import PG_URL, pg_schema
 
+from bridge.connectors.mes import MesDestination, MesSettings
 from bridge.destination import DestinationContext
 from bridge.outbox import Relay, RelaySettings
 from bridge.outbox.feed import Budget, WhenFull
@@ -24,7 +25,6 @@ from bridge.store.db import Store, open_store
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
 from bridge.types import Prediction, PredictionSlot, Quality
-from connectors.mes import MesDestination, MesSettings
 
 __all__ = ["PG_URL", "Durable", "pg_schema", "prediction", "received_in_order", "store_url"]
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from bridge.connectors.opcua import OpcUaAddress
+from bridge.simulators.plant import PLANT_NAMESPACE
+from bridge.simulators.plant.physics import SIGNALS
 from bridge.types import SourceTag
-from connectors.opcua import OpcUaAddress
-from simulators.plant import PLANT_NAMESPACE
-from simulators.plant.physics import SIGNALS
 
 
 def plant_tags(pumps: int) -> list[SourceTag]:

@@ -7,10 +7,10 @@ import asyncio
 import json
 import sys
 
+from bridge.connectors.opcua import OpcUaAddress, OpcUaSourceSettings
+from bridge.connectors.opcua._worker import OpcUaWorkerSource
+from bridge.simulators.plant import PLANT_NAMESPACE
 from bridge.types import SourceTag
-from connectors.opcua import OpcUaAddress, OpcUaSourceSettings
-from connectors.opcua._worker import OpcUaWorkerSource
-from simulators.plant import PLANT_NAMESPACE
 
 
 async def main(endpoint: str) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from bridge.connectors.modbus.config import ModbusAddress, ModbusSourceSettings
 from bridge.types import Source, SourceTag
-from connectors.modbus.config import ModbusAddress, ModbusSourceSettings
 
 if TYPE_CHECKING:
-    from connectors.modbus.source import ModbusSource
+    from bridge.connectors.modbus.source import ModbusSource
 
 __all__ = ["ModbusAddress", "ModbusSource", "ModbusSourceSettings", "register"]
 
@@ -22,14 +22,14 @@ def __getattr__(name: str) -> Any:
     # Registration and the config models import no pymodbus (a ``bridge validate`` needs only
     # the models): the source module loads on first use.
     if name == "ModbusSource":
-        from connectors.modbus.source import ModbusSource
+        from bridge.connectors.modbus.source import ModbusSource
 
         return ModbusSource
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _source(name: str, settings: Any, tags: Sequence[SourceTag]) -> Source:
-    from connectors.modbus.source import ModbusSource
+    from bridge.connectors.modbus.source import ModbusSource
 
     return ModbusSource(name, settings, tags)
 

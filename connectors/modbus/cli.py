@@ -30,9 +30,9 @@ def verify(mapping: Path, live: bool) -> None:
     split that fixes it. Exit 1 if any tag is off or unreadable, or any block is refused.
     """
     from bridge.config import load_mapping
-    from connectors.modbus.config import ModbusSourceSettings
-    from connectors.modbus.plan import plan_reads
-    from connectors.modbus.verify import VerifyTag, describe, read_and_verify
+    from bridge.connectors.modbus.config import ModbusSourceSettings
+    from bridge.connectors.modbus.plan import plan_reads
+    from bridge.connectors.modbus.verify import VerifyTag, describe, read_and_verify
 
     try:
         m = load_mapping(mapping)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from connectors.modbus.codec import RegisterType, WordOrder, register_count
+from bridge.connectors.modbus.codec import RegisterType, WordOrder, register_count
 
 __all__ = [
     "BIT_TABLES",

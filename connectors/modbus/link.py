@@ -2,7 +2,7 @@
 
 This is the only module that builds pymodbus clients. pymodbus's own retries, reconnect loop
 and "close after N silent requests" are switched off: the source decides what a failure
-means (``connectors.modbus.source``) and the runtime owns reconnects.
+means (``bridge.connectors.modbus.source``) and the runtime owns reconnects.
 
 RTU frames (serial line and RTU-over-TCP) carry no transaction id, and pymodbus hands the next
 frame that arrives to whichever request is waiting. A reply that comes after its request timed
@@ -12,7 +12,8 @@ an RTU link ends without its reply, the line is drained before the next request 
 link waits until nothing has arrived for ``timeout_s`` (whatever arrives meanwhile is
 discarded), as libmodbus does after a timeout. A line that does not go quiet within
 ``_SETTLE_ROUNDS`` timeouts is reset (closed; the runtime reconnects). Modbus TCP needs none of
-this: its replies carry the request's transaction id, which ``connectors.modbus.reply`` checks.
+this: its replies carry the request's transaction id, which
+``bridge.connectors.modbus.reply`` checks.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
-from connectors.modbus.config import ModbusSourceSettings
-from connectors.modbus.plan import ReadBlock
-from connectors.modbus.reply import Reply
+from bridge.connectors.modbus.config import ModbusSourceSettings
+from bridge.connectors.modbus.plan import ReadBlock
+from bridge.connectors.modbus.reply import Reply
 
 __all__ = ["LineNotQuiet", "Link", "MalformedFrame"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from connectors.modbus.config import BIT_TABLES, ModbusAddress, Table
-from connectors.modbus.unpack import Unpacker
+from bridge.connectors.modbus.config import BIT_TABLES, ModbusAddress, Table
+from bridge.connectors.modbus.unpack import Unpacker
 
 __all__ = ["MAX_BITS_PER_READ", "PlannedTag", "ReadBlock", "plan_reads"]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bridge.connectors.modbus.codec import decode, decode_bits, decode_string
+from bridge.connectors.modbus.config import ModbusAddress, Table
+from bridge.connectors.modbus.plan import ReadBlock
+from bridge.connectors.modbus.unpack import Unpacker
 from bridge.types import TagValue
-from connectors.modbus.codec import decode, decode_bits, decode_string
-from connectors.modbus.config import ModbusAddress, Table
-from connectors.modbus.plan import ReadBlock
-from connectors.modbus.unpack import Unpacker
 
 __all__ = [
     "EXCEPTION_NAMES",

@@ -3,10 +3,10 @@ poll rates and circuit breakers.
 
 A source is one connection (TCP socket, RTU-over-TCP socket or serial line) shared by every
 unit reached through it. The runtime owns reconnects, so pymodbus's own retries and reconnect
-loop are switched off (``connectors.modbus.link``) and a dead link surfaces as
+loop are switched off (``bridge.connectors.modbus.link``) and a dead link surfaces as
 ``ConnectorError``. A problem confined to one block (an exception reply, a short or mismatched
 reply) only makes that block's tags Bad; a unit that stops answering is skipped for a while
-(``connectors.modbus.breaker``) so it does not eat the line's time.
+(``bridge.connectors.modbus.breaker``) so it does not eat the line's time.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from itertools import repeat
 import structlog
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from bridge.connectors.modbus.breaker import Breaker
+from bridge.connectors.modbus.config import ModbusAddress, ModbusSourceSettings
+from bridge.connectors.modbus.link import Link, MalformedFrame
+from bridge.connectors.modbus.plan import ReadBlock, plan_reads
+from bridge.connectors.modbus.reply import BadReply, checked_values
 from bridge.errors import ConnectorError, NotConnected
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.modbus.breaker import Breaker
-from connectors.modbus.config import ModbusAddress, ModbusSourceSettings
-from connectors.modbus.link import Link, MalformedFrame
-from connectors.modbus.plan import ReadBlock, plan_reads
-from connectors.modbus.reply import BadReply, checked_values
 
 __all__ = ["MAX_CONSECUTIVE_FAILURES", "ModbusSource"]
 

@@ -16,8 +16,8 @@ import struct
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 
+from bridge.connectors.modbus.config import ModbusAddress
 from bridge.types import TagValue
-from connectors.modbus.config import ModbusAddress
 
 __all__ = ["Unpacker"]
 

@@ -15,12 +15,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import get_args
 
+from bridge.connectors.modbus.codec import RegisterType, WordOrder
+from bridge.connectors.modbus.config import ExpectedValue, ModbusAddress, ModbusSourceSettings
+from bridge.connectors.modbus.link import Link
+from bridge.connectors.modbus.plan import ReadBlock, plan_reads
+from bridge.connectors.modbus.reply import BadReply, Reply, block_values, decode_address
 from bridge.types import TagValue
-from connectors.modbus.codec import RegisterType, WordOrder
-from connectors.modbus.config import ExpectedValue, ModbusAddress, ModbusSourceSettings
-from connectors.modbus.link import Link
-from connectors.modbus.plan import ReadBlock, plan_reads
-from connectors.modbus.reply import BadReply, Reply, block_values, decode_address
 
 __all__ = [
     "BlockProblem",

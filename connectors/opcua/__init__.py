@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from bridge.connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings, SecuritySettings
+from bridge.connectors.opcua.nodeid import is_valid_nsu
+from bridge.connectors.opcua.server_config import OpcUaServerSettings, OpcUaServerUser
 from bridge.plugins import (
     SettingsProblem,
     SinkKind,
@@ -14,13 +17,10 @@ from bridge.plugins import (
     register_source,
 )
 from bridge.types import Sink, SinkContext, Source, SourceTag
-from connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings, SecuritySettings
-from connectors.opcua.nodeid import is_valid_nsu
-from connectors.opcua.server_config import OpcUaServerSettings, OpcUaServerUser
 
 if TYPE_CHECKING:
-    from connectors.opcua.server import PredictionServer
-    from connectors.opcua.source import OpcUaSource
+    from bridge.connectors.opcua.server import PredictionServer
+    from bridge.connectors.opcua.source import OpcUaSource
 
 __all__ = [
     "OpcUaAddress",
@@ -37,8 +37,8 @@ __all__ = [
 # Registration and the config models import no asyncua (it is most of a ``bridge validate``'s
 # imports, which needs only the models): the source and server modules load on first use.
 _LAZY = {
-    "OpcUaSource": "connectors.opcua.source",
-    "PredictionServer": "connectors.opcua.server",
+    "OpcUaSource": "bridge.connectors.opcua.source",
+    "PredictionServer": "bridge.connectors.opcua.server",
 }
 
 
@@ -53,28 +53,28 @@ def __getattr__(name: str) -> Any:
 
 def _source(name: str, settings: Any, tags: Sequence[SourceTag]) -> Source:
     if settings.workers > 0:
-        from connectors.opcua._worker import OpcUaWorkerSource
+        from bridge.connectors.opcua._worker import OpcUaWorkerSource
 
         return OpcUaWorkerSource(name, settings, tags)
-    from connectors.opcua.source import OpcUaSource
+    from bridge.connectors.opcua.source import OpcUaSource
 
     return OpcUaSource(name, settings, tags)
 
 
 def _server(name: str, settings: Any, context: SinkContext) -> Sink:
-    from connectors.opcua.server import PredictionServer
+    from bridge.connectors.opcua.server import PredictionServer
 
     return PredictionServer(name, settings, context)
 
 
 def _source_files(settings: Any) -> Sequence[SettingsProblem]:
-    from connectors.opcua._files import check_source_files
+    from bridge.connectors.opcua._files import check_source_files
 
     return check_source_files(settings)
 
 
 def _server_files(settings: Any) -> Sequence[SettingsProblem]:
-    from connectors.opcua._files import check_server_files
+    from bridge.connectors.opcua._files import check_server_files
 
     return check_server_files(settings)
 

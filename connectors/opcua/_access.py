@@ -32,9 +32,9 @@ from asyncua.ua.object_ids import ObjectIds
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from connectors.opcua._passwords import PasswordHash, hash_password, parse_password_hash
-from connectors.opcua.convert import make_node_id
-from connectors.opcua.server_config import OpcUaServerUser
+from bridge.connectors.opcua._passwords import PasswordHash, hash_password, parse_password_hash
+from bridge.connectors.opcua.convert import make_node_id
+from bridge.connectors.opcua.server_config import OpcUaServerUser
 
 __all__ = [
     "OPERATOR",

@@ -16,10 +16,11 @@ those awaits ever suspends unless a subscription publishes with a 0 ms interval.
   with asyncua's rules: a Bad status nulls the value, a variant of another type than the
   variable's is refused with ``BadTypeMismatch``;
 - for every monitored item of every client subscription, keeps the DataValue as the item's
-  current value **without** the deep copy (the DataValues come from ``connectors.opcua.encode``,
-  are built fresh per write and never mutated afterwards), applies asyncua's own change/deadband
-  checks (``_is_data_changed``/``_is_deadband_exceeded``) and queues the notification in the
-  subscription the way ``InternalSubscription._enqueue_event`` does (queue size per item);
+  current value **without** the deep copy (the DataValues come from
+  ``bridge.connectors.opcua.encode``, are built fresh per write and never mutated afterwards),
+  applies asyncua's own change/deadband checks (``_is_data_changed``/``_is_deadband_exceeded``)
+  and queues the notification in the subscription the way
+  ``InternalSubscription._enqueue_event`` does (queue size per item);
 - collects what cannot be done synchronously: subscriptions with a publishing interval <= 0
   (publish at once) and callbacks of another kind; :meth:`BatchWriter.settle` awaits those once
   per batch, after the pass.

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from connectors.opcua.config import OpcUaSourceSettings
+from bridge.connectors.opcua.config import OpcUaSourceSettings
 
 __all__ = ["BadOptions", "connection_options", "connection_settings"]
 

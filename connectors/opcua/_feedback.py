@@ -20,11 +20,11 @@ from asyncua.common.node import Node
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
+from bridge.connectors.opcua._caller import caller_name, caller_role
+from bridge.connectors.opcua.convert import make_node_id
+from bridge.connectors.opcua.encode import node_string
 from bridge.errors import BridgeError
 from bridge.types import Feedback, FeedbackAction, FeedbackService, Prediction
-from connectors.opcua._caller import caller_name, caller_role
-from connectors.opcua.convert import make_node_id
-from connectors.opcua.encode import node_string
 
 __all__ = ["FEEDBACK_METHODS", "FeedbackMethods"]
 

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from bridge.connectors.opcua.config import OpcUaSourceSettings
+from bridge.connectors.opcua.server_config import OpcUaServerSettings
 from bridge.plugins import SettingsProblem
-from connectors.opcua.config import OpcUaSourceSettings
-from connectors.opcua.server_config import OpcUaServerSettings
 
 __all__ = ["check_server_files", "check_source_files"]
 

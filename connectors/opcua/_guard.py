@@ -14,7 +14,7 @@ ClientCertificate got a session. Here the channel's own certificate (the one the
 belong to) is checked against the trust list on CreateSession and on ActivateSession,
 ClientCertificate must be that certificate, and a session is activated only from a channel with
 the certificate it was created on. Failed logins (refused certificates included) are throttled
-per peer address (``connectors.opcua._throttle``).
+per peer address (``bridge.connectors.opcua._throttle``).
 
 Built on asyncua internals (UaProcessor, OPCUAProtocol, BinaryServer): asyncua is pinned ~=2.1
 and the raw-client integration test proves the refusal.
@@ -39,10 +39,10 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from connectors.opcua._caller import CALLER
-from connectors.opcua._throttle import LoginThrottle
-from connectors.opcua.convert import make_node_id
-from connectors.opcua.trust import TrustList, UntrustedCertificate
+from bridge.connectors.opcua._caller import CALLER
+from bridge.connectors.opcua._throttle import LoginThrottle
+from bridge.connectors.opcua.convert import make_node_id
+from bridge.connectors.opcua.trust import TrustList, UntrustedCertificate
 
 __all__ = ["GuardedServer"]
 

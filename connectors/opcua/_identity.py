@@ -17,9 +17,9 @@ from asyncua.crypto import security_policies
 from asyncua.crypto.validator import CertificateValidatorMethod
 from cryptography import x509
 
-from connectors.opcua._refusal import Attempt, watch_open_faults
-from connectors.opcua.config import OpcUaSourceSettings, SecuritySettings
-from connectors.opcua.trust import TrustList, UntrustedCertificate
+from bridge.connectors.opcua._refusal import Attempt, watch_open_faults
+from bridge.connectors.opcua.config import OpcUaSourceSettings, SecuritySettings
+from bridge.connectors.opcua.trust import TrustList, UntrustedCertificate
 
 __all__ = ["POLICIES", "apply_identity", "read_first_line"]
 

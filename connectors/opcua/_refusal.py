@@ -22,9 +22,9 @@ from asyncua.ua.status_codes import StatusCodes, get_name_and_doc
 from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary
 from cryptography import x509
 
-from connectors.opcua.config import OpcUaSourceSettings
-from connectors.opcua.convert import make_node_id, status_name
-from connectors.opcua.trust import UntrustedCertificate
+from bridge.connectors.opcua.config import OpcUaSourceSettings
+from bridge.connectors.opcua.convert import make_node_id, status_name
+from bridge.connectors.opcua.trust import UntrustedCertificate
 
 __all__ = ["Attempt", "explain", "status_of", "watch_open_faults"]
 

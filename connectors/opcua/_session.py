@@ -22,14 +22,14 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError
 
+from bridge.connectors.opcua._identity import apply_identity
+from bridge.connectors.opcua._inbox import Inbox
+from bridge.connectors.opcua._refusal import Attempt, explain
+from bridge.connectors.opcua._subscription import InboxSubscription, decode_publish_off_loop
+from bridge.connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings
+from bridge.connectors.opcua.convert import NodeRef, make_node_id, node_id_for, parse_nsu
 from bridge.errors import ConnectorError
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.opcua._identity import apply_identity
-from connectors.opcua._inbox import Inbox
-from connectors.opcua._refusal import Attempt, explain
-from connectors.opcua._subscription import InboxSubscription, decode_publish_off_loop
-from connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings
-from connectors.opcua.convert import NodeRef, make_node_id, node_id_for, parse_nsu
 
 __all__ = [
     "DEFAULT_BATCH",

@@ -27,8 +27,8 @@ from asyncua.common.subscription import (
 from asyncua.ua.ua_binary import struct_from_binary
 from asyncua.ua.uaerrors import UaStructParsingError
 
-from connectors.opcua._inbox import Inbox
-from connectors.opcua.convert import status_name
+from bridge.connectors.opcua._inbox import Inbox
+from bridge.connectors.opcua.convert import status_name
 
 __all__ = ["OFF_LOOP_BYTES", "InboxSubscription", "decode_publish_off_loop"]
 

@@ -2,7 +2,7 @@
 
 Why: one interpreter decodes some 25-40k notifications/s (asyncua decodes in pure Python);
 on 2+ cores the sessions of a large plant can decode side by side in children. Each child
-(a fresh ``python -m connectors.opcua._worker``: a spawn, no fork of a running event loop and
+(a fresh ``python -m bridge.connectors.opcua._worker``: a spawn, no fork of a running event loop and
 its threads; not ``multiprocessing.Process``, whose spawn re-runs the gateway's ``__main__``
 in every child) runs an ordinary
 ``OpcUaSource`` over its contiguous share of the tags and its share of the sessions: connect,
@@ -51,12 +51,12 @@ from typing import Any
 
 import structlog
 
+from bridge.connectors.opcua._packed import pack, unpack
+from bridge.connectors.opcua.config import OpcUaSourceSettings, ReconnectSettings
+from bridge.connectors.opcua.source import OpcUaSource, endpoint_address, shares
 from bridge.errors import ConnectorError, NotConnected
 from bridge.logging import configure_logging
 from bridge.types import SourceTag, TagSample
-from connectors.opcua._packed import pack, unpack
-from connectors.opcua.config import OpcUaSourceSettings, ReconnectSettings
-from connectors.opcua.source import OpcUaSource, endpoint_address, shares
 
 __all__ = ["OpcUaWorkerSource"]
 
@@ -254,7 +254,7 @@ def _spawn(start: bytes) -> tuple[subprocess.Popen[bytes], Connection]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "connectors.opcua._worker", str(theirs.fileno())],
+            [sys.executable, "-m", "bridge.connectors.opcua._worker", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
             env=env,
             stdin=subprocess.DEVNULL,

@@ -23,11 +23,11 @@ from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 
+from bridge.connectors.opcua._identity import apply_identity
+from bridge.connectors.opcua._refusal import Attempt, explain
+from bridge.connectors.opcua.config import OpcUaSourceSettings
+from bridge.connectors.opcua.convert import make_node_id
 from bridge.errors import ConnectorError
-from connectors.opcua._identity import apply_identity
-from connectors.opcua._refusal import Attempt, explain
-from connectors.opcua.config import OpcUaSourceSettings
-from connectors.opcua.convert import make_node_id
 
 __all__ = ["BrowsedVariable", "browse_server", "scaffold_yaml"]
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
+from bridge.connectors.opcua._connection_options import connection_options
 from bridge.errors import BridgeError
-from connectors.opcua._connection_options import connection_options
 
 __all__ = ["browse", "certs"]
 
@@ -67,7 +67,7 @@ def certs_create(
     force: bool,
 ) -> None:
     """Create a self-signed application certificate (DER) and private key (PEM)."""
-    from connectors.opcua.certs import create_application_certificate, thumbprint
+    from bridge.connectors.opcua.certs import create_application_certificate, thumbprint
 
     if not force and (cert_path.exists() or key_path.exists()):
         click.echo(f"error: {cert_path} or {key_path} exists (use --force)", err=True)
@@ -101,7 +101,7 @@ def certs_trust(certificate: str, pki_dir: Path, issuer: bool) -> None:
 
     A running gateway uses the change at once, without a restart.
     """
-    from connectors.opcua.pki import PkiError, trust_file, trust_rejected
+    from bridge.connectors.opcua.pki import PkiError, trust_file, trust_rejected
 
     try:
         if Path(certificate).is_file():
@@ -120,7 +120,7 @@ def certs_trust(certificate: str, pki_dir: Path, issuer: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def certs_list(pki_dir: Path, as_json: bool) -> None:
     """List the certificates in <pki-dir>/trusted, issuers and rejected."""
-    from connectors.opcua.pki import list_folder
+    from bridge.connectors.opcua.pki import list_folder
 
     entries = list_folder(pki_dir)
     if as_json:
@@ -152,7 +152,7 @@ def certs_list(pki_dir: Path, as_json: bool) -> None:
 @click.option("--n", "cost", default=16384, show_default=True, help="scrypt cost (power of 2).")
 def certs_hash_password(from_stdin: bool, cost: int) -> None:
     """Print a password hash for `password_hash:` of an opcua-server user."""
-    from connectors.opcua._passwords import hash_password, parse_password_hash
+    from bridge.connectors.opcua._passwords import hash_password, parse_password_hash
 
     if from_stdin:
         line = sys.stdin.readline()
@@ -195,8 +195,8 @@ def browse(
     Anonymous on a None channel unless --policy (with --certificate/--private-key) and an
     identity (--username with --password-env/--password-file, or --user-certificate) are given.
     """
-    from connectors.opcua._connection_options import BadOptions, connection_settings
-    from connectors.opcua.browse import browse_server, scaffold_yaml
+    from bridge.connectors.opcua._connection_options import BadOptions, connection_settings
+    from bridge.connectors.opcua.browse import browse_server, scaffold_yaml
 
     try:
         settings, block = connection_settings(endpoint, timeout_s, connection)

@@ -13,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from connectors.opcua.nodeid import parse_nsu
+from bridge.connectors.opcua.nodeid import parse_nsu
 
 
 def _opc_tcp(value: str) -> str:

@@ -9,9 +9,9 @@ from typing import Any, cast
 
 from asyncua import ua
 
+from bridge.connectors.opcua.nodeid import NodeRef, parse_nsu
+from bridge.connectors.opcua.nodeid import identifier_value as _identifier_value
 from bridge.types import Quality, TagValue
-from connectors.opcua.nodeid import NodeRef, parse_nsu
-from connectors.opcua.nodeid import identifier_value as _identifier_value
 
 __all__ = [
     "Converted",

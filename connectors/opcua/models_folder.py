@@ -23,8 +23,8 @@ from asyncua import ua
 from asyncua.server.server import Server
 from asyncua.ua.status_codes import StatusCodes
 
+from bridge.connectors.opcua.encode import make_status
 from bridge.types import ModelStatus, PredictionSlot
-from connectors.opcua.encode import make_status
 
 __all__ = ["STATUS_FIELDS", "ModelsFolder"]
 
@@ -140,7 +140,7 @@ class ModelsFolder:
 
     def changes(self, statuses: Sequence[ModelStatus]) -> list[tuple[ua.NodeId, ua.DataValue]]:
         """The (node, value) pairs that changed since the last call, for one batch write
-        (``connectors.opcua._batch``)."""
+        (``bridge.connectors.opcua._batch``)."""
         out: list[tuple[ua.NodeId, ua.DataValue]] = []
         for status in statuses:
             values: dict[str, object] = dict(_fields(status))

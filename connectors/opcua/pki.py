@@ -1,7 +1,8 @@
 """What an operator does with a trust-list folder (``bridge certs trust`` / ``bridge certs list``):
 trust a rejected certificate by its thumbprint, trust a certificate file, list the folders.
 
-The running gateway picks the change up by itself (``connectors.opcua.trust`` watches the folders).
+The running gateway picks the change up by itself (``bridge.connectors.opcua.trust`` watches the
+folders).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from connectors.opcua.trust import load_certificates, subject_of, thumbprint_of
+from bridge.connectors.opcua.trust import load_certificates, subject_of, thumbprint_of
 
 __all__ = ["Entry", "PkiError", "list_folder", "trust_file", "trust_rejected"]
 

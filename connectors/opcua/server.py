@@ -10,8 +10,8 @@ Address space (string node ids in the configured namespace, stable across restar
 Every variable is read-only (AccessLevel CurrentRead). Each prediction object has the methods
 Acknowledge, Confirm and Reject (inputs: the PredictionId answered and a comment; output: the id
 stored): only ``operator`` sessions may call them, and the answer goes to the core's
-FeedbackService (``connectors.opcua._feedback``).
-Status codes are documented in ``connectors.opcua.encode``.
+FeedbackService (``bridge.connectors.opcua._feedback``).
+Status codes are documented in ``bridge.connectors.opcua.encode``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,30 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from bridge.cancel import cancel_and_wait
+from bridge.connectors.opcua._access import (
+    CertificateRole,
+    ReaderUserManager,
+    ReadOnlyRuleset,
+    mark_user_certificates,
+)
+from bridge.connectors.opcua._batch import BatchWriter, WriteFailure
+from bridge.connectors.opcua._feedback import FeedbackMethods
+from bridge.connectors.opcua._guard import GuardedServer
+from bridge.connectors.opcua._throttle import LoginThrottle
+from bridge.connectors.opcua.certs import load_der, thumbprint
+from bridge.connectors.opcua.convert import make_node_id
+from bridge.connectors.opcua.encode import (
+    FIELDS,
+    encode_prediction,
+    initial_values,
+    make_status,
+    value_type,
+)
+from bridge.connectors.opcua.encode import node_string as prediction_node_string
+from bridge.connectors.opcua.models_folder import ModelsFolder
+from bridge.connectors.opcua.server_config import OpcUaServerSettings, ServerSecurityPolicy
+from bridge.connectors.opcua.trust import TrustList, UntrustedCertificate
+from bridge.connectors.opcua.units import eu_information
 from bridge.errors import ConnectorError
 from bridge.types import (
     ComponentHealth,
@@ -44,30 +68,6 @@ from bridge.types import (
     PredictionSlot,
     SinkContext,
 )
-from connectors.opcua._access import (
-    CertificateRole,
-    ReaderUserManager,
-    ReadOnlyRuleset,
-    mark_user_certificates,
-)
-from connectors.opcua._batch import BatchWriter, WriteFailure
-from connectors.opcua._feedback import FeedbackMethods
-from connectors.opcua._guard import GuardedServer
-from connectors.opcua._throttle import LoginThrottle
-from connectors.opcua.certs import load_der, thumbprint
-from connectors.opcua.convert import make_node_id
-from connectors.opcua.encode import (
-    FIELDS,
-    encode_prediction,
-    initial_values,
-    make_status,
-    value_type,
-)
-from connectors.opcua.encode import node_string as prediction_node_string
-from connectors.opcua.models_folder import ModelsFolder
-from connectors.opcua.server_config import OpcUaServerSettings, ServerSecurityPolicy
-from connectors.opcua.trust import TrustList, UntrustedCertificate
-from connectors.opcua.units import eu_information
 
 __all__ = ["PredictionServer"]
 
@@ -207,8 +207,9 @@ class PredictionServer:
         server.iserver.max_connections = settings.max_connections
 
     def _trust_list(self) -> TrustList | None:
-        """Client application certificates are trusted by <pki_dir> (``connectors.opcua.trust``);
-        an empty list is fine: certificate-based clients are refused until trusted."""
+        """Client application certificates are trusted by <pki_dir>
+        (``bridge.connectors.opcua.trust``); an empty list is fine: certificate-based clients are
+        refused until trusted."""
         settings = self._settings
         if not (settings.certificate and settings.private_key):
             return None
@@ -370,7 +371,7 @@ class PredictionServer:
         return make_node_id(identifier, self._namespace_index, ua.NodeIdType.String)
 
     async def write_models(self, statuses: Sequence[ModelStatus]) -> None:
-        """Update the ``Models`` folder (connectors.opcua.models_folder), one pass."""
+        """Update the ``Models`` folder (bridge.connectors.opcua.models_folder), one pass."""
         writer = self._writer
         if writer is not None and self._models is not None:
             items = self._models.changes(statuses)
@@ -382,7 +383,7 @@ class PredictionServer:
         """Show a batch; never waits on a client.
 
         A batch of up to ``chunk`` predictions is written now, in one synchronous pass over the
-        address space (``connectors.opcua._batch``: no await per node, subscribed clients'
+        address space (``bridge.connectors.opcua._batch``: no await per node, subscribed clients'
         notifications queued in the same pass). A larger one is handed to the drain task,
         written ``chunk`` at a time. An HMI shows the latest value, so a prediction still
         waiting there when a newer one of its asset+model arrives is dropped (``superseded``),

@@ -6,8 +6,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from connectors.opcua._passwords import parse_password_hash
-from connectors.opcua.config import OpcTcpUrl
+from bridge.connectors.opcua._passwords import parse_password_hash
+from bridge.connectors.opcua.config import OpcTcpUrl
 
 __all__ = [
     "LoginLockout",

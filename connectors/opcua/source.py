@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 import structlog
 from asyncua import ua
 
+from bridge.connectors.opcua._session import Session
+from bridge.connectors.opcua.config import OpcUaSourceSettings, ReconnectSettings
+from bridge.connectors.opcua.convert import data_value_to_sample_parts
 from bridge.errors import ConnectorError, NotConnected
 from bridge.retry import backoff_delay
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.opcua._session import Session
-from connectors.opcua.config import OpcUaSourceSettings, ReconnectSettings
-from connectors.opcua.convert import data_value_to_sample_parts
 
 __all__ = ["OpcUaSource", "endpoint_address", "shares"]
 

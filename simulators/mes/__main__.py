@@ -1,4 +1,5 @@
-"""``python -m simulators.mes --port 8081 --log mes-calls.jsonl [--delay-ms 5] [--fail-every 3]``"""
+"""``python -m bridge.simulators.mes --port 8081 --log mes-calls.jsonl [--delay-ms 5]
+[--fail-every 3]``"""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ async def _run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m simulators.mes", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bridge.simulators.mes", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8081, help="TCP port (0 = any free port)")
     parser.add_argument("--log", type=Path, default=None, help="append each recorded call here")

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from simulators.service import Service
+from bridge.simulators.service import Service
 
 __all__ = ["MesReceiver", "ReceivedCall", "serve_forever"]
 

@@ -1,9 +1,10 @@
 """Build the bundled pump-health model from the simulator's own physics.
 
-Run ``python -m simulators.plant.build_model [--out PATH]``. It simulates many pumps (healthy and
-with developing bearing faults), cuts windows the way the gateway does, computes features with
-``bridge.features.stats``, trains a standardized logistic regression with numpy and exports it to
-ONNX. The same seed gives the same bytes, so the committed model can be rebuilt and compared.
+Run ``python -m bridge.simulators.plant.build_model [--out PATH]``. It simulates many pumps
+(healthy and with developing bearing faults), cuts windows the way the gateway does, computes
+features with ``bridge.features.stats``, trains a standardized logistic regression with numpy
+and exports it to ONNX. The same seed gives the same bytes, so the committed model can be rebuilt
+and compared.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bridge.features import stats
-from simulators.plant.physics import FaultPlan, PumpState
+from bridge.simulators.plant.physics import FaultPlan, PumpState
 
 __all__ = [
     "DEFAULT_OUT",
@@ -68,6 +69,8 @@ DEFAULT_OUT = Path(__file__).resolve().parents[2] / "mappings" / "models" / "pum
 OPSET = 17
 # IR 8 goes with opset 17 and loads in every onnxruntime the project allows (>= 1.18).
 IR_VERSION = 8
+# The label the committed model was built with (now bridge.simulators.plant.build_model): it is
+# part of the model's bytes, so renaming it would change the model and its sha256 in lineage.
 PRODUCER = "bridge simulators.plant.build_model"
 PRODUCER_VERSION = "1"
 

@@ -1,6 +1,6 @@
 """Small variants of the pump-health model, for model lifecycle tests and demos.
 
-``python -m simulators.plant.model_variants --out DIR`` writes ``pump_health_v1.onnx`` (the
+``python -m bridge.simulators.plant.model_variants --out DIR`` writes ``pump_health_v1.onnx`` (the
 bundled model's parameters) and ``pump_health_v2.onnx`` (the same with its decision threshold
 moved, so it disagrees with v1 on borderline windows) plus ``always_fault.onnx`` and
 ``always_healthy.onnx`` (constant answers, for hand-computed agreement). Same inputs and outputs
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from simulators.plant.build_model import (
+from bridge.simulators.plant.build_model import (
     DEFAULT_OUT,
     FEATURES,
     IR_VERSION,

@@ -19,8 +19,8 @@ from asyncua import ua
 from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
 
-from simulators.plant.physics import SIGNALS, FaultPlan, PumpState
-from simulators.service import Service
+from bridge.simulators.plant.physics import SIGNALS, FaultPlan, PumpState
+from bridge.simulators.service import Service
 
 __all__ = ["OTHER_NAMESPACE", "PLANT_NAMESPACE", "PlantSimulator", "serve_forever"]
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from simulators.plc.register_map import REGISTER_MAP, Signal, engineering_values, expected_values
-from simulators.plc.server import PlcSimulator, RequestRecord, serve_forever
+from bridge.simulators.plc.register_map import (
+    REGISTER_MAP,
+    Signal,
+    engineering_values,
+    expected_values,
+)
+from bridge.simulators.plc.server import PlcSimulator, RequestRecord, serve_forever
 
 __all__ = [
     "REGISTER_MAP",

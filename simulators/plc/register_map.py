@@ -34,9 +34,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from connectors.modbus.codec import RegisterType, WordOrder, encode
-from connectors.modbus.config import Table
-from simulators.plant.physics import demo_wave
+from bridge.connectors.modbus.codec import RegisterType, WordOrder, encode
+from bridge.connectors.modbus.config import Table
+from bridge.simulators.plant.physics import demo_wave
 
 __all__ = ["REGISTER_MAP", "Signal", "engineering_values", "expected_values"]
 

@@ -21,8 +21,8 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from simulators.plc.register_map import REGISTER_MAP, Signal
-from simulators.service import Service
+from bridge.simulators.plc.register_map import REGISTER_MAP, Signal
+from bridge.simulators.service import Service
 
 __all__ = ["PlcSimulator", "RequestRecord", "serve_forever"]
 

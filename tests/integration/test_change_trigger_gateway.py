@@ -22,12 +22,12 @@ from asyncua.server.server import Server
 from insight_models import linear_regressor
 from support import free_port, wait_until
 
+from bridge.connectors.opcua.convert import make_node_id
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import FULL_COLLECTION_AFTER, Gateway, build_gateway
 from bridge.runtime.runner import ModelRunner
 from bridge.runtime.trigger import ChangeTrigger
 from bridge.types import Quality
-from connectors.opcua.convert import make_node_id
 
 ASSETS = ("a1", "a2", "a3")
 MIN_INTERVAL_MS = 1000  # long, so that a burst surely falls within one interval

@@ -20,8 +20,8 @@ from support import free_port, wait_until
 from bridge.cli import main
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import build_gateway
-from simulators.plc.register_map import expected_values
-from simulators.plc.server import PlcSimulator
+from bridge.simulators.plc.register_map import expected_values
+from bridge.simulators.plc.server import PlcSimulator
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGE = [sys.executable, "-m", "bridge"]

@@ -13,9 +13,9 @@ import pytest
 from support import free_port, wait_until
 
 from bridge.runtime.pipeline import Gateway
+from bridge.simulators.demo import FAULTY_PUMP, PUMPS, DemoPorts, run_demo
+from bridge.simulators.mes.server import MesReceiver
 from bridge.types import Quality
-from simulators.demo import FAULTY_PUMP, PUMPS, DemoPorts, run_demo
-from simulators.mes.server import MesReceiver
 
 
 @pytest.mark.serial

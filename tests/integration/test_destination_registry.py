@@ -27,12 +27,12 @@ from bridge.drift.writer import DriftAlertWriter
 from bridge.errors import ConfigError
 from bridge.outbox.wiring import durable_outputs
 from bridge.plugins import DestinationKind
+from bridge.simulators.mes import MesReceiver
 from bridge.store.db import Store, open_store
 from bridge.store.drift import DriftAlertRepository
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
 from bridge.types import ComponentHealth, Prediction, PredictionSlot, Quality, Trigger
-from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,9 +19,9 @@ from bridge.destination import Destination, DestinationContext
 from bridge.outbox import Relay, RelaySettings
 from bridge.outbox.feed import Budget
 from bridge.outbox.wiring import feed_for
+from bridge.simulators.mes import MesReceiver
 from bridge.store.db import Store, open_store
 from bridge.store.outbox import OutboxRepository, enqueue
-from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,14 +17,14 @@ from support import free_port, wait_until
 from bridge.auth import Scope
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.simulators.mes.server import MesReceiver
+from bridge.simulators.plant.physics import FaultPlan
+from bridge.simulators.plant.server import PlantSimulator
+from bridge.simulators.plc.register_map import expected_values
+from bridge.simulators.plc.server import PlcSimulator
 from bridge.store import open_store
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.types import Quality
-from simulators.mes.server import MesReceiver
-from simulators.plant.physics import FaultPlan
-from simulators.plant.server import PlantSimulator
-from simulators.plc.register_map import expected_values
-from simulators.plc.server import PlcSimulator
 
 MODEL = Path(__file__).resolve().parents[2] / "mappings" / "models" / "pump_health.onnx"
 PUMPS = 4

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 from support import free_port, wait_until
 
 from bridge import plugins
+from bridge.connectors.mes import MesDestination, MesSettings, prediction_to_json, register
 from bridge.destination import DestinationContext, Envelope, Outcome, Retry
+from bridge.simulators.mes import MesReceiver
 from bridge.types import InputSnapshot, Prediction, PredictionSlot, Quality, Trigger
-from connectors.mes import MesDestination, MesSettings, prediction_to_json, register
-from simulators.mes import MesReceiver
 
 GATEWAY = "gw-test"
 T0 = 1714564800.25  # 2024-05-01T12:00:00.250Z

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 from support import free_port
 
-from connectors.mes.http import (
+from bridge.connectors.mes.http import (
     ConnectError,
     LeanClient,
     ReadTimeout,

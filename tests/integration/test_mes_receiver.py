@@ -13,7 +13,7 @@ import httpx
 import pytest
 from support import LOOPBACK, free_port
 
-from simulators.mes import MesReceiver
+from bridge.simulators.mes import MesReceiver
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 from support import free_port, wait_until
 
+from bridge.connectors.mes import MesDestination, MesSettings
+from bridge.connectors.webhook import WebhookDestination, WebhookSettings
 from bridge.destination import DestinationContext, Envelope, Outcome
 from bridge.errors import ConnectorError
+from bridge.simulators.mes import MesReceiver
 from bridge.types import PredictionSlot
-from connectors.mes import MesDestination, MesSettings
-from connectors.webhook import WebhookDestination, WebhookSettings
-from simulators.mes import MesReceiver
 
 PASSWORD = "pl4nt-Secr3t-pw"
 TOKEN = "tok-Zy81-query"

@@ -21,11 +21,11 @@ from support import free_port, wait_until
 from bridge.auth import Scope
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.simulators.mes.server import MesReceiver
+from bridge.simulators.plant.physics import FaultPlan
+from bridge.simulators.plant.server import PlantSimulator
 from bridge.store import open_store
 from bridge.store.apikeys import ApiKeyRepository
-from simulators.mes.server import MesReceiver
-from simulators.plant.physics import FaultPlan
-from simulators.plant.server import PlantSimulator
 
 MODEL = Path(__file__).resolve().parents[2] / "mappings" / "models" / "pump_health.onnx"
 PUMPS = 3

@@ -16,10 +16,10 @@ from faultproxy import FaultProxy, Mode
 from modbus_faults import FAST_KINDS, KINDS, SLOW_KINDS, ModbusFaultProxy
 from support import LOOPBACK, free_port
 
+from bridge.connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings
 from bridge.errors import ConnectorError
+from bridge.simulators.plc import REGISTER_MAP, PlcSimulator, expected_values
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings
-from simulators.plc import REGISTER_MAP, PlcSimulator, expected_values
 
 FROZEN = 3600.0
 T = 1234.5  # simulator time whose values are served throughout

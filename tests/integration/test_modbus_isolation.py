@@ -13,9 +13,9 @@ import pytest
 from modbus_faults import ModbusFaultProxy
 from support import LOOPBACK, free_port, wait_until
 
+from bridge.connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings
+from bridge.simulators.plc import REGISTER_MAP, PlcSimulator, expected_values
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings
-from simulators.plc import REGISTER_MAP, PlcSimulator, expected_values
 
 FROZEN = 3600.0
 T = 99.0

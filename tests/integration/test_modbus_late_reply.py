@@ -19,13 +19,13 @@ from faultproxy import FaultProxy, Mode
 from pymodbus.exceptions import ModbusIOException
 from support import LOOPBACK, free_port
 
+from bridge.connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings
+from bridge.connectors.modbus.link import Link
+from bridge.connectors.modbus.plan import ReadBlock, plan_reads
+from bridge.connectors.modbus.reply import block_values
 from bridge.errors import ConnectorError
+from bridge.simulators.plc import REGISTER_MAP, PlcSimulator, expected_values
 from bridge.types import Quality, SourceTag
-from connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings
-from connectors.modbus.link import Link
-from connectors.modbus.plan import ReadBlock, plan_reads
-from connectors.modbus.reply import block_values
-from simulators.plc import REGISTER_MAP, PlcSimulator, expected_values
 
 SIM_TIME = 77.0
 TIMEOUT_S = 0.3

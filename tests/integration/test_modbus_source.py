@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from support import LOOPBACK, free_port, wait_until
 
+from bridge.connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings
 from bridge.errors import ConnectorError, NotConnected
+from bridge.simulators.plc import REGISTER_MAP, PlcSimulator, RequestRecord, expected_values
 from bridge.types import Quality, Source, SourceTag, TagSample
-from connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings
-from simulators.plc import REGISTER_MAP, PlcSimulator, RequestRecord, expected_values
 
 FROZEN = 3600.0  # update interval long enough that values only change through apply()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from support import free_port
 
-from simulators.plc import REGISTER_MAP, PlcSimulator, expected_values
-from simulators.plc.register_map import Signal
+from bridge.simulators.plc import REGISTER_MAP, PlcSimulator, expected_values
+from bridge.simulators.plc.register_map import Signal
 
 T = 321.0
 BRIDGE = [sys.executable, "-m", "bridge"]

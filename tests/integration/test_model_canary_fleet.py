@@ -28,14 +28,14 @@ from bridge.inference.model import file_sha256
 from bridge.lifecycle.canary import canary_assets
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.simulators.plant.model_variants import write_variants
+from bridge.simulators.plant.server import PlantSimulator
 from bridge.store import open_store
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import Store
 from bridge.store.registry import ComparisonRow, ModelVersionRow, RegistryRepository
 from bridge.store.tables import PredictionRow
 from bridge.types import Quality
-from simulators.plant.model_variants import write_variants
-from simulators.plant.server import PlantSimulator
 
 pytestmark = pytest.mark.timeout(150)
 

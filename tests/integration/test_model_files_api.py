@@ -29,11 +29,11 @@ from bridge.lifecycle.signature import (
     sign_model,
 )
 from bridge.runtime.apiserver import ApiServer
+from bridge.simulators.plant.model_variants import write_variants
 from bridge.store import open_store
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.registry import RegistryRepository
 from bridge.types import ComponentHealth, Prediction
-from simulators.plant.model_variants import write_variants
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -35,13 +35,13 @@ from support import free_port, wait_until
 from bridge.auth import Scope
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.simulators.mes.server import MesReceiver
+from bridge.simulators.plant.server import PlantSimulator
 from bridge.store import open_store
 from bridge.store.alerts import AlertFilter, AlertRepository
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.history import PredictionHistory
 from bridge.types import Quality
-from simulators.mes.server import MesReceiver
-from simulators.plant.server import PlantSimulator
 
 PUMPS = INSIGHT_PUMPS
 # The model runs every 0.2 s on `last` values the plant updates every 0.1 s, so drift windows

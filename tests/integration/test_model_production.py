@@ -12,7 +12,7 @@ import pytest
 from pump_mapping import pump_mapping
 from support import free_port
 
-from simulators.plant.model_variants import write_variants
+from bridge.simulators.plant.model_variants import write_variants
 
 pytestmark = pytest.mark.timeout(120)
 

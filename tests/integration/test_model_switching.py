@@ -22,12 +22,12 @@ from bridge.cli import main
 from bridge.lifecycle.states import move
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.simulators.plant.model_variants import write_variants
+from bridge.simulators.plant.server import PlantSimulator
 from bridge.store import open_store
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.registry import RegistryRepository
 from bridge.types import Quality
-from simulators.plant.model_variants import write_variants
-from simulators.plant.server import PlantSimulator
 
 PUMPS = 3
 MAPPING = """

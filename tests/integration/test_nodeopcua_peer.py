@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 from support import free_port
 
-from bridge.types import Prediction, PredictionSlot, Quality, SinkContext, SourceTag
-from connectors.opcua import (
+from bridge.connectors.opcua import (
     OpcUaAddress,
     OpcUaServerSettings,
     OpcUaSource,
     OpcUaSourceSettings,
     PredictionServer,
 )
-from connectors.opcua.encode import node_string
+from bridge.connectors.opcua.encode import node_string
+from bridge.types import Prediction, PredictionSlot, Quality, SinkContext, SourceTag
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ROOT / "bench" / "nodeopcua" / "node_modules"

@@ -16,12 +16,12 @@ import yaml
 from cryptography import x509
 from support import free_port
 
+from bridge.connectors.opcua import PredictionServer
+from bridge.connectors.opcua.certs import create_application_certificate
+from bridge.connectors.opcua.server_config import OpcUaServerSettings, OpcUaServerUser
+from bridge.simulators.plant import PLANT_NAMESPACE, PlantSimulator
+from bridge.simulators.plant.physics import SIGNALS
 from bridge.types import PredictionSlot, SinkContext
-from connectors.opcua import PredictionServer
-from connectors.opcua.certs import create_application_certificate
-from connectors.opcua.server_config import OpcUaServerSettings, OpcUaServerUser
-from simulators.plant import PLANT_NAMESPACE, PlantSimulator
-from simulators.plant.physics import SIGNALS
 
 
 async def _bridge(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:

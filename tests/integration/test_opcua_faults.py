@@ -18,11 +18,11 @@ import pytest_asyncio
 from faultproxy import FaultProxy, Mode
 from support import LOOPBACK, free_port, wait_until
 
+from bridge.connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
 from bridge.runtime.sources import SourceSupervisor
+from bridge.simulators.plant import PLANT_NAMESPACE, PlantSimulator
+from bridge.simulators.plant.physics import SIGNALS
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
-from simulators.plant import PLANT_NAMESPACE, PlantSimulator
-from simulators.plant.physics import SIGNALS
 
 PUMPS = 2
 RESTARTS = 20  # as the issue asks: a server restarted 20 times

@@ -18,14 +18,14 @@ from asyncua import Client, ua
 from asyncua.ua.status_codes import StatusCodes
 from support import free_port
 
+from bridge.connectors.opcua import OpcUaServerSettings, PredictionServer
+from bridge.connectors.opcua.server_config import OpcUaServerUser
 from bridge.runtime.insight_wiring import StoreFeedback
 from bridge.store.db import Store, open_store
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
 from bridge.store.repository import PredictionRepository
 from bridge.types import InputSnapshot, Prediction, PredictionSlot, Quality, SinkContext
-from connectors.opcua import OpcUaServerSettings, PredictionServer
-from connectors.opcua.server_config import OpcUaServerUser
 
 NS = "urn:test:feedback"
 SLOTS = (

@@ -21,11 +21,11 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.uaerrors import UaStatusCodeError
 from support import free_port
 
+from bridge.connectors.opcua import PredictionServer
+from bridge.connectors.opcua._passwords import hash_password
+from bridge.connectors.opcua.certs import create_application_certificate
+from bridge.connectors.opcua.server_config import LoginLockout, OpcUaServerSettings, OpcUaServerUser
 from bridge.types import PredictionSlot, SinkContext
-from connectors.opcua import PredictionServer
-from connectors.opcua._passwords import hash_password
-from connectors.opcua.certs import create_application_certificate
-from connectors.opcua.server_config import LoginLockout, OpcUaServerSettings, OpcUaServerUser
 
 SLOT = PredictionSlot("P1", "rul", "1.0.0", "c" * 64)
 LOCKOUT_S = 1.5

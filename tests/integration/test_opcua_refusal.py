@@ -33,11 +33,11 @@ from cryptography import x509
 from structlog.testing import capture_logs
 from support import free_port, wait_until
 
+from bridge.connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
+from bridge.connectors.opcua.certs import create_application_certificate, load_der, thumbprint
 from bridge.errors import ConnectorError
 from bridge.runtime.sources import SourceSupervisor
 from bridge.types import SourceTag, TagSample
-from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
-from connectors.opcua.certs import create_application_certificate, load_der, thumbprint
 
 NODE = "nsu=urn:test:refusal;s=Value"
 

@@ -32,11 +32,11 @@ import pytest
 from structlog.testing import capture_logs
 from support import LOOPBACK, free_port, wait_until
 
+from bridge.connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
 from bridge.runtime.sources import SourceSupervisor
+from bridge.simulators.plant import PLANT_NAMESPACE
+from bridge.simulators.plant.physics import SIGNALS
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
-from simulators.plant import PLANT_NAMESPACE
-from simulators.plant.physics import SIGNALS
 
 PROMISE_S = 5.0  # fresh Good values at most this long after the port reopens (issue 12)
 STARTUP_S = 90.0  # a Python process importing asyncua on a busy 2-core box: generous

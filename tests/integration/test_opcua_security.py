@@ -17,16 +17,16 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from support import free_port
 
-from bridge.errors import ConnectorError
-from bridge.types import PredictionSlot, Quality, SinkContext, SourceTag
-from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings, PredictionServer
-from connectors.opcua.certs import create_application_certificate
-from connectors.opcua.server_config import (
+from bridge.connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings, PredictionServer
+from bridge.connectors.opcua.certs import create_application_certificate
+from bridge.connectors.opcua.server_config import (
     LoginLockout,
     OpcUaServerCertificateUser,
     OpcUaServerSettings,
     OpcUaServerUser,
 )
+from bridge.errors import ConnectorError
+from bridge.types import PredictionSlot, Quality, SinkContext, SourceTag
 
 NS = "urn:test:secure"
 SLOT = PredictionSlot("P1", "rul", "1.0.0", "c" * 64)

@@ -23,10 +23,10 @@ from asyncua.common.subscription import Subscription
 from asyncua.ua.status_codes import StatusCodes
 from support import free_port
 
+from bridge.connectors.opcua import OpcUaServerSettings, PredictionServer
+from bridge.connectors.opcua.convert import make_node_id
+from bridge.connectors.opcua.encode import FIELDS, node_string
 from bridge.types import Explanation, Prediction, PredictionSlot, Quality, SinkContext
-from connectors.opcua import OpcUaServerSettings, PredictionServer
-from connectors.opcua.convert import make_node_id
-from connectors.opcua.encode import FIELDS, node_string
 
 NS = "urn:test:batch"
 pytestmark = pytest.mark.asyncio(loop_scope="module")

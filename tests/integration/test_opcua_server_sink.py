@@ -12,9 +12,9 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import BadUserAccessDenied, UaStatusCodeError
 from support import free_port
 
+from bridge.connectors.opcua import OpcUaServerSettings, PredictionServer
+from bridge.connectors.opcua.server_config import OpcUaServerUser
 from bridge.types import ModelStatus, Prediction, PredictionSlot, Quality, SinkContext
-from connectors.opcua import OpcUaServerSettings, PredictionServer
-from connectors.opcua.server_config import OpcUaServerUser
 
 NS = "urn:test:predictions"
 # One server per module (asyncua's init takes seconds); each test writes to its own slots.

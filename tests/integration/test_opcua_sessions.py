@@ -14,12 +14,12 @@ from faultproxy import FaultProxy
 from plant_tags import plant_tags as shared_plant_tags
 from support import free_port
 
+from bridge.connectors.opcua import OpcUaSource, OpcUaSourceSettings
+from bridge.connectors.opcua.source import shares
 from bridge.errors import ConnectorError
 from bridge.runtime.sources import SourceSupervisor
+from bridge.simulators.plant import PlantSimulator
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.opcua import OpcUaSource, OpcUaSourceSettings
-from connectors.opcua.source import shares
-from simulators.plant import PlantSimulator
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PUMPS = 4

@@ -13,11 +13,11 @@ from asyncua import ua
 from plant_tags import plant_tags as shared_plant_tags
 from support import free_port
 
+from bridge.connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
 from bridge.errors import ConnectorError
+from bridge.simulators.plant import PLANT_NAMESPACE, PlantSimulator
+from bridge.simulators.plant.physics import SIGNALS
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
-from simulators.plant import PLANT_NAMESPACE, PlantSimulator
-from simulators.plant.physics import SIGNALS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PUMPS = 3

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from structlog.testing import capture_logs
 from support import free_port
 
+from bridge.connectors.opcua import PredictionServer
+from bridge.connectors.opcua.certs import create_application_certificate, thumbprint
+from bridge.connectors.opcua.cli import certs
+from bridge.connectors.opcua.server_config import OpcUaServerSettings, OpcUaServerUser
 from bridge.types import PredictionSlot, SinkContext
-from connectors.opcua import PredictionServer
-from connectors.opcua.certs import create_application_certificate, thumbprint
-from connectors.opcua.cli import certs
-from connectors.opcua.server_config import OpcUaServerSettings, OpcUaServerUser
 
 SLOT = PredictionSlot("P1", "rul", "1.0.0", "c" * 64)
 

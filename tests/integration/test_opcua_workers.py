@@ -18,12 +18,12 @@ from faultproxy import FaultProxy
 from plant_tags import plant_tags as shared_plant_tags
 from support import free_port
 
+from bridge.connectors.opcua import OpcUaSourceSettings
+from bridge.connectors.opcua._worker import OpcUaWorkerSource
 from bridge.errors import ConnectorError
 from bridge.runtime.sources import SourceSupervisor
+from bridge.simulators.plant import PlantSimulator
 from bridge.types import Quality, SourceTag, TagSample
-from connectors.opcua import OpcUaSourceSettings
-from connectors.opcua._worker import OpcUaWorkerSource
-from simulators.plant import PlantSimulator
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PUMPS = 4

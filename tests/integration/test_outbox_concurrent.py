@@ -14,8 +14,8 @@ from outbox_harness import Durable, prediction, received_in_order
 from stores import BACKENDS, temp_store
 from support import free_port, wait_until
 
+from bridge.simulators.mes import MesReceiver
 from bridge.store.db import Store
-from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(120)
 

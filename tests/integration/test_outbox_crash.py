@@ -12,7 +12,7 @@ from outbox_harness import received_in_order, spawn_child, stop_child
 from sqlalchemy import create_engine, text
 from support import free_port, wait_until
 
-from simulators.mes import MesReceiver
+from bridge.simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -21,8 +21,8 @@ from outbox_harness import (
 from sqlalchemy import create_engine, text
 from support import free_port, wait_until
 
+from bridge.simulators.mes import MesReceiver
 from bridge.store.db import Store, open_store
-from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -16,8 +16,8 @@ from sqlalchemy import create_engine, text
 from stores import BACKENDS, temp_store
 from support import free_port, wait_until
 
+from bridge.simulators.mes import MesReceiver
 from bridge.store.db import Store
-from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(120)
 

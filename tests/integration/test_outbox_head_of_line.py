@@ -16,8 +16,8 @@ from stores import BACKENDS, PG_URL, pg_schema
 from support import free_port, wait_until
 
 from bridge.cli.outbox import outbox
+from bridge.simulators.mes import MesReceiver
 from bridge.store.db import Store, open_store
-from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -17,11 +17,11 @@ from bridge.config.loader import load_mapping
 from bridge.config.spec import OutboxSettings
 from bridge.destination import DestinationContext
 from bridge.outbox.wiring import durable_outputs
+from bridge.simulators.mes import MesReceiver
 from bridge.store.db import Store
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
 from bridge.types import PredictionSlot
-from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -20,9 +20,9 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from support import free_port, wait_until
 
+from bridge.simulators.mes import MesReceiver
 from bridge.store.db import Store, open_store
 from bridge.store.outbox import OutboxRepository
-from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -21,12 +21,12 @@ from bridge.drift.events import drift_event_id
 from bridge.drift.monitor import DriftCrossing, FeatureWindowStats
 from bridge.drift.writer import DriftAlertWriter
 from bridge.outbox.wiring import durable_outputs
+from bridge.simulators.mes import MesReceiver
 from bridge.store.db import Store
 from bridge.store.drift import DriftAlertRepository
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
 from bridge.types import Prediction, PredictionSlot, Quality
-from simulators.mes import MesReceiver
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -9,8 +9,8 @@ import pytest
 from asyncua import Client, ua
 from support import free_port, wait_until
 
-from simulators.plant import PLANT_NAMESPACE, PlantSimulator
-from simulators.plant.physics import SIGNALS, FaultPlan
+from bridge.simulators.plant import PLANT_NAMESPACE, PlantSimulator
+from bridge.simulators.plant.physics import SIGNALS, FaultPlan
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from support import LOOPBACK, free_port, wait_until
 
-from simulators.plc import (
+from bridge.simulators.plc import (
     REGISTER_MAP,
     PlcSimulator,
     RequestRecord,

@@ -27,16 +27,16 @@ import pytest
 from support import free_port, wait_until
 
 from bridge.auth import Scope
+from bridge.connectors.opcua.source import OpcUaSource
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, build_gateway
 from bridge.runtime.runner import ModelRunner, TickOutcome
 from bridge.runtime.sources import SourceSupervisor
+from bridge.simulators.plant.server import PlantSimulator
+from bridge.simulators.plc.server import PlcSimulator
 from bridge.store import open_store
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.types import Quality
-from connectors.opcua.source import OpcUaSource
-from simulators.plant.server import PlantSimulator
-from simulators.plc.server import PlcSimulator
 
 MODEL = Path(__file__).resolve().parents[2] / "mappings" / "models" / "pump_health.onnx"
 PERIOD_S = 0.5

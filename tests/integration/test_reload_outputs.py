@@ -33,12 +33,12 @@ from support import free_port, wait_until
 from bridge.auth import Scope
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.simulators.mes.server import MesReceiver
+from bridge.simulators.plant.server import PlantSimulator
 from bridge.store import open_store
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.outbox import OutboxRepository
 from bridge.types import Quality
-from simulators.mes.server import MesReceiver
-from simulators.plant.server import PlantSimulator
 
 MODEL = Path(__file__).resolve().parents[2] / "mappings" / "models" / "pump_health.onnx"
 PERIOD_S = 0.5

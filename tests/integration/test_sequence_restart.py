@@ -19,11 +19,11 @@ from pump_mapping import pump_mapping
 from stores import temp_store
 from support import free_port
 
+from bridge.simulators.plant.model_variants import write_variants
 from bridge.store.db import Store
 from bridge.store.repository import PredictionRepository
 from bridge.store.sequences import SequenceRepository
 from bridge.types import Prediction, Quality
-from simulators.plant.model_variants import write_variants
 
 pytestmark = pytest.mark.timeout(180)
 

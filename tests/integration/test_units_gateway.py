@@ -22,11 +22,11 @@ from insight_models import linear_regressor
 from support import free_port, wait_until
 
 from bridge import units
+from bridge.connectors.opcua.convert import make_node_id
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.simulators.mes import MesReceiver
 from bridge.types import Quality
-from connectors.opcua.convert import make_node_id
-from simulators.mes import MesReceiver
 
 RAW_TENTHS_F = 2120.0  # 212.0 degF = 100 degC
 PREDICTIONS = "urn:bridge:predictions"

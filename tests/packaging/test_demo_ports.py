@@ -12,9 +12,9 @@ from support import LOOPBACK, free_port
 
 from bridge.cli import main
 from bridge.cli.report import EXIT_FAILED
-from simulators.cli import demo_ports
-from simulators.demo import DEFAULT_MAPPING
-from simulators.demo_ports import DemoPorts
+from bridge.simulators.cli import demo_ports
+from bridge.simulators.demo import DEFAULT_MAPPING
+from bridge.simulators.demo_ports import DemoPorts
 
 
 def test_a_given_port_wins_over_the_offset_which_moves_the_rest() -> None:

@@ -20,12 +20,13 @@ import subprocess
 import sys
 import sysconfig
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 from support import LOOPBACK, free_port
 
-from simulators.demo_ports import DemoPorts
+from bridge.simulators.demo_ports import DemoPorts
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = (
@@ -46,6 +47,29 @@ def _run(
     done = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
     assert done.returncode == 0, f"{args}: {done.stdout[-2000:]} {done.stderr[-2000:]}"
     return done
+
+
+def _check_contents(wheel: Path) -> None:
+    """``bridge`` is the wheel's only top-level package: connectors/ and simulators/ (reached
+    through the links bridge/connectors and bridge/simulators) are inside it, whole, with the demo
+    files their own links point to."""
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+        assert whl.read(top_level).decode().split() == ["bridge"]
+        (record,) = [n for n in names if n.endswith(".dist-info/RECORD")]
+        recorded = {line.split(",")[0] for line in whl.read(record).decode().splitlines()}
+    assert recorded == set(names)
+    assert {n.split("/")[0] for n in names} == {"bridge", top_level.split("/")[0]}
+    for folder in ("connectors", "simulators"):
+        shipped = {n.removeprefix("bridge/") for n in names if n.startswith(f"bridge/{folder}/")}
+        sources = {
+            p.relative_to(ROOT).as_posix()
+            for p in (ROOT / folder).rglob("*")
+            if p.suffix in (".py", ".onnx", ".yaml", ".json") and "__pycache__" not in p.parts
+        }
+        assert shipped == sources, shipped ^ sources
+    assert "bridge/simulators/demo_data/models/pump_health.onnx" in names
 
 
 def _offset_with_free_defaults() -> int:
@@ -96,6 +120,7 @@ def test_the_installed_wheel_runs_the_demo_outside_the_repository(tmp_path: Path
     wheels = tmp_path / "wheels"
     _run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-w", str(wheels), "-q"])
     (wheel,) = wheels.glob("bridge_gateway-*.whl")
+    _check_contents(wheel)
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
@@ -125,12 +150,17 @@ def test_the_installed_wheel_runs_the_demo_outside_the_repository(tmp_path: Path
         [
             str(python),
             "-c",
-            "import bridge, simulators.demo as d; print(bridge.__file__, d.DEFAULT_MAPPING)",
+            "import bridge, bridge.simulators.demo as d; print(bridge.__file__, d.DEFAULT_MAPPING)",
         ],
         cwd=cwd,
         env=env,
     ).stdout.split()
     assert all(Path(p).is_relative_to(venv) for p in where), where
+    # The installed distribution claims no generic top-level name.
+    probe = (
+        "import importlib.util as u; print(u.find_spec('connectors'), u.find_spec('simulators'))"
+    )
+    assert _run([str(python), "-c", probe], cwd=cwd, env=env).stdout.split() == ["None", "None"]
 
     # Started with --duration as its bound; stopped with Ctrl+C (SIGINT) as soon as the MES
     # receiver has pump predictions, so a slow start on a loaded machine is not a failure.

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from bridge.inference import LoadedModel
-from simulators.plant import build_model
+from bridge.simulators.plant import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "mappings" / "models" / "pump_health.onnx"
@@ -21,7 +21,7 @@ COMMITTED = ROOT / "mappings" / "models" / "pump_health.onnx"
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("model") / "pump_health.onnx"
     proc = subprocess.run(
-        [sys.executable, "-m", "simulators.plant.build_model", "--out", str(out)],
+        [sys.executable, "-m", "bridge.simulators.plant.build_model", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -36,7 +36,7 @@ def test_build_is_reproducible(built: tuple[Path, str]) -> None:
     out, _ = built
     assert out.read_bytes() == COMMITTED.read_bytes(), (
         "the committed model differs from a fresh build: "
-        "rerun python -m simulators.plant.build_model"
+        "rerun python -m bridge.simulators.plant.build_model"
     )
 
 

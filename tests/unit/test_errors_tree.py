@@ -1,6 +1,6 @@
 """The exception tree drawn in ``bridge.errors``'s docstring is the real one: every
-``BridgeError`` subclass defined under ``bridge`` and ``connectors`` is drawn, in the module it
-lives in, under its base class, and nothing drawn is gone."""
+``BridgeError`` subclass defined under ``bridge`` (``bridge.connectors`` included) is drawn, in
+the module it lives in, under its base class, and nothing drawn is gone."""
 
 from __future__ import annotations
 
@@ -11,22 +11,19 @@ from types import ModuleType
 
 import bridge
 import bridge.errors
-import connectors
 from bridge.errors import BridgeError
 
 # ``python -m bridge`` runs the CLI when imported; Alembic's env and scripts run only inside
-# Alembic (they define tables, not errors).
-_SKIP = ("bridge.__main__", "bridge.store.migrations")
+# Alembic (they define tables, not errors); the simulators are test equipment, not the gateway.
+_SKIP = ("bridge.__main__", "bridge.store.migrations", "bridge.simulators")
 
 # "    ├── Name   module.path   text": the name's column gives its depth (4 per level).
-_ENTRY = re.compile(
-    r"^(?P<lead>[ │├└─]*?)(?P<name>[A-Z]\w+)\s+(?P<module>(bridge|connectors)\.[\w.]+)"
-)
+_ENTRY = re.compile(r"^(?P<lead>[ │├└─]*?)(?P<name>[A-Z]\w+)\s+(?P<module>bridge\.[\w.]+)")
 
 
 def _import_everything() -> list[str]:
     failed = []
-    for package in (bridge, connectors):
+    for package in (bridge,):
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             if info.name.startswith(_SKIP):
                 continue
@@ -46,7 +43,7 @@ def _subclasses(cls: type) -> set[type]:
 
 
 def _ours(cls: type) -> bool:
-    return cls.__module__.split(".")[0] in ("bridge", "connectors")
+    return cls.__module__.startswith("bridge.") and not cls.__module__.startswith(_SKIP)
 
 
 def _drawn(module: ModuleType) -> dict[str, tuple[str, str | None]]:

@@ -82,7 +82,7 @@ def test_commands_of_a_missing_package_say_so() -> None:
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'simulators' or name.startswith('simulators.'):\n"
+        "        if name == 'bridge.simulators' or name.startswith('bridge.simulators.'):\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from bridge.cli import main\n"

@@ -38,10 +38,10 @@ def test_loading_a_mapping_imports_no_protocol_library() -> None:
 
 
 def test_connector_classes_stay_importable_by_name() -> None:
-    from connectors.mes import MesDestination
-    from connectors.modbus import ModbusSource
-    from connectors.opcua import OpcUaSource, PredictionServer
-    from connectors.webhook import WebhookDestination
+    from bridge.connectors.mes import MesDestination
+    from bridge.connectors.modbus import ModbusSource
+    from bridge.connectors.opcua import OpcUaSource, PredictionServer
+    from bridge.connectors.webhook import WebhookDestination
 
     classes = (MesDestination, ModbusSource, OpcUaSource, PredictionServer, WebhookDestination)
     assert {c.__name__ for c in classes} == {

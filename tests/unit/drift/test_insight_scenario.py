@@ -13,7 +13,7 @@ import pytest
 from insight_models import INSIGHT_FAULT, INSIGHT_FEATURES, healthy_reference
 
 from bridge.drift.monitor import DriftCrossing, DriftMonitor
-from simulators.plant.physics import PumpState
+from bridge.simulators.plant.physics import PumpState
 
 WINDOW = 60  # as in tests/integration/test_model_insight.py
 THRESHOLD = 1.0

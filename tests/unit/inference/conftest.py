@@ -11,5 +11,5 @@ BUNDLED_MODEL = Path(__file__).resolve().parents[3] / "mappings" / "models" / "p
 
 @pytest.fixture
 def bundled_model() -> Path:
-    assert BUNDLED_MODEL.is_file(), "run python -m simulators.plant.build_model"
+    assert BUNDLED_MODEL.is_file(), "run python -m bridge.simulators.plant.build_model"
     return BUNDLED_MODEL

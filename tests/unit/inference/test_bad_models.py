@@ -1,5 +1,5 @@
 """Models that lie about their outputs, built at test time with the onnx helper
-(``simulators.plant.model_variants``): refused at load when a probe batch shows it, an
+(``bridge.simulators.plant.model_variants``): refused at load when a probe batch shows it, an
 ``InferenceError`` (never a ValueError) when only some inputs show it, NaN rows marked."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from bridge.config import load_mapping
 from bridge.errors import ConfigError, InferenceError
 from bridge.inference import LoadedModel
 from bridge.prepare import prepare
-from simulators.plant.model_variants import write_variants
+from bridge.simulators.plant.model_variants import write_variants
 
 PUMP_CHECK = {
     "input_name": "features",

@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bridge.errors import InferenceError
 from bridge.inference import LoadedModel, OutputRoles, TensorSpec, file_sha256
-from simulators.plant import build_model
-from simulators.plant.physics import FaultPlan, PumpState
+from bridge.simulators.plant import build_model
+from bridge.simulators.plant.physics import FaultPlan, PumpState
 
 
 def write_model(

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bridge.inference import LoadedModel
-from simulators.plant import build_model
-from simulators.plant.physics import FaultPlan, PumpState
+from bridge.simulators.plant import build_model
+from bridge.simulators.plant.physics import FaultPlan, PumpState
 
 FAULTY = 3
 RUN_S = 90.0

@@ -17,8 +17,8 @@ from bridge.config.resolved import Mapping
 from bridge.inference import LoadedModel
 from bridge.runtime.runner import ModelRunner
 from bridge.runtime.tagtable import TagTable
+from bridge.simulators.plant.model_variants import write_variants
 from bridge.types import Prediction, Quality, TagSample
-from simulators.plant.model_variants import write_variants
 
 ASSETS = ("pump-a", "pump-b", "pump-c")
 

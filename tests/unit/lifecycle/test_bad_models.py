@@ -1,6 +1,6 @@
 """A bad model never stops the gateway, and the registry says what serves.
 
-Real ONNX variants (``simulators.plant.model_variants``), a real runner over a real tag table
+Real ONNX variants (``bridge.simulators.plant.model_variants``), a real runner over a real tag table
 (``rig``, see conftest.py), the registry on a real SQLite file and the registry watcher the
 gateway runs. pump-a is healthy (vibration mean 2), pump-b faulty (20), pump-c has Bad inputs.
 """

@@ -17,9 +17,9 @@ from click.testing import CliRunner, Result
 from bridge.cli import main
 from bridge.config.reference import compute_reference
 from bridge.inference.model import file_sha256
+from bridge.simulators.plant.build_model import FEATURES
 from bridge.store.db import open_store
 from bridge.store.registry import RegistryRepository, VersionRecord
-from simulators.plant.build_model import FEATURES
 
 # The smallest mapping with a store: `--mapping` takes the store (and public key) from it.
 MAPPING = """

@@ -13,9 +13,9 @@ from click.testing import CliRunner, Result
 
 from bridge.cli import main
 from bridge.inference import LoadedModel
+from bridge.simulators.plant.model_variants import bundled_classifier
 from bridge.store.db import open_store
 from bridge.store.registry import RegistryRepository, VersionRecord
-from simulators.plant.model_variants import bundled_classifier
 
 # Window features around a running pump (as in the training data): both classes occur.
 CENTRE = np.array([5.0, 0.4, 6.2, 55.7, 0.16, 4.2, 1470.0])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from connectors.mes.batch import BatchReplyError, batch_body, parse_batch_reply
+from bridge.connectors.mes.batch import BatchReplyError, batch_body, parse_batch_reply
 
 
 def test_body_is_an_array_of_keyed_events_in_order() -> None:

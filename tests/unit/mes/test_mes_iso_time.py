@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.mes.payload import iso_utc
+from bridge.connectors.mes.payload import iso_utc
 
 
 def _reference(ts: float) -> str:

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from bridge.connectors.mes import MesDestination, MesSettings
+from bridge.connectors.mes.template import FIELDS, TemplateError, compile_template
 from bridge.destination import DestinationContext
 from bridge.types import InputSnapshot, Prediction, Quality, Trigger
-from connectors.mes import MesDestination, MesSettings
-from connectors.mes.template import FIELDS, TemplateError, compile_template
 
 FIELDS_OF_EVENT = {
     "asset": "pump-1",

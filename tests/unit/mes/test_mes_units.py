@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+from bridge.connectors.mes import MesDestination, MesSettings
 from bridge.destination import DestinationContext
 from bridge.types import InputSnapshot, Prediction, PredictionSlot, Quality, Trigger
-from connectors.mes import MesDestination, MesSettings
 
 SLOTS = (
     PredictionSlot(

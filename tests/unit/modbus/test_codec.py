@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from connectors.modbus.codec import (
+from bridge.connectors.modbus.codec import (
     RegisterType,
     WordOrder,
     decode,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings, register
+from bridge.connectors.modbus import ModbusAddress, ModbusSource, ModbusSourceSettings, register
 
 
 def test_settings_defaults() -> None:
@@ -104,4 +104,4 @@ def test_register_makes_modbus_kind_known(monkeypatch: pytest.MonkeyPatch) -> No
     assert isinstance(kind.factory("m", ModbusSourceSettings(host="plc1"), []), ModbusSource)
     assert kind.description
     points = {ep.name: ep.value for ep in entry_points(group="bridge.connectors")}
-    assert points.get("modbus") == "connectors.modbus:register"
+    assert points.get("modbus") == "bridge.connectors.modbus:register"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.modbus.codec import encode
-from connectors.modbus.config import ModbusAddress
-from connectors.modbus.plan import ReadBlock, plan_reads
-from connectors.modbus.reply import BadReply, Reply, block_values
+from bridge.connectors.modbus.codec import encode
+from bridge.connectors.modbus.config import ModbusAddress
+from bridge.connectors.modbus.plan import ReadBlock, plan_reads
+from bridge.connectors.modbus.reply import BadReply, Reply, block_values
 
 
 def holding_block() -> ReadBlock:

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from connectors.modbus.config import ModbusAddress, Table
-from connectors.modbus.plan import MAX_BITS_PER_READ, ReadBlock, plan_reads
+from bridge.connectors.modbus.config import ModbusAddress, Table
+from bridge.connectors.modbus.plan import MAX_BITS_PER_READ, ReadBlock, plan_reads
 
 
 def reg(address: int, type_: str = "uint16", table: Table = "holding") -> ModbusAddress:

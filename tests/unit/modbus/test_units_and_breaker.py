@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from connectors.modbus.breaker import Breaker
-from connectors.modbus.codec import encode, encode_string
-from connectors.modbus.config import ModbusAddress, ModbusSourceSettings
-from connectors.modbus.plan import plan_reads
-from connectors.modbus.reply import BadReply, Reply, block_values
+from bridge.connectors.modbus.breaker import Breaker
+from bridge.connectors.modbus.codec import encode, encode_string
+from bridge.connectors.modbus.config import ModbusAddress, ModbusSourceSettings
+from bridge.connectors.modbus.plan import plan_reads
+from bridge.connectors.modbus.reply import BadReply, Reply, block_values
 
 
 def addr(**kw: Any) -> ModbusAddress:

@@ -9,11 +9,11 @@ from typing import Any, get_args
 
 import pytest
 
-from connectors.modbus.codec import RegisterType, WordOrder
-from connectors.modbus.config import ModbusAddress
-from connectors.modbus.plan import ReadBlock, plan_reads
-from connectors.modbus.reply import Reply, block_values, decode_address
-from connectors.modbus.unpack import Unpacker
+from bridge.connectors.modbus.codec import RegisterType, WordOrder
+from bridge.connectors.modbus.config import ModbusAddress
+from bridge.connectors.modbus.plan import ReadBlock, plan_reads
+from bridge.connectors.modbus.reply import Reply, block_values, decode_address
+from bridge.connectors.modbus.unpack import Unpacker
 
 ORDERS: tuple[WordOrder, ...] = get_args(WordOrder)
 NUMERIC: tuple[RegisterType, ...] = tuple(t for t in get_args(RegisterType) if t != "string")

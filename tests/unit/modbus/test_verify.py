@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from connectors.modbus.codec import encode, encode_string
-from connectors.modbus.config import ExpectedValue, ModbusAddress
-from connectors.modbus.verify import VerifyTag, engineering, judge, matches
+from bridge.connectors.modbus.codec import encode, encode_string
+from bridge.connectors.modbus.config import ExpectedValue, ModbusAddress
+from bridge.connectors.modbus.verify import VerifyTag, engineering, judge, matches
 
 
 def item(scale: float = 1.0, offset: float = 0.0, **address: Any) -> VerifyTag:

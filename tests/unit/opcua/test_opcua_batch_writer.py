@@ -17,9 +17,9 @@ from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 
-from connectors.opcua._batch import BatchWriter
-from connectors.opcua.convert import make_node_id
-from connectors.opcua.encode import make_status
+from bridge.connectors.opcua._batch import BatchWriter
+from bridge.connectors.opcua.convert import make_node_id
+from bridge.connectors.opcua.encode import make_status
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 NOW: Any = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.opcua.certs import create_application_certificate
+from bridge.connectors.opcua.certs import create_application_certificate
 
 
 def test_private_key_created_0600_from_the_first_byte(

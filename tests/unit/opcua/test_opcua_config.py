@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from connectors.opcua import OpcUaAddress, OpcUaServerSettings, OpcUaSourceSettings
+from bridge.connectors.opcua import OpcUaAddress, OpcUaServerSettings, OpcUaSourceSettings
 
 
 def test_address_shorthand_and_full_form() -> None:
@@ -97,7 +97,7 @@ def test_server_settings() -> None:
 
 def test_register_adds_both_kinds() -> None:
     from bridge import plugins
-    from connectors.opcua import register
+    from bridge.connectors.opcua import register
 
     register()
     assert plugins._sources["opcua"].address_model is OpcUaAddress
@@ -166,7 +166,7 @@ def test_server_user_certificates() -> None:
     ],
 )
 def test_quick_address_is_what_validation_builds(text: str) -> None:
-    from connectors.opcua import _quick_address
+    from bridge.connectors.opcua import _quick_address
 
     quick = _quick_address(text)
     try:
@@ -183,13 +183,13 @@ def test_quick_address_is_what_validation_builds(text: str) -> None:
 
 
 def test_quick_address_leaves_blocks_to_the_model() -> None:
-    from connectors.opcua import _quick_address
+    from bridge.connectors.opcua import _quick_address
 
     assert _quick_address({"node": "nsu=urn:x;s=a", "sampling_interval_ms": 50}) is None
 
 
 def test_quick_addresses_do_not_share_changes() -> None:
-    from connectors.opcua import _quick_address
+    from bridge.connectors.opcua import _quick_address
 
     a, b = _quick_address("nsu=urn:x;s=a"), _quick_address("nsu=urn:x;s=b")
     assert a is not None and b is not None

@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from asyncua import ua
 
-from bridge.types import Quality
-from connectors.opcua.convert import (
+from bridge.connectors.opcua.convert import (
     data_value_to_sample_parts,
     datetime_to_epoch,
     node_id_for,
@@ -17,6 +16,7 @@ from connectors.opcua.convert import (
     quality_of,
     variant_to_value,
 )
+from bridge.types import Quality
 
 S = ua.StatusCodes
 

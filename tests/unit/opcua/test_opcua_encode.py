@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from asyncua import ua
 
+from bridge.connectors.opcua.encode import FIELDS, encode_prediction, initial_values, node_string
 from bridge.types import Prediction, PredictionSlot, Quality
-from connectors.opcua.encode import FIELDS, encode_prediction, initial_values, node_string
 
 S = ua.StatusCodes
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -12,9 +12,9 @@ from asyncua.common.utils import Buffer
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import struct_from_binary, struct_to_binary
 
+from bridge.connectors.opcua import encode
+from bridge.connectors.opcua.encode import encode_prediction, make_status
 from bridge.types import Explanation, Prediction, PredictionSlot, Quality
-from connectors.opcua import encode
-from connectors.opcua.encode import encode_prediction, make_status
 
 NOW: Any = datetime(2026, 12, 3, 12, 0, 0, 123456, tzinfo=UTC)
 WHEN: Any = datetime(2026, 12, 3, 11, 59, 59, 5, tzinfo=UTC)

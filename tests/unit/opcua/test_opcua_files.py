@@ -11,9 +11,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from bridge.connectors.opcua.certs import create_application_certificate
 from bridge.errors import ConfigError, ConfigIssue
 from bridge.prepare import prepare
-from connectors.opcua.certs import create_application_certificate
 
 _MAPPING = """\
 version: 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from connectors.opcua._inbox import Inbox
+from bridge.connectors.opcua._inbox import Inbox
 
 
 def test_within_bound_everything_arrives_in_order() -> None:

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
-from connectors.opcua._access import ReaderUserManager
-from connectors.opcua._passwords import hash_password, parse_password_hash
-from connectors.opcua._throttle import LoginThrottle
-from connectors.opcua.server_config import OpcUaServerUser
+from bridge.connectors.opcua._access import ReaderUserManager
+from bridge.connectors.opcua._passwords import hash_password, parse_password_hash
+from bridge.connectors.opcua._throttle import LoginThrottle
+from bridge.connectors.opcua.server_config import OpcUaServerUser
 
 
 def test_lockout_after_failures_doubles_and_is_per_peer() -> None:
@@ -85,7 +85,7 @@ def test_hashed_user_checked_off_the_loop_then_remembered() -> None:
 def test_hash_password_command() -> None:
     from click.testing import CliRunner
 
-    from connectors.opcua.cli import certs
+    from bridge.connectors.opcua.cli import certs
 
     done = CliRunner().invoke(certs, ["hash-password", "--stdin", "--n", "1024"], input="pw\n")
     assert done.exit_code == 0, done.output

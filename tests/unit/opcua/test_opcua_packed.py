@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
+from bridge.connectors.opcua._packed import pack, unpack
 from bridge.types import Quality, TagSample
-from connectors.opcua._packed import pack, unpack
 
 NAMES = ["a.x", "a.y", "b.x", "b.y", "c.s", "c.big", "c.none", "c.flag", "c.int", "c.nan"]
 POSITION = {n: i for i, n in enumerate(NAMES)}

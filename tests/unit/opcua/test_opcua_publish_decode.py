@@ -13,7 +13,7 @@ from asyncua.common.utils import Buffer
 from asyncua.ua.ua_binary import struct_to_binary
 from asyncua.ua.uaerrors import UaStructParsingError
 
-from connectors.opcua._subscription import OFF_LOOP_BYTES, decode_publish_off_loop
+from bridge.connectors.opcua._subscription import OFF_LOOP_BYTES, decode_publish_off_loop
 
 
 def _response(n: int) -> bytes:

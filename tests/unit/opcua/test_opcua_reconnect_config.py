@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from connectors.opcua import OpcUaSourceSettings
-from connectors.opcua.source import endpoint_address
+from bridge.connectors.opcua import OpcUaSourceSettings
+from bridge.connectors.opcua.source import endpoint_address
 
 ENDPOINT = "opc.tcp://127.0.0.1:4840"
 

@@ -9,10 +9,10 @@ import pytest
 from asyncua import ua
 from asyncua.ua.status_codes import StatusCodes
 
-from connectors.opcua._refusal import Attempt, explain, status_of
-from connectors.opcua.certs import create_application_certificate, load_der, thumbprint
-from connectors.opcua.config import OpcUaSourceSettings
-from connectors.opcua.trust import UntrustedCertificate
+from bridge.connectors.opcua._refusal import Attempt, explain, status_of
+from bridge.connectors.opcua.certs import create_application_certificate, load_der, thumbprint
+from bridge.connectors.opcua.config import OpcUaSourceSettings
+from bridge.connectors.opcua.trust import UntrustedCertificate
 
 
 @pytest.fixture

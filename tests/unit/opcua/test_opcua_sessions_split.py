@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from connectors.opcua import OpcUaSourceSettings
-from connectors.opcua.source import shares
+from bridge.connectors.opcua import OpcUaSourceSettings
+from bridge.connectors.opcua.source import shares
 
 
 def settings(**kw: object) -> OpcUaSourceSettings:
@@ -36,9 +36,9 @@ def test_workers_above_sessions_is_a_config_error() -> None:
 
 def test_the_registry_makes_a_worker_source_only_when_asked() -> None:
     from bridge import plugins
+    from bridge.connectors.opcua import OpcUaAddress
+    from bridge.connectors.opcua._worker import OpcUaWorkerSource
     from bridge.types import SourceTag
-    from connectors.opcua import OpcUaAddress
-    from connectors.opcua._worker import OpcUaWorkerSource
 
     plugins.load_plugins()
     factory = plugins.source_kinds()["opcua"].factory
@@ -50,7 +50,7 @@ def test_the_registry_makes_a_worker_source_only_when_asked() -> None:
 
 
 def test_the_liveness_probe_keeps_1_s_up_to_the_default_watchdog_and_grows_beyond() -> None:
-    from connectors.opcua._session import probe_interval
+    from bridge.connectors.opcua._session import probe_interval
 
     assert probe_interval(10) == 1.0  # the default: unchanged
     assert probe_interval(3) == 0.75  # short watchdogs (tests) unchanged

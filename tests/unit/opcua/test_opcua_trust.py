@@ -1,4 +1,5 @@
-"""The trust list (connectors.opcua.trust) on real certificates and files; the server roles."""
+"""The trust list (bridge.connectors.opcua.trust) on real certificates and files; the server
+roles."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
-from connectors.opcua._access import ReaderUserManager, ReadOnlyRuleset
-from connectors.opcua.certs import create_application_certificate
-from connectors.opcua.convert import make_node_id
-from connectors.opcua.server_config import OpcUaServerUser
-from connectors.opcua.trust import TrustList, UntrustedCertificate, thumbprint_of
+from bridge.connectors.opcua._access import ReaderUserManager, ReadOnlyRuleset
+from bridge.connectors.opcua.certs import create_application_certificate
+from bridge.connectors.opcua.convert import make_node_id
+from bridge.connectors.opcua.server_config import OpcUaServerUser
+from bridge.connectors.opcua.trust import TrustList, UntrustedCertificate, thumbprint_of
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bridge import units
-from connectors.opcua.units import eu_information
+from bridge.connectors.opcua.units import eu_information
 
 
 def test_a_unece_unit_names_the_unece_namespace_and_code() -> None:

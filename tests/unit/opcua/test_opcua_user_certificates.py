@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connectors.opcua._access import CertificateRole, ReaderUserManager, RoleUser, UserCertificate
-from connectors.opcua.certs import create_application_certificate
+from bridge.connectors.opcua._access import (
+    CertificateRole,
+    ReaderUserManager,
+    RoleUser,
+    UserCertificate,
+)
+from bridge.connectors.opcua.certs import create_application_certificate
 
 
 def _der(tmp_path: Path, name: str) -> bytes:

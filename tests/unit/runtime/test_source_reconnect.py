@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import pytest
 from support import LOOPBACK, free_port, wait_until
 
+from bridge.connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
 from bridge.errors import ConnectorError
 from bridge.runtime.sources import ReconnectPolicy, SourceSupervisor
 from bridge.types import Quality, Source, SourceTag, TagSample
-from connectors.opcua import OpcUaAddress, OpcUaSource, OpcUaSourceSettings
 
 
 class GreetingSource:

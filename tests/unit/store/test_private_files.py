@@ -16,9 +16,9 @@ from sqlalchemy import text
 from structlog.testing import capture_logs
 
 from bridge.cli import main
+from bridge.simulators.demo import demo_api_key
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import open_store
-from simulators.demo import demo_api_key
 
 
 @contextmanager
