@@ -266,7 +266,10 @@ async def test_two_gateways_sharing_postgres_send_each_event_once_in_order(
         mes.set_delay(0.01)
         # Two gateways: two gateway ids, which name their leases.
         a, b = (
-            Durable(s, mes.events_url, batch_size=3, concurrency=3, holder=f"gw-{i}")
+            # One round of at most 3 of the 6 assets in flight per relay: while the first
+            # relay's round runs, the second claims the other 3 (with more rounds in flight
+            # the first could lease all 6 before the second's first claim).
+            Durable(s, mes.events_url, batch_size=3, concurrency=1, holder=f"gw-{i}")
             for i, s in enumerate(stores)
         )
         gateways.extend([a, b])

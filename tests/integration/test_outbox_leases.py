@@ -230,20 +230,25 @@ async def test_two_gateways_draining_one_outbox_keep_each_assets_order(schema: s
     store = open_store(PG_URL, schema=schema)
     mes = MesReceiver(port=free_port())
     await mes.start()
-    mes.set_delay(0.005)
-    a = Durable(store, mes.events_url, holder="gw-a", batch_size=3)
-    b = Durable(store, mes.events_url, holder="gw-b", batch_size=3)
+    mes.set_delay(0.01)
+    # One round in flight per relay (concurrency 1) of at most 3 assets (batch_size 3): while
+    # the first relay's round runs, its 3 assets are leased and the other relay, started in
+    # the same breath, claims the other 2. Without the bound the first relay could lease all
+    # 5 assets and drain them alone before the second one's first poll.
+    a = Durable(store, mes.events_url, holder="gw-a", batch_size=3, concurrency=1)
+    b = Durable(store, mes.events_url, holder="gw-b", batch_size=3, concurrency=1)
     try:
         await a.start(relay=False)
+        await b.start(relay=False)
         await a.write([prediction(x, s) for s in range(40) for x in ASSETS])
         await a.relay.start()
-        await b.start()
+        await b.relay.start()
         await wait_until(lambda: len(mes.unique_keys) == 200, 60, what="200 events delivered")
         # A relay counts an event once its deletion committed, a moment after the MES's reply.
         await wait_until(
             lambda: a.relay.delivered + b.relay.delivered == 200, 10, what="200 counted"
         )
-        # Both took part (claims of 3 assets each leave the other two to the other gateway).
+        # Both took part (a round of 3 assets at a time leaves the other two to the other).
         assert a.relay.delivered > 0 and b.relay.delivered > 0
         assert mes.duplicate_count == 0
         for asset, seqs in received_in_order(mes.calls).items():
