@@ -194,13 +194,24 @@ class _GcPauses:
 
     def __init__(self) -> None:
         self.ms: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.spans: list[tuple[float, float]] = []  # wall clock, pauses over 1 ms
         self._started = 0.0
+        self._wall = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started, self._wall = time.perf_counter(), time.time()
         else:
-            self.ms[info["generation"]].append((time.perf_counter() - self._started) * 1000)
+            ms = (time.perf_counter() - self._started) * 1000
+            self.ms[info["generation"]].append(ms)
+            if ms > 1.0:
+                self.spans.append((self._wall, self._wall + ms / 1000))
+
+    def within(self, start: float, end: float) -> float:
+        """Milliseconds of pauses inside [start, end] (wall clock)."""
+        return sum(
+            (min(end, b) - max(start, a)) * 1000 for a, b in self.spans if a < end and b > start
+        )
 
     def summary(self, span_s: float) -> dict[str, dict[str, float]]:
         return {
@@ -227,6 +238,8 @@ async def _sample(
     added: list[float] = []
     total: list[float] = []
     stages: dict[str, list[float]] = {"wait": [], "run": [], "to_hmi": []}
+    # Per sample: (added, wait, run, to_hmi, wall arrival, HMI arrival) for the slowest ones.
+    paths: list[tuple[float, float, float, float, float, float]] = []
     lost = 0
     if args.gc_thresholds:
         gc.set_threshold(*(int(x) for x in args.gc_thresholds.split(",")))
@@ -288,6 +301,16 @@ async def _sample(
                     stages["wait"].append((run_start - arrived) * 1000)
                     stages["run"].append((run_end - run_start) * 1000)
                     stages["to_hmi"].append((at - run_end) * 1000)
+                    paths.append(
+                        (
+                            added[-1],
+                            stages["wait"][-1],
+                            stages["run"][-1],
+                            stages["to_hmi"][-1],
+                            arrived,
+                            at,
+                        )
+                    )
             probe_run.clear()
         # Probes land at every phase of the load's cycle.
         await asyncio.sleep(rng.uniform(0.05, 0.25))
@@ -297,6 +320,7 @@ async def _sample(
         profiler.disable()
         profiler.dump_stats(args.profile)
     runs, changes, cpu = runner.runs - runs0, trigger.marks - rows0, _cpu() - cpu0
+    slowest = sorted(paths, reverse=True)[: max(3, len(paths) // 50)]
     publish_s = runner.publish_wait_s - wait0
     runner.tick = tick  # type: ignore[method-assign]
     return {
@@ -339,6 +363,18 @@ async def _sample(
         "source_publishing_interval_ms": 100,
         "min_interval_ms": 10,
         "gc_pauses_ms": pauses.summary(span),
+        # The slowest 2 % of the probes: where their time went, and how much of it the
+        # collector paused the process.
+        "slowest_ms": [
+            {
+                "added": round(a, 1),
+                "wait": round(w, 1),
+                "run": round(r, 1),
+                "to_hmi": round(h, 1),
+                "gc": round(pauses.within(arrived, at), 1),
+            }
+            for a, w, r, h, arrived, at in slowest
+        ],
         "note": "gateway and probe server in this process; HMI client and load server in their own",
     }
 
@@ -444,6 +480,13 @@ async def main() -> None:
         + "; ".join(
             f"{k} {v['per_s']}/s, p50 {v['p50']} ms, max {v['max']} ms"
             for k, v in figures["gc_pauses_ms"].items()
+        )
+    )
+    print(
+        "slowest 2 % (added = wait + run + to_hmi; gc = collector pauses inside): "
+        + "; ".join(
+            f"{p['added']} = {p['wait']} + {p['run']} + {p['to_hmi']} (gc {p['gc']})"
+            for p in figures["slowest_ms"]
         )
     )
     print(f"written {write_result('trigger', figures)}")

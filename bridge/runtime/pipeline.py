@@ -20,11 +20,14 @@ from typing import Any
 import structlog
 
 from bridge.api.view import ModelInfo
+from bridge.cancel import cancel_and_wait
 from bridge.config.resolved import Mapping
+from bridge.config.spec import CollectorSettings
 from bridge.lifecycle.policy import ModelPolicy, policy_of
 from bridge.prepare import Prepared
 from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.apiserver import ApiServer, api_server, ops_server
+from bridge.runtime.collector import collect_between_events
 from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
 from bridge.runtime.live_models import LiveModels, live_models
@@ -52,15 +55,6 @@ from bridge.types import ComponentHealth, Sink, TagSample
 __all__ = ["Gateway", "build_gateway"]
 
 log = structlog.get_logger(__name__)
-
-# Gen-1 collections before the collector may walk everything not frozen (CPython's default:
-# 10). A full collection walks every object made since start-up: the HMI server's current
-# values, the windows, what is in flight (~57,000 objects at 2,000 assets, 60-110 ms on a
-# 2-core machine), and every pause lands on the latency of whatever is waiting. At the
-# default it ran every 4-10 s, 0.1-0.3 % of the time but the p99 of `trigger: change`
-# (bench/trigger.py); at 100 it runs about once a minute at 2,000 changes/s. Cyclic garbage
-# waits that long; everything else is freed by reference counting as before.
-FULL_COLLECTION_AFTER = 100
 
 NORMALIZE_QUEUE_BATCHES = 1024
 
@@ -90,6 +84,7 @@ class Gateway:
     # Metrics and probes (bridge.runtime.metrics); the scrape listener if it has its own.
     ops: GatewayOps | None = None
     metrics_server: ApiServer | None = None
+    collector: CollectorSettings = field(default_factory=CollectorSettings)
 
     async def run(self, stop: asyncio.Event, *, reload_on_sighup: bool = False) -> None:
         """Run until ``stop`` is set; raise if a part of the gateway failed. Call it once.
@@ -97,7 +92,7 @@ class Gateway:
         self.tasks.stop_on(stop)
         reloads: set[asyncio.Task[None]] = set()
         started: list[Stage] = []
-        thresholds: tuple[int, int, int] | None = None
+        collector: asyncio.Task[None] | None = None
         try:
             for stage in self.stages:
                 started.append(stage)  # a half-started stage closes what it started
@@ -116,8 +111,13 @@ class Gateway:
             # (bench/README.md). Collected first, so no garbage of the start-up is frozen.
             gc.collect()
             gc.freeze()
-            thresholds = gc.get_threshold()
-            gc.set_threshold(thresholds[0], thresholds[1], FULL_COLLECTION_AFTER)
+            if self.collector.mode == "between-events":
+                collector = asyncio.create_task(
+                    collect_between_events(
+                        self.collector.young_every_ms / 1000, self.collector.full_every_s
+                    ),
+                    name="collector",
+                )
             if reload_on_sighup and self.reloader is not None:
                 _on_sighup(self.reloader, reloads)
             self.started.set()
@@ -126,8 +126,8 @@ class Gateway:
             if reload_on_sighup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             log.info("gateway_stopping", gateway=self.gateway_id)
-            if thresholds is not None:
-                gc.set_threshold(*thresholds)
+            if collector is not None:
+                await cancel_and_wait(collector)
             for stage in reversed(started):
                 await stage.close()
             await asyncio.to_thread(self.store.dispose)
@@ -347,6 +347,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         started,
         ops,
         metrics_server,
+        mapping.gateway.collector,
     )
 
 

@@ -108,6 +108,7 @@ class TagTable:
         entries = self.entries
         good = Quality.GOOD
         updates = suppressed = unknown = 0
+        marked: dict[ChangeTrigger, list[str]] = {}  # handed over per batch: a burst is one
         for sample in batch:
             entry = entries.get(sample.tag)
             if entry is None:
@@ -131,7 +132,13 @@ class TagTable:
                 ring.append(mono, float(value))
             if entry.triggers:
                 for trigger in entry.triggers:
-                    trigger.mark(entry.tag.asset)
+                    got = marked.get(trigger)
+                    if got is None:
+                        marked[trigger] = [entry.tag.asset]
+                    else:
+                        got.append(entry.tag.asset)
+        for trigger, assets in marked.items():
+            trigger.mark_batch(assets)
         self.updates += updates
         self.suppressed += suppressed
         self.unknown += unknown

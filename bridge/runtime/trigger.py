@@ -11,11 +11,16 @@ its row is computed is one row; marks that arrive during a run wait for the next
 A run is at most ``max_rows`` assets. A burst bigger than that (a plant's scan cycle changing
 every asset at once) is run ``max_rows`` at a time, the event loop free between chunks, and
 what changed meanwhile goes first: a lone change waits for the chunk in progress, not for the
-whole burst, and runs in a chunk of its own. So that a stream of new changes cannot starve a
-burst, their chunks and the burst's alternate (the burst moves at least one chunk in two; new
-changes beyond one chunk queue behind it). The rest of a burst does not wait out the interval:
-the interval bounds how often the model starts over on new changes, not how fast it works
-through changes it has already taken.
+whole burst, and runs in a chunk of its own. The tag table hands over the changes of one
+source batch at once (``mark_batch``): a batch that changes more than ``max_rows`` assets is a
+burst from the start, so a change of another source taken in between (the probe of
+bench/trigger.py, landing while a 2,000-asset publish response is applied) is not run behind
+the rest of it (150-200 ms at 2,000 assets) but ahead.
+
+So that a stream of new changes cannot starve a burst, their chunks and the burst's alternate
+(the burst moves at least one chunk in two; new changes beyond one chunk queue behind it).
+The rest of a burst does not wait out the interval: the interval bounds how often the model
+starts over on new changes, not how fast it works through changes it has already taken.
 
 The first change after a quiet spell runs at once (the interval has passed): the interval
 bounds the run rate, it does not delay a lone change. Time is a parameter; the only state
@@ -71,6 +76,23 @@ class ChangeTrigger:
         if len(pending) == 1:
             self.changed.set()
 
+    def mark_batch(self, assets: list[str]) -> None:
+        """The assets one source batch changed, in order (an asset may repeat). More than
+        ``max_rows`` new ones are a burst: they queue behind what arrives on its own."""
+        self.marks += len(assets)
+        pending, queued = self._pending, self._queued
+        new = [a for a in dict.fromkeys(assets) if a not in pending and a not in queued]
+        self.coalesced += len(assets) - len(new)
+        if not new:
+            return
+        if len(new) > self.max_rows:
+            self._backlog.extend(new)
+            queued.update(new)
+        else:
+            for asset in new:
+                pending[asset] = None
+        self.changed.set()
+
     @property
     def pending(self) -> int:
         """Assets waiting for a row (new changes and the rest of a burst)."""
@@ -113,4 +135,6 @@ class ChangeTrigger:
         if assets:
             self._last_run = now
             self.runs += 1
+        if not (pending or backlog):
+            self.changed.clear()
         return tuple(assets)

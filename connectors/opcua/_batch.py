@@ -23,7 +23,8 @@ those awaits ever suspends unless a subscription publishes with a 0 ms interval.
   ``InternalSubscription._enqueue_event`` does (queue size per item);
 - collects what cannot be done synchronously: subscriptions with a publishing interval <= 0
   (publish at once) and callbacks of another kind; :meth:`BatchWriter.settle` awaits those once
-  per batch, after the pass.
+  per batch, after the pass, and wakes the subscriptions that got a first notification
+  (``bridge.connectors.opcua._publishing``: an idle one sends it at once).
 
 This reaches into asyncua's private monitored-item and subscription state (pinned ``~=2.1``):
 when that state is not what this module expects, the node falls back to asyncua's own coroutine
@@ -44,6 +45,8 @@ from asyncua.server.monitored_item_service import MonitoredItemService
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
+
+from bridge.connectors.opcua._publishing import Publishing
 
 __all__ = ["BatchWriter", "WriteFailure"]
 
@@ -77,11 +80,13 @@ class _Target:
 class BatchWriter:
     """Writes batches of ``(node id, DataValue)`` to one server's Value attributes."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, publishing: Publishing | None = None) -> None:
         self._aspace: AddressSpace = server.iserver.aspace
         self._server = server
+        self._publishing = publishing
         self._targets: dict[ua.NodeId, _Target] = {}
         self._immediate: set[Any] = set()
+        self._woken: set[Any] = set()
         self._deferred: list[tuple[Callable[..., Awaitable[None]], int, ua.DataValue]] = []
         self._library: list[tuple[ua.NodeId, ua.DataValue]] = []
         self.fallbacks = 0
@@ -145,6 +150,9 @@ class BatchWriter:
                 await callback(handle, dv)
             except Exception as exc:  # asyncua logs and goes on; so does this
                 log.warning("datachange_callback_failed", handle=handle, error=repr(exc))
+        woken, self._woken = self._woken, set()
+        if woken and self._publishing is not None:
+            self._publishing.wake(woken)
         immediate, self._immediate = self._immediate, set()
         for isub in immediate:
             await isub._trigger_publish()
@@ -216,6 +224,8 @@ class BatchWriter:
                     queue[mid] = [event]
                     if isub.data.RevisedPublishingInterval <= 0.0:
                         self._immediate.add(isub)
+                    else:
+                        self._woken.add(isub)
                     continue
                 size = mdata.queue_size
                 if size != 0 and len(pending) >= size:

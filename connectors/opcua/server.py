@@ -45,6 +45,7 @@ from bridge.connectors.opcua._access import (
 from bridge.connectors.opcua._batch import BatchWriter, WriteFailure
 from bridge.connectors.opcua._feedback import FeedbackMethods
 from bridge.connectors.opcua._guard import GuardedServer
+from bridge.connectors.opcua._publishing import Publishing
 from bridge.connectors.opcua._throttle import LoginThrottle
 from bridge.connectors.opcua.certs import load_der, thumbprint
 from bridge.connectors.opcua.convert import make_node_id
@@ -167,7 +168,7 @@ class PredictionServer:
             await server.set_application_uri(settings.application_uri)
             server.allow_remote_admin(False)
             self._apply_limits(server)
-            _floor_publishing_interval(server, settings.min_publishing_interval_ms)
+            publishing = Publishing(server, settings.min_publishing_interval_ms)
             if settings.certificate and settings.private_key:
                 await server.load_certificate(settings.certificate)
                 await server.load_private_key(settings.private_key)
@@ -192,7 +193,7 @@ class PredictionServer:
                 self._log.debug("stop_after_failed_start", error=repr(stop_exc))
             raise ConnectorError(f"{self.name}: cannot start OPC UA server: {exc!r}") from exc
         self._server = server
-        self._writer = BatchWriter(server)
+        self._writer = BatchWriter(server, publishing)
         self._writer.prepare(ns)
         self._state, self._detail = "ok", ""
         self._warn_about_access()
@@ -518,24 +519,6 @@ class _ClientCertificateValidator(CertificateValidator):
             await self._trust.check(cert)
         except UntrustedCertificate as exc:
             raise ServiceError(exc.status) from exc
-
-
-def _floor_publishing_interval(server: Server, floor_ms: float) -> None:
-    """asyncua grants whatever publishing interval a client asks for, 0 included (a publish per
-    changed item); raise requests below ``floor_ms`` to it. Sampling needs no such floor: every
-    write notifies at once (the monitored items' revised sampling interval is the publishing
-    interval, the value asyncua reports)."""
-    service = server.iserver.subscription_service
-    create = service.create_subscription
-
-    async def create_with_floor(
-        params: ua.CreateSubscriptionParameters, *args: Any, **kwargs: Any
-    ) -> ua.CreateSubscriptionResult:
-        if not params.RequestedPublishingInterval >= floor_ms:  # NaN too
-            params.RequestedPublishingInterval = floor_ms
-        return await create(params, *args, **kwargs)
-
-    service.create_subscription = create_with_floor  # type: ignore[method-assign]
 
 
 async def _delete(server: Server, node: Node) -> None:

@@ -2,13 +2,15 @@
 every field of every prediction of a batch arrives with its value, status and SourceTimestamp;
 the model fields are sent only when they change; a node that cannot be written is counted and
 the rest of the batch still arrives; a client asking for a 0 ms publishing interval gets the
-configured floor."""
+configured floor; a change after a quiet spell is published at once, changes within an interval
+go out one interval apart, and an idle subscription still gets its keep-alives."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -44,10 +46,12 @@ class Collector:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, ua.DataValue]] = []
+        self.at: list[float] = []  # arrival, time.monotonic(), per notification of seen
         self.changed = asyncio.Event()
 
     def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
         self.seen.append((str(node.nodeid.Identifier), data.monitored_item.Value))
+        self.at.append(time.monotonic())
         self.changed.set()
 
     async def wait_for(self, wanted: set[str], start: int) -> dict[str, ua.DataValue]:
@@ -239,6 +243,85 @@ async def test_a_zero_ms_subscription_gets_the_configured_floor(sink: Prediction
         assert value(got[ident(SLOTS[1], "Value")]) == 123.0
     finally:
         await client.disconnect()
+
+
+# An HMI on a slow interval: a change that waits for the next publishing cycle shows.
+SLOW_MS = 1000.0
+
+
+@contextlib.asynccontextmanager
+async def slow_hmi(
+    sink: PredictionServer, slot: PredictionSlot, keepalive: int = 10
+) -> AsyncIterator[tuple[Collector, Subscription]]:
+    client = Client(sink._settings.endpoint, timeout=10)
+    await client.connect()
+    try:
+        collector = Collector()
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=SLOW_MS,
+            RequestedLifetimeCount=10 * keepalive,
+            RequestedMaxKeepAliveCount=keepalive,
+            PublishingEnabled=True,
+        )
+        sub = await client.create_subscription(params, collector)
+        ns = await client.get_namespace_index(NS)
+        node = client.get_node(make_node_id(ident(slot, "Value"), ns))
+        await sub.subscribe_data_change([node])
+        await collector.wait_for({ident(slot, "Value")}, 0)
+        yield collector, sub
+    finally:
+        await client.disconnect()
+
+
+@pytest.mark.serial
+async def test_a_change_after_a_quiet_spell_is_published_at_once(sink: PredictionServer) -> None:
+    """asyncua publishes on a fixed grid from the subscription's creation: a change waited up
+    to a whole interval (0-1 s here) for the next cycle. The gateway's server sends the first
+    change after a quiet spell at once. Five changes at random phases: on the grid all five
+    would arrive within a quarter interval one time in a thousand."""
+    slot = SLOTS[2]
+    rng = random.Random(7)
+    async with slow_hmi(sink, slot) as (collector, _):
+        delays = []
+        for k in range(5):
+            await asyncio.sleep(SLOW_MS / 1000 * rng.uniform(1.1, 1.7))
+            start = len(collector.seen)
+            wrote = time.monotonic()
+            await sink.write([prediction(slot, 200.0 + k, time.time())])
+            got = await collector.wait_for({ident(slot, "Value")}, start)
+            assert value(got[ident(slot, "Value")]) == 200.0 + k
+            delays.append(collector.at[-1] - wrote)
+    assert max(delays) < SLOW_MS / 1000 / 4, delays
+
+
+@pytest.mark.serial
+async def test_changes_within_an_interval_go_out_one_interval_apart(
+    sink: PredictionServer,
+) -> None:
+    """Sending at once never sends more often than the interval the client was granted."""
+    slot = SLOTS[2]
+    async with slow_hmi(sink, slot) as (collector, _):
+        await asyncio.sleep(1.2 * SLOW_MS / 1000)
+        start = len(collector.seen)
+        await sink.write([prediction(slot, 300.0, time.time())])
+        await collector.wait_for({ident(slot, "Value")}, start)
+        first = len(collector.seen)
+        await asyncio.sleep(0.05)
+        await sink.write([prediction(slot, 301.0, time.time())])
+        got = await collector.wait_for({ident(slot, "Value")}, first)
+        assert value(got[ident(slot, "Value")]) == 301.0
+        assert collector.at[-1] - collector.at[first - 1] >= 0.9 * SLOW_MS / 1000
+
+
+async def test_an_idle_subscription_still_gets_keep_alives(sink: PredictionServer) -> None:
+    """The server's own publishing loop keeps asyncua's cycle for an idle subscription: a
+    keep-alive (an empty publish response) every MaxKeepAliveCount intervals."""
+    async with slow_hmi(sink, SLOTS[2], keepalive=1) as (_, sub):
+        quiet_since = time.monotonic()
+        await asyncio.sleep(3.5 * SLOW_MS / 1000)
+        # At most one interval (plus a margin for a loaded machine) since the last response.
+        assert sub.last_publish_at > quiet_since + 1.5 * SLOW_MS / 1000
+        assert time.monotonic() - sub.last_publish_at < 2 * SLOW_MS / 1000
 
 
 async def test_a_large_batch_is_drained_in_chunks_and_a_newer_lone_change_goes_first(

@@ -17,7 +17,7 @@ from bridge.config.resolved import Mapping
 from bridge.inference import LoadedModel
 from bridge.runtime.runner import ModelRunner, TickOutcome
 from bridge.runtime.tagtable import TagTable
-from bridge.runtime.trigger import ChangeTrigger
+from bridge.runtime.trigger import MAX_ROWS, ChangeTrigger
 from bridge.types import Prediction, Quality, TagSample
 
 # --- the trigger alone -----------------------------------------------------------------------
@@ -112,6 +112,26 @@ def test_an_asset_waiting_in_a_burst_is_coalesced() -> None:
     assert not t.ready
 
 
+def test_a_source_batch_bigger_than_a_run_is_a_burst_behind_later_changes() -> None:
+    """A source batch that changes more than a run's rows (a plant's scan cycle) is a burst
+    from the start: a change of another source taken in before the burst's first chunk ran
+    goes first, not behind the whole burst."""
+    t = ChangeTrigger("m", min_interval_s=0.5, max_rows=4)
+    t.mark_batch([f"b{i}" for i in range(10)] + ["b0"])  # b0 changed twice in the batch
+    assert (t.marks, t.coalesced, t.pending) == (11, 1, 10)
+    assert t.changed.is_set() and t.wait_s(0.0) == 0.0
+    t.mark_batch(["lone"])
+    assert t.take(100.0) == ("lone",)
+    assert t.take(100.0) == ("b0", "b1", "b2", "b3")
+    t.mark_batch(["b5", "x", "y"])  # b5 still waits in the burst: coalesced
+    assert t.coalesced == 2
+    assert t.take(100.0) == ("x", "y")
+    assert t.take(100.0) == ("b4", "b5", "b6", "b7")
+    assert t.take(100.0) == ("b8", "b9")
+    # Nothing left: the runner waits for the next change (no turn of its loop in vain).
+    assert not t.ready and not t.changed.is_set()
+
+
 def test_max_rows_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_rows"):
         ChangeTrigger("m", min_interval_s=0.0, max_rows=0)
@@ -184,6 +204,16 @@ def test_the_table_marks_assets_whose_model_inputs_changed(tmp_path: Path) -> No
     assert trigger.pending == 0
     table.mark_bad(["p3.x"], "source plant: connection lost")  # Bad now, not at the next change
     assert trigger.take(1.0) == ("p3",)
+
+
+def test_the_table_hands_a_burst_over_as_one_batch(tmp_path: Path) -> None:
+    table = TagTable(_mapping(tmp_path, pumps=MAX_ROWS + 2))
+    trigger = table.triggers["on-change"]
+    table.apply([_sample(f"p{n}.x", 1.0) for n in range(1, MAX_ROWS + 2)])  # one scan cycle
+    table.apply([_sample(f"p{MAX_ROWS + 2}.x", 1.0)])  # another source, a moment later
+    assert trigger.take(0.0) == (f"p{MAX_ROWS + 2}",)
+    assert trigger.take(0.0) == tuple(f"p{n}" for n in range(1, MAX_ROWS + 1))
+    assert trigger.take(0.0) == (f"p{MAX_ROWS + 1}",)
 
 
 def test_schema_defaults(tmp_path: Path) -> None:
