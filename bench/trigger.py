@@ -18,7 +18,8 @@ machine's wall clock. The cyclic garbage collector's pauses in the gateway's pro
 probing are counted per generation (``gc_pauses_ms``). The write -> HMI time (source
 publishing included) is printed beside it.
 
-    python -m bench.trigger [--assets 2000 --samples 300 --period 1.0 --hmi-ms 10] [--quick]
+    python -m bench.trigger [--assets 2000 --samples 600 --period 1.0 --hmi-ms 10] [--quick]
+                            [--collector between-events|automatic]
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ MAX_LOST = 5  # then the path is down, not slow
 
 MAPPING = """
 version: 1
-gateway: {{store: "sqlite:///{store}", api: {{enabled: false}}}}
+gateway: {{store: "sqlite:///{store}", api: {{enabled: false}}, collector: {{mode: {collector}}}}}
 sources:
   load: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{load}"}}
   probe: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{probe}"}}
@@ -138,6 +139,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 names=", ".join([*names, "probe"]),
                 model=work / "echo.onnx",
                 hmi=hmi_port,
+                collector=args.collector,
             )
         )
         # 2,000 assets' HMI nodes take a while to build (many minutes on a loaded machine).
@@ -241,8 +243,6 @@ async def _sample(
     # Per sample: (added, wait, run, to_hmi, wall arrival, HMI arrival) for the slowest ones.
     paths: list[tuple[float, float, float, float, float, float]] = []
     lost = 0
-    if args.gc_thresholds:
-        gc.set_threshold(*(int(x) for x in args.gc_thresholds.split(",")))
     await asyncio.sleep(3 * args.period + 2)  # every asset predicted once, load steady
     runs0, rows0, cpu0, t0 = runner.runs, trigger.marks, _cpu(), time.perf_counter()
     wait0 = runner.publish_wait_s
@@ -362,6 +362,7 @@ async def _sample(
         "hmi_publishing_interval_ms": args.hmi_ms,
         "source_publishing_interval_ms": 100,
         "min_interval_ms": 10,
+        "collector": args.collector,
         "gc_pauses_ms": pauses.summary(span),
         # The slowest 2 % of the probes: where their time went, and how much of it the
         # collector paused the process.
@@ -403,12 +404,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hmi-client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--gc-thresholds",
-        metavar="G0,G1,G2",
-        help="override the collector thresholds the gateway sets after start (experiments)",
+        "--collector",
+        choices=["between-events", "automatic"],
+        default="between-events",
+        help="gateway.collector.mode: the default, or Python's automatic collector (compare)",
     )
     parser.add_argument("--assets", type=int, default=2000)
-    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--samples", type=int, default=600)
     parser.add_argument("--period", type=float, default=1.0, help="load: each input changes once")
     parser.add_argument("--hmi-ms", type=float, default=10.0)
     parser.add_argument(
@@ -447,7 +449,8 @@ async def main() -> None:
     print(
         f"{figures['assets']:,} assets, {figures['load_changes_per_s']:,} input changes/s, "
         f"trigger: change (min_interval 10 ms), HMI publishing {args.hmi_ms:g} ms "
-        f"(revised {figures['hmi_revised_publishing_interval_ms']} ms)"
+        f"(revised {figures['hmi_revised_publishing_interval_ms']} ms), collector "
+        f"{args.collector}"
     )
     print(
         f"gateway-added (source notification arrival -> HMI notification): p50 {added['p50']} ms,"
