@@ -164,8 +164,9 @@ class OpcUaServerSettings(BaseModel):
         le=60_000.0,
         description="Shortest publishing interval granted to a subscription, ms: a client asking "
         "for less (0 = publish every change at once) gets this. Values are sampled on write: "
-        "every prediction write queues its notification at once, sent with the next publish, so "
-        "an HMI at 10 ms sees a prediction within ~10 ms of its write.",
+        "every prediction write queues its notification at once; a subscription that sent "
+        "nothing during its last interval sends it at once, else at the interval's end (never "
+        "two notifications closer than the interval).",
     )
 
     @model_validator(mode="after")
