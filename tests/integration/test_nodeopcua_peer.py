@@ -1,7 +1,8 @@
 """Against node-opcua, an OPC UA stack independent of asyncua (so a bug shared by both ends of an
 asyncua-only test cannot hide): the source's ``sessions: N`` subscribed to a node-opcua server,
 and a node-opcua HMI client subscribed at 10 ms to the gateway's prediction server while it is
-written a batch larger than its chunk (drained by its task) and a lone newer change.
+written a batch larger than its chunk (drained by its task) and a lone newer change, and one
+subscribed at 1 s that gets a change after a quiet spell at once.
 
 node-opcua (pinned) is installed by ``bench/setup_nodeopcua.sh``, which ``scripts/setup`` runs
 when npm is there; without it these tests are skipped with that reason."""
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -178,3 +180,59 @@ async def test_a_nodeopcua_hmi_sees_a_drained_batch_and_a_newer_lone_change_firs
     finally:
         await sink.close()
     assert sink.health().counters["superseded"] >= 1
+
+
+@pytest.mark.serial
+async def test_a_nodeopcua_hmi_gets_a_change_after_a_quiet_spell_at_once() -> None:
+    """The gateway's server sends the first change after a quiet spell at once, not at the next
+    tick of a fixed publishing grid (asyncua's own: 0-1 s here). Seen by node-opcua: five
+    changes at random phases, each within a quarter of the 1 s interval (on the grid all five
+    would be one time in a thousand), and two changes 50 ms apart still one interval apart."""
+    settings = OpcUaServerSettings(
+        endpoint=f"opc.tcp://127.0.0.1:{free_port()}",
+        namespace="urn:test:nodeopcua-publish",
+        allow_anonymous=True,
+        security_policies=["None"],
+    )
+    slot = SLOTS[0]
+    sink = PredictionServer("hmi", settings, SinkContext("gw1", (slot,)))
+    await sink.start()
+    try:
+        node_id = f"ns={sink.namespace_index};s={node_string(slot.asset, slot.model, 'Value')}"
+        async with node("tests/peers/nodeopcua_hmi.js", settings.endpoint, "1000", node_id) as hmi:
+            async with asyncio.timeout(DEADLINE_S):
+                while "ready" not in (note := await note_of(hmi)):
+                    pass
+            assert note["ready"] == 1000
+
+            async def shown(value: float) -> float:
+                """When the HMI printed ``value`` (time.monotonic())."""
+                async with asyncio.timeout(DEADLINE_S):
+                    while (await note_of(hmi)).get("value") != value:
+                        pass
+                return time.monotonic()
+
+            # The initial value comes first (at the subscription's first tick after the item
+            # was made): the quiet spells are counted from it.
+            async with asyncio.timeout(DEADLINE_S):
+                while "value" not in await note_of(hmi):
+                    pass
+            rng = random.Random(11)
+            delays = []
+            for k in range(5):
+                await asyncio.sleep(rng.uniform(1.1, 1.7))
+                wrote = time.monotonic()
+                await sink.write([prediction(slot, 10.0 + k, time.time())])
+                delays.append(await shown(10.0 + k) - wrote)
+            assert max(delays) < 0.25, delays
+            await asyncio.sleep(1.2)
+            await sink.write([prediction(slot, 20.0, time.time())])
+            first = await shown(20.0)
+            await asyncio.sleep(0.05)
+            await sink.write([prediction(slot, 21.0, time.time())])
+            assert await shown(21.0) - first >= 0.9
+            assert hmi.stdin is not None
+            hmi.stdin.close()
+            await asyncio.wait_for(hmi.wait(), 10)
+    finally:
+        await sink.close()
