@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from bridge.cancel import CancelWatch
 from bridge.errors import ConnectorError
 from bridge.retry import backoff_delay
 from bridge.types import ComponentHealth, HealthState, Source, TagSample
@@ -184,11 +185,16 @@ class SourceSupervisor:
         return ComponentHealth(f"source:{self.name}", state, detail, counters)
 
     async def run(self) -> None:
+        # A library's wait_for may swallow our stop (bridge.cancel): look after each await
+        # that runs library code, so a stopped supervisor never goes on delivering.
+        watch = CancelWatch()
         try:
             while True:
                 await self._connect_with_backoff()
+                watch.check()
                 try:
                     async for batch in self.source.samples():
+                        watch.check()
                         self.batches += 1
                         self.samples += len(batch)
                         await self.deliver(batch)

@@ -34,6 +34,7 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
+from bridge.cancel import kept_cancellation
 from bridge.connectors.modbus.config import ModbusSourceSettings
 from bridge.connectors.modbus.plan import ReadBlock
 from bridge.connectors.modbus.reply import Reply
@@ -163,7 +164,11 @@ class Link:
         self.close()
         client = self._build()
         try:
-            ok = bool(await asyncio.wait_for(client.connect(), timeout=deadline_s))
+            # The timeout inside kept_cancellation: its own cancel is taken back at its exit,
+            # while a stop that pymodbus's wait_for swallowed is raised again.
+            with kept_cancellation():
+                async with asyncio.timeout(deadline_s):
+                    ok = bool(await client.connect())
         except BaseException:
             client.close()
             raise

@@ -20,6 +20,7 @@ from itertools import repeat
 import structlog
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from bridge.cancel import kept_cancellation
 from bridge.connectors.modbus.breaker import Breaker
 from bridge.connectors.modbus.config import ModbusAddress, ModbusSourceSettings
 from bridge.connectors.modbus.link import Link, MalformedFrame
@@ -251,8 +252,9 @@ class ModbusSource:
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the read in a task of its
             # own, which cost more than the decoding of a whole block.
-            async with self._line, asyncio.timeout(deadline):
-                reply = await self._link.read(block)
+            with kept_cancellation():
+                async with self._line, asyncio.timeout(deadline):
+                    reply = await self._link.read(block)
         except (ConnectionException, ConnectionError) as exc:
             raise NotConnected(f"modbus {self.name}: connection to {self.endpoint} lost") from exc
         except MalformedFrame as exc:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import structlog
 from asyncua import ua
 
+from bridge.cancel import CancelWatch
 from bridge.connectors.opcua._session import Session
 from bridge.connectors.opcua.config import OpcUaSourceSettings, ReconnectSettings
 from bridge.connectors.opcua.convert import data_value_to_sample_parts
@@ -251,6 +252,9 @@ class OpcUaSource:
         # A session's backoff can be shorter than the watchdog tick: wake for it in time.
         if len(self._sessions) > 1:
             tick = min(tick, self._settings.reconnect.initial_backoff_s)
+        # asyncua's requests may swallow a stop (see bridge.cancel); a quiet loop never
+        # yields to a caller that could notice, so the loop checks.
+        watch = CancelWatch()
         while not self._closed:
             lost = self._check_alive()
             if lost:
@@ -260,6 +264,7 @@ class OpcUaSource:
                 if repaired:
                     yield repaired
             await self._sessions[0].inbox.wait(tick)  # the shared wake of every session
+            watch.check()
             if self._closed:
                 return
             lost = self._check_alive()

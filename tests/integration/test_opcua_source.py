@@ -282,3 +282,42 @@ async def test_refused_item_retried_on_timer_others_untouched(plant: PlantSimula
     finally:
         await source.close()
     assert not seen_bad_other
+
+
+async def test_a_stop_swallowed_inside_the_loop_still_ends_it(plant: PlantSimulator) -> None:
+    """asyncua waits for replies with ``asyncio.wait_for``, which on Python 3.11 drops a
+    cancellation that comes in the turn the reply lands (see ``bridge.cancel``). The loop's
+    own request (the retry of refused items) is made to swallow the stop as that would."""
+    source = OpcUaSource("plant", settings(plant.endpoint), plant_tags(1))
+    await source.connect()
+    calls = swallowed = 0
+
+    async def swallowing_retry() -> list[TagSample]:
+        nonlocal calls, swallowed
+        calls += 1
+        if calls == 3:  # the stop comes while this "request" waits for its reply
+            me = asyncio.current_task()
+            assert me is not None
+            asyncio.get_running_loop().call_soon(me.cancel)
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            swallowed += 1  # and returns as if the reply had come
+        return []
+
+    source._retry_failed = swallowing_retry  # type: ignore[method-assign]
+
+    async def consume() -> None:
+        async for _batch in source.samples():
+            pass
+
+    task = asyncio.create_task(consume())
+    try:
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert swallowed == 1
+        assert task in done, "samples() went on after its stop was swallowed"
+        assert task.cancelled()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await source.close()
