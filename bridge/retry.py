@@ -17,11 +17,14 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from typing import Self
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tenacity import RetryCallState
 
 __all__ = [
     "Backoff",
+    "ReconnectSettings",
     "backoff_delay",
     "is_retryable_status",
     "parse_retry_after",
@@ -97,3 +100,40 @@ def tenacity_wait(initial_s: float, max_s: float) -> Callable[[RetryCallState], 
         return backoff_delay(state.attempt_number, initial_s, max_s)
 
     return wait
+
+
+class ReconnectSettings(BaseModel):
+    """A source's ``reconnect:`` block: how the runtime reconnects it after a failure (the
+    runtime owns the only retry loop; ``bridge.runtime.sources``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    initial_backoff_s: float = Field(
+        0.5,
+        gt=0,
+        description="First wait after a failed connect; doubles per failure (with jitter: half "
+        "fixed, half random) up to max_backoff_s.",
+    )
+    max_backoff_s: float = Field(
+        5,
+        gt=0,
+        description="Cap of the wait between connect attempts, however long the outage lasts.",
+    )
+    probe_interval_s: float = Field(
+        0.5,
+        ge=0,
+        description="While the server's port refuses connections, a TCP connect to its "
+        "host:port is tried this often; once the port accepts again the next attempt starts at "
+        "once instead of at the end of the backoff. A port that accepts but gives no session "
+        "keeps the backoff. 0 switches the probe off.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.initial_backoff_s > self.max_backoff_s:
+            raise ValueError(
+                f"reconnect.initial_backoff_s ({self.initial_backoff_s:g}) is above "
+                f"reconnect.max_backoff_s ({self.max_backoff_s:g}): raise max_backoff_s or "
+                "lower initial_backoff_s"
+            )
+        return self

@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from bridge.connectors.opcua.nodeid import parse_nsu
+from bridge.retry import ReconnectSettings
 
 
 def _opc_tcp(value: str) -> str:
@@ -87,42 +88,6 @@ class SecuritySettings(BaseModel):
             )
         if self.policy != "None" and not (self.certificate and self.private_key):
             raise ValueError(f"security policy {self.policy!r} needs certificate and private_key")
-        return self
-
-
-class ReconnectSettings(BaseModel):
-    """How the runtime reconnects this source after a failure (it owns the only retry loop)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    initial_backoff_s: float = Field(
-        0.5,
-        gt=0,
-        description="First wait after a failed connect; doubles per failure (with jitter: half "
-        "fixed, half random) up to max_backoff_s.",
-    )
-    max_backoff_s: float = Field(
-        5,
-        gt=0,
-        description="Cap of the wait between connect attempts, however long the outage lasts.",
-    )
-    probe_interval_s: float = Field(
-        0.5,
-        ge=0,
-        description="While the server's port refuses connections, a TCP connect to its "
-        "host:port is tried this often; once the port accepts again the next attempt starts at "
-        "once instead of at the end of the backoff. A port that accepts but gives no session "
-        "keeps the backoff. 0 switches the probe off.",
-    )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if self.initial_backoff_s > self.max_backoff_s:
-            raise ValueError(
-                f"reconnect.initial_backoff_s ({self.initial_backoff_s:g}) is above "
-                f"reconnect.max_backoff_s ({self.max_backoff_s:g}): raise max_backoff_s or "
-                "lower initial_backoff_s"
-            )
         return self
 
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from doc_samples import BASE, NOT_A_MAPPING, ROOT, Sample, place, samples
+from mqttbroker import make_pki
 
 from bridge.cli import main
 from bridge.errors import ConfigError
@@ -46,6 +47,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # reads them when the API starts).
     for name in ("api.pem", "api.key", "plant-ca.pem"):
         (root / "pki" / name).write_text("PEM\n")
+    # The MQTT samples' CA and gateway certificate: loaded as TLS files when validated.
+    make_pki(root / "pki" / "mqtt")
     return root
 
 

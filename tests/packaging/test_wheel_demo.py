@@ -66,7 +66,8 @@ def _check_contents(wheel: Path) -> None:
         sources = {
             p.relative_to(ROOT).as_posix()
             for p in (ROOT / folder).rglob("*")
-            if p.suffix in (".py", ".onnx", ".yaml", ".json") and "__pycache__" not in p.parts
+            if p.suffix in (".py", ".pyi", ".onnx", ".yaml", ".json")
+            and "__pycache__" not in p.parts
         }
         assert shipped == sources, shipped ^ sources
     assert "bridge/simulators/demo_data/models/pump_health.onnx" in names

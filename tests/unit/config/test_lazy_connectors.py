@@ -12,13 +12,14 @@ ROOT = Path(__file__).resolve().parents[3]
 
 _PROBE = """
 import json, sys
+LIBRARIES = {"asyncua", "pymodbus", "httpx", "aiomqtt", "paho", "google"}
 from bridge.config import load_mapping
 mapping = load_mapping(sys.argv[1], {"HMI_PASSWORD": "x", "MES_TOKEN": "y"})
 print(json.dumps({
     "kinds": sorted(
         {s.kind for s in mapping.sources.values()} | {o.kind for o in mapping.outputs.values()}
     ),
-    "loaded": sorted({m.split(".")[0] for m in sys.modules} & {"asyncua", "pymodbus", "httpx"}),
+    "loaded": sorted({m.split(".")[0] for m in sys.modules} & LIBRARIES),
 }))
 """
 

@@ -1,0 +1,199 @@
+"""UNS destination: each asset's predictions and model events as JSON in an ISA-95 topic tree.
+
+``<topic>/prediction`` holds the asset's latest prediction (retained: a client that subscribes
+later reads the current state first); ``<topic>/event`` carries label changes, alerts, threshold
+crossings and drift (not retained). Fed by the outbox relay like every durable destination: a
+broker outage keeps the events in the store and the relay sends them, in order per asset, once
+the broker is back. A publish counts as delivered when its PUBACK (QoS 1) or PUBCOMP (QoS 2)
+arrives; a lost acknowledgement means the event is published again, so receivers dedupe on
+``id`` (also in the user property ``idempotency-key``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.connectors.mqtt.config import UnsSettings
+from bridge.connectors.mqtt.link import Link, open_link
+from bridge.destination import Capabilities, DestinationContext, Envelope, Outcome, Retry
+from bridge.errors import ConnectorError
+from bridge.types import ComponentHealth, Prediction, Trigger
+
+__all__ = ["UnsDestination", "event_body"]
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZE = 64
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+def _prediction_fields(p: Prediction) -> dict[str, Any]:
+    value = p.value
+    if isinstance(value, float):
+        value = _finite(value)
+    fields: dict[str, Any] = {
+        "id": p.id,
+        "seq": p.seq,
+        "asset": p.asset,
+        "model": p.model,
+        "version": p.version,
+        "sha256": p.sha256,
+        "value": value,
+        "score": _finite(p.score),
+        "quality": p.quality.label,
+        "timestamp": round(p.timestamp, 3),
+        "input_age_s": _finite(p.input_age_s),
+        "drift_score": _finite(p.drift_score),
+    }
+    if p.reason:
+        fields["reason"] = p.reason
+    if p.explanation is not None:
+        fields["explanation"] = {
+            "reason": p.explanation.reason,
+            "top": [{"feature": c.feature, "effect": _finite(c.effect)} for c in p.explanation.top],
+        }
+    return fields
+
+
+def event_body(event: Trigger) -> str:
+    """The JSON of one event: the prediction's fields, and for events other than a plain
+    prediction what made it one (``event``, ``previous``, ``crossing``, ...)."""
+    body = _prediction_fields(event.prediction)
+    body["event"] = event.event
+    for key in ("previous", "crossing", "limit", "field"):
+        value = getattr(event, key)
+        if value is not None:
+            body[key] = value
+    if event.drift is not None:
+        body["drift"] = dict(event.drift)
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
+class UnsDestination:
+    """``bridge.destination.Destination`` publishing to one broker."""
+
+    def __init__(self, name: str, settings: UnsSettings, context: DestinationContext) -> None:
+        self.name = name
+        self.settings = settings
+        self._where = f"outputs.{name}"
+        self.capabilities = Capabilities(
+            concurrency=1,
+            batch_size=BATCH_SIZE,
+            backoff=(settings.initial_backoff_s, settings.max_backoff_s),
+            rules=tuple(settings.events),
+        )
+        self._link: Link | None = None
+        self._closed = False
+        self._last_error = ""
+        self._in_flight = 0
+        self._counters = {"published": 0, "retries": 0, "expired": 0, "refused": 0, "connects": 0}
+
+    async def start(self) -> None:
+        # The first delivery connects: a broker that is down at start costs a Retry, not the
+        # gateway's start.
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    def health(self) -> ComponentHealth:
+        counters = {**self._counters, "in_flight": self._in_flight}
+        if self._closed:
+            return ComponentHealth(self.name, "stopped", counters=counters)
+        if self._last_error:
+            return ComponentHealth(self.name, "degraded", self._last_error, counters)
+        if self._link is None:
+            return ComponentHealth(self.name, "starting", "not connected yet", counters)
+        return ComponentHealth(self.name, "ok", counters=counters)
+
+    def encode(self, event: Trigger) -> str | None:
+        return event_body(event)
+
+    async def _connected(self) -> Link:
+        if self._link is not None:
+            return self._link
+        self._link = await open_link(self.settings, self.name, self._where, clean_start=True)
+        self._counters["connects"] += 1
+        log.info(
+            "uns_connected",
+            destination=self.name,
+            broker=f"{self.settings.host}:{self.settings.port}",
+        )
+        return self._link
+
+    async def deliver(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        try:
+            link = await self._connected()
+        except ConnectorError as exc:
+            return [self._failed(str(exc)) for _ in batch]
+        outcomes = await asyncio.gather(*(self._publish(link, key, body) for key, body in batch))
+        if any(isinstance(o, Retry) for o in outcomes) and self._link is link:
+            # A publish that failed on this link fails the others too: open a new one next time.
+            self._link = None
+            await link.close(timeout_s=1.0)
+        elif self._last_error:
+            log.info("uns_recovered", destination=self.name, after_error=self._last_error)
+            self._last_error = ""
+        return list(outcomes)
+
+    def _failed(self, reason: str) -> Retry:
+        self._counters["retries"] += 1
+        if reason != self._last_error:
+            log.warning("uns_failing", destination=self.name, error=reason)
+        self._last_error = reason
+        return Retry(reason)
+
+    async def _publish(self, link: Link, key: str, body: str) -> Outcome:
+        event = json.loads(body)
+        kind = "prediction" if event.get("event", "prediction") == "prediction" else "event"
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.ContentType = "application/json"
+        properties.UserProperty = [("idempotency-key", key)]
+        expiry = self.settings.message_expiry_s
+        if expiry is not None:
+            left = expiry - max(0.0, time.time() - float(event.get("timestamp", time.time())))
+            if left < 1:
+                self._counters["expired"] += 1
+                log.info("uns_event_expired", destination=self.name, key=key, expiry_s=expiry)
+                return None  # its expiry has passed: a UNS client must not see it as current
+            properties.MessageExpiryInterval = int(left)
+        topic = f"{self.settings.topic_of(event['asset'], event['model'])}/{kind}"
+        self._in_flight += 1
+        try:
+            refused = await link.client.publish_checked(
+                topic,
+                body.encode(),
+                qos=self.settings.qos,
+                retain=self.settings.retain and kind == "prediction",
+                properties=properties,
+                ack_timeout_s=self.settings.publish_timeout_s,
+            )
+        except aiomqtt.MqttError as exc:
+            return self._failed(f"publish to {topic} failed: {exc}")
+        finally:
+            self._in_flight -= 1
+        if refused:
+            self._counters["refused"] += 1
+            log.warning("uns_publish_refused", destination=self.name, topic=topic, reason=refused)
+            return (
+                f"the broker refused the publish to {topic}: {refused} (its ACL must let the "
+                "gateway's identity write this topic tree)"
+            )
+        self._counters["published"] += 1
+        return None

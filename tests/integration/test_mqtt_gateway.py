@@ -1,0 +1,136 @@
+"""MQTT through the whole gateway: devices publish over mutual TLS -> the MQTT source ->
+normalize -> a model -> the UNS output, on a real Mosquitto, from a mapping file as
+`bridge run` loads it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from insight_models import linear_regressor
+from mqttbroker import Mosquitto, MqttPki, find_mosquitto, make_pki
+from support import LOOPBACK
+
+from bridge.prepare import prepare
+from bridge.runtime.pipeline import build_gateway
+
+pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
+
+ASSETS = ("pump-a", "pump-b")
+
+MAPPING = """
+version: 1
+gateway: {{id: mqtt-gw, store: "sqlite:///{store}", api: {{enabled: false}}}}
+sources:
+  devices:
+    kind: mqtt
+    host: 127.0.0.1
+    port: {port}
+    tls: {{ca_file: "{pki}/ca.pem", client_certificate: "{pki}/gateway.pem",
+          client_key: "{pki}/gateway.key"}}
+    client_id: bridge-mqtt-gw
+    subscribe: ["plant/+/+/telemetry"]
+templates:
+  pump:
+    tags:
+      temperature:
+        source: devices
+        address: {{topic: "plant/line-4/{{asset}}/telemetry", pointer: /temp, time_pointer: /ts}}
+        unit: degC
+assets:
+  pump-a: {{template: pump}}
+  pump-b: {{template: pump}}
+models:
+  echo:
+    file: {model}
+    version: "1"
+    template: pump
+    trigger: change
+    min_interval_ms: 10
+    window_s: 5
+    min_window_s: 0
+    outputs: {{value: value}}
+    features: [{{tag: temperature, stat: last}}]
+outputs:
+  uns:
+    kind: uns
+    host: 127.0.0.1
+    port: {port}
+    tls: {{ca_file: "{pki}/ca.pem", client_certificate: "{pki}/gateway.pem",
+          client_key: "{pki}/gateway.key"}}
+    client_id: bridge-mqtt-gw-uns
+    enterprise: acme
+    site: dallas
+    area: packaging
+    line: line-4
+"""
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> MqttPki:
+    return make_pki(tmp_path / "pki", devices=ASSETS)
+
+
+@pytest.fixture
+async def broker(pki: MqttPki, tmp_path: Path) -> AsyncIterator[Mosquitto]:
+    with Mosquitto(pki, tmp_path / "broker") as running:
+        yield running
+
+
+async def test_device_values_become_predictions_in_the_uns(
+    pki: MqttPki, broker: Mosquitto, tmp_path: Path
+) -> None:
+    model = linear_regressor(tmp_path / "echo.onnx", [1.0], [0.0], [1.0])  # value = temperature
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(
+        MAPPING.format(
+            store=tmp_path / "g.db", port=broker.tls_port, pki=pki.directory, model=model
+        )
+    )
+    gateway = await build_gateway(prepare(mapping))
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop))
+    seen: list[dict[str, Any]] = []
+    try:
+        await asyncio.wait_for(gateway.started.wait(), 30)
+        reader = aiomqtt.Client(
+            LOOPBACK,
+            broker.tls_port,
+            identifier="uns-reader",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=pki.client_context(pki.gateway_cert, pki.gateway_key),
+        )
+        async with asyncio.timeout(60), reader:
+            await reader.subscribe("acme/#", qos=1)
+            for n, asset in enumerate(ASSETS):
+                cert, key = pki.device(asset)
+                async with aiomqtt.Client(
+                    LOOPBACK,
+                    broker.tls_port,
+                    identifier=f"dev-{asset}",
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    tls_context=pki.client_context(cert, key),
+                ) as device:
+                    body = {"temp": 40.0 + n, "ts": 1_733_308_800_000 + n}
+                    await device.publish(f"plant/line-4/{asset}/telemetry", json.dumps(body), qos=1)
+            async for message in reader.messages:
+                assert message.topic.matches(
+                    "acme/dallas/packaging/line-4/+/bridge/echo/prediction"
+                )
+                seen.append(json.loads(message.payload))  # type: ignore[arg-type]
+                if {b["asset"] for b in seen if b["quality"] == "Good"} == set(ASSETS):
+                    break
+        good = {b["asset"]: b["value"] for b in seen if b["quality"] == "Good"}
+        assert good == pytest.approx({"pump-a": 40.0, "pump-b": 41.0})
+        (supervisor,) = gateway.supervisors
+        health = supervisor.health()
+        assert health.state == "ok"
+        assert health.counters["messages"] == 2 and health.counters["malformed"] == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
