@@ -42,6 +42,7 @@ EXTERNAL = (
     "store",
     "opcua_server",
     "opcua_sessions",
+    "mqtt",
 )
 EXTERNAL_TIMEOUT_S = {True: 90, False: 900}
 # Arguments of the full run where a part's own defaults are sized for running it alone

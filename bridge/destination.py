@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypeAlias
 
 from bridge.eventrules import EventRule
-from bridge.types import ComponentHealth, PredictionSlot, Trigger
+from bridge.types import ComponentHealth, PredictionSlot, TagReader, Trigger
 
 __all__ = [
     "Capabilities",
@@ -85,7 +85,8 @@ class Capabilities:
 @dataclass(frozen=True, slots=True)
 class DestinationContext:
     """What the gateway tells a destination it builds: who is sending (``gateway_id``, in
-    bodies and headers), the (asset, model) pairs it serves, and ``setting_keys``: where a
+    bodies and headers), the (asset, model) pairs it serves, ``tags`` (the tag table, for a
+    destination that publishes tag values too), and ``setting_keys``: where a
     setting of this destination is written in the mapping when it is not in an ``outputs:``
     block of its own (the drift webhook: ``{"tls": "drift.webhook_tls"}``), so messages name
     the key the operator has to fix."""
@@ -93,6 +94,9 @@ class DestinationContext:
     gateway_id: str
     slots: tuple[PredictionSlot, ...] = ()
     setting_keys: tuple[tuple[str, str], ...] = ()
+    # The gateway's tag table, for a destination that also publishes tag values (live, not
+    # through the outbox); None where there is no table (tools, tests).
+    tags: TagReader | None = None
 
     def key_of(self, name: str, setting: str) -> str:
         """The mapping key of ``setting`` of the destination called ``name``."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -25,6 +25,8 @@ __all__ = [
     "SinkContext",
     "Source",
     "SourceTag",
+    "TagReader",
+    "TagReading",
     "TagSample",
     "TagValue",
     "Trigger",
@@ -69,6 +71,28 @@ class TagSample:
     source_time: float | None = None
     server_time: float | None = None
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TagReading:
+    """A tag's normalized state as an output that publishes tag values sees it (the UNS):
+    value after scale/convert_to, its unit, quality and times (epoch seconds)."""
+
+    tag: str
+    asset: str
+    name: str
+    value: TagValue
+    unit: str | None
+    quality: Quality
+    source_time: float | None
+    received_time: float | None
+    reason: str = ""
+
+
+# The tags changed at or after a monotonic time (``time.monotonic()``; 0.0: every tag), read
+# from the gateway's tag table; given to the outputs that publish tag values
+# (``DestinationContext``).
+TagReader = Callable[[float], Sequence[TagReading]]
 
 
 @dataclass(frozen=True, slots=True)

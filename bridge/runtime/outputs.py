@@ -40,6 +40,7 @@ from bridge.types import (
     PredictionSlot,
     Sink,
     SinkContext,
+    TagReader,
 )
 
 __all__ = ["Outputs", "OutputsChange", "slots_of"]
@@ -101,8 +102,10 @@ class Outputs:
         store_sink: StoreSink,
         alerts: AlertSink,
         feedback: FeedbackService | None,
+        tags: TagReader | None = None,
     ) -> None:
         self._store = store
+        self._tags = tags
         self._fanout = fanout
         self._store_sink = store_sink
         self._alerts = alerts
@@ -239,9 +242,8 @@ class Outputs:
                 sinks[name] = sink_kinds[out.kind].factory(out.name, out.settings, context)
             elif out.kind in destination_kinds:
                 kind = destination_kinds[out.kind]
-                dest = kind.factory(
-                    out.name, out.settings, DestinationContext(self._gateway_id, tuple(slots))
-                )
+                context_of = DestinationContext(self._gateway_id, tuple(slots), tags=self._tags)
+                dest = kind.factory(out.name, out.settings, context_of)
                 durables[name] = durable_for([dest], repo, mapping.gateway.outbox, slots, holds)
         return _Built(sinks, durables)
 

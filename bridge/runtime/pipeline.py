@@ -200,9 +200,9 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     alerts = AlertSink.for_models(AlertRepository(store), slots_of(prepared), mapping.models)
     fanout = PredictionFanout([])
     # The HMI server and the MES destinations, by name: a mapping reload changes them one by one.
-    outputs = Outputs(prepared, store, fanout, store_sink, alerts, feedback)
-
     table = TagTable(mapping)
+    outputs = Outputs(prepared, store, fanout, store_sink, alerts, feedback, table.readings)
+
     runners = [
         model_runner(prepared, name, table, fanout.publish, gid, boot_id) for name in mapping.models
     ]

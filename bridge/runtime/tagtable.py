@@ -23,7 +23,7 @@ from bridge.config.resolved import Mapping, ResolvedTag
 from bridge.features.window import Ring
 from bridge.normalize import Transform, compile_transform, passes_deadband, transform_key
 from bridge.runtime.trigger import ChangeTrigger
-from bridge.types import Quality, TagSample, TagValue
+from bridge.types import Quality, TagReading, TagSample, TagValue
 
 __all__ = ["TagEntry", "TagTable"]
 
@@ -42,6 +42,7 @@ class TagEntry:
     server_time: float | None = None
     updated: float | None = None  # when the gateway last heard of it (also within the deadband)
     updated_mono: float | None = None  # the same moment on the monotonic clock: ages, staleness
+    changed_mono: float | None = None  # when value, quality or reason last changed (readings)
     # The change triggers of the `trigger: change` models that read this tag (usually none).
     triggers: tuple[ChangeTrigger, ...] = ()
 
@@ -126,6 +127,7 @@ class TagTable:
                 continue
             entry.value, entry.quality, entry.reason = value, quality, sample.reason or why
             entry.source_time, entry.server_time = sample.source_time, sample.server_time
+            entry.changed_mono = mono
             updates += 1
             ring = entry.ring
             if ring is not None and quality is good and isinstance(value, (int, float)):
@@ -145,12 +147,34 @@ class TagTable:
 
     def mark_bad(self, tag_ids: Iterable[str], reason: str) -> None:
         """A source is down: its tags go Bad at once (their windows keep their Good history)."""
+        mono = self.monotonic_clock()
         for tid in tag_ids:
             entry = self.entries.get(tid)
             if entry is not None:
                 entry.quality, entry.reason = Quality.BAD, reason
+                entry.changed_mono = mono
                 for trigger in entry.triggers:
                     trigger.mark(entry.tag.asset)
+
+    def readings(self, since_mono: float) -> list[TagReading]:
+        """The tags whose value, quality or reason changed at or after ``since_mono`` (monotonic; a
+        source that went down turned its tags Bad: a change). Scans every entry, allocates
+        only for the ones returned."""
+        return [
+            TagReading(
+                e.tag.id,
+                e.tag.asset,
+                e.tag.name,
+                e.value,
+                e.tag.unit,
+                e.quality,
+                e.source_time,
+                e.updated,
+                e.reason,
+            )
+            for e in self.entries.values()
+            if e.changed_mono is not None and e.changed_mono >= since_mono
+        ]
 
     def snapshot(self, asset: str | None = None) -> list[TagState]:
         return [

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bridge.connectors.mqtt.config import MqttAddress, MqttSourceSettings, UnsSettings
+from bridge.connectors.mqtt.sparkplug.config import SparkplugSettings
 from bridge.destination import Destination, DestinationContext
 from bridge.types import Source, SourceTag
 
@@ -41,6 +42,12 @@ def _uns(name: str, settings: Any, context: DestinationContext) -> Destination:
     return UnsDestination(name, settings, context)
 
 
+def _sparkplug(name: str, settings: Any, context: DestinationContext) -> Destination:
+    from bridge.connectors.mqtt.sparkplug.edge import SparkplugEdgeNode
+
+    return SparkplugEdgeNode(name, settings, context)
+
+
 def register() -> None:
     """Make ``kind: mqtt`` (source) and ``kind: uns`` (output) known to the registry (called
     through the entry point)."""
@@ -65,5 +72,15 @@ def register() -> None:
             description="Predictions and model events as JSON in an ISA-95 Unified Namespace "
             "on an MQTT 5 broker (mutual TLS), retained latest state, durably through the "
             "outbox.",
+        )
+    )
+    register_destination(
+        DestinationKind(
+            kind="sparkplug",
+            settings_model=SparkplugSettings,
+            factory=_sparkplug,
+            description="Predictions as a Sparkplug B 3.0 edge node (one device per asset, "
+            "births with aliases, bdSeq kept across restarts, primary host STATE) on an MQTT 5 "
+            "broker (mutual TLS), durably through the outbox.",
         )
     )

@@ -26,6 +26,7 @@ __all__ = [
     "MqttTls",
     "PayloadFormat",
     "UnsSettings",
+    "UnsTagSettings",
     "check_filter",
     "check_topic",
 ]
@@ -244,6 +245,48 @@ def _every() -> list[EventRule]:
 ISA95_LEVELS = ("enterprise", "site", "area", "line")
 
 
+class UnsTagSettings(BaseModel):
+    """Tag values in the UNS: each tag's latest normalized state, live (not through the
+    outbox: while the broker is away only the latest value of each tag is kept and sent)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval_s: float = Field(
+        1.0,
+        ge=0.05,
+        le=3600,
+        description="How often changed tags are published: at most one message per tag per "
+        "interval (the rate limit).",
+    )
+    deadband: float = Field(
+        0.0,
+        ge=0,
+        description="A numeric tag is published again only when it moved more than this "
+        "(in its unit) since it was last published, or its quality changed. 0: every change.",
+    )
+    topic: str = Field(
+        "{enterprise}/{site}/{area}/{line}/{asset}/tags/{tag}",
+        description="Topic of a tag (retained). Placeholders: {enterprise} {site} {area} "
+        "{line} {asset} {tag}.",
+    )
+    assets: list[str] = Field(
+        default_factory=list,
+        description="Only the tags of these assets; default every asset's tags.",
+    )
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_template(cls, value: str) -> str:
+        try:
+            check_topic(value.format(**dict.fromkeys((*ISA95_LEVELS, "asset", "tag"), "x")))
+        except (KeyError, IndexError) as exc:
+            raise ValueError(
+                f"unknown placeholder {exc} in the topic: use {{enterprise}} {{site}} {{area}} "
+                "{line} {asset} {tag}"
+            ) from None
+        return value
+
+
 class UnsSettings(BrokerSettings):
     """An ``outputs.<name>`` block with ``kind: uns``: predictions and model events as JSON
     in a Unified Namespace (ISA-95 topic tree), through the gateway's durable outbox."""
@@ -286,6 +329,11 @@ class UnsSettings(BrokerSettings):
         description="Which predictions are published (`every`, `label_change`, `alerts`, "
         "`threshold: {...}`, as for the MES).",
     )
+    tags: UnsTagSettings | None = Field(
+        None,
+        description="Also publish tag values (normalized, retained), rate-limited and with a "
+        "deadband: `{interval_s: 1, deadband: 0, assets: [...]}`. Default: predictions only.",
+    )
 
     @field_validator("enterprise", "site", "area", "line")
     @classmethod
@@ -316,10 +364,17 @@ class UnsSettings(BrokerSettings):
             ) from None
         return value
 
-    def topic_of(self, asset: str, model: str) -> str:
+    def levels_of(self, asset: str) -> dict[str, str]:
         levels = {key: getattr(self, key) for key in ISA95_LEVELS}
         levels.update(self.asset_levels.get(asset, {}))
-        return self.topic.format(**levels, asset=asset, model=model)
+        return levels
+
+    def topic_of(self, asset: str, model: str) -> str:
+        return self.topic.format(**self.levels_of(asset), asset=asset, model=model)
+
+    def tag_topic(self, asset: str, tag: str) -> str:
+        assert self.tags is not None
+        return self.tags.topic.format(**self.levels_of(asset), asset=asset, tag=tag)
 
 
 def _check_level(value: str) -> str:

@@ -75,6 +75,10 @@ def _counting_queue(source: MqttSource) -> type[asyncio.Queue[aiomqtt.Message]]:
     """aiomqtt drops a message that finds its queue full with only a log line: count it."""
 
     class CountingQueue(asyncio.Queue[aiomqtt.Message]):
+        def __init__(self, maxsize: int = 0) -> None:
+            super().__init__(maxsize)
+            source._inbox = self  # drained in bulk by samples()
+
         def put_nowait(self, item: aiomqtt.Message) -> None:
             try:
                 super().put_nowait(item)
@@ -126,6 +130,7 @@ class MqttSource:
         self.unbound = 0
         self.dropped = 0
         self.unnamed = 0  # Sparkplug DATA that came before its birth
+        self._inbox: asyncio.Queue[aiomqtt.Message] | None = None
         self._degraded = ""
 
     # -- what the runtime reads (bridge.runtime.sources: Reconnectable, Probeable, PartlyUp) --
@@ -212,12 +217,20 @@ class MqttSource:
         watch = CancelWatch()
         try:
             while True:
+                # The iterator notices a lost connection; the rest of a burst is taken straight
+                # from the queue (the iterator makes a task per message: most of the CPU).
                 first = await anext(messages)
                 watch.check()
                 batch: list[TagSample] = []
                 self._take(first, batch)
-                for _ in range(min(len(messages), MAX_BATCH)):
-                    self._take(await anext(messages), batch)
+                inbox = self._inbox
+                if inbox is not None:
+                    for _ in range(MAX_BATCH):
+                        try:
+                            message = inbox.get_nowait()
+                        except asyncio.QueueEmpty:
+                            break
+                        self._take(message, batch)
                 if batch:
                     yield batch
         except aiomqtt.MqttError as exc:

@@ -68,6 +68,7 @@ outputs:
     site: dallas
     area: packaging
     line: line-4
+    tags: {{interval_s: 0.2, deadband: 0.5}}
 """
 
 
@@ -134,3 +135,54 @@ async def test_device_values_become_predictions_in_the_uns(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_tag_values_reach_the_uns_rate_limited_past_their_deadband(
+    pki: MqttPki, broker: Mosquitto, tmp_path: Path
+) -> None:
+    model = linear_regressor(tmp_path / "echo.onnx", [1.0], [0.0], [1.0])
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(
+        MAPPING.format(
+            store=tmp_path / "g.db", port=broker.tls_port, pki=pki.directory, model=model
+        )
+    )
+    gateway = await build_gateway(prepare(mapping))
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop))
+    seen: list[dict[str, Any]] = []
+    try:
+        await asyncio.wait_for(gateway.started.wait(), 30)
+        reader = aiomqtt.Client(
+            LOOPBACK,
+            broker.tls_port,
+            identifier="uns-tags-reader",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=pki.client_context(pki.gateway_cert, pki.gateway_key),
+        )
+        cert, key = pki.device("pump-a")
+        device = aiomqtt.Client(
+            LOOPBACK,
+            broker.tls_port,
+            identifier="dev-pump-a",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=pki.client_context(cert, key),
+        )
+        topic = "acme/dallas/packaging/line-4/pump-a/tags/temperature"
+        async with asyncio.timeout(60), reader, device:
+            await reader.subscribe(topic, qos=1)
+            # 40.2 is within the 0.5 deadband of 40.0: never published; 41.0 is.
+            for temp in (40.0, 40.2, 41.0):
+                body = {"temp": temp, "ts": 1_733_308_800_000}
+                await device.publish("plant/line-4/pump-a/telemetry", json.dumps(body), qos=1)
+                await asyncio.sleep(0.5)  # longer than interval_s: each its own round
+            async for message in reader.messages:
+                seen.append(json.loads(message.payload))  # type: ignore[arg-type]
+                if seen[-1]["value"] == 41.0:
+                    break
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    values = [b["value"] for b in seen if b["quality"] == "Good"]
+    assert values == [40.0, 41.0]
+    assert all(b["unit"] == "degC" and b["tag"] == "pump-a.temperature" for b in seen)

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from durable_path import durable_path
 from mqttbroker import Mosquitto, MqttPki, find_mosquitto, make_pki
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -23,12 +24,6 @@ from support import LOOPBACK, wait_until
 from bridge.connectors.mqtt.config import UnsSettings
 from bridge.connectors.mqtt.uns import UnsDestination
 from bridge.destination import DestinationContext, Envelope, Retry
-from bridge.outbox import Relay, RelaySettings
-from bridge.outbox.feed import Budget
-from bridge.outbox.wiring import feed_for
-from bridge.store.db import open_store
-from bridge.store.outbox import OutboxRepository
-from bridge.store.sink import StoreSink
 from bridge.types import Prediction, Quality, Trigger
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
@@ -170,7 +165,7 @@ async def test_predictions_and_events_land_in_the_isa95_tree(
         body = json.loads(state.payload)  # type: ignore[arg-type]
         assert body["value"] == "healthy" and body["score"] == 0.875 and body["quality"] == "Good"
         assert body["id"] == events[0].prediction.id and body["version"] == "1.0.0"
-        assert dict(state.properties.UserProperty)["idempotency-key"] == events[0].prediction.id  # type: ignore[union-attr]
+        assert body["seq"] == 1 and body["event"] == "prediction"
         assert json.loads(alert.payload)["event"] == "alert"  # type: ignore[arg-type]
         assert json.loads(alert.payload)["previous"] == "healthy"  # type: ignore[arg-type]
 
@@ -228,45 +223,18 @@ async def test_a_broker_that_is_down_gives_retry_not_a_crash(pki: MqttPki, tmp_p
 @pytest.fixture
 async def durable(pki: MqttPki, broker: Mosquitto, tmp_path: Path) -> AsyncIterator[Any]:
     """The gateway's durable path: store writer -> outbox -> relay -> UNS destination."""
-    store = open_store(f"sqlite:///{tmp_path / 'uns.db'}")
     destination = UnsDestination(
         "uns", uns_settings(pki, broker.tls_port), DestinationContext(GATEWAY)
     )
-    feed = feed_for(destination, Budget(1_000_000, "refuse-new"), ())
-    writer = StoreSink(store, outbox=[feed], batch_size=500)
-    repo = OutboxRepository(store, holder=GATEWAY)
-    relay = Relay(
-        destination,
-        repo,
-        feed,
-        RelaySettings(
-            batch_size=500,
-            dead_letter_after=3,
-            max_retries=10_000,
-            max_retry_age_s=3600,
-            reject_retry_s=0.05,
-            idle_poll_s=0.01,
-            rescan_s=0.2,
-            stats_every_s=0.1,
-            max_backoff_s=0.5,
-        ),
-    )
-    await writer.start()
-    await destination.start()
-    await relay.start()
-    try:
-        yield writer, repo, feed, destination
-    finally:
-        await relay.close()
-        await destination.close()
-        await writer.close()
-        store.dispose()
+    async with durable_path(destination, f"sqlite:///{tmp_path / 'uns.db'}", GATEWAY) as path:
+        yield path
 
 
 async def test_a_minute_long_broker_outage_loses_repeats_and_reorders_nothing(
     pki: MqttPki, broker: Mosquitto, durable: Any
 ) -> None:
-    writer, repo, feed, destination = durable
+    path = durable
+    writer, destination = path.writer, path.destination
     assets = ("pump-a", "pump-b", "pump-c", "pump-d")
     seq = 0
 
@@ -276,7 +244,7 @@ async def test_a_minute_long_broker_outage_loses_repeats_and_reorders_nothing(
         await writer.write([prediction(asset, seq) for asset in assets])
 
     def backlog() -> int:
-        return int(repo.stats(feed.destination).backlog)
+        return int(path.backlog())
 
     async with Subscriber(pki, broker.tls_port) as reader:
         for _ in range(5):

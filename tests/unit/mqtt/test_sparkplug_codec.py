@@ -404,7 +404,7 @@ def test_bdseq_survives_restarts_and_wraps(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content", ["", "garbage", "-1", "256"])
-def test_an_unreadable_bdseq_file_starts_again_at_zero(tmp_path: Path, content: str) -> None:
+def test_an_unreadable_bdseq_path_starts_again_at_zero(tmp_path: Path, content: str) -> None:
     path = tmp_path / "bdseq"
     path.write_text(content)
     store = BdSeqStore(path)
