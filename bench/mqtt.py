@@ -835,7 +835,7 @@ def _rows(publish: dict[str, Any], ingest: dict[str, Any]) -> list[dict[str, Any
             f"{publish['events']:,} events of {publish['assets']} assets per side, batches of "
             f"{pb['batch_size']} in alternating rounds of {publish['round_events']:,}; failed "
             f"{pb['failed']}/{pf['failed']}; encode {publish['encode_us_per_event']} us/event "
-            f"(not in the rate); bare with the bridge's MQTT 5 properties "
+            f"(not in the rate); bare with a content type + user property "
             f"{publish['bare_with_properties']['messages_per_s']:,} msg/s",
         ),
         row(
@@ -845,7 +845,7 @@ def _rows(publish: dict[str, Any], ingest: dict[str, Any]) -> list[dict[str, Any
             "ms",
             "report",
             None,
-            f"this process; bare with the bridge's MQTT 5 properties "
+            f"this process; bare with a content type + user property "
             f"{publish['bare_with_properties']['cpu_ms_per_1000']} ms; broker "
             f"{pb['broker_cpu_ms_per_1000']}/{pf['broker_cpu_ms_per_1000']} ms",
         ),

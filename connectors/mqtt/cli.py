@@ -54,7 +54,13 @@ def certs() -> None:
 @certs.command("ca")
 @_path_option("--cert", "cert_path", "Write the CA certificate (PEM) here.")
 @_path_option("--key", "key_path", "Write its private key (PEM, mode 0600) here.")
-@click.option("--cn", "common_name", default="bridge MQTT CA", show_default=True)
+@click.option(
+    "--cn",
+    "common_name",
+    default="bridge MQTT CA",
+    show_default=True,
+    help="Name of the CA (its certificate's CN), e.g. the plant's.",
+)
 @click.option("--days", default=3650, show_default=True, help="Validity of the CA.")
 @_force_option
 def certs_ca(cert_path: Path, key_path: Path, common_name: str, days: int, force: bool) -> None:

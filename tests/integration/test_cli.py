@@ -77,7 +77,16 @@ def test_committed_schema_is_current() -> None:
         for d in schema["$defs"].values()
         if "kind" in d.get("properties", {})
     }
-    assert kinds == {"opcua", "modbus", "opcua-server", "mes-rest", "webhook"}
+    assert kinds == {
+        "opcua",
+        "modbus",
+        "mqtt",
+        "opcua-server",
+        "mes-rest",
+        "webhook",
+        "uns",
+        "sparkplug",
+    }
 
 
 @pytest.fixture
