@@ -1,11 +1,13 @@
 """MQTT through the whole gateway: devices publish over mutual TLS -> the MQTT source ->
-normalize -> a model -> the UNS output, on a real Mosquitto, from a mapping file as
-`bridge run` loads it."""
+normalize -> a model -> the UNS output (predictions and tag values) or the Sparkplug B edge node,
+on a real Mosquitto, from a mapping file as `bridge run` loads it (and `bridge run` itself,
+killed with SIGKILL, for the Sparkplug will)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,10 @@ import aiomqtt
 import pytest
 from insight_models import linear_regressor
 from mqttbroker import Mosquitto, MqttPki, find_mosquitto, make_pki
+from sparkplug_host import Host, bdseq, check_births_precede_data
 from support import LOOPBACK
 
+from bridge.connectors.mqtt.sparkplug.codec import MessageType
 from bridge.prepare import prepare
 from bridge.runtime.pipeline import build_gateway
 
@@ -107,7 +111,7 @@ async def test_device_values_become_predictions_in_the_uns(
             tls_context=pki.client_context(pki.gateway_cert, pki.gateway_key),
         )
         async with asyncio.timeout(60), reader:
-            await reader.subscribe("acme/#", qos=1)
+            await reader.subscribe("acme/+/+/+/+/bridge/#", qos=1)
             for n, asset in enumerate(ASSETS):
                 cert, key = pki.device(asset)
                 async with aiomqtt.Client(
@@ -186,3 +190,102 @@ async def test_tag_values_reach_the_uns_rate_limited_past_their_deadband(
     values = [b["value"] for b in seen if b["quality"] == "Good"]
     assert values == [40.0, 41.0]
     assert all(b["unit"] == "degC" and b["tag"] == "pump-a.temperature" for b in seen)
+
+
+SPARKPLUG_MAPPING = """
+version: 1
+gateway: {{id: spb-gw, store: "sqlite:///{store}", api: {{enabled: false}}}}
+sources:
+  devices:
+    kind: mqtt
+    host: 127.0.0.1
+    port: {port}
+    tls: {{ca_file: "{pki}/ca.pem", client_certificate: "{pki}/gateway.pem",
+          client_key: "{pki}/gateway.key"}}
+    client_id: bridge-spb-gw
+templates:
+  pump:
+    tags:
+      temperature:
+        source: devices
+        address: {{topic: "plant/line-4/{{asset}}/telemetry", pointer: /temp}}
+        unit: degC
+assets:
+  pump-a: {{template: pump}}
+  pump-b: {{template: pump}}
+models:
+  echo:
+    file: {model}
+    version: "1"
+    template: pump
+    trigger: change
+    min_interval_ms: 10
+    window_s: 5
+    min_window_s: 0
+    outputs: {{value: value, unit: degC}}
+    features: [{{tag: temperature, stat: last}}]
+outputs:
+  sparkplug:
+    kind: sparkplug
+    host: 127.0.0.1
+    port: {port}
+    tls: {{ca_file: "{pki}/ca.pem", client_certificate: "{pki}/gateway.pem",
+          client_key: "{pki}/gateway.key"}}
+    client_id: bridge-spb-gw-node
+    keepalive_s: 5
+    group_id: plant
+    edge_node_id: line-4
+    bdseq_path: "{state}/bdseq"
+"""
+
+
+async def test_bridge_run_is_a_sparkplug_edge_node_whose_will_matches_its_birth(
+    pki: MqttPki, broker: Mosquitto, tmp_path: Path
+) -> None:
+    model = linear_regressor(tmp_path / "echo.onnx", [1.0], [0.0], [1.0])
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(
+        SPARKPLUG_MAPPING.format(
+            store=tmp_path / "g.db",
+            port=broker.tls_port,
+            pki=pki.directory,
+            model=model,
+            state=tmp_path / "state",
+        )
+    )
+    log = (tmp_path / "bridge.log").open("wb")
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "run", str(mapping), stdout=log, stderr=log
+    )
+    try:
+        async with Host(pki, broker.tls_port) as host:
+            (birth,) = await host.wait_for(MessageType.NBIRTH, timeout=30)
+            births = await host.wait_for(MessageType.DBIRTH, 2)
+            assert {b.device for b in births} == set(ASSETS)
+            cert, key = pki.device("pump-a")
+            async with (
+                asyncio.timeout(10),
+                aiomqtt.Client(
+                    LOOPBACK,
+                    broker.tls_port,
+                    identifier="dev-pump-a",
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    tls_context=pki.client_context(cert, key),
+                ) as device,
+            ):
+                await device.publish("plant/line-4/pump-a/telemetry", '{"temp": 42.5}', qos=1)
+            data = await host.wait_for(MessageType.DDATA, timeout=15)
+            values = [m.metric("Prediction/echo/Value") for m in data if m.device == "pump-a"]
+            assert values and values[-1] == pytest.approx(42.5)
+            assert all(metric.name is None for metric in data[-1].bare.metrics)  # aliases only
+
+            gateway.kill()  # SIGKILL: no NDEATH of its own, the broker sends the will
+            await gateway.wait()
+            (will,) = await host.wait_for(MessageType.NDEATH, timeout=15)
+            assert bdseq(will) == bdseq(birth)
+            check_births_precede_data(host.seen)
+    finally:
+        if gateway.returncode is None:
+            gateway.kill()
+            await gateway.wait()
+        log.close()

@@ -18,28 +18,20 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 from mqttbroker import Mosquitto, MqttPki, find_mosquitto, make_pki
 from sparkplug_child import GATEWAY, SHA, SLOTS, pipeline, prediction
+from sparkplug_host import Host, bdseq, check_births_precede_data, seqs
 from support import LOOPBACK, wait_until
 
 from bridge.connectors.mqtt.sparkplug.codec import (
-    BDSEQ_METRIC,
     REBIRTH_METRIC,
     DataType,
     MessageType,
-    ParsedPayload,
-    aliases_of,
-    parse,
-    parse_topic,
     rebirth_command,
-    state_payload,
-    state_topic,
     topic,
 )
 from bridge.connectors.mqtt.sparkplug.config import SparkplugSettings
@@ -108,119 +100,8 @@ def encoded(node: SparkplugEdgeNode, p: Prediction) -> Envelope:
     return Envelope(p.id, node.encode(Trigger(p)) or "")
 
 
-# ---- the host application -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One edge node message as the host read it: ``payload`` with aliases resolved through
-    the births, ``bare`` decoded without them (what is on the wire)."""
-
-    kind: MessageType
-    device: str | None
-    payload: ParsedPayload
-    bare: ParsedPayload
-    at: float
-
-    def metric(self, name: str) -> Any:
-        return self.payload.by_name()[name].value
-
-
-class Host:
-    """A Sparkplug host application: reads the whole namespace, can command the node and
-    publish its own STATE."""
-
-    def __init__(self, pki: MqttPki, port: int, identifier: str = "scada-host") -> None:
-        self.client = aiomqtt.Client(
-            LOOPBACK,
-            port,
-            identifier=identifier,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            tls_context=pki.client_context(pki.gateway_cert, pki.gateway_key),
-            clean_start=True,
-        )
-        self.seen: list[Seen] = []
-        self._aliases: dict[str | None, dict[int, tuple[str, int]]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Host:
-        async with asyncio.timeout(10):
-            await self.client.__aenter__()
-            await self.client.subscribe("spBv1.0/#", qos=1)
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        async with asyncio.timeout(5):
-            await self.client.__aexit__(None, None, None)
-
-    async def _read(self) -> None:
-        async for message in self.client.messages:
-            if message.topic.value.startswith("spBv1.0/STATE/") or "/NCMD/" in message.topic.value:
-                continue  # the host's own messages
-            parts = parse_topic(message.topic.value)
-            raw = message.payload
-            assert isinstance(raw, bytes)
-            bare = parse(raw)
-            if parts.message_type is MessageType.NBIRTH:
-                self._aliases = {None: aliases_of(bare)}
-            elif parts.message_type is MessageType.DBIRTH:
-                self._aliases[parts.device_id] = aliases_of(bare)
-            payload = parse(raw, self._aliases.get(parts.device_id, {}))
-            self.seen.append(
-                Seen(parts.message_type, parts.device_id, payload, bare, time.monotonic())
-            )
-
-    async def publish(self, name: str, payload: bytes, *, retain: bool = False) -> None:
-        async with asyncio.timeout(5):
-            await self.client.publish(name, payload, qos=1, retain=retain)
-
-    async def state(self, online: bool) -> None:
-        await self.publish(state_topic(HOST_ID), state_payload(online, _now_ms()), retain=True)
-
-    def of(self, kind: MessageType, device: str | None = None) -> list[Seen]:
-        if self._task is not None and self._task.done():
-            self._task.result()  # a reader that failed fails the test with its error
-        return [s for s in self.seen if s.kind is kind and (device is None or s.device == device)]
-
-    async def wait_for(
-        self,
-        kind: MessageType,
-        count: int = 1,
-        timeout: float = 10,  # noqa: ASYNC109 - a polling deadline, not a cancel scope
-    ) -> list[Seen]:
-        await wait_until(lambda: len(self.of(kind)) >= count, timeout=timeout, what=f"{kind}")
-        return self.of(kind)
-
-
 def _now_ms() -> int:
     return round(time.time() * 1000)
-
-
-def bdseq(seen: Seen) -> int:
-    return int(seen.metric(BDSEQ_METRIC))
-
-
-def seqs(seen: list[Seen]) -> list[int]:
-    """Payload seq of every message that has one (all but NDEATH)."""
-    return [s.payload.seq for s in seen if s.payload.seq is not None]
-
-
-def check_births_precede_data(seen: list[Seen]) -> None:
-    """NBIRTH first; every device's DBIRTH after it and before that device's first DDATA."""
-    assert seen[0].kind is MessageType.NBIRTH
-    born: set[str | None] = set()
-    for message in seen:
-        if message.kind is MessageType.NBIRTH:
-            born = set()
-        elif message.kind is MessageType.DBIRTH:
-            born.add(message.device)
-        elif message.kind is MessageType.DDATA:
-            assert message.device in born, f"DDATA of {message.device} before its DBIRTH"
 
 
 # ---- tests ----------------------------------------------------------------------------------
@@ -450,6 +331,10 @@ async def test_a_killed_gateway_leaves_the_will_whose_bdseq_is_its_nbirths(
             deaths = await host.wait_for(MessageType.NDEATH, 2, timeout=5)
             assert bdseq(deaths[1]) == bdseq(second)
             assert deaths[1].at - stopped_at < KEEPALIVE_S
+            # ... and ends with a normal DISCONNECT: the broker drops its will (no third
+            # NDEATH, even after the keep-alive would have run out).
+            await asyncio.sleep(KEEPALIVE_S * 1.5 + 1)
+            assert len(host.of(MessageType.NDEATH)) == 2
             check_births_precede_data(host.seen)
     finally:
         for child in children:
