@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
+import aiomqtt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -106,6 +107,30 @@ class MqttPki:
             raise KeyError(
                 f"no device certificate {name!r}; make_pki(devices=...) made {sorted(self.devices)}"
             ) from None
+
+    def gateway_tls(self) -> dict[str, str]:
+        """The ``tls:`` block of a gateway's MQTT settings: our CA, the gateway's identity."""
+        return {
+            "ca_file": str(self.ca),
+            "client_certificate": str(self.gateway_cert),
+            "client_key": str(self.gateway_key),
+        }
+
+    def client(self, port: int, identifier: str, identity: str = "gateway") -> aiomqtt.Client:
+        """An MQTT 5 client on 127.0.0.1:``port`` presenting ``identity``'s certificate (the
+        gateway's, or a device's by name); use it as ``async with``."""
+        cert, key = (
+            (self.gateway_cert, self.gateway_key)
+            if identity == "gateway"
+            else self.device(identity)
+        )
+        return aiomqtt.Client(
+            LOOPBACK,
+            port,
+            identifier=identifier,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=self.client_context(cert, key),
+        )
 
     def client_context(
         self,

@@ -12,16 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 from insight_models import linear_regressor
 from mqttbroker import Mosquitto, MqttPki, find_mosquitto, make_pki
 from sparkplug_host import Host, bdseq, check_births_precede_data
-from support import LOOPBACK
 
 from bridge.connectors.mqtt.sparkplug.codec import MessageType
 from bridge.prepare import prepare
-from bridge.runtime.pipeline import build_gateway
+from bridge.runtime.pipeline import Gateway, build_gateway
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
 
@@ -87,63 +85,9 @@ async def broker(pki: MqttPki, tmp_path: Path) -> AsyncIterator[Mosquitto]:
         yield running
 
 
-async def test_device_values_become_predictions_in_the_uns(
-    pki: MqttPki, broker: Mosquitto, tmp_path: Path
-) -> None:
-    model = linear_regressor(tmp_path / "echo.onnx", [1.0], [0.0], [1.0])  # value = temperature
-    mapping = tmp_path / "mapping.yaml"
-    mapping.write_text(
-        MAPPING.format(
-            store=tmp_path / "g.db", port=broker.tls_port, pki=pki.directory, model=model
-        )
-    )
-    gateway = await build_gateway(prepare(mapping))
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop))
-    seen: list[dict[str, Any]] = []
-    try:
-        await asyncio.wait_for(gateway.started.wait(), 30)
-        reader = aiomqtt.Client(
-            LOOPBACK,
-            broker.tls_port,
-            identifier="uns-reader",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            tls_context=pki.client_context(pki.gateway_cert, pki.gateway_key),
-        )
-        async with asyncio.timeout(60), reader:
-            await reader.subscribe("acme/+/+/+/+/bridge/#", qos=1)
-            for n, asset in enumerate(ASSETS):
-                cert, key = pki.device(asset)
-                async with aiomqtt.Client(
-                    LOOPBACK,
-                    broker.tls_port,
-                    identifier=f"dev-{asset}",
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    tls_context=pki.client_context(cert, key),
-                ) as device:
-                    body = {"temp": 40.0 + n, "ts": 1_733_308_800_000 + n}
-                    await device.publish(f"plant/line-4/{asset}/telemetry", json.dumps(body), qos=1)
-            async for message in reader.messages:
-                assert message.topic.matches(
-                    "acme/dallas/packaging/line-4/+/bridge/echo/prediction"
-                )
-                seen.append(json.loads(message.payload))  # type: ignore[arg-type]
-                if {b["asset"] for b in seen if b["quality"] == "Good"} == set(ASSETS):
-                    break
-        good = {b["asset"]: b["value"] for b in seen if b["quality"] == "Good"}
-        assert good == pytest.approx({"pump-a": 40.0, "pump-b": 41.0})
-        (supervisor,) = gateway.supervisors
-        health = supervisor.health()
-        assert health.state == "ok"
-        assert health.counters["messages"] == 2 and health.counters["malformed"] == 0
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-async def test_tag_values_reach_the_uns_rate_limited_past_their_deadband(
-    pki: MqttPki, broker: Mosquitto, tmp_path: Path
-) -> None:
+@pytest.fixture
+async def gateway(pki: MqttPki, broker: Mosquitto, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """The gateway of MAPPING (echo model: value = temperature), running until the test ends."""
     model = linear_regressor(tmp_path / "echo.onnx", [1.0], [0.0], [1.0])
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text(
@@ -151,42 +95,60 @@ async def test_tag_values_reach_the_uns_rate_limited_past_their_deadband(
             store=tmp_path / "g.db", port=broker.tls_port, pki=pki.directory, model=model
         )
     )
-    gateway = await build_gateway(prepare(mapping))
+    running = await build_gateway(prepare(mapping))
     stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop))
-    seen: list[dict[str, Any]] = []
+    task = asyncio.create_task(running.run(stop))
     try:
-        await asyncio.wait_for(gateway.started.wait(), 30)
-        reader = aiomqtt.Client(
-            LOOPBACK,
-            broker.tls_port,
-            identifier="uns-tags-reader",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            tls_context=pki.client_context(pki.gateway_cert, pki.gateway_key),
-        )
-        cert, key = pki.device("pump-a")
-        device = aiomqtt.Client(
-            LOOPBACK,
-            broker.tls_port,
-            identifier="dev-pump-a",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            tls_context=pki.client_context(cert, key),
-        )
-        topic = "acme/dallas/packaging/line-4/pump-a/tags/temperature"
-        async with asyncio.timeout(60), reader, device:
-            await reader.subscribe(topic, qos=1)
-            # 40.2 is within the 0.5 deadband of 40.0: never published; 41.0 is.
-            for temp in (40.0, 40.2, 41.0):
-                body = {"temp": temp, "ts": 1_733_308_800_000}
-                await device.publish("plant/line-4/pump-a/telemetry", json.dumps(body), qos=1)
-                await asyncio.sleep(0.5)  # longer than interval_s: each its own round
-            async for message in reader.messages:
-                seen.append(json.loads(message.payload))  # type: ignore[arg-type]
-                if seen[-1]["value"] == 41.0:
-                    break
+        await asyncio.wait_for(running.started.wait(), 30)
+        yield running
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_device_values_become_predictions_in_the_uns(
+    pki: MqttPki, broker: Mosquitto, gateway: Gateway
+) -> None:
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(60), pki.client(broker.tls_port, "uns-reader") as reader:
+        await reader.subscribe("acme/+/+/+/+/bridge/#", qos=1)
+        for n, asset in enumerate(ASSETS):
+            async with pki.client(broker.tls_port, f"dev-{asset}", asset) as device:
+                body = {"temp": 40.0 + n, "ts": 1_733_308_800_000 + n}
+                await device.publish(f"plant/line-4/{asset}/telemetry", json.dumps(body), qos=1)
+        async for message in reader.messages:
+            assert message.topic.matches("acme/dallas/packaging/line-4/+/bridge/echo/prediction")
+            seen.append(json.loads(message.payload))  # type: ignore[arg-type]
+            if {b["asset"] for b in seen if b["quality"] == "Good"} == set(ASSETS):
+                break
+    good = {b["asset"]: b["value"] for b in seen if b["quality"] == "Good"}
+    assert good == pytest.approx({"pump-a": 40.0, "pump-b": 41.0})
+    (supervisor,) = gateway.supervisors
+    health = supervisor.health()
+    assert health.state == "ok"
+    assert health.counters["messages"] == 2 and health.counters["malformed"] == 0
+
+
+async def test_tag_values_reach_the_uns_rate_limited_past_their_deadband(
+    pki: MqttPki, broker: Mosquitto, gateway: Gateway
+) -> None:
+    seen: list[dict[str, Any]] = []
+    topic = "acme/dallas/packaging/line-4/pump-a/tags/temperature"
+    async with (
+        asyncio.timeout(60),
+        pki.client(broker.tls_port, "uns-tags-reader") as reader,
+        pki.client(broker.tls_port, "dev-pump-a", "pump-a") as device,
+    ):
+        await reader.subscribe(topic, qos=1)
+        # 40.2 is within the 0.5 deadband of 40.0: never published; 41.0 is.
+        for temp in (40.0, 40.2, 41.0):
+            body = {"temp": temp, "ts": 1_733_308_800_000}
+            await device.publish("plant/line-4/pump-a/telemetry", json.dumps(body), qos=1)
+            await asyncio.sleep(0.5)  # longer than interval_s: each its own round
+        async for message in reader.messages:
+            seen.append(json.loads(message.payload))  # type: ignore[arg-type]
+            if seen[-1]["value"] == 41.0:
+                break
     values = [b["value"] for b in seen if b["quality"] == "Good"]
     assert values == [40.0, 41.0]
     assert all(b["unit"] == "degC" and b["tag"] == "pump-a.temperature" for b in seen)
@@ -262,16 +224,9 @@ async def test_bridge_run_is_a_sparkplug_edge_node_whose_will_matches_its_birth(
             (birth,) = await host.wait_for(MessageType.NBIRTH, timeout=30)
             births = await host.wait_for(MessageType.DBIRTH, 2)
             assert {b.device for b in births} == set(ASSETS)
-            cert, key = pki.device("pump-a")
             async with (
                 asyncio.timeout(10),
-                aiomqtt.Client(
-                    LOOPBACK,
-                    broker.tls_port,
-                    identifier="dev-pump-a",
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    tls_context=pki.client_context(cert, key),
-                ) as device,
+                pki.client(broker.tls_port, "dev-pump-a", "pump-a") as device,
             ):
                 await device.publish("plant/line-4/pump-a/telemetry", '{"temp": 42.5}', qos=1)
             data = await host.wait_for(MessageType.DDATA, timeout=15)

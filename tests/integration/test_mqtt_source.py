@@ -42,11 +42,7 @@ def settings(pki: MqttPki, port: int, **extra: object) -> MqttSourceSettings:
     fields: dict[str, object] = {
         "host": LOOPBACK,
         "port": port,
-        "tls": {
-            "ca_file": str(pki.ca),
-            "client_certificate": str(pki.gateway_cert),
-            "client_key": str(pki.gateway_key),
-        },
+        "tls": pki.gateway_tls(),
         "client_id": "bridge-test-gateway",
         "connect_timeout_s": 5,
         "subscribe": ["plant/+/+/telemetry"],
@@ -209,11 +205,7 @@ async def test_messages_published_while_the_gateway_is_away_wait_on_the_broker(
 
 
 def _refused(pki: MqttPki, broker: Mosquitto, case: str) -> MqttSourceSettings:
-    tls = {
-        "ca_file": str(pki.ca),
-        "client_certificate": str(pki.gateway_cert),
-        "client_key": str(pki.gateway_key),
-    }
+    tls = pki.gateway_tls()
     if case == "plaintext to the TLS port":
         return settings(pki, broker.tls_port, tls=None, plaintext=True)
     if case == "TLS to the plain port":

@@ -47,11 +47,7 @@ def uns_settings(pki: MqttPki, port: int, **extra: Any) -> UnsSettings:
     fields: dict[str, Any] = {
         "host": LOOPBACK,
         "port": port,
-        "tls": {
-            "ca_file": str(pki.ca),
-            "client_certificate": str(pki.gateway_cert),
-            "client_key": str(pki.gateway_key),
-        },
+        "tls": pki.gateway_tls(),
         "client_id": "bridge-uns",
         "enterprise": "acme",
         "site": "dallas",

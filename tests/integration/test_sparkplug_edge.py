@@ -63,11 +63,7 @@ def settings_fields(pki: MqttPki, port: int, tmp_path: Path, **extra: Any) -> di
     fields: dict[str, Any] = {
         "host": LOOPBACK,
         "port": port,
-        "tls": {
-            "ca_file": str(pki.ca),
-            "client_certificate": str(pki.gateway_cert),
-            "client_key": str(pki.gateway_key),
-        },
+        "tls": pki.gateway_tls(),
         "client_id": "bridge-sparkplug",
         "group_id": GROUP,
         "edge_node_id": NODE,
