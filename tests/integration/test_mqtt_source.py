@@ -161,23 +161,27 @@ async def test_a_malformed_payload_makes_its_tags_bad_and_the_source_goes_on(
     source, got = connected
     topic = "plant/line4/pump-a/telemetry"
     good = json.dumps({"temp": 30.0, "ts": 1_700_000_000, "q": True, "motor": {"speed": 5}})
-    await device_publish(
-        pki,
-        broker.tls_port,
-        "pump-a",
-        topic,
-        [b"{not json", b'{"temp": "x", "motor": {}}', good.encode()],
-    )
-    await wait_until(lambda: len(got.of("pump-a.temperature")) >= 3, what="three messages")
-    broken, partial, fine = got.of("pump-a.temperature")
+    with structlog.testing.capture_logs() as logs:
+        await device_publish(
+            pki,
+            broker.tls_port,
+            "pump-a",
+            topic,
+            [b"{not json", b"\xff\xfe", b'{"temp": "x", "motor": {}}', good.encode()],
+        )
+        await wait_until(lambda: len(got.of("pump-a.temperature")) >= 4, what="four messages")
+    broken, garbage, partial, fine = got.of("pump-a.temperature")
     assert broken.quality is Quality.BAD and "malformed payload: not JSON" in broken.reason
+    assert garbage.quality is Quality.BAD and "malformed payload" in garbage.reason
     # Readable JSON: each tag judged on its own (no /ts, no /q for temperature; no /motor/speed).
     assert partial.quality is Quality.BAD and "/ts" in partial.reason
-    assert got.of("pump-a.speed")[1].quality is Quality.BAD
-    assert "/motor/speed" in got.of("pump-a.speed")[1].reason
+    assert got.of("pump-a.speed")[2].quality is Quality.BAD
+    assert "/motor/speed" in got.of("pump-a.speed")[2].reason
     assert fine.value == 30.0 and fine.quality is Quality.GOOD
-    assert source.malformed == 1
-    assert source.counters["malformed"] == 1
+    assert source.malformed == 2 and source.counters["malformed"] == 2
+    # Counted each time, logged once per topic per minute.
+    warned = [e for e in logs if e["event"] == "mqtt_payload_malformed"]
+    assert len(warned) == 1 and warned[0]["topic"] == topic
 
 
 async def test_messages_published_while_the_gateway_is_away_wait_on_the_broker(
