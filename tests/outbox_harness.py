@@ -7,14 +7,13 @@ SQLite files or the PostgreSQL on 127.0.0.1, HTTP to a MesReceiver.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from stores import PG_URL, pg_schema
+from support import spawn_ready
 
 from bridge.connectors.mes import MesDestination, MesSettings
 from bridge.destination import DestinationContext
@@ -142,33 +141,11 @@ def received_in_order(calls: Sequence[Any]) -> dict[str, list[int]]:
 
 
 CHILD = Path(__file__).resolve().parent / "outbox_child.py"
-TESTS = str(CHILD.parent)
 
 
 async def spawn_child(store_url: str, mes_url: str, mode: str) -> asyncio.subprocess.Process:
     """``tests/outbox_child.py`` in its own process, once it printed "ready"."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(CHILD),
-        store_url,
-        mes_url,
-        mode,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=env,
-    )
-    assert proc.stdout is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line.strip() == b"ready", line
-    except BaseException:
-        # The test fails here, before it could stop the child: stop it now, or it goes on
-        # writing (a slow start on a loaded machine left one producing for many minutes).
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc
+    return await spawn_ready(CHILD, store_url, mes_url, mode)
 
 
 async def stop_child(proc: asyncio.subprocess.Process, sig: int) -> int:

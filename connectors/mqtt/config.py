@@ -16,6 +16,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bridge.client_tls import ClientTls
+from bridge.destination import Capabilities
 from bridge.eventrules import EventRule
 from bridge.retry import ReconnectSettings
 
@@ -24,6 +25,7 @@ __all__ = [
     "MqttAddress",
     "MqttSourceSettings",
     "MqttTls",
+    "OutputSettings",
     "PayloadFormat",
     "UnsSettings",
     "UnsTagSettings",
@@ -242,6 +244,33 @@ def _every() -> list[EventRule]:
     return ["every"]
 
 
+class OutputSettings(BrokerSettings):
+    """What every MQTT output has besides its broker: which predictions it publishes, how
+    long a PUBACK may take, and the spacing of the outbox relay's retries."""
+
+    publish_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Longest wait for a PUBACK before the event is retried."
+    )
+    initial_backoff_s: float = Field(0.5, gt=0, description="First retry delay of an event.")
+    max_backoff_s: float = Field(30.0, gt=0, description="Cap of the retry backoff.")
+    events: list[EventRule] = Field(
+        default_factory=_every,
+        min_length=1,
+        description="Which predictions are published (`every`, `label_change`, `alerts`, "
+        "`threshold: {...}`, as for the MES).",
+    )
+
+    def capabilities(self, batch_size: int) -> Capabilities:
+        """How the relay feeds the output: one batch at a time (events of one asset in order),
+        ``batch_size`` events of different assets per batch."""
+        return Capabilities(
+            concurrency=1,
+            batch_size=batch_size,
+            backoff=(self.initial_backoff_s, self.max_backoff_s),
+            rules=tuple(self.events),
+        )
+
+
 ISA95_LEVELS = ("enterprise", "site", "area", "line")
 
 
@@ -261,8 +290,9 @@ class UnsTagSettings(BaseModel):
     deadband: float = Field(
         0.0,
         ge=0,
-        description="A numeric tag is published again only when it moved more than this "
-        "(in its unit) since it was last published, or its quality changed. 0: every change.",
+        description="A numeric tag is published again only when it moved by at least this "
+        "(in its unit) since it was last published, as a tag's own `deadband`, or its quality "
+        "changed. 0: every change.",
     )
     topic: str = Field(
         "{enterprise}/{site}/{area}/{line}/{asset}/tags/{tag}",
@@ -277,17 +307,10 @@ class UnsTagSettings(BaseModel):
     @field_validator("topic")
     @classmethod
     def _topic_template(cls, value: str) -> str:
-        try:
-            check_topic(value.format(**dict.fromkeys((*ISA95_LEVELS, "asset", "tag"), "x")))
-        except (KeyError, IndexError) as exc:
-            raise ValueError(
-                f"unknown placeholder {exc} in the topic: use {{enterprise}} {{site}} {{area}} "
-                "{line} {asset} {tag}"
-            ) from None
-        return value
+        return _check_template(value, "tag")
 
 
-class UnsSettings(BrokerSettings):
+class UnsSettings(OutputSettings):
     """An ``outputs.<name>`` block with ``kind: uns``: predictions and model events as JSON
     in a Unified Namespace (ISA-95 topic tree), through the gateway's durable outbox."""
 
@@ -318,17 +341,6 @@ class UnsSettings(BrokerSettings):
         "this; an event older than this when the broker is reachable again is not sent "
         "(counted `expired`). Default: no expiry.",
     )
-    publish_timeout_s: float = Field(
-        10.0, gt=0, le=120, description="Longest wait for a PUBACK before the event is retried."
-    )
-    initial_backoff_s: float = Field(0.5, gt=0, description="First retry delay of an event.")
-    max_backoff_s: float = Field(30.0, gt=0, description="Cap of the retry backoff.")
-    events: list[EventRule] = Field(
-        default_factory=_every,
-        min_length=1,
-        description="Which predictions are published (`every`, `label_change`, `alerts`, "
-        "`threshold: {...}`, as for the MES).",
-    )
     tags: UnsTagSettings | None = Field(
         None,
         description="Also publish tag values (normalized, retained), rate-limited and with a "
@@ -355,14 +367,7 @@ class UnsSettings(BrokerSettings):
     @field_validator("topic")
     @classmethod
     def _topic_template(cls, value: str) -> str:
-        try:
-            check_topic(value.format(**dict.fromkeys((*ISA95_LEVELS, "asset", "model"), "x")))
-        except (KeyError, IndexError) as exc:
-            raise ValueError(
-                f"unknown placeholder {exc} in the topic: use {{enterprise}} {{site}} {{area}} "
-                "{line} {asset} {model}"
-            ) from None
-        return value
+        return _check_template(value, "model")
 
     def levels_of(self, asset: str) -> dict[str, str]:
         levels = {key: getattr(self, key) for key in ISA95_LEVELS}
@@ -375,6 +380,17 @@ class UnsSettings(BrokerSettings):
     def tag_topic(self, asset: str, tag: str) -> str:
         assert self.tags is not None
         return self.tags.topic.format(**self.levels_of(asset), asset=asset, tag=tag)
+
+
+def _check_template(value: str, last: str) -> str:
+    """A topic template whose placeholders are the ISA-95 levels, {asset} and {``last``}."""
+    names = (*ISA95_LEVELS, "asset", last)
+    try:
+        check_topic(value.format(**dict.fromkeys(names, "x")))
+    except (KeyError, IndexError) as exc:
+        placeholders = " ".join(f"{{{name}}}" for name in names)
+        raise ValueError(f"unknown placeholder {exc} in the topic: use {placeholders}") from None
+    return value
 
 
 def _check_level(value: str) -> str:

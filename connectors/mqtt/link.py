@@ -177,12 +177,8 @@ def _paho_logger(name: str) -> tuple[logging.Logger, _LastError]:
 # Fragments of OpenSSL / paho / broker texts and what the operator should do about each.
 _HINTS: tuple[tuple[str, str], ...] = (
     (
-        "address mismatch",
-        "the broker's certificate is not issued for {host}: connect with a name the "
-        "certificate lists ({where}.host), or reissue the broker's certificate",
-    ),
-    (
-        "hostname mismatch",
+        # OpenSSL: "Hostname mismatch, ..." or "IP address mismatch, certificate is not valid"
+        "mismatch, certificate is not valid",
         "the broker's certificate is not issued for {host}: connect with a name the "
         "certificate lists ({where}.host), or reissue the broker's certificate",
     ),

@@ -131,7 +131,6 @@ class MqttSource:
         self.dropped = 0
         self.unnamed = 0  # Sparkplug DATA that came before its birth
         self._inbox: asyncio.Queue[aiomqtt.Message] | None = None
-        self._degraded = ""
 
     # -- what the runtime reads (bridge.runtime.sources: Reconnectable, Probeable, PartlyUp) --
 
@@ -145,7 +144,7 @@ class MqttSource:
 
     @property
     def degraded(self) -> str:
-        return self._degraded
+        return ""  # one connection: up or down, never partly
 
     @property
     def counters(self) -> Mapping[str, int]:
@@ -155,7 +154,7 @@ class MqttSource:
             "unbound": self.unbound,
             "dropped": self.dropped,
             "unnamed": self.unnamed,
-            "queued": len(self._link.client.messages) if self._link is not None else 0,
+            "queued": self._inbox.qsize() if self._inbox is not None else 0,
         }
 
     @property
@@ -179,7 +178,6 @@ class MqttSource:
             await link.close()
             raise
         self._link = link
-        self._degraded = ""
         log.info(
             "mqtt_source_subscribed",
             source=self.name,

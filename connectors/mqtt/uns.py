@@ -25,9 +25,10 @@ from paho.mqtt.properties import Properties
 
 from bridge.connectors.mqtt.config import UnsSettings
 from bridge.connectors.mqtt.link import Link, open_link
-from bridge.destination import Capabilities, DestinationContext, Envelope, Outcome, Retry
+from bridge.destination import DestinationContext, Envelope, Outcome, Retry
 from bridge.errors import ConnectorError
-from bridge.types import ComponentHealth, Prediction, Quality, TagReading, Trigger
+from bridge.normalize import passes_deadband
+from bridge.types import ComponentHealth, Prediction, Quality, TagReading, TagValue, Trigger
 
 __all__ = ["UnsDestination", "event_body"]
 
@@ -89,18 +90,13 @@ class UnsDestination:
         self.name = name
         self.settings = settings
         self._where = f"outputs.{name}"
-        self.capabilities = Capabilities(
-            concurrency=1,
-            batch_size=BATCH_SIZE,
-            backoff=(settings.initial_backoff_s, settings.max_backoff_s),
-            rules=tuple(settings.events),
-        )
+        self.capabilities = settings.capabilities(BATCH_SIZE)
         self._link: Link | None = None
         self._connecting = asyncio.Lock()
         self._tags = context.tags if settings.tags is not None else None
         self._tag_task: asyncio.Task[None] | None = None
         # tag id -> (value, quality) last published, for the deadband and quality changes
-        self._published_tags: dict[str, tuple[object, str]] = {}
+        self._published_tags: dict[str, tuple[TagValue, str]] = {}
         self._closed = False
         self._last_error = ""
         self._in_flight = 0
@@ -162,14 +158,18 @@ class UnsDestination:
         except ConnectorError as exc:
             return [self._failed(str(exc)) for _ in batch]
         outcomes = await asyncio.gather(*(self._publish(link, key, body) for key, body in batch))
-        if any(isinstance(o, Retry) for o in outcomes) and self._link is link:
-            # A publish that failed on this link fails the others too: open a new one next time.
-            self._link = None
-            await link.close(timeout_s=1.0)
+        if any(isinstance(o, Retry) for o in outcomes):
+            await self._drop(link)
         elif self._last_error:
             log.info("uns_recovered", destination=self.name, after_error=self._last_error)
             self._last_error = ""
         return list(outcomes)
+
+    async def _drop(self, link: Link) -> None:
+        """A publish that failed on ``link`` fails the others too: the next one connects."""
+        if self._link is link:
+            self._link = None
+            await link.close(timeout_s=1.0)
 
     def _failed(self, reason: str) -> Retry:
         self._counters["retries"] += 1
@@ -250,15 +250,9 @@ class UnsDestination:
         last = self._published_tags.get(reading.tag)
         if last is None or last[1] != reading.quality.label:
             return True
-        value, old = reading.value, last[0]
-        if (
-            tags.deadband > 0
-            and isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and isinstance(old, int | float)
-        ):
-            return abs(value - old) > tags.deadband
-        return value != old
+        old = last[0]
+        # The tag table's own deadband rule, so a UNS deadband means what a tag's does.
+        return reading.value != old and passes_deadband(old, reading.value, tags.deadband)
 
     async def _send_tags(self, link: Link, pending: dict[str, TagReading]) -> None:
         for tag_id, reading in list(pending.items()):
@@ -286,9 +280,7 @@ class UnsDestination:
                     ack_timeout_s=self.settings.publish_timeout_s,
                 )
             except aiomqtt.MqttError as exc:
-                if self._link is link:
-                    self._link = None
-                    await link.close(timeout_s=1.0)
+                await self._drop(link)
                 raise ConnectorError(f"publish to {topic} failed: {exc}") from exc
             del pending[tag_id]
             if refused:

@@ -25,9 +25,10 @@ pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is n
 
 ASSETS = ("pump-a", "pump-b")
 
-MAPPING = """
+# The plant side both outputs share: devices -> MQTT source -> an echo model (value = temperature).
+PLANT = """
 version: 1
-gateway: {{id: mqtt-gw, store: "sqlite:///{store}", api: {{enabled: false}}}}
+gateway: {{id: {gid}, store: "sqlite:///{store}", api: {{enabled: false}}}}
 sources:
   devices:
     kind: mqtt
@@ -35,7 +36,7 @@ sources:
     port: {port}
     tls: {{ca_file: "{pki}/ca.pem", client_certificate: "{pki}/gateway.pem",
           client_key: "{pki}/gateway.key"}}
-    client_id: bridge-mqtt-gw
+    client_id: bridge-{gid}
     subscribe: ["plant/+/+/telemetry"]
 templates:
   pump:
@@ -56,22 +57,27 @@ models:
     min_interval_ms: 10
     window_s: 5
     min_window_s: 0
-    outputs: {{value: value}}
+    outputs: {{value: value, unit: degC}}
     features: [{{tag: temperature, stat: last}}]
-outputs:
+"""
+
+MAPPING = (
+    PLANT
+    + """outputs:
   uns:
     kind: uns
     host: 127.0.0.1
     port: {port}
     tls: {{ca_file: "{pki}/ca.pem", client_certificate: "{pki}/gateway.pem",
           client_key: "{pki}/gateway.key"}}
-    client_id: bridge-mqtt-gw-uns
+    client_id: bridge-{gid}-uns
     enterprise: acme
     site: dallas
     area: packaging
     line: line-4
     tags: {{interval_s: 0.2, deadband: 0.5}}
 """
+)
 
 
 @pytest.fixture
@@ -92,7 +98,11 @@ async def gateway(pki: MqttPki, broker: Mosquitto, tmp_path: Path) -> AsyncItera
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text(
         MAPPING.format(
-            store=tmp_path / "g.db", port=broker.tls_port, pki=pki.directory, model=model
+            gid="mqtt-gw",
+            store=tmp_path / "g.db",
+            port=broker.tls_port,
+            pki=pki.directory,
+            model=model,
         )
     )
     running = await build_gateway(prepare(mapping))
@@ -154,51 +164,22 @@ async def test_tag_values_reach_the_uns_rate_limited_past_their_deadband(
     assert all(b["unit"] == "degC" and b["tag"] == "pump-a.temperature" for b in seen)
 
 
-SPARKPLUG_MAPPING = """
-version: 1
-gateway: {{id: spb-gw, store: "sqlite:///{store}", api: {{enabled: false}}}}
-sources:
-  devices:
-    kind: mqtt
-    host: 127.0.0.1
-    port: {port}
-    tls: {{ca_file: "{pki}/ca.pem", client_certificate: "{pki}/gateway.pem",
-          client_key: "{pki}/gateway.key"}}
-    client_id: bridge-spb-gw
-templates:
-  pump:
-    tags:
-      temperature:
-        source: devices
-        address: {{topic: "plant/line-4/{{asset}}/telemetry", pointer: /temp}}
-        unit: degC
-assets:
-  pump-a: {{template: pump}}
-  pump-b: {{template: pump}}
-models:
-  echo:
-    file: {model}
-    version: "1"
-    template: pump
-    trigger: change
-    min_interval_ms: 10
-    window_s: 5
-    min_window_s: 0
-    outputs: {{value: value, unit: degC}}
-    features: [{{tag: temperature, stat: last}}]
-outputs:
+SPARKPLUG_MAPPING = (
+    PLANT
+    + """outputs:
   sparkplug:
     kind: sparkplug
     host: 127.0.0.1
     port: {port}
     tls: {{ca_file: "{pki}/ca.pem", client_certificate: "{pki}/gateway.pem",
           client_key: "{pki}/gateway.key"}}
-    client_id: bridge-spb-gw-node
+    client_id: bridge-{gid}-node
     keepalive_s: 5
     group_id: plant
     edge_node_id: line-4
     bdseq_path: "{state}/bdseq"
 """
+)
 
 
 async def test_bridge_run_is_a_sparkplug_edge_node_whose_will_matches_its_birth(
@@ -208,6 +189,7 @@ async def test_bridge_run_is_a_sparkplug_edge_node_whose_will_matches_its_birth(
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text(
         SPARKPLUG_MAPPING.format(
+            gid="spb-gw",
             store=tmp_path / "g.db",
             port=broker.tls_port,
             pki=pki.directory,
@@ -228,7 +210,8 @@ async def test_bridge_run_is_a_sparkplug_edge_node_whose_will_matches_its_birth(
                 asyncio.timeout(10),
                 pki.client(broker.tls_port, "dev-pump-a", "pump-a") as device,
             ):
-                await device.publish("plant/line-4/pump-a/telemetry", '{"temp": 42.5}', qos=1)
+                body = {"temp": 42.5, "ts": 1_733_308_800_000}
+                await device.publish("plant/line-4/pump-a/telemetry", json.dumps(body), qos=1)
             data = await host.wait_for(MessageType.DDATA, timeout=15)
             values = [m.metric("Prediction/echo/Value") for m in data if m.device == "pump-a"]
             assert values and values[-1] == pytest.approx(42.5)

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ import pytest
 from mqttbroker import Mosquitto, MqttPki, find_mosquitto, make_pki
 from sparkplug_child import GATEWAY, SHA, SLOTS, pipeline, prediction
 from sparkplug_host import Host, bdseq, check_births_precede_data, seqs
-from support import LOOPBACK, wait_until
+from support import LOOPBACK, spawn_ready, wait_until
 
 from bridge.connectors.mqtt.sparkplug.codec import (
     REBIRTH_METRIC,
@@ -265,27 +263,8 @@ async def test_bdseq_moves_on_with_every_connect_and_survives_a_restart(
 
 
 async def _spawn(settings_path: Path, store_url: str, log: Path) -> asyncio.subprocess.Process:
-    tests = str(CHILD.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
     with log.open("ab") as stderr:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(CHILD),
-            str(settings_path),
-            store_url,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            env=env,
-        )
-    assert proc.stdout is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line.strip() == b"ready", line
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc
+        return await spawn_ready(CHILD, str(settings_path), store_url, stderr=stderr)
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:

@@ -9,17 +9,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from bridge.connectors.mqtt.config import BrokerSettings
-from bridge.eventrules import EventRule
+from bridge.connectors.mqtt.config import OutputSettings
 
 __all__ = ["SparkplugSettings"]
 
 
-def _every() -> list[EventRule]:
-    return ["every"]
-
-
-class SparkplugSettings(BrokerSettings):
+class SparkplugSettings(OutputSettings):
     """An ``outputs.<name>`` block with ``kind: sparkplug``: the gateway is one Sparkplug B 3.0
     edge node, each asset one of its devices, each model's prediction a set of device metrics;
     fed through the gateway's durable outbox. ``session_expiry_s`` does not apply: Sparkplug
@@ -59,21 +54,11 @@ class SparkplugSettings(BrokerSettings):
         "acknowledged it (PUBACK), so a broker outage loses nothing; 0: what Sparkplug 3.0 "
         "asks for, but an event written to a dying connection is lost.",
     )
-    publish_timeout_s: float = Field(
-        10.0, gt=0, le=120, description="Longest wait for a PUBACK before the event is retried."
-    )
-    initial_backoff_s: float = Field(0.5, gt=0, description="First retry delay of an event.")
     max_backoff_s: float = Field(
         5.0,
         gt=0,
         description="Cap of the retry backoff; it also bounds how late held data follows the "
         "primary host coming online.",
-    )
-    events: list[EventRule] = Field(
-        default_factory=_every,
-        min_length=1,
-        description="Which predictions become DDATA (`every`, `label_change`, `alerts`, "
-        "`threshold: {...}`, as for the MES).",
     )
 
     @field_validator("group_id", "edge_node_id", "primary_host_id")

@@ -57,7 +57,7 @@ from bridge.connectors.mqtt.sparkplug.codec import (
     validate_id,
 )
 from bridge.connectors.mqtt.sparkplug.config import SparkplugSettings
-from bridge.destination import Capabilities, DestinationContext, Envelope, Outcome, Retry
+from bridge.destination import DestinationContext, Envelope, Outcome, Retry
 from bridge.errors import ConnectorError
 from bridge.types import ComponentHealth, PredictionSlot, Trigger
 
@@ -235,12 +235,7 @@ class SparkplugEdgeNode:
         self.name = name
         self.settings = settings
         self._where = f"outputs.{name}"
-        self.capabilities = Capabilities(
-            concurrency=1,
-            batch_size=BATCH_SIZE,
-            backoff=(settings.initial_backoff_s, settings.max_backoff_s),
-            rules=tuple(settings.events),
-        )
+        self.capabilities = settings.capabilities(BATCH_SIZE)
         self.layout = build_layout(context.slots, context.gateway_id, _gateway_version())
         self._bdseq = BdSeqStore(Path(settings.bdseq_path))
         self._seq = SeqCounter()
