@@ -26,6 +26,9 @@ from .reload import build_reload_router
 from .routes import HEALTH_PATH, build_router
 from .services import ApiServices, install_services, services_of
 
+# The console's pages check their session themselves (a page answers a login form, not a 401).
+CONSOLE_PREFIX = "/console"
+
 __all__ = ["close_app", "create_app"]
 
 log = structlog.get_logger(__name__)
@@ -65,7 +68,8 @@ def create_app(services: ApiServices) -> FastAPI:
             settings.rate_limit_per_s, settings.rate_burst, settings.max_concurrent_per_key
         ),
         public=(HEALTH_PATH, *DOCS_PATHS, *OPS_PATHS),
-        public_prefixes=(ASSETS_PREFIX + "/",),
+        public_prefixes=(ASSETS_PREFIX + "/", CONSOLE_PREFIX),
+        sessions=services.sessions,
     )
     # Outermost: requests the guard or the body cap refuse are counted too.
     app.add_middleware(RequestMetrics, metrics=services.metrics, routes=app.router.routes)

@@ -5,6 +5,10 @@ a stranger's 400 MiB body was read in full, then refused (422). This ASGI middle
 the key from the headers alone, then the key's rate and concurrency budget (429 with
 Retry-After), and only then lets the request in. Scopes are still checked per operation by
 ``bridge.api.auth.require``, which reuses the record found here.
+
+A request without a key may ride on a console session cookie (bridge.api.sessions): the
+session's key is then checked the same way, and a state-changing request must also carry the
+session's CSRF token and, when the browser sends one, an Origin of this very host.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Collection
 import structlog
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bridge.errors import StoreError
@@ -23,14 +28,31 @@ from .auth import CHALLENGE, MISSING_KEY, UNKNOWN_KEY, key_of, remember_key
 from .keycache import KeyCache
 from .limits import KeyLimits
 from .problems import problem
+from .sessions import CSRF_HEADER, SESSION_COOKIE, SessionStore
 
 __all__ = ["ApiGuard"]
 
 log = structlog.get_logger(__name__)
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_REFUSED = (
+    "this request rides on a console session: it needs the session's CSRF token in "
+    "X-CSRF-Token (the console's pages send it), or an API key instead of the cookie"
+)
+ORIGIN_REFUSED = "cross-origin request refused: a console session acts only from its own pages"
+
+
 def _has_body(headers: Headers) -> bool:
     return "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+
+
+def same_origin(headers: Headers, scheme: str) -> bool:
+    """True without an Origin header (not a browser's cross-site request) or with this host's."""
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    return origin == f"{scheme}://{headers.get('host', '')}"
 
 
 class ApiGuard:
@@ -41,8 +63,10 @@ class ApiGuard:
         limits: KeyLimits,
         public: Collection[str],
         public_prefixes: tuple[str, ...] = (),
+        sessions: SessionStore | None = None,
     ) -> None:
         self.app = app
+        self._sessions = sessions
         self._keys = keys
         self._limits = limits
         self._public = frozenset(public)
@@ -62,6 +86,12 @@ class ApiGuard:
         # server go on receiving (and dropping) what the client still sends.
         closing = {"Connection": "close"} if _has_body(headers) else {}
         key = key_of(headers)
+        if key is None and self._sessions is not None:
+            refused, key = self._session_key(scope, headers)
+            if refused is not None:
+                log.info("api_session_refused", path=path, detail=refused)
+                await problem(403, refused, path, closing)(scope, receive, send)
+                return
         try:
             record = None if key is None else await self._keys.authenticate(key)
         except (HTTPException, StoreError) as exc:
@@ -91,3 +121,17 @@ class ApiGuard:
             await self.app(scope, receive, send)
         finally:
             self._limits.release(record.key_id)
+
+    def _session_key(self, scope: Scope, headers: Headers) -> tuple[str | None, str | None]:
+        """(refusal, key) of a request that carries a console session cookie instead of a key."""
+        assert self._sessions is not None
+        cookies = cookie_parser(headers.get("cookie", ""))
+        session = self._sessions.get(cookies.get(SESSION_COOKIE))
+        if session is None:
+            return None, None  # no session: answered as a request without a key (401)
+        if scope.get("method", "GET") not in _SAFE_METHODS:
+            if not same_origin(headers, scope.get("scheme", "http")):
+                return ORIGIN_REFUSED, None
+            if not session.csrf_matches(headers.get(CSRF_HEADER)):
+                return CSRF_REFUSED, None
+        return None, session.key

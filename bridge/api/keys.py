@@ -12,7 +12,7 @@ from bridge.auth import Scope
 from bridge.store.apikeys import MAX_NAME, ApiKeyRecord, ApiKeyRepository
 
 from .auth import secured
-from .deps import Keys, Queries
+from .deps import Keys, Queries, Services
 from .timeparse import epoch_to_datetime
 
 __all__ = ["ApiKeyIn", "ApiKeyOut", "CreatedApiKeyOut", "build_key_router"]
@@ -88,6 +88,7 @@ def build_key_router() -> APIRouter:
         **secured(Scope.ADMIN),
     )
     async def revoke_key(
+        services: Services,
         queries: Queries,
         keys: KeyStore,
         cache: Keys,
@@ -95,6 +96,7 @@ def build_key_router() -> APIRouter:
     ) -> ApiKeyOut:
         record = await queries.run(keys.revoke, key_id)
         cache.forget()  # revoked here: refused from the next request on
+        services.sessions.close_key(key_id)
         if record is None:
             raise HTTPException(404, f"no API key {key_id}")
         return ApiKeyOut.of(record)

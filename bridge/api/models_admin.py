@@ -19,9 +19,16 @@ from bridge.api.services import LiveModelState
 from bridge.auth import Scope
 from bridge.errors import BridgeError, StoreError
 from bridge.lifecycle.accuracy import accuracy
+from bridge.lifecycle.service import RegistryService
 from bridge.store.registry import RegistryError, RegistryNotFound, VersionRecord
 
-__all__ = ["build_models_admin_router", "registry_status"]
+__all__ = [
+    "VersionMetricsOut",
+    "VersionOut",
+    "build_models_admin_router",
+    "registry_status",
+    "version_metrics",
+]
 
 NamePath = Annotated[str, Path(min_length=1, max_length=200)]
 VersionPath = Annotated[str, Path(min_length=1, max_length=100)]
@@ -167,6 +174,46 @@ async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
 
+async def version_metrics(
+    svc: RegistryService, live: LiveModelState | None, name: str, version: str
+) -> VersionMetricsOut:
+    """What ``GET /models/{name}/versions/{version}/metrics`` answers (the console shows it too)."""
+    record = await _call(svc.show, name, version)
+    counts = (await _call(svc.repo.prediction_counts, name)).get(version, {})
+    agreement = await _call(svc.repo.agreement, name, version)
+    judged = await _call(accuracy, svc.repo, name, version)
+    stats = (
+        next((s for s in live.version_stats(name) if s.version == version), None)
+        if live is not None
+        else None
+    )
+    return VersionMetricsOut(
+        version=version,
+        state=record.state,
+        predictions_stored=sum(counts.values()),
+        labels=counts,
+        agreement=[
+            AgreementOut(asset=a.asset, compared=a.compared, agreed=a.agreed, rate=a.rate)
+            for a in agreement
+        ],
+        accuracy=[
+            AccuracyOut(
+                asset=r.asset,
+                active_version=r.active_version,
+                labelled=r.labelled,
+                active_judged=r.active_judged,
+                active_correct=r.active_correct,
+                active_accuracy=r.active_rate,
+                candidate_judged=r.candidate_judged,
+                candidate_correct=r.candidate_correct,
+                candidate_accuracy=r.candidate_rate,
+            )
+            for r in judged
+        ],
+        live=stats.as_dict() if stats is not None else None,
+    )
+
+
 def build_models_admin_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1/models", tags=["model registry"])
     admin = secured(Scope.ADMIN, (404, "No such model or version"), (409, "Not allowed now"))
@@ -264,39 +311,6 @@ def build_models_admin_router() -> APIRouter:
     async def metrics(
         live: LiveModels, svc: Registry, name: NamePath, version: VersionPath
     ) -> VersionMetricsOut:
-        record = await _call(svc.show, name, version)
-        counts = (await _call(svc.repo.prediction_counts, name)).get(version, {})
-        agreement = await _call(svc.repo.agreement, name, version)
-        judged = await _call(accuracy, svc.repo, name, version)
-        stats = (
-            next((s for s in live.version_stats(name) if s.version == version), None)
-            if live is not None
-            else None
-        )
-        return VersionMetricsOut(
-            version=version,
-            state=record.state,
-            predictions_stored=sum(counts.values()),
-            labels=counts,
-            agreement=[
-                AgreementOut(asset=a.asset, compared=a.compared, agreed=a.agreed, rate=a.rate)
-                for a in agreement
-            ],
-            accuracy=[
-                AccuracyOut(
-                    asset=r.asset,
-                    active_version=r.active_version,
-                    labelled=r.labelled,
-                    active_judged=r.active_judged,
-                    active_correct=r.active_correct,
-                    active_accuracy=r.active_rate,
-                    candidate_judged=r.candidate_judged,
-                    candidate_correct=r.candidate_correct,
-                    candidate_accuracy=r.candidate_rate,
-                )
-                for r in judged
-            ],
-            live=stats.as_dict() if stats is not None else None,
-        )
+        return await version_metrics(svc, live, name, version)
 
     return router

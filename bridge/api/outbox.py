@@ -16,13 +16,15 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from bridge.auth import Scope
-from bridge.store.outbox import DeadLetter, OutboxStats
+from bridge.store.outbox import DeadLetter, OutboxRepository, OutboxStats
 from bridge.types import ComponentHealth
 
 from .auth import secured
 from .deps import Outbox, Queries, View
 from .params import MAX_LIMIT
+from .queries import QueryRunner
 from .timeparse import epoch_to_datetime
+from .view import GatewayView
 
 __all__ = [
     "DeadLetterOut",
@@ -30,6 +32,7 @@ __all__ = [
     "DestinationOut",
     "OutboxOut",
     "build_outbox_router",
+    "outbox_overview",
 ]
 
 MAX_ID = 2**63 - 1  # what the database's integer column holds
@@ -134,6 +137,25 @@ def _destination(
     )
 
 
+async def outbox_overview(
+    queries: QueryRunner, repo: OutboxRepository, view: GatewayView
+) -> OutboxOut:
+    """What ``GET /api/v1/outbox`` answers (the console shows it too)."""
+    # Counts from the store (exact, also for destinations this gateway does not serve);
+    # counters and the last error from the live relays' health.
+    relays = {
+        h.name.removeprefix(_RELAY_PREFIX): h
+        for h in view.health()
+        if h.name.startswith(_RELAY_PREFIX)
+    }
+    stats = await queries.run(repo.destinations)
+    now = time.time()
+    names = sorted(relays.keys() | stats.keys())
+    return OutboxOut(
+        destinations=[_destination(n, stats.get(n), relays.get(n), now) for n in names]
+    )
+
+
 def build_outbox_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1/outbox", tags=["outbox"])
 
@@ -144,19 +166,7 @@ def build_outbox_router() -> APIRouter:
         **secured(Scope.READ),
     )
     async def outbox_status(queries: Queries, repo: Outbox, view: View) -> OutboxOut:
-        # Counts from the store (exact, also for destinations this gateway does not serve);
-        # counters and the last error from the live relays' health.
-        relays = {
-            h.name.removeprefix(_RELAY_PREFIX): h
-            for h in view.health()
-            if h.name.startswith(_RELAY_PREFIX)
-        }
-        stats = await queries.run(repo.destinations)
-        now = time.time()
-        names = sorted(relays.keys() | stats.keys())
-        return OutboxOut(
-            destinations=[_destination(n, stats.get(n), relays.get(n), now) for n in names]
-        )
+        return await outbox_overview(queries, repo, view)
 
     @router.get(
         "/dead-letters",

@@ -31,6 +31,7 @@ from .keycache import KeyCache
 from .ops import ApiMetrics, Operations
 from .queries import QueryRunner
 from .reloadable import MappingReloader
+from .sessions import SessionStore
 from .view import GatewayView
 
 __all__ = ["ApiServices", "Explainer", "LiveModelState", "install_services", "services_of"]
@@ -49,9 +50,12 @@ class LiveModelState(Protocol):
 
 
 class Explainer(Protocol):
-    """A model that keeps its recent predictions to explain one on request."""
+    """A running model's insight: its recent predictions kept to explain one on request, and
+    the drift of each of its inputs per asset."""
 
     def explain_kept(self, prediction_id: str) -> Explanation | None: ...
+
+    def feature_drift(self, asset: str) -> Mapping[str, float]: ...
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class ApiServices:
     metrics_on_api: bool = True
     # Applies a changed mapping file (POST /api/v1/reload); only a running gateway has one.
     reloader: MappingReloader | None = None
+    # Browser sessions of the console (bridge.console); the API accepts their cookie too.
+    sessions: SessionStore = field(default_factory=SessionStore)
 
     @classmethod
     def from_store(
@@ -117,6 +123,11 @@ class ApiServices:
             metrics=ApiMetrics(ops.registry if ops is not None else None),
             metrics_on_api=metrics_on_api,
             reloader=reloader,
+            sessions=SessionStore(
+                settings.console.session_hours * 3600,
+                settings.console.idle_minutes * 60,
+                settings.console.max_sessions,
+            ),
         )
 
 

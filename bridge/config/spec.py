@@ -28,6 +28,7 @@ __all__ = [
     "ApiSettings",
     "ApiTlsSettings",
     "AssetConfig",
+    "ConsoleSettings",
     "DriftConfig",
     "DurabilitySettings",
     "ExplainConfig",
@@ -88,6 +89,29 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+class ConsoleSettings(Strict):
+    enabled: bool = Field(
+        True, description="Serve the web console at /console on the REST API's address."
+    )
+    session_hours: float = Field(
+        8.0, gt=0, le=168, description="A console login lasts at most this long."
+    )
+    idle_minutes: float = Field(
+        60.0, gt=0, description="A console session unused this long ends (log in again)."
+    )
+    max_sessions: int = Field(
+        1000,
+        ge=1,
+        description="Console sessions kept at once; beyond, the least recently used one ends.",
+    )
+    live_period_s: float = Field(
+        1.0,
+        ge=0.25,
+        le=60,
+        description="Pages get live values at most this often (Server-Sent Events).",
+    )
+
+
 class ApiSettings(Strict):
     enabled: bool = Field(True, description="Serve the REST API for MES systems.")
     host: str = Field(
@@ -133,6 +157,10 @@ class ApiSettings(Strict):
         le=64,
         description="Threads for the API's database queries, apart from the data path's: "
         "slow API queries never delay the store writer or the relays.",
+    )
+    console: ConsoleSettings = Field(
+        default_factory=ConsoleSettings,
+        description="The web console for operators and OT engineers (login with an API key).",
     )
 
     @model_validator(mode="after")

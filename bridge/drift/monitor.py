@@ -77,6 +77,8 @@ class DriftMonitor:
         self._seen = np.zeros(n_assets, dtype=np.int64)  # rows ever observed per asset
         self._drifting = np.zeros(n_assets, dtype=bool)
         self.scores: dict[str, float] = {}
+        # PSI of each input per asset, in model input order, from the same evaluation.
+        self.feature_scores: dict[str, tuple[float, ...]] = {}
 
     def observe(self, assets: Sequence[str], x: npt.NDArray[np.floating]) -> None:
         """Add one Good feature row per listed asset (``x`` [len(assets), features]); each
@@ -112,6 +114,9 @@ class DriftMonitor:
         )  # [assets, features]
         score = psi.max(axis=1)
         self.scores.update(zip((self.assets[i] for i in full), score.tolist(), strict=True))
+        self.feature_scores.update(
+            (self.assets[i], tuple(row)) for i, row in zip(full, psi.tolist(), strict=True)
+        )
         was = self._drifting[full]
         crossed = ~was & (score > self.threshold)
         cleared = was & (score < self.clear_below)

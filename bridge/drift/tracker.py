@@ -34,6 +34,15 @@ class DriftTracker:
     def scores(self) -> Mapping[str, float]:
         return self.monitor.scores if self.monitor is not None else {}
 
+    def feature_scores(self, asset: str) -> dict[str, float]:
+        """PSI of each input of ``asset`` at the last evaluation; empty before a full window."""
+        if self.monitor is None:
+            return {}
+        found = self.monitor.feature_scores.get(asset)
+        if found is None:
+            return {}
+        return dict(zip(self.monitor.features, found, strict=True))
+
     def use(self, reference: Mapping[str, Any], version: str) -> bool:
         """Compare with ``reference`` (the active ``version``'s) from now on; True when the
         statistics changed (the windows then start empty)."""

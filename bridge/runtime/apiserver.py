@@ -22,12 +22,13 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from bridge.api import ApiServices, GatewayView, close_app, create_app
+from bridge.api import ApiServices, GatewayView, close_app
 from bridge.api.ops import Operations, create_ops_app
 from bridge.api.reloadable import MappingReloader
 from bridge.api.services import Explainer
 from bridge.cancel import cancel_and_wait
 from bridge.config.spec import ApiSettings, ApiTlsSettings
+from bridge.console.app import close_console, create_gateway_app
 from bridge.errors import ConnectorError
 from bridge.runtime.live_models import LiveModels
 from bridge.store.db import Store
@@ -124,6 +125,7 @@ class ApiServer:
     async def stop(self) -> None:
         if self._task is None:
             return
+        close_console(self._app)  # its live streams would hold the stop for the timeout
         self._server.should_exit = True
         try:
             async with asyncio.timeout(5):
@@ -160,7 +162,7 @@ def api_server(
         metrics_on_api=metrics_on_api,
         reloader=reloader,
     )
-    return ApiServer(create_app(services), settings.host, settings.port, tls=settings.tls)
+    return ApiServer(create_gateway_app(services), settings.host, settings.port, tls=settings.tls)
 
 
 def ops_server(ops: Operations, host: str, port: int) -> ApiServer:

@@ -90,6 +90,9 @@ class ModelInsight:
     def explain_kept(self, prediction_id: str) -> Explanation | None:
         return self.explainer.explain_kept(prediction_id)
 
+    def feature_drift(self, asset: str) -> dict[str, float]:
+        return self.drift.feature_scores(asset)
+
     async def _follow(self, deployment: Deployment) -> None:
         """Learn the reference of each newly served version; switch drift to the active's."""
         served = [deployment.active]

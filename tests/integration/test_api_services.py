@@ -107,6 +107,9 @@ class Explainer:
     def explain_kept(self, prediction_id: str) -> Explanation | None:
         return self.kept.get(prediction_id)
 
+    def feature_drift(self, asset: str) -> dict[str, float]:
+        return {}
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
