@@ -107,40 +107,55 @@ async def browser() -> AsyncIterator[Browser]:
 _errors: weakref.WeakKeyDictionary[Page, list[str]] = weakref.WeakKeyDictionary()
 
 
+async def new_page(
+    b: Browser, base_url: str | None = None, *, timeout_ms: float = TIMEOUT_MS, **options: Any
+) -> Page:
+    """A page in a new context (its own cookies) of browser ``b``: ``page.goto("/path")`` is
+    relative to ``base_url``; every action and navigation times out after ``timeout_ms``.
+    Console errors and uncaught exceptions of the page (a Content-Security-Policy refusal is
+    one) are kept for ``page_errors``. ``options`` go to ``Browser.new_context`` (viewport,
+    locale, ...). The context closes with the browser."""
+    if base_url is not None:
+        options["base_url"] = base_url
+    context = await b.new_context(**options)
+    context.set_default_timeout(timeout_ms)
+    context.set_default_navigation_timeout(timeout_ms)
+    page = await context.new_page()
+    errors: list[str] = []
+    _errors[page] = errors
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            url = message.location.get("url")
+            errors.append(f"{message.text} ({url})" if url else message.text)
+
+    def on_pageerror(error: Error) -> None:
+        errors.append(f"uncaught: {error.message}")
+
+    page.on("console", on_console)
+    page.on("pageerror", on_pageerror)
+    return page
+
+
 @contextlib.asynccontextmanager
 async def open_page(
     base_url: str | None = None, *, timeout_ms: float = TIMEOUT_MS, **context_options: Any
 ) -> AsyncIterator[Page]:
-    """A page of its own browser: ``page.goto("/path")`` is relative to ``base_url``; every
-    action and navigation times out after ``timeout_ms``. Console errors and uncaught
-    exceptions of the page (a Content-Security-Policy refusal is one) are kept for
-    ``page_errors``. ``context_options`` go to ``Browser.new_context`` (viewport, locale, ...)."""
+    """A page of its own browser (``new_page`` of a fresh ``browser()``)."""
     async with browser() as b:
-        if base_url is not None:
-            context_options["base_url"] = base_url
-        context = await b.new_context(**context_options)
-        context.set_default_timeout(timeout_ms)
-        context.set_default_navigation_timeout(timeout_ms)
-        page = await context.new_page()
-        errors: list[str] = []
-        _errors[page] = errors
-
-        def on_console(message: ConsoleMessage) -> None:
-            if message.type == "error":
-                url = message.location.get("url")
-                errors.append(f"{message.text} ({url})" if url else message.text)
-
-        def on_pageerror(error: Error) -> None:
-            errors.append(f"uncaught: {error.message}")
-
-        page.on("console", on_console)
-        page.on("pageerror", on_pageerror)
-        yield page  # the context closes with the browser
+        yield await new_page(b, base_url, timeout_ms=timeout_ms, **context_options)
 
 
 def page_errors(page: Page) -> list[str]:
     """Console errors and uncaught exceptions of a page from ``open_page``, oldest first."""
     return list(_errors.get(page, []))
+
+
+def take_page_errors(page: Page) -> list[str]:
+    """``page_errors``, then forget them: for a test that caused some on purpose."""
+    found = page_errors(page)
+    _errors.get(page, []).clear()
+    return found
 
 
 class Violation(TypedDict):

@@ -4,12 +4,15 @@ Run ``python -m bridge.simulators.plant.build_model [--out PATH]``. It simulates
 (healthy and with developing bearing faults), cuts windows the way the gateway does, computes
 features with ``bridge.features.stats``, trains a standardized logistic regression with numpy
 and exports it to ONNX. The same seed gives the same bytes, so the committed model can be rebuilt
-and compared.
+and compared. Beside the model it writes the reference statistics (``bridge-reference/1``) of the
+healthy training windows: explanations measure each input against them and drift compares the
+live windows with them, so a pump leaving normal operation shows in both.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from bridge.config.reference import compute_reference
 from bridge.features import stats
 from bridge.simulators.plant.physics import FaultPlan, PumpState
 
@@ -37,6 +41,7 @@ __all__ = [
     "main",
     "make_dataset",
     "pump_fleet",
+    "reference_path",
     "simulate",
     "to_onnx",
     "train",
@@ -292,6 +297,25 @@ def _accuracy(clf: Classifier, data: Dataset) -> float:
     return float(np.mean((clf.proba(data.x) >= 0.5) == (data.y == 1)))
 
 
+def reference_path(model: Path) -> Path:
+    """``pump_health.onnx`` -> ``pump_health.reference.json`` beside it."""
+    return model.with_name(model.stem + ".reference.json")
+
+
+def _reference_json(data: Dataset) -> str:
+    ref = compute_reference(data.x[data.severity == 0.0], FEATURES, bins=10)
+
+    def rounded(value: float | list[float]) -> float | list[float]:
+        # Rounded like the model's weights: a rebuild gives the same bytes.
+        out = _round_sig(np.asarray(value, dtype=np.float64)).tolist()
+        return out if isinstance(value, list) else float(out[0] if isinstance(out, list) else out)
+
+    for f in ref["features"].values():
+        for key in f:
+            f[key] = rounded(f[key])
+    return json.dumps(ref, indent=1, sort_keys=True) + "\n"
+
+
 def build(out: Path = DEFAULT_OUT, seed: int = SEED) -> BuildReport:
     """Simulate, train, evaluate on held-out pumps and write the ONNX file to ``out``."""
     rng = np.random.default_rng(seed)
@@ -302,6 +326,7 @@ def build(out: Path = DEFAULT_OUT, seed: int = SEED) -> BuildReport:
     data = to_onnx(clf)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
+    reference_path(out).write_text(_reference_json(train_set), encoding="utf-8")
     pred = clf.proba(holdout.x) >= 0.5
     healthy = holdout.severity == 0.0
     severe = holdout.severity >= 0.5

@@ -159,6 +159,13 @@
     yes.focus();
   }
 
+  // The name a person acknowledges with is remembered in this browser (not on the gateway).
+  for (const input of document.querySelectorAll("input[data-remember]")) {
+    const kept = localStorage.getItem("bridge." + input.dataset.remember);
+    if (kept) input.value = kept;
+    input.addEventListener("change", () => localStorage.setItem("bridge." + input.dataset.remember, input.value));
+  }
+
   for (const form of document.querySelectorAll("form[data-api]")) {
     form.addEventListener("submit", (e) => {
       e.preventDefault();
