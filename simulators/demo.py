@@ -142,6 +142,7 @@ def _banner(ports: DemoPorts, mes_log: Path, api_key: str) -> None:
     api = f"http://127.0.0.1:{ports.api}"
     click.echo(
         "\nbridge demo is running (Ctrl+C to stop)\n"
+        f"  Console        {api}/console/   (log in with the API key below)\n"
         f"  REST API       {api}/docs   e.g. {api}/api/v1/predictions/latest\n"
         f"  API key (read) {api_key}   (also in {mes_log.parent / 'api-key'}; "
         "send it as `Authorization: Bearer <key>`)\n"

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from bridge.config.reference import load_reference
 from bridge.inference import LoadedModel
 from bridge.simulators.plant import build_model
 
@@ -38,6 +39,21 @@ def test_build_is_reproducible(built: tuple[Path, str]) -> None:
         "the committed model differs from a fresh build: "
         "rerun python -m bridge.simulators.plant.build_model"
     )
+
+
+def test_reference_is_reproducible_and_describes_healthy_pumps(built: tuple[Path, str]) -> None:
+    out, _ = built
+    fresh = build_model.reference_path(out)
+    committed = build_model.reference_path(COMMITTED)
+    assert fresh.read_text() == committed.read_text(), (
+        "the committed reference statistics differ from a fresh build: "
+        "rerun python -m bridge.simulators.plant.build_model"
+    )
+    ref = load_reference(committed, build_model.FEATURES)
+    # Healthy windows only: a faulty pump's vibration lies far above the reference mean.
+    vib = ref["features"]["vibration.mean"]
+    assert vib["max"] < vib["mean"] + 6 * vib["std"]
+    assert sum(ref["features"]["speed.mean"]["fractions"]) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_build_reports_accuracy(built: tuple[Path, str]) -> None:
