@@ -162,11 +162,17 @@ async def operator_story(b: Browser, url: str, key: str, proxy: FaultProxy) -> N
         operator.locator('tr[data-tag="pump-03.vibration"] [data-f="quality"]')
     ).to_have_text("good")
     await check_page(operator, "asset")
+    # Feedback on the latest prediction: a confirmation, through the REST API.
+    feedback = operator.locator("form[data-api$='/feedback']").first
+    await feedback.get_by_label("Comment").fill("vibration confirmed on site")
+    await feedback.get_by_role("button", name="Confirm").click()
+    await expect(operator.locator("#status")).to_have_text("Done.")
 
     # Alerts: acknowledge pump-03's alert with a comment; the mean time to acknowledge appears.
     await operator.goto("/console/alerts")
     mtta = operator.locator("#m-mtta")
     await expect(mtta).to_have_text("–")
+    assert (await operator.locator("#m-feedback").text_content() or "").startswith("1 of ")
     alert_row = operator.locator("tr[data-alert]", has_text=FAULTY).first
     await alert_row.get_by_label("Your name").fill("Dana Novak")
     await alert_row.get_by_placeholder("comment").fill("bearing checked, work order 4711")
