@@ -432,8 +432,12 @@ def build_console_router() -> APIRouter:
             )
         else:
             watch = Watch(keys=_no_rows, overview=True)
+        session_id = user.session.id
         return StreamingResponse(
-            sse_stream(hub, watch),
+            # An open page is in use (a control-room screen stays logged in up to
+            # session_hours); logged out, revoked or expired, the stream ends and the page's
+            # reconnect is sent to the login form.
+            sse_stream(hub, watch, closed=lambda: services.sessions.get(session_id) is None),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
