@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from bridge.api.deps import Services
@@ -77,8 +78,6 @@ class AssetQuery:
         fields = {"q": self.q, "label": self.label, "quality": self.quality}
         fields |= {"page": str(self.page), "size": str(self.size)}
         fields |= {k: str(v) for k, v in change.items()}
-        from urllib.parse import urlencode
-
         return urlencode({k: v for k, v in fields.items() if v})
 
 
@@ -88,11 +87,19 @@ class VersionView:
     metrics: VersionMetricsOut
 
 
-def _asset_query(
-    q: str = "", label: str = "", quality: str = "", page: int = 1, size: int = 200
+def asset_query(
+    q: Annotated[str, Query(max_length=100)] = "",
+    label: Annotated[str, Query(max_length=100)] = "",
+    quality: Annotated[str, Query(pattern="^(|good|uncertain|bad)$")] = "",
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    size: Annotated[int, Query(ge=1, le=2000)] = 200,
 ) -> AssetQuery:
+    """The Assets page's filter from its query string (the live stream takes the same)."""
     size = size if size in _PAGE_SIZES else 200
-    return AssetQuery(q.strip()[:100], label.strip()[:100], quality, max(1, page), size)
+    return AssetQuery(q.strip(), label.strip(), quality, page, size)
+
+
+AssetFilterParams = Annotated[AssetQuery, Depends(asset_query)]
 
 
 def _hub(services: Any, request: Request) -> LiveHub:
@@ -202,13 +209,8 @@ def build_console_router() -> APIRouter:
         request: Request,
         user: CurrentUser,
         services: Services,
-        q: Annotated[str, Query(max_length=100)] = "",
-        label: Annotated[str, Query(max_length=100)] = "",
-        quality: Annotated[str, Query(pattern="^(|good|uncertain|bad)$")] = "",
-        page_no: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
-        size: Annotated[int, Query(ge=1, le=2000)] = 200,
+        query: AssetFilterParams,
     ) -> HTMLResponse:
-        query = _asset_query(q, label, quality, page_no, size)
         snap = _hub(services, request).snapshot()
         shown, total = query.select(snap.rows.values())
         labels = sorted({r.label for r in snap.rows.values() if r.label})
@@ -319,7 +321,7 @@ def build_console_router() -> APIRouter:
             user.session,
             user=user,
             nav="assets",
-            live=f"{PREFIX}/live?view=asset&asset={asset}",
+            live=f"{PREFIX}/live?{urlencode({'view': 'asset', 'asset': asset})}",
             asset=asset,
             models=models,
             tags=tags,
@@ -410,19 +412,13 @@ def build_console_router() -> APIRouter:
         user: CurrentUser,
         services: Services,
         view: Annotated[str, Query(pattern="^(overview|assets|asset)$")],
+        query: AssetFilterParams,
         asset: Annotated[str, Query(max_length=200)] = "",
-        q: Annotated[str, Query(max_length=100)] = "",
-        label: Annotated[str, Query(max_length=100)] = "",
-        quality: Annotated[str, Query(pattern="^(|good|uncertain|bad)$")] = "",
-        page_no: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
-        size: Annotated[int, Query(ge=1, le=2000)] = 200,
     ) -> StreamingResponse:
         hub = _hub(services, request)
         if view == "assets":
             # The rows on screen when the page was drawn: a row whose label changes stays.
-            shown, _ = _asset_query(q, label, quality, page_no, size).select(
-                hub.snapshot().rows.values()
-            )
+            shown, _ = query.select(hub.snapshot().rows.values())
             keys = [r.key for r in shown]
             watch = Watch(keys=lambda _s: keys)
         elif view == "asset":
