@@ -20,6 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -71,6 +72,24 @@ def _check_contents(wheel: Path) -> None:
         }
         assert shipped == sources, shipped ^ sources
     assert "bridge/simulators/demo_data/models/pump_health.onnx" in names
+    assert "bridge/simulators/demo_data/models/pump_health.reference.json" in names
+    # The console serves its pages and files from the package: the wheel carries every one.
+    console = ROOT / "bridge" / "console"
+    served = {
+        p.relative_to(ROOT).as_posix()
+        for folder in ("templates", "static")
+        for p in (console / folder).iterdir()
+    }
+    assert served and served <= set(names), served - set(names)
+
+
+def _console_served(api_port: int) -> tuple[int, int]:
+    base = f"http://127.0.0.1:{api_port}/console"
+    codes = []
+    for path in ("/login", "/static/console.js"):
+        with urllib.request.urlopen(base + path, timeout=10) as answer:
+            codes.append(answer.status)
+    return codes[0], codes[1]
 
 
 def _offset_with_free_defaults() -> int:
@@ -171,10 +190,12 @@ def test_the_installed_wheel_runs_the_demo_outside_the_repository(tmp_path: Path
     args += ["--port-offset", str(offset), "--mes-port", str(mes)]
     with stderr_path.open("w") as stderr:
         demo = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        console: tuple[int, int] | None = None
         try:
             deadline = time.monotonic() + DEMO_S
             while demo.poll() is None and time.monotonic() < deadline:
                 if len(_assets(calls_log)) >= 2:
+                    console = _console_served(api)
                     demo.send_signal(signal.SIGINT)
                     break
                 time.sleep(0.5)
@@ -196,6 +217,8 @@ def test_the_installed_wheel_runs_the_demo_outside_the_repository(tmp_path: Path
     summary = re.search(r"MES receiver got (\d+) calls \((\d+) duplicate keys\)", out)
     assert summary is not None, out[-3000:]
     assert int(summary[1]) > 0 and int(summary[2]) == 0, out[-3000:]
+    # The installed console answers: its login page and its script, from the wheel's files.
+    assert console == (200, 200), console
     # The demo's files are in the directory it was started from, with pump predictions in the log.
     assert len(_assets(calls_log)) >= 2
     assert (cwd / "var/demo/bridge.db").exists()
