@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from bridge.api.view import GatewayView, TagState
@@ -206,7 +206,7 @@ def _overview(s: Snapshot, view: GatewayView) -> str:
 
 
 async def sse_stream(
-    hub: LiveHub, watch: Watch, closed: Callable[[], bool] | None = None
+    hub: LiveHub, watch: Watch, closed: Callable[[], Awaitable[bool]] | None = None
 ) -> AsyncIterator[bytes]:
     """The events of one page until the client goes away (Starlette cancels the generator)."""
     sent_rows: dict[str, str] = {}  # key -> prediction id sent
@@ -217,7 +217,7 @@ async def sse_stream(
     try:
         # Tells the page its stream is up (it hides the "live updates lost" banner).
         yield b"retry: 3000\nevent: hello\ndata: {}\n\n"
-        while not hub.closed and (closed is None or not closed()):
+        while not hub.closed and (closed is None or not await closed()):
             s = hub.snapshot()
             out: list[bytes] = []
             changed = []

@@ -27,7 +27,7 @@ from bridge.api.models_admin import (
 )
 from bridge.api.outbox import outbox_overview
 from bridge.api.sessions import SESSION_COOKIE
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, StoreError
 from bridge.store.alerts import AlertFilter
 from bridge.store.registry import RegistryError
 from bridge.types import Prediction
@@ -429,11 +429,26 @@ def build_console_router() -> APIRouter:
         else:
             watch = Watch(keys=_no_rows, overview=True)
         session_id = user.session.id
-        return StreamingResponse(
+
+        async def ended() -> bool:
             # An open page is in use (a control-room screen stays logged in up to
-            # session_hours); logged out, revoked or expired, the stream ends and the page's
-            # reconnect is sent to the login form.
-            sse_stream(hub, watch, closed=lambda: services.sessions.get(session_id) is None),
+            # session_hours). Logged out, expired, or its key revoked (also by another process:
+            # the key cache asks the store again every few seconds): the stream ends and the
+            # page's reconnect is sent to the login form.
+            session = services.sessions.get(session_id)
+            if session is None:
+                return True
+            try:
+                record = await services.keys.authenticate(session.key)
+            except (StoreError, HTTPException):
+                return False  # the store is down or busy: keep showing what is live
+            if record is None:
+                services.sessions.close(session_id)
+                return True
+            return False
+
+        return StreamingResponse(
+            sse_stream(hub, watch, closed=ended),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
