@@ -104,9 +104,12 @@ def sparkline(
     prefix = f"{label} trend" if label else "trend"
     aria = f"{prefix}, last {_sig3(known[-1])}" if known else "no data"
     points = sparkline_points(values, width, height)
+    # The values ride along: the live page appends each new score and redraws the line itself
+    # (bridge/console/static/console.js), so the gateway never re-encodes the whole trend.
+    kept = " ".join(f"{v:.4g}" for v in known)
     return Markup(
         f'{_open("spark", width, height, aria)}<polyline class="spark-line" fill="none"'
-        f' stroke="currentColor" points="{points}"/></svg>'
+        f' stroke="currentColor" points="{points}" data-values="{kept}"/></svg>'
     )
 
 

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from bridge.api.view import GatewayView, TagState
 from bridge.types import Prediction, Quality
 
-from .charts import sparkline_points
-
 __all__ = ["AssetRow", "LiveHub", "Snapshot", "Watch", "row_key", "sse_stream"]
 
-SPARK_POINTS = 60  # score samples kept per row for its sparkline
+SPARK_POINTS = 60  # score samples kept per row for its sparkline (console.js keeps as many)
+_ROWS_PER_EVENT = 100  # ~12 KB events: no megabyte buffer per stream and period
 _HEARTBEAT_S = 15.0  # a comment line keeps proxies from closing an idle stream
 
 
@@ -68,7 +67,6 @@ class AssetRow:
                     "quality": self.quality,
                     "ts": round(self.timestamp, 3),
                     "age": None if self.input_age_s is None else round(self.input_age_s, 3),
-                    "spark": sparkline_points(list(self.spark)),
                 },
                 separators=(",", ":"),
             )
@@ -110,14 +108,14 @@ class LiveHub:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    async def pause(self) -> None:
-        """One period, or less when the hub closes."""
+    async def pause(self, seconds: float) -> None:
+        """``seconds``, or less when the hub closes."""
         if self._wakeup is None:
             self._wakeup = asyncio.Event()
         if self.closed:
             return
         try:
-            async with asyncio.timeout(self.period_s):
+            async with asyncio.timeout(max(0.0, seconds)):
                 await self._wakeup.wait()
         except TimeoutError:
             pass
@@ -213,7 +211,7 @@ async def sse_stream(
     sent_tags: dict[str, tuple[object, str, object]] = {}
     sent_overview = ""
     hub.streams += 1
-    last_write = time.monotonic()
+    last_write = next_at = time.monotonic()
     try:
         # Tells the page its stream is up (it hides the "live updates lost" banner).
         yield b"retry: 3000\nevent: hello\ndata: {}\n\n"
@@ -226,8 +224,9 @@ async def sse_stream(
                 if row is not None and sent_rows.get(key) != row.prediction_id:
                     sent_rows[key] = row.prediction_id
                     changed.append(row.json())
-            if changed:
-                out.append(_event("rows", "[" + ",".join(changed) + "]"))
+            for start in range(0, len(changed), _ROWS_PER_EVENT):
+                part = changed[start : start + _ROWS_PER_EVENT]
+                out.append(_event("rows", "[" + ",".join(part) + "]"))
             if watch.tags_of is not None:
                 tags = []
                 for t in s.tags:
@@ -245,12 +244,16 @@ async def sse_stream(
                     sent_overview = body
                     out.append(_event("overview", body))
             now = time.monotonic()
-            if out:
+            for chunk in out:
                 last_write = now
-                yield b"".join(out)
-            elif now - last_write >= _HEARTBEAT_S:
+                yield chunk
+            if not out and now - last_write >= _HEARTBEAT_S:
                 last_write = now
                 yield b": keep-alive\n\n"
-            await hub.pause()
+            # On a fixed beat (the work of this period counts in it): one update per period.
+            next_at += hub.period_s
+            if next_at < time.monotonic():
+                next_at = time.monotonic()  # fell behind: no burst to catch up
+            await hub.pause(next_at - time.monotonic())
     finally:
         hub.streams -= 1

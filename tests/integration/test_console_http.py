@@ -891,7 +891,9 @@ async def test_live_assets_sends_the_filtered_rows_then_only_changes(served: Ser
         (row,) = changed.json()
         assert row["k"] == "pump-0/health"
         assert (row["label"], row["score"]) == ("bearing_fault", 0.875)
-        assert row["spark"].count(",") == 2  # two samples: the trend goes on
+        # The trend goes on: the next page draws both scores (the stream sends only the new).
+        page = await served.http.get("/console/assets?q=pump-0", headers=served.session.headers)
+        assert 'data-values="0.5 0.875"' in page.text
         assert await stream.quiet(1.0) == []
 
 

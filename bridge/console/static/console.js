@@ -38,6 +38,29 @@
     }
   }
 
+  // As bridge/console/charts.py draws it (sparkline_points), over as many values as the
+  // gateway keeps per row (SPARK_POINTS in bridge/console/live.py).
+  const SPARK_POINTS = 60;
+
+  function drawSpark(line) {
+    const values = line.dataset.values.split(" ").filter((v) => v !== "").map(Number);
+    const box = line.ownerSVGElement.viewBox.baseVal;
+    const w = box.width, h = box.height, pad = h > 4 ? 1 : 0;
+    if (!values.length) { line.setAttribute("points", ""); return; }
+    const lo = Math.min(...values), hi = Math.max(...values);
+    const dx = values.length > 1 ? w / (values.length - 1) : 0;
+    const y = (v) => (hi === lo ? h / 2 : pad + (h - 2 * pad) * (hi - v) / (hi - lo));
+    const r1 = (x) => Math.round(x * 10) / 10;
+    line.setAttribute("points", values.map((v, i) => r1(i * dx) + "," + r1(y(v))).join(" "));
+  }
+
+  function appendSpark(line, score) {
+    const values = line.dataset.values.split(" ").filter((v) => v !== "");
+    values.push(String(score));
+    line.dataset.values = values.slice(-SPARK_POINTS).join(" ");
+    drawSpark(line);
+  }
+
   function applyRows(rows) {
     for (const r of rows) {
       for (const el of document.querySelectorAll('[data-key="' + CSS.escape(r.k) + '"]')) {
@@ -50,12 +73,15 @@
         if (score) score.textContent = formatScore(r.score);
         setQuality(el.querySelector('[data-f="quality"]'), r.quality);
         const age = el.querySelector('[data-f="age"]');
+        // A prediction the page already shows (the stream's first event repeats them) adds
+        // nothing to the trend.
+        const fresh = !age || Number(age.dataset.ts) !== r.ts;
         if (age) {
           age.dataset.ts = r.ts;
           age.dataset.age = r.age === null ? "" : r.age;
         }
         const line = el.querySelector("polyline.spark-line");
-        if (line) line.setAttribute("points", r.spark);
+        if (line && fresh && r.score !== null) appendSpark(line, r.score);
       }
     }
     tickAges();

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from bridge.api.view import ModelInfo, TagState
-from bridge.console.charts import sparkline_points
 from bridge.console.live import SPARK_POINTS, LiveHub, Watch, row_key, sse_stream
 from bridge.types import ComponentHealth, Prediction, Quality
 
@@ -156,7 +155,6 @@ def test_a_rows_json_is_cached_until_its_prediction_changes() -> None:
         "quality": "good",
         "ts": T0 + 1,
         "age": 0.25,
-        "spark": sparkline_points([0.123456]),
     }
     assert row.json() is encoded  # encoded once
     clock.now += 1
@@ -168,7 +166,8 @@ def test_a_rows_json_is_cached_until_its_prediction_changes() -> None:
     assert changed is not row
     data = json.loads(changed.json())
     assert (data["label"], data["score"], data["ts"]) == ("fault", 0.5, T0 + 2)
-    assert data["spark"] == sparkline_points([0.123456, 0.5])  # the trend goes on
+    # The page appends the score to its trend itself; the row keeps it for the next page.
+    assert "spark" not in data and list(changed.spark) == [0.123456, 0.5]
     assert changed.json() is changed.json()
     assert row_key("p1", "health") == "p1/health"
 
@@ -188,10 +187,12 @@ async def test_a_stream_sends_changes_only_and_ends_when_the_hub_closes() -> Non
             hello = await anext(stream)
             assert b"event: hello" in hello
             assert hub.streams == 1
+            # One event per chunk: rows, then tags (no megabyte buffer per stream).
             first = (await anext(stream)).decode()
-            assert "event: rows" in first and '"k":"p1/health"' in first
-            assert "p2/health" not in first
-            assert "event: tags" in first and '"k":"p1.vib"' in first
+            assert first.startswith("event: rows") and '"k":"p1/health"' in first
+            assert "p2/health" not in first and "event: tags" not in first
+            tags = (await anext(stream)).decode()
+            assert tags.startswith("event: tags") and '"k":"p1.vib"' in tags
             # Both change: this page gets p1's row only.
             view.predictions = [_prediction("p1", 2, value="fault"), _prediction("p2", 2)]
             nxt = (await anext(stream)).decode()
@@ -202,4 +203,25 @@ async def test_a_stream_sends_changes_only_and_ends_when_the_hub_closes() -> Non
             assert rest == []
         assert hub.streams == 0
     finally:
+        await stream.aclose()  # type: ignore[attr-defined]  # an async generator
+
+
+async def test_many_rows_go_out_in_events_of_at_most_a_hundred() -> None:
+    view = View([_prediction(f"p{i:04d}", 1) for i in range(250)])
+    hub = LiveHub(view, period_s=0.05)
+    stream = sse_stream(hub, Watch(keys=lambda s: list(s.rows)))
+
+    async def rows() -> list[str]:
+        event = (await anext(stream)).decode()
+        assert event.startswith("event: rows\ndata: ") and event.endswith("\n\n")
+        return [r["k"] for r in json.loads(event.split("data: ", 1)[1])]
+
+    try:
+        async with asyncio.timeout(10):
+            assert b"event: hello" in await anext(stream)
+            sent = [await rows() for _ in range(3)]
+            assert [len(s) for s in sent] == [100, 100, 50]
+            assert [k for part in sent for k in part] == [f"p{i:04d}/health" for i in range(250)]
+    finally:
+        hub.close()
         await stream.aclose()  # type: ignore[attr-defined]  # an async generator
