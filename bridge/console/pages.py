@@ -30,9 +30,9 @@ from bridge.api.sessions import SESSION_COOKIE
 from bridge.errors import BridgeError, StoreError
 from bridge.store.alerts import AlertFilter
 from bridge.store.registry import RegistryError
-from bridge.types import Prediction
 
-from .charts import Series, bar_chart, line_chart, sparkline
+from .asset_page import inputs_over_time, model_insight
+from .charts import sparkline
 from .live import AssetRow, LiveHub, Snapshot, Watch, sse_stream
 from .login import (
     PREFIX,
@@ -102,28 +102,11 @@ def asset_query(
 AssetFilterParams = Annotated[AssetQuery, Depends(asset_query)]
 
 
-def _hub(services: Any, request: Request) -> LiveHub:
+def _hub(request: Request) -> LiveHub:
     hub = request.app.state.console_hub
     if not isinstance(hub, LiveHub):
         raise TypeError("the console is not mounted on this app")
     return hub
-
-
-def _series(items: list[Prediction], model: str) -> list[Series]:
-    points = [(p.timestamp, p.score) for p in items if p.model == model]
-    return [Series(f"{model} score", points)] if points else []
-
-
-def _input_series(items: list[Prediction]) -> dict[str, list[tuple[float, float | None]]]:
-    by_tag: dict[str, list[tuple[float, float | None]]] = {}
-    for p in items:
-        for i in p.inputs:
-            value = i.value
-            number = float(value) if isinstance(value, int | float) else None
-            if number is not None and not math.isfinite(number):
-                number = None
-            by_tag.setdefault(i.tag, []).append((p.timestamp, number))
-    return by_tag
 
 
 def build_console_router() -> APIRouter:
@@ -174,7 +157,7 @@ def build_console_router() -> APIRouter:
 
     @router.get("/", response_class=HTMLResponse)
     async def overview(request: Request, user: CurrentUser, services: Services) -> HTMLResponse:
-        hub = _hub(services, request)
+        hub = _hub(request)
         snap = hub.snapshot()
         view = services.view
         health = list(view.health())
@@ -211,7 +194,7 @@ def build_console_router() -> APIRouter:
         services: Services,
         query: AssetFilterParams,
     ) -> HTMLResponse:
-        snap = _hub(services, request).snapshot()
+        snap = _hub(request).snapshot()
         shown, total = query.select(snap.rows.values())
         labels = sorted({r.label for r in snap.rows.values() if r.label})
         return page(
@@ -239,7 +222,7 @@ def build_console_router() -> APIRouter:
         asset: Annotated[str, Path(min_length=1, max_length=200)],
         range_: Annotated[str, Query(alias="range", pattern="^(15m|1h|6h|24h|7d)$")] = "15m",
     ) -> HTMLResponse:
-        snap = _hub(services, request).snapshot()
+        snap = _hub(request).snapshot()
         rows = [r for r in snap.rows.values() if r.asset == asset]
         tags = sorted((t for t in snap.tags if t.asset == asset), key=lambda t: t.tag)
         if not rows and not tags:
@@ -250,69 +233,11 @@ def build_console_router() -> APIRouter:
             services.history.page, asset, since, until, _TREND_POINTS
         )
         items = list(reversed(history.items))  # oldest first for the charts
-        latest = {p.model: p for p in services.view.latest_predictions() if p.asset == asset}
-        models = []
-        for row in rows:
-            p = latest.get(row.model)
-            explanation = p.explanation if p is not None else None
-            explained = p
-            explainer = services.explainers.get(row.model)
-            if p is not None and explanation is None and explainer is not None:
-                explanation = await services.queries.run(explainer.explain_kept, p.id)
-            if explanation is None:
-                # Explained only on a label change (the default): the newest that was.
-                explained = next(
-                    (
-                        h
-                        for h in reversed(items)
-                        if h.model == row.model and h.explanation is not None
-                    ),
-                    None,
-                )
-                explanation = explained.explanation if explained is not None else None
-            drift = dict(explainer.feature_drift(asset)) if explainer is not None else {}
-            models.append(
-                {
-                    "row": row,
-                    "prediction": p,
-                    "explanation": explanation,
-                    "explained": explained,
-                    "explain_chart": bar_chart(
-                        [(c.feature, c.effect) for c in explanation.top],
-                        title=f"What moved the {row.model} score",
-                    )
-                    if explanation is not None
-                    else None,
-                    "drift": sorted(drift.items(), key=lambda kv: -kv[1]),
-                    "drift_chart": bar_chart(
-                        sorted(drift.items(), key=lambda kv: -kv[1]),
-                        title=f"Drift of each input against the reference (PSI), {row.model}",
-                    )
-                    if drift
-                    else None,
-                    "trend": line_chart(
-                        _series(items, row.model),
-                        title=f"{row.model} score, last {range_}",
-                        since=since,
-                        until=until,
-                    ),
-                }
-            )
-        units = {t.tag: t.unit for t in tags}
-        input_charts = [
-            (
-                tag,
-                units.get(tag, ""),
-                line_chart(
-                    [Series(tag, points)],
-                    title=f"{tag}, last {range_}",
-                    unit=units.get(tag, ""),
-                    since=since,
-                    until=until,
-                ),
-            )
-            for tag, points in sorted(_input_series(items).items())
+        latest = [p for p in services.view.latest_predictions() if p.asset == asset]
+        models = [
+            await model_insight(services, row, latest, items, range_, since, until) for row in rows
         ]
+        input_charts = inputs_over_time(items, tags, range_, since, until)
         open_alerts = await services.queries.run(
             services.alerts.page, AlertFilter(asset=asset, acknowledged=False), 50, None
         )
@@ -415,7 +340,7 @@ def build_console_router() -> APIRouter:
         query: AssetFilterParams,
         asset: Annotated[str, Query(max_length=200)] = "",
     ) -> StreamingResponse:
-        hub = _hub(services, request)
+        hub = _hub(request)
         if view == "assets":
             # The rows on screen when the page was drawn: a row whose label changes stays.
             shown, _ = query.select(hub.snapshot().rows.values())
