@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from urllib.parse import urlsplit
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
