@@ -180,9 +180,7 @@ async def operator_story(b: Browser, url: str, key: str, proxy: FaultProxy) -> N
     await expect(mtta).not_to_have_text("–", timeout=10_000)
     assert (await mtta.text_content() or "").endswith(("s", "min"))
     await operator.goto("/console/alerts?show=acknowledged")
-    await expect(operator.locator("table.alerts")).to_contain_text(
-        "Dana Novak, after"
-    )
+    await expect(operator.locator("table.alerts")).to_contain_text("Dana Novak, after")
     await expect(operator.locator("table.alerts")).to_contain_text("work order 4711")
     await check_page(operator, "alerts")
     await operator.goto("/console/outbox")
