@@ -229,9 +229,11 @@ async def test_bdseq_moves_on_with_every_connect_and_survives_a_restart(
 ) -> None:
     settings = make_settings(pki, broker.tls_port, tmp_path)
     node = edge_node(settings)
-    await node.start()
     try:
+        # The host listens first: the node births as soon as it starts (in the background),
+        # and a birth published before the host subscribed is never seen (not retained).
         async with Host(pki, broker.tls_port) as host:
+            await node.start()
             async with asyncio.timeout(10):
                 assert await node.deliver(envelopes(node, 1)) == [None] * len(SLOTS)
             (first,) = await host.wait_for(MessageType.NBIRTH)
