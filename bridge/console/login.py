@@ -18,6 +18,7 @@ import structlog
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
+from bridge.api.app import CONSOLE_PREFIX
 from bridge.api.deps import Services
 from bridge.api.guard import same_origin
 from bridge.api.sessions import SESSION_COOKIE, ConsoleSession
@@ -37,7 +38,7 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-PREFIX = "/console"
+PREFIX = CONSOLE_PREFIX  # the API's guard leaves these paths to the console
 _MAX_FORM_BYTES = 16 * 1024
 
 
