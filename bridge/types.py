@@ -159,6 +159,9 @@ class Prediction:
     reason: str = ""
     explanation: Explanation | None = None
     drift_score: float | None = None  # the asset's drift (max PSI over features) at this time
+    # In a fleet, the generation of the asset's lease the prediction was made under (the
+    # fencing token): the store refuses it once another gateway took the asset. None: no fleet.
+    fence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ __all__ = [
     "DurabilitySettings",
     "ExplainConfig",
     "FeatureConfig",
+    "FleetSettings",
     "GatewaySettings",
     "MappingFile",
     "MetricsSettings",
@@ -440,6 +441,51 @@ class CollectorSettings(Strict):
     )
 
 
+class FleetSettings(Strict):
+    enabled: bool = Field(
+        False,
+        description="Share the assets with the other gateways of this store: every gateway "
+        "of a fleet runs the same mapping on one store (PostgreSQL; a SQLite file only serves "
+        "gateways on one host) with its own `id`; each asset "
+        "is served by exactly one live gateway (leases with a heartbeat, rendezvous hashing), "
+        "and a dead gateway's assets are served again by the others within `lease_s` plus "
+        "one heartbeat.",
+    )
+    heartbeat_s: float = Field(
+        1.0,
+        ge=0.1,
+        le=60,
+        description="How often a gateway renews its leases and looks at the fleet's members.",
+    )
+    lease_s: float = Field(
+        5.0,
+        ge=0.5,
+        le=600,
+        description="A lease not renewed for this long is free: the gateway that held it is "
+        "taken for dead and another takes its assets. A gateway that cannot renew stops "
+        "publishing for its assets one heartbeat before its leases run out.",
+    )
+    mirror_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="The HMI server shows every asset of the fleet: the predictions of the "
+        "assets other gateways serve are read from the store this often (0: show only this "
+        "gateway's own assets).",
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> FleetSettings:
+        if self.lease_s < 3 * self.heartbeat_s:
+            raise PydanticCustomError(
+                "fleet_lease_too_short",
+                "lease_s ({lease}) must be at least 3 heartbeats ({need}): a lease must "
+                "survive a missed renewal, and its holder stops one heartbeat before it ends",
+                {"lease": self.lease_s, "need": 3 * self.heartbeat_s},
+            )
+        return self
+
+
 class GatewaySettings(Strict):
     id: Name = Field(
         "bridge", description="This gateway's id; part of every event's idempotency key."
@@ -482,6 +528,11 @@ class GatewaySettings(Strict):
     collector: CollectorSettings = Field(
         default_factory=CollectorSettings,
         description="When Python's cyclic garbage collector runs in the gateway process.",
+    )
+    fleet: FleetSettings = Field(
+        default_factory=FleetSettings,
+        description="Several gateways on one store, sharing the assets and taking over "
+        "a dead gateway's.",
     )
     default_max_age_s: float = Field(
         10.0,

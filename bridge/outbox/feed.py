@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -66,6 +66,7 @@ def enqueue_within(
     events: Sequence[tuple[str, str, str]],
     budget: Budget,
     pending: int,
+    fences: Mapping[str, int] | None = None,
 ) -> EnqueueResult:
     """Add ``(asset, event_id, body)`` rows inside the caller's transaction, within ``budget``.
 
@@ -91,7 +92,7 @@ def enqueue_within(
                 chosen = chosen[len(chosen) - budget.max_pending :]
             deleted = drop_oldest(session, destination, len(chosen) - room)
             dropped += deleted
-    added = enqueue(session, destination, chosen)
+    added = enqueue(session, destination, chosen, fences)
     return EnqueueResult(added, refused, dropped, deleted)
 
 
@@ -139,8 +140,14 @@ class OutboxFeed:
 
     def stage(self, session: Session, predictions: Sequence[Prediction]) -> OnCommit:
         """``bridge.store.outbox.OutboxHook``: the events of a batch, inside its transaction."""
+        # Fleet: each event carries its prediction's fencing token.
+        fences = (
+            {p.id: p.fence for p in predictions if p.fence is not None}
+            if predictions and predictions[0].fence is not None
+            else None
+        )
         result = enqueue_within(
-            session, self.destination, self.events(predictions), self.budget, self.pending
+            session, self.destination, self.events(predictions), self.budget, self.pending, fences
         )
 
         def committed() -> None:

@@ -29,6 +29,7 @@ from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.apiserver import ApiServer, api_server, ops_server
 from bridge.runtime.collector import collect_between_events
 from bridge.runtime.fanout import PredictionFanout
+from bridge.runtime.fleet_wiring import Fleet, build_fleet
 from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
 from bridge.runtime.live_models import LiveModels, live_models
 from bridge.runtime.lossalerts import LossAlerts
@@ -85,6 +86,7 @@ class Gateway:
     ops: GatewayOps | None = None
     metrics_server: ApiServer | None = None
     collector: CollectorSettings = field(default_factory=CollectorSettings)
+    fleet: Fleet | None = None
 
     async def run(self, stop: asyncio.Event, *, reload_on_sighup: bool = False) -> None:
         """Run until ``stop`` is set; raise if a part of the gateway failed. Call it once.
@@ -291,6 +293,12 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     reloader.runner_hooks.append(lambda r: r.observers.append(ops.collector.predictions.observe))
     reloader.applied_hooks.append(lambda p: setattr(ops.collector, "revision", p.mapping.revision))
     api = _api(mapping, view, store, live, insight, ops, reloader, metrics_on_api=address is None)
+    fleet: Fleet | None = None
+    if mapping.gateway.fleet.enabled:
+        fleet = build_fleet(
+            mapping, store, boot_id, runners, store_sink, reloader, fanout, lambda: outputs.sinks
+        )
+        probes += [fleet.leases.health, fleet.mirror.health]
 
     async def resume_sequences() -> None:
         for runner in runners:
@@ -304,8 +312,19 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         # The store's own writers first and last (the loss alerts report what the store writer
         # could not keep, so they close after it); the registry says what serves before any
         # socket opens (a mapping model refused in production stops the start here).
-        Stage("store", [loss_alerts, retention, Hook("sequences", resume_sequences), live]),
-        Stage("sinks", [store_sink, alerts, outputs, insight]),
+        # The fleet's first heartbeat says which assets are this gateway's before any source
+        # subscribes; its leases are the last thing given up on the way down.
+        Stage(
+            "store",
+            [
+                loss_alerts,
+                retention,
+                Hook("sequences", resume_sequences),
+                live,
+                *([fleet.leases] if fleet else []),
+            ],
+        ),
+        Stage("sinks", [store_sink, alerts, outputs, insight, *([fleet.mirror] if fleet else [])]),
         Stage(
             "api",
             [
@@ -328,7 +347,14 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         ),
         # The reloader changes sources and models only while this stage runs: it is the
         # last part to start and the first to close (after a reload under way).
-        Stage("sources", [Tasks("sources", tasks, source_jobs), *_watch(mapping, tasks, reloader)]),
+        Stage(
+            "sources",
+            [
+                Tasks("sources", tasks, source_jobs),
+                *_watch(mapping, tasks, reloader),
+                *([fleet.resharder] if fleet else []),
+            ],
+        ),
     ]
     return Gateway(
         gid,
@@ -348,6 +374,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         ops,
         metrics_server,
         mapping.gateway.collector,
+        fleet,
     )
 
 

@@ -59,7 +59,7 @@ from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.insight_wiring import Insight
 from bridge.runtime.live_models import LiveModels, stored_comparison
 from bridge.runtime.outputs import Outputs, OutputsChange
-from bridge.runtime.parts import model_runner, source_supervisor
+from bridge.runtime.parts import model_runner, source_supervisor, source_tags
 from bridge.runtime.runner import ModelRunner
 from bridge.runtime.sources import SourceSupervisor
 from bridge.runtime.tagtable import TagTable
@@ -275,6 +275,9 @@ class Reloader:
     outputs: Outputs | None = None
     insight: Insight | None = None
     gateway_hooks: list[Callable[[GatewaySettings], None]] = field(default_factory=list)
+    # Fleet: the assets this gateway serves (None: all); sources read only their tags.
+    served: frozenset[str] | None = None
+    _stopped: bool = False
 
     @property
     def revision(self) -> str:
@@ -290,6 +293,51 @@ class Reloader:
     async def close(self) -> None:
         async with self._lock:  # a reload under way finishes first
             self.running = False
+            self._stopped = True
+
+    def prepare_shard(self, served: frozenset[str]) -> None:
+        """Before the sources start: build their supervisors over the tags of ``served``
+        (the sources stage then starts them)."""
+        if self.running or self._stopped:
+            return
+        self.served = served
+        mapping = self.prepared.mapping
+        built = self._sources(mapping, list(mapping.sources))
+        self.supervisors[:] = [s for s in built.values() if s is not None]
+        self.source_jobs[:] = [(f"source:{s.name}", s.run) for s in self.supervisors]
+
+    async def reshard(self, served: frozenset[str]) -> list[str]:
+        """The set of assets served changed: every source whose tags change is restarted over
+        its new tags (a source no served asset reads is stopped). Returns the sources restarted."""
+        async with self._lock:
+            if self._stopped:
+                return []
+            if not self.running:
+                self.prepare_shard(served)
+                return []
+            self.served = served
+            mapping = self.prepared.mapping
+            current = {s.name: set(s.tag_ids) for s in self.supervisors}
+            changed = [
+                name
+                for name in mapping.sources
+                if {t.id for t in source_tags(mapping, name, served)} != current.get(name, set())
+            ]
+            if not changed:
+                return []
+            built = await asyncio.to_thread(self._sources, mapping, changed)
+            await self.tasks.cancel_named(*(f"source:{n}" for n in changed))
+            self.supervisors[:] = [s for s in self.supervisors if s.name not in changed]
+            self.source_jobs[:] = [j for j in self.source_jobs if j[0][7:] not in changed]
+            for name, supervisor in built.items():
+                if supervisor is None:
+                    continue
+                self.supervisors.append(supervisor)
+                job: Job = (f"source:{name}", supervisor.run)
+                self.source_jobs.append(job)
+                self.tasks.spawn(job[0], job[1]())
+            log.info("sources_resharded", sources=changed, assets=len(served))
+            return changed
 
     async def reload(self) -> ReloadSummary:
         async with self._lock:
@@ -472,7 +520,10 @@ class Reloader:
         self, mapping: Mapping, names: Sequence[str]
     ) -> dict[str, SourceSupervisor | None]:
         """New supervisors (connectors' constructors do no I/O and need no running loop)."""
-        return {name: source_supervisor(mapping, name, self.queue, self.table) for name in names}
+        return {
+            name: source_supervisor(mapping, name, self.queue, self.table, self.served)
+            for name in names
+        }
 
     async def _record(self, rows: Sequence[CandidateComparison]) -> None:
         await asyncio.to_thread(self.registry.add_comparisons, [stored_comparison(c) for c in rows])

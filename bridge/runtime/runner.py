@@ -29,6 +29,7 @@ import structlog
 from bridge.config.resolved import ResolvedModel
 from bridge.errors import BridgeError, InferenceError
 from bridge.features.vector import AssetRow, FeatureBatch, WindowedTag, build_batch
+from bridge.fleet.shard import Shard
 from bridge.inference.model import BatchResult, LoadedModel
 from bridge.lifecycle.deployment import Deployment, Served
 from bridge.lifecycle.shadow import CandidateComparison, agrees, value_text
@@ -121,7 +122,12 @@ class ModelRunner:
     refusals: int = 0
     deployment: Deployment = field(init=False)
     stats: dict[str, VersionStats] = field(default_factory=dict)
+    # Fleet: the assets this gateway serves and their fencing tokens (None: every asset).
+    # A period model then ticks on the wall clock's multiples of ``period_s``, as every
+    # gateway of the fleet does: an asset that changes hands gets one prediction per period.
+    shard: Shard | None = None
     _seq: dict[str, int] = field(default_factory=dict)
+    _fences: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.deployment = Deployment(
@@ -173,6 +179,9 @@ class ModelRunner:
             return
         period = self.model.period_s
         next_at = time.monotonic()
+        if self.shard is not None:
+            next_at += period - self.wall_clock() % period
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         while True:
             await self._safe_tick(None)
             next_at += period
@@ -212,6 +221,12 @@ class ModelRunner:
     async def tick(self, assets: Sequence[str] | None = None) -> list[Prediction]:
         """One run over ``assets`` (default: all the model's assets)."""
         deployment = self.deployment  # one deployment for the whole tick
+        if self.shard is not None:
+            # Only the assets whose leases this gateway holds now, each with its token.
+            self._fences = fences = self.shard.fences()
+            assets = [a for a in (self.model.assets if assets is None else assets) if a in fences]
+            if not assets:
+                return []
         now = self.wall_clock()  # prediction time, for people and the store
         batch = build_batch(self.model, self.lookup, self.monotonic_clock(), assets)
         predictions = [self._blocked(row, now, deployment.active) for row in batch.blocked]
@@ -466,4 +481,5 @@ class ModelRunner:
             input_age_s=row.input_age_s,
             inputs=row.inputs,
             reason=row.reason,
+            fence=self._fences.get(row.asset) if self.shard is not None else None,
         )

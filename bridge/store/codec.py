@@ -155,6 +155,7 @@ def prediction_to_values(p: Prediction) -> dict[str, Any]:
         "inputs_json": inputs_to_json(p.inputs),
         "explanation_json": explanation_to_json(p.explanation),
         "drift_score": p.drift_score,
+        "fence": p.fence,
     }
 
 
@@ -177,6 +178,7 @@ PREDICTION_COLUMNS = (
     "explanation_json",
     "drift_score",
     "mapping_revision",
+    "fence",
 )
 
 
@@ -203,6 +205,7 @@ def prediction_row(p: Prediction, mapping_revision: str | None) -> tuple[Any, ..
         None if p.explanation is None else explanation_to_json(p.explanation),
         p.drift_score,
         mapping_revision,
+        p.fence,
     )
 
 
@@ -224,4 +227,5 @@ def prediction_from_row(row: PredictionRow) -> Prediction:
         reason=row.reason or "",
         explanation=explanation_from_json(row.explanation_json),
         drift_score=row.drift_score,
+        fence=row.fence,
     )

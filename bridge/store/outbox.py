@@ -222,15 +222,24 @@ _ENQUEUE_COLUMNS = (
     "first_failed_at",
     "claimed_by",
     "lease_until",
+    "fence",
 )
 
 
-def enqueue(session: Session, destination: str, rows: Sequence[tuple[str, str, str]]) -> int:
+def enqueue(
+    session: Session,
+    destination: str,
+    rows: Sequence[tuple[str, str, str]],
+    fences: Mapping[str, int] | None = None,
+) -> int:
     """Add ``(asset, event_id, body)`` rows, oldest first, inside the caller's transaction.
+    ``fences`` gives the fencing token of an event's prediction (event id -> lease generation)
+    in a fleet.
 
     No limit here: the caller (``bridge.outbox.feed``) decided which rows fit its budget.
     Returns how many rows were added.
     """
+    fence = (fences or {}).get
     if not rows:
         return 0
     now = time.time()
@@ -241,7 +250,7 @@ def enqueue(session: Session, destination: str, rows: Sequence[tuple[str, str, s
         _OUTBOX,
         _ENQUEUE_COLUMNS,
         [
-            (destination, asset, event_id, body, now, 0, 0.0, "", 0, 0.0, "", 0.0)
+            (destination, asset, event_id, body, now, 0, 0.0, "", 0, 0.0, "", 0.0, fence(event_id))
             for asset, event_id, body in rows
         ],
     )

@@ -78,7 +78,7 @@ class StoreSink(QueuedWriter[Prediction]):
             queue_size=queue_size,
             drain_timeout_s=drain_timeout_s,
             max_backoff_s=max_backoff_s,
-            counters=("written", "batches"),
+            counters=("written", "batches", "fenced"),
         )
         # Outbox rows of durable destinations go in the same transaction as their predictions;
         # the feeds count, and report a full outbox, themselves (``bridge.outbox.feed``).
@@ -99,6 +99,11 @@ class StoreSink(QueuedWriter[Prediction]):
         """Batches written from now on fill these destinations' outboxes (a mapping reload
         added or removed destinations; a batch already in its transaction keeps the old ones)."""
         self._outbox = tuple(outbox)
+
+    def fence(self) -> None:
+        """Fleet: from now on a prediction whose asset's lease changed hands since it was made
+        is refused by the store (counted as ``fenced``, never stored, never sent)."""
+        self._repo.fenced = True
 
     def set_mapping_revision(self, revision: str) -> None:
         """Rows written from now on carry ``revision`` (a reloaded mapping)."""
@@ -169,18 +174,29 @@ class StoreSink(QueuedWriter[Prediction]):
         started = time.monotonic()
         job = asyncio.ensure_future(asyncio.to_thread(self._repo.add_many, items, self._outbox))
         try:
-            await asyncio.shield(job)
+            refused = await asyncio.shield(job)
         except asyncio.CancelledError:
             # Stopping: the thread cannot be cancelled and may still commit. Its outcome says
             # whether these rows are stored or must be counted as lost.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(job, _SETTLE_TIMEOUT_S)
-                self._committed(items)
+                refused = await asyncio.wait_for(job, _SETTLE_TIMEOUT_S)
+                self._committed(items, refused)
             raise
         self.write_latency.observe(time.monotonic() - started)
-        self._committed(items)
+        self._committed(items, refused)
 
-    def _committed(self, items: Sequence[Prediction]) -> None:
-        self.counters["written"] += len(items)
+    def _committed(self, items: Sequence[Prediction], refused: int = 0) -> None:
+        if refused:
+            # Not a loss: another gateway serves these assets now and publishes for them.
+            self.counters["fenced"] += refused
+            stale = self._repo.refused
+            log.warning(
+                "store_refused_stale_predictions",
+                refused=refused,
+                refused_total=self.counters["fenced"],
+                assets=sorted({p.asset for p in stale})[:20],
+                reason="their assets' leases changed hands since they were made",
+            )
+        self.counters["written"] += len(items) - refused
         self.counters["batches"] += 1
         self._settled(items)

@@ -6,8 +6,10 @@ from sqlalchemy import BigInteger, Double, Index, Integer, String, Text, UniqueC
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AssetLeaseRow",
     "Base",
     "DeadLetterRow",
+    "FleetMemberRow",
     "OutboxAcceptedRow",
     "OutboxRow",
     "PredictionRow",
@@ -53,6 +55,9 @@ class PredictionRow(Base):
     mapping_revision: Mapped[str | None] = mapped_column(String(64))
     explanation_json: Mapped[str | None] = mapped_column(Text)
     drift_score: Mapped[float | None] = mapped_column(Double)
+    # The asset's lease generation in a fleet (revision 0012): the fencing token it was
+    # made under; None outside a fleet.
+    fence: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class PredictionSequenceRow(Base):
@@ -97,6 +102,8 @@ class OutboxRow(Base):
     # a claim commits its lease at once instead of holding a transaction open while it sends.
     claimed_by: Mapped[str] = mapped_column(String(200), default="", server_default="")
     lease_until: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
+    # The fencing token of the prediction the event came from (revision 0012; None: no fleet).
+    fence: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class OutboxAcceptedRow(Base):
@@ -126,3 +133,33 @@ class DeadLetterRow(Base):
     failed_at: Mapped[float] = mapped_column(Double)
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class FleetMemberRow(Base):
+    """A gateway of a fleet (revision 0012): alive while ``expires_at`` (database clock, epoch
+    seconds) is ahead; each heartbeat moves it on."""
+
+    __tablename__ = "fleet_members"
+
+    gateway_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    boot_id: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[float] = mapped_column(Double)
+    heartbeat_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double)
+    assets: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AssetLeaseRow(Base):
+    """Which gateway serves an asset (revision 0012). ``generation`` goes up by one each time
+    the asset changes hands: it is the fencing token written with the holder's predictions.
+    ``claimed_by`` names the gateway the rendezvous hash gives the asset to, while another
+    still holds it: the holder hands it over at its next heartbeat."""
+
+    __tablename__ = "fleet_leases"
+
+    asset: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), default="")
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires_at: Mapped[float] = mapped_column(Double, default=0.0)
+    claimed_by: Mapped[str] = mapped_column(String(200), default="")
+    taken_at: Mapped[float] = mapped_column(Double, default=0.0)

@@ -97,6 +97,10 @@ CHUNK = 100
 
 
 class PredictionServer:
+    # In a fleet the HMI server shows every asset: the gateway hands it the predictions of the
+    # assets other gateways serve too (read back from the store: bridge.fleet.mirror).
+    shows_fleet = True
+
     def __init__(self, name: str, settings: OpcUaServerSettings, context: SinkContext) -> None:
         self.name = name
         self._settings = settings

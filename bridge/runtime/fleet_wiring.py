@@ -1,0 +1,118 @@
+"""A gateway's part in a fleet (``gateway.fleet``): the lease heartbeat, the sources following
+the assets it serves, the model runners' fencing tokens, the store's fencing check and the HMI
+mirror of the other gateways' assets. Built only when the mapping enables the fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from bridge.config.resolved import Mapping
+from bridge.fleet.leases import FleetLeases
+from bridge.fleet.mirror import FleetMirror
+from bridge.fleet.shard import Shard
+from bridge.runtime.fanout import PredictionFanout
+from bridge.runtime.reload import Reloader
+from bridge.runtime.runner import ModelRunner
+from bridge.store.db import Store
+from bridge.store.leases import LeaseRepository
+from bridge.store.recent import RecentPredictions
+from bridge.store.sink import StoreSink
+from bridge.types import Sink
+
+__all__ = ["Fleet", "Resharder", "build_fleet"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Resharder:
+    """Restarts the sources over the tags of the assets served, whenever that set changes.
+    Changes that arrive while one is applied are applied once, after it, as the latest set."""
+
+    reloader: Reloader
+    leases: FleetLeases
+    name: str = "fleet-sources"
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _again: bool = field(default=False, init=False)
+
+    def __call__(self) -> None:
+        if not self.reloader.running:
+            self.reloader.prepare_shard(self.leases.listening)  # the sources stage starts them
+            return
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._apply(), name="fleet:reshard")
+        else:
+            self._again = True
+
+    async def _apply(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self.reloader.reshard(self.leases.listening)
+            except Exception:  # a failed restart must not end the heartbeat: next change
+                log.exception("sources_reshard_failed")
+            if not self._again:
+                return
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+@dataclass
+class Fleet:
+    leases: FleetLeases
+    mirror: FleetMirror
+    resharder: Resharder
+
+
+def build_fleet(
+    mapping: Mapping,
+    store: Store,
+    boot_id: str,
+    runners: Sequence[ModelRunner],
+    store_sink: StoreSink,
+    reloader: Reloader,
+    fanout: PredictionFanout,
+    live_sinks: Callable[[], Sequence[Sink]],
+) -> Fleet:
+    settings = mapping.gateway.fleet
+    shard = Shard()
+    # A claimant listens this long before it claims: its windows are warm when it takes over.
+    warm_s = max((m.min_window_s for m in mapping.models.values()), default=0.0) + 1.0
+    leases = FleetLeases(
+        LeaseRepository(store),
+        mapping.gateway.id,
+        boot_id,
+        list(mapping.assets),
+        settings,
+        shard,
+        warm_s=warm_s,
+    )
+    store_sink.fence()
+    for runner in runners:
+        runner.shard = shard
+    reloader.runner_hooks.append(lambda r: setattr(r, "shard", shard))
+    reloader.applied_hooks.append(lambda p: leases.follow(list(p.mapping.assets)))
+    # No source reads anything until the first heartbeat said which assets are this gateway's.
+    reloader.prepare_shard(frozenset())
+    resharder = Resharder(reloader, leases)
+    leases.listeners.append(resharder)
+    mirror = FleetMirror(
+        RecentPredictions(store),
+        live_sinks,
+        lambda: leases.served,
+        fanout.latest,
+        settings.mirror_s,
+    )
+    return Fleet(leases, mirror, resharder)
