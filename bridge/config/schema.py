@@ -12,7 +12,8 @@ Two places where the schema says more than the pydantic models would on their ow
   the schemas" instead of naming the key.
 - A number or boolean may be written as a ``${NAME}`` placeholder: the loader substitutes the
   environment first and pydantic reads the text as the number (``port: "${API_PORT:-8000}"``),
-  so the schema must not flag what ``bridge validate`` accepts.
+  so the schema must not flag what ``bridge validate`` accepts. So may a string that must
+  match a pattern (``id: ${BRIDGE_GATEWAY_ID}``: each gateway of a fleet its own id).
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class _MappingSchema(GenerateJsonSchema):
 
     def bool_schema(self, schema: core_schema.BoolSchema) -> JsonSchemaValue:
         return _or_placeholder(super().bool_schema(schema))
+
+    def str_schema(self, schema: core_schema.StringSchema) -> JsonSchemaValue:
+        out = super().str_schema(schema)
+        return _or_placeholder(out) if "pattern" in out else out
 
 
 def _or_placeholder(schema: JsonSchemaValue) -> JsonSchemaValue:

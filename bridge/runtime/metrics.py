@@ -129,6 +129,7 @@ class GatewayCollector(Collector):
         yield from self._outbox()
         healths = self.health()
         yield from self._components(healths)
+        yield from self._fleet(healths)
         yield from self._store(healths)
         yield from self._store_figures()
 
@@ -152,12 +153,19 @@ class GatewayCollector(Collector):
             "Failed connection attempts and connections lost.",
             labels=labels,
         )
+        tags = GaugeMetricFamily(
+            "bridge_source_tags",
+            "Tags the source reads (in a fleet, those of the assets this gateway serves or is "
+            "about to take).",
+            labels=labels,
+        )
         for s in self.supervisors:
             up.add_metric([s.name, s.kind], 1 if s.state == "connected" else 0)
+            tags.add_metric([s.name], len(s.tag_ids))
             updates.add_metric([s.name], s.samples)
             reconnects.add_metric([s.name], max(0, s.connects - 1))
             failures.add_metric([s.name], s.failures)
-        yield from (up, updates, reconnects, failures)
+        yield from (up, updates, reconnects, failures, tags)
 
     def _by_source(self) -> dict[str, list[TagEntry]]:
         """The table's entries grouped by source, regrouped only when the entries change."""
@@ -292,6 +300,33 @@ class GatewayCollector(Collector):
                     dropped.add_metric([h.name], h.counters["dropped"])
         yield from (state, depth, dropped)
 
+    def _fleet(self, healths: Sequence[ComponentHealth]) -> Iterator[Metric]:
+        fleet = next((h for h in healths if h.name == "fleet"), None)
+        if fleet is None:
+            return
+        c = fleet.counters
+        gauges = {
+            "members": ("bridge_fleet_members", "Live gateways of the fleet (this one included)."),
+            "serving": ("bridge_fleet_assets_served", "Assets whose leases this gateway holds."),
+            "claiming": (
+                "bridge_fleet_assets_claiming",
+                "Assets this gateway claimed that another gateway still serves (a hand-over).",
+            ),
+        }
+        counters = {
+            "taken": ("bridge_fleet_assets_taken", "Leases taken (free or a dead gateway's)."),
+            "handed_over": ("bridge_fleet_assets_handed_over", "Leases handed to a claimant."),
+            "beat_failures": ("bridge_fleet_heartbeat_failures", "Heartbeats that failed."),
+            "expired": (
+                "bridge_fleet_lease_expiries",
+                "Times this gateway stopped publishing because it could not renew in time.",
+            ),
+        }
+        for key, (name, doc) in gauges.items():
+            yield GaugeMetricFamily(name, doc, value=c.get(key, 0))
+        for key, (name, doc) in counters.items():
+            yield CounterMetricFamily(name, doc, value=c.get(key, 0))
+
     def _store(self, healths: Sequence[ComponentHealth]) -> Iterator[Metric]:
         c = self.store_sink.counters
         yield CounterMetricFamily(
@@ -301,6 +336,11 @@ class GatewayCollector(Collector):
             "bridge_store_predictions_dropped",
             "Predictions the store writer could not keep (each raised an alert).",
             value=c["dropped"],
+        )
+        yield CounterMetricFamily(
+            "bridge_store_predictions_fenced",
+            "Predictions refused because their asset's lease changed hands (fleet).",
+            value=c["fenced"],
         )
         yield _histogram(
             "bridge_store_write_duration_seconds",

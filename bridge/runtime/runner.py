@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -47,6 +48,10 @@ log = structlog.get_logger(__name__)
 PREDICTION_NS = uuid.UUID("6f1b2a3e-8c1d-5e0f-9a7b-2c4d6e8f0a1b")
 
 Value = str | float | None
+# Fleet ticks start this long after the period's start on the wall clock (at most a 20th of
+# the period): far enough from the boundary that a slew of the clock does not move a tick
+# into the period before.
+_WALL_PHASE_S = 0.05
 
 
 def id_prefix(gateway_id: str, boot_id: str) -> hashlib._Hash:
@@ -177,11 +182,11 @@ class ModelRunner:
         if self.trigger is not None:
             await self._run_on_change(self.trigger)
             return
+        if self.shard is not None:
+            await self._run_on_the_wall_clock()
+            return
         period = self.model.period_s
         next_at = time.monotonic()
-        if self.shard is not None:
-            next_at += period - self.wall_clock() % period
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         while True:
             await self._safe_tick(None)
             next_at += period
@@ -191,6 +196,29 @@ class ModelRunner:
                 self.overruns += missed
                 next_at += missed * period
             await asyncio.sleep(next_at - now)
+
+    async def _run_on_the_wall_clock(self) -> None:
+        """Fleet: tick in period ``k`` of the wall clock at ``k * period_s`` plus a small
+        phase, as every gateway of the fleet does, each time from the wall clock (not by
+        adding periods on another clock): a prediction's timestamp then names its period
+        even when the clocks slew by a few milliseconds, and a hand-over between two ticks
+        gives the asset one prediction per period."""
+        period = self.model.period_s
+        phase = min(_WALL_PHASE_S, period / 20)
+        last: int | None = None
+        while True:
+            now = self.wall_clock()
+            slot = math.floor(now / period)
+            start = slot * period + phase
+            if slot == last:  # ticked in this period already: the next one
+                start += period
+            if now < start:  # woken early (timer resolution) or not yet: look again then
+                await asyncio.sleep(start - now)
+                continue
+            if last is not None and slot > last + 1:  # ticks missed: not made up for
+                self.overruns += slot - last - 1
+            last = slot
+            await self._safe_tick(None)
 
     async def _run_on_change(self, trigger: ChangeTrigger) -> None:
         """Wait for a change (an event, no polling), wait out the minimum interval, run over

@@ -93,6 +93,15 @@ def test_numbers_may_be_environment_placeholders() -> None:
     assert [where for where, _ in _errors(word)] == ["sources.plant.publishing_interval_ms"]
 
 
+def test_a_patterned_string_may_be_an_environment_placeholder() -> None:
+    """Each gateway of a fleet runs the same mapping with its own ``id`` from the environment."""
+    mapping = copy.deepcopy(DEMO)
+    mapping["gateway"]["id"] = "${BRIDGE_GATEWAY_ID}"
+    assert _errors(mapping) == []
+    mapping["gateway"]["id"] = "9 gateways"
+    assert [where for where, _ in _errors(mapping)] == ["gateway.id"]
+
+
 def test_entry_names_the_loader_refuses_are_flagged() -> None:
     mapping = copy.deepcopy(DEMO)
     mapping["outputs"]["mes 2"] = mapping["outputs"]["mes"]
