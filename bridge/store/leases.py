@@ -241,28 +241,13 @@ class LeaseRepository:
         until: float,
         live: tuple[str, ...],
     ) -> list[str]:
-        taken: list[str] = []
-        for part in _chunks(assets):
-            result = s.execute(
-                update(AssetLeaseRow)
-                .where(
-                    AssetLeaseRow.asset.in_(part),
-                    (AssetLeaseRow.holder == "")
-                    | (AssetLeaseRow.holder == me)
-                    | (AssetLeaseRow.expires_at <= now)
-                    | AssetLeaseRow.holder.not_in(live),
-                )
-                .values(
-                    holder=me,
-                    generation=AssetLeaseRow.generation + 1,
-                    expires_at=until,
-                    claimed_by="",
-                    taken_at=now,
-                )
-                .returning(AssetLeaseRow.asset)
-            )
-            taken.extend(result.scalars())
-        return taken
+        free = (
+            (AssetLeaseRow.holder == "")
+            | (AssetLeaseRow.holder == me)
+            | (AssetLeaseRow.expires_at <= now)
+            | AssetLeaseRow.holder.not_in(live)
+        )
+        return _change_hands(s, assets, [free], me, now, until)
 
     @staticmethod
     def _hand_over(
@@ -273,27 +258,12 @@ class LeaseRepository:
         until: float,
         live: tuple[str, ...],
     ) -> list[str]:
-        given: list[str] = []
-        for part in _chunks(assets):
-            result = s.execute(
-                update(AssetLeaseRow)
-                .where(
-                    AssetLeaseRow.asset.in_(part),
-                    AssetLeaseRow.holder == me,
-                    AssetLeaseRow.claimed_by.in_(live),
-                    AssetLeaseRow.claimed_by != me,
-                )
-                .values(
-                    holder=AssetLeaseRow.claimed_by,
-                    generation=AssetLeaseRow.generation + 1,
-                    expires_at=until,
-                    claimed_by="",
-                    taken_at=now,
-                )
-                .returning(AssetLeaseRow.asset)
-            )
-            given.extend(result.scalars())
-        return given
+        claimed = [
+            AssetLeaseRow.holder == me,
+            AssetLeaseRow.claimed_by.in_(live),
+            AssetLeaseRow.claimed_by != me,
+        ]
+        return _change_hands(s, assets, claimed, AssetLeaseRow.claimed_by, now, until)
 
     def leave(self, gateway_id: str) -> int:
         """A gateway that stops gives up its leases and its membership: the others take its
@@ -356,6 +326,34 @@ class LeaseRepository:
                 return {h: int(n) for h, n in s.execute(stmt)}
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot count the fleet's leases: {exc}") from exc
+
+
+def _change_hands(
+    s: Session,
+    assets: Sequence[str],
+    where: list[Any],
+    holder: Any,
+    now: float,
+    until: float,
+) -> list[str]:
+    """Give ``holder`` (a name or a column) the leases of ``assets`` that meet ``where``, each
+    with the next generation; returns the assets that changed hands."""
+    changed: list[str] = []
+    for part in _chunks(assets):
+        result = s.execute(
+            update(AssetLeaseRow)
+            .where(AssetLeaseRow.asset.in_(part), *where)
+            .values(
+                holder=holder,
+                generation=AssetLeaseRow.generation + 1,
+                expires_at=until,
+                claimed_by="",
+                taken_at=now,
+            )
+            .returning(AssetLeaseRow.asset)
+        )
+        changed.extend(result.scalars())
+    return changed
 
 
 def refuse_stale(

@@ -4,17 +4,21 @@ that comes back, and the store refusing a stale writer's predictions."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from stores import BACKENDS, temp_store
 
 from bridge.fleet.hashing import owner, share
+from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store.db import Store
 from bridge.store.leases import Beat, LeaseRepository
 from bridge.store.repository import PredictionRepository
+from bridge.store.tables import OutboxRow
 from bridge.types import Prediction, Quality
 
 ASSETS = [f"pump-{i:03d}" for i in range(60)]
@@ -142,23 +146,46 @@ def test_the_store_refuses_predictions_whose_lease_changed_hands(store: Store) -
     _settle(repo, ("gw-a",), rounds=1)
     asset = ASSETS[0]
     generation = _holders(repo)[asset][1]
+    feed = OutboxFeed("mes", lambda p: json.dumps({"id": p.id}), Budget(100))
     writer = PredictionRepository(store, gateway_id="gw-a")
     writer.fenced = True
-    assert writer.add_many([_prediction(asset, 1, generation)]) == 0
+    assert writer.add_many([_prediction(asset, 1, generation)], [feed]) == 0
     # gw-a is cut off and its lease runs out; gw-b, alive, takes the asset.
     _keep_beating(repo, ("gw-b",), LEASE_S + 0.2)
     assert _holders(repo)[asset] == ("gw-b", generation + 1)
     # gw-a's queued prediction under the old token is refused; gw-b's is kept.
-    assert writer.add_many([_prediction(asset, 2, generation)]) == 1
+    assert writer.add_many([_prediction(asset, 2, generation)], [feed]) == 1
     assert [p.seq for p in writer.refused] == [2]
     other = PredictionRepository(store, gateway_id="gw-b")
     other.fenced = True
-    assert other.add_many([_prediction(asset, 3, generation + 1)]) == 0
+    assert other.add_many([_prediction(asset, 3, generation + 1)], [feed]) == 0
     stored = {p.seq: p.fence for p in _stored(store)}
     assert stored == {1: generation, 3: generation + 1}
+    # The outbox row of the kept prediction carries its fencing token; the refused one has none.
+    with store.sessions() as s:
+        rows = s.execute(select(OutboxRow.event_id, OutboxRow.fence)).all()
+    assert sorted((r.event_id, r.fence) for r in rows) == [
+        (_prediction(asset, 1, 0).id, generation),
+        (_prediction(asset, 3, 0).id, generation + 1),
+    ]
 
 
 def _stored(store: Store) -> list[Prediction]:
     from stores import stored_predictions
 
     return stored_predictions(store, limit=100)
+
+
+def test_a_joining_gateway_claims_nothing_until_its_windows_are_warm(store: Store) -> None:
+    repo = LeaseRepository(store)
+    _settle(repo, ("gw-a", "gw-b"))
+    before = _holders(repo)
+    cold = repo.beat(
+        "gw-c", "boot", ASSETS, LEASE_S, lambda m: share("gw-c", ASSETS, m), time.time(),
+        claimable=lambda asset: False,
+    )  # fmt: skip
+    mine = {a for a in ASSETS if owner(a, GATEWAYS) == "gw-c"}
+    assert set(cold.wanted) == mine and not cold.claimed and not cold.held
+    # The holders hand over nothing: gw-c has not claimed; they go on serving.
+    assert not _beat(repo, "gw-a").handed_over and not _beat(repo, "gw-b").handed_over
+    assert _holders(repo) == before
