@@ -89,6 +89,8 @@ class FleetLeases:
         self._task: asyncio.Task[None] | None = None
         self._beat_job: asyncio.Future[Beat] | None = None
         self._beat_started = 0.0
+        self._desired: set[str] = set()
+        self._desired_for: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self.counters = {
             "beats": 0,
             "beat_failures": 0,
@@ -100,7 +102,13 @@ class FleetLeases:
         self.last_error = ""
 
     def desired(self, members: tuple[str, ...]) -> set[str]:
-        return share(self.gateway_id, self.assets, members)
+        """This gateway's share among ``members`` (hashed again only when they or the assets
+        change: 2,000 assets cost ~6,000 hashes)."""
+        key = (members, self.assets)
+        if key != self._desired_for:
+            self._desired = share(self.gateway_id, self.assets, members)
+            self._desired_for = key
+        return self._desired
 
     def claimable(self, asset: str) -> bool:
         """Listened to long enough for its windows to be warm (called in the beat's thread;
