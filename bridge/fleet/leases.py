@@ -9,8 +9,9 @@ deadline is still watched every heartbeat.
 
 A gateway that joins (or comes back) hands over nothing and takes nothing at once: the assets
 the rendezvous hash gives it are still held by live gateways, which go on publishing. It first
-*listens*: its sources subscribe to those assets' tags, so their windows fill (``warm_s``, the
-longest ``min_window_s`` of the models, plus a second). Only then does it claim them; the
+*listens*: its sources subscribe to those assets' tags, so their windows fill. It claims an
+asset only once its windows are warm (``warm``: every model input of the asset has
+``min_window_s`` of history and a fresh sample; without that check, after ``warm_s``). The
 holder hands them over at its next beat, and meanwhile the claimant beats every
 ``CLAIM_POLL_S``, so it starts with warm windows and inside the model period of the hand-over.
 
@@ -68,6 +69,7 @@ class FleetLeases:
         shard: Shard | None = None,
         warm_s: float = 0.0,
         wall_clock: Callable[[], float] = time.time,
+        warm: Callable[[str], bool] | None = None,
     ) -> None:
         self.name = "fleet"
         self._repo = repo
@@ -80,6 +82,8 @@ class FleetLeases:
         self.members: tuple[str, ...] = ()
         self.claiming: tuple[str, ...] = ()
         self.warm_s = warm_s
+        self._warm = warm
+        self._claimable: frozenset[str] = frozenset()
         self._wall = wall_clock
         self._started_at = wall_clock()
         self._served: frozenset[str] = frozenset()
@@ -111,10 +115,15 @@ class FleetLeases:
         return self._desired
 
     def claimable(self, asset: str) -> bool:
-        """Listened to long enough for its windows to be warm (called in the beat's thread;
-        a read of a dict the loop replaces whole)."""
-        since = self._wanted_since.get(asset)
-        return since is not None and time.monotonic() - since >= self.warm_s
+        """Its windows are warm (decided on the event loop before the beat, which calls this
+        in its thread)."""
+        return asset in self._claimable
+
+    def _warm_now(self) -> frozenset[str]:
+        now = time.monotonic()
+        if self._warm is not None:
+            return frozenset(a for a in self._wanted_since if self._warm(a))
+        return frozenset(a for a, t in self._wanted_since.items() if now - t >= self.warm_s)
 
     def follow(self, assets: Sequence[str]) -> None:
         """The mapping's assets changed (a reload): the next beat leases the new list."""
@@ -159,6 +168,7 @@ class FleetLeases:
     async def _beat_once(self) -> None:
         job = self._beat_job
         if job is None or job.done():
+            self._claimable = self._warm_now()
             self._beat_started = time.monotonic()
             job = self._beat_job = asyncio.ensure_future(
                 asyncio.to_thread(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,13 +19,14 @@ from bridge.fleet.shard import Shard
 from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.reload import Reloader
 from bridge.runtime.runner import ModelRunner
+from bridge.runtime.tagtable import TagTable
 from bridge.store.db import Store
 from bridge.store.leases import LeaseRepository
 from bridge.store.recent import RecentPredictions
 from bridge.store.sink import StoreSink
 from bridge.types import Sink
 
-__all__ = ["Fleet", "Resharder", "build_fleet"]
+__all__ = ["Fleet", "Resharder", "build_fleet", "windows_warm"]
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +71,32 @@ class Resharder:
                 await self._task
 
 
+def windows_warm(
+    mapping: Callable[[], Mapping], table: TagTable, clock: Callable[[], float] = time.monotonic
+) -> Callable[[str], bool]:
+    """Whether an asset's windows would give its models a Good row now: every input of every
+    model serving it has ``min_window_s`` of history and a sample younger than its max age. A
+    gateway claims an asset from another only then (``FleetLeases``)."""
+
+    def warm(asset: str) -> bool:
+        now = clock()
+        for model in mapping().models.values():
+            if asset not in model.assets:
+                continue
+            for feature in model.features:
+                entry = table.entries.get(f"{asset}.{feature.tag}")
+                if entry is None or entry.ring is None or entry.updated_mono is None:
+                    return False
+                oldest = entry.ring.oldest()
+                if oldest is None or now - oldest < model.min_window_s:
+                    return False
+                if now - entry.updated_mono > entry.tag.max_age_s:
+                    return False
+        return True
+
+    return warm
+
+
 @dataclass
 class Fleet:
     leases: FleetLeases
@@ -88,8 +116,6 @@ def build_fleet(
 ) -> Fleet:
     settings = mapping.gateway.fleet
     shard = Shard()
-    # A claimant listens this long before it claims: its windows are warm when it takes over.
-    warm_s = max((m.min_window_s for m in mapping.models.values()), default=0.0) + 1.0
     leases = FleetLeases(
         LeaseRepository(store),
         mapping.gateway.id,
@@ -97,7 +123,7 @@ def build_fleet(
         list(mapping.assets),
         settings,
         shard,
-        warm_s=warm_s,
+        warm=windows_warm(lambda: reloader.prepared.mapping, reloader.table),
     )
     store_sink.fence()
     for runner in runners:

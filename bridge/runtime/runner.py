@@ -205,7 +205,9 @@ class ModelRunner:
         gives the asset one prediction per period."""
         period = self.model.period_s
         phase = min(_WALL_PHASE_S, period / 20)
-        last: int | None = None
+        # Not in the period under way: another gateway may have ticked in it for an asset
+        # this one is handed in it.
+        last: int | None = math.floor(self.wall_clock() / period)
         while True:
             now = self.wall_clock()
             slot = math.floor(now / period)
