@@ -64,8 +64,9 @@ async def test_store_writer_restarts_after_a_crash_and_commits_later_items(
     real = PredictionRepository.add_many
     faulty = Faulty(real, 2, RuntimeError("a bug in the writer"))
 
-    def add_many(self: PredictionRepository, batch: Sequence[Prediction], *rest: Any) -> None:
-        faulty(self, batch, *rest)
+    def add_many(self: PredictionRepository, batch: Sequence[Prediction], *rest: Any) -> int:
+        refused: int = faulty(self, batch, *rest)  # how many the fencing check refused
+        return refused
 
     monkeypatch.setattr(PredictionRepository, "add_many", add_many)
     sink = StoreSink(store, batch_size=5, max_backoff_s=0.05)
@@ -90,7 +91,7 @@ async def test_store_writer_restarts_after_a_crash_and_commits_later_items(
 async def test_store_writer_that_keeps_failing_is_degraded_with_its_last_error(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def add_many(self: PredictionRepository, *args: Any) -> None:
+    def add_many(self: PredictionRepository, *args: Any) -> int:
         raise ValueError("cannot encode this row")
 
     monkeypatch.setattr(PredictionRepository, "add_many", add_many)
