@@ -33,12 +33,12 @@ their next beat instead of after ``lease_s``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 
 import structlog
 
+from bridge.cancel import cancel_and_wait
 from bridge.config.spec import FleetSettings
 from bridge.errors import BridgeError
 from bridge.store.leases import Beat, LeaseRepository
@@ -138,9 +138,7 @@ class FleetLeases:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         self.shard.clear()
         self._wanted_since = {}

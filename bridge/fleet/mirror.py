@@ -15,11 +15,11 @@ model) only the newest prediction is shown; an older or repeated one is skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Collection, MutableMapping, Sequence
 
 import structlog
 
+from bridge.cancel import cancel_and_wait
 from bridge.errors import BridgeError
 from bridge.store.recent import RecentPredictions
 from bridge.types import ComponentHealth, HealthState, Prediction, Sink
@@ -74,9 +74,7 @@ class FleetMirror:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

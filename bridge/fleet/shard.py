@@ -41,6 +41,3 @@ class Shard:
 
     def assets(self) -> frozenset[str]:
         return frozenset(self.fences())
-
-    def fence(self, asset: str) -> int | None:
-        return self.fences().get(asset)

@@ -5,13 +5,13 @@ mirror of the other gateways' assets. Built only when the mapping enables the fl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
+from bridge.cancel import cancel_and_wait
 from bridge.config.resolved import Mapping
 from bridge.fleet.leases import FleetLeases
 from bridge.fleet.mirror import FleetMirror
@@ -66,9 +66,7 @@ class Resharder:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
 
 def windows_warm(
