@@ -41,10 +41,12 @@ class DemoPorts:
 
     def env(self, workdir: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """``base`` (the process environment by default) with the ports the simulators really
-        listen on; BRIDGE_DEMO_STORE is kept when set, else the store is in ``workdir``."""
+        listen on; BRIDGE_DEMO_STORE (and BRIDGE_DEMO_AUDIT_KEY) are kept when set, else the
+        store (and the audit ledger's key) are in ``workdir``."""
         env = dict(os.environ if base is None else base)
         env.update({_variable(name): str(port) for name, port in self.items()})
         env.setdefault("BRIDGE_DEMO_STORE", f"sqlite:///{workdir.resolve() / 'bridge.db'}")
+        env.setdefault("BRIDGE_DEMO_AUDIT_KEY", str(workdir.resolve() / "audit-ed25519.pem"))
         return env
 
     def items(self) -> list[tuple[str, int]]:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from bridge.auth import Scope
 from bridge.errors import ConfigError
 
-from .auth import secured
+from .auth import checked_key, secured
 from .deps import Services
 from .problems import PROBLEM_MEDIA_TYPE, problem
 from .reloadable import ReloadUnavailable
@@ -61,7 +61,8 @@ def build_reload_router() -> APIRouter:
         if reloader is None:
             return problem(409, "this API is not served by a running gateway", request.url.path)
         try:
-            done = await reloader.reload()
+            key = checked_key(request)
+            done = await reloader.reload("system" if key is None else f"key:{key.key_id}")
         except ConfigError as err:
             errors = [str(issue) for issue in err.issues]
             body = {

@@ -28,7 +28,7 @@ class ReloadUnavailable(Exception):
 
 
 class MappingReloader(Protocol):
-    async def reload(self) -> ReloadSummary:
+    async def reload(self, actor: str = "system") -> ReloadSummary:
         """Read the mapping file again and apply it; raise ``bridge.errors.ConfigError`` (the
         running mapping stays) or ``ReloadUnavailable``."""
         ...

@@ -486,6 +486,40 @@ class FleetSettings(Strict):
         return self
 
 
+class AuditSettings(Strict):
+    enabled: bool = Field(
+        True,
+        description="Keep the audit ledger: every change (mapping, models, API keys, settings) "
+        "and every human decision (acknowledge, confirm, reject) is an entry of a hash chain "
+        "in the store, verified with `bridge audit verify` (docs/governance.md).",
+    )
+    signing_key: str = Field(
+        "var/audit-ed25519.pem",
+        description="Ed25519 private key (PEM, relative to this mapping file) that signs the "
+        "ledger's checkpoints, so a chain cut short shows. Made (0600, with its public half "
+        "next to it as .pub) when it does not exist; in a fleet every gateway has its own.",
+    )
+    checkpoint_s: float = Field(
+        60.0,
+        ge=1,
+        le=86400,
+        description="How often the gateway signs a checkpoint of the chain's end when entries "
+        "were added since the last one (and once when it stops).",
+    )
+    mirror: str | None = Field(
+        None,
+        description="Also append every entry and checkpoint to this JSON-lines file (relative "
+        "to this mapping file), e.g. on another disk or a write-once share; it verifies on "
+        "its own with `bridge audit verify FILE`.",
+    )
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="Public keys (PEM files, relative to this mapping file) of the other "
+        "gateways of a fleet whose checkpoints `bridge audit verify` accepts, besides this "
+        "gateway's own.",
+    )
+
+
 class GatewaySettings(Strict):
     id: Name = Field(
         "bridge", description="This gateway's id; part of every event's idempotency key."
@@ -533,6 +567,10 @@ class GatewaySettings(Strict):
         default_factory=FleetSettings,
         description="Several gateways on one store, sharing the assets and taking over "
         "a dead gateway's.",
+    )
+    audit: AuditSettings = Field(
+        default_factory=AuditSettings,
+        description="The tamper-evident audit ledger of changes and decisions.",
     )
     default_max_age_s: float = Field(
         10.0,

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from bridge.api.view import ModelInfo
+from bridge.audit.ledger import AuditLedger, open_ledger
 from bridge.cancel import cancel_and_wait
 from bridge.config.resolved import Mapping
 from bridge.config.spec import CollectorSettings
@@ -45,6 +46,8 @@ from bridge.runtime.tagtable import TagTable
 from bridge.runtime.tasks import TaskSet
 from bridge.runtime.view import RuntimeView
 from bridge.store.alerts import AlertRepository
+from bridge.store.audit import AuditRepository
+from bridge.store.auditchain import NewAuditEntry
 from bridge.store.db import Store, open_store
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
@@ -87,6 +90,10 @@ class Gateway:
     metrics_server: ApiServer | None = None
     collector: CollectorSettings = field(default_factory=CollectorSettings)
     fleet: Fleet | None = None
+    # The audit ledger's writer (checkpoints, mirror); None when gateway.audit is off.
+    audit: AuditLedger | None = None
+    revision: str = ""
+    mapping_name: str = ""
 
     async def run(self, stop: asyncio.Event, *, reload_on_sighup: bool = False) -> None:
         """Run until ``stop`` is set; raise if a part of the gateway failed. Call it once.
@@ -122,12 +129,16 @@ class Gateway:
                 )
             if reload_on_sighup and self.reloader is not None:
                 _on_sighup(self.reloader, reloads)
+            await self._audit("gateway.started", {"revision": self.revision})
+            await self._audit("mapping.loaded", {"revision": self.revision}, self.mapping_name)
             self.started.set()
             await stop.wait()
         finally:
             if reload_on_sighup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             log.info("gateway_stopping", gateway=self.gateway_id)
+            if self.started.is_set():
+                await self._audit("gateway.stopped", {"revision": self.revision})
             if collector is not None:
                 await cancel_and_wait(collector)
             for stage in reversed(started):
@@ -141,6 +152,11 @@ class Gateway:
             )
         if self.tasks.failure is not None:
             raise self.tasks.failure
+
+    async def _audit(self, action: str, after: dict[str, str], mapping: str = "") -> None:
+        if self.audit is not None:
+            subject = f"mapping:{mapping}" if mapping else f"gateway:{self.gateway_id}"
+            await self.audit.record(NewAuditEntry("system", "system", action, subject, None, after))
 
 
 def _on_sighup(reloader: Reloader, running: set[asyncio.Task[None]]) -> None:
@@ -290,6 +306,10 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         lambda g: setattr(ops, "source_grace_s", g.probes.source_grace_s),
     ]
     probes.append(reloader.health)
+    audit = _audit_ledger(mapping, store)
+    if audit is not None:
+        reloader.audit = audit
+        probes.append(audit.health)
     reloader.runner_hooks.append(lambda r: r.observers.append(ops.collector.predictions.observe))
     reloader.applied_hooks.append(lambda p: setattr(ops.collector, "revision", p.mapping.revision))
     api = _api(mapping, view, store, live, insight, ops, reloader, metrics_on_api=address is None)
@@ -317,6 +337,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         Stage(
             "store",
             [
+                *([audit] if audit else []),
                 loss_alerts,
                 retention,
                 Hook("sequences", resume_sequences),
@@ -375,7 +396,17 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         metrics_server,
         mapping.gateway.collector,
         fleet,
+        audit,
+        mapping.revision,
+        mapping.path.name,
     )
+
+
+def _audit_ledger(mapping: Mapping, store: Store) -> AuditLedger | None:
+    settings = mapping.gateway.audit
+    if not settings.enabled:
+        return None
+    return open_ledger(settings, mapping.path.parent, AuditRepository(store, mapping.gateway.id))
 
 
 def _supervisors(

@@ -50,6 +50,7 @@ from pydantic import BaseModel
 
 from bridge.api.reloadable import ReloadSummary, ReloadUnavailable
 from bridge.api.view import ModelInfo
+from bridge.audit.ledger import AuditLedger
 from bridge.config.resolved import Mapping
 from bridge.config.spec import GatewaySettings
 from bridge.errors import BridgeError, ConfigError
@@ -65,6 +66,7 @@ from bridge.runtime.sources import SourceSupervisor
 from bridge.runtime.tagtable import TagTable
 from bridge.runtime.tasks import TaskSet
 from bridge.runtime.view import RuntimeView
+from bridge.store.auditchain import NewAuditEntry
 from bridge.store.registry import RegistryRepository
 from bridge.store.sequences import SequenceRepository
 from bridge.store.sink import StoreSink
@@ -277,6 +279,8 @@ class Reloader:
     gateway_hooks: list[Callable[[GatewaySettings], None]] = field(default_factory=list)
     # Fleet: the assets this gateway serves (None: all); sources read only their tags.
     served: frozenset[str] | None = None
+    # Every reload applied or refused is an entry of the audit ledger (None: no ledger).
+    audit: AuditLedger | None = None
     _stopped: bool = False
 
     @property
@@ -339,7 +343,9 @@ class Reloader:
             log.info("sources_resharded", sources=changed, assets=len(served))
             return changed
 
-    async def reload(self) -> ReloadSummary:
+    async def reload(self, actor: str = "system") -> ReloadSummary:
+        """``actor``: who asked (``key:<id>`` through the API; ``system`` for SIGHUP and the
+        file watch), for the audit ledger."""
         async with self._lock:
             if not self.running:
                 raise ReloadUnavailable("the gateway is starting or stopping; try again")
@@ -353,6 +359,13 @@ class Reloader:
                     mapping=str(path),
                     problems=[str(i) for i in err.issues],
                     running_revision=self.revision[:12],
+                )
+                await self._audit(
+                    actor,
+                    "mapping.refused",
+                    {"revision": self.revision},
+                    None,
+                    "; ".join(str(i) for i in err.issues)[:2000],
                 )
                 raise
             old = self.prepared
@@ -384,7 +397,22 @@ class Reloader:
                 restart_needed=summary.restart_needed,
                 outbox_kept=summary.outbox_kept,
             )
+            await self._audit(
+                actor,
+                "mapping.reloaded",
+                {"revision": summary.previous_revision},
+                {"revision": summary.revision, "changes": {k: list(v) for k, v in changes.items()}},
+                "",
+            )
             return summary
+
+    async def _audit(self, actor: str, action: str, before: Any, after: Any, reason: str) -> None:
+        if self.audit is None:
+            return
+        channel = "rest" if actor.startswith("key:") else "system"
+        subject = f"mapping:{self.prepared.mapping.path.name}"
+        entry = NewAuditEntry(actor, channel, action, subject, before, after, reason)
+        await self.audit.record(entry)
 
     async def reload_logged(self) -> None:
         """Reload for SIGHUP and the file watch: problems are logged, never raised."""
