@@ -31,8 +31,10 @@ that any layer can raise them; a subclass lives beside the code that knows its c
     │                                                     loading, switching, registry service
     ├── ModelFileRefused      bridge.lifecycle.files      a model file outside the models
     │                                                     directory, or not a regular file
-    ├── SignatureError        bridge.lifecycle.signature  a missing, malformed or mismatching
+    ├── SignatureError        bridge.ed25519              a missing, malformed or mismatching
     │                                                     Ed25519 key or signature
+    ├── AuditFileError        bridge.audit.exportfile     an audit file (export or mirror)
+    │                                                     that cannot be read as one
     ├── QuantizeError         bridge.lifecycle.quantize   a model that cannot be quantized, or
     │                                                     whose quantized copy leaves tolerance
     └── StoreError            bridge.errors               the SQL store failed: every

@@ -15,6 +15,7 @@ from bridge import plugins
 from bridge.config import Mapping, load_mapping
 from bridge.config.files import file_problems
 from bridge.config.resolved import ResolvedModel
+from bridge.config.signing import check_mapping_signature
 from bridge.errors import ConfigError, ConfigIssue, InferenceError
 from bridge.inference.fit import fit_problems, load_model_for
 from bridge.inference.model import LoadedModel, file_sha256
@@ -40,6 +41,7 @@ def prepare(
     ``running`` (a mapping reload) a model whose file, pin and outputs did not change keeps its
     loaded session: loading an ONNX file again holds the interpreter for seconds."""
     mapping = _load_for_life(path, env, placeholders)
+    check_mapping_signature(mapping.path, mapping.revision, env)
     unfilled = {k for keys in mapping.needs.values() for k in keys}
     issues = [i for i in connector_problems(mapping) if not _under(i.key, unfilled)]
     issues += file_problems(mapping, unfilled | {i.key for i in issues})

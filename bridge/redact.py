@@ -31,6 +31,11 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         netloc = f"{_HIDDEN}@{netloc.rpartition('@')[2]}"
     query = "&".join(_redact_pair(pair) for pair in parts.query.split("&")) if parts.query else ""
+    if not netloc and "://" in url:
+        # urlunsplit drops the "//" of an empty authority: sqlite:///x.db would become
+        # sqlite:/x.db, another URL.
+        rest = urlunsplit(("", "", parts.path, query, parts.fragment))
+        return f"{parts.scheme}://{rest}"
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from bridge.auth import Scope
@@ -18,7 +18,7 @@ from bridge.store.alerts import (
 )
 from bridge.store.apikeys import ApiKeyRecord
 
-from .auth import require, secured
+from .auth import audit_actor, require, secured
 from .deps import Alerts, Queries, Settings
 from .params import MAX_LIMIT, WIDE_RANGE, Since, Until, bounded_range
 from .timeparse import epoch_to_datetime
@@ -167,15 +167,20 @@ def build_alert_router() -> APIRouter:
         **secured(Scope.OPERATE, (400, "The body is not readable"), (409, "Already acknowledged")),
     )
     async def acknowledge(
+        request: Request,
         queries: Queries,
         repo: Alerts,
         key: Annotated[ApiKeyRecord, Depends(require(Scope.OPERATE))],
         alert_id: Annotated[int, Path(ge=1, le=MAX_ID)],
         body: AckIn,
     ) -> AlertOut:
+        actor, channel = audit_actor(request, key)
+        by = body.by.strip() or key.name
         try:
             alert = await queries.run(
-                repo.acknowledge, alert_id, body.by.strip() or key.name, key.key_id, body.comment
+                lambda: repo.acknowledge(
+                    alert_id, by, key.key_id, body.comment, actor=actor, channel=channel
+                )
             )
         except AlreadyAcknowledged as exc:
             raise HTTPException(409, str(exc)) from exc

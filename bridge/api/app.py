@@ -11,7 +11,9 @@ import structlog
 from fastapi import FastAPI
 
 from .alerts import build_alert_router
+from .audit import build_audit_router
 from .bodylimit import BodyLimit
+from .decisions import build_decisions_router
 from .docs import ASSETS_PREFIX, DOCS_PATHS, mount_docs
 from .guard import ApiGuard
 from .keys import build_key_router
@@ -51,8 +53,10 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(build_router())
     app.include_router(build_alert_router())
     app.include_router(build_lineage_router())
+    app.include_router(build_decisions_router())
     app.include_router(build_key_router())
     app.include_router(build_outbox_router())
+    app.include_router(build_audit_router())
     app.include_router(build_models_admin_router())
     app.include_router(
         build_ops_router(services.ops, services.metrics.registry, metrics=services.metrics_on_api)

@@ -25,6 +25,7 @@ __all__ = [
     "MISSING_KEY",
     "SCOPE_EXTENSION",
     "UNKNOWN_KEY",
+    "audit_actor",
     "checked_key",
     "key_of",
     "optional_key",
@@ -68,6 +69,14 @@ def checked_key(request: Request) -> ApiKeyRecord | None:
     one (public paths)."""
     found = request.scope.get("state", {}).get(_CHECKED_KEY)
     return found if isinstance(found, ApiKeyRecord) else None
+
+
+def audit_actor(request: Request, record: ApiKeyRecord) -> tuple[str, str]:
+    """(actor, channel) of the audit ledger entry of a change this request makes: the key that
+    authenticated it, through ``console`` when the request rode on a console session cookie
+    (it presented no key of its own: the guard took the session's), else ``rest``."""
+    channel = "rest" if key_of(request.headers) is not None else "console"
+    return f"key:{record.key_id}", channel
 
 
 async def _authenticate(

@@ -1,17 +1,18 @@
-"""API key management over HTTP (admin scope); the same as `bridge apikeys`."""
+"""API key management over HTTP (admin scope); the same as `bridge apikeys`. Creating and
+revoking are audit ledger entries by the admin key of the call, ``key:<id>``."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, Field
 
 from bridge.auth import Scope
 from bridge.store.apikeys import MAX_NAME, ApiKeyRecord, ApiKeyRepository
 
-from .auth import secured
+from .auth import audit_actor, require, secured
 from .deps import Keys, Queries, Services
 from .timeparse import epoch_to_datetime
 
@@ -57,6 +58,8 @@ def _repo(cache: Keys) -> ApiKeyRepository:
 
 
 KeyStore = Annotated[ApiKeyRepository, Depends(_repo)]
+# The admin key of the call (the same check ``secured`` runs, so FastAPI runs it once).
+AdminKey = Annotated[ApiKeyRecord, Depends(require(Scope.ADMIN))]
 
 
 def build_key_router() -> APIRouter:
@@ -77,8 +80,14 @@ def build_key_router() -> APIRouter:
         summary="Create an API key (the key is returned once)",
         **secured(Scope.ADMIN, (400, "The body is not readable")),
     )
-    async def create_key(queries: Queries, keys: KeyStore, body: ApiKeyIn) -> CreatedApiKeyOut:
-        record, key = await queries.run(keys.create, body.name, Scope.parse(body.scope))
+    async def create_key(
+        request: Request, admin: AdminKey, queries: Queries, keys: KeyStore, body: ApiKeyIn
+    ) -> CreatedApiKeyOut:
+        actor, channel = audit_actor(request, admin)
+        scope = Scope.parse(body.scope)
+        record, key = await queries.run(
+            lambda: keys.create(body.name, scope, actor=actor, channel=channel)
+        )
         return CreatedApiKeyOut(**ApiKeyOut.of(record).model_dump(), key=key)
 
     @router.delete(
@@ -88,13 +97,16 @@ def build_key_router() -> APIRouter:
         **secured(Scope.ADMIN),
     )
     async def revoke_key(
+        request: Request,
+        admin: AdminKey,
         services: Services,
         queries: Queries,
         keys: KeyStore,
         cache: Keys,
         key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")],
     ) -> ApiKeyOut:
-        record = await queries.run(keys.revoke, key_id)
+        actor, channel = audit_actor(request, admin)
+        record = await queries.run(lambda: keys.revoke(key_id, actor=actor, channel=channel))
         cache.forget()  # revoked here: refused from the next request on
         services.sessions.close_key(key_id)
         if record is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from pydantic import BaseModel, Field
 
 from bridge.auth import Scope
@@ -14,7 +14,7 @@ from bridge.store.apikeys import ApiKeyRecord
 from bridge.store.labels import FeedbackMetrics, LabelRecord
 from bridge.types import Feedback
 
-from .auth import require, secured
+from .auth import audit_actor, require, secured
 from .deps import Explainers, Labels, Lineage, Queries, Settings
 from .params import WIDE_RANGE, Since, Until, bounded_range
 from .schemas import ExplanationOut, PredictionOut
@@ -154,6 +154,7 @@ def build_lineage_router() -> APIRouter:
         **secured(Scope.OPERATE, (400, "The body is not readable")),
     )
     async def feedback(
+        request: Request,
         queries: Queries,
         repo: Lineage,
         labels: Labels,
@@ -165,21 +166,21 @@ def build_lineage_router() -> APIRouter:
         if found is None:
             raise HTTPException(404, f"no stored prediction {prediction_id}")
         p = found.prediction
-        record = await queries.run(
-            labels.add,
-            Feedback(
-                prediction_id=p.id,
-                asset=p.asset,
-                model=p.model,
-                action=body.action,
-                by=body.by.strip() or key.name,
-                channel="rest",
-                prediction_time=p.timestamp,
-                value=p.value,
-                comment=body.comment,
-                key_id=key.key_id,
-            ),
+        # The ledger names the key, and the console when the call rode on its session.
+        actor, channel = audit_actor(request, key)
+        answer = Feedback(
+            prediction_id=p.id,
+            asset=p.asset,
+            model=p.model,
+            action=body.action,
+            by=body.by.strip() or key.name,
+            channel="rest",
+            prediction_time=p.timestamp,
+            value=p.value,
+            comment=body.comment,
+            key_id=key.key_id,
         )
+        record = await queries.run(lambda: labels.add(answer, actor=actor, channel=channel))
         return LabelOut.of(record)
 
     @router.get(

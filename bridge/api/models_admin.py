@@ -1,7 +1,8 @@
 """The model registry over HTTP (admin scope): the same operations as ``bridge models``.
 
 Changes take effect in this gateway at once (the registry watcher is woken) and in other
-gateways sharing the database within their ``gateway.models.poll_s``.
+gateways sharing the database within their ``gateway.models.poll_s``. Each is recorded (the
+registry's events, the audit ledger) as the admin key that made it, ``key:<id>``.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ import asyncio
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from pydantic import BaseModel, Field
 
-from bridge.api.auth import secured
+from bridge.api.auth import audit_actor, require, secured
 from bridge.api.deps import LiveModels, Registry
 from bridge.api.services import LiveModelState
 from bridge.auth import Scope
 from bridge.errors import BridgeError, StoreError
 from bridge.lifecycle.accuracy import accuracy
 from bridge.lifecycle.service import RegistryService
+from bridge.store.apikeys import ApiKeyRecord
 from bridge.store.registry import RegistryError, RegistryNotFound, VersionRecord
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
 
 NamePath = Annotated[str, Path(min_length=1, max_length=200)]
 VersionPath = Annotated[str, Path(min_length=1, max_length=100)]
+# The admin key of the call (the same check ``secured`` runs, so FastAPI runs it once).
+AdminKey = Annotated[ApiKeyRecord, Depends(require(Scope.ADMIN))]
 
 
 class VersionOut(BaseModel):
@@ -237,37 +241,61 @@ def build_models_admin_router() -> APIRouter:
         summary="Register a version (file already on the gateway)",
         **secured(Scope.ADMIN, (409, "Version exists"), (422, "File refused")),
     )
-    async def register(svc: Registry, name: NamePath, body: RegisterIn) -> VersionOut:
+    async def register(
+        request: Request, key: AdminKey, svc: Registry, name: NamePath, body: RegisterIn
+    ) -> VersionOut:
+        actor, channel = audit_actor(request, key)
         record = await _call(
             svc.register,
             FsPath(body.path),
             name,
             body.version,
-            actor="api",
+            actor=actor,
             reference=body.reference,
             signature=body.signature,
             metrics=body.metrics,
+            channel=channel,
         )
         return VersionOut.of(record)
 
     @router.post("/{name}/activate", response_model=VersionOut, summary="Activate", **admin)
     async def activate(
-        live: LiveModels, svc: Registry, name: NamePath, body: VersionIn
+        request: Request,
+        key: AdminKey,
+        live: LiveModels,
+        svc: Registry,
+        name: NamePath,
+        body: VersionIn,
     ) -> VersionOut:
-        record = await _call(svc.activate, name, body.version, "api")
+        actor, channel = audit_actor(request, key)
+        record = await _call(svc.activate, name, body.version, actor, channel=channel)
         _wake(live)
         return VersionOut.of(record)
 
     @router.post("/{name}/shadow", response_model=VersionOut, summary="Shadow", **admin)
     async def shadow(
-        live: LiveModels, svc: Registry, name: NamePath, body: VersionIn
+        request: Request,
+        key: AdminKey,
+        live: LiveModels,
+        svc: Registry,
+        name: NamePath,
+        body: VersionIn,
     ) -> VersionOut:
-        record = await _call(svc.shadow, name, body.version, "api")
+        actor, channel = audit_actor(request, key)
+        record = await _call(svc.shadow, name, body.version, actor, channel=channel)
         _wake(live)
         return VersionOut.of(record)
 
     @router.post("/{name}/canary", response_model=VersionOut, summary="Canary", **admin)
-    async def canary(live: LiveModels, svc: Registry, name: NamePath, body: CanaryIn) -> VersionOut:
+    async def canary(
+        request: Request,
+        key: AdminKey,
+        live: LiveModels,
+        svc: Registry,
+        name: NamePath,
+        body: CanaryIn,
+    ) -> VersionOut:
+        actor, channel = audit_actor(request, key)
         guard = {
             k: float(v)
             for k, v in (
@@ -281,23 +309,30 @@ def build_models_admin_router() -> APIRouter:
             svc.canary,
             name,
             body.version,
-            "api",
+            actor,
             share=body.share,
             assets=body.assets,
             guard=guard or None,
+            channel=channel,
         )
         _wake(live)
         return VersionOut.of(record)
 
     @router.post("/{name}/promote", response_model=VersionOut, summary="Promote", **admin)
-    async def promote(live: LiveModels, svc: Registry, name: NamePath) -> VersionOut:
-        record = await _call(svc.promote, name, "api")
+    async def promote(
+        request: Request, key: AdminKey, live: LiveModels, svc: Registry, name: NamePath
+    ) -> VersionOut:
+        actor, channel = audit_actor(request, key)
+        record = await _call(svc.promote, name, actor, channel=channel)
         _wake(live)
         return VersionOut.of(record)
 
     @router.post("/{name}/rollback", response_model=VersionOut, summary="Roll back", **admin)
-    async def rollback(live: LiveModels, svc: Registry, name: NamePath) -> VersionOut:
-        record = await _call(svc.rollback, name, "api")
+    async def rollback(
+        request: Request, key: AdminKey, live: LiveModels, svc: Registry, name: NamePath
+    ) -> VersionOut:
+        actor, channel = audit_actor(request, key)
+        record = await _call(svc.rollback, name, actor, channel=channel)
         _wake(live)
         return VersionOut.of(record)
 

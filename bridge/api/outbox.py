@@ -12,14 +12,15 @@ import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from bridge.auth import Scope
+from bridge.store.apikeys import ApiKeyRecord
 from bridge.store.outbox import DeadLetter, OutboxRepository, OutboxStats
 from bridge.types import ComponentHealth
 
-from .auth import secured
+from .auth import audit_actor, require, secured
 from .deps import Outbox, Queries, View
 from .params import MAX_LIMIT
 from .queries import QueryRunner
@@ -203,9 +204,16 @@ def build_outbox_router() -> APIRouter:
         **secured(Scope.OPERATE),
     )
     async def replay(
-        queries: Queries, repo: Outbox, dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+        request: Request,
+        queries: Queries,
+        repo: Outbox,
+        key: Annotated[ApiKeyRecord, Depends(require(Scope.OPERATE))],
+        dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)],
     ) -> ActionOut:
-        n = await queries.run(lambda: repo.replay(ids=[dead_letter_id]))
+        actor, channel = audit_actor(request, key)
+        n = await queries.run(
+            lambda: repo.replay(ids=[dead_letter_id], actor=actor, channel=channel)
+        )
         if n == 0:
             raise HTTPException(404, f"no dead letter {dead_letter_id}")
         return ActionOut(id=dead_letter_id, action="replayed")
@@ -217,9 +225,16 @@ def build_outbox_router() -> APIRouter:
         **secured(Scope.ADMIN),
     )
     async def purge(
-        queries: Queries, repo: Outbox, dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+        request: Request,
+        queries: Queries,
+        repo: Outbox,
+        key: Annotated[ApiKeyRecord, Depends(require(Scope.ADMIN))],
+        dead_letter_id: Annotated[int, Path(ge=1, le=MAX_ID)],
     ) -> ActionOut:
-        n = await queries.run(lambda: repo.purge(ids=[dead_letter_id]))
+        actor, channel = audit_actor(request, key)
+        n = await queries.run(
+            lambda: repo.purge(ids=[dead_letter_id], actor=actor, channel=channel)
+        )
         if n == 0:
             raise HTTPException(404, f"no dead letter {dead_letter_id}")
         return ActionOut(id=dead_letter_id, action="purged")

@@ -19,7 +19,9 @@ from bridge.lifecycle.service import RegistryService
 from bridge.lifecycle.version_stats import VersionStats
 from bridge.store.alerts import AlertRepository
 from bridge.store.apikeys import ApiKeyRepository
+from bridge.store.audit import AuditRepository
 from bridge.store.db import Store
+from bridge.store.decisions import DecisionRepository
 from bridge.store.history import PredictionHistory
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
@@ -73,6 +75,8 @@ class ApiServices:
     lineage: LineageRepository
     labels: LabelRepository
     outbox: OutboxRepository
+    audit: AuditRepository
+    decisions: DecisionRepository
     # Only a running gateway has these: without them the admin API changes the registry (other
     # gateways follow within their poll) and no prediction is kept for explanation.
     live_models: LiveModelState | None = None
@@ -86,6 +90,9 @@ class ApiServices:
     reloader: MappingReloader | None = None
     # Browser sessions of the console (bridge.console); the API accepts their cookie too.
     sessions: SessionStore = field(default_factory=SessionStore)
+    # The public keys whose audit checkpoints count (the gateway's and gateway.audit's
+    # trusted_keys); None: any valid signature, and /audit/verify says the signer is not pinned.
+    audit_keys: Sequence[str] | None = None
 
     @classmethod
     def from_store(
@@ -100,6 +107,7 @@ class ApiServices:
         ops: Operations | None = None,
         metrics_on_api: bool = True,
         reloader: MappingReloader | None = None,
+        audit_keys: Sequence[str] | None = None,
     ) -> ApiServices:
         """The store-backed services. ``registry`` defaults to one that knows no mapping and
         no signing policy; the gateway passes its own."""
@@ -109,13 +117,19 @@ class ApiServices:
             settings=settings,
             view=view,
             queries=queries,
-            keys=KeyCache(ApiKeyRepository(store), queries=queries),
+            keys=KeyCache(ApiKeyRepository(store, view.gateway_id), queries=queries),
             history=PredictionHistory(store, timeout_s=settings.query_timeout_s),
-            alerts=AlertRepository(store, timeout_s=settings.query_timeout_s),
-            registry=registry or RegistryService(RegistryRepository(store)),
+            # Ledger entries of changes made through this API name the gateway serving it.
+            alerts=AlertRepository(
+                store, timeout_s=settings.query_timeout_s, gateway=view.gateway_id
+            ),
+            registry=registry or RegistryService(RegistryRepository(store, view.gateway_id)),
             lineage=LineageRepository(store),
-            labels=LabelRepository(store),
-            outbox=OutboxRepository(store),
+            labels=LabelRepository(store, view.gateway_id),
+            outbox=OutboxRepository(store, gateway=view.gateway_id),
+            audit=AuditRepository(store, view.gateway_id),
+            decisions=DecisionRepository(store, timeout_s=settings.query_timeout_s),
+            audit_keys=audit_keys,
             live_models=live_models,
             # Kept, not copied: the app reads the runtime's own mapping, as it always has.
             explainers=explainers if explainers is not None else {},

@@ -78,6 +78,10 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 try:
                     data = json.loads(line)
                 except json.JSONDecodeError as exc:
+                    if not line.endswith("\n"):
+                        # The last line of a mirror the gateway is appending to right now:
+                        # not written yet, not part of the file.
+                        return
                     raise AuditFileError(f"{path}:{number}: not JSON ({exc.msg})") from exc
                 if not isinstance(data, dict):
                     raise AuditFileError(f"{path}:{number}: not a JSON object")

@@ -52,10 +52,16 @@ def gateway_key(settings: AuditSettings, base: Path) -> Ed25519PrivateKey:
 
 
 def trusted_keys(settings: AuditSettings, base: Path) -> list[str]:
-    """Base64 raw public keys whose checkpoints count: this gateway's and the configured ones."""
+    """Base64 raw public keys whose checkpoints count: this gateway's and the configured ones.
+    The gateway's own is read from its public half (``<signing_key>.pub``) when that is there:
+    whoever verifies need not be able to read the private key (0600), nor have it (an
+    auditor's copy of the mapping and the .pub)."""
     keys: list[str] = []
     own = base / settings.signing_key
-    if own.exists():
+    public = own.with_name(own.name + ".pub")
+    if public.exists():
+        keys.append(public_key_text(load_public_key(public)))
+    elif own.exists():
         keys.append(public_key_text(load_private_key(own).public_key()))
     for name in settings.trusted_keys:
         keys.append(public_key_text(load_public_key(base / name)))

@@ -112,11 +112,14 @@ def verify_chain(
             problem(
                 entry.seq,
                 "broken_link",
-                f"entry {entry.seq} does not follow entry {entry.seq - 1} (its prev_hash differs: "
-                f"entry {entry.seq - 1} was changed and its hash made again, or replaced)",
+                f"entry {entry.seq} does not follow the entry before it (its prev_hash differs: "
+                "that entry was changed and its hash made again, replaced, or entries were "
+                "moved)",
             )
         prev_hash = entry.hash
-        expected_seq = max(expected_seq, entry.seq) + 1
+        # An entry out of order (lower than expected) does not move the expectation on: the
+        # entries after it are judged against the highest seq seen, not each flagged in turn.
+        expected_seq = max(expected_seq, entry.seq + 1)
         result.last_seq = max(result.last_seq, entry.seq)
         result.last_hash = entry.hash
         if entry.seq in wanted:

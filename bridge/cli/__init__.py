@@ -14,6 +14,10 @@ from pathlib import Path
 import click
 
 from bridge.cli.apikeys import apikeys
+from bridge.cli.audit import audit
+from bridge.cli.compliance import compliance
+from bridge.cli.lineage import lineage
+from bridge.cli.mapping import mapping
 from bridge.cli.reload import reload
 from bridge.cli.report import EXIT_MAPPING, fail, print_issues
 from bridge.errors import BridgeError, ConfigError
@@ -210,4 +214,8 @@ def run_async(factory: Callable[[], Awaitable[None]]) -> None:
 
 
 main.add_command(apikeys)
+main.add_command(lineage)
+main.add_command(audit)
+main.add_command(compliance)
 main.add_command(reload)
+main.add_command(mapping)

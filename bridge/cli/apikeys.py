@@ -3,7 +3,7 @@
 The store is the mapping's ``gateway.store`` (``--mapping``) or a database URL (``--store``).
 `create` prints the key once, alone on stdout, so a script can capture it, or writes it to a
 new file readable by its owner only (``--output``); nothing can show it again (only its hash
-is stored).
+is stored). Creating and revoking are audit ledger entries by ``cli:<os user>``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bridge.auth import Scope
+from bridge.cli.actor import cli_actor
 from bridge.cli.report import EXIT_FAILED, EXIT_STORE, EXIT_USAGE, fail, fail_with
 from bridge.cli.store import opened_store, store_options
 from bridge.errors import BridgeError
@@ -81,14 +82,20 @@ def create(
         fail_with(f"{output} exists; give a new file name", EXIT_USAGE)
     with _repo(mapping, store_url, create=True) as repo:
         try:
-            record, key = repo.create(name, Scope.parse(scope))
+            record, key = repo.create(name, Scope.parse(scope), actor=cli_actor(), channel="cli")
         except ValueError as err:
             fail_with(str(err), EXIT_USAGE)
         if output is not None:
             try:
                 create_private(output, key + "\n")
             except OSError as err:
-                repo.revoke(record.key_id)  # nobody has it: it must not stay valid
+                # Nobody has it: it must not stay valid.
+                repo.revoke(
+                    record.key_id,
+                    actor=cli_actor(),
+                    channel="cli",
+                    reason=f"the key could not be written to {output}",
+                )
                 fail_with(f"cannot write {output}: {err.strerror}; key revoked", EXIT_FAILED)
     if output is not None:
         click.echo(
@@ -140,7 +147,7 @@ def list_keys(
 def revoke(key_id: str, mapping: Path | None, store_url: str | None) -> None:
     """Revoke the key KEY_ID (the id shown by `list`); it stops working at once."""
     with _repo(mapping, store_url) as repo:
-        record = repo.revoke(key_id)
+        record = repo.revoke(key_id, actor=cli_actor(), channel="cli")
     if record is None:
         fail_with(f"no key {key_id} (`bridge apikeys list` shows the ids)", EXIT_STORE)
     click.echo(f"revoked {record.key_id} '{record.name}'")

@@ -9,7 +9,6 @@ mark it ``refused``), while gateways run or not: they pick changes up within
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
+from bridge.cli.actor import cli_actor
 from bridge.cli.report import EXIT_FAILED, fail, fail_with
 from bridge.cli.store import opened_store, store_options
 from bridge.errors import BridgeError
@@ -86,13 +86,6 @@ def _need_models_dir(store_url: str | None, models_dir: Path | None) -> None:
             "with --store give --models-dir DIR, the folder model files are registered from "
             "(or use --mapping, whose gateway.models.directory says it)"
         )
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _when(t: float) -> str:
@@ -167,7 +160,7 @@ def register(
                 file.absolute(),
                 name,
                 version,
-                actor=_actor(),
+                actor=cli_actor(),
                 reference=reference,
                 signature=signature.read_text().strip() if signature else None,
                 metrics=parsed,
@@ -254,10 +247,10 @@ _STATE_HELP = {
 }
 
 
-_state_command("activate", lambda s, n, v: s.activate(n, v, _actor()), True)
-_state_command("shadow", lambda s, n, v: s.shadow(n, v, _actor()), True)
-_state_command("promote", lambda s, n, _v: s.promote(n, _actor()), False)
-_state_command("rollback", lambda s, n, _v: s.rollback(n, _actor()), False)
+_state_command("activate", lambda s, n, v: s.activate(n, v, cli_actor()), True)
+_state_command("shadow", lambda s, n, v: s.shadow(n, v, cli_actor()), True)
+_state_command("promote", lambda s, n, _v: s.promote(n, cli_actor()), False)
+_state_command("rollback", lambda s, n, _v: s.rollback(n, cli_actor()), False)
 
 
 def _share(value: str | None) -> float | None:
@@ -304,7 +297,7 @@ def canary(
     try:
         with _service(mapping, store_url, public_key) as svc:
             r = svc.canary(
-                name, version, _actor(), share=_share(share), assets=listed, guard=guard or None
+                name, version, cli_actor(), share=_share(share), assets=listed, guard=guard or None
             )
     except BridgeError as err:
         fail(err)
@@ -424,7 +417,7 @@ def quantize(
     }
     try:
         with _service(mapping, store_url, public_key, models_dir, create=True) as svc:
-            r = svc.register(out.absolute(), name, version, actor=_actor(), metrics=metrics)
+            r = svc.register(out.absolute(), name, version, actor=cli_actor(), metrics=metrics)
     except BridgeError as err:
         fail(err)
     click.echo(f"registered {r.name} {r.version} sha256={r.sha256}")

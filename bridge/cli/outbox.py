@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from bridge.cli.actor import cli_actor
 from bridge.cli.report import fail
 from bridge.cli.store import opened_store, store_options
 from bridge.errors import BridgeError
@@ -81,7 +82,8 @@ def replay(
     """Move dead letters back to the outbox: the relay sends them again, same Idempotency-Key."""
     try:
         with opened_store(mapping, store_url) as opened:
-            n = OutboxRepository(opened.store).replay(destination, events)
+            repo = OutboxRepository(opened.store)
+            n = repo.replay(destination, events, actor=cli_actor(), channel="cli")
     except BridgeError as err:
         fail(err)
     click.echo(f"{n} dead letter(s) replayed")
@@ -104,7 +106,8 @@ def purge(
         click.confirm("Delete the selected dead letters for good?", abort=True)
     try:
         with opened_store(mapping, store_url) as opened:
-            n = OutboxRepository(opened.store).purge(destination, events)
+            repo = OutboxRepository(opened.store)
+            n = repo.purge(destination, events, actor=cli_actor(), channel="cli")
     except BridgeError as err:
         fail(err)
     click.echo(f"{n} dead letter(s) purged")

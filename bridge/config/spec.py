@@ -489,9 +489,10 @@ class FleetSettings(Strict):
 class AuditSettings(Strict):
     enabled: bool = Field(
         True,
-        description="Keep the audit ledger: every change (mapping, models, API keys, settings) "
-        "and every human decision (acknowledge, confirm, reject) is an entry of a hash chain "
-        "in the store, verified with `bridge audit verify` (docs/governance.md).",
+        description="The gateway's part of the audit ledger: its start, stop and mapping "
+        "entries, signed checkpoints, the mirror file and the runtime integrity check. Changes "
+        "made through the store (models, API keys, operator decisions, alerts, dead letters) "
+        "are entries whatever this says: the ledger is append-only (docs/governance.md).",
     )
     signing_key: str = Field(
         "var/audit-ed25519.pem",
@@ -511,6 +512,15 @@ class AuditSettings(Strict):
         description="Also append every entry and checkpoint to this JSON-lines file (relative "
         "to this mapping file), e.g. on another disk or a write-once share; it verifies on "
         "its own with `bridge audit verify FILE`.",
+    )
+    integrity_s: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="How often the mapping file, the serving model files and the reference "
+        "statistics are hashed again and compared with what was approved (also at start and "
+        "after a reload; 0: only then). A mismatch raises an alert and an audit entry; with "
+        "the production profile the affected models are withheld (quality Bad).",
     )
     trusted_keys: list[str] = Field(
         default_factory=list,

@@ -5,6 +5,11 @@ that does not fit the mapping's model of that name (inputs, feature count, outpu
 computes on a probe batch) is refused at register, activate, promote, rollback, shadow and
 canary, with the reason: the registry never names a version the gateway would refuse to load.
 
+Every change is an entry of the audit ledger, written by the repository in the change's own
+transaction; a version refused at the command (signature, hash, fit) is a ``model.refused``
+entry of its own. ``actor`` says who acts (``key:<id>``, ``cli:<user>``, ``mapping``, the
+runtime's ``guard``); ``channel`` (rest, console, cli, ...) how, None: what the actor implies.
+
 Synchronous (file reads, SQL): callers on an event loop use ``asyncio.to_thread``.
 """
 
@@ -12,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,7 @@ import structlog
 
 from bridge.config.reference import load_reference, validate_reference
 from bridge.config.resolved import ResolvedModel
+from bridge.errors import StoreError
 from bridge.inference.fit import model_problems
 from bridge.inference.model import LoadedModel
 from bridge.lifecycle.canary_guard import GUARD_KEYS
@@ -77,6 +84,7 @@ class RegistryService:
         metrics: Mapping[str, Any] | None = None,
         activate: bool = False,
         from_mapping: bool = False,
+        channel: str | None = None,
     ) -> VersionRecord:
         """Hash, open (to record the spec) and store a version. Nothing starts serving unless
         ``activate`` (used for the first version, e.g. the one a mapping names).
@@ -90,8 +98,9 @@ class RegistryService:
         else:
             path, data = read_confined(path, self.policy.directory, self.policy.max_bytes)
         sha = hashlib.sha256(data).hexdigest()
-        loaded = load_verified(path, name, version, sha, signature, self.policy, data=data)
-        self._check_fit(name, version, loaded)
+        with self._refusals(name, version, actor, "register", channel):
+            loaded = load_verified(path, name, version, sha, signature, self.policy, data=data)
+            self._check_fit(name, version, loaded)
         spec = spec_of(loaded)
         features = spec["features"] or None
         ref: dict[str, Any] | None = None
@@ -118,7 +127,7 @@ class RegistryService:
             guard=None,
             state_changed_at=now,
         )
-        stored = self.repo.add(record, actor)
+        stored = self.repo.add(record, actor, channel=channel)
         log.info("model_registered", model=name, version=version, sha256=stored.sha256, by=actor)
         return stored
 
@@ -148,38 +157,55 @@ class RegistryService:
         )
         return str(event.detail.get("reason", "")) if event is not None else None
 
-    def activate(self, name: str, version: str, actor: str) -> VersionRecord:
+    def activate(
+        self, name: str, version: str, actor: str, *, channel: str | None = None
+    ) -> VersionRecord:
         record = self._get(name, version)
         if record.state == "active":
             raise RegistryConflict(f"model {name} version {version} is already active")
-        self._verify(record)
-        return self._move(name, version, "active", actor, "activate")
+        with self._refusals(name, version, actor, "activate", channel):
+            self._verify(record)
+        return self._move(name, version, "active", actor, "activate", channel=channel)
 
-    def promote(self, name: str, actor: str) -> VersionRecord:
+    def promote(self, name: str, actor: str, *, channel: str | None = None) -> VersionRecord:
         cand = self._candidate(name)
         if cand is None:
             raise RegistryConflict(f"model {name} has no shadow or canary version to promote")
-        self._verify(cand)
-        return self._move(name, cand.version, "active", actor, "promote")
+        with self._refusals(name, cand.version, actor, "promote", channel):
+            self._verify(cand)
+        return self._move(name, cand.version, "active", actor, "promote", channel=channel)
 
-    def rollback(self, name: str, actor: str, reason: str = "") -> VersionRecord:
+    def rollback(
+        self, name: str, actor: str, reason: str = "", *, channel: str | None = None
+    ) -> VersionRecord:
         """End the candidate if there is one; otherwise reactivate the previous active version."""
         detail = {"reason": reason} if reason else {}
         cand = self._candidate(name)
         if cand is not None:
             return self._move(
-                name, cand.version, "retired", actor, "rollback-candidate", detail=detail
+                name,
+                cand.version,
+                "retired",
+                actor,
+                "rollback-candidate",
+                detail=detail,
+                channel=channel,
             )
         previous = self.repo.previous_active(name)
         if previous is None:
             raise RegistryConflict(f"model {name} has no earlier active version to roll back to")
         record = self._get(name, previous)
-        self._verify(record)
-        return self._move(name, previous, "active", actor, "rollback", detail=detail)
+        with self._refusals(name, previous, actor, "rollback", channel):
+            self._verify(record)
+        return self._move(
+            name, previous, "active", actor, "rollback", detail=detail, channel=channel
+        )
 
-    def shadow(self, name: str, version: str, actor: str) -> VersionRecord:
-        record = self._startable(name, version)
-        return self._move(name, record.version, "shadow", actor, "shadow")
+    def shadow(
+        self, name: str, version: str, actor: str, *, channel: str | None = None
+    ) -> VersionRecord:
+        record = self._startable(name, version, actor, "shadow", channel)
+        return self._move(name, record.version, "shadow", actor, "shadow", channel=channel)
 
     def canary(
         self,
@@ -190,6 +216,7 @@ class RegistryService:
         share: float | None = None,
         assets: Sequence[str] | None = None,
         guard: Mapping[str, float] | None = None,
+        channel: str | None = None,
     ) -> VersionRecord:
         # A canary's arguments are checked here, not by the API's body schema: a conflict (409),
         # as the API has always answered.
@@ -204,7 +231,7 @@ class RegistryService:
             raise RegistryConflict(
                 f"unknown guard keys {sorted(unknown)}; use {', '.join(sorted(GUARD_KEYS))}"
             )
-        record = self._startable(name, version)
+        record = self._startable(name, version, actor, "canary", channel)
         return self._move(
             name,
             record.version,
@@ -215,6 +242,7 @@ class RegistryService:
             canary_assets=[a for a in assets if a] if assets is not None else None,
             guard=dict(guard) if guard else None,
             detail={"share": share, "assets": list(assets) if assets else None},
+            channel=channel,
         )
 
     # -- helpers ---------------------------------------------------------------------------
@@ -231,6 +259,7 @@ class RegistryService:
         canary_share: float | None = None,
         canary_assets: Sequence[str] | None = None,
         guard: Mapping[str, float] | None = None,
+        channel: str | None = None,
     ) -> VersionRecord:
         """``version`` to ``target`` as ``bridge.lifecycle.states`` allows, in one transaction."""
         record = self.repo.transition(
@@ -241,9 +270,26 @@ class RegistryService:
             canary_share=canary_share,
             canary_assets=canary_assets,
             guard=guard,
+            channel=channel,
         )
         assert record is not None  # a move without a file check always changes its version
         return record
+
+    @contextmanager
+    def _refusals(
+        self, name: str, version: str, actor: str, operation: str, channel: str | None
+    ) -> Iterator[None]:
+        """A version refused inside (``ModelRefused``: signature, hash, fit) is recorded in
+        the ledger, then the refusal goes on to the caller as before."""
+        try:
+            yield
+        except ModelRefused as exc:
+            try:
+                self.repo.record_refusal(name, version, actor, operation, str(exc), channel=channel)
+            except StoreError as err:
+                # The refusal stands whether or not the store can say so: it is logged.
+                log.error("model_refusal_not_recorded", model=f"{name} {version}", error=str(err))
+            raise
 
     def _verify(self, record: VersionRecord) -> None:
         """Refuse a tampered or unfitting file at the command, not only later in the runtime."""
@@ -272,7 +318,9 @@ class RegistryService:
                 "`features:` and `outputs:`, or change the mapping first"
             )
 
-    def _startable(self, name: str, version: str) -> VersionRecord:
+    def _startable(
+        self, name: str, version: str, actor: str, operation: str, channel: str | None
+    ) -> VersionRecord:
         record = self._get(name, version)
         if record.state == "active":
             raise RegistryConflict(f"model {name} version {version} is the active version")
@@ -281,7 +329,8 @@ class RegistryService:
             raise RegistryNotFound(
                 f"model {name} has no active version to compare with: activate one first"
             )
-        self._verify(record)
+        with self._refusals(name, version, actor, operation, channel):
+            self._verify(record)
         return record
 
     def _get(self, name: str, version: str) -> VersionRecord:

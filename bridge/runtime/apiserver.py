@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -147,6 +147,7 @@ def api_server(
     ops: Operations | None = None,
     metrics_on_api: bool = True,
     reloader: MappingReloader | None = None,
+    audit_keys: Sequence[str] | None = None,
 ) -> ApiServer:
     """The gateway's REST API (not yet listening). Its registry service is the gateway's own,
     which knows the mapping and the signing policy, so an unfitting version is refused at the
@@ -161,6 +162,7 @@ def api_server(
         ops=ops,
         metrics_on_api=metrics_on_api,
         reloader=reloader,
+        audit_keys=audit_keys,
     )
     return ApiServer(create_gateway_app(services), settings.host, settings.port, tls=settings.tls)
 

@@ -17,6 +17,7 @@ from bridge.config.resolved import Mapping, ResolvedModel
 from bridge.config.spec import OutboxSettings
 from bridge.destination import Destination, DestinationContext
 from bridge.drift.monitor import DriftCrossing
+from bridge.drift.webhookaudit import AuditedWebhook
 from bridge.drift.writer import DriftAlertWriter
 from bridge.errors import BridgeError, ConfigError, ConfigIssue, StoreError
 from bridge.outbox.feed import Budget, OutboxFeed
@@ -24,6 +25,7 @@ from bridge.outbox.relay import Relay
 from bridge.outbox.wiring import feed_for, relay_settings_for
 from bridge.runtime.insight import ModelInsight
 from bridge.runtime.runner import ModelRunner
+from bridge.store.audit import AuditRepository
 from bridge.store.db import Store
 from bridge.store.drift import DriftAlertRepository
 from bridge.store.labels import LabelRepository
@@ -118,7 +120,12 @@ class Insight:
         webhook: tuple[Destination, Relay] | None = None
         webhook_feed: OutboxFeed | None = None
         if m.drift is not None and m.drift.webhook:
-            hook = _webhook(mapping, m)
+            # Each send is a ``webhook.fired`` ledger entry, recorded on the core's side: the
+            # connector does not reach the store.
+            ledger = AuditRepository(self.store, mapping.gateway.id)
+            hook: Destination = AuditedWebhook(
+                _webhook(mapping, m), m.name, m.drift.webhook, ledger
+            )
             # The webhooks' relays cap retries like the MES's: one event answered 5xx forever
             # is dead-lettered after ``max_retries`` / ``max_retry_age_s`` instead of blocking
             # the model's.
@@ -210,7 +217,8 @@ def build_insight(
 ) -> Insight:
     """One ``ModelInsight`` per model that has ``drift:`` or ``explain:``, hooked into its
     runner; one webhook destination (outbox + relay) per model with ``drift.webhook``."""
-    writer = DriftAlertWriter(DriftAlertRepository(store), mapping.gateway.id, alert_feeds)
+    gid = mapping.gateway.id
+    writer = DriftAlertWriter(DriftAlertRepository(store, gateway=gid), gid, alert_feeds)
     parts = Insight({}, writer, mapping=mapping, store=store, outbox=outbox)
     for runner in runners:
         parts.attach(runner)

@@ -93,7 +93,7 @@ def live_models(
 ) -> LiveModels:
     """The registry watcher (not yet started) over ``runners``, the status feed for the sinks
     that show model versions, and the registry service the REST API uses."""
-    repo = RegistryRepository(store)
+    repo = RegistryRepository(store, mapping.gateway.id)
 
     async def record(rows: Sequence[CandidateComparison]) -> None:
         await asyncio.to_thread(repo.add_comparisons, [stored_comparison(c) for c in rows])

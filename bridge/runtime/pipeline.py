@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from bridge.api.view import ModelInfo
-from bridge.audit.ledger import AuditLedger, open_ledger
+from bridge.audit.ledger import AuditLedger, open_ledger, trusted_keys
 from bridge.cancel import cancel_and_wait
 from bridge.config.resolved import Mapping
 from bridge.config.spec import CollectorSettings
@@ -32,6 +32,7 @@ from bridge.runtime.collector import collect_between_events
 from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.fleet_wiring import Fleet, build_fleet
 from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
+from bridge.runtime.integrity import IntegrityWatch
 from bridge.runtime.live_models import LiveModels, live_models
 from bridge.runtime.lossalerts import LossAlerts
 from bridge.runtime.metrics import GatewayOps, gateway_ops
@@ -202,9 +203,9 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     boot_id = uuid.uuid4().hex[:12]
     tasks = TaskSet()
     # Operator feedback (HMI methods) reaches the store through this narrow service.
-    feedback = StoreFeedback(LabelRepository(store), LineageRepository(store))
+    feedback = StoreFeedback(LabelRepository(store, gid), LineageRepository(store))
     # Predictions the store writer cannot keep become alerts (written once the store is back).
-    loss_alerts = LossAlerts(AlertRepository(store))
+    loss_alerts = LossAlerts(AlertRepository(store, gateway=gid))
     # Old rows leave the store in batches; a low disk degrades health and raises an alert.
     retention = retention_for(mapping.gateway, store)
     # Outbox rows of the durable destinations (mes-rest) go in the store writer's transactions
@@ -215,7 +216,9 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         on_drop=loss_alerts.raise_for,
         gateway_id=gid,
     )
-    alerts = AlertSink.for_models(AlertRepository(store), slots_of(prepared), mapping.models)
+    alerts = AlertSink.for_models(
+        AlertRepository(store, gateway=gid), slots_of(prepared), mapping.models
+    )
     fanout = PredictionFanout([])
     # The HMI server and the MES destinations, by name: a mapping reload changes them one by one.
     table = TagTable(mapping)
@@ -296,7 +299,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         view,
         live,
         sequences,
-        RegistryRepository(store),
+        RegistryRepository(store, gid),
         gid,
         boot_id,
     )
@@ -307,9 +310,23 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     ]
     probes.append(reloader.health)
     audit = _audit_ledger(mapping, store)
+    integrity: list[IntegrityWatch] = []
     if audit is not None:
         reloader.audit = audit
         probes.append(audit.health)
+        watch = IntegrityWatch(
+            prepared,
+            runners,
+            RegistryRepository(store, gid),
+            AlertRepository(store, gateway=gid),
+            audit,
+            mapping.gateway.audit.integrity_s,
+            mapping.gateway.durability.profile == "production",
+            gid,
+        )
+        reloader.applied_hooks.append(watch.after_reload)
+        probes.append(watch.health)
+        integrity.append(watch)
     reloader.runner_hooks.append(lambda r: r.observers.append(ops.collector.predictions.observe))
     reloader.applied_hooks.append(lambda p: setattr(ops.collector, "revision", p.mapping.revision))
     api = _api(mapping, view, store, live, insight, ops, reloader, metrics_on_api=address is None)
@@ -357,6 +374,8 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         Stage(
             "inference",
             [
+                # Before the first tick: a model whose file nobody approved does not run.
+                *integrity,
                 Tasks("models", tasks, model_jobs),
                 Tasks("registry", tasks, [("model:registry", live.watcher.run)]),
             ],
@@ -450,6 +469,8 @@ def _api(
         ops=ops,
         metrics_on_api=metrics_on_api,
         reloader=reloader,
+        # Made (if need be) by the ledger's writer before this: the gateway's own key is there.
+        audit_keys=trusted_keys(mapping.gateway.audit, mapping.path.parent) or None,
     )
 
 

@@ -401,7 +401,12 @@ class Reloader:
                 actor,
                 "mapping.reloaded",
                 {"revision": summary.previous_revision},
-                {"revision": summary.revision, "changes": {k: list(v) for k, v in changes.items()}},
+                {
+                    "revision": summary.revision,
+                    "changes": {k: list(v) for k, v in changes.items()},
+                    # gateway.* settings that apply at the next start: changed all the same.
+                    "restart_needed": list(summary.restart_needed),
+                },
                 "",
             )
             return summary

@@ -274,7 +274,7 @@ def retention_for(gateway: GatewaySettings, store: Store) -> RetentionJob:
     return RetentionJob(
         RetentionStore(store, DRIFT_LABEL),
         settings,
-        AlertRepository(store),
+        AlertRepository(store, gateway=gateway.id),
         gateway.id,
         free_disk=None if folder is None else disk_usage_of(folder),
         where="" if folder is None else str(folder),

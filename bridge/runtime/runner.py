@@ -118,6 +118,8 @@ class ModelRunner:
     # Time spent handing predictions to the sinks: the store writer makes the runner wait
     # there while its queue is full (backpressure), so ticks slow down instead of losing rows.
     publish_wait_s: float = 0.0
+    # Set (to the reason) while the runtime integrity check withholds this model's outputs.
+    withheld: str = ""
     # Set when a canary crossed its guard limit, or when a candidate failed (an error or a
     # NaN/inf output) and its guard does not tolerate failures: the registry watcher retires it.
     guard_tripped: str | None = None
@@ -259,6 +261,12 @@ class ModelRunner:
                 return []
         now = self.wall_clock()  # prediction time, for people and the store
         batch = build_batch(self.model, self.lookup, self.monotonic_clock(), assets)
+        if self.withheld:
+            # An artifact nobody approved (bridge.runtime.integrity): every asset is Bad with
+            # the reason, and the model does not run.
+            rows = [*batch.blocked, *batch.runnable]
+            blocked = [replace(r, quality=Quality.BAD, reason=self.withheld) for r in rows]
+            batch = FeatureBatch(batch.x[:0], [], blocked)
         predictions = [self._blocked(row, now, deployment.active) for row in batch.blocked]
         active: BatchResult | None = None
         candidate: BatchResult | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,10 +11,12 @@ from typing import Any
 from sqlalchemy import Double, Index, Integer, String, Text, func, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from bridge.errors import StoreError
 
+from .audit import append_entries, append_entry, default_writer
+from .auditchain import NewAuditEntry
 from .db import Store, read_session
 from .sql import insert_ignoring
 from .tables import Base
@@ -26,6 +29,7 @@ __all__ = [
     "AlertRow",
     "AlreadyAcknowledged",
     "NewAlert",
+    "audit_raised",
 ]
 
 
@@ -105,6 +109,34 @@ class AlreadyAcknowledged(StoreError):
     """The alert was acknowledged before; the first acknowledgement stands."""
 
 
+def _finite(value: float | None) -> float | None:
+    # The ledger's canonical JSON has no NaN or infinity: such a score is recorded as null
+    # rather than refusing the alert itself.
+    return value if value is None or math.isfinite(value) else None
+
+
+def _raised(alert_id: int, row: dict[str, Any]) -> NewAuditEntry:
+    after = {
+        "prediction_id": row["prediction_id"],
+        "asset": row["asset"],
+        "model": row["model"],
+        "label": row["label"],
+        "previous": row["previous"],
+        "score": _finite(row["score"]),
+        "raised_at": _finite(row["raised_at"]),
+    }
+    return NewAuditEntry("system", "system", "alert.raised", f"alert:{alert_id}", None, after)
+
+
+def audit_raised(
+    session: Session, gateway: str, raised: Sequence[tuple[int, dict[str, Any]]]
+) -> None:
+    """The ``alert.raised`` entries of the alerts just inserted ((id, the row's column values)
+    each), in the insert's own transaction: an alert and its entry exist together. Raised by
+    the gateway's rules, so the actor is ``system``."""
+    append_entries(session, gateway, [_raised(alert_id, row) for alert_id, row in raised])
+
+
 def _alert(r: AlertRow) -> Alert:
     return Alert(
         r.id,
@@ -125,16 +157,28 @@ def _alert(r: AlertRow) -> Alert:
 
 class AlertRepository:
     """Synchronous: callers on the event loop use ``asyncio.to_thread``. With ``timeout_s`` the
-    reads (pages, metrics) are stopped past it (QueryTimeoutError); writes never are."""
+    reads (pages, metrics) are stopped past it (QueryTimeoutError); writes never are.
 
-    def __init__(self, store: Store, timeout_s: float | None = None) -> None:
+    Every alert raised and every acknowledgement is an entry of the audit ledger, appended in
+    the change's own transaction; ``gateway`` names the writer in those entries (the runtime
+    gives its gateway id; None: ``cli@<host>``, a command's)."""
+
+    def __init__(
+        self, store: Store, timeout_s: float | None = None, gateway: str | None = None
+    ) -> None:
         self._store = store
         self._timeout_s = timeout_s
+        self.gateway = gateway or default_writer()
 
     def add_many(self, alerts: Sequence[NewAlert]) -> None:
         if not alerts:
             return
-        stmt = insert_ignoring(self._store, AlertRow.__table__, ["prediction_id"])
+        table = AlertRow.__table__
+        # RETURNING names only the rows inserted: an alert written before (a retried batch)
+        # is skipped by the insert and gets no second ledger entry.
+        stmt = insert_ignoring(self._store, table, ["prediction_id"]).returning(
+            table.c.id, table.c.prediction_id
+        )
         rows = [
             {
                 "prediction_id": a.prediction_id,
@@ -147,9 +191,13 @@ class AlertRepository:
             }
             for a in alerts
         ]
+        by_prediction = {r["prediction_id"]: r for r in rows}
         try:
             with self._store.sessions.begin() as session:
-                session.execute(stmt, rows)
+                inserted = sorted((int(i), str(p)) for i, p in session.execute(stmt, rows))
+                # One entry per alert, in id order, appended together: after an outage the
+                # loss alerts of every asset come in one batch.
+                audit_raised(session, self.gateway, [(i, by_prediction[p]) for i, p in inserted])
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store {len(rows)} alerts: {exc}") from exc
 
@@ -179,8 +227,22 @@ class AlertRepository:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot query alerts: {exc}") from exc
 
-    def acknowledge(self, alert_id: int, by: str, key_id: str, comment: str) -> Alert | None:
-        """Mark acknowledged now; None if there is no such alert, AlreadyAcknowledged if done."""
+    def acknowledge(
+        self,
+        alert_id: int,
+        by: str,
+        key_id: str,
+        comment: str,
+        *,
+        actor: str | None = None,
+        channel: str = "rest",
+    ) -> Alert | None:
+        """Mark acknowledged now; None if there is no such alert, AlreadyAcknowledged if done.
+
+        The ``alert.acknowledged`` ledger entry (``actor``, default ``key:<key_id>``, through
+        ``channel``; the comment as its reason) commits with the acknowledgement; a refused
+        one (no such alert, acknowledged before) changes nothing and records nothing.
+        """
         now = time.time()
         # One conditional UPDATE: of two concurrent acknowledgements exactly one wins, on SQLite
         # (no SELECT ... FOR UPDATE) as on PostgreSQL.
@@ -201,6 +263,21 @@ class AlertRepository:
                 result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
                 changed = result.rowcount
                 row = session.get(AlertRow, alert_id, populate_existing=True)
+                if changed and row is not None:
+                    entry = NewAuditEntry(
+                        actor or f"key:{key_id}",
+                        channel,
+                        "alert.acknowledged",
+                        f"alert:{alert_id}",
+                        {"acknowledged": False},
+                        {
+                            "acknowledged": True,
+                            "acked_by": row.acked_by,
+                            "acked_at": _finite(row.acked_at),
+                        },
+                        comment,
+                    )
+                    append_entry(session, self.gateway, entry)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot acknowledge alert {alert_id}: {exc}") from exc
         if row is None:

@@ -1,4 +1,9 @@
-"""API keys in the SQL store: only the sha256 of each key is kept (see bridge.auth.keys)."""
+"""API keys in the SQL store: only the sha256 of each key is kept (see bridge.auth.keys).
+
+Creating and revoking a key are entries of the audit ledger (``apikey.created``,
+``apikey.revoked``, subject ``apikey:<key_id>``), appended in the change's own transaction.
+An entry names the key's name and scope, never the key or its hash.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ from dataclasses import dataclass
 
 from sqlalchemy import Double, Integer, String, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from bridge.auth import ApiKeyError, Scope, generate_key, keys_match, parse_key_id
 from bridge.errors import StoreError
 
+from .audit import append_entry, default_writer
+from .auditchain import NewAuditEntry
 from .db import Store
 from .tables import Base
 
@@ -51,14 +58,26 @@ def _record(row: ApiKeyRow) -> ApiKeyRecord:
     return ApiKeyRecord(row.key_id, row.name, scope, row.created_at, row.revoked_at)
 
 
+def _described(row: ApiKeyRow, state: str) -> dict[str, str]:
+    # What the ledger says of a key: never the key, nor its hash (the ledger is exported and
+    # mirrored to files; a hash there would only help someone guessing keys offline).
+    return {"name": row.name, "scope": row.scope, "state": state}
+
+
 class ApiKeyRepository:
-    """Synchronous: callers on the event loop use ``asyncio.to_thread``."""
+    """Synchronous: callers on the event loop use ``asyncio.to_thread``. ``gateway`` names
+    the writer of the ledger entries (the gateway serving the REST API; None: a command's
+    ``cli@<host>``)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, gateway: str | None = None) -> None:
         self._store = store
+        self.gateway = gateway if gateway is not None else default_writer()
 
-    def create(self, name: str, scope: Scope) -> tuple[ApiKeyRecord, str]:
-        """A new key: its record and the key itself (not stored: it cannot be shown again)."""
+    def create(
+        self, name: str, scope: Scope, *, actor: str = "system", channel: str = "system"
+    ) -> tuple[ApiKeyRecord, str]:
+        """A new key: its record and the key itself (not stored: it cannot be shown again).
+        Its ``apikey.created`` entry (by ``actor`` through ``channel``) commits with it."""
         name = name.strip()
         if not name or len(name) > MAX_NAME:
             raise ValueError(f"a key name must be 1 to {MAX_NAME} characters")
@@ -75,6 +94,11 @@ class ApiKeyRepository:
             try:
                 with self._store.sessions.begin() as session:
                     session.add(row)
+                    # Flushed first: a key_id collision fails here, before the entry, and
+                    # the retry's entry is the only one.
+                    session.flush()
+                    after = _described(row, "active")
+                    self._audit(session, actor, channel, "apikey.created", row, None, after, "")
             except IntegrityError:
                 continue
             except SQLAlchemyError as exc:
@@ -92,20 +116,47 @@ class ApiKeyRepository:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot list API keys: {exc}") from exc
 
-    def revoke(self, key_id: str) -> ApiKeyRecord | None:
-        """Revoke now; None if there is no such key. Revoking twice keeps the first time."""
+    def revoke(
+        self,
+        key_id: str,
+        *,
+        actor: str = "system",
+        channel: str = "system",
+        reason: str = "",
+    ) -> ApiKeyRecord | None:
+        """Revoke now; None if there is no such key. Revoking twice keeps the first time.
+        The ``apikey.revoked`` entry (by ``actor`` through ``channel``) commits with the
+        revocation; revoking a revoked key changes nothing and records nothing."""
         try:
             with self._store.sessions.begin() as session:
                 row = session.scalars(
-                    select(ApiKeyRow).where(ApiKeyRow.key_id == key_id)
+                    select(ApiKeyRow).where(ApiKeyRow.key_id == key_id).with_for_update()
                 ).one_or_none()
                 if row is None:
                     return None
                 if row.revoked_at is None:
                     row.revoked_at = time.time()
+                    before, after = _described(row, "active"), _described(row, "revoked")
+                    self._audit(
+                        session, actor, channel, "apikey.revoked", row, before, after, reason
+                    )
                 return _record(row)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot revoke API key {key_id}: {exc}") from exc
+
+    def _audit(
+        self,
+        session: Session,
+        actor: str,
+        channel: str,
+        action: str,
+        row: ApiKeyRow,
+        before: dict[str, str] | None,
+        after: dict[str, str],
+        reason: str,
+    ) -> None:
+        entry = NewAuditEntry(actor, channel, action, f"apikey:{row.key_id}", before, after, reason)
+        append_entry(session, self.gateway, entry)
 
     def authenticate(self, key: str) -> ApiKeyRecord | None:
         """The active key's record, or None (unknown, revoked, malformed or wrong secret)."""

@@ -16,11 +16,11 @@ import builtins
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, Index, Integer, String, Text, func, select, update
+from sqlalchemy import BigInteger, Index, Integer, String, Text, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -44,14 +44,19 @@ __all__ = [
     "AuditFilter",
     "AuditHeadRow",
     "AuditRepository",
+    "append_entries",
     "append_entry",
     "default_writer",
+    "entry_of",
 ]
 
 
 class AuditEntryRow(Base):
     __tablename__ = "audit_entries"
-    __table_args__ = (Index("ix_audit_entries_at", "at_us"),)
+    __table_args__ = (
+        Index("ix_audit_entries_at", "at_us"),
+        Index("ix_audit_entries_subject", "subject", "seq"),
+    )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     at_us: Mapped[int] = mapped_column(BigInteger)
@@ -95,8 +100,8 @@ _MAX_SUBJECT = 400
 
 @dataclass(frozen=True, slots=True)
 class AuditFilter:
-    since: float | None = None
-    until: float | None = None
+    since: float | None = None  # at or after (epoch seconds)
+    until: float | None = None  # at or before: inclusive, like the other stores' filters
     action: str | None = None  # an action, or a prefix ending in "." ("model.")
     subject: str | None = None
     actor: str | None = None
@@ -112,7 +117,7 @@ def _json(value: Any) -> str | None:
     return None if value is None else canonical(value).decode("utf-8")
 
 
-def _entry(row: AuditEntryRow) -> AuditEntry:
+def entry_of(row: AuditEntryRow) -> AuditEntry:
     return AuditEntry(
         seq=row.seq,
         at=format_time(row.at_us),
@@ -158,47 +163,65 @@ def append_entry(
     session: Session, gateway: str, entry: NewAuditEntry, at: float | None = None
 ) -> AuditEntry:
     """Append ``entry`` in ``session``'s transaction: it commits with the change it records."""
+    return append_entries(session, gateway, [entry], at)[0]
+
+
+def append_entries(
+    session: Session, gateway: str, entries: Sequence[NewAuditEntry], at: float | None = None
+) -> builtins.list[AuditEntry]:
+    """Append ``entries``, in order, in ``session``'s transaction, as ``append_entry`` does
+    each: one lock of the head and one INSERT for all of them, so a batch (the alerts of a
+    store outage, one per asset) costs about what one entry does."""
+    if not entries:
+        return []
     last_seq, last_hash = _lock_head(session)
     at_us = round((time.time() if at is None else at) * 1_000_000)
-    new = AuditEntry(
-        seq=last_seq + 1,
-        at=format_time(at_us),
-        gateway=gateway,
-        actor=entry.actor[:200],
-        channel=entry.channel[:32],
-        action=entry.action[:64],
-        subject=entry.subject[:_MAX_SUBJECT],
-        before=entry.before,
-        after=entry.after,
-        reason=entry.reason,
-        prev_hash=last_hash,
-        hash="",
-    )
-    fields = new.fields()
-    # What is stored is what is hashed: JSON values go through the canonical encoding first.
-    fields["before"] = None if new.before is None else json.loads(_json(new.before) or "null")
-    fields["after"] = None if new.after is None else json.loads(_json(new.after) or "null")
-    digest = entry_hash(fields)
-    session.add(
-        AuditEntryRow(
-            seq=new.seq,
-            at_us=at_us,
+    made: builtins.list[AuditEntry] = []
+    rows: builtins.list[dict[str, Any]] = []
+    for entry in entries:
+        new = AuditEntry(
+            seq=last_seq + 1,
+            at=format_time(at_us),
             gateway=gateway,
-            actor=new.actor,
-            channel=new.channel,
-            action=new.action,
-            subject=new.subject,
-            before=_json(new.before),
-            after=_json(new.after),
-            reason=new.reason,
+            actor=entry.actor[:200],
+            channel=entry.channel[:32],
+            action=entry.action[:64],
+            subject=entry.subject[:_MAX_SUBJECT],
+            before=entry.before,
+            after=entry.after,
+            reason=entry.reason,
             prev_hash=last_hash,
-            hash=digest,
+            hash="",
         )
-    )
+        fields = new.fields()
+        # What is stored is what is hashed: JSON values go through the canonical encoding first.
+        before, after = _json(new.before), _json(new.after)
+        fields["before"] = None if before is None else json.loads(before)
+        fields["after"] = None if after is None else json.loads(after)
+        digest = entry_hash(fields)
+        rows.append(
+            {
+                "seq": new.seq,
+                "at_us": at_us,
+                "gateway": gateway,
+                "actor": new.actor,
+                "channel": new.channel,
+                "action": new.action,
+                "subject": new.subject,
+                "before": before,
+                "after": after,
+                "reason": new.reason,
+                "prev_hash": last_hash,
+                "hash": digest,
+            }
+        )
+        made.append(AuditEntry(**{**fields, "hash": digest}))
+        last_seq, last_hash = new.seq, digest
+    session.execute(insert(AuditEntryRow), rows)
     session.execute(
-        update(AuditHeadRow).where(AuditHeadRow.id == _HEAD).values(seq=new.seq, hash=digest)
+        update(AuditHeadRow).where(AuditHeadRow.id == _HEAD).values(seq=last_seq, hash=last_hash)
     )
-    return AuditEntry(**{**fields, "hash": digest})
+    return made
 
 
 class AuditRepository:
@@ -252,7 +275,7 @@ class AuditRepository:
             if where.since is not None:
                 stmt = stmt.where(c.at_us >= round(where.since * 1_000_000))
             if where.until is not None:
-                stmt = stmt.where(c.at_us < round(where.until * 1_000_000))
+                stmt = stmt.where(c.at_us <= round(where.until * 1_000_000))
             if where.action is not None:
                 if where.action.endswith("."):
                     stmt = stmt.where(c.action.startswith(where.action, autoescape=True))
@@ -265,7 +288,7 @@ class AuditRepository:
             if after_seq is not None:
                 stmt = stmt.where(c.seq < after_seq if newest_first else c.seq > after_seq)
             stmt = stmt.order_by(c.seq.desc() if newest_first else c.seq).limit(limit)
-            return [_entry(r) for r in s.execute(stmt).scalars()]
+            return [entry_of(r) for r in s.execute(stmt).scalars()]
 
         return self._read(read)
 

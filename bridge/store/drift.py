@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from bridge.errors import StoreError
 
-from .alerts import AlertRow, NewAlert
+from .alerts import AlertRow, NewAlert, audit_raised
+from .audit import default_writer
 from .db import Store
 from .outbox import OnCommit
 from .sql import insert_ignoring
@@ -44,8 +45,12 @@ class DriftOutboxEvent:
 
 
 class DriftAlertRepository:
-    def __init__(self, store: Store) -> None:
+    """``gateway`` names the writer of the alerts' ``alert.raised`` ledger entries (the runtime
+    gives its gateway id; None: ``cli@<host>``)."""
+
+    def __init__(self, store: Store, gateway: str | None = None) -> None:
         self._store = store
+        self.gateway = gateway or default_writer()
 
     def raise_alert(self, alert: NewAlert, detail: str, events: Sequence[DriftOutboxEvent]) -> bool:
         """Store the alert and queue its events; False if this alert was stored before."""
@@ -71,6 +76,8 @@ class DriftAlertRepository:
                     e.outbox.stage_event(session, alert.asset, alert.prediction_id, e.body)
                     for e in events
                 ]
+                # Last, as every append: the ledger's head stays locked for the shortest time.
+                audit_raised(session, self.gateway, [(int(new), row)])
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store drift alert of {alert.asset}: {exc}") from exc
         for done in on_commit:

@@ -5,13 +5,19 @@ metrics built from it. Synchronous: callers on the event loop use ``asyncio.to_t
   feedback time - prediction time);
 - autonomous decision coverage: over Good predictions with a value made in the period, the
   share that no operator rejected (a reject is an override of the model's decision).
+
+Each answer is an entry of the audit ledger (``operator.acknowledged``, ``operator.confirmed``,
+``operator.rejected``, subject ``prediction:<id>``, the comment as its reason), appended in the
+label's own transaction.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Double, Index, Integer, String, Text, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,10 +26,26 @@ from sqlalchemy.orm import Mapped, mapped_column
 from bridge.errors import StoreError
 from bridge.types import Feedback
 
+from .audit import append_entry, default_writer
+from .auditchain import NewAuditEntry
 from .db import Store
 from .tables import Base, PredictionRow
 
-__all__ = ["FeedbackMetrics", "LabelRecord", "LabelRepository", "PredictionLabelRow"]
+__all__ = [
+    "FEEDBACK_ACTIONS",
+    "FeedbackMetrics",
+    "LabelRecord",
+    "LabelRepository",
+    "PredictionLabelRow",
+    "feedback_actor",
+]
+
+# A label's action as the ledger's action.
+FEEDBACK_ACTIONS = {
+    "acknowledge": "operator.acknowledged",
+    "confirm": "operator.confirmed",
+    "reject": "operator.rejected",
+}
 
 
 class PredictionLabelRow(Base):
@@ -91,11 +113,42 @@ def _record(r: PredictionLabelRow) -> LabelRecord:
     )
 
 
-class LabelRepository:
-    def __init__(self, store: Store) -> None:
-        self._store = store
+def feedback_actor(feedback: Feedback) -> tuple[str, str]:
+    """(actor, channel) of the ledger for feedback that says only where it came from: an API
+    key's ``key:<id>`` through ``rest``, otherwise ``<channel>:<by>`` (``opcua:<user>``, the
+    name the OPC UA session logged in with, ``anonymous`` without one)."""
+    if feedback.channel == "rest" and feedback.key_id:
+        return f"key:{feedback.key_id}", "rest"
+    return f"{feedback.channel}:{feedback.by or 'anonymous'}", feedback.channel
 
-    def add(self, feedback: Feedback, at: float | None = None) -> LabelRecord:
+
+def _judged(value: str | float | None) -> str | float | None:
+    # The ledger's canonical JSON has no NaN or infinity: such a value is recorded as null
+    # rather than refusing the operator's answer.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class LabelRepository:
+    """``gateway`` names the writer of the ledger entries (the runtime and its REST API give
+    the gateway id; None: ``cli@<host>``)."""
+
+    def __init__(self, store: Store, gateway: str | None = None) -> None:
+        self._store = store
+        self.gateway = gateway if gateway is not None else default_writer()
+
+    def add(
+        self,
+        feedback: Feedback,
+        at: float | None = None,
+        *,
+        actor: str | None = None,
+        channel: str | None = None,
+    ) -> LabelRecord:
+        """Store an operator's answer with its ledger entry, by ``actor`` through ``channel``
+        (None: ``feedback_actor``; the REST API gives its key and whether the call came from
+        the console)."""
         value = None if feedback.value is None else str(feedback.value)
         row = PredictionLabelRow(
             prediction_id=feedback.prediction_id,
@@ -115,6 +168,27 @@ class LabelRepository:
             with self._store.sessions.begin() as session:
                 session.add(row)
                 session.flush()
+                who, how = feedback_actor(feedback)
+                after: dict[str, Any] = {
+                    "action": feedback.action,
+                    "asset": feedback.asset,
+                    "model": feedback.model,
+                    "value": _judged(feedback.value),
+                    "by": feedback.by,
+                    "comment": feedback.comment,
+                }
+                if feedback.key_id is not None:
+                    after["key_id"] = feedback.key_id
+                entry = NewAuditEntry(
+                    actor or who,
+                    channel or how,
+                    FEEDBACK_ACTIONS.get(feedback.action, f"operator.{feedback.action}"),
+                    f"prediction:{feedback.prediction_id}",
+                    None,
+                    after,
+                    feedback.comment,
+                )
+                append_entry(session, self.gateway, entry)
                 return _record(row)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store feedback on {feedback.prediction_id}: {exc}") from exc

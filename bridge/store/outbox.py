@@ -54,6 +54,8 @@ from sqlalchemy.orm import Session
 from bridge.errors import StoreError
 from bridge.types import Prediction
 
+from .audit import append_entries, default_writer
+from .auditchain import NewAuditEntry
 from .bulk import insert_rows
 from .codec import prediction_from_row
 from .db import Store
@@ -541,14 +543,51 @@ def new_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:200]
 
 
+# Ids named in a ledger entry of a replay or purge: the count says how many there were in all.
+_AUDIT_IDS = 100
+
+
+def _audit_dead_letters(
+    session: Session,
+    gateway: str,
+    action: str,
+    rows: Sequence[tuple[int, str, str]],
+    actor: str,
+    channel: str,
+    requeued: set[int] | None = None,
+) -> None:
+    """One ``deadletter.*`` ledger entry per destination among ``rows`` ((id, destination,
+    event id) of the dead letters acted on), in the caller's transaction. ``requeued``: of a
+    replay, the ids put back in the outbox (the others were queued already)."""
+    by_destination: dict[str, list[tuple[int, str]]] = {}
+    for row_id, destination, event_id in sorted(rows):
+        by_destination.setdefault(destination, []).append((row_id, event_id))
+    made: list[NewAuditEntry] = []
+    for destination, acted in sorted(by_destination.items()):
+        # Bounded: a purge of 100,000 dead letters is one entry, not a megabyte of ids.
+        after: dict[str, Any] = {
+            "count": len(acted),
+            "ids": [i for i, _ in acted[:_AUDIT_IDS]],
+            "event_ids": [e for _, e in acted[:_AUDIT_IDS]],
+        }
+        if requeued is not None:
+            after["requeued"] = sum(1 for i, _ in acted if i in requeued)
+        made.append(NewAuditEntry(actor, channel, action, f"outbox:{destination}", None, after))
+    append_entries(session, gateway, made)
+
+
 class OutboxRepository:
     """``holder`` names this gateway in the leases it takes: the runtime gives its gateway id, so
     a restarted gateway takes back at once the leases its previous run left (gateways sharing a
-    database have distinct ids). Without one, a name unique to this repository is made up."""
+    database have distinct ids). Without one, a name unique to this repository is made up.
 
-    def __init__(self, store: Store, holder: str | None = None) -> None:
+    ``gateway`` names the writer of the audit ledger entries of replays and purges (None:
+    ``cli@<host>``, a command's)."""
+
+    def __init__(self, store: Store, holder: str | None = None, gateway: str | None = None) -> None:
         self._store = store
         self.holder = holder or new_holder()
+        self.gateway = gateway or default_writer()
 
     # -- relay ------------------------------------------------------------------------------
 
@@ -853,8 +892,15 @@ class OutboxRepository:
         destination: str | None = None,
         event_ids: Sequence[str] = (),
         ids: Sequence[int] = (),
+        *,
+        actor: str = "system",
+        channel: str = "system",
     ) -> int:
-        """Put dead letters back at the end of their asset's queue, attempts reset."""
+        """Put dead letters back at the end of their asset's queue, attempts reset.
+
+        A ``deadletter.replayed`` ledger entry per destination (by ``actor`` through
+        ``channel``) commits with it; nothing replayed, nothing recorded.
+        """
         cond = self._dead_filter(destination, event_ids, ids)
         try:
             with self._store.sessions.begin() as s:
@@ -894,6 +940,15 @@ class OutboxRepository:
                         ],
                     )
                 s.execute(delete(DeadLetterRow).where(DeadLetterRow.id.in_([r.id for r in rows])))
+                _audit_dead_letters(
+                    s,
+                    self.gateway,
+                    "deadletter.replayed",
+                    [(r.id, r.destination, r.event_id) for r in rows],
+                    actor,
+                    channel,
+                    {r.id for r in fresh},
+                )
                 return len(rows)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot replay dead letters: {exc}") from exc
@@ -903,13 +958,22 @@ class OutboxRepository:
         destination: str | None = None,
         event_ids: Sequence[str] = (),
         ids: Sequence[int] = (),
+        *,
+        actor: str = "system",
+        channel: str = "system",
     ) -> int:
-        """Delete dead letters for good."""
+        """Delete dead letters for good, with a ``deadletter.purged`` ledger entry per
+        destination (by ``actor`` through ``channel``) in the same transaction."""
         cond = self._dead_filter(destination, event_ids, ids)
+        c = DeadLetterRow
         try:
             with self._store.sessions.begin() as s:
-                result = s.execute(delete(DeadLetterRow).where(*cond))
-                return int(getattr(result, "rowcount", 0) or 0)
+                # RETURNING: the rows this very statement deleted, which the entry names.
+                gone = s.execute(delete(c).where(*cond).returning(c.id, c.destination, c.event_id))
+                rows = [(int(i), str(d), str(e)) for i, d, e in gone]
+                if rows:
+                    _audit_dead_letters(s, self.gateway, "deadletter.purged", rows, actor, channel)
+                return len(rows)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot purge dead letters: {exc}") from exc
 

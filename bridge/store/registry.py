@@ -4,6 +4,13 @@ A version is in one state at a time (``VersionState``). Which state may follow w
 move does to the model's other versions, is decided by ``bridge.lifecycle.states``: the
 repository locks the model's rows, hands their states to that decision and writes what it says
 (states and ``model_events``) in the same transaction.
+
+Every change is also an entry of the audit ledger (``bridge.store.audit``), appended in that
+same transaction: ``model.registered``, ``model.activated``, ``model.shadow``, ``model.canary``,
+``model.promoted``, ``model.rolled_back``, ``model.refused``, ``model.restored`` and
+``model.retired`` (a version another one displaced), subject ``model:<name>/<version>``, with
+the version's state before and after. A version a command refused (signature, hash, fit) is a
+``model.refused`` entry too, though nothing changed (``record_refusal``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from bridge.errors import StoreError
 
+from .audit import append_entry, default_writer
+from .auditchain import NewAuditEntry
 from .db import Store
 from .tables import Base
 
@@ -50,12 +59,59 @@ __all__ = [
     "StateChanges",
     "VersionRecord",
     "VersionState",
+    "ledger_action",
+    "ledger_actor",
 ]
 
 _T = TypeVar("_T")
 
 VersionState = Literal["registered", "active", "shadow", "canary", "retired", "refused"]
 CANDIDATE_STATES: tuple[VersionState, ...] = ("shadow", "canary")
+
+# Registry event actions (``model_events.action``) as audit ledger actions.
+_LEDGER_ACTIONS = {
+    "register": "model.registered",
+    "activate": "model.activated",
+    "promote": "model.promoted",
+    "rollback": "model.rolled_back",
+    "rollback-candidate": "model.rolled_back",
+    "shadow": "model.shadow",
+    "canary": "model.canary",
+    "refuse": "model.refused",
+    "restore": "model.restored",
+}
+# What a version that moves without an event of its own (displaced by another) is recorded as.
+_STATE_ACTIONS = {
+    "registered": "model.registered",
+    "active": "model.activated",
+    "shadow": "model.shadow",
+    "canary": "model.canary",
+    "retired": "model.retired",
+    "refused": "model.refused",
+}
+# The runtime's own names for itself in ``model_events`` (the canary guard, the registry
+# watcher recording a refusal): one ``system`` actor in the ledger.
+_SYSTEM_ACTORS = frozenset({"system", "runtime", "guard"})
+_CHANNELS = {"key": "rest", "cli": "cli", "opcua": "opcua", "console": "console"}
+
+
+def ledger_action(action: str) -> str:
+    """The ledger's name of a registry event action (``rollback-candidate`` ->
+    ``model.rolled_back``); an action without one keeps its name under ``model.``."""
+    return _LEDGER_ACTIONS.get(action, "model." + action.replace("-", "_"))
+
+
+def ledger_actor(actor: str, channel: str | None = None) -> tuple[str, str]:
+    """(actor, channel) of the ledger for an actor as the registry records it: ``key:<id>``
+    (REST), ``cli:<user>``, ``mapping``, and the runtime's ``guard`` / ``runtime`` as
+    ``system``. ``channel`` None: the one the actor's prefix implies (``system`` for a name
+    without one, e.g. a script's)."""
+    if actor in _SYSTEM_ACTORS:
+        return "system", channel or "system"
+    if actor == "mapping":
+        return actor, channel or "mapping"
+    prefix = actor.split(":", 1)[0]
+    return actor, channel or _CHANNELS.get(prefix, "system")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +289,27 @@ def _record(row: ModelVersionRow) -> VersionRecord:
     )
 
 
+def _state(row: ModelVersionRow) -> dict[str, Any]:
+    """A version's state as a ledger entry's before or after: with a canary's placement and
+    guard, which a new canary of the same version changes without changing the state."""
+    out: dict[str, Any] = {"state": row.state}
+    if row.state == "canary":
+        out["share"] = row.canary_share
+        out["assets"] = json.loads(row.canary_assets_json) if row.canary_assets_json else None
+        out["guard"] = json.loads(row.guard_json) if row.guard_json else None
+    return out
+
+
+def _reason(action: str, detail: Mapping[str, Any]) -> str:
+    """The reason an event gives: the operator's or the runtime's words, or for a version
+    made active again after a refusal, which version was refused."""
+    if "reason" in detail:
+        return str(detail["reason"])
+    if action == "restore" and "refused" in detail:
+        return f"version {detail['refused']} was refused"
+    return ""
+
+
 class RegistryError(StoreError):
     """A registry operation that the registry's state does not allow. Raised as one of the two
     kinds below, told apart by type (the REST API answers 404 or 409), never by message text."""
@@ -248,8 +325,12 @@ class RegistryConflict(RegistryError):
 
 
 class RegistryRepository:
-    def __init__(self, store: Store) -> None:
+    """``gateway`` names the writer of the ledger entries: the runtime gives its gateway id;
+    None is a command's ``cli@<host>``."""
+
+    def __init__(self, store: Store, gateway: str | None = None) -> None:
         self._store = store
+        self.gateway = gateway if gateway is not None else default_writer()
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -367,7 +448,11 @@ class RegistryRepository:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def add(self, record: VersionRecord, actor: str) -> VersionRecord:
+    def add(
+        self, record: VersionRecord, actor: str, *, channel: str | None = None
+    ) -> VersionRecord:
+        """Store a new version (``model.registered``, and ``model.activated`` when it is
+        stored active); ``channel`` None: the one ``actor`` implies (``ledger_actor``)."""
         row = ModelVersionRow(
             name=record.name,
             version=record.version,
@@ -390,9 +475,23 @@ class RegistryRepository:
             with self._store.sessions.begin() as s:
                 s.add(row)
                 s.flush()
-                self._event(s, record.name, record.version, "register", actor, {})
+                name, version = record.name, record.version
+                self._event(s, name, version, "register", actor, {})
+                # A version stored active (the mapping's first) was registered, then activated:
+                # two entries, as two commands would have written.
+                first = "registered" if record.state == "active" else record.state
+                registered = {
+                    "state": first,
+                    "sha256": record.sha256,
+                    "signed": record.signature is not None,
+                }
+                self._audit(s, actor, channel, "register", name, version, None, registered, "")
                 if record.state == "active":
-                    self._event(s, record.name, record.version, "activate", actor, {})
+                    self._event(s, name, version, "activate", actor, {})
+                    after = {"state": "active"}
+                    self._audit(
+                        s, actor, channel, "activate", name, version, {"state": first}, after, ""
+                    )
         except IntegrityError as exc:
             raise RegistryConflict(
                 f"model {record.name} version {record.version} is already registered: "
@@ -413,12 +512,17 @@ class RegistryRepository:
         canary_share: float | None = None,
         canary_assets: Sequence[str] | None = None,
         guard: Mapping[str, float] | None = None,
+        channel: str | None = None,
     ) -> VersionRecord | None:
         """Lock the model's versions, ask ``decide`` what changes and write it. ``version`` is
         the one the caller acts on: it takes the canary settings given (any other version that
         moves loses its own: they belong to a candidate). With ``sha256`` (a gateway reporting
         a file it saw), a version that is gone or no longer that file changes nothing.
-        Returns ``version``'s record, or ``None`` when nothing changed."""
+        Returns ``version``'s record, or ``None`` when nothing changed.
+
+        Each version that moves is a ledger entry (by ``actor`` through ``channel``, None: the
+        one ``actor`` implies): the events' versions under their action, the versions they
+        displace as ``model.retired``."""
         now = time.time()
         try:
             with self._store.sessions.begin() as s:
@@ -433,6 +537,7 @@ class RegistryRepository:
                 changes = decide(current)
                 if changes is None:
                     return None
+                before = {v: _state(rows[v]) for v in changes.states}
                 for moved, state in changes.states.items():
                     other = rows[moved]
                     other.state, other.state_changed_at = state, now
@@ -445,6 +550,31 @@ class RegistryRepository:
                     row.guard_json = json.dumps(dict(guard)) if guard else None
                 for at, action, detail in changes.events:
                     self._event(s, name, at, action, actor, dict(detail))
+                    self._audit(
+                        s,
+                        actor,
+                        channel,
+                        action,
+                        name,
+                        at,
+                        before.get(at, {"state": current.get(at)}),
+                        _state(rows[at]),
+                        _reason(action, detail),
+                    )
+                told = {at for at, _, _ in changes.events}
+                for moved in changes.states:
+                    if moved not in told:  # displaced by the version the caller acts on
+                        self._audit(
+                            s,
+                            actor,
+                            channel,
+                            _STATE_ACTIONS.get(rows[moved].state, "model.retired"),
+                            name,
+                            moved,
+                            before[moved],
+                            _state(rows[moved]),
+                            f"replaced by version {version}",
+                        )
                 s.flush()
                 return _record(row)
         except SQLAlchemyError as exc:
@@ -470,14 +600,47 @@ class RegistryRepository:
         return self._read(read, f"read history of {name}")
 
     def add_event(
-        self, name: str, version: str, action: str, actor: str, detail: dict[str, Any]
+        self,
+        name: str,
+        version: str,
+        action: str,
+        actor: str,
+        detail: dict[str, Any],
+        *,
+        channel: str | None = None,
     ) -> None:
-        """Record something that changed no state, e.g. a version the runtime refused to load."""
+        """Record something that changed no state, e.g. a version the runtime refused to load
+        (a ledger entry too: the detail as its after)."""
         try:
             with self._store.sessions.begin() as s:
                 self._event(s, name, version, action, actor, detail)
+                reason = _reason(action, detail)
+                self._audit(s, actor, channel, action, name, version, None, detail, reason)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record event of {name} {version}: {exc}") from exc
+
+    def record_refusal(
+        self,
+        name: str,
+        version: str,
+        actor: str,
+        operation: str,
+        reason: str,
+        *,
+        channel: str | None = None,
+    ) -> None:
+        """A command (``operation``: register, activate, ...) refused ``version`` (signature,
+        hash or fit): nothing changed, but who tried and why is a ``model.refused`` entry.
+        Its after is the state (unchanged; none for a version never registered) and the
+        operation refused."""
+        try:
+            with self._store.sessions.begin() as s:
+                row = self._row(s, name, version)
+                state = _state(row) if row is not None else None
+                after = {**(state or {}), "refused": operation}
+                self._audit(s, actor, channel, "model.refused", name, version, state, after, reason)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record the refusal of {name} {version}: {exc}") from exc
 
     def add_comparisons(self, rows: Sequence[Comparison]) -> None:
         if not rows:
@@ -537,6 +700,25 @@ class RegistryRepository:
             .with_for_update()
         )
         return list(s.scalars(stmt))
+
+    def _audit(
+        self,
+        s: Session,
+        actor: str,
+        channel: str | None,
+        action: str,
+        name: str,
+        version: str,
+        before: Any,
+        after: Any,
+        reason: str,
+    ) -> None:
+        """Append the ledger entry of a registry change in its own transaction ``s``.
+        ``action``: a registry event action or already a ledger one (``model.``...)."""
+        who, how = ledger_actor(actor, channel)
+        what = action if action.startswith("model.") else ledger_action(action)
+        entry = NewAuditEntry(who, how, what, f"model:{name}/{version}", before, after, reason)
+        append_entry(s, self.gateway, entry)
 
     @staticmethod
     def _event(

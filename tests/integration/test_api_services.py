@@ -27,6 +27,8 @@ from bridge.lifecycle.version_stats import VersionStats
 from bridge.store import PredictionRepository, Store, open_store
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.store.apikeys import ApiKeyRepository
+from bridge.store.audit import AuditRepository
+from bridge.store.decisions import DecisionRepository
 from bridge.store.history import PredictionHistory
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
@@ -176,6 +178,8 @@ async def served(store: Store) -> AsyncIterator[Served]:
         lineage=LineageRepository(store),
         labels=LabelRepository(store),
         outbox=OutboxRepository(store),
+        audit=AuditRepository(store, "test"),
+        decisions=DecisionRepository(store),
         live_models=live,
         explainers={"health": Explainer({predictions[2].id: Explanation("temp high", ())})},
     )
@@ -231,6 +235,13 @@ async def test_one_route_per_service(served: Served) -> None:
     # explainers
     r = await http.get(f"/api/v1/predictions/{p[2].id}/explanation")
     assert r.json()["reason"] == "temp high", r.text
+    # audit: the ledger, newest first, ends with the admin key the fixture made last
+    r = await http.get("/api/v1/audit")
+    actions = [e["action"] for e in r.json()["entries"]]
+    assert actions[0] == "apikey.created" and "alert.raised" in actions, r.text
+    # decisions: one prediction's lineage
+    r = await http.get("/api/v1/lineage", params={"prediction_id": p[1].id})
+    assert r.status_code == 200 and p[1].id in r.text, r.text
 
 
 async def test_the_app_uses_the_query_runner_it_is_given(served: Served) -> None:

@@ -56,3 +56,34 @@ def test_quick_bench_completes_and_writes_json(tmp_path: Path) -> None:
     # The table printed on stdout has a line per row.
     for row in figures["rows"]:
         assert row["measure"] in done.stdout
+
+
+@pytest.mark.timeout(180)
+def test_quick_audit_bench_completes_and_writes_json(tmp_path: Path) -> None:
+    # Stand-alone (not in `python -m bench`): PostgreSQL is skipped with a message when absent.
+    out = tmp_path / "audit.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.audit", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=160,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "audit"
+    figures = doc["figures"]
+    assert figures["quick"] is True
+    sqlite = figures["append"]["sqlite"]
+    assert sqlite["single"]["entries"] > 0 and sqlite["concurrent"]["entries"] > 0
+    assert figures["verify"]["sqlite"]["entries"] == 5000
+    assert "skipped" in figures["verify"]["postgresql"] or (
+        figures["verify"]["postgresql"]["entries"] == 5000
+    )
+    runs = figures["path"]["runs"]
+    assert [r["ledger"] for r in runs] == ["off", "on"]
+    assert all(r["samples"] > 0 for r in runs)
+    assert runs[1]["chain_ok"] and runs[1]["ledger_checkpoints"] > 0
+    for row in figures["rows"]:
+        assert set(row) == ROW_KEYS
+        assert row["measure"] in done.stdout

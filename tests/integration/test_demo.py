@@ -1,6 +1,6 @@
 """The README's promise about the demo, with the demo's own mapping, simulators and model, on
 free ports: within 30 s of start the faulty pump shows the fault label, the others stay healthy,
-and the MES receiver and the API have the predictions."""
+and the MES receiver and the API have the predictions. The demo's audit ledger verifies clean."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ import httpx
 import pytest
 from support import free_port, wait_until
 
+from bridge.audit.verify import verify_chain
+from bridge.ed25519 import load_private_key, public_key_text
 from bridge.runtime.pipeline import Gateway
 from bridge.simulators.demo import FAULTY_PUMP, PUMPS, DemoPorts, run_demo
 from bridge.simulators.mes.server import MesReceiver
+from bridge.store import open_store
+from bridge.store.audit import AuditRepository
 from bridge.types import Quality
 
 
@@ -75,3 +79,15 @@ async def test_demo_flags_the_faulty_pump_within_30_seconds(tmp_path: Path) -> N
     finally:
         stop.set()
         await asyncio.wait_for(demo, 30)
+
+    # The demo's day is in its audit ledger, whole, and signed to its last entry by the key the
+    # demo made in its working directory.
+    ledger = AuditRepository(open_store(f"sqlite:///{tmp_path / 'bridge.db'}"), "test")
+    actions = [e.action for e in ledger.iter_entries()]
+    # The demo's read key made, the bundled model registered, the fault's alert raised.
+    expected = {"apikey.created", "model.registered", "gateway.started", "mapping.loaded"}
+    assert expected | {"alert.raised"} <= set(actions), actions
+    assert actions[-1] == "gateway.stopped", actions
+    public = load_private_key(tmp_path / "audit-ed25519.pem").public_key()
+    result = verify_chain(ledger.iter_entries(), ledger.checkpoints(), [public_key_text(public)])
+    assert result.ok and result.unsigned_tail == 0, result.to_json()

@@ -99,3 +99,10 @@ def test_a_logger_bound_before_configuration_still_logs(capsys: pytest.CaptureFi
     assert lines[0]["part"] == "hmi" and lines[0]["level"] == "info"
     assert lines[0]["url"] == "https://***@mes.local/"
     assert lines[1]["level"] == "error" and "ConnectionError: gone" in lines[1]["exception"]
+
+
+def test_an_empty_authority_keeps_its_slashes() -> None:
+    # urlunsplit alone turns sqlite:///x.db into sqlite:/x.db: another URL.
+    assert redact_url("sqlite:///var/x.db") == "sqlite:///var/x.db"
+    assert redact_url("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert redact_url("file:///x?token=t") == "file:///x?token=***"

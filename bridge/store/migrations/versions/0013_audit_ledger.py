@@ -30,6 +30,9 @@ def upgrade() -> None:
         sa.Column("hash", sa.String(64), nullable=False),
     )
     op.create_index("ix_audit_entries_at", "audit_entries", ["at_us"])
+    # A prediction's operator actions (lineage export) and an object's history (`show
+    # --subject`) are read by subject.
+    op.create_index("ix_audit_entries_subject", "audit_entries", ["subject", "seq"])
     head = op.create_table(
         "audit_head",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
@@ -57,5 +60,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("audit_checkpoints")
     op.drop_table("audit_head")
+    op.drop_index("ix_audit_entries_subject", table_name="audit_entries")
     op.drop_index("ix_audit_entries_at", table_name="audit_entries")
     op.drop_table("audit_entries")
