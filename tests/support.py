@@ -16,11 +16,40 @@ LOOPBACK = "127.0.0.1"
 TESTS = str(Path(__file__).resolve().parent)  # on a child's path: it imports the helpers here
 
 
+# Ports tests listen on come from below the kernel's ephemeral range. A port bind(0) hands out
+# is an ephemeral one: between the test asking and its server binding it, the kernel could give
+# it to another socket's outgoing connection (a PostgreSQL or OPC UA client of a parallel test),
+# and the server failed with "address already in use" (seen once in three full runs). Each
+# pytest-xdist worker takes its own slice, so two workers never pick the same port; within a
+# process, a port is handed out once per pass through the slice.
+_POOL = (20000, 32000)
+_SLICES = 8
+_cursor: dict[str, int] = {}
+
+
+def _slice() -> tuple[int, int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) % _SLICES if worker[2:].isdigit() else 0
+    width = (_POOL[1] - _POOL[0]) // _SLICES
+    return _POOL[0] + index * width, _POOL[0] + (index + 1) * width
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1, free now, that no outgoing connection will take (see above)."""
+    low, high = _slice()
+    key = f"{low}"
+    # A child process of a test starts elsewhere in the slice than its parent.
+    port = _cursor.get(key, low + (os.getpid() * 7919) % (high - low))
+    for _ in range(high - low):
+        port = low if port + 1 >= high else port + 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _cursor[key] = port
+        return port
+    raise RuntimeError(f"no free port on {LOOPBACK} in {low}-{high - 1}")
 
 
 async def wait_until(
