@@ -41,14 +41,30 @@ __all__ = ["AuditLedger", "gateway_key", "open_ledger", "trusted_keys"]
 log = structlog.get_logger(__name__)
 
 
+# Gateways started together from one folder (a fleet on one host, tests) race to make the key:
+# the one that loses loads the winner's, which may still be being written for a moment.
+_KEY_WRITE_WAIT_S = 2.0
+
+
 def gateway_key(settings: AuditSettings, base: Path) -> Ed25519PrivateKey:
     """The gateway's checkpoint key, made (0600, and its .pub) the first time."""
     path = base / settings.signing_key
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        generate_keypair(path, path.with_name(path.name + ".pub"))
-        log.info("audit_key_created", path=str(path), public=str(path) + ".pub")
-    return load_private_key(path)
+        try:
+            generate_keypair(path, path.with_name(path.name + ".pub"))
+            log.info("audit_key_created", path=str(path), public=str(path) + ".pub")
+        except SignatureError:
+            if not path.exists():
+                raise
+    deadline = time.monotonic() + _KEY_WRITE_WAIT_S
+    while True:
+        try:
+            return load_private_key(path)
+        except SignatureError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def trusted_keys(settings: AuditSettings, base: Path) -> list[str]:

@@ -498,7 +498,9 @@ class AuditSettings(Strict):
         "var/audit-ed25519.pem",
         description="Ed25519 private key (PEM, relative to this mapping file) that signs the "
         "ledger's checkpoints, so a chain cut short shows. Made (0600, with its public half "
-        "next to it as .pub) when it does not exist; in a fleet every gateway has its own.",
+        "next to it as .pub) when it does not exist. Gateways started from one folder share "
+        "it; give each its own path (e.g. `var/audit-${BRIDGE_GATEWAY_ID}.pem`) to tell "
+        "their checkpoints apart.",
     )
     checkpoint_s: float = Field(
         60.0,

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import stat
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,9 +29,10 @@ from pump_mapping import pump_mapping
 from support import free_port, wait_until
 
 from bridge.audit.exportfile import AuditFileError, entry_line, read_audit_file
-from bridge.audit.ledger import trusted_keys
+from bridge.audit.ledger import gateway_key, trusted_keys
 from bridge.audit.verify import verify_chain
 from bridge.config.spec import AuditSettings
+from bridge.ed25519 import public_key_text
 from bridge.lifecycle.signature import generate_keypair, load_private_key, sign_model
 from bridge.prepare import prepare
 from bridge.runtime.integrity import ARTIFACT_LABEL, IntegrityWatch, file_sha256
@@ -244,3 +247,21 @@ def test_a_mirror_read_while_a_line_is_being_appended_reads_the_whole_lines(
     mirror.write_text("{broken\n" + mirror.read_text())
     with pytest.raises(AuditFileError, match=r"audit\.jsonl:1: not JSON"):
         read_audit_file(mirror)
+
+
+def test_gateways_started_together_from_one_folder_share_the_key_one_of_them_made(
+    tmp_path: Path,
+) -> None:
+    # Three gateways of a fleet on one host started at once (seen: the two that lost the race
+    # to create the key refused to start).
+    settings = AuditSettings()
+    barrier = threading.Barrier(6)
+
+    def made() -> str:
+        barrier.wait(timeout=10)
+        return public_key_text(gateway_key(settings, tmp_path).public_key())
+
+    with ThreadPoolExecutor(6) as pool:
+        keys = list(pool.map(lambda _: made(), range(6)))
+    assert len(set(keys)) == 1
+    assert trusted_keys(settings, tmp_path) == keys[:1]
