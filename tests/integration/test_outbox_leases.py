@@ -226,11 +226,15 @@ async def test_a_relay_keeps_its_leases_while_a_long_round_runs(schema: str) -> 
         store.dispose()
 
 
+@pytest.mark.serial
 async def test_two_gateways_draining_one_outbox_keep_each_assets_order(schema: str) -> None:
     store = open_store(PG_URL, schema=schema)
     mes = MesReceiver(port=free_port())
     await mes.start()
-    mes.set_delay(0.01)
+    # Replies slow enough that the first relay's round of 3 assets is still in flight when the
+    # second relay first polls, even on a loaded machine (at 10 ms the first relay once drained
+    # all 5 assets before the second's first poll; run alone, as it judges timing).
+    mes.set_delay(0.05)
     # One round in flight per relay (concurrency 1) of at most 3 assets (batch_size 3): while
     # the first relay's round runs, its 3 assets are leased and the other relay, started in
     # the same breath, claims the other 2. Without the bound the first relay could lease all
