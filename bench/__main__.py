@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import api, explain, inference, memory, peer, pipeline
-from bench.common import RESULTS, ROOT, row, write_result
+from bench.common import RESULTS, ROOT, row, table, write_result
 from bench.peer import NODERED
 
 # Benchmarks other issues add to bench/: run when present, read from their own JSON result.
@@ -177,37 +177,6 @@ def tools() -> dict[str, str | None]:
         "node-red": nodered,
         "wrk": first_line(["wrk", "-v"]),
     }
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and value < 100:
-        return f"{value:,.2f}"
-    if isinstance(value, int | float):
-        return f"{value:,.0f}"
-    return str(value)
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    head = ("measure", "bridge", "floor", "ratio", "target", "met")
-    lines = [
-        (
-            r["measure"],
-            _fmt(r["bridge"]),
-            _fmt(r["floor"]),
-            _fmt(r["ratio"]),
-            r["target"],
-            {True: "yes", False: "NO", None: "-"}[r["met"]],
-        )
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:{'<' if i in (0, 4) else '>'}{w}}}" for i, w in enumerate(widths))
-    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*line) for line in lines]
-    notes = [f"  {r['measure']}: {r['note']}" for r in rows if r.get("note")]
-    return "\n".join([*out, "notes:", *notes])
 
 
 def main() -> int:

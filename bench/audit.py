@@ -74,7 +74,7 @@ from asyncua.server.server import Server
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import create_engine, insert, select, text, update
 
-from bench.common import free_port, percentile, row, write_result
+from bench.common import free_port, percentile, row, table, write_result
 from bench.e2e import (
     ECHO_MAPPING,
     HMI_PUBLISH_MS,
@@ -749,39 +749,6 @@ def rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     return out
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def table(found: list[dict[str, Any]]) -> str:
-    head = ("measure", "bridge", "floor", "ratio", "target", "met")
-    lines = [
-        (
-            r["measure"],
-            _fmt(r["bridge"]),
-            _fmt(r["floor"]),
-            _fmt(r["ratio"]),
-            r["target"],
-            {True: "yes", False: "NO", None: "-"}[r["met"]],
-        )
-        for r in found
-    ]
-    if not lines:
-        return "(no rows)"
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:{'<' if i in (0, 4) else '>'}{w}}}" for i, w in enumerate(widths))
-    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*line) for line in lines]
-    notes = [f"  {r['measure']}: {r['note']}" for r in found if r.get("note")]
-    return "\n".join([*out, "notes:", *notes])
 
 
 def main() -> int:

@@ -225,3 +225,36 @@ def stop(proc: subprocess.Popen[Any], grace_s: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value < 100:
+        return f"{value:,.2f}"
+    if isinstance(value, int | float):
+        return f"{value:,.0f}"
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("measure", "bridge", "floor", "ratio", "target", "met")
+    lines = [
+        (
+            r["measure"],
+            _fmt(r["bridge"]),
+            _fmt(r["floor"]),
+            _fmt(r["ratio"]),
+            r["target"],
+            {True: "yes", False: "NO", None: "-"}[r["met"]],
+        )
+        for r in rows
+    ]
+    if not lines:
+        return "(no rows)"
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:{'<' if i in (0, 4) else '>'}{w}}}" for i, w in enumerate(widths))
+    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    notes = [f"  {r['measure']}: {r['note']}" for r in rows if r.get("note")]
+    return "\n".join([*out, "notes:", *notes])

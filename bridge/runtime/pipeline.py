@@ -93,6 +93,7 @@ class Gateway:
     fleet: Fleet | None = None
     # The audit ledger's writer (checkpoints, mirror); None when gateway.audit is off.
     audit: AuditLedger | None = None
+    # The running mapping at start (the reloader's, once there is one, follows reloads).
     revision: str = ""
     mapping_name: str = ""
 
@@ -139,7 +140,9 @@ class Gateway:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             log.info("gateway_stopping", gateway=self.gateway_id)
             if self.started.is_set():
-                await self._audit("gateway.stopped", {"revision": self.revision})
+                # The revision running now: a reload may have replaced the one it started with.
+                running = self.reloader.revision if self.reloader else self.revision
+                await self._audit("gateway.stopped", {"revision": running})
             if collector is not None:
                 await cancel_and_wait(collector)
             for stage in reversed(started):

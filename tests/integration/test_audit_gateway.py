@@ -122,6 +122,9 @@ async def test_start_reload_and_stop_are_entries_of_a_chain_signed_by_the_gatewa
     assert reloaded.after["revision"] == summary.revision
     assert reloaded.after["changes"] == {"models.changed": ["pump-health"]}
     assert reloaded.after["restart_needed"] == []
+    # The gateway stopped on the reloaded mapping (the refused one never ran).
+    stopped = ledger.page(AuditFilter(action="gateway.stopped"), 10)[0]
+    assert stopped.after == {"revision": summary.revision}
     refused = ledger.page(AuditFilter(action="mapping.refused"), 10)[0]
     assert refused.actor == "system" and "mapping.yaml" in refused.reason
     assert {e.gateway for e in ledger.iter_entries()} == {"audited"}
