@@ -66,8 +66,10 @@ class MesReceiver(Service):
         self._retry_after: float | None = None
         self._delay_s = 0.0
         self._garbage = False
-        # Poison events: these Idempotency-Keys are refused with this status until accepted.
+        # Poison events: these Idempotency-Keys are refused with this status until accepted
+        # (or, with a count, that many times).
         self._poison: dict[str, int] = {}
+        self._poison_left: dict[str, int] = {}
         self.poison_answers = 0
         # Poison assets: every event of these assets is answered with this status.
         self._failing_assets: dict[str, int] = {}
@@ -106,13 +108,18 @@ class MesReceiver(Service):
         self._fail_remaining = count
         self._retry_after = retry_after
 
-    def reject_keys(self, keys: Iterable[str], status: int = 422) -> None:
-        """Refuse the events with these Idempotency-Keys with ``status`` until ``accept_keys``."""
+    def reject_keys(self, keys: Iterable[str], status: int = 422, times: int | None = None) -> None:
+        """Refuse the events with these Idempotency-Keys with ``status`` until ``accept_keys``,
+        or only the first ``times`` requests of each: a test that accepts later itself races
+        the sender's retries."""
         for key in keys:
             self._poison[key] = status
+            if times is not None:
+                self._poison_left[key] = times
 
     def accept_keys(self) -> None:
         self._poison.clear()
+        self._poison_left.clear()
 
     def fail_assets(self, assets: Iterable[str], status: int = 500) -> None:
         """Answer ``status`` to every event whose body's ``asset`` is one of ``assets``."""
@@ -287,7 +294,14 @@ class MesReceiver(Service):
         """One event, as the MES would process it: poison, duplicate or recorded."""
         if key is not None and key in self._poison:
             self.poison_answers += 1
-            return self._poison[key], {"error": "simulated poison event: unprocessable"}
+            status = self._poison[key]
+            left = self._poison_left.get(key)
+            if left is not None:
+                if left <= 1:
+                    del self._poison[key], self._poison_left[key]
+                else:
+                    self._poison_left[key] = left - 1
+            return status, {"error": "simulated poison event: unprocessable"}
         asset = body.get("asset") if isinstance(body, dict) else None
         if isinstance(asset, str) and asset in self._failing_assets:
             self.poison_answers += 1
