@@ -41,6 +41,8 @@ EXTERNAL = (
     "trigger",
     "store",
     "opcua_server",
+    "opcua_history",
+    "opcua_alarms",
     "opcua_sessions",
     "mqtt",
 )

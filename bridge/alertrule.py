@@ -159,6 +159,15 @@ class AlertRule:
         """Serve ``slots`` from now on (a mapping reload); see ``follow_tracks``."""
         self._tracks = follow_tracks(self._tracks, slots, holds)
 
+    def seed(self, latest: Iterable[Prediction]) -> None:
+        """Continue from the last stored prediction of each asset and model (a restart): a
+        fault still predicted is the state already alerted, not a new alert."""
+        for p in latest:
+            track = self._tracks.get((p.asset, p.model))
+            label = label_of(p)
+            if track is not None and label is not None:
+                track.seed(label)
+
     def evaluate(self, batch: Sequence[Prediction]) -> list[LabelAlert]:
         alerts = []
         for p in batch:

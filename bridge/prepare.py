@@ -19,8 +19,9 @@ from bridge.config.signing import check_mapping_signature
 from bridge.errors import ConfigError, ConfigIssue, InferenceError
 from bridge.inference.fit import fit_problems, load_model_for
 from bridge.inference.model import LoadedModel, file_sha256
+from bridge.types import AlarmPolicy, PredictionSlot
 
-__all__ = ["Prepared", "connector_problems", "prepare"]
+__all__ = ["Prepared", "connector_problems", "prepare", "slots_of"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,26 @@ class Prepared:
     mapping: Mapping
     models: dict[str, LoadedModel]
     labels: dict[str, tuple[str, ...]]
+
+
+def slots_of(prepared: Prepared) -> tuple[PredictionSlot, ...]:
+    """Every (asset, model) pair the mapping serves, as the outputs lay themselves out (the
+    gateway's and ``bridge opcua nodeset``'s export alike)."""
+    mapping = prepared.mapping
+    return tuple(
+        PredictionSlot(
+            asset,
+            name,
+            m.version,
+            prepared.models[name].sha256,
+            prepared.labels[name],
+            m.outputs.unit,
+            mapping.input_units(m, asset),
+            AlarmPolicy(m.alerts.severity, m.alerts.raise_after, m.alerts.clear_after),
+        )
+        for name, m in mapping.models.items()
+        for asset in m.assets
+    )
 
 
 def prepare(

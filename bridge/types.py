@@ -8,6 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "AlarmAnswer",
+    "AlarmEvent",
+    "AlarmEventKind",
+    "AlarmPolicy",
+    "AlarmRecord",
+    "AlarmService",
     "ComponentHealth",
     "Contribution",
     "Explanation",
@@ -16,6 +22,12 @@ __all__ = [
     "FeedbackService",
     "FollowsSlots",
     "HealthState",
+    "HistoryBucket",
+    "HistoryField",
+    "HistoryKey",
+    "HistorySeries",
+    "HistoryService",
+    "HistoryValue",
     "InputSnapshot",
     "ModelStatus",
     "Prediction",
@@ -165,6 +177,17 @@ class Prediction:
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmPolicy:
+    """How a classifier's alarm behaves on the HMI server (the model's ``alerts:`` settings):
+    its OPC UA severity (1-1000) and the alert rule's hold (``bridge.alertrule``), so that the
+    alarm is raised by the very prediction that raises the stored alert."""
+
+    severity: int = 500
+    raise_after: int = 1
+    clear_after: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class PredictionSlot:
     """One (asset, model) pair that will produce predictions; sinks build their layout from it."""
 
@@ -176,6 +199,7 @@ class PredictionSlot:
     unit: str = ""  # of a regressor's value (the model's `outputs.unit`); "" for labels
     # (tag name, unit) of the model's inputs on this asset, units after `convert_to`.
     input_units: tuple[tuple[str, str], ...] = ()
+    alarm: AlarmPolicy = AlarmPolicy()  # a classifier's (labels) alarm; regressors have none
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,11 +272,194 @@ class FeedbackService(Protocol):
         ...
 
 
+# The HMI server's variables that have history (OPC UA HistoryRead), one series each per slot.
+HistoryField = Literal["Value", "Score", "Quality", "DriftScore"]
+# Position of a stored value in its series: (timestamp, row id); the id orders the values of
+# one instant, so a page boundary between two of them skips or repeats nothing.
+HistoryKey = tuple[float, int]
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySeries:
+    """The stored values of one variable: ``field`` of the predictions of ``asset``+``model``.
+    ``text``: the slot's Value is a label (a classifier), else a number."""
+
+    asset: str
+    model: str
+    field: HistoryField
+    text: bool = False
+
+
+# Not frozen: a history page makes 10,000 of them (see TagSample). Treat as immutable.
+@dataclass(slots=True)
+class HistoryValue:
+    """One stored value of a series: the prediction's time, row id, the field's value (the
+    label of ``Quality``) and the prediction's quality."""
+
+    timestamp: float
+    row_id: int
+    value: str | float | None
+    quality: Quality
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryBucket:
+    """The values of a series in one processing interval (``index`` counted from the start
+    of the read): how many were Good (``good``) and how many not (``other``: Uncertain or Bad
+    quality, or no value), and average, minimum and maximum of the Good numeric ones."""
+
+    index: int
+    good: int
+    other: int
+    average: float | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+class HistoryService(Protocol):
+    """The store's history of the HMI server's variables (``bridge.store.hmihistory``), for
+    OPC UA HistoryRead. Reads run off the event loop with the store's query timeout; each
+    raises ``bridge.errors.StoreError`` when the store cannot answer. Times of buckets are
+    integer microseconds since the UNIX epoch (exact interval borders)."""
+
+    async def values(
+        self,
+        series: HistorySeries,
+        low: HistoryKey | None,
+        high: HistoryKey | None,
+        descending: bool,
+        limit: int,
+    ) -> Sequence[HistoryValue]:
+        """At most ``limit`` values with ``low <= (timestamp, row id) <= high`` (None: open),
+        oldest first, or newest first when ``descending``."""
+        ...
+
+    async def buckets(
+        self,
+        series: HistorySeries,
+        origin_us: int,
+        stop_us: int,
+        interval_us: int,
+        first: int,
+        count: int,
+    ) -> Sequence[HistoryBucket]:
+        """Intervals ``first`` .. ``first + count - 1`` of ``interval_us`` from ``origin_us``
+        towards ``stop_us`` (excluded), which may be earlier (time read backwards: interval k
+        is ``(origin - (k+1)w, origin - kw]``); only those holding values, by index."""
+        ...
+
+    async def span(self, series: HistorySeries) -> tuple[float, float] | None:
+        """Timestamps of the oldest and the newest value of the series; None if it has none."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRecord:
+    """A stored alert as the HMI's alarm shows it: the prediction that raised it, the label it
+    left (``previous``) and took, and the operators' acknowledgement and confirmation.
+    ``version`` and ``reason`` (the explanation's) are those of the raising prediction when it
+    is still stored (None / "" otherwise, or when not looked up)."""
+
+    alert_id: int
+    prediction_id: str
+    asset: str
+    model: str
+    label: str
+    previous: str
+    raised_at: float
+    acked_at: float | None = None
+    acked_by: str | None = None
+    ack_comment: str | None = None
+    confirmed_at: float | None = None
+    confirmed_by: str | None = None
+    confirm_comment: str | None = None
+    version: str | None = None
+    reason: str = ""
+
+
+# What an acknowledgement or confirmation did: "done" by this call; "before": by somebody
+# else earlier (the record says who); "missing": no alert of that prediction is stored (yet);
+# "unacknowledged": a confirmation of an alert nobody acknowledged.
+AlarmAnswer = Literal["done", "before", "missing", "unacknowledged"]
+AlarmEventKind = Literal["raised", "acknowledged", "confirmed"]
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEvent:
+    """A past moment of an alarm (event history): ``cursor`` is where a page ending with it
+    goes on (opaque bytes of the service; a client hands them back as a continuation point)."""
+
+    kind: AlarmEventKind
+    time: float
+    record: AlarmRecord
+    cursor: bytes
+
+
+class AlarmService(Protocol):
+    """The store's alerts for the HMI server's alarms (``bridge.connectors.opcua._alarms``).
+
+    One acknowledgement: an operator's Acknowledge on the alarm acknowledges the stored alert
+    of the raising prediction, exactly as the REST API does, so time-to-acknowledge counts each
+    alert once; acknowledgements made elsewhere are read back (``of_predictions``). ``faults``:
+    per model name the labels that alarm (all but the first). Every call raises
+    ``bridge.errors.BridgeError`` when the store fails; nothing retries inside.
+    """
+
+    async def acknowledge(
+        self, prediction_id: str, by: str, comment: str
+    ) -> tuple[AlarmAnswer, AlarmRecord | None]: ...
+
+    async def confirm(
+        self, prediction_id: str, by: str, comment: str
+    ) -> tuple[AlarmAnswer, AlarmRecord | None]: ...
+
+    async def of_predictions(self, prediction_ids: Sequence[str]) -> Sequence[AlarmRecord]:
+        """The stored alerts of these raising predictions (any may be missing)."""
+        ...
+
+    async def raised_after(self, alert_id: int, limit: int) -> Sequence[AlarmRecord]:
+        """Alerts stored after ``alert_id`` (any kind: filter by ``faults``), oldest first."""
+        ...
+
+    async def last_id(self) -> int: ...
+
+    async def newest(
+        self, faults: Mapping[str, tuple[str, ...]], assets: Sequence[str]
+    ) -> Sequence[AlarmRecord]:
+        """The newest alarm alert of each (asset, model), with version and reason."""
+        ...
+
+    async def latest_labels(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> Mapping[tuple[str, str], str]:
+        """The label of the last stored prediction of each (asset, model) that has one."""
+        ...
+
+    async def events(
+        self,
+        faults: Mapping[str, tuple[str, ...]],
+        assets: Sequence[str] | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        after: bytes | None = None,
+        newest_first: bool = False,
+    ) -> Sequence[AlarmEvent]:
+        """Past moments of the alarm alerts of ``assets`` (None: all) in [since, until],
+        oldest first, after the ``cursor`` of an earlier page's last event; raises
+        ``ValueError`` for a cursor it did not make."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class SinkContext:
     gateway_id: str
     slots: tuple[PredictionSlot, ...]
     feedback: FeedbackService | None = None
+    # Stored predictions for the HMI server's HistoryRead; None: its variables have no history.
+    history: HistoryService | None = None
+    # The store's alerts behind the HMI server's alarms; None: the server raises no alarms.
+    alarms: AlarmService | None = None
 
 
 HealthState = Literal["ok", "degraded", "down", "starting", "stopped"]

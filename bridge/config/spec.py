@@ -823,6 +823,14 @@ class AlertConfig(Strict):
         "only after this many normal predictions in a row; flips back and forth meanwhile "
         "raise nothing.",
     )
+    severity: int = Field(
+        500,
+        ge=1,
+        le=1000,
+        description="OPC UA severity (1-1000, Part 9) of the model's alarm on the gateway's "
+        "HMI server, the same for every fault label: HMIs sort and colour their alarm lists by "
+        "it (e.g. 1-200 low, 201-500 medium, 501-800 high, 801-1000 urgent).",
+    )
 
 
 class ModelConfig(Strict):

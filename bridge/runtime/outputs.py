@@ -27,10 +27,13 @@ from bridge.errors import BridgeError
 from bridge.outbox.feed import OutboxFeed
 from bridge.outbox.relay import Relay
 from bridge.outbox.wiring import Durable, durable_for
-from bridge.prepare import Prepared
+from bridge.prepare import Prepared, slots_of
+from bridge.runtime.alarms import StoreAlarms
 from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.fanout import PredictionFanout
+from bridge.store.alerts import AlertRepository
 from bridge.store.db import Store
+from bridge.store.hmihistory import StoreHmiHistory
 from bridge.store.outbox import OutboxRepository
 from bridge.store.sink import StoreSink
 from bridge.types import (
@@ -49,24 +52,6 @@ log = structlog.get_logger(__name__)
 
 # Called with the durable destinations' feeds that want drift alerts, after every change.
 AlertFeedsHook = Callable[[Sequence[OutboxFeed]], None]
-
-
-def slots_of(prepared: Prepared) -> tuple[PredictionSlot, ...]:
-    """Every (asset, model) pair the mapping serves, as the outputs lay themselves out."""
-    mapping = prepared.mapping
-    return tuple(
-        PredictionSlot(
-            asset,
-            name,
-            m.version,
-            prepared.models[name].sha256,
-            prepared.labels[name],
-            m.outputs.unit,
-            mapping.input_units(m, asset),
-        )
-        for name, m in mapping.models.items()
-        for asset in m.assets
-    )
 
 
 @dataclass(frozen=True)
@@ -110,7 +95,14 @@ class Outputs:
         self._store_sink = store_sink
         self._alerts = alerts
         self._feedback = feedback
+        # The HMI server's HistoryRead reads the store, stopped like the API's history reads.
+        self._history = StoreHmiHistory(store, prepared.mapping.gateway.api.query_timeout_s)
         self._gateway_id = prepared.mapping.gateway.id
+        # The stored alerts behind the HMI server's alarms (acknowledged there, as over REST).
+        alerts_repo = AlertRepository(
+            store, prepared.mapping.gateway.api.query_timeout_s, gateway=self._gateway_id
+        )
+        self._alarms = StoreAlarms(alerts_repo, OutboxRepository(store))
         self._slots = slots_of(prepared)
         built = self._build(prepared, self._slots, list(prepared.mapping.outputs))
         self.sinks: list[Sink] = list(built.sinks.values())
@@ -230,7 +222,13 @@ class Outputs:
         mapping = prepared.mapping
         sink_kinds = plugins.sink_kinds()
         destination_kinds = plugins.destination_kinds()
-        context = SinkContext(self._gateway_id, tuple(slots), feedback=self._feedback)
+        context = SinkContext(
+            self._gateway_id,
+            tuple(slots),
+            feedback=self._feedback,
+            history=self._history,
+            alarms=self._alarms,
+        )
         sinks: dict[str, Sink] = {}
         durables: dict[str, Durable] = {}
         # The gateway id names the outbox leases: a restarted gateway takes its own back at once.

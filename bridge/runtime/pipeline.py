@@ -52,6 +52,7 @@ from bridge.store.auditchain import NewAuditEntry
 from bridge.store.db import Store, open_store
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
+from bridge.store.outbox import OutboxRepository
 from bridge.store.registry import RegistryRepository
 from bridge.store.sequences import SequenceRepository
 from bridge.store.sink import StoreSink
@@ -220,7 +221,10 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         gateway_id=gid,
     )
     alerts = AlertSink.for_models(
-        AlertRepository(store, gateway=gid), slots_of(prepared), mapping.models
+        AlertRepository(store, gateway=gid),
+        slots_of(prepared),
+        mapping.models,
+        latest=OutboxRepository(store).latest_predictions,
     )
     fanout = PredictionFanout([])
     # The HMI server and the MES destinations, by name: a mapping reload changes them one by one.

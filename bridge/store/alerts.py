@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Double, Index, Integer, String, Text, func, select, update
+from sqlalchemy import Double, Index, Integer, String, Text, and_, func, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -17,17 +17,21 @@ from bridge.errors import StoreError
 
 from .audit import append_entries, append_entry, default_writer
 from .auditchain import NewAuditEntry
+from .codec import explanation_from_json
 from .db import Store, read_session
 from .sql import insert_ignoring
-from .tables import Base
+from .tables import Base, PredictionRow
 
 __all__ = [
     "Alert",
+    "AlertEvent",
     "AlertFilter",
     "AlertMetrics",
     "AlertRepository",
     "AlertRow",
+    "AlertScope",
     "AlreadyAcknowledged",
+    "EventCursor",
     "NewAlert",
     "audit_raised",
 ]
@@ -55,6 +59,11 @@ class AlertRow(Base):
     ack_comment: Mapped[str | None] = mapped_column(Text)
     # JSON details of alerts that are not label changes (drift: features, window statistics).
     detail: Mapped[str | None] = mapped_column(Text)
+    # Part 9's second operator step, after the acknowledgement (revision 0014): the HMI's
+    # Confirm method of the alarm (bridge.connectors.opcua._alarms).
+    confirmed_at: Mapped[float | None] = mapped_column(Double)
+    confirmed_by: Mapped[str | None] = mapped_column(String(200))
+    confirm_comment: Mapped[str | None] = mapped_column(Text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +92,9 @@ class Alert:
     acked_key: str | None
     ack_comment: str | None
     detail: str | None = None  # JSON, for alerts that are not label changes (drift)
+    confirmed_at: float | None = None
+    confirmed_by: str | None = None
+    confirm_comment: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +119,60 @@ class AlertMetrics:
 
 class AlreadyAcknowledged(StoreError):
     """The alert was acknowledged before; the first acknowledgement stands."""
+
+
+@dataclass(frozen=True, slots=True)
+class AlertScope:
+    """Which alerts are a classifier's alarms: per model name its fault labels (every label but
+    the first, normal one), on ``assets`` (None: any asset). Drift and lost-prediction alerts
+    share the table and never match a model's labels."""
+
+    faults: dict[str, tuple[str, ...]]
+    assets: tuple[str, ...] | None = None
+
+
+# The three moments of an alert, in the order they happen to one alert.
+EVENT_KINDS = ("raised", "acknowledged", "confirmed")
+
+
+@dataclass(frozen=True, slots=True)
+class EventCursor:
+    """Where a page of alert events ended: the last event's time, alert id and kind."""
+
+    time: float
+    alert_id: int
+    kind: int  # index in EVENT_KINDS
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One moment of an alert (``kind``: raised, acknowledged or confirmed) at ``time``, with
+    the version and explanation reason of the prediction that raised it while that prediction
+    is still stored (retention may have removed it)."""
+
+    kind: str
+    time: float
+    alert: Alert
+    version: str | None
+    reason: str
+
+    @property
+    def cursor(self) -> EventCursor:
+        return EventCursor(self.time, self.alert.id, EVENT_KINDS.index(self.kind))
+
+
+# Prediction ids per IN list of a look-up.
+_IN_CHUNK = 500
+
+_TIME_OF = {
+    "raised": AlertRow.raised_at,
+    "acknowledged": AlertRow.acked_at,
+    "confirmed": AlertRow.confirmed_at,
+}
+
+
+def _order(c: EventCursor) -> tuple[float, int, int]:
+    return (c.time, c.alert_id, c.kind)
 
 
 def _finite(value: float | None) -> float | None:
@@ -152,6 +218,9 @@ def _alert(r: AlertRow) -> Alert:
         r.acked_key,
         r.ack_comment,
         r.detail,
+        r.confirmed_at,
+        r.confirmed_by,
+        r.confirm_comment,
     )
 
 
@@ -231,7 +300,7 @@ class AlertRepository:
         self,
         alert_id: int,
         by: str,
-        key_id: str,
+        key_id: str | None,
         comment: str,
         *,
         actor: str | None = None,
@@ -242,6 +311,7 @@ class AlertRepository:
         The ``alert.acknowledged`` ledger entry (``actor``, default ``key:<key_id>``, through
         ``channel``; the comment as its reason) commits with the acknowledgement; a refused
         one (no such alert, acknowledged before) changes nothing and records nothing.
+        ``key_id`` None: not through an API key (an HMI's Acknowledge method; give ``actor``).
         """
         now = time.time()
         # One conditional UPDATE: of two concurrent acknowledgements exactly one wins, on SQLite
@@ -285,6 +355,213 @@ class AlertRepository:
         if not changed:
             raise AlreadyAcknowledged(f"alert {alert_id} was acknowledged by {row.acked_by}")
         return _alert(row)
+
+    def confirm(
+        self, alert_id: int, by: str, comment: str, *, actor: str, channel: str
+    ) -> tuple[Alert | None, bool]:
+        """Mark an acknowledged alert confirmed now (Part 9's step after the acknowledgement:
+        the operator has dealt with it). Returns the alert as it is afterwards (None: no such
+        alert) and whether this call confirmed it; when it did not, the alert was not
+        acknowledged yet (``acked_at`` None) or was confirmed before (``confirmed_by``).
+
+        The ``alert.confirmed`` ledger entry commits with the change, as for ``acknowledge``.
+        """
+        now = time.time()
+        stmt = (
+            update(AlertRow)
+            .where(
+                AlertRow.id == alert_id,
+                AlertRow.acked_at.is_not(None),
+                AlertRow.confirmed_at.is_(None),
+            )
+            .values(
+                confirmed_at=func.max(AlertRow.acked_at, now)
+                if self._store.dialect == "sqlite"
+                else func.greatest(AlertRow.acked_at, now),
+                confirmed_by=by,
+                confirm_comment=comment,
+            )
+        )
+        try:
+            with self._store.sessions.begin() as session:
+                result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+                changed = bool(result.rowcount)
+                row = session.get(AlertRow, alert_id, populate_existing=True)
+                if changed and row is not None:
+                    entry = NewAuditEntry(
+                        actor,
+                        channel,
+                        "alert.confirmed",
+                        f"alert:{alert_id}",
+                        {"confirmed": False},
+                        {
+                            "confirmed": True,
+                            "confirmed_by": row.confirmed_by,
+                            "confirmed_at": _finite(row.confirmed_at),
+                        },
+                        comment,
+                    )
+                    append_entry(session, self.gateway, entry)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot confirm alert {alert_id}: {exc}") from exc
+        return (None if row is None else _alert(row)), changed
+
+    def of_predictions(self, prediction_ids: Sequence[str]) -> list[Alert]:
+        """The alerts raised by these predictions (at most one each), in id order."""
+        out: list[Alert] = []
+        ids = list(dict.fromkeys(prediction_ids))
+        try:
+            with read_session(self._store, self._timeout_s) as session:
+                # Bounded IN lists: SQLite's default limit is 32,766 parameters.
+                for start in range(0, len(ids), _IN_CHUNK):
+                    chunk = ids[start : start + _IN_CHUNK]
+                    stmt = select(AlertRow).where(AlertRow.prediction_id.in_(chunk))
+                    out.extend(_alert(r) for r in session.scalars(stmt))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read alerts by prediction: {exc}") from exc
+        return sorted(out, key=lambda a: a.id)
+
+    def raised_after(self, alert_id: int, limit: int) -> list[Alert]:
+        """Alerts with an id above ``alert_id`` (raised later), oldest first, at most ``limit``:
+        whoever follows the table reads on from the last id it saw."""
+        stmt = select(AlertRow).where(AlertRow.id > alert_id).order_by(AlertRow.id).limit(limit)
+        try:
+            with read_session(self._store, self._timeout_s) as session:
+                return [_alert(r) for r in session.scalars(stmt)]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read new alerts: {exc}") from exc
+
+    def last_id(self) -> int:
+        """The highest alert id so far (0: none)."""
+        try:
+            with read_session(self._store, self._timeout_s) as session:
+                return int(session.execute(select(func.max(AlertRow.id))).scalar_one() or 0)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the last alert id: {exc}") from exc
+
+    def raising(self, prediction_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """(model version, explanation reason) of these predictions, for those still stored."""
+        out: dict[str, tuple[str, str]] = {}
+        ids = list(dict.fromkeys(prediction_ids))
+        try:
+            with read_session(self._store, self._timeout_s) as session:
+                for start in range(0, len(ids), _IN_CHUNK):
+                    stmt = select(
+                        PredictionRow.prediction_id,
+                        PredictionRow.version,
+                        PredictionRow.explanation_json,
+                    ).where(PredictionRow.prediction_id.in_(ids[start : start + _IN_CHUNK]))
+                    for pid, version, explanation in session.execute(stmt):
+                        reason = explanation_from_json(explanation)
+                        out[pid] = (version, reason.reason if reason is not None else "")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the raising predictions: {exc}") from exc
+        return out
+
+    def newest(self, scope: AlertScope) -> list[Alert]:
+        """The newest alert of each (asset, model) in ``scope``: one query per model."""
+        out: list[Alert] = []
+        try:
+            with read_session(self._store, self._timeout_s) as session:
+                for model, faults in sorted(scope.faults.items()):
+                    if not faults:
+                        continue
+                    ids = (
+                        select(func.max(AlertRow.id))
+                        .where(AlertRow.model == model, AlertRow.label.in_(faults))
+                        .group_by(AlertRow.asset)
+                    )
+                    if scope.assets is not None:
+                        ids = ids.where(AlertRow.asset.in_(scope.assets))
+                    rows = session.scalars(select(AlertRow).where(AlertRow.id.in_(ids)))
+                    out.extend(_alert(r) for r in rows)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the newest alerts: {exc}") from exc
+        return sorted(out, key=lambda a: a.id)
+
+    def events(
+        self,
+        scope: AlertScope,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        *,
+        after: EventCursor | None = None,
+        newest_first: bool = False,
+    ) -> list[AlertEvent]:
+        """The moments (raised, acknowledged, confirmed) of the alerts in ``scope`` that fall in
+        [since, until], oldest first (``newest_first``: the other way), at most ``limit``,
+        continuing after the cursor of a previous page's last event.
+
+        One keyset query per kind, each reading at most ``limit`` rows through its own time
+        column, merged here: a page costs three bounded reads however long the history is.
+        """
+        if not scope.faults or limit <= 0:
+            return []
+        merged: list[AlertEvent] = []
+        try:
+            with read_session(self._store, self._timeout_s) as session:
+                for kind in EVENT_KINDS:
+                    stmt = self._kind_query(scope, kind, since, until, after, newest_first)
+                    for row, version, explanation in session.execute(stmt.limit(limit)):
+                        column = _TIME_OF[kind]
+                        reason = explanation_from_json(explanation)
+                        merged.append(
+                            AlertEvent(
+                                kind,
+                                float(getattr(row, column.key)),
+                                _alert(row),
+                                version,
+                                reason.reason if reason is not None else "",
+                            )
+                        )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read alert events: {exc}") from exc
+        merged.sort(key=lambda e: _order(e.cursor), reverse=newest_first)
+        return merged[:limit]
+
+    def _kind_query(
+        self,
+        scope: AlertScope,
+        kind: str,
+        since: float | None,
+        until: float | None,
+        after: EventCursor | None,
+        newest_first: bool,
+    ) -> Any:
+        at = _TIME_OF[kind]
+        rank = EVENT_KINDS.index(kind)
+        labels = [
+            and_(AlertRow.model == model, AlertRow.label.in_(faults))
+            for model, faults in sorted(scope.faults.items())
+            if faults
+        ]
+        stmt = (
+            select(AlertRow, PredictionRow.version, PredictionRow.explanation_json)
+            .outerjoin(PredictionRow, PredictionRow.prediction_id == AlertRow.prediction_id)
+            .where(at.is_not(None), or_(*labels))
+        )
+        if scope.assets is not None:
+            stmt = stmt.where(AlertRow.asset.in_(scope.assets))
+        if since is not None:
+            stmt = stmt.where(at >= since)
+        if until is not None:
+            stmt = stmt.where(at <= until)
+        if after is not None:
+            # Strictly after the cursor in (time, id, kind) order (before it, newest first).
+            if newest_first:
+                beyond, id_beyond = at < after.time, AlertRow.id < after.alert_id
+                later = rank < after.kind
+            else:
+                beyond, id_beyond = at > after.time, AlertRow.id > after.alert_id
+                later = rank > after.kind
+            terms = [beyond, and_(at == after.time, id_beyond)]
+            if later:
+                terms.append(and_(at == after.time, AlertRow.id == after.alert_id))
+            stmt = stmt.where(or_(*terms))
+        if newest_first:
+            return stmt.order_by(at.desc(), AlertRow.id.desc())
+        return stmt.order_by(at, AlertRow.id)
 
     def metrics(self, since: float | None = None, until: float | None = None) -> AlertMetrics:
         """Counts and time to acknowledge over alerts raised in [since, until]."""

@@ -31,6 +31,8 @@ class PredictionRow(Base):
         # deletes the oldest by timestamp; without it both scan the table (2.4 s at 1M rows).
         Index("ix_predictions_timestamp", "timestamp", "id"),
         Index("ix_predictions_model_version", "model", "version"),
+        # Revision 0015: the HMI server's HistoryRead pages one asset+model by (timestamp, id).
+        Index("ix_predictions_asset_model_timestamp", "asset", "model", "timestamp", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

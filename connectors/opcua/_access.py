@@ -29,6 +29,8 @@ from asyncua.crypto import uacrypto
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.ua_binary import struct_from_binary
+from asyncua.ua.uaprotocol_auto import CallParameters
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -92,13 +94,34 @@ class ReadOnlyRuleset(PermissionRuleset):
         self._allowed = {make_node_id(i, 0) for i in USER_TYPES if i not in _REFUSED}
         # Operators may also call methods (Acknowledge/Confirm/Reject of a prediction).
         self._operator = self._allowed | {make_node_id(_WRITE, 0), make_node_id(_CALL, 0)}
+        self._call = make_node_id(_CALL, 0)
 
     def check_validity(self, user: Any, action_type_id: Any, body: Any) -> bool:
         if user is None:
             return False
         operator = isinstance(user, RoleUser) and user.bridge_role == OPERATOR
         allowed = self._operator if operator else self._allowed
+        if action_type_id == self._call and not operator:
+            return _only_refresh(body)
         return action_type_id in allowed
+
+
+# ConditionRefresh(2): any HMI that shows alarms calls it after subscribing (Part 9, 5.5.7),
+# so readers may too; every other method stays the operators' (bridge.connectors.opcua._alarms).
+_REFRESH = {
+    make_node_id(ObjectIds.ConditionType_ConditionRefresh, 0),
+    make_node_id(ObjectIds.ConditionType_ConditionRefresh2, 0),
+}
+
+
+def _only_refresh(body: Any) -> bool:
+    """Whether a Call request (its undecoded body) calls nothing but ConditionRefresh."""
+    try:
+        params = struct_from_binary(CallParameters, body.copy())
+    except Exception:  # undecodable: refused here, asyncua answers the decoding itself
+        return False
+    methods = params.MethodsToCall or []
+    return bool(methods) and all(m.MethodId in _REFRESH for m in methods)
 
 
 class ReaderUserManager(UserManager):

@@ -1,5 +1,5 @@
 """OPC UA commands for the `bridge` CLI, contributed through the `bridge.commands` entry point:
-`bridge certs create|trust|list|hash-password` and `bridge browse`."""
+`bridge certs create|trust|list|hash-password`, `bridge browse` and `bridge opcua nodeset`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 import click
 
 from bridge.connectors.opcua._connection_options import connection_options
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ConfigError
 
-__all__ = ["browse", "certs"]
+__all__ = ["browse", "certs", "opcua"]
 
 
 _PKI_DIR = click.option(
@@ -232,3 +232,63 @@ def browse(
     else:
         output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {len(found)} tags to {output}", err=True)
+
+
+@click.group()
+def opcua() -> None:
+    """The gateway's OPC UA server (opcua-server output): its information model."""
+
+
+@opcua.command("nodeset")
+@click.argument("mapping", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the NodeSet2 XML here (default: standard output).",
+)
+@click.option(
+    "--server",
+    "server_name",
+    help="Name of the opcua-server output to export; needed when MAPPING has several.",
+)
+def nodeset(mapping: Path, output: Path | None, server_name: str | None) -> None:
+    """Export the information model of MAPPING's OPC UA server as NodeSet2 XML.
+
+    The server is started as `bridge run` would start it (PredictionType, every asset's
+    objects, feedback methods, alarms, history flags), on a loopback port the system picks and
+    with no login possible, its namespace exported, and stopped; no source is connected and no
+    store opened. Secrets the mapping names (${VAR} without a default) need not be set.
+    """
+    from bridge.connectors.opcua.nodeset import export_nodeset
+    from bridge.prepare import prepare, slots_of
+
+    try:
+        prepared = prepare(mapping, placeholders=True)
+    except ConfigError as err:
+        for issue in err.issues:
+            click.echo(str(issue), err=True)
+        sys.exit(3)  # the README's exit codes: 3 is an invalid mapping
+    servers = {n: o for n, o in prepared.mapping.outputs.items() if o.kind == "opcua-server"}
+    if server_name is not None and server_name not in servers:
+        known = ", ".join(sorted(servers)) or "none"
+        click.echo(f"error: no opcua-server output {server_name!r} (there: {known})", err=True)
+        sys.exit(2)
+    if server_name is None and len(servers) != 1:
+        known = ", ".join(sorted(servers))
+        why = f"several opcua-server outputs ({known}): choose one with --server"
+        click.echo(f"error: {mapping} has {why if servers else 'no opcua-server output'}", err=True)
+        sys.exit(2)
+    chosen = servers[server_name] if server_name is not None else next(iter(servers.values()))
+    slots = slots_of(prepared)
+    try:
+        xml = asyncio.run(export_nodeset(chosen.settings, slots, prepared.mapping.gateway.id))
+    except BridgeError as exc:
+        click.echo(f"error: cannot export the OPC UA server's nodes: {exc}", err=True)
+        sys.exit(1)
+    if output is None:
+        click.echo(xml, nl=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(xml, encoding="utf-8")
+    click.echo(f"wrote {output} ({len(slots)} objects of PredictionType)", err=True)

@@ -7,10 +7,15 @@ Address space (string node ids in the configured namespace, stable across restar
                                          PredictionId}
     nsu=urn:bridge:predictions;s=Predictions.<asset>.<model>.Value
 
-Every variable is read-only (AccessLevel CurrentRead). Each prediction object has the methods
-Acknowledge, Confirm and Reject (inputs: the PredictionId answered and a comment; output: the id
-stored): only ``operator`` sessions may call them, and the answer goes to the core's
-FeedbackService (``bridge.connectors.opcua._feedback``).
+Each ``<model>`` object is an instance of the ObjectType ``PredictionType``
+(``s=Types.PredictionType``, ``bridge.connectors.opcua.predictiontype``; documented in
+docs/opcua-information-model.md). Every variable is read-only (AccessLevel CurrentRead; Value,
+Score, Quality and DriftScore also HistoryRead from the store: ``_history``). Each
+prediction object has the methods Acknowledge, Confirm and Reject (inputs: the PredictionId
+answered and a comment; output: the id stored): only ``operator`` sessions may call them, and
+the answer goes to the core's FeedbackService (``bridge.connectors.opcua._feedback``).
+A classifier's object also has an alarm, ``<model>/Alarm`` (OffNormalAlarmType, events,
+Acknowledge/Confirm acting on the stored alert: ``bridge.connectors.opcua._alarms``).
 Status codes are documented in ``bridge.connectors.opcua.encode``.
 """
 
@@ -42,9 +47,12 @@ from bridge.connectors.opcua._access import (
     ReadOnlyRuleset,
     mark_user_certificates,
 )
+from bridge.connectors.opcua._alarms import AlarmConditions
 from bridge.connectors.opcua._batch import BatchWriter, WriteFailure
+from bridge.connectors.opcua._eventfilter import install as standard_event_filters
 from bridge.connectors.opcua._feedback import FeedbackMethods
 from bridge.connectors.opcua._guard import GuardedServer
+from bridge.connectors.opcua._history import HistoryReader, page_for
 from bridge.connectors.opcua._publishing import Publishing
 from bridge.connectors.opcua._throttle import LoginThrottle
 from bridge.connectors.opcua.certs import load_der, thumbprint
@@ -58,9 +66,14 @@ from bridge.connectors.opcua.encode import (
 )
 from bridge.connectors.opcua.encode import node_string as prediction_node_string
 from bridge.connectors.opcua.models_folder import ModelsFolder
+from bridge.connectors.opcua.predictiontype import (
+    add_nodes,
+    add_prediction_type,
+    folder_node,
+    instance_nodes,
+)
 from bridge.connectors.opcua.server_config import OpcUaServerSettings, ServerSecurityPolicy
 from bridge.connectors.opcua.trust import TrustList, UntrustedCertificate
-from bridge.connectors.opcua.units import eu_information
 from bridge.errors import ConnectorError
 from bridge.types import (
     ComponentHealth,
@@ -86,8 +99,6 @@ _POLICY_TYPES: dict[ServerSecurityPolicy, ua.SecurityPolicyType] = {
 }
 # Only "slowly changing" fields are skipped when unchanged; measurements are always written.
 _STICKY = ("ModelName", "ModelVersion", "ModelSha256")
-# Variables whose unit is fixed whatever the model; Value takes the model's `outputs.unit`.
-_UNIT_OF = {"InputAge": "s"}
 # A batch larger than this is written by a task of the server's own, this many predictions per
 # pass with the event loop free in between: the model runner is not held up by a 2,000-asset
 # burst, and a lone change that arrives meanwhile is shown at once instead of after the burst.
@@ -124,6 +135,15 @@ class PredictionServer:
             if context.feedback is not None
             else None
         )
+        # Alarms of the classifiers' predictions, backed by the store's alerts (_alarms.py).
+        self._alarms = (
+            AlarmConditions(context.alarms, self._counters, self._log)
+            if context.alarms is not None
+            else None
+        )
+        # HistoryRead of Value, Score, Quality and DriftScore from the store (_history.py).
+        self._history_service = context.history
+        self._history: HistoryReader | None = None
         self._server: Server | None = None
         self._writer: BatchWriter | None = None
         self._models: ModelsFolder | None = None
@@ -140,6 +160,12 @@ class PredictionServer:
     @property
     def namespace_index(self) -> int | None:
         return self._namespace_index
+
+    @property
+    def address_space(self) -> Server | None:
+        """The running asyncua server, None when stopped: the NodeSet2 export
+        (``bridge.connectors.opcua.nodeset``) reads its nodes."""
+        return self._server
 
     async def start(self) -> None:
         if self._server is not None:
@@ -164,6 +190,8 @@ class PredictionServer:
                 max_lockout_s=lockout.max_lockout_s,
             ),
         )
+        # OfType in event filters matches subtypes (HMIs filter alarm lists on a supertype).
+        standard_event_filters()
         try:
             await server.init()
             mark_user_certificates(server.iserver)
@@ -185,6 +213,11 @@ class PredictionServer:
             server.set_identity_tokens(self._identity_tokens())
             ns = await server.register_namespace(settings.namespace)
             self._namespace_index = ns
+            page = page_for(settings.max_message_size)
+            self._history = HistoryReader(server, self._history_service, page=page)
+            await self._history.install(server)
+            if self._alarms is not None:  # the alarms' events history
+                await self._history.serve_events(self._alarms.read_events)
             await self._build(server, ns)
             self._models = ModelsFolder(self._nid, ns)
             await self._models.build(server, list(self._slots.values()))
@@ -199,6 +232,8 @@ class PredictionServer:
         self._server = server
         self._writer = BatchWriter(server, publishing)
         self._writer.prepare(ns)
+        if self._alarms is not None:  # state from the store, then its event and poll tasks
+            await self._alarms.start(publishing.wake)
         self._state, self._detail = "ok", ""
         self._warn_about_access()
         self._log.info("server_started", slots=len(self._slots), namespace_index=ns)
@@ -255,6 +290,7 @@ class PredictionServer:
             self._log.warning("passwords_sent_in_clear_text", hint="enable a SignAndEncrypt policy")
 
     async def _build(self, server: Server, ns: int) -> None:
+        await add_prediction_type(server, ns, self._settings.namespace)
         await server.nodes.objects.add_folder(self._nid("Predictions"), f"{ns}:Predictions")
         for key in sorted(self._slots):
             await self._add_slot(server, self._slots[key])
@@ -266,29 +302,39 @@ class PredictionServer:
         assert ns is not None
         key = (slot.asset, slot.model)
         asset_id = self._nid(f"Predictions.{slot.asset}")
-        if slot.asset in self._assets:
-            asset_node = server.get_node(asset_id)
-        else:
-            root = server.get_node(self._nid("Predictions"))
-            asset_node = await root.add_folder(asset_id, f"{ns}:{slot.asset}")
-            self._assets.add(slot.asset)
-        model_id = self._nid(prediction_node_string(slot.asset, slot.model))
-        model_node = await asset_node.add_object(model_id, f"{ns}:{slot.model}")
+        items = []
+        if slot.asset not in self._assets:
+            # AddNodes items, not Node.add_folder/add_object: those first browse all the
+            # references of the parent (Predictions: one more per asset), a third of a
+            # 1,000-slot start under the profiler.
+            items.append(folder_node(self._nid("Predictions"), asset_id, slot.asset))
+        identifier = prediction_node_string(slot.asset, slot.model)
+        model_id = self._nid(identifier)
+        # An instance of PredictionType (bridge.connectors.opcua.predictiontype).
+        items += instance_nodes(
+            asset_id,
+            identifier,
+            ns,
+            slot.model,
+            value_type(slot),
+            slot.unit,
+            self._settings.namespace,
+        )
+        await add_nodes(server, items)
+        self._assets.add(slot.asset)
+        model_node = server.get_node(model_id)
         initial = initial_values(slot, datetime.now(UTC))
         ids: dict[str, ua.NodeId] = {}
-        for field, vtype in FIELDS.items():
-            if field == "Value":
-                vtype = value_type(slot)
-            identifier = prediction_node_string(slot.asset, slot.model, field)
-            nodeid = self._nid(identifier)
-            await model_node.add_variable(nodeid, f"{ns}:{field}", _placeholder(vtype), vtype)
+        for field in FIELDS:
+            nodeid = self._nid(prediction_node_string(slot.asset, slot.model, field))
             await server.write_attribute_value(nodeid, initial[field])
             ids[field] = nodeid
-            unit = _UNIT_OF.get(field) or (slot.unit if field == "Value" else "")
-            if unit:
-                await self._add_unit(server.get_node(nodeid), identifier, unit)
+        if self._history is not None:  # Value, Score, Quality, DriftScore: HistoryRead
+            await self._history.historize(slot, ids)
         if self._feedback is not None:
             await self._feedback.add(model_node, ns, key, self._nid)
+        if self._alarms is not None:  # a classifier's OffNormalAlarm under its object
+            await self._alarms.add(server, ns, self._nid, slot)
         self._sticky[key] = {"ModelName": slot.model, "ModelVersion": slot.version}
         self._sticky[key]["ModelSha256"] = slot.sha256
         # Last: a prediction of this slot is written only once every node exists.
@@ -320,6 +366,8 @@ class PredictionServer:
         # Its last predictions (the model stops after this) are counted, not warned about.
         self._unknown_logged.add(key)
         asset, model = key
+        if self._alarms is not None:  # a last event (Retain false) before its nodes go
+            await self._alarms.remove(key, all(a != asset for a, _ in self._slots))
         await _delete(server, server.get_node(self._nid(prediction_node_string(asset, model))))
         if all(a != asset for a, _ in self._slots):
             self._assets.discard(asset)
@@ -347,6 +395,8 @@ class PredictionServer:
                 await self._add_slot(server, wanted[key])
             for key, slot in wanted.items():
                 self._slots[key] = slot  # a new version or labels: shown with the next value
+            if self._alarms is not None:  # a new severity, normal label or hold
+                self._alarms.follow(wanted.values())
             if self._models is not None:
                 await self._models.follow(server, list(wanted.values()))
             if self._writer is not None and self._namespace_index is not None:
@@ -361,15 +411,6 @@ class PredictionServer:
                 rebuilt=[f"{a}/{m}" for a, m in redo],
                 slots=len(self._slots),
             )
-
-    async def _add_unit(self, variable: Node, identifier: str, unit: str) -> None:
-        # The standard property: BrowseName in namespace 0, as HMIs and browsers look for it.
-        eu = eu_information(unit, self._settings.namespace)
-        await variable.add_property(
-            self._nid(f"{identifier}.EngineeringUnits"),
-            ua.QualifiedName("EngineeringUnits", 0),
-            eu,
-        )
 
     def _nid(self, identifier: str) -> ua.NodeId:
         assert self._namespace_index is not None
@@ -396,6 +437,8 @@ class PredictionServer:
         """
         if self._writer is None:
             raise ConnectorError(f"{self.name}: write() before start()")
+        if self._alarms is not None:  # every prediction, before large batches are coalesced
+            self._alarms.feed(batch)
         pending = self._pending
         if len(batch) <= self.chunk:
             if pending:
@@ -487,6 +530,8 @@ class PredictionServer:
             await cancel_and_wait(self._drain)
             self._drain = None
         self._pending.clear()
+        if self._alarms is not None:
+            await self._alarms.close()
         server, self._server = self._server, None
         self._writer = None
         if server is None:
@@ -540,12 +585,3 @@ async def _delete(server: Server, node: Node) -> None:
 def _layout(slot: PredictionSlot) -> tuple[ua.VariantType, str]:
     """What a slot's nodes are made with: a change of either needs new nodes."""
     return value_type(slot), slot.unit
-
-
-def _placeholder(vtype: ua.VariantType) -> Any:
-    """A value of the right type so the node's DataType is set; overwritten at once."""
-    if vtype == ua.VariantType.String:
-        return ""
-    if vtype == ua.VariantType.DateTime:
-        return datetime(1970, 1, 1, tzinfo=UTC)
-    return 0.0

@@ -15,7 +15,7 @@ OWN_PARTS = ("pipeline", "inference", "api", "memory", "peer")
 # Smoke runs of 30-90 s each with servers of their own (node-opcua or asyncua load servers, an HMI
 # process): run on demand with the rest of `python -m bench --quick`, left out here so CI stays
 # within its time. The code they measure has its own tests.
-SLOW_PARTS = "opcua_sessions,opcua_server,trigger"
+SLOW_PARTS = "opcua_sessions,opcua_server,opcua_history,opcua_alarms,trigger"
 ROW_KEYS = {"measure", "bridge", "floor", "unit", "ratio", "target", "met", "note"}
 
 

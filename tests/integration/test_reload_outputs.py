@@ -305,6 +305,9 @@ def _name(dv: ua.DataValue) -> str:
     return "Good" if dv.StatusCode is None else str(dv.StatusCode.name)
 
 
+# Judges the gaps between a subscription's values across the reload (< 3 model periods): on a
+# machine loaded by the rest of the suite one gap was 2 s (4 periods) once.
+@pytest.mark.serial
 async def test_reload_adds_and_removes_hmi_nodes_and_keeps_subscriptions(
     tmp_path: Path,
 ) -> None:
