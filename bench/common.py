@@ -258,3 +258,39 @@ def table(rows: list[dict[str, Any]]) -> str:
     out += [fmt.format(*line) for line in lines]
     notes = [f"  {r['measure']}: {r['note']}" for r in rows if r.get("note")]
     return "\n".join([*out, "notes:", *notes])
+
+
+PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
+
+
+@contextlib.contextmanager
+def bench_store(backend: str, workdir: Path, name: str, **options: Any) -> Iterator[Any]:
+    """A store of its own for one benchmark run: a SQLite file ``<name>.db`` in ``workdir``, or
+    a fresh PostgreSQL schema dropped afterwards. ``options`` go to ``open_store``."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    from bridge.store.db import open_store
+
+    if backend == "sqlite":
+        s = open_store(f"sqlite:///{workdir / name}.db", **options)
+        try:
+            yield s
+        finally:
+            s.dispose()
+        return
+    schema = f"bench_{name}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        s = open_store(PG_URL, schema=schema, **options)
+        try:
+            yield s
+        finally:
+            s.dispose()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

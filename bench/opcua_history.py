@@ -36,28 +36,26 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from asyncua import ua
 from asyncua.client.client import Client
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
-from bench.common import free_port, machine, row, stop, write_result
+from bench.common import bench_store, free_port, machine, row, stop, write_result
 from bridge.connectors.opcua import OpcUaServerSettings, PredictionServer
 from bridge.connectors.opcua.convert import make_node_id
 from bridge.connectors.opcua.encode import node_string
 from bridge.logging import configure_logging
-from bridge.store.db import Store, open_store
+from bridge.store.db import Store
 from bridge.store.hmihistory import StoreHmiHistory
 from bridge.store.repository import PredictionRepository
 from bridge.store.tables import PredictionRow
 from bridge.types import HistorySeries, Prediction, PredictionSlot, Quality, SinkContext
 
 NS = "urn:bench:history"
-PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 ASSET, MODEL, OTHER = "pump-00001", "rul", "health"
 START = 1_700_000_000.0
 STEP = 0.01  # seconds between timestamps; two predictions of the model share each
@@ -90,29 +88,8 @@ def _prediction(model: str, i: int, asset: str = ASSET) -> Prediction:
     )
 
 
-@contextlib.contextmanager
-def _store(backend: str, workdir: Path) -> Iterator[Store]:
-    if backend == "sqlite":
-        s = open_store(f"sqlite:///{workdir / 'history.db'}")
-        try:
-            yield s
-        finally:
-            s.dispose()
-        return
-    schema = f"bench_history_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        s = open_store(PG_URL, schema=schema)
-        try:
-            yield s
-        finally:
-            s.dispose()
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+def _store(backend: str, workdir: Path) -> contextlib.AbstractContextManager[Store]:
+    return bench_store(backend, workdir, "history")
 
 
 def _fill(store: Store, rows: int, other_rows: int) -> float:
