@@ -44,6 +44,7 @@ EXTERNAL = (
     "opcua_history",
     "opcua_alarms",
     "opcua_sessions",
+    "opcua_transfer",
     "mqtt",
 )
 EXTERNAL_TIMEOUT_S = {True: 90, False: 900}

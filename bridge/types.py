@@ -73,6 +73,7 @@ class TagSample:
     Times are UNIX epoch seconds. ``source_time`` is when the device measured it (if known),
     ``server_time`` when the server/PLC stamped it, ``received_time`` when the gateway got it.
     ``reason`` says why quality is not Good (e.g. ``BadNodeIdUnknown``, ``modbus exception 2``).
+    ``historical``: read back from the server's history after an outage (backfill), not live.
     Treat it as immutable.
     """
 
@@ -83,6 +84,7 @@ class TagSample:
     source_time: float | None = None
     server_time: float | None = None
     reason: str = ""
+    historical: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,8 @@ class TagReading:
     source_time: float | None
     received_time: float | None
     reason: str = ""
+    # A republish of an unchanged value (the tag's ``heartbeat_s``): same value and source time.
+    heartbeat: bool = False
 
 
 # The tags changed at or after a monotonic time (``time.monotonic()``; 0.0: every tag), read
@@ -174,6 +178,10 @@ class Prediction:
     # In a fleet, the generation of the asset's lease the prediction was made under (the
     # fencing token): the store refuses it once another gateway took the asset. None: no fleet.
     fence: int | None = None
+    # Made after the fact for a past time (an outage gap filled from the server's history,
+    # the model's ``backfill: {predictions: true}``), not live: outputs carry the flag, and
+    # consumers of the current state (HMI values, alerts, the latest predictions) skip it.
+    historical: bool = False
 
 
 @dataclass(frozen=True, slots=True)

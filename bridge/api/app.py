@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from .alerts import build_alert_router
 from .audit import build_audit_router
 from .bodylimit import BodyLimit
+from .certificates import build_certificates_router
 from .decisions import build_decisions_router
 from .docs import ASSETS_PREFIX, DOCS_PATHS, mount_docs
 from .guard import ApiGuard
@@ -55,6 +56,7 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(build_lineage_router())
     app.include_router(build_decisions_router())
     app.include_router(build_key_router())
+    app.include_router(build_certificates_router())
     app.include_router(build_outbox_router())
     app.include_router(build_audit_router())
     app.include_router(build_models_admin_router())

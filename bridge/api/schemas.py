@@ -153,6 +153,12 @@ class PredictionOut(BaseModel):
     drift_score: float | None = Field(
         None, description="The asset's drift score (largest PSI over the inputs) at this time."
     )
+    historical: bool = Field(
+        False,
+        description="Made after the fact for `timestamp`, a past time (the model's "
+        "`backfill: {predictions: true}` over an outage gap filled from the server's "
+        "history); false for a live prediction. Never one of the latest predictions.",
+    )
 
     @classmethod
     def of(cls, p: Prediction) -> PredictionOut:
@@ -172,6 +178,7 @@ class PredictionOut(BaseModel):
             inputs=[InputOut.of(i) for i in p.inputs],
             explanation=None if p.explanation is None else ExplanationOut.of(p.explanation),
             drift_score=p.drift_score,
+            historical=p.historical,
         )
 
 

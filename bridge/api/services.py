@@ -8,7 +8,7 @@ over a store alone), so no router guesses with a default.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from bridge.config.spec import ApiSettings
 from bridge.lifecycle.service import RegistryService
 from bridge.lifecycle.version_stats import VersionStats
+from bridge.pki.trustlists import TrustDir
 from bridge.store.alerts import AlertRepository
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.audit import AuditRepository
@@ -36,7 +37,14 @@ from .reloadable import MappingReloader
 from .sessions import SessionStore
 from .view import GatewayView
 
-__all__ = ["ApiServices", "Explainer", "LiveModelState", "install_services", "services_of"]
+__all__ = [
+    "ApiServices",
+    "Explainer",
+    "LiveModelState",
+    "install_services",
+    "no_trust_lists",
+    "services_of",
+]
 
 # Queries that may wait for a free query thread; beyond, the API answers 503 at once.
 _WAITING_PER_THREAD = 8
@@ -58,6 +66,10 @@ class Explainer(Protocol):
     def explain_kept(self, prediction_id: str) -> Explanation | None: ...
 
     def feature_drift(self, asset: str) -> Mapping[str, float]: ...
+
+
+def no_trust_lists() -> Sequence[TrustDir]:
+    return ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,9 @@ class ApiServices:
     # The public keys whose audit checkpoints count (the gateway's and gateway.audit's
     # trusted_keys); None: any valid signature, and /audit/verify says the signer is not pinned.
     audit_keys: Sequence[str] | None = None
+    # The trust lists of peer certificates of the running mapping, read on each request (a
+    # reload may change them); an API without a mapping has none.
+    trust_lists: Callable[[], Sequence[TrustDir]] = no_trust_lists
 
     @classmethod
     def from_store(
@@ -108,6 +123,7 @@ class ApiServices:
         metrics_on_api: bool = True,
         reloader: MappingReloader | None = None,
         audit_keys: Sequence[str] | None = None,
+        trust_lists: Callable[[], Sequence[TrustDir]] | None = None,
     ) -> ApiServices:
         """The store-backed services. ``registry`` defaults to one that knows no mapping and
         no signing policy; the gateway passes its own."""
@@ -130,6 +146,7 @@ class ApiServices:
             audit=AuditRepository(store, view.gateway_id),
             decisions=DecisionRepository(store, timeout_s=settings.query_timeout_s),
             audit_keys=audit_keys,
+            trust_lists=trust_lists or no_trust_lists,
             live_models=live_models,
             # Kept, not copied: the app reads the runtime's own mapping, as it always has.
             explainers=explainers if explainers is not None else {},

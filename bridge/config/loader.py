@@ -266,6 +266,7 @@ def _expand_assets(
                 tag.max_age_s or default_max_age_s,
                 tag.description,
                 *_converted(tag.unit, tag.convert_to),
+                heartbeat_s=tag.heartbeat_s,
             )
             ids.append(tag_id)
         assets[asset_name] = tuple(ids)
@@ -368,6 +369,7 @@ class _Tag:
     max_age_s: float | None
     description: str
     convert_to: str = ""
+    heartbeat_s: float | None = None
 
     @classmethod
     def of(cls, tag: TagConfig) -> _Tag:
@@ -526,6 +528,7 @@ def _resolve_models(
             drift=m.drift,
             explain=m.explain,
             alerts=m.alerts,
+            backfill_predictions=m.backfill.predictions,
         )
     return out
 

@@ -43,6 +43,8 @@ class ResolvedTag:
     # bridge.normalize applies: worked out once at load, never per sample.
     source_unit: str = ""
     convert: tuple[float, float] | None = None
+    # Republish the unchanged value to the tag outputs this often (``TagTable.readings``).
+    heartbeat_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,8 @@ class ResolvedModel:
     # at most once per min_interval_s (bridge.runtime.trigger).
     trigger: Literal["period", "change"] = "period"
     min_interval_s: float = 0.01
+    # `backfill: {predictions: true}`: predictions at period_s over a gap filled from history.
+    backfill_predictions: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ __all__ = [
     "GatewaySettings",
     "MappingFile",
     "MetricsSettings",
+    "ModelBackfill",
     "ModelConfig",
     "ModelOutputs",
     "ModelRegistrySettings",
@@ -629,6 +630,14 @@ class TagConfig(Strict):
         description="As a model input, older than this counts as Bad (stale). "
         "Default: gateway.default_max_age_s.",
     )
+    heartbeat_s: float | None = Field(
+        None,
+        gt=0,
+        description="Republish the tag's last value to the tag outputs (UNS tag topics) "
+        "every this many seconds while it does not change, with its original source time "
+        "and `heartbeat: true`, so consumers can tell unchanged from dead; a tag not heard "
+        "from for longer than max_age_s is republished as Bad (stale). Default: off.",
+    )
     description: str = Field("", description="Free text for people.")
 
     @field_validator("unit")
@@ -833,6 +842,21 @@ class AlertConfig(Strict):
     )
 
 
+class ModelBackfill(Strict):
+    """What a model does with a gap its sources filled from the server's history after an
+    outage (``backfill:`` of an OPC UA source)."""
+
+    predictions: bool = Field(
+        False,
+        description="Also make the model's predictions for the past: at every `period_s` "
+        "across the gap each backfilled asset's features from the windows as they were then "
+        "(samples up to that time only), stamped with that time and flagged historical in "
+        "the store, the REST API and every output; live-only consumers (the HMI server's "
+        "current values, alerts, alarms, event rules) skip them. Off: the gap keeps only "
+        "the live predictions made during the outage.",
+    )
+
+
 class ModelConfig(Strict):
     file: str = Field(description="Path of the .onnx file, relative to this mapping file.")
     version: str = Field(min_length=1, description="Version shown on the HMI and sent to the MES.")
@@ -899,6 +923,11 @@ class ModelConfig(Strict):
     alerts: AlertConfig = Field(
         default_factory=AlertConfig,
         description="When a label change raises an alert (classifiers): debounced by default.",
+    )
+    backfill: ModelBackfill = Field(
+        default_factory=ModelBackfill,
+        description="Predictions for an outage gap that a source filled from the server's "
+        "history (see the OPC UA source's `backfill:`).",
     )
 
     @model_validator(mode="after")

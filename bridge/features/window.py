@@ -6,10 +6,12 @@ monotonic clock, never the wall clock an NTP step may set back."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Ring"]
+__all__ = ["Replay", "Ring"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -37,7 +39,7 @@ class Ring:
     statistics always read.
     """
 
-    __slots__ = ("_buf", "_head", "_horizon_s", "_n", "_settled", "_size", "capacity")
+    __slots__ = ("_buf", "_head", "_held", "_horizon_s", "_n", "_settled", "_size", "capacity")
 
     def __init__(self, capacity: int, horizon_s: float | None = None) -> None:
         self.capacity = capacity
@@ -48,6 +50,7 @@ class Ring:
         self._size = 0 if horizon_s is not None else capacity  # len of a row, read per sample
         self._head = 0  # next write position
         self._n = 0
+        self._held: float | None = None  # the horizon while ``hold`` keeps every sample
 
     def __len__(self) -> int:
         return self._n
@@ -131,6 +134,55 @@ class Ring:
         self._head = 0
         self._n = 0
 
+    def hold(self) -> None:
+        """Keep every sample (up to ``capacity``) until ``release``: a backfill appends an
+        outage's worth of past samples at once, and windows ending at those past times still
+        need the samples the horizon would drop. An infinite horizon in place of the real one
+        leaves ``append`` as it is: no test of a flag per sample on the live path."""
+        if self._horizon_s is not None and self._held is None:
+            self._held, self._horizon_s = self._horizon_s, math.inf
+
+    def release(self) -> None:
+        """The horizon again, and the room ``hold`` made cut back to what it needs: the
+        samples since the newest minus the horizon and one before, plus 1/16 (``_settle``)."""
+        horizon = self._held
+        if horizon is None:
+            return
+        self._horizon_s, self._held = horizon, None
+        n = self._n
+        newest = self.newest()
+        if newest is None:
+            return
+        keep = min(n, self.count_since(newest - horizon) + 1)
+        size = min(self.capacity, max(16, keep + max(2, keep // 16)))
+        if size >= self._size:
+            return
+        t, v = self._ordered()
+        buf = np.zeros(2 * size, dtype=np.float64)
+        buf[:keep] = t[n - keep :]
+        buf[size : size + keep] = v[n - keep :]
+        self._buf, self._size, self._n = buf, size, keep
+        self._head = keep if keep < size else 0
+
+    def replay(self) -> Replay:
+        """A copy of the samples that reads as this ring did at an earlier time (``Replay``)."""
+        t, v = self._ordered()
+        return Replay(t.copy(), v.copy())
+
+    def newest(self) -> float | None:
+        """Time of the newest sample, or None when empty."""
+        if self._n == 0:
+            return None
+        i = self._head - 1
+        return float(self._buf[i + self._size if i < 0 else i])
+
+    def last(self) -> float | None:
+        """Value of the newest sample, or None when empty."""
+        if self._n == 0:
+            return None
+        i = self._head - 1
+        return float(self._buf[self._size + (i + self._size if i < 0 else i)])
+
     def oldest(self) -> float | None:
         """Time of the oldest sample kept, or None when empty."""
         n = self._n
@@ -193,3 +245,32 @@ class Ring:
             np.concatenate((buf[first:size], buf[:h])),
             np.concatenate((buf[size + first :], buf[size : size + h])),
         )
+
+
+class Replay(Ring):
+    """A ring's samples as they were at a past time ``t``: ``at(t)`` hides every sample after
+    ``t``, so ``oldest``, ``newest``, ``last``, ``since``, ``count_since`` and ``copy_newest``
+    (what feature building reads) answer as the ring did then. For predictions made after the
+    fact over a backfilled gap; read-only (``append`` raises).
+
+    The samples lie unwrapped in one array (times, then values), and the write position is
+    the end of the visible ones: the ring's own reads need no change and no copy per ``t``."""
+
+    __slots__ = ("_times",)
+
+    def __init__(self, t: F64, v: F64) -> None:
+        super().__init__(len(t))
+        n = len(t)
+        self._buf = np.concatenate((t, v))
+        self._size = n
+        self._times = self._buf[:n]
+        self._head = self._n = n
+
+    def at(self, t: float) -> Replay:
+        """Show the samples with time <= ``t`` (all of them again with ``math.inf``)."""
+        end = int(self._times.searchsorted(t, side="right"))
+        self._head = self._n = end
+        return self
+
+    def append(self, t: float, v: float) -> None:
+        raise TypeError("a Replay is read-only")

@@ -103,7 +103,11 @@ class FleetMirror:
         newest: dict[tuple[str, str], Prediction] = {}
         for _, p in rows:
             key = (p.asset, p.model)
-            if p.asset in served or p.timestamp <= self._shown.get(key, float("-inf")):
+            if (
+                p.asset in served
+                or p.historical  # made for the past: no HMI's current value
+                or p.timestamp <= self._shown.get(key, float("-inf"))
+            ):
                 continue
             if key not in newest or p.timestamp >= newest[key].timestamp:
                 newest[key] = p

@@ -125,6 +125,11 @@ class DecisionOutput(BaseModel):
     reason: str = Field(description="Why the quality is not Good, if it is not.")
     input_age_s: float | None = Field(description="Age of the oldest input when predicted.")
     drift_score: float | None = Field(description="The asset's drift score at this time.")
+    historical: bool = Field(
+        False,
+        description="Made after the fact for that past time (backfill predictions over an "
+        "outage gap), not live.",
+    )
 
 
 class DecisionDelivery(BaseModel):
@@ -314,6 +319,7 @@ def build_decision(stored: StoredDecision, ctx: LineageContext) -> Decision:
             reason=p.reason,
             input_age_s=_finite(p.input_age_s),
             drift_score=_finite(p.drift_score),
+            historical=p.historical,
         ),
         explanation=None
         if e is None

@@ -151,6 +151,10 @@ class EventSelector:
         self._staged_thresholds = [{} for _ in self._thresholds]
 
     def _one(self, p: Prediction) -> Trigger | None:
+        if p.historical:
+            # Made for the past (backfill): `every` reports it, but it is no label change,
+            # alert or crossing of now, and the rules' state follows the live predictions only.
+            return Trigger(p) if "every" in self.rules else None
         key = (p.asset, p.model)
         label_trigger: Trigger | None = None
         alert_trigger: Trigger | None = None

@@ -89,6 +89,10 @@ class AlertSink(QueuedWriter[NewAlert]):
         self._rule.follow(slots, {name: m.alerts for name, m in models.items()})
 
     async def write(self, batch: Sequence[Prediction]) -> None:
+        if batch and batch[0].historical:
+            # Made for the past (the runner publishes them in batches of their own): an alert
+            # is about now, and the rule's state follows the live predictions only.
+            return
         raised = self._rule.evaluate(batch)
         if not raised or self._closed:
             return

@@ -30,6 +30,7 @@ from bridge.cancel import cancel_and_wait
 from bridge.config.spec import ApiSettings, ApiTlsSettings
 from bridge.console.app import close_console, create_gateway_app
 from bridge.errors import ConnectorError
+from bridge.pki.trustlists import TrustDir
 from bridge.runtime.live_models import LiveModels
 from bridge.store.db import Store
 
@@ -148,6 +149,7 @@ def api_server(
     metrics_on_api: bool = True,
     reloader: MappingReloader | None = None,
     audit_keys: Sequence[str] | None = None,
+    trust_lists: Callable[[], Sequence[TrustDir]] | None = None,
 ) -> ApiServer:
     """The gateway's REST API (not yet listening). Its registry service is the gateway's own,
     which knows the mapping and the signing policy, so an unfitting version is refused at the
@@ -163,6 +165,7 @@ def api_server(
         metrics_on_api=metrics_on_api,
         reloader=reloader,
         audit_keys=audit_keys,
+        trust_lists=trust_lists,
     )
     return ApiServer(create_gateway_app(services), settings.host, settings.port, tls=settings.tls)
 

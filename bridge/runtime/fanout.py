@@ -23,8 +23,9 @@ class PredictionFanout:
     async def publish(self, batch: Sequence[Prediction]) -> None:
         if not batch:
             return
-        for p in batch:
-            self.latest[(p.asset, p.model)] = p
+        if not batch[0].historical:  # the runner publishes the past in batches of its own
+            for p in batch:
+                self.latest[(p.asset, p.model)] = p
         self.published += len(batch)
         # Sinks only enqueue in write(), in order; the store writer may wait there for room in
         # its queue (backpressure on the model runner), so the gateway puts it last. A sink that

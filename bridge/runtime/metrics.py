@@ -132,6 +132,18 @@ class GatewayCollector(Collector):
         yield from self._fleet(healths)
         yield from self._store(healths)
         yield from self._store_figures()
+        yield from self._loop()
+
+    def _loop(self) -> Iterator[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # read outside the event loop (a stopped gateway's registry)
+            return
+        yield GaugeMetricFamily(
+            "bridge_asyncio_tasks",
+            "Tasks alive on the gateway's event loop: steady once started; growth is a leak.",
+            value=tasks,
+        )
 
     def _sources(self) -> Iterator[Metric]:
         labels = ["source"]
@@ -205,6 +217,11 @@ class GatewayCollector(Collector):
             "bridge_tag_samples_unknown",
             "Samples of tags the mapping does not know.",
             value=t.unknown,
+        )
+        yield CounterMetricFamily(
+            "bridge_tag_samples_backfilled",
+            "Historical samples read back from a server's history after an outage (backfill).",
+            value=t.backfilled,
         )
 
     def _models(self) -> Iterator[Metric]:

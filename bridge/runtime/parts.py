@@ -67,4 +67,5 @@ def model_runner(
         gateway_id,
         boot_id,
         trigger=table.triggers.get(name),
+        past=table.take_past,
     )

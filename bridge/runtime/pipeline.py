@@ -25,6 +25,7 @@ from bridge.cancel import cancel_and_wait
 from bridge.config.resolved import Mapping
 from bridge.config.spec import CollectorSettings
 from bridge.lifecycle.policy import ModelPolicy, policy_of
+from bridge.pki.mapping import trust_dirs_of
 from bridge.prepare import Prepared
 from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.apiserver import ApiServer, api_server, ops_server
@@ -478,6 +479,8 @@ def _api(
         reloader=reloader,
         # Made (if need be) by the ledger's writer before this: the gateway's own key is there.
         audit_keys=trusted_keys(mapping.gateway.audit, mapping.path.parent) or None,
+        # The running mapping's, so a reload that moves a pki_dir moves them too.
+        trust_lists=lambda: trust_dirs_of(reloader.prepared.mapping),
     )
 
 

@@ -7,6 +7,10 @@ and, optionally, a candidate in shadow mode (same rows, outputs stored, never pu
 canary mode (it serves its share of the assets; the active version still runs on those rows so
 the two can be compared). ``swap`` replaces the deployment between two ticks.
 
+A model with ``backfill: {predictions: true}`` also makes predictions for the past: before a
+tick, over the gaps a source filled from the server's history since the last one
+(``tick_past``), flagged ``historical``.
+
 Hooks: every callable in ``observers`` is called once per tick, after the predictions are
 made and before they are published, with a ``TickOutcome`` (the feature batch, the active and
 candidate results and the predictions). Observers must be quick and must not raise; slow work
@@ -35,6 +39,7 @@ from bridge.inference.model import BatchResult, LoadedModel
 from bridge.lifecycle.deployment import Deployment, Served
 from bridge.lifecycle.shadow import CandidateComparison, agrees, value_text
 from bridge.lifecycle.version_stats import VersionStats
+from bridge.runtime.tagtable import Backfill
 from bridge.runtime.trigger import ChangeTrigger
 from bridge.types import ComponentHealth, HealthState, Prediction, Quality
 
@@ -52,6 +57,10 @@ Value = str | float | None
 # the period): far enough from the boundary that a slew of the clock does not move a tick
 # into the period before.
 _WALL_PHASE_S = 0.05
+# Predictions for the past: at most this many periods per asset per backfill (the newest; an
+# hour at 1 s), in model calls of at most this many rows, each published at once.
+MAX_PAST_STEPS = 3600
+PAST_ROWS_PER_RUN = 4096
 
 
 def id_prefix(gateway_id: str, boot_id: str) -> hashlib._Hash:
@@ -133,6 +142,11 @@ class ModelRunner:
     # A period model then ticks on the wall clock's multiples of ``period_s``, as every
     # gateway of the fleet does: an asset that changes hands gets one prediction per period.
     shard: Shard | None = None
+    # The tag table's backfills this model has yet to make predictions for the past over
+    # (``TagTable.take_past``); None: it makes none.
+    past: Callable[[str], Sequence[Backfill]] | None = None
+    past_made: int = 0  # historical predictions made
+    past_skipped: int = 0  # past rows without a prediction (blocked then, or unusable output)
     _seq: dict[str, int] = field(default_factory=dict)
     _fences: Mapping[str, int] = field(default_factory=dict)
 
@@ -174,6 +188,9 @@ class ModelRunner:
             "backpressure_ms": int(self.publish_wait_s * 1000),
             "refused_versions": self.refusals,
         }
+        if self.past_made or self.past_skipped:
+            counters["historical_predictions"] = self.past_made
+            counters["historical_skipped"] = self.past_skipped
         if self.trigger is not None:
             counters["input_changes"] = self.trigger.marks
             counters["coalesced_changes"] = self.trigger.coalesced
@@ -243,6 +260,15 @@ class ModelRunner:
                 await self._safe_tick(assets)
 
     async def _safe_tick(self, assets: Sequence[str] | None) -> None:
+        if self.past is not None:
+            # First the past (sequence numbers then follow time), then the tick of now.
+            for backfill in self.past(self.model.name):
+                try:
+                    await self.tick_past(backfill)
+                except Exception as exc:  # the live tick still runs
+                    self.errors += 1
+                    self.last_error = f"predictions for the past failed: {exc!r}"
+                    log.exception("past_predictions_failed", model=self.model.name)
         try:
             await self.tick(assets)
         except Exception as exc:  # a bug in one tick must not end the gateway: next tick
@@ -322,6 +348,102 @@ class ModelRunner:
                 log.warning("comparisons_not_stored", model=self.model.name, error=str(exc))
         self._check_guard(deployment)
         return predictions
+
+    async def tick_past(self, backfill: Backfill) -> list[Prediction]:
+        """Predictions for the past over a gap a source filled from the server's history: at
+        every multiple of ``period_s`` on the wall clock within an asset's span, the features
+        of its windows as they were then (``Backfill.as_of``), stamped with that time and
+        flagged ``historical``; normal ids and sequence numbers.
+
+        The active version only (a candidate's comparisons judge live behaviour); no
+        observers or enrichers (drift, metrics and explanations are about the present). A
+        row that could not run then (an input stale, a window too short) or whose output is
+        not a finite number makes no prediction: the live tick of that time already stored
+        one saying the inputs were Bad. At most ``MAX_PAST_STEPS`` periods per asset (the
+        newest), ``PAST_ROWS_PER_RUN`` rows per model call, each call's published at once."""
+        served = self.deployment.active
+        if self.withheld or not self.model.backfill_predictions:
+            return []
+        assets = [a for a in self.model.assets if a in backfill.spans]
+        if self.shard is not None:
+            self._fences = fences = self.shard.fences()
+            assets = [a for a in assets if a in fences]
+        period = self.model.period_s
+        offset = self.wall_clock() - self.monotonic_clock()  # wall time of a monotonic one
+        steps: dict[int, list[str]] = {}  # period number on the wall clock -> assets
+        for asset in assets:
+            first, last = backfill.spans[asset]
+            k0, k1 = math.ceil((first + offset) / period), math.floor((last + offset) / period)
+            if k1 - k0 >= MAX_PAST_STEPS:
+                log.warning(
+                    "past_predictions_cut",
+                    model=self.model.name,
+                    asset=asset,
+                    periods=k1 - k0 + 1,
+                    kept=MAX_PAST_STEPS,
+                )
+                k0 = k1 - MAX_PAST_STEPS + 1
+            for k in range(k0, k1 + 1):
+                steps.setdefault(k, []).append(asset)
+        made: list[Prediction] = []
+        rows: list[tuple[AssetRow, float]] = []
+        xs: list[np.ndarray] = []
+        for k in sorted(steps):
+            wall = k * period
+            t = wall - offset
+            batch = build_batch(self.model, backfill.as_of(t), t, steps[k])
+            self.past_skipped += len(batch.blocked)
+            if batch.runnable:
+                rows += [(row, wall) for row in batch.runnable]
+                xs.append(batch.x)
+            if len(rows) >= PAST_ROWS_PER_RUN:
+                made += await self._made_past(served, rows, xs)
+                rows, xs = [], []
+        if rows:
+            made += await self._made_past(served, rows, xs)
+        if made or steps:
+            log.info(
+                "past_predictions",
+                model=self.model.name,
+                assets=len(assets),
+                periods=len(steps),
+                made=len(made),
+            )
+        return made
+
+    async def _made_past(
+        self, served: Served, rows: list[tuple[AssetRow, float]], xs: list[np.ndarray]
+    ) -> list[Prediction]:
+        x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+        try:
+            result = await served.loaded.run_async(x)
+        except Exception as exc:  # the past stays without predictions; live ticks go on
+            self.past_skipped += len(rows)
+            log.warning(
+                "past_predictions_failed",
+                model=self.model.name,
+                version=served.version,
+                rows=len(rows),
+                error=str(exc),
+            )
+            return []
+        out: list[Prediction] = []
+        for i, (row, wall) in enumerate(rows):
+            if result.reason(i):
+                self.past_skipped += 1
+                continue
+            value, score = self._value(result, i, served.labels)
+            out.append(
+                self._prediction(row, wall, value, score, row.quality, served, historical=True)
+            )
+        self.past_made += len(out)
+        if out:
+            started = time.monotonic()
+            try:
+                await self.publish(out)
+            finally:
+                self.publish_wait_s += time.monotonic() - started
+        return out
 
     async def _run_active(self, served: Served, x: np.ndarray) -> BatchResult | None:
         """``None`` when the model failed: the tick's rows are then Bad with the reason."""
@@ -503,6 +625,7 @@ class ModelRunner:
         score: float | None,
         quality: Quality,
         served: Served,
+        historical: bool = False,
     ) -> Prediction:
         pid, seq = self._next_id(row.asset)
         return Prediction(
@@ -520,4 +643,5 @@ class ModelRunner:
             inputs=row.inputs,
             reason=row.reason,
             fence=self._fences.get(row.asset) if self.shard is not None else None,
+            historical=historical,
         )

@@ -156,6 +156,7 @@ def prediction_to_values(p: Prediction) -> dict[str, Any]:
         "explanation_json": explanation_to_json(p.explanation),
         "drift_score": p.drift_score,
         "fence": p.fence,
+        "historical": p.historical,
     }
 
 
@@ -179,6 +180,7 @@ PREDICTION_COLUMNS = (
     "drift_score",
     "mapping_revision",
     "fence",
+    "historical",
 )
 
 
@@ -206,6 +208,7 @@ def prediction_row(p: Prediction, mapping_revision: str | None) -> tuple[Any, ..
         p.drift_score,
         mapping_revision,
         p.fence,
+        p.historical,
     )
 
 
@@ -228,4 +231,5 @@ def prediction_from_row(row: PredictionRow) -> Prediction:
         explanation=explanation_from_json(row.explanation_json),
         drift_score=row.drift_score,
         fence=row.fence,
+        historical=bool(row.historical),
     )

@@ -816,7 +816,8 @@ class OutboxRepository:
             raise StoreError(f"cannot count outbox of {destination!r}: {exc}") from exc
 
     def latest_predictions(self, pairs: Sequence[tuple[str, str]]) -> list[Prediction]:
-        """The last stored prediction of each ``(asset, model)``: where event rules resume."""
+        """The last stored live prediction of each ``(asset, model)``: where event rules,
+        alerts and alarms resume (a historical one, made for the past, is no state of now)."""
         out: list[Prediction] = []
         try:
             with self._store.sessions() as s:
@@ -824,7 +825,11 @@ class OutboxRepository:
                     # One indexed look-up per pair (asset, timestamp): cheap on a long history.
                     row = s.scalars(
                         select(PredictionRow)
-                        .where(PredictionRow.asset == asset, PredictionRow.model == model)
+                        .where(
+                            PredictionRow.asset == asset,
+                            PredictionRow.model == model,
+                            PredictionRow.historical.is_(False),
+                        )
                         .order_by(PredictionRow.timestamp.desc(), PredictionRow.id.desc())
                         .limit(1)
                     ).first()

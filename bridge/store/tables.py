@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Double, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Double,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -60,6 +70,9 @@ class PredictionRow(Base):
     # The asset's lease generation in a fleet (revision 0012): the fencing token it was
     # made under; None outside a fleet.
     fence: Mapped[int | None] = mapped_column(BigInteger)
+    # Made after the fact for a past time (backfill predictions, revision 0016): never the
+    # latest state of its asset and model.
+    historical: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class PredictionSequenceRow(Base):

@@ -100,6 +100,7 @@ def prediction_to_json(p: Prediction, gateway_id: str, units: Units = NO_UNITS) 
         "quality": p.quality.label,
         "reason": p.reason,
         "timestamp": iso_utc(p.timestamp),
+        "historical": p.historical,
         "input_age_s": _finite(p.input_age_s),
         "inputs": [
             {

@@ -35,6 +35,8 @@ FIELDS: dict[str, str] = {
     "quality": "Good, Uncertain or Bad",
     "reason": "why the quality is not Good",
     "timestamp": "when it was predicted, ISO 8601 UTC",
+    "historical": "true when made after the fact for that past time (a backfilled gap), "
+    "false when live",
     "input_age_s": "age of the oldest input, seconds",
     "inputs": "the model inputs: a list of {tag, value, unit, quality, source_time}",
     "previous": "the label before a label change or alert, else null",

@@ -16,6 +16,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import aiomqtt
@@ -58,6 +59,7 @@ def _prediction_fields(p: Prediction) -> dict[str, Any]:
         "timestamp": round(p.timestamp, 3),
         "input_age_s": _finite(p.input_age_s),
         "drift_score": _finite(p.drift_score),
+        "historical": p.historical,
     }
     if p.reason:
         fields["reason"] = p.reason
@@ -185,8 +187,12 @@ class UnsDestination:
         # the publish rate (bench.mqtt); the body's ``id`` is the idempotency key.
         properties = None
         expiry = self.settings.message_expiry_s
+        # Made for a past time (backfill): never the retained current state, and its age is
+        # no reason to expire it (it was old when it was made).
+        historical = bool(event.get("historical", False))
         if expiry is not None:
-            left = expiry - max(0.0, time.time() - float(event.get("timestamp", time.time())))
+            stamp = float(event.get("timestamp", time.time()))
+            left = expiry - (0.0 if historical else max(0.0, time.time() - stamp))
             if left < 1:
                 self._counters["expired"] += 1
                 log.info("uns_event_expired", destination=self.name, key=key, expiry_s=expiry)
@@ -200,7 +206,7 @@ class UnsDestination:
                 topic,
                 body.encode(),
                 qos=self.settings.qos,
-                retain=self.settings.retain and kind == "prediction",
+                retain=self.settings.retain and kind == "prediction" and not historical,
                 properties=properties,
                 ack_timeout_s=self.settings.publish_timeout_s,
             )
@@ -232,6 +238,10 @@ class UnsDestination:
             started = time.monotonic()
             for reading in self._tags(since):
                 if self._wanted(reading):
+                    waiting = pending.get(reading.tag)
+                    if reading.heartbeat and waiting is not None and not waiting.heartbeat:
+                        # Not a repeat: the change it repeats has not gone out yet.
+                        reading = replace(reading, heartbeat=False)
                     pending[reading.tag] = reading
             since = started
             if pending:
@@ -247,6 +257,8 @@ class UnsDestination:
         assert tags is not None
         if tags.assets and reading.asset not in tags.assets:
             return False
+        if reading.heartbeat:
+            return True  # the tag's heartbeat_s asks for the repeat: no deadband applies
         last = self._published_tags.get(reading.tag)
         if last is None or last[1] != reading.quality.label:
             return True
@@ -271,6 +283,8 @@ class UnsDestination:
             }
             if reading.reason and reading.quality is not Quality.GOOD:
                 body["reason"] = reading.reason
+            if reading.heartbeat:
+                body["heartbeat"] = True
             try:
                 refused = await link.client.publish_checked(
                     topic,

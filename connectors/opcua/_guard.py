@@ -162,7 +162,9 @@ class _GuardedProcessor(UaProcessor):
             return StatusCodes.BadSecurityChecksFailed
         if self.trust is not None:
             try:
-                await self.trust.check(cast(Any, uacrypto).x509_from_der(channel))
+                await self.trust.check(
+                    cast(Any, uacrypto).x509_from_der(channel), peer=self._peer()
+                )
             except UntrustedCertificate as exc:
                 self._login_failed("certificate_untrusted", thumbprint=exc.thumbprint)
                 return exc.status

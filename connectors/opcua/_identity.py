@@ -57,7 +57,7 @@ async def apply_identity(
         )
         attempt.certificate = client.security_policy.host_certificate
         if security.server_certificate is None:
-            client.certificate_validator = _validator(security, attempt)
+            client.certificate_validator = _validator(security, attempt, settings.endpoint)
     watch_open_faults(client, attempt)
     if settings.username is not None:
         client.set_user(settings.username)
@@ -70,7 +70,9 @@ async def apply_identity(
         await client.load_private_key(Path(settings.user_private_key))
 
 
-def _validator(security: SecuritySettings, attempt: Attempt) -> CertificateValidatorMethod:
+def _validator(
+    security: SecuritySettings, attempt: Attempt, endpoint: str
+) -> CertificateValidatorMethod:
     trust = TrustList(
         Path(security.pki_dir),
         trust_on_first_use=security.trust_on_first_use,
@@ -81,7 +83,7 @@ def _validator(security: SecuritySettings, attempt: Attempt) -> CertificateValid
     async def validate(cert: x509.Certificate, _app: ua.ApplicationDescription) -> None:
         """Called by asyncua during CreateSession, before any credential is sent."""
         try:
-            await trust.check(cert)
+            await trust.check(cert, peer=endpoint)  # where it was seen, for `certs list`
         except UntrustedCertificate as exc:  # the trust list logged it, with the trust command
             attempt.refused_server = exc
             raise ServiceError(exc.status) from exc

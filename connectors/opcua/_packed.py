@@ -2,9 +2,10 @@
 
 Pure: bytes in, samples out, tested without processes. A frame is a fixed header and seven
 column arrays (tag position, value kind, value, quality, received, source and server time);
-what does not fit a column (strings, big ints, reasons) follows as one pickled dict, usually
-empty. Packing per column costs a few array appends per sample instead of pickling one object
-per sample (pickle of a TagSample list is ~3x the bytes and ~4x the time to load).
+what does not fit a column (strings, big ints, reasons, the positions of historical samples)
+follows pickled, usually empty. Packing per column costs a few array appends per sample instead
+of pickling one object per sample (pickle of a TagSample list is ~3x the bytes and ~4x the
+time to load).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def pack(batch: Sequence[TagSample], position: Mapping[str, int]) -> bytes:
     server = array("d", bytes(8 * n))
     other: dict[int, TagValue] = {}
     reasons: dict[int, str] = {}
+    historical: list[int] = []
     flags = 0
     for i, s in enumerate(batch):
         where[i] = position[s.tag]
@@ -70,7 +72,9 @@ def pack(batch: Sequence[TagSample], position: Mapping[str, int]) -> bytes:
             server[i] = sv
         if s.reason:
             reasons[i] = s.reason
-    extras = pickle.dumps((other, reasons)) if other or reasons else b""
+        if s.historical:
+            historical.append(i)
+    extras = pickle.dumps((other, reasons, historical)) if other or reasons or historical else b""
     return b"".join(
         (
             _HEADER.pack(n, len(extras), flags),
@@ -110,8 +114,9 @@ def unpack(frame: bytes | memoryview, tags: Sequence[str]) -> list[TagSample]:
     server = column("d", 8)
     other: dict[int, TagValue] = {}
     reasons: dict[int, str] = {}
+    historical: list[int] = []
     if extras_len:
-        other, reasons = pickle.loads(view[at : at + extras_len])
+        other, reasons, historical = pickle.loads(view[at : at + extras_len])
     if kinds.count(_FLOAT) != n:
         for i, kind in enumerate(kinds):
             if kind == _INT:
@@ -142,4 +147,6 @@ def unpack(frame: bytes | memoryview, tags: Sequence[str]) -> list[TagSample]:
     )
     for i, reason in reasons.items():
         out[i].reason = reason
+    for i in historical:
+        out[i].historical = True
     return out

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from datetime import datetime
 from typing import Any, cast
 
 import structlog
@@ -22,10 +23,20 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError
 
+from bridge.connectors.opcua._backfill import Gap, read_gaps
+from bridge.connectors.opcua._eventinputs import EventInputs
 from bridge.connectors.opcua._identity import apply_identity
 from bridge.connectors.opcua._inbox import Inbox
 from bridge.connectors.opcua._refusal import Attempt, explain
-from bridge.connectors.opcua._subscription import InboxSubscription, decode_publish_off_loop
+from bridge.connectors.opcua._structures import load_structures
+from bridge.connectors.opcua._subscription import decode_publish_off_loop
+from bridge.connectors.opcua._transfer import (
+    Kept,
+    TransferableSubscription,
+    abandon,
+    server_facts,
+    transfer,
+)
 from bridge.connectors.opcua.config import OpcUaAddress, OpcUaSourceSettings
 from bridge.connectors.opcua.convert import NodeRef, make_node_id, node_id_for, parse_nsu
 from bridge.errors import ConnectorError
@@ -45,6 +56,8 @@ log = structlog.get_logger(__name__)
 DEFAULT_BATCH = 1000
 # Short enough that an abandoned session (crashed gateway) does not block a small PLC for long.
 SESSION_TIMEOUT_MS = 60_000
+# Loading the server's structures is many requests: it may take this many request timeouts.
+STRUCTURES_TIMEOUTS = 4
 
 # (handle, DataValue, received time) -> the tag's sample; the source's conversion.
 SampleMaker = Callable[[int, ua.DataValue, float], TagSample]
@@ -60,6 +73,7 @@ class Session:
         handles: Sequence[int],
         sample: SampleMaker,
         wake: asyncio.Event,
+        seen: list[float] | None = None,
     ) -> None:
         self.index = index
         self.handles = tuple(handles)
@@ -69,18 +83,35 @@ class Session:
         self._refs: dict[int, NodeRef | None] = {h: _ref(address_of(tags[h])) for h in handles}
         self._sample = sample
         self._wake = wake
+        self._seen = seen  # the source's newest timestamp per tag (backfill only)
+        self._node_of: dict[int, ua.NodeId] = {}  # monitored handle -> its node, this session
         self.client: Client | None = None
-        self.subscription: InboxSubscription | None = None
+        self.subscription: TransferableSubscription | None = None
         self.inbox: Inbox[ua.DataValue] = Inbox(settings.queue_size, wake)
         self.connected_at = 0.0
         self.dropped_before = 0
         # Tag handles the server refused, retried every retry_failed_items_s.
         self.failed: list[int] = []
         self.next_retry = 0.0
+        # Why this session's structures stay undecoded (field tags only; None: loaded).
+        self.structures_error: str | None = None
+        self.backfilled = 0  # historical values read after reconnects
+        # A subscription left on the server by a link loss, for the next connect to take over
+        # (TransferSubscriptions, _transfer.py); which way each reconnect went.
+        self._kept: Kept | None = None
+        self._resumable = False  # connected with every item created: worth keeping
+        self._server_started: datetime | None = None
+        self.try_transfer = True
+        self.transferred = 0
+        self.recreated = 0
+        self.republished = 0  # notifications fetched with Republish after transfers
         self._index_of: dict[str, int] = {}
         self._per_call = DEFAULT_BATCH
         self._per_read = DEFAULT_BATCH
         self._log = log.bind(source=source, session=index, endpoint=settings.endpoint)
+        # Tags of ``address: {event: ...}``: event items instead of data items (_eventinputs).
+        events = {h: e for h in handles if (e := address_of(tags[h]).event) is not None}
+        self._events = EventInputs(tags, events, settings, self._log)
 
     @property
     def name(self) -> str:
@@ -94,6 +125,8 @@ class Session:
         """Open the session, subscribe this share; the current values (and Bad samples for
         refused items) are returned. Raises ``ConnectorError`` with the reason and the fix."""
         await self.close()
+        kept = self._kept  # dropped once a connect decided on it: a failed one leaves it
+        self._resumable = False
         settings = self._settings
         self.dropped_before += self.inbox.dropped
         self.inbox = Inbox(settings.queue_size, self._wake)
@@ -111,6 +144,8 @@ class Session:
 
         client.connection_lost_callback = on_connection_lost
         self.client = client
+        seen = self._seen
+        before = {h: seen[h] for h in self.handles if seen[h] > 0} if seen is not None else {}
         attempt = Attempt()
         try:
             # set_security may fetch the endpoints over the network: bounded like every call
@@ -118,7 +153,7 @@ class Session:
                 await apply_identity(client, settings, attempt)
             async with asyncio.timeout(settings.timeout_s * 2):
                 await client.connect(auto_reconnect=False)
-            initial = await self._subscribe_all(client, executor)
+            initial = await self._resume(client, executor, kept)
         except Exception as exc:
             await self.close()
             # The status and the fix, for the log, the health detail and the CLI alike.
@@ -128,21 +163,139 @@ class Session:
                 f"{self._source}: cannot connect to {settings.endpoint}: {reason}"
             ) from exc
         self.connected_at = time.monotonic()
+        self._resumable = True
+        if before:
+            # Before the live values: the windows take each tag's samples in time order.
+            initial = await self._backfill(client, before) + initial
         return initial
+
+    async def _backfill(self, client: Client, before: dict[int, float]) -> list[TagSample]:
+        """The outage gap of each tag seen before the loss, from the server's history."""
+        settings, seen = self._settings.backfill, self._seen
+        assert settings is not None and seen is not None
+        gaps = [
+            Gap(h, self._node_of[h], after, seen[h])
+            for h, after in before.items()
+            if h in self._node_of and seen[h] > after
+        ]
+        if not gaps:
+            return []
+        started = time.monotonic()
+        try:
+            samples, report = await read_gaps(
+                client, gaps, settings, self._settings.timeout_s, self._sample
+            )
+        except (TimeoutError, OSError, UaError) as exc:
+            # The link failed again: the session's own checks see it; the gap stays a hole.
+            self._log.warning("backfill_failed", tags=len(gaps), error=repr(exc))
+            return []
+        self.backfilled += report.values
+        self._log.info(
+            "backfill",
+            tags=report.tags,
+            historized=report.historized,
+            values=report.values,
+            truncated=len(report.truncated),
+            failed=len(report.failed),
+            timed_out=report.timed_out,
+            gap_s=round(max(g.before - g.after for g in gaps), 3),
+            took_s=round(time.monotonic() - started, 3),
+        )
+        return samples
+
+    async def _resume(
+        self, client: Client, executor: Executor, kept: Kept | None
+    ) -> list[TagSample]:
+        """Take over the subscription a link loss left on the server, else subscribe anew.
+        After a transfer the values come through the inbox (the server's queued ones first,
+        then the initial values), so nothing is returned."""
+        if kept is None:
+            return await self._subscribe_all(client, executor)
+        settings = self._settings
+        timeout = settings.timeout_s
+        reason = self._no_transfer(kept)
+        namespaces: list[str] = []
+        started: datetime | None = None
+        outcome = None
+        if not reason:
+            async with asyncio.timeout(timeout):
+                namespaces, started = await server_facts(client)
+            if kept.server_started and started and started != kept.server_started:
+                reason = "server restarted"
+        if not reason:
+            self._index_of = {uri: i for i, uri in enumerate(namespaces)}
+            if any(address_of(self._tags[h]).field for h in self.handles):
+                self.structures_error = await load_structures(client, timeout * STRUCTURES_TIMEOUTS)
+            session = client.uaclient.session
+            decode_publish_off_loop(session, executor)
+            # A Publish should follow the transfer within a few publishing intervals.
+            confirm_s = min(timeout, max(2.0, 3 * settings.publishing_interval_ms / 1000))
+            try:
+                outcome = await transfer(session, kept, self.inbox, timeout, confirm_s)
+            except BaseException:
+                # The server may have moved it already: the next connect tries again.
+                self.subscription, self._resumable = kept.subscription, True
+                self.inbox.fail("link lost during the subscription transfer")
+                raise
+            reason = outcome.reason
+        self._kept = None
+        down_s = round(time.monotonic() - kept.lost_at, 2)
+        subscription = kept.subscription
+        if outcome is not None and outcome.transferred:
+            self.subscription, self._server_started = subscription, started
+            self.transferred += 1
+            self.republished += outcome.values
+            self._log.info(
+                "subscription_transferred",
+                subscription_id=subscription.subscription_id,
+                items=len(subscription._monitored_items),
+                republished_messages=outcome.republished,
+                republished_values=outcome.values,
+                missing_messages=outcome.missing,
+                down_s=down_s,
+            )
+            await self._events.resumed(client, subscription)
+            return []
+        self.recreated += 1
+        self._log.info(
+            "subscription_recreated",
+            subscription_id=subscription.subscription_id,
+            reason=reason,
+            lost=kept.reason,
+            down_s=down_s,
+        )
+        return await self._subscribe_all(client, executor)
+
+    def _no_transfer(self, kept: Kept) -> str:
+        """Why ``kept`` is not worth a TransferSubscriptions ("" when it is)."""
+        settings = self._settings
+        if not self.try_transfer:
+            return "transfer switched off"
+        age = time.monotonic() - kept.lost_at
+        if age > SESSION_TIMEOUT_MS / 1000:
+            return f"lost {age:.0f}s ago, past the session timeout"
+        if settings.backfill is not None and settings.server_queue_size == 1:
+            # One queued value per item is less than the history read after a re-create.
+            return "backfill with server_queue_size 1: the gap is read from history"
+        return ""
 
     async def _subscribe_all(self, client: Client, executor: Executor) -> list[TagSample]:
         timeout = self._settings.timeout_s
         async with asyncio.timeout(timeout):
-            namespaces: list[str] = await client.get_namespace_array()
+            namespaces, self._server_started = await server_facts(client)
         # Resolved per session: a restarted server may have renumbered its namespaces.
         self._index_of = {uri: i for i, uri in enumerate(namespaces)}
         self._per_call, self._per_read = await self._operation_limits(client)
+        if any(address_of(self._tags[h]).field for h in self.handles):
+            # Before the first read: values of structures decode from here on.
+            self.structures_error = await load_structures(client, timeout * STRUCTURES_TIMEOUTS)
         session = client.uaclient.session
         decode_publish_off_loop(session, executor)
-        subscription = InboxSubscription(session, self._subscription_params(), self.inbox)
+        subscription = TransferableSubscription(session, self._subscription_params(), self.inbox)
         async with asyncio.timeout(timeout):
             result = await subscription.init()
         self.subscription = subscription
+        self._events.attach(client, subscription)
         self._check_revised(result)
         self.failed = []
         self.next_retry = time.monotonic() + self._settings.retry_failed_items_s
@@ -154,6 +307,9 @@ class Session:
         timeout = self._settings.timeout_s
         now = time.time()
         failed: list[TagSample] = []
+        events = [h for h in wanted if h in self._events.handles]
+        if events:
+            wanted = [h for h in wanted if h not in self._events.handles]
         requests: list[ua.MonitoredItemCreateRequest] = []
         handles: list[int] = []
         by_path = await self._resolve_paths(client, [h for h in wanted if self._refs[h] is None])
@@ -175,6 +331,7 @@ class Session:
                 continue
             requests.append(self._monitor_request(handle, node_id, address_of(tag)))
             handles.append(handle)
+            self._node_of[handle] = node_id
 
         per_call = self._per_call
         subscribed: list[int] = []
@@ -192,6 +349,10 @@ class Session:
                 else:
                     subscribed.append(handle)
         current = await self._read_current(client, subscribed, requests, handles)
+        if events:  # after the current values: ConditionRefresh answers through the inbox
+            bad, refused = await self._events.create(self._index_of, events, per_call)
+            failed += bad
+            self.failed += refused
         return failed + current
 
     async def _resolve_paths(
@@ -319,7 +480,7 @@ class Session:
         # The handle is the tag's position, so a notification maps to its tag without a lookup.
         params.ClientHandle = handle
         params.SamplingInterval = sampling
-        params.QueueSize = 1
+        params.QueueSize = self._settings.server_queue_size
         params.DiscardOldest = True
         request = ua.MonitoredItemCreateRequest()
         request.ItemToMonitor = ua.ReadValueId(NodeId=node_id, AttributeId=AttributeIds.Value)
@@ -346,12 +507,26 @@ class Session:
         return reason
 
     async def close(self) -> None:
-        """Delete the subscription and the session; bounded in time even if the server is gone."""
+        """Delete the subscription and the session; bounded in time even if the server is gone.
+        A session lost to its link instead leaves both on the server, for the next connect to
+        take the subscription over (``_transfer.py``)."""
         client, subscription = self.client, self.subscription
         self.client = self.subscription = None
+        self._events.stop()
         if client is None:
             return
+        failure = self.inbox.failure
         self.inbox.fail("closed")
+        if subscription is not None and failure is not None and self._resumable:
+            kept = self._kept
+            # A transfer cut short keeps the first loss's time: the server's clock runs from it.
+            lost_at = kept.lost_at if kept and kept.subscription is subscription else None
+            self._kept = Kept(
+                subscription, self._server_started, lost_at or time.monotonic(), failure
+            )
+            self._resumable = False
+            await abandon(client, self._settings.timeout_s)
+            return
         timeout = self._settings.timeout_s
         alive = client.uaclient.state is UaClientState.CONNECTED
         if subscription is not None and alive:

@@ -14,12 +14,14 @@ switch interval (5 ms) instead of after the whole response.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 from asyncua import ua
 from asyncua.client.ua_session import UaSession
 from asyncua.common.subscription import (
     DataChangeEvent,
+    OpcEvent,
     StatusChangeEvent,
     SubEvent,
     Subscription,
@@ -36,6 +38,8 @@ __all__ = ["OFF_LOOP_BYTES", "InboxSubscription", "decode_publish_off_loop"]
 # hand-off; ~40 bytes per double notification, so this is ~100 notifications.
 OFF_LOOP_BYTES = 4096
 
+EventSink = Callable[[list[ua.EventFieldList], Inbox[ua.DataValue]], None]
+
 
 class InboxSubscription(Subscription):
     def __init__(
@@ -47,6 +51,8 @@ class InboxSubscription(Subscription):
         # Iterator mode with a 1-slot queue: asyncua's queue stays unused but delete() needs it.
         super().__init__(session, params, handler=None, queue_maxsize=1)
         self.inbox = inbox
+        # Event items' notifications (``_eventinputs``); None: the session has no event tags.
+        self.on_events: EventSink | None = None
 
     def _explode_datachange(self, datachange: ua.DataChangeNotification) -> list[DataChangeEvent]:
         # Straight to the inbox: asyncua's DataChangeNotif/DataChangeEvent pair per value is
@@ -56,6 +62,12 @@ class InboxSubscription(Subscription):
         for item in datachange.MonitoredItems:
             if item.ClientHandle in known:
                 offer(item.ClientHandle, item.Value)
+        return []
+
+    def _explode_events(self, eventlist: ua.EventNotificationList) -> list[OpcEvent]:
+        # The fields go to the event tags as they are: asyncua's Event objects are not built.
+        if self.on_events is not None:
+            self.on_events(eventlist.Events, self.inbox)
         return []
 
     def _deliver(self, event: SubEvent) -> None:

@@ -140,7 +140,14 @@ class OpcUaWorkerSource:
     @property
     def counters(self) -> Mapping[str, int]:
         total: dict[str, int] = {"workers": len(self._plan)}
-        for key in ("sessions", "sessions_down", "session_reconnects", "dropped_notifications"):
+        keys = (
+            "sessions",
+            "sessions_down",
+            "session_reconnects",
+            "dropped_notifications",
+            "backfilled_values",
+        )
+        for key in keys:
             total[key] = sum(int(c.status.get("counters", {}).get(key, 0)) for c in self._children)
         if not self._open:
             total["sessions_down"] = sum(k for _, k in self._plan)

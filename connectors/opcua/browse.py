@@ -6,6 +6,11 @@ as tags with ``nsu=`` node ids (never a namespace index), their data type and th
 unit (the standard ``EngineeringUnits`` property); each tag goes under the asset named after its
 parent object. The session may be secured and authenticated like a source's (same settings,
 same trust store).
+
+A variable whose DataType is a structure gets its fields from the DataTypeDefinition attributes
+(nested structures too, a few levels deep, batched like the rest): the scaffold has a tag per
+scalar field (``address: {node, field}``) and lists the structures, indented, in a closing
+comment.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +30,17 @@ from asyncua.ua.object_ids import ObjectIds
 
 from bridge.connectors.opcua._identity import apply_identity
 from bridge.connectors.opcua._refusal import Attempt, explain
+from bridge.connectors.opcua._structures import parse_field_path
 from bridge.connectors.opcua.config import OpcUaSourceSettings
 from bridge.connectors.opcua.convert import make_node_id
 from bridge.errors import ConnectorError
 
-__all__ = ["BrowsedVariable", "browse_server", "scaffold_yaml"]
+__all__ = ["BrowsedVariable", "StructureField", "browse_server", "scaffold_yaml"]
 
 _CHUNK = 100  # nodes per Browse / Read request; servers commonly allow >= 1,000
+# Structures nested deeper than this are listed without their fields (and cut a cycle short).
+_MAX_NESTING = 6
+_LAST_BUILTIN = 29  # ns=0;i=1..29 are the built-in types: none has a DataTypeDefinition
 _HIERARCHICAL = make_node_id(ObjectIds.HierarchicalReferences, 0)
 _KINDS = {
     ua.NodeIdType.TwoByte: "i",
@@ -43,6 +52,17 @@ _KINDS = {
 }
 
 
+@dataclass(frozen=True)
+class StructureField:
+    """One field of a structure's DataTypeDefinition, as the server names it."""
+
+    name: str
+    data_type: str
+    array: bool = False
+    optional: bool = False
+    fields: tuple[StructureField, ...] = ()  # of a field that is a structure itself
+
+
 @dataclass
 class BrowsedVariable:
     node: str  # nsu=<uri>;s=...
@@ -50,6 +70,8 @@ class BrowsedVariable:
     data_type: str = ""
     unit: str = ""
     node_id: ua.NodeId = field(default_factory=ua.NodeId, repr=False)
+    fields: tuple[StructureField, ...] = ()  # its DataType is a structure with these fields
+    array: bool = False  # its value is an array (read for structures only)
 
 
 @dataclass
@@ -201,11 +223,74 @@ async def _read_types_and_units(client: Client, walk: _Walk) -> None:
     }
     for var, type_id in zip(variables, type_ids, strict=True):
         var.data_type = name_of.get(type_id, "") if isinstance(type_id, ua.NodeId) else ""
+    await _read_structures(client, walk, type_ids, name_of)
     indexes = list(walk.units)
     units = await _read(client, walk, [walk.units[i] for i in indexes], AttributeIds.Value)
     for i, eu in zip(indexes, units, strict=True):
         if isinstance(eu, ua.EUInformation) and eu.DisplayName is not None:
             variables[i].unit = eu.DisplayName.Text or ""
+
+
+async def _read_structures(
+    client: Client, walk: _Walk, type_ids: list[Any], known: Mapping[ua.NodeId, str]
+) -> None:
+    """Fields of the variables whose DataType is a structure, nested levels read in batches."""
+    name_of = dict(known)  # data type -> browse name, the fields' types added
+    definitions: dict[ua.NodeId, ua.StructureDefinition] = {}
+    asked: set[ua.NodeId] = set()
+    wanted = {t for t in type_ids if isinstance(t, ua.NodeId) and not _builtin(t)}
+    for _ in range(_MAX_NESTING):
+        todo = [t for t in wanted if t not in asked]
+        if not todo:
+            break
+        asked.update(todo)
+        found = await _read(client, walk, todo, AttributeIds.DataTypeDefinition)
+        wanted = set()
+        for type_id, definition in zip(todo, found, strict=True):
+            if isinstance(definition, ua.StructureDefinition):
+                definitions[type_id] = definition
+                wanted.update(
+                    f.DataType for f in definition.Fields or [] if not _builtin(f.DataType)
+                )
+        unnamed = list(
+            {f.DataType for d in definitions.values() for f in d.Fields or []} - name_of.keys()
+        )
+        names = await _read(client, walk, unnamed, AttributeIds.BrowseName)
+        name_of.update(
+            (t, n.Name)
+            for t, n in zip(unnamed, names, strict=True)
+            if isinstance(n, ua.QualifiedName)
+        )
+    if not definitions:
+        return
+
+    def fields_of(type_id: ua.NodeId, depth: int) -> tuple[StructureField, ...]:
+        definition = definitions.get(type_id)
+        if definition is None or depth >= _MAX_NESTING:
+            return ()
+        return tuple(
+            StructureField(
+                f.Name,
+                name_of.get(f.DataType, f.DataType.to_string()),
+                array=f.ValueRank >= 0 or bool(f.ArrayDimensions),
+                optional=bool(f.IsOptional),
+                fields=fields_of(f.DataType, depth + 1),
+            )
+            for f in definition.Fields or []
+        )
+
+    structured = [
+        (var, t) for var, t in zip(walk.variables, type_ids, strict=True) if t in definitions
+    ]
+    ranks = await _read(client, walk, [v.node_id for v, _ in structured], AttributeIds.ValueRank)
+    for (var, type_id), rank in zip(structured, ranks, strict=True):
+        var.fields = fields_of(type_id, 0)
+        var.array = isinstance(rank, int) and rank >= 0
+
+
+def _builtin(type_id: ua.NodeId) -> bool:
+    ident = type_id.Identifier
+    return type_id.NamespaceIndex == 0 and isinstance(ident, int) and ident <= _LAST_BUILTIN
 
 
 async def _read(client: Client, walk: _Walk, nodes: list[ua.NodeId], attr: int) -> list[Any]:
@@ -252,14 +337,20 @@ def scaffold_yaml(
     for var in variables:
         asset = _name(var.path[-2] if len(var.path) > 1 else "root", lower=False)
         tags = assets.setdefault(asset, {"tags": {}})["tags"]
-        tag = _name(var.path[-1], lower=True)
-        while tag in tags:
-            tag += "_"
-        entry: dict[str, Any] = {"source": source, "address": var.node}
-        if var.unit:
-            entry["unit"] = var.unit
-        entry["description"] = f"{var.data_type or 'unknown type'}; {'/'.join(var.path)}"
-        tags[tag] = entry
+        leaves = [] if var.array else list(_leaves(var.fields, ""))
+        if not leaves:
+            entry: dict[str, Any] = {"source": source, "address": var.node}
+            if var.unit:
+                entry["unit"] = var.unit
+            entry["description"] = f"{var.data_type or 'unknown type'}; {'/'.join(var.path)}"
+            tags[_unique(_name(var.path[-1], lower=True), tags)] = entry
+        for path, leaf in leaves:
+            tag = _unique(_name(f"{var.path[-1]}_{path.replace('.', '_')}", lower=True), tags)
+            tags[tag] = {
+                "source": source,
+                "address": {"node": var.node, "field": path},
+                "description": f"{leaf.data_type}; {'/'.join(var.path)} field {path}",
+            }
     mapping = {
         "version": 1,
         "sources": {source: {"kind": "opcua", "endpoint": endpoint, **(connection or {})}},
@@ -268,4 +359,51 @@ def scaffold_yaml(
     header = (
         "# Scaffold written by `bridge browse`: check names and units, add models and outputs.\n"
     )
-    return header + yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True, width=100)
+    body = yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True, width=100)
+    return header + body + _structures_comment(variables)
+
+
+def _unique(tag: str, taken: dict[str, Any]) -> str:
+    while tag in taken:
+        tag += "_"
+    return tag
+
+
+def _leaves(
+    fields: tuple[StructureField, ...], prefix: str
+) -> Iterator[tuple[str, StructureField]]:
+    """(field path, field) of every scalar field a tag can read; arrays need an index."""
+    for f in fields:
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        try:
+            parse_field_path(path)
+        except ValueError:
+            continue  # a name with "." or white space cannot be written in a field path
+        if f.array:
+            continue
+        if f.fields:
+            yield from _leaves(f.fields, path)
+        else:
+            yield path, f
+
+
+def _structures_comment(variables: list[BrowsedVariable]) -> str:
+    """The structure variables with their fields indented below, as YAML comments."""
+    shown = [v for v in variables if v.fields]
+    if not shown:
+        return ""
+    lines = [
+        "",
+        "# Structures: a tag reads one field with `field:` (array elements as [i], e.g. Axes[0].X)",
+    ]
+
+    def add(fields: tuple[StructureField, ...], depth: int) -> None:
+        for f in fields:
+            marks = ("[]" if f.array else "") + (" (optional)" if f.optional else "")
+            lines.append(f"# {'  ' * depth}{f.name}: {f.data_type}{marks}")
+            add(f.fields, depth + 1)
+
+    for var in shown:
+        lines.append(f"# {'/'.join(var.path)}: {var.data_type}{'[]' if var.array else ''}")
+        add(var.fields, 1)
+    return "\n".join(lines) + "\n"

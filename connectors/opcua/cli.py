@@ -1,30 +1,24 @@
 """OPC UA commands for the `bridge` CLI, contributed through the `bridge.commands` entry point:
-`bridge certs create|trust|list|hash-password`, `bridge browse` and `bridge opcua nodeset`."""
+`bridge certs create|hash-password`, `bridge browse` and `bridge opcua nodeset`.
+
+`bridge certs list|trust|reject|remove` are the core's (`bridge.cli.certs`: the trust lists of
+both sides and the audit ledger), added to this group: the entry point names this group.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from bridge.cli.certs import TRUST_LIST_COMMANDS
 from bridge.connectors.opcua._connection_options import connection_options
 from bridge.errors import BridgeError, ConfigError
 
 __all__ = ["browse", "certs", "opcua"]
-
-
-_PKI_DIR = click.option(
-    "--pki-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("pki/clients"),
-    show_default=True,
-    help="Trust list: pki/clients (HMIs connecting to the opcua-server) or pki/servers (servers "
-    "a source connects to), as pki_dir in the mapping.",
-)
 
 
 @click.group()
@@ -87,64 +81,8 @@ def certs_create(
     click.echo("copy the certificate into each server's trusted folder")
 
 
-@certs.command("trust")
-@click.argument("certificate")
-@_PKI_DIR
-@click.option(
-    "--issuer",
-    is_flag=True,
-    help="A CA certificate that only completes chains: goes to issuers/, not trusted/.",
-)
-def certs_trust(certificate: str, pki_dir: Path, issuer: bool) -> None:
-    """Trust CERTIFICATE: a thumbprint of a certificate in <pki-dir>/rejected (moved to trusted/;
-    the first 8+ hex digits are enough) or a certificate file (DER or PEM, copied).
-
-    A running gateway uses the change at once, without a restart.
-    """
-    from bridge.connectors.opcua.pki import PkiError, trust_file, trust_rejected
-
-    try:
-        if Path(certificate).is_file():
-            written = trust_file(pki_dir, Path(certificate), issuer=issuer)
-        else:
-            written = [trust_rejected(pki_dir, certificate)]
-    except PkiError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    for path in written:
-        click.echo(f"trusted: {path}")
-
-
-@certs.command("list")
-@_PKI_DIR
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def certs_list(pki_dir: Path, as_json: bool) -> None:
-    """List the certificates in <pki-dir>/trusted, issuers and rejected."""
-    from bridge.connectors.opcua.pki import list_folder
-
-    entries = list_folder(pki_dir)
-    if as_json:
-        for e in entries:
-            row = {
-                "folder": e.folder,
-                "thumbprint": e.thumbprint,
-                "subject": e.subject,
-                "not_after": e.not_after.isoformat(),
-                "is_ca": e.is_ca,
-                "expired": e.expired,
-            }
-            click.echo(json.dumps(row, separators=(",", ":")))
-        return
-    if not entries:
-        click.echo(f"{pki_dir}: no certificates (every certificate-based peer is refused)")
-        return
-    for e in entries:
-        marks = ("CA " if e.is_ca else "") + ("EXPIRED " if e.expired else "")
-        click.echo(
-            f"{e.folder:<9} {e.thumbprint}  until {e.not_after:%Y-%m-%d}  {marks}{e.subject}"
-        )
-    crls = [p for sub in ("trusted", "issuers") for p in (pki_dir / sub / "crl").glob("*.*")]
-    click.echo(f"revocation lists: {len(crls)}")
+for _command in TRUST_LIST_COMMANDS:
+    certs.add_command(_command)
 
 
 @certs.command("hash-password")
@@ -191,6 +129,9 @@ def browse(
     **connection: Any,
 ) -> None:
     """Walk a live server and write a mapping scaffold.
+
+    A variable holding a structure gets a tag per scalar field (address with `field:`), and
+    the structures are listed with their fields at the end, as comments.
 
     Anonymous on a None channel unless --policy (with --certificate/--private-key) and an
     identity (--username with --password-env/--password-file, or --user-certificate) are given.

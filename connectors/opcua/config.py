@@ -12,7 +12,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from bridge.connectors.opcua._eventinputs import EventAddress
+from bridge.connectors.opcua._structures import FIELD_PATH_HINT, parse_field_path
 from bridge.connectors.opcua.nodeid import parse_nsu
 from bridge.retry import ReconnectSettings
 
@@ -30,7 +33,13 @@ OpcTcpUrl = Annotated[str, AfterValidator(_opc_tcp)]
 AUTO_ITEMS_PER_SESSION = 2500
 AUTO_MAX_SESSIONS = 4
 
-__all__ = ["OpcUaAddress", "OpcUaSourceSettings", "ReconnectSettings", "SecuritySettings"]
+__all__ = [
+    "BackfillSettings",
+    "OpcUaAddress",
+    "OpcUaSourceSettings",
+    "ReconnectSettings",
+    "SecuritySettings",
+]
 
 SecurityPolicyName = Literal[
     "None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"
@@ -91,6 +100,43 @@ class SecuritySettings(BaseModel):
         return self
 
 
+class BackfillSettings(BaseModel):
+    """``backfill:`` of an OPC UA source: after a reconnect, read the outage gap from the
+    server's history (HistoryRead of the raw values) for the tags whose server keeps it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_values_per_tag: int = Field(
+        10_000,
+        ge=1,
+        description="At most this many historical values read per tag and reconnect (the "
+        "oldest of the gap first); the rest of a longer gap stays a hole, and the log says so.",
+    )
+    max_values: int = Field(
+        500_000,
+        ge=1,
+        description="At most this many historical values read per reconnect over all tags.",
+    )
+    max_gap_s: float = Field(
+        3600,
+        gt=0,
+        description="Only the newest max_gap_s seconds of a longer gap are read.",
+    )
+    max_duration_s: float = Field(
+        30,
+        gt=0,
+        description="Time budget of one reconnect's backfill; live values queue meanwhile "
+        "(within queue_size) and follow the historical ones.",
+    )
+    nodes_per_call: int = Field(100, ge=1, le=1000, description="Tags per HistoryRead request.")
+    values_per_call: int = Field(
+        1000,
+        ge=1,
+        description="Values per tag and HistoryRead response (NumValuesPerNode); the server "
+        "hands the rest by continuation points.",
+    )
+
+
 class OpcUaSourceSettings(BaseModel):
     """A ``sources.<name>`` block of kind ``opcua`` (the core strips the ``kind`` key)."""
 
@@ -127,6 +173,16 @@ class OpcUaSourceSettings(BaseModel):
         ge=1,
         description="Bound of the client-side notification queue; overflow is coalesced, counted.",
     )
+    server_queue_size: int = Field(
+        1,
+        ge=1,
+        le=10_000,
+        description="Values the server queues per monitored item between two Publish "
+        "responses (QueueSize, oldest discarded). 1: only the latest value per publishing "
+        "interval. Above 1, every sampled change is delivered (more notifications while "
+        "running), and after a short link loss the subscription is transferred with up to "
+        "this many values per item that changed meanwhile.",
+    )
     timeout_s: float = Field(
         4, gt=0, description="Timeout of every request to the server in seconds."
     )
@@ -148,6 +204,12 @@ class OpcUaSourceSettings(BaseModel):
         "out at one server response per round trip; more sessions take more notifications/s "
         "from a large server. 'auto': one session per 2,500 items, at most 4. A session that "
         "is lost marks only its items Bad and is reconnected on its own.",
+    )
+    backfill: BackfillSettings | None = Field(
+        None,
+        description="Fill the gap of an outage from the server's history after each reconnect "
+        "(tags whose AccessLevel has HistoryRead); the values are marked historical. Omit: "
+        "no backfill.",
     )
     workers: int = Field(
         0,
@@ -206,6 +268,19 @@ class OpcUaAddress(BaseModel):
     sampling_interval_ms: float | None = Field(
         None, ge=0, description="Sampling interval for this item; default from the source settings."
     )
+    field: str | None = Field(
+        None,
+        description="For a variable whose value is a structure (an ExtensionObject of a type the "
+        "server defines): the field to read, names separated by '.', array elements as [i], "
+        "e.g. Speed, Status.Speed, Axes[0].Position. Decoded with the server's "
+        "DataTypeDefinition, loaded when the session connects.",
+    )
+    event: EventAddress | None = Field(
+        None,
+        description="Instead of node or path: the tag is a field of the latest matching event "
+        "(alarm, condition) of a notifier, e.g. {type: AlarmConditionType, source_name: "
+        "Boiler1, field: ActiveState/Id}.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -222,10 +297,31 @@ class OpcUaAddress(BaseModel):
             parse_nsu(value)
         return value
 
+    @field_validator("field")
+    @classmethod
+    def _field_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_field_path(value)
+            except ValueError as exc:
+                raise PydanticCustomError(
+                    "field_path", "{reason}", {"reason": str(exc), "hint": FIELD_PATH_HINT}
+                ) from None
+        return value
+
     @model_validator(mode="after")
     def _node_or_path(self) -> Self:
+        if self.event is not None:
+            given = [k for k in ("node", "path", "namespace", "field") if getattr(self, k)]
+            if given or self.sampling_interval_ms is not None:
+                given += ["sampling_interval_ms"] if self.sampling_interval_ms is not None else []
+                raise ValueError(
+                    f"an event address takes no {', '.join(given)}: the event's notifier, "
+                    "type and field go inside event"
+                )
+            return self
         if (self.node is None) == (self.path is None):
-            raise ValueError("give either node (nsu=...) or path (with namespace)")
+            raise ValueError("give either node (nsu=...), path (with namespace) or event")
         if self.path is not None:
             if not self.namespace:
                 raise ValueError("path needs namespace: the URI of its browse names")

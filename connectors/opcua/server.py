@@ -124,6 +124,8 @@ class PredictionServer:
             "unknown_slot": 0,
             "write_errors": 0,
             "superseded": 0,  # newer prediction of the same asset+model came before it was shown
+            # Made for the past (backfill): not shown; HistoryRead has them from the store.
+            "historical": 0,
         }
         self.chunk = CHUNK
         # Predictions of large batches not shown yet, oldest first; one per asset+model.
@@ -437,6 +439,9 @@ class PredictionServer:
         """
         if self._writer is None:
             raise ConnectorError(f"{self.name}: write() before start()")
+        if batch and batch[0].historical:  # the runner publishes the past in batches of its own
+            self._counters["historical"] += len(batch)
+            return
         if self._alarms is not None:  # every prediction, before large batches are coalesced
             self._alarms.feed(batch)
         pending = self._pending

@@ -22,7 +22,8 @@ import structlog
 from asyncua import ua
 
 from bridge.cancel import CancelWatch
-from bridge.connectors.opcua._session import Session
+from bridge.connectors.opcua._session import Session, address_of
+from bridge.connectors.opcua._structures import field_readers
 from bridge.connectors.opcua.config import OpcUaSourceSettings, ReconnectSettings
 from bridge.connectors.opcua.convert import data_value_to_sample_parts
 from bridge.errors import ConnectorError, NotConnected
@@ -71,10 +72,15 @@ class OpcUaSource:
         self._settings = settings
         self._tags = tuple(tags)
         self._wake = asyncio.Event()
+        # Per tag, the newest source (else server) timestamp seen: a gap's start. Kept only
+        # with backfill, across reconnects (this object lives as long as the source).
+        self._seen: list[float] | None = [0.0] * len(self._tags) if settings.backfill else None
         self._sessions = [
-            Session(name, i, settings, self._tags, share, self._sample_of, self._wake)
+            Session(name, i, settings, self._tags, share, self._sample_of, self._wake, self._seen)
             for i, share in enumerate(shares(len(self._tags), settings.session_count(len(tags))))
         ]
+        # Per tag handle: the reader of its structure field, None for a plain tag (most).
+        self._readers = field_readers([address_of(t).field for t in self._tags], self._sessions)
         self._down: dict[int, _Down] = {}
         self._initial: list[TagSample] = []
         self._open = False
@@ -118,6 +124,11 @@ class OpcUaSource:
             "sessions_down": len(self._down) if self._open else len(self._sessions),
             "session_reconnects": self.session_reconnects,
             "dropped_notifications": self.dropped,
+            "backfilled_values": sum(s.backfilled for s in self._sessions),
+            # After link losses: subscriptions taken over by the new session, or re-created.
+            "subscriptions_transferred": sum(s.transferred for s in self._sessions),
+            "subscriptions_recreated": sum(s.recreated for s in self._sessions),
+            "republished_notifications": sum(s.republished for s in self._sessions),
         }
 
     @property
@@ -173,9 +184,15 @@ class OpcUaSource:
     def _sample(
         self, handle: int, dv: ua.DataValue, received: float, spilled: bool = False
     ) -> TagSample:
-        value, quality, reason, source_time, server_time = data_value_to_sample_parts(dv)
+        parts = self._readers[handle] or data_value_to_sample_parts
+        value, quality, reason, source_time, server_time = parts(dv)
         if spilled and quality is Quality.GOOD:
             quality, reason = Quality.UNCERTAIN, SPILLED_REASON
+        seen = self._seen
+        if seen is not None:  # backfill: where each tag's gap will start after a loss
+            stamp = source_time if source_time is not None else server_time
+            if stamp is not None and stamp > seen[handle]:
+                seen[handle] = stamp
         return TagSample(
             self._tags[handle].tag, value, quality, received, source_time, server_time, reason
         )

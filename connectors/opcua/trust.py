@@ -21,12 +21,15 @@ An empty or missing ``trusted/`` refuses every certificate. ``trust_on_first_use
 stores a certificate only while ``trusted/`` is empty (commissioning the first peer), never later.
 The folders are watched, no restart needed: a refusal always reads a changed folder first, and an
 acceptance relies on a listing at most one second old.
+
+Where each certificate was seen is recorded in ``seen/<thumbprint>.json`` (``bridge.pki.seen``):
+every refusal, and an acceptance at most once a minute per certificate, with the peer the caller
+names. ``bridge certs list`` and ``GET /api/v1/certificates`` show it (``bridge.pki``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import os
 import time
@@ -40,9 +43,16 @@ import structlog
 from asyncua.crypto.truststore import basic_ca_validator
 from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import verification
-from cryptography.x509.oid import NameOID
+
+from bridge.pki.certificates import (
+    CERTIFICATE_SUFFIXES,
+    load_certificates,
+    subject_of,
+    thumbprint_of,
+    write_certificate,
+)
+from bridge.pki.seen import Outcome, record_seen
 
 __all__ = [
     "CERTIFICATE_SUFFIXES",
@@ -57,20 +67,13 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 Purpose = Literal["clients", "servers"]
-CERTIFICATE_SUFFIXES = (".der", ".pem", ".crt", ".cer")
 _CRL_SUFFIXES = (".crl", ".der", ".pem")
 # How often the folders are looked at for changes (one listing per interval at most).
 _RELOAD_INTERVAL_S = 1.0
-
-
-def thumbprint_of(certificate: x509.Certificate) -> str:
-    """SHA-1 of the DER bytes in hex: the name OPC UA tools give a certificate file."""
-    return hashlib.sha1(certificate.public_bytes(Encoding.DER)).hexdigest()
-
-
-def subject_of(certificate: x509.Certificate) -> str:
-    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else certificate.subject.rfc4514_string()
+# An accepted certificate is checked on every session (three times per HMI login): its
+# where-seen record is written at most this often per certificate, the count kept meanwhile.
+_ACCEPTED_RECORD_INTERVAL_S = 60.0
+_ACCEPTED_PENDING_CAP = 1000
 
 
 def trust_command(thumbprint: str, pki_dir: Path) -> str:
@@ -129,10 +132,13 @@ class TrustList:
         self._snapshot: _Snapshot | None = None
         self._looked_at = 0.0
         self._lock = asyncio.Lock()
+        # thumbprint -> (acceptances not yet recorded, their last peer, when last recorded)
+        self._accepted: dict[str, tuple[int, str | None, float]] = {}
 
-    async def check(self, certificate: x509.Certificate) -> None:
+    async def check(self, certificate: x509.Certificate, peer: str | None = None) -> None:
         """Return if ``certificate`` is trusted; else file it under rejected/ and raise
-        ``UntrustedCertificate``."""
+        ``UntrustedCertificate``. ``peer`` (a server's endpoint URL, a client's address) goes
+        into the where-seen record (``bridge.pki.seen``)."""
         async with self._lock:
             snapshot = await self._current()
             failure = _verify(snapshot, certificate, datetime.now(UTC))
@@ -143,6 +149,7 @@ class TrustList:
                 snapshot = await self._current()
                 failure = _verify(snapshot, certificate, datetime.now(UTC))
             if failure is None:
+                await self._accepted_now(certificate, peer)
                 return
             reason, status = failure
             if self.trust_on_first_use and not snapshot.trusted and status == _UNTRUSTED:
@@ -155,8 +162,9 @@ class TrustList:
                     subject=subject_of(certificate),
                     folder=str(self.trusted_dir),
                 )
+                await self._accepted_now(certificate, peer)
                 return
-            await asyncio.to_thread(self._reject, certificate)
+            await asyncio.to_thread(self._reject, certificate, peer, reason)
         error = UntrustedCertificate(
             thumbprint=thumbprint_of(certificate),
             subject=subject_of(certificate),
@@ -172,6 +180,7 @@ class TrustList:
             reason=reason,
             filed=str(self.rejected_dir / f"{error.thumbprint}.der"),
             trust_with=error.command,
+            **({"peer": peer} if peer else {}),
         )
         raise error
 
@@ -206,12 +215,9 @@ class TrustList:
         return _Snapshot(tuple(trusted), tuple(issuers), tuple(crls), stamp)
 
     def _store(self, folder: Path, certificate: x509.Certificate) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{thumbprint_of(certificate)}.der"
-        path.write_bytes(certificate.public_bytes(Encoding.DER))
-        return path
+        return write_certificate(folder, certificate)
 
-    def _reject(self, certificate: x509.Certificate) -> None:
+    def _reject(self, certificate: x509.Certificate, peer: str | None, reason: str) -> None:
         try:
             self._store(self.rejected_dir, certificate)
             files = sorted(self.rejected_dir.glob("*.der"), key=lambda p: p.stat().st_mtime_ns)
@@ -219,6 +225,28 @@ class TrustList:
                 old.unlink(missing_ok=True)
         except OSError as exc:  # a full or read-only disk must not turn a refusal into a crash
             log.warning("rejected_certificate_not_filed", error=repr(exc))
+        self._record(thumbprint_of(certificate), "refused", peer, reason, 1)
+
+    async def _accepted_now(self, certificate: x509.Certificate, peer: str | None) -> None:
+        tp = thumbprint_of(certificate)
+        now = time.monotonic()
+        count, last_peer, recorded = self._accepted.get(tp, (0, None, -_ACCEPTED_RECORD_INTERVAL_S))
+        count, last_peer = count + 1, peer or last_peer
+        if now - recorded < _ACCEPTED_RECORD_INTERVAL_S:
+            self._accepted[tp] = (count, last_peer, recorded)
+            return
+        if len(self._accepted) >= _ACCEPTED_PENDING_CAP:
+            self._accepted.clear()  # counts not yet recorded are lost; the records stay
+        self._accepted[tp] = (0, None, now)
+        await asyncio.to_thread(self._record, tp, "accepted", last_peer, "", count)
+
+    def _record(
+        self, thumbprint: str, outcome: Outcome, peer: str | None, reason: str, times: int
+    ) -> None:
+        try:
+            record_seen(self.pki_dir, thumbprint, outcome, peer=peer, reason=reason, times=times)
+        except OSError as exc:  # where it was seen is a help to the operator, not a condition
+            log.warning("certificate_sighting_not_recorded", error=repr(exc))
 
 
 _UNTRUSTED = StatusCodes.BadCertificateUntrusted
@@ -301,21 +329,6 @@ def _stamp(folders: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
         except (FileNotFoundError, NotADirectoryError):
             continue
     return tuple(sorted(entries))
-
-
-def load_certificates(folders: Iterable[Path]) -> list[x509.Certificate]:
-    """Every readable certificate (DER or PEM, several per PEM file) in ``folders``."""
-    found: list[x509.Certificate] = []
-    for path in _files(folders, CERTIFICATE_SUFFIXES):
-        try:
-            data = path.read_bytes()
-            if b"-----BEGIN" in data:
-                found += x509.load_pem_x509_certificates(data)
-            else:
-                found.append(x509.load_der_x509_certificate(data))
-        except (OSError, ValueError) as exc:
-            log.warning("unreadable_certificate", path=str(path), error=repr(exc))
-    return found
 
 
 def _load_crls(folders: Iterable[Path]) -> list[x509.CertificateRevocationList]:

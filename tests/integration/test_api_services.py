@@ -24,6 +24,7 @@ from bridge.auth import Scope
 from bridge.config.spec import ApiSettings
 from bridge.lifecycle.service import RegistryService
 from bridge.lifecycle.version_stats import VersionStats
+from bridge.pki.trustlists import TrustDir
 from bridge.store import PredictionRepository, Store, open_store
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.store.apikeys import ApiKeyRepository
@@ -152,7 +153,7 @@ def _version(version: str, state: VersionState) -> VersionRecord:
 
 
 @pytest.fixture
-async def served(store: Store) -> AsyncIterator[Served]:
+async def served(store: Store, tmp_path: Path) -> AsyncIterator[Served]:
     predictions = [_prediction(i) for i in range(3)]
     PredictionRepository(store).add_many(predictions)
     AlertRepository(store).add_many(
@@ -182,6 +183,7 @@ async def served(store: Store) -> AsyncIterator[Served]:
         decisions=DecisionRepository(store),
         live_models=live,
         explainers={"health": Explainer({predictions[2].id: Explanation("temp high", ())})},
+        trust_lists=lambda: [TrustDir(tmp_path / "pki", "clients", ("outputs.hmi",))],
     )
     transport = httpx.ASGITransport(app=create_app(services))
     try:
@@ -242,6 +244,10 @@ async def test_one_route_per_service(served: Served) -> None:
     # decisions: one prediction's lineage
     r = await http.get("/api/v1/lineage", params={"prediction_id": p[1].id})
     assert r.status_code == 200 and p[1].id in r.text, r.text
+    # trust lists: the mapping's, asked for on each request
+    r = await http.get("/api/v1/certificates")
+    (listed,) = r.json()["trust_lists"]
+    assert listed["side"] == "clients" and listed["used_by"] == ["outputs.hmi"], r.text
 
 
 async def test_the_app_uses_the_query_runner_it_is_given(served: Served) -> None:

@@ -87,3 +87,47 @@ def test_quick_audit_bench_completes_and_writes_json(tmp_path: Path) -> None:
     for row in figures["rows"]:
         assert set(row) == ROW_KEYS
         assert row["measure"] in done.stdout
+
+
+@pytest.mark.timeout(300)
+def test_tiny_soak_injects_faults_samples_and_loses_nothing(tmp_path: Path) -> None:
+    # Stand-alone (an hour by default): ~36 s of soak with every kind of fault at least once.
+    out, report = tmp_path / "soak.json", tmp_path / "soak.md"
+    faults = ["--restart-every-s", "20", "--modbus-every-s", "12", "--modbus-down-s", "4"]
+    faults += ["--mes-every-s", "15", "--mes-down-s", "5", "--settle-s", "3"]
+    files = ["--out", str(out), "--report", str(report), "--workdir", str(tmp_path / "work")]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--hours", "0.01", "--sample-s", "2", *faults, *files],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "soak"
+    figures = doc["figures"]
+    assert figures["injected"] == {"plant restart": 1, "modbus drop": 2, "mes outage": 2}
+    # The gateway saw the faults: each plant restart and PLC drop is (at least) a reconnect.
+    assert figures["reconnects"]["plant"] >= 1 and figures["reconnects"]["line-plc"] >= 2
+    samples = figures["samples"]
+    assert len(samples) >= 10
+    for sample in samples:
+        assert sample["rss_mb"] > 0 and sample["fds"] > 0 and sample["threads"] >= 1
+    # Tasks come from the gateway's own gauge (bridge_asyncio_tasks).
+    assert all(s["tasks"] > 0 for s in samples if s["scraped"])
+    assert {s["phase"] for s in samples} >= {"running", "mes outage"}
+    for key in ("rss_mb", "fds", "threads", "tasks"):
+        fit = figures["fits"][key]
+        assert fit["verdict"] in ("flat", "rising", "falling"), key
+        assert fit["samples"] >= 3 and fit["band"] >= fit["floor"] > 0
+    # The gateway kept working through the faults, and the MES got every stored prediction.
+    assert figures["work"]["predictions_total"] > 0
+    assert figures["settled"] and figures["gateway_exit"] == 0
+    loss = figures["loss"]
+    assert loss["no_loss"] and loss["missing"] == 0 and loss["dead_letters"] == 0
+    assert loss["stored_predictions"] > 0 and loss["mes_unique_keys"] > 0
+    assert loss["mes_unique_keys"] + loss["pending_in_outbox_at_stop"] >= loss["stored_predictions"]
+    text = report.read_text()
+    assert "| rss_mb (MB) |" in text and "**0 missing**" in text
+    assert text in done.stdout

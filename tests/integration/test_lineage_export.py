@@ -245,6 +245,7 @@ def test_one_decision_by_id_carries_its_whole_lineage(backend: Backend) -> None:
         "reason": "",
         "input_age_s": 0.4,
         "drift_score": 0.05,
+        "historical": False,
     }
     assert doc["explanation"] == {
         "reason": "bearing temperature +18 °C above normal",

@@ -184,6 +184,8 @@ def event_body(event: Trigger) -> str:
         "drift": _finite(p.drift_score),
         "timestamp_ms": round(p.timestamp * 1000),
     }
+    if p.historical:  # made for a past time: DDATA metrics with is_historical
+        body["historical"] = True
     if isinstance(p.value, str):
         body["label"] = p.value
     elif p.value is not None:
@@ -199,12 +201,15 @@ def _fits(datatype: DataType, value: object) -> bool:
 
 def _data_values(metrics: SlotMetrics, body: dict[str, Any]) -> list[DataValue]:
     stamp = int(body["timestamp_ms"])
+    historical = bool(body.get("historical", False))
     values = []
     for key, alias, datatype in metrics.fields:
         value = body.get(key)
         # A value of the wrong kind (a label from a model born as a regressor) goes as null:
         # the birth's datatype is a promise to every host.
-        values.append(DataValue(alias, datatype, value if _fits(datatype, value) else None, stamp))
+        values.append(
+            DataValue(alias, datatype, value if _fits(datatype, value) else None, stamp, historical)
+        )
     return values
 
 
@@ -583,7 +588,8 @@ class SparkplugEdgeNode:
                     f"identity write spBv1.0/{self.settings.group_id}/#)"
                 )
                 continue
-            self._values.update((value.alias, value.value) for value in values)
+            if not values[0].is_historical:  # a rebirth carries the current state, not the past
+                self._values.update((value.alias, value.value) for value in values)
             accepted += 1
         self._counters["data"] += accepted
         if self._last_error:

@@ -39,3 +39,14 @@ def test_positions_index_the_receivers_list_and_empty_batches_work() -> None:
     (back,) = unpack(memoryview(frame), ["w", "x", "b.x-in-worker-0", "z"] * 3)
     assert back.tag == "b.x-in-worker-0"  # position 2 of whatever list the receiver holds
     assert unpack(pack([], POSITION), NAMES) == []
+
+
+def test_historical_flags_cross_the_pipe_per_sample() -> None:
+    batch = [
+        TagSample("a.x", 1.0, Quality.GOOD, 10.0, 5.0, historical=True),
+        TagSample("a.x", 2.0, Quality.GOOD, 10.0, 6.0),
+        TagSample("b.x", 3.0, Quality.GOOD, 10.0, 5.5, historical=True),
+    ]
+    back = unpack(pack(batch, POSITION), NAMES)
+    assert back == batch
+    assert [s.historical for s in back] == [True, False, True]
