@@ -3,6 +3,7 @@ resources sampled throughout; least-squares slopes after a warm-up show whether 
 
     python -m bench.soak [--hours 1] [--rate 10] [--restart-every-s 300] [--sample-s 10]
                          [--warmup-s S] [--out FILE] [--report FILE] [--workdir DIR]
+    python -m bench.soak --refit bench/results/soak.json [--warmup-s S]   # judge a run again
 
 Processes as deployed, all on 127.0.0.1 on free ports (a `bridge demo` can run beside it): the
 plant OPC UA simulator, the Modbus PLC simulator and the MES receiver (``bridge simulate
@@ -30,8 +31,9 @@ reconnects from its ``/metrics``. A sample is *steady* when no fault is in progr
 the last fault ended ``--settle-s`` (30 s) ago or more.
 
 Slopes: per resource, a least-squares line through the steady samples after the warm-up
-(``--warmup-s``; default 300 s, at most a quarter of the run; all samples after it when fewer
-than 5 are steady), per hour. The residual standard deviation around the line is the noise. The
+(``--warmup-s``; default 300 s, or until every kind of fault has happened once and settled if
+that is later, at most 60 % of the run; all samples after it when fewer than 5 are steady), per
+hour. The residual standard deviation around the line is the noise. The
 verdict is *flat* when the line's change over the fitted span, ``|slope x span|``, is within
 ``max(2 x residual std, floor)``, the floors being 5 MB, 3 fds, 2 threads and 3 tasks (the
 smallest change read as growth when the samples do not move at all); else *rising* or
@@ -189,6 +191,17 @@ class Event:
     at_s: float
     up: bool
     fault: Fault
+
+
+def default_warmup(faults: list[Fault], duration_s: float, settle_s: float) -> float:
+    """300 s, or until every fault has happened once and settled if that is later, at most
+    60 % of the run. The first outage of a kind sets high-water marks (the allocator's, the
+    store's caches during a backlog) that the next ones reuse: a leak is growth that repeats."""
+    first_round = max(
+        (f.every_s + f.down_s + settle_s for f in faults if 0 < f.every_s < duration_s),
+        default=0.0,
+    )
+    return min(max(300.0, first_round), 0.6 * duration_s)
 
 
 def schedule(faults: list[Fault], duration_s: float) -> list[Event]:
@@ -439,7 +452,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         Fault("mes outage", "mes", args.mes_every_s, args.mes_down_s, "stop"),
     ]
     duration_s = args.hours * 3600
-    warmup_s = args.warmup_s if args.warmup_s is not None else min(300.0, duration_s / 4)
+    warmup_s = args.warmup_s
+    if warmup_s is None:
+        warmup_s = default_warmup(faults, duration_s, args.settle_s)
     events = schedule(faults, duration_s)
     injected = {f.name: 0 for f in faults}
     samples: list[dict[str, Any]] = []
@@ -689,7 +704,9 @@ def main() -> int:
     parser.add_argument("--mes-down-s", type=float, default=60, help="MES down per outage")
     parser.add_argument("--sample-s", type=float, default=10, help="sampling period")
     parser.add_argument(
-        "--warmup-s", type=float, help="samples left out of the fits (300, at most run/4)"
+        "--warmup-s",
+        type=float,
+        help="samples left out of the fits (default: 300 s or the first round of faults)",
     )
     parser.add_argument(
         "--settle-s", type=float, default=30, help="steady: this long after the last fault"
@@ -700,7 +717,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="JSON (default bench/results/soak.json)")
     parser.add_argument("--report", type=Path, help="markdown (default bench/results/soak.md)")
     parser.add_argument("--workdir", type=Path, help="keep store and logs here (default: temp)")
+    parser.add_argument(
+        "--refit", type=Path, help="no run: fit and report again the samples of this JSON"
+    )
     args = parser.parse_args()
+    if args.refit is not None:
+        return refit(args.refit, args.warmup_s, args.out or args.refit, args.report)
     if args.workdir is not None and (args.workdir / "soak.db").exists():
         # The loss check compares the store with the MES log: an old run's rows would count.
         parser.error(f"{args.workdir} holds an earlier run's store: give a new directory")
@@ -709,7 +731,26 @@ def main() -> int:
     with _workdir(args.workdir) as work:
         figures = run(args, work)
     out = write_result("soak", figures, args.out)
-    path = args.report or RESULTS / "soak.md"
+    return _report(figures, out, args.report)
+
+
+def refit(source: Path, warmup_s: float | None, out: Path, report_path: Path | None) -> int:
+    """The fits and report of a finished run again, with the current rules (or another
+    warm-up); the run's samples, time and machine are kept."""
+    doc = json.loads(source.read_text())
+    figures = doc["figures"]
+    if warmup_s is None:
+        faults = [Fault(**f) for f in figures["faults"]]
+        warmup_s = default_warmup(faults, figures["duration_s"], figures["args"]["settle_s"])
+    figures["warmup_s"] = warmup_s
+    figures["fits"] = slopes(figures["samples"], warmup_s)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    return _report(figures, out, report_path)
+
+
+def _report(figures: dict[str, Any], out: Path, report_path: Path | None) -> int:
+    path = report_path or RESULTS / "soak.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = report(figures)
     path.write_text(text)

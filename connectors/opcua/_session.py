@@ -101,6 +101,8 @@ class Session:
         self._kept: Kept | None = None
         self._resumable = False  # connected with every item created: worth keeping
         self._server_started: datetime | None = None
+        # StartTime of a server that did not publish after a transfer: not asked again.
+        self._no_publish_after_transfer: datetime | None = None
         self.try_transfer = True
         self.transferred = 0
         self.recreated = 0
@@ -156,6 +158,9 @@ class Session:
             initial = await self._resume(client, executor, kept)
         except Exception as exc:
             await self.close()
+            if seen is not None:  # nothing of this attempt was handed on: the gaps stay open
+                for h, stamp in before.items():
+                    seen[h] = stamp
             # The status and the fix, for the log, the health detail and the CLI alike.
             reason = explain(exc, settings, attempt)
             self._log.warning("connect_failed", error=reason)
@@ -238,6 +243,8 @@ class Session:
                 self.inbox.fail("link lost during the subscription transfer")
                 raise
             reason = outcome.reason
+            if not outcome.transferred and outcome.unconfirmed and started is not None:
+                self._no_publish_after_transfer = started
         self._kept = None
         down_s = round(time.monotonic() - kept.lost_at, 2)
         subscription = kept.subscription
@@ -277,6 +284,9 @@ class Session:
         if settings.backfill is not None and settings.server_queue_size == 1:
             # One queued value per item is less than the history read after a re-create.
             return "backfill with server_queue_size 1: the gap is read from history"
+        started = kept.server_started
+        if started is not None and started == self._no_publish_after_transfer:
+            return "this server did not publish after an earlier transfer"
         return ""
 
     async def _subscribe_all(self, client: Client, executor: Executor) -> list[TagSample]:

@@ -92,6 +92,7 @@ class Outcome:
     republished: int = 0  # NotificationMessages fetched with Republish
     values: int = 0  # data-change notifications in them
     missing: int = 0  # sequence numbers the server no longer had
+    unconfirmed: bool = False  # accepted, but no Publish response followed
 
 
 async def server_facts(client: Client) -> tuple[list[str], datetime | None]:
@@ -181,7 +182,7 @@ async def transfer(
         if time.monotonic() > deadline:
             session._subscription_callbacks.pop(sid, None)
             await _delete_quietly(session, sid, timeout_s)
-            outcome.transferred = False
+            outcome.transferred, outcome.unconfirmed = False, True
             outcome.reason = (
                 f"no Publish response within {confirm_s:g}s after the transfer "
                 "(the server accepted it but does not publish to the new session)"

@@ -146,6 +146,9 @@ class OpcUaWorkerSource:
             "session_reconnects",
             "dropped_notifications",
             "backfilled_values",
+            "subscriptions_transferred",
+            "subscriptions_recreated",
+            "republished_notifications",
         )
         for key in keys:
             total[key] = sum(int(c.status.get("counters", {}).get(key, 0)) for c in self._children)

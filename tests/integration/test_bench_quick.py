@@ -131,3 +131,17 @@ def test_tiny_soak_injects_faults_samples_and_loses_nothing(tmp_path: Path) -> N
     text = report.read_text()
     assert "| rss_mb (MB) |" in text and "**0 missing**" in text
     assert text in done.stdout
+    # The same samples judged again with another warm-up: every sample is fitted now.
+    again = tmp_path / "again.json"
+    refit = ["--refit", str(out), "--warmup-s", "0", "--out", str(again), "--report", str(report)]
+    redone = subprocess.run(
+        [sys.executable, "-m", "bench.soak", *refit],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert redone.returncode == 0, redone.stdout[-2000:] + redone.stderr[-2000:]
+    refitted = json.loads(again.read_text())["figures"]
+    assert refitted["warmup_s"] == 0 and refitted["samples"] == samples
+    assert refitted["fits"]["rss_mb"]["all_samples"]["samples"] == len(samples)

@@ -206,10 +206,12 @@ async def _no_hole_after_outage(tmp_path: Path, port: int, backfill: str = "{}")
     for tag in HISTORIZED:
         # The live state of each tag is newer than every historical value, never one of them.
         value = rig.table.get(f"pump-a.{tag}").value
-        assert isinstance(value, float) and value > max(
-            s.value
-            for s in historical
-            if s.tag == f"pump-a.{tag}"  # type: ignore[type-var]
+        newest = max(float(s.value) for s in historical if s.tag == f"pump-a.{tag}")  # type: ignore[arg-type]
+        assert isinstance(value, float) and value > newest, (
+            tag,
+            value,
+            [(e["event"], e.get("values"), e.get("gap_s")) for e in logs if "source" in e],
+            [(b[0].tag, b[0].value, b[0].historical, len(b)) for b in rig.batches[-12:]],
         )
     done = [e for e in logs if e["event"] == "backfill"]
     assert done and done[-1]["historized"] == 3 and done[-1]["tags"] == 4

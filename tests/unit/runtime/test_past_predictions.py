@@ -7,6 +7,8 @@ the predictions."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from insight_models import linear_regressor
+from support import wait_until
 
 from bridge.config import load_mapping
 from bridge.config.resolved import Mapping
 from bridge.features.vector import build_batch
 from bridge.inference import LoadedModel
+from bridge.runtime import runner as runner_module
 from bridge.runtime.runner import ModelRunner
 from bridge.runtime.tagtable import TagTable
 from bridge.types import Prediction, Quality, TagSample
@@ -132,6 +136,21 @@ def _outage_then_backfill(table: TagTable, clock: Clock) -> None:
     table.apply([*history, _sample("x", OUTAGE[1], _x(OUTAGE[1])), _sample("y", OUTAGE[1], 5.0)])
 
 
+def _full_backfill(table: TagTable, clock: Clock) -> None:
+    """The outage, then both tags' history of (20, 50] s and the live values of 60 s."""
+    _live(table, clock, 0.0, OUTAGE[0])
+    table.mark_bad(["pump.x", "pump.y"], "connection lost")
+    clock.s = OUTAGE[1]
+    table.apply(
+        [
+            *(_sample("x", s, _x(s), historical=True) for s in _steps(20.0, 50.0)),
+            *(_sample("y", s, 5.0, historical=True) for s in _steps(20.0, 50.0)),
+            _sample("x", OUTAGE[1], _x(OUTAGE[1])),
+            _sample("y", OUTAGE[1], 5.0),
+        ]
+    )
+
+
 async def test_windows_as_of_a_past_time_are_those_a_live_tick_read_then(tmp_path: Path) -> None:
     mapping = _mapping(tmp_path, predictions=True)
     model = mapping.models["m"]
@@ -222,15 +241,7 @@ async def test_every_input_with_history_predicts_the_whole_gap(tmp_path: Path) -
     table = _table(mapping, clock)
     made: list[Prediction] = []
     runner = _runner(mapping, table, clock, made)
-    _live(table, clock, 0.0, OUTAGE[0])
-    table.mark_bad(["pump.x", "pump.y"], "connection lost")
-    clock.s = OUTAGE[1]
-    table.apply(
-        [
-            *(_sample("x", s, _x(s), historical=True) for s in _steps(20.0, 50.0)),
-            *(_sample("y", s, 5.0, historical=True) for s in _steps(20.0, 50.0)),
-        ]
-    )
+    _full_backfill(table, clock)
     [backfill] = table.take_past("m")
     made_past = await runner.tick_past(backfill)
     assert [p.timestamp - WALL0 for p in made_past] == [float(s) for s in range(21, 51)]
@@ -250,3 +261,55 @@ async def test_without_the_option_nothing_is_made_for_the_past(tmp_path: Path) -
     await runner._safe_tick(None)
     assert [p.historical for p in made] == [False]
     assert runner.past_made == 0
+
+
+async def test_a_long_past_is_made_a_chunk_per_tick_between_live_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "PAST_ROWS_PER_TICK", 8)
+    mapping = _mapping(tmp_path, predictions=True)
+    clock = Clock()
+    table = _table(mapping, clock)
+    made: list[Prediction] = []
+    runner = _runner(mapping, table, clock, made)
+    _full_backfill(table, clock)
+    await runner._safe_tick(None)
+    assert [p.historical for p in made] == [True] * 8 + [False]
+    assert runner.health().counters["historical_pending_periods"] == 22
+    for _ in range(3):
+        await runner._safe_tick(None)
+    past = [p for p in made if p.historical]
+    assert [p.timestamp - WALL0 for p in past] == [float(s) for s in range(21, 51)]
+    assert [p.historical for p in made[-7:]] == [True] * 6 + [False]
+    assert runner.health().counters["historical_pending_periods"] == 0
+    assert [p.seq for p in made] == list(range(1, 35))
+
+
+async def test_a_change_model_makes_its_past_without_waiting_for_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "PAST_ROWS_PER_TICK", 12)
+    path = tmp_path / "change.yaml"
+    _mapping(tmp_path, predictions=True)
+    text = (tmp_path / "mapping.yaml").read_text().replace("    period_s: 1\n", "")
+    change = text.replace("    assets: [pump]\n", "    assets: [pump]\n    trigger: change\n")
+    path.write_text(change)
+    mapping = load_mapping(path)
+    assert mapping.models["m"].trigger == "change" and mapping.models["m"].period_s == 1
+    clock = Clock()
+    table = _table(mapping, clock)
+    made: list[Prediction] = []
+    runner = _runner(mapping, table, clock, made)
+    runner.trigger = table.triggers["m"]
+    _full_backfill(table, clock)
+    task = asyncio.create_task(runner.run())
+    try:
+        # One chunk with the tick of the reconnect's change, then one per period_s (1 s).
+        await wait_until(lambda: runner.past_made >= 30, 20, what="the whole past")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    past = [p for p in made if p.historical]
+    assert [p.timestamp - WALL0 for p in past] == [float(s) for s in range(21, 51)]
+    assert sum(not p.historical for p in made) == 1  # the one change: no tick without one
