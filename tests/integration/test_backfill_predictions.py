@@ -28,9 +28,9 @@ from typing import Any
 
 import httpx
 import pytest
-from asyncua import Client, Server, ua
-from asyncua.common.node import Node
+from asyncua import Client, ua
 from faultproxy import FaultProxy, Mode
+from historian import historian
 from pump_mapping import pump_mapping
 from support import LOOPBACK, free_port, wait_until
 
@@ -45,8 +45,6 @@ from bridge.types import Prediction, Quality
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "mappings" / "models" / "pump_health.onnx"
-NS = "urn:t"
-SHORT = {"vibration": "V", "bearing_temperature": "T", "discharge_pressure": "P", "speed": "S"}
 # Plausible values of a healthy pump, each moving a little with every write.
 BASE = {"vibration": 2.0, "bearing_temperature": 55.0, "discharge_pressure": 4.0, "speed": 1480.0}
 WRITE_EVERY_S = 0.1
@@ -54,46 +52,8 @@ OUTAGE_S = float(os.environ.get("BRIDGE_TEST_BACKFILL_PREDICTIONS_OUTAGE_S", "10
 ASSET, MODEL_NAME = "pump-a", "pump-health"
 
 
-@contextlib.asynccontextmanager
-async def _plant() -> AsyncIterator[int]:
-    """A server whose four pump variables keep their history; yields its port."""
-    port = free_port()
-    server = Server()
-    await server.init()
-    server.set_endpoint(f"opc.tcp://{LOOPBACK}:{port}")
-    ns = await server.register_namespace(NS)
-    nodes: dict[str, Node] = {
-        tag: await server.nodes.objects.add_variable(
-            ua.NodeId(f"pumpa.{short}", ns), f"pumpa.{short}", BASE[tag]
-        )
-        for tag, short in SHORT.items()
-    }
-    await server.start()
-
-    async def write() -> None:
-        count = 0
-        while True:
-            count += 1
-            stamp = datetime.fromtimestamp(time.time(), UTC)
-            for tag, node in nodes.items():
-                value = BASE[tag] * (1 + 0.01 * math.sin(count / 20))
-                await node.write_value(
-                    ua.DataValue(ua.Variant(value, ua.VariantType.Double), SourceTimestamp=stamp)
-                )
-            await asyncio.sleep(WRITE_EVERY_S)
-
-    writer: asyncio.Task[None] | None = None
-    try:
-        for node in nodes.values():
-            await server.historize_node_data_change(node, period=None, count=100_000)
-        writer = asyncio.create_task(write())
-        yield port
-    finally:
-        if writer is not None:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-        await server.stop()
+def _healthy(tag: str, count: int) -> float:
+    return BASE[tag] * (1 + 0.01 * math.sin(count / 20))
 
 
 @dataclass
@@ -109,7 +69,10 @@ class Running:
 @contextlib.asynccontextmanager
 async def _running(tmp_path: Path, *, predictions: bool) -> AsyncIterator[Running]:
     ports = {k: free_port() for k in ("api", "hmi", "mes")}
-    async with _plant() as plant_port, FaultProxy(LOOPBACK, plant_port) as proxy:
+    async with (
+        historian(_healthy, period_s=WRITE_EVERY_S) as plant,
+        FaultProxy(LOOPBACK, plant.port) as proxy,
+    ):
         db = tmp_path / "bridge.db"
         text = pump_mapping(
             store=db,

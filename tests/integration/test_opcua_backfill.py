@@ -16,17 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from asyncua import Server, ua
-from asyncua.common.node import Node
 from faultproxy import FaultProxy, Mode
+from historian import Historian, historian
 from pump_mapping import pump_mapping
 from structlog.testing import capture_logs
 from support import LOOPBACK, free_port, wait_until
@@ -40,65 +37,20 @@ from bridge.types import Quality, SourceTag, TagSample
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "mappings" / "models" / "pump_health.onnx"
 NODE_MODULES = ROOT / "bench" / "nodeopcua" / "node_modules"
-NS = "urn:t"
-SHORT = {"vibration": "V", "bearing_temperature": "T", "discharge_pressure": "P", "speed": "S"}
 HISTORIZED = ("vibration", "bearing_temperature", "discharge_pressure")
 PERIOD_S = 0.1
 OUTAGE_S = float(os.environ.get("BRIDGE_TEST_BACKFILL_OUTAGE_S", "60"))
 
 
-@dataclass
-class Plant:
-    """The server's variables and a writer counting each of them up every PERIOD_S."""
-
-    server: Server
-    nodes: dict[str, Node]
-    count: int = 0
-    written: list[tuple[float, int]] = field(default_factory=list)  # (wall time, count)
-
-    async def run(self) -> None:
-        while True:
-            self.count += 1
-            now = time.time()
-            # Stamped like a device stamps its values: the history is kept by source time.
-            stamp = ua.DataValue(
-                ua.Variant(float(self.count), ua.VariantType.Double),
-                SourceTimestamp=datetime.fromtimestamp(now, UTC),
-            )
-            for node in self.nodes.values():
-                await node.write_value(stamp)
-            self.written.append((now, self.count))
-            await asyncio.sleep(PERIOD_S)
+def _count(tag: str, count: int) -> float:
+    return float(count)
 
 
 @contextlib.asynccontextmanager
-async def _plant(history: bool = True) -> AsyncIterator[tuple[Plant, int]]:
-    port = free_port()
-    server = Server()
-    await server.init()
-    server.set_endpoint(f"opc.tcp://{LOOPBACK}:{port}")
-    ns = await server.register_namespace(NS)
-    nodes = {
-        tag: await server.nodes.objects.add_variable(
-            ua.NodeId(f"pumpa.{short}", ns), f"pumpa.{short}", 0.0
-        )
-        for tag, short in SHORT.items()
-    }
-    await server.start()
-    plant = Plant(server, nodes)
-    writer: asyncio.Task[None] | None = None
-    try:
-        if history:
-            for tag in HISTORIZED:
-                await server.historize_node_data_change(nodes[tag], period=None, count=100_000)
-        writer = asyncio.create_task(plant.run())
-        yield plant, port
-    finally:
-        if writer is not None:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-        await server.stop()
+async def _plant(history: bool = True) -> AsyncIterator[tuple[Historian, int]]:
+    """Counts up by 1 every PERIOD_S; the HISTORIZED tags keep their history."""
+    async with historian(_count, HISTORIZED if history else (), PERIOD_S) as plant:
+        yield plant, plant.port
 
 
 @dataclass
