@@ -305,8 +305,9 @@ def _name(dv: ua.DataValue) -> str:
     return "Good" if dv.StatusCode is None else str(dv.StatusCode.name)
 
 
-# Judges the gaps between a subscription's values across the reload (< 3 model periods): on a
-# machine loaded by the rest of the suite one gap was 2 s (4 periods) once.
+# Judges the gaps between a subscription's values across the reload (< 8 model periods). A
+# subscription the reload broke gets no Good value again; a 2 s gap (4 periods) came from a
+# machine loaded by other work, twice, with the values caught up right after.
 @pytest.mark.serial
 async def test_reload_adds_and_removes_hmi_nodes_and_keeps_subscriptions(
     tmp_path: Path,
@@ -370,13 +371,15 @@ async def test_reload_adds_and_removes_hmi_nodes_and_keeps_subscriptions(
             what="pump-04's subscriber told",
         )
 
-        # pump-01: its subscription went on across the reload, spaced by the period.
+        # pump-01: its subscription went on across the reload, Good all along, at the period.
         await asyncio.sleep(4 * PERIOD_S)
-        times = [t for t, s in notes.of(_id_of("pump-01")) if s == "Good"]
-        around = [t for t in times if t >= reloaded_at - 2 * PERIOD_S]
+        seen = [(t, s) for t, s in notes.of(_id_of("pump-01")) if t >= reloaded_at - 2 * PERIOD_S]
+        assert [s for _, s in seen if s != "Good"] == [], seen
+        around = [t for t, _ in seen]
         assert len(around) >= 6, around
+        assert around[-1] > reloaded_at + 2 * PERIOD_S, around  # still coming after it
         gaps = [b - a for a, b in itertools.pairwise(around)]
-        assert max(gaps) < 3 * PERIOD_S, gaps
+        assert max(gaps) < 8 * PERIOD_S, gaps
         assert hmi.health().counters["write_errors"] == 0
 
         # An output that cannot start (its port is the API's) is named; the rest goes on.
