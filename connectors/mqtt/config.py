@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from bridge.client_tls import ClientTls
 from bridge.destination import Capabilities
 from bridge.eventrules import EventRule
+from bridge.isa95 import ISA95_LEVELS, Isa95Levels
 from bridge.retry import ReconnectSettings
 
 __all__ = [
@@ -271,9 +272,6 @@ class OutputSettings(BrokerSettings):
         )
 
 
-ISA95_LEVELS = ("enterprise", "site", "area", "line")
-
-
 class UnsTagSettings(BaseModel):
     """Tag values in the UNS: each tag's latest normalized state, live (not through the
     outbox: while the broker is away only the latest value of each tag is kept and sent)."""
@@ -310,19 +308,10 @@ class UnsTagSettings(BaseModel):
         return _check_template(value, "tag")
 
 
-class UnsSettings(OutputSettings):
+class UnsSettings(OutputSettings, Isa95Levels):
     """An ``outputs.<name>`` block with ``kind: uns``: predictions and model events as JSON
     in a Unified Namespace (ISA-95 topic tree), through the gateway's durable outbox."""
 
-    enterprise: str = Field(description="ISA-95 enterprise level of the topic tree, e.g. acme.")
-    site: str = Field(description="ISA-95 site level, e.g. dallas.")
-    area: str = Field(description="ISA-95 area level, e.g. packaging.")
-    line: str = Field(description="ISA-95 line (work cell) level of every asset, e.g. line-4.")
-    asset_levels: dict[str, dict[str, str]] = Field(
-        default_factory=dict,
-        description="Per asset, levels that differ from the defaults above, e.g. "
-        "{pump-a: {line: line-5}}.",
-    )
     topic: str = Field(
         "{enterprise}/{site}/{area}/{line}/{asset}/bridge/{model}",
         description="Topic of an asset's model state; `/prediction` (retained: the latest "
@@ -347,32 +336,10 @@ class UnsSettings(OutputSettings):
         "deadband: `{interval_s: 1, deadband: 0, assets: [...]}`. Default: predictions only.",
     )
 
-    @field_validator("enterprise", "site", "area", "line")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        return _check_level(value)
-
-    @field_validator("asset_levels")
-    @classmethod
-    def _asset_levels(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        for asset, levels in value.items():
-            for key, level in levels.items():
-                if key not in ISA95_LEVELS:
-                    raise ValueError(
-                        f"asset {asset}: {key!r} is not a level ({', '.join(ISA95_LEVELS)})"
-                    )
-                _check_level(level)
-        return value
-
     @field_validator("topic")
     @classmethod
     def _topic_template(cls, value: str) -> str:
         return _check_template(value, "model")
-
-    def levels_of(self, asset: str) -> dict[str, str]:
-        levels = {key: getattr(self, key) for key in ISA95_LEVELS}
-        levels.update(self.asset_levels.get(asset, {}))
-        return levels
 
     def topic_of(self, asset: str, model: str) -> str:
         return self.topic.format(**self.levels_of(asset), asset=asset, model=model)
@@ -390,10 +357,4 @@ def _check_template(value: str, last: str) -> str:
     except (KeyError, IndexError) as exc:
         placeholders = " ".join(f"{{{name}}}" for name in names)
         raise ValueError(f"unknown placeholder {exc} in the topic: use {placeholders}") from None
-    return value
-
-
-def _check_level(value: str) -> str:
-    if not value or any(c in value for c in "/+#\x00"):
-        raise ValueError(f"{value!r} cannot be a topic level (no /, +, # and not empty)")
     return value
