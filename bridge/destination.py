@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypeAlias
 
 from bridge.eventrules import EventRule
-from bridge.types import ComponentHealth, PredictionSlot, TagReader, Trigger
+from bridge.types import ComponentHealth, PredictionSlot, SampleFeed, TagReader, Trigger
 
 __all__ = [
     "Capabilities",
@@ -97,6 +97,9 @@ class DestinationContext:
     # The gateway's tag table, for a destination that also publishes tag values (live, not
     # through the outbox); None where there is no table (tools, tests).
     tags: TagReader | None = None
+    # Every applied sample as it is applied (``bridge.types.SampleFeed``), for a destination
+    # that keeps each value (the lakehouse); None where there is no tag table.
+    samples: SampleFeed | None = None
 
     def key_of(self, name: str, setting: str) -> str:
         """The mapping key of ``setting`` of the destination called ``name``."""

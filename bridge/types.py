@@ -33,6 +33,8 @@ __all__ = [
     "Prediction",
     "PredictionSlot",
     "Quality",
+    "SampleCallback",
+    "SampleFeed",
     "Sink",
     "SinkContext",
     "Source",
@@ -109,6 +111,14 @@ class TagReading:
 # from the gateway's tag table; given to the outputs that publish tag values
 # (``DestinationContext``).
 TagReader = Callable[[float], Sequence[TagReading]]
+
+# Every sample the tag table applies (after normalize and the deadband; live samples, not
+# backfilled history), for an output that keeps each value rather than the latest (the
+# lakehouse's raw and downsampled telemetry). A ``SampleFeed`` takes a callback and returns the
+# function that unsubscribes it; the callback gets each applied batch's readings on the event
+# loop, right after the batch is applied, and must only buffer them (no I/O, no awaits).
+SampleCallback = Callable[[Sequence[TagReading]], None]
+SampleFeed = Callable[[SampleCallback], Callable[[], None]]
 
 
 @dataclass(frozen=True, slots=True)

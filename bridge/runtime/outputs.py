@@ -41,6 +41,7 @@ from bridge.types import (
     FeedbackService,
     FollowsSlots,
     PredictionSlot,
+    SampleFeed,
     Sink,
     SinkContext,
     TagReader,
@@ -88,9 +89,11 @@ class Outputs:
         alerts: AlertSink,
         feedback: FeedbackService | None,
         tags: TagReader | None = None,
+        samples: SampleFeed | None = None,
     ) -> None:
         self._store = store
         self._tags = tags
+        self._samples = samples
         self._fanout = fanout
         self._store_sink = store_sink
         self._alerts = alerts
@@ -240,7 +243,9 @@ class Outputs:
                 sinks[name] = sink_kinds[out.kind].factory(out.name, out.settings, context)
             elif out.kind in destination_kinds:
                 kind = destination_kinds[out.kind]
-                context_of = DestinationContext(self._gateway_id, tuple(slots), tags=self._tags)
+                context_of = DestinationContext(
+                    self._gateway_id, tuple(slots), tags=self._tags, samples=self._samples
+                )
                 dest = kind.factory(out.name, out.settings, context_of)
                 durables[name] = durable_for([dest], repo, mapping.gateway.outbox, slots, holds)
         return _Built(sinks, durables)

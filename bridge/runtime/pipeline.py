@@ -230,7 +230,9 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
     fanout = PredictionFanout([])
     # The HMI server and the MES destinations, by name: a mapping reload changes them one by one.
     table = TagTable(mapping)
-    outputs = Outputs(prepared, store, fanout, store_sink, alerts, feedback, table.readings)
+    outputs = Outputs(
+        prepared, store, fanout, store_sink, alerts, feedback, table.readings, table.subscribe
+    )
 
     runners = [
         model_runner(prepared, name, table, fanout.publish, gid, boot_id) for name in mapping.models

@@ -23,7 +23,7 @@ from bridge.config.resolved import Mapping, ResolvedTag
 from bridge.features.window import Replay, Ring
 from bridge.normalize import Transform, compile_transform, passes_deadband, transform_key
 from bridge.runtime.trigger import ChangeTrigger
-from bridge.types import Quality, TagReading, TagSample, TagValue
+from bridge.types import Quality, SampleCallback, TagReading, TagSample, TagValue
 
 __all__ = ["Backfill", "PastTag", "TagEntry", "TagTable"]
 
@@ -105,6 +105,9 @@ class TagTable:
     # The tags with ``heartbeat_s`` and the entries they were found in (a reload swaps them).
     _beats: list[_Beat] = field(init=False, default_factory=list, repr=False)
     _beats_of: dict[str, TagEntry] | None = field(init=False, default=None, repr=False)
+    # The outputs that take every applied sample (``subscribe``): usually none, and then
+    # ``apply`` builds no readings at all.
+    _taps: list[SampleCallback] = field(init=False, default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         # Only tags a model reads keep a window: at most max_samples, as long as its longest
@@ -153,6 +156,7 @@ class TagTable:
         good = Quality.GOOD
         updates = suppressed = unknown = 0
         marked: dict[ChangeTrigger, list[str]] = {}  # handed over per batch: a burst is one
+        tapped: list[TagReading] | None = [] if self._taps else None
         for sample in batch:
             entry = entries.get(sample.tag)
             if entry is None:
@@ -175,6 +179,12 @@ class TagTable:
             entry.source_time, entry.server_time = sample.source_time, sample.server_time
             entry.changed_mono = mono
             updates += 1
+            if tapped is not None:
+                t = entry.tag
+                reading = TagReading(
+                    t.id, t.asset, t.name, value, t.unit, quality, sample.source_time, now, why
+                )
+                tapped.append(reading)
             ring = entry.ring
             if ring is not None and quality is good and isinstance(value, (int, float)):
                 ring.append(mono, float(value))
@@ -187,11 +197,33 @@ class TagTable:
                         got.append(entry.tag.asset)
         for trigger, assets in marked.items():
             trigger.mark_batch(assets)
+        if tapped:
+            self._hand_over(tapped)
         self.updates += updates
         self.suppressed += suppressed
         self.unknown += unknown
         if self._held:
             self._keep_past(now, mono)
+
+    def subscribe(self, callback: SampleCallback) -> Callable[[], None]:
+        """Call ``callback`` with the readings of every batch's applied samples (a
+        ``bridge.types.SampleFeed``); returns the function that stops it. The subscription
+        outlives reloads: the table is changed in place."""
+        self._taps.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._taps:
+                self._taps.remove(callback)
+
+        return unsubscribe
+
+    def _hand_over(self, readings: list[TagReading]) -> None:
+        for tap in tuple(self._taps):
+            try:
+                tap(readings)
+            except Exception:
+                # An output's buffer must never stop normalization of every other tag.
+                log.exception("sample_subscriber_failed", subscriber=repr(tap))
 
     def _backfill(self, entry: TagEntry, sample: TagSample, now: float, mono: float) -> None:
         """A value read back from the server's history after an outage: into the tag's window
