@@ -92,6 +92,8 @@ DEMO_PERIOD_S = 1.0
 # The smallest change over the fitted span read as growth when the samples do not move.
 FLOORS = {"rss_mb": 5.0, "fds": 3.0, "threads": 2.0, "tasks": 3.0}
 UNITS = {"rss_mb": "MB", "fds": "fds", "threads": "threads", "tasks": "tasks"}
+# RSS split by kind of mapping, fitted like the rest but not judged: it says where growth is.
+MEMORY_PARTS = {"heap_mb": "main heap", "anon_mmap_mb": "anonymous mappings", "file_mb": "files"}
 MIN_STEADY = 5
 SCRAPE_TIMEOUT_S = 10.0
 TASK_READS = 3
@@ -284,7 +286,33 @@ def proc_status(pid: int) -> dict[str, float]:
         elif line.startswith("Threads:"):
             status["threads"] = int(line.split()[1])
     status["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    status.update(memory_parts(pid))
     return status
+
+
+def memory_parts(pid: int) -> dict[str, float]:
+    """Where the resident memory is (MB), from /proc/<pid>/smaps: the main heap (``[heap]``,
+    grown by brk: the main thread's malloc arena), anonymous mappings (other threads' malloc
+    arenas, large allocations, the interpreter's arenas) and file-backed pages (libraries, the
+    store's shared memory). A leak in native code shows in one of the first two; the cure
+    differs (a smaller SQLite cache, fewer malloc arenas, a fix in a library)."""
+    parts = {"heap_mb": 0.0, "anon_mmap_mb": 0.0, "file_mb": 0.0}
+    kind = "file_mb"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+            name = head[5].strip() if len(head) > 5 else ""
+            if name == "[heap]":
+                kind = "heap_mb"
+            elif not name or name.startswith("[anon"):
+                kind = "anon_mmap_mb"
+            elif name.startswith("["):  # [stack], [vvar], [vdso]
+                kind = ""
+            else:
+                kind = "file_mb"
+        elif head and head[0] == "Rss:" and kind:
+            parts[kind] += int(head[1]) / 1024
+    return {k: round(v, 2) for k, v in parts.items()}
 
 
 def file_mb(*paths: Path) -> float:
@@ -376,6 +404,9 @@ def slopes(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
         # Every sample after the warm-up too, faults and all: the noise they add is shown.
         every = [(s["t_s"], s[key]) for s in after if s.get(key) is not None]
         fits[key]["all_samples"] = fit(every, floor)
+    for key in MEMORY_PARTS:
+        points = [(s["t_s"], s[key]) for s in chosen if s.get(key) is not None]
+        fits[key] = fit(points, FLOORS["rss_mb"])
     return fits
 
 
@@ -665,6 +696,19 @@ def report(figures: dict[str, Any]) -> str:
             f"{f['span_h'] * 60:.1f} min | {f['band']:.2f} | **{f['verdict']}** (all samples: "
             f"{every.get('slope_per_h', 0):+.2f}/h, {every['verdict']}) |"
         )
+    parts = [(key, label, fits.get(key, {})) for key, label in MEMORY_PARTS.items()]
+    if any("slope_per_h" in f for _, _, f in parts):
+        lines += [
+            "",
+            "| RSS part (MB) | first -> last (min-max) | slope per hour | residual std |",
+            "|---|---|---|---|",
+        ]
+        for _, label, f in parts:
+            if "slope_per_h" in f:
+                lines.append(
+                    f"| {label} | {f['first']:g} -> {f['last']:g} ({f['min']:g}-{f['max']:g}) "
+                    f"| {f['slope_per_h']:+.2f} MB/h | {f['residual_std']:.2f} |"
+                )
     inj, rec = figures["injected"], figures["reconnects"]
     lines += [
         "",
