@@ -6,6 +6,9 @@ connections alike):
 - ``PASS``      forward bytes both ways unchanged;
 - ``LATENCY``   forward, delaying every chunk by ``latency_s``;
 - ``BLACKHOLE`` accept and read, never forward (the link looks alive but nothing arrives);
+- ``DEAF``      forward client->server, swallow server->client: the server gets every request
+                and its answers are lost (a link that fails one way; a request sent just as
+                the link fails surely reaches the server, whatever the machine's load);
 - ``RST``       reset every connection (SO_LINGER 0 -> RST instead of FIN), new ones at once;
 - ``GARBAGE``   replace every server->client chunk by random bytes of the same length;
 - ``TRUNCATE``  forward only the first half of every server->client chunk.
@@ -41,6 +44,7 @@ class Mode(enum.Enum):
     PASS = "pass"
     LATENCY = "latency"
     BLACKHOLE = "blackhole"
+    DEAF = "deaf"
     RST = "rst"
     GARBAGE = "garbage"
     TRUNCATE = "truncate"
@@ -79,7 +83,7 @@ class _Link:
                     break
                 mode = proxy.mode
                 proxy.bytes_seen += len(data)
-                if mode is Mode.BLACKHOLE:
+                if mode is Mode.BLACKHOLE or (downstream and mode is Mode.DEAF):
                     continue  # swallowed: the peer waits for an answer that never comes
                 if mode is Mode.RST:
                     self.reset()
