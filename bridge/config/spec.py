@@ -440,6 +440,15 @@ class CollectorSettings(Strict):
         description="`between-events`: collect everything this often (a pause of ~50-100 ms "
         "at 2,000 assets); cyclic garbage waits at most this long.",
     )
+    trim_every_s: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="Hand memory that the C allocator keeps after it was freed (an outage's "
+        "backlog drained, a reconnect) back to the operating system this often (glibc's "
+        "`malloc_trim`, off the event loop, a few ms), so the resident size follows what is in "
+        "use. 0: never. Nothing runs on a C library without it (musl).",
+    )
 
 
 class FleetSettings(Strict):

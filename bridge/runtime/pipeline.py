@@ -36,6 +36,7 @@ from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
 from bridge.runtime.integrity import IntegrityWatch
 from bridge.runtime.live_models import LiveModels, live_models
 from bridge.runtime.lossalerts import LossAlerts
+from bridge.runtime.memory import TrimCounts, glibc_trim, release_native_memory
 from bridge.runtime.metrics import GatewayOps, gateway_ops
 from bridge.runtime.outputs import Outputs, slots_of
 from bridge.runtime.parts import model_runner, source_supervisor
@@ -98,6 +99,8 @@ class Gateway:
     # The running mapping at start (the reloader's, once there is one, follows reloads).
     revision: str = ""
     mapping_name: str = ""
+    # What handing freed native memory back to the system gave (bridge.runtime.memory).
+    trims: TrimCounts = field(default_factory=TrimCounts)
 
     async def run(self, stop: asyncio.Event, *, reload_on_sighup: bool = False) -> None:
         """Run until ``stop`` is set; raise if a part of the gateway failed. Call it once.
@@ -106,6 +109,7 @@ class Gateway:
         reloads: set[asyncio.Task[None]] = set()
         started: list[Stage] = []
         collector: asyncio.Task[None] | None = None
+        trimmer: asyncio.Task[None] | None = None
         try:
             for stage in self.stages:
                 started.append(stage)  # a half-started stage closes what it started
@@ -131,6 +135,12 @@ class Gateway:
                     ),
                     name="collector",
                 )
+            trim = glibc_trim() if self.collector.trim_every_s > 0 else None
+            if trim is not None:
+                trimmer = asyncio.create_task(
+                    release_native_memory(self.collector.trim_every_s, trim, self.trims),
+                    name="memory-trim",
+                )
             if reload_on_sighup and self.reloader is not None:
                 _on_sighup(self.reloader, reloads)
             await self._audit("gateway.started", {"revision": self.revision})
@@ -145,8 +155,9 @@ class Gateway:
                 # The revision running now: a reload may have replaced the one it started with.
                 running = self.reloader.revision if self.reloader else self.revision
                 await self._audit("gateway.stopped", {"revision": running})
-            if collector is not None:
-                await cancel_and_wait(collector)
+            for housekeeping in (collector, trimmer):
+                if housekeeping is not None:
+                    await cancel_and_wait(housekeeping)
             for stage in reversed(started):
                 await stage.close()
             await asyncio.to_thread(self.store.dispose)

@@ -24,6 +24,7 @@ from support import free_port, wait_until
 
 from bridge.connectors.opcua.convert import make_node_id
 from bridge.prepare import prepare
+from bridge.runtime.memory import glibc_trim
 from bridge.runtime.pipeline import Gateway, build_gateway
 from bridge.runtime.runner import ModelRunner
 from bridge.runtime.trigger import ChangeTrigger
@@ -36,7 +37,8 @@ BURST = 5
 
 MAPPING = """
 version: 1
-gateway: {{id: change, store: "sqlite:///{store}", api: {{enabled: false}}}}
+gateway: {{id: change, store: "sqlite:///{store}", api: {{enabled: false}},
+          collector: {{trim_every_s: 0.2}}}}
 sources:
   plant: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{plant}",
           publishing_interval_ms: {pub}}}
@@ -213,3 +215,9 @@ async def test_the_gateway_collects_garbage_between_events(rig: Rig) -> None:
         await wait_until(lambda: len(young) >= 10, 10, what="ten young collections")
     finally:
         gc.callbacks.remove(note)
+
+
+@pytest.mark.skipif(glibc_trim() is None, reason="the C library has no malloc_trim (not glibc)")
+async def test_the_gateway_hands_freed_native_memory_back(rig: Rig) -> None:
+    """gateway.collector.trim_every_s: the running gateway calls malloc_trim on its clock."""
+    await wait_until(lambda: rig.gateway.trims.runs >= 3, 10, what="three trims")
