@@ -17,6 +17,7 @@ from .certificates import build_certificates_router
 from .decisions import build_decisions_router
 from .docs import ASSETS_PREFIX, DOCS_PATHS, mount_docs
 from .guard import ApiGuard
+from .insights import build_insights_router
 from .keys import build_key_router
 from .limits import KeyLimits
 from .lineage import build_lineage_router
@@ -55,6 +56,7 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(build_alert_router())
     app.include_router(build_lineage_router())
     app.include_router(build_decisions_router())
+    app.include_router(build_insights_router())
     app.include_router(build_key_router())
     app.include_router(build_certificates_router())
     app.include_router(build_outbox_router())

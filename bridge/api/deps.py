@@ -16,6 +16,7 @@ from bridge.config.spec import ApiSettings
 from bridge.lifecycle.service import RegistryService
 from bridge.store.alerts import AlertRepository
 from bridge.store.history import PredictionHistory
+from bridge.store.insights import InsightRepository
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
 from bridge.store.outbox import OutboxRepository
@@ -29,6 +30,7 @@ __all__ = [
     "Alerts",
     "Explainers",
     "History",
+    "Insights",
     "Keys",
     "Labels",
     "Lineage",
@@ -70,6 +72,10 @@ def _history(s: Services) -> PredictionHistory:
     return s.history
 
 
+def _insights(s: Services) -> InsightRepository:
+    return s.insights
+
+
 def _alerts(s: Services) -> AlertRepository:
     return s.alerts
 
@@ -104,6 +110,7 @@ Queries = Annotated[QueryRunner, Depends(_queries)]
 Keys = Annotated[KeyCache, Depends(_keys)]
 History = Annotated[PredictionHistory, Depends(_history)]
 Alerts = Annotated[AlertRepository, Depends(_alerts)]
+Insights = Annotated[InsightRepository, Depends(_insights)]
 Registry = Annotated[RegistryService, Depends(_registry)]
 Lineage = Annotated[LineageRepository, Depends(_lineage)]
 Labels = Annotated[LabelRepository, Depends(_labels)]

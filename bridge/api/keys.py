@@ -18,7 +18,13 @@ from .timeparse import epoch_to_datetime
 
 __all__ = ["ApiKeyIn", "ApiKeyOut", "CreatedApiKeyOut", "build_key_router"]
 
-ScopeLabel = Literal["read", "operate", "admin"]
+ScopeLabel = Literal["read", "operate", "admin", "insights"]
+_LABELS: dict[Scope, ScopeLabel] = {
+    Scope.READ: "read",
+    Scope.OPERATE: "operate",
+    Scope.ADMIN: "admin",
+    Scope.INSIGHTS: "insights",
+}
 
 
 class ApiKeyOut(BaseModel):
@@ -30,15 +36,10 @@ class ApiKeyOut(BaseModel):
 
     @classmethod
     def of(cls, r: ApiKeyRecord) -> ApiKeyOut:
-        scope: ScopeLabel = "read"
-        if r.scope is Scope.OPERATE:
-            scope = "operate"
-        elif r.scope is Scope.ADMIN:
-            scope = "admin"
         return cls(
             key_id=r.key_id,
             name=r.name,
-            scope=scope,
+            scope=_LABELS[r.scope],
             created_at=epoch_to_datetime(r.created_at),
             revoked_at=epoch_to_datetime(r.revoked_at),
         )
@@ -50,7 +51,11 @@ class CreatedApiKeyOut(ApiKeyOut):
 
 class ApiKeyIn(BaseModel):
     name: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"\S")
-    scope: ScopeLabel = "read"
+    scope: ScopeLabel = Field(
+        "read",
+        description="`read` < `operate` < `admin`, each allowing what the lower ones do; "
+        "`insights` may only read `GET /api/v1/insights` (the anonymised aggregates).",
+    )
 
 
 def _repo(cache: Keys) -> ApiKeyRepository:

@@ -24,6 +24,7 @@ from bridge.store.audit import AuditRepository
 from bridge.store.db import Store
 from bridge.store.decisions import DecisionRepository
 from bridge.store.history import PredictionHistory
+from bridge.store.insights import InsightRepository
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
 from bridge.store.outbox import OutboxRepository
@@ -89,6 +90,7 @@ class ApiServices:
     outbox: OutboxRepository
     audit: AuditRepository
     decisions: DecisionRepository
+    insights: InsightRepository
     # Only a running gateway has these: without them the admin API changes the registry (other
     # gateways follow within their poll) and no prediction is kept for explanation.
     live_models: LiveModelState | None = None
@@ -145,6 +147,7 @@ class ApiServices:
             outbox=OutboxRepository(store, gateway=view.gateway_id),
             audit=AuditRepository(store, view.gateway_id),
             decisions=DecisionRepository(store, timeout_s=settings.query_timeout_s),
+            insights=InsightRepository(store, timeout_s=settings.query_timeout_s),
             audit_keys=audit_keys,
             trust_lists=trust_lists or no_trust_lists,
             live_models=live_models,

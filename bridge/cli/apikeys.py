@@ -63,7 +63,8 @@ def apikeys() -> None:
     type=click.Choice([s.label for s in Scope]),
     default="read",
     show_default=True,
-    help="read < operate (acknowledge alerts) < admin (manage keys).",
+    help="read < operate (acknowledge alerts) < admin (manage keys); insights: only the "
+    "anonymised insights (GET /api/v1/insights), for third parties.",
 )
 @click.option(
     "-o",
@@ -133,10 +134,10 @@ def list_keys(
             }
             click.echo(json.dumps(row, separators=(",", ":")))
         return
-    click.echo(f"{'KEY ID':<12}  {'SCOPE':<7}  {'CREATED':<20}  {'REVOKED':<20}  NAME")
+    click.echo(f"{'KEY ID':<12}  {'SCOPE':<8}  {'CREATED':<20}  {'REVOKED':<20}  NAME")
     for r in records:
         click.echo(
-            f"{r.key_id:<12}  {r.scope.label:<7}  {_when(r.created_at):<20}  "
+            f"{r.key_id:<12}  {r.scope.label:<8}  {_when(r.created_at):<20}  "
             f"{_when(r.revoked_at):<20}  {r.name}"
         )
 

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -114,6 +115,47 @@ class ConsoleSettings(Strict):
     )
 
 
+MIN_SALT_CHARS = 16
+
+
+class InsightsSettings(Strict):
+    k: int = Field(
+        5,
+        ge=2,
+        le=1000,
+        description="k-anonymity of `GET /api/v1/insights`: a group (rows sharing model, label "
+        "and period) computed from fewer than `k` distinct assets is suppressed (left out and "
+        "counted in `suppressed`).",
+    )
+    salt: SecretStr | None = Field(
+        None,
+        description="Secret of the per-asset breakdown (`by_asset=true`): each asset appears "
+        "as HMAC-SHA256(salt, asset), truncated. Write it as `${ENV}` (at least 16 characters, "
+        "e.g. `openssl rand -hex 32`); it is never logged nor returned. Without it the "
+        "breakdown is refused and assets only ever appear as counts. A new salt gives every "
+        "asset a new key (rotate it to unlink what was published before).",
+    )
+    max_range_days: float = Field(
+        366.0,
+        gt=0,
+        description="Widest `from`..`to` range of one insights request, in days; a wider one "
+        "is refused with 400.",
+    )
+
+    @field_validator("salt")
+    @classmethod
+    def _long_salt(cls, value: SecretStr | None) -> SecretStr | None:
+        text = None if value is None else value.get_secret_value()
+        # A placeholder left for run time (`bridge validate --no-env`) is checked then.
+        if text is not None and not text.startswith("${") and len(text) < MIN_SALT_CHARS:
+            raise ValueError(
+                f"the insights salt has {len(text)} characters; use at least "
+                f"{MIN_SALT_CHARS} random ones (e.g. `openssl rand -hex 32` in an ${{ENV}}): "
+                "a short salt lets anyone who can list the asset names recompute the keys"
+            )
+        return value
+
+
 class ApiSettings(Strict):
     enabled: bool = Field(True, description="Serve the REST API for MES systems.")
     host: str = Field(
@@ -163,6 +205,11 @@ class ApiSettings(Strict):
     console: ConsoleSettings = Field(
         default_factory=ConsoleSettings,
         description="The web console for operators and OT engineers (login with an API key).",
+    )
+    insights: InsightsSettings = Field(
+        default_factory=InsightsSettings,
+        description="The anonymised insights for third parties (`GET /api/v1/insights`, keys "
+        "of scope `insights`): aggregates only, k-anonymous, assets dropped or salted-hashed.",
     )
 
     @model_validator(mode="after")

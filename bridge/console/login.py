@@ -70,8 +70,9 @@ class User:
 async def current_user(request: Request, services: Services) -> User:
     session = services.sessions.get(request.cookies.get(SESSION_COOKIE))
     record = None if session is None else await services.keys.authenticate(session.key)
-    if session is None or record is None:
-        if session is not None:  # its key was revoked
+    # A key that may not read (scope insights) never has a session; refused here too.
+    if session is None or record is None or not record.scope.allows(Scope.READ):
+        if session is not None:  # its key was revoked (or may not read)
             services.sessions.close(session.id)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(target)

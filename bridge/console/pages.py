@@ -27,6 +27,7 @@ from bridge.api.models_admin import (
 )
 from bridge.api.outbox import outbox_overview
 from bridge.api.sessions import SESSION_COOKIE
+from bridge.auth import Scope
 from bridge.errors import BridgeError, StoreError
 from bridge.store.alerts import AlertFilter
 from bridge.store.registry import RegistryError
@@ -139,6 +140,15 @@ def build_console_router() -> APIRouter:
         if record is None:
             failed.failed(client)
             return page("login.html", None, 401, next=target, error="Unknown or revoked API key.")
+        if not record.scope.allows(Scope.READ):
+            # An `insights` key is for third parties: the console shows assets by name.
+            return page(
+                "login.html",
+                None,
+                403,
+                next=target,
+                error=f"A key of scope {record.scope.label} does not open the console.",
+            )
         response = RedirectResponse(target, status_code=303)
         open_session(request, response, services, key, record)
         return response

@@ -23,7 +23,7 @@ from sqlalchemy.orm import sessionmaker
 from bridge.api import ApiServices, create_app
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
-from bridge.config.spec import ApiSettings
+from bridge.config.spec import ApiSettings, InsightsSettings
 from bridge.outbox.feed import Budget, OutboxFeed
 from bridge.store import PredictionRepository, Store, open_store
 from bridge.store.alerts import AlertRepository, NewAlert
@@ -35,7 +35,13 @@ NOW = time.time()
 # The widest history range is a deployment choice the schema cannot express (any two valid
 # times are a schema-valid range): lifted here so that positive data stays accepted, tested
 # in test_api_abuse.py. The request budget is lifted for the same reason.
-SETTINGS = ApiSettings(max_history_days=1e7, rate_limit_per_s=1e6, rate_burst=1_000_000)
+# The insights likewise: any range is schema-valid, and so is `by_asset=true` (it needs a salt).
+SETTINGS = ApiSettings(
+    max_history_days=1e7,
+    rate_limit_per_s=1e6,
+    rate_burst=1_000_000,
+    insights=InsightsSettings(max_range_days=1e7, salt="schemathesis-salt-0123456789"),
+)
 # Bounded to keep the suite quick; raise it to search harder (e.g. 200 before a release).
 MAX_EXAMPLES = int(os.environ.get("BRIDGE_SCHEMATHESIS_EXAMPLES", "10"))
 

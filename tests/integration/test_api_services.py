@@ -31,6 +31,7 @@ from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.audit import AuditRepository
 from bridge.store.decisions import DecisionRepository
 from bridge.store.history import PredictionHistory
+from bridge.store.insights import InsightRepository
 from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
 from bridge.store.outbox import OutboxRepository
@@ -181,6 +182,7 @@ async def served(store: Store, tmp_path: Path) -> AsyncIterator[Served]:
         outbox=OutboxRepository(store),
         audit=AuditRepository(store, "test"),
         decisions=DecisionRepository(store),
+        insights=InsightRepository(store),
         live_models=live,
         explainers={"health": Explainer({predictions[2].id: Explanation("temp high", ())})},
         trust_lists=lambda: [TrustDir(tmp_path / "pki", "clients", ("outputs.hmi",))],
@@ -248,6 +250,11 @@ async def test_one_route_per_service(served: Served) -> None:
     r = await http.get("/api/v1/certificates")
     (listed,) = r.json()["trust_lists"]
     assert listed["side"] == "clients" and listed["used_by"] == ["outputs.hmi"], r.text
+    # insights: the predictions of p1, one asset, below k: counted, suppressed (one row, or
+    # two when the last minute straddled midnight)
+    r = await http.get("/api/v1/insights", params={"from": NOW - 3600, "to": NOW})
+    models = r.json()["models"]
+    assert models["rows"] == [] and models["suppressed"] in (1, 2), r.text
 
 
 async def test_the_app_uses_the_query_runner_it_is_given(served: Served) -> None:

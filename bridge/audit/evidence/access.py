@@ -88,7 +88,8 @@ def _access(ev: _Evidence) -> Section:
         (
             "Scopes",
             "read; operate: also acknowledge alerts, operator feedback, outbox retries; "
-            "admin: also API keys, models, mapping reload, the audit ledger",
+            "admin: also API keys, models, mapping reload, the audit ledger; insights (apart): "
+            "the anonymised insights only (GET /api/v1/insights), which admin may read too",
         ),
         ("API keys", f"{len(active)} active ({scopes}), {len(ev.keys) - len(active)} revoked"),
         (

@@ -1,0 +1,37 @@
+"""The JSON-LD ``@context`` of the entities: this connector's terms, then the ETSI core context.
+
+``context.json`` (next to this module) defines our terms: the ISA-95 entity types (Enterprise,
+Site, Area, Line), ``isPartOf``, the prediction's sub-properties, and ``@vocab`` for the names
+that come from the mapping (tag Properties, the ``<model>Prediction`` Properties, the entity
+types of templates), all under ``urn:bridge-gateway:ngsi-ld:``. A broker that is given the
+document's URL (``context_url``) fetches it; without one the document is written inline.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CONTEXT_FILE", "NAMESPACE", "context_document", "entity_context"]
+
+CONTEXT_FILE = Path(__file__).with_name("context.json")
+NAMESPACE = "urn:bridge-gateway:ngsi-ld:"
+
+
+@cache
+def context_document() -> dict[str, Any]:
+    """The parsed ``context.json`` (a JSON-LD context document: ``{"@context": {...}}``)."""
+    doc: dict[str, Any] = json.loads(CONTEXT_FILE.read_text(encoding="utf-8"))
+    return doc
+
+
+def entity_context(context_url: str | None, core_context_url: str) -> list[Any]:
+    """The ``@context`` member of every entity: ours (by URL, or inline), then the core's.
+
+    The core context comes last, as the spec's examples name it (annex C): its terms are
+    protected, so ours cannot change what ``value``, ``observedAt`` or ``object`` mean.
+    """
+    ours: Any = context_url if context_url is not None else context_document()["@context"]
+    return [ours, core_context_url]
