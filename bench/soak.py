@@ -505,7 +505,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         active: list[Fault] = []
         last_change = -float("inf")
         next_sample = 0.0
-        while (now := time.monotonic() - t0) < duration_s:
+        # Until the end, and until every fault scheduled before it was injected: a slow sample
+        # (a scrape on a loaded machine) must not skip the last faults of the schedule.
+        while (now := time.monotonic() - t0) < duration_s or events:
             while events and events[0].at_s <= now:
                 ev = events.pop(0)
                 child = ch[ev.fault.child]

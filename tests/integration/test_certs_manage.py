@@ -470,8 +470,12 @@ async def test_a_running_gateway_lists_the_trust_lists_of_its_mapping(
     task = asyncio.create_task(gateway.run(stop))
     try:
         await asyncio.wait_for(gateway.started.wait(), 60)
+        # A reload rebuilds the gateway's parts: seconds on a loaded machine (httpx's 5 s
+        # default timed out once while two test suites and a soak shared 2 cores).
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {key}"}
+            base_url=f"http://127.0.0.1:{api_port}",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
         ) as http:
             r = await http.get("/api/v1/certificates")
             assert r.status_code == 200, r.text
