@@ -19,59 +19,31 @@ Writes bench/results/insights.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
-from bench.common import row, write_result
+from bench.common import bench_store, row, write_result
 from bridge.api.anonymity import AssetKeys
 from bridge.api.insights import compute_insights
 from bridge.logging import configure_logging
 from bridge.store.alerts import AlertRepository, NewAlert
-from bridge.store.db import Store, open_store
+from bridge.store.db import Store
 from bridge.store.insights import InsightRepository, InsightWindow
 from bridge.store.repository import PredictionRepository
 from bridge.store.tables import PredictionRow
 from bridge.types import Prediction, Quality
 
-PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 T0 = 1_793_577_600.0  # Monday 2026-11-02 00:00 UTC
 DAYS = 30
 ASSETS = [f"asset-{i}" for i in range(200)]
 LABELS = ("healthy", "healthy", "healthy", "cavitation", "seal_leak")
-
-
-@contextlib.contextmanager
-def _store(backend: str, workdir: Path) -> Iterator[Store]:
-    if backend == "sqlite":
-        s = open_store(f"sqlite:///{workdir / 'insights.db'}")
-        try:
-            yield s
-        finally:
-            s.dispose()
-        return
-    schema = f"bench_insights_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        s = open_store(PG_URL, schema=schema)
-        try:
-            yield s
-        finally:
-            s.dispose()
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _fill(store: Store, rows: int) -> float:
@@ -121,7 +93,7 @@ def _floor(store: Store) -> float:
 
 def _measure(backend: str, rows: int) -> list[dict[str, Any]]:
     out = []
-    with tempfile.TemporaryDirectory() as tmp, _store(backend, Path(tmp)) as store:
+    with tempfile.TemporaryDirectory() as tmp, bench_store(backend, Path(tmp), "insights") as store:
         filled = _fill(store, rows)
         print(f"{backend}: {rows} predictions + 20,000 alerts written in {filled:.1f} s")
         repo = InsightRepository(store)
