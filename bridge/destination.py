@@ -19,16 +19,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, TypeAlias
+from typing import NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 from bridge.eventrules import EventRule
-from bridge.types import ComponentHealth, PredictionSlot, SampleFeed, TagReader, Trigger
+from bridge.types import (
+    AssetInfo,
+    ComponentHealth,
+    PredictionSlot,
+    SampleFeed,
+    TagInfo,
+    TagReader,
+    Trigger,
+)
 
 __all__ = [
     "Capabilities",
     "Destination",
     "DestinationContext",
     "Envelope",
+    "FollowsContext",
     "Outcome",
     "Retry",
 ]
@@ -89,7 +98,14 @@ class DestinationContext:
     destination that publishes tag values too), and ``setting_keys``: where a
     setting of this destination is written in the mapping when it is not in an ``outputs:``
     block of its own (the drift webhook: ``{"tls": "drift.webhook_tls"}``), so messages name
-    the key the operator has to fix."""
+    the key the operator has to fix.
+
+    The mapping's facts about the plant, for a destination that describes it (a digital twin,
+    the lakehouse's context table): ``assets`` (each asset's template and description, in the
+    mapping's order), ``tag_infos`` (each tag's unit, scale, offset, clamp, source and address)
+    and ``revision``, the sha256 of the mapping file. Empty where they are not known (tools,
+    tests). A mapping reload hands the new ones to a destination that follows them
+    (``FollowsContext``); one without it keeps those it was built with."""
 
     gateway_id: str
     slots: tuple[PredictionSlot, ...] = ()
@@ -100,10 +116,24 @@ class DestinationContext:
     # Every applied sample as it is applied (``bridge.types.SampleFeed``), for a destination
     # that keeps each value (the lakehouse); None where there is no tag table.
     samples: SampleFeed | None = None
+    assets: tuple[AssetInfo, ...] = ()
+    tag_infos: tuple[TagInfo, ...] = ()
+    revision: str = ""
 
     def key_of(self, name: str, setting: str) -> str:
         """The mapping key of ``setting`` of the destination called ``name``."""
         return dict(self.setting_keys).get(setting, f"outputs.{name}.{setting}")
+
+
+@runtime_checkable
+class FollowsContext(Protocol):
+    """A destination whose bodies or tables carry the mapping's facts (``assets``,
+    ``tag_infos``, ``revision`` of ``DestinationContext``): a mapping reload that does not
+    restart it hands it the new context (after the new slots, ``bridge.types.FollowsSlots``,
+    if it follows those too). Called on the event loop: it must only keep what it is given (no
+    I/O); the context's ``tags`` and ``samples`` are the ones it was built with."""
+
+    async def follow_context(self, context: DestinationContext) -> None: ...
 
 
 class Destination(Protocol):

@@ -14,6 +14,7 @@ __all__ = [
     "AlarmPolicy",
     "AlarmRecord",
     "AlarmService",
+    "AssetInfo",
     "ComponentHealth",
     "Contribution",
     "Explanation",
@@ -39,6 +40,7 @@ __all__ = [
     "SinkContext",
     "Source",
     "SourceTag",
+    "TagInfo",
     "TagReader",
     "TagReading",
     "TagSample",
@@ -218,6 +220,42 @@ class PredictionSlot:
     # (tag name, unit) of the model's inputs on this asset, units after `convert_to`.
     input_units: tuple[tuple[str, str], ...] = ()
     alarm: AlarmPolicy = AlarmPolicy()  # a classifier's (labels) alarm; regressors have none
+
+
+@dataclass(frozen=True, slots=True)
+class AssetInfo:
+    """What the mapping says of one asset, for outputs that describe the plant (a digital
+    twin's type and attributes, the lakehouse's context table): the template it is made from
+    (``""``: none) and its ``description``."""
+
+    asset: str
+    template: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TagInfo:
+    """What the mapping says of one tag, for outputs that describe the plant (the lakehouse's
+    context table). ``tag`` is the tag id (``asset.tag``), ``name`` the tag's name on its asset;
+    ``unit`` is the unit of its values (after ``convert_to``), ``source_unit`` the unit the
+    source's value comes in when ``convert_to`` changes it (else ``""``); ``scale`` and
+    ``offset`` make the raw value ``raw * scale + offset`` (in ``source_unit`` if given, else in
+    ``unit``), ``clamp`` is the ``(low, high)`` range in ``unit`` beyond which values are
+    clamped and marked Uncertain (None: none); ``source`` names the source and
+    ``address`` is the tag's address there as text (an OPC UA node id as written, or the
+    address block in flow style, e.g. ``{table: holding, address: 0, type: float32}``)."""
+
+    tag: str
+    asset: str
+    name: str
+    unit: str = ""
+    scale: float = 1.0
+    offset: float = 0.0
+    clamp: tuple[float, float] | None = None
+    source: str = ""
+    address: str = ""
+    description: str = ""
+    source_unit: str = ""
 
 
 @dataclass(frozen=True, slots=True)

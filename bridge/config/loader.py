@@ -20,6 +20,7 @@ from bridge.config.spec import AssetConfig, MappingFile, ModelConfig, TagConfig
 from bridge.config.unitcheck import check_feature_units
 from bridge.config.yamlsource import LineIndex, Substitutions, gc_paused, read_yaml
 from bridge.errors import ConfigError, ConfigIssue
+from bridge.types import AssetInfo
 
 __all__ = ["load_mapping"]
 
@@ -110,6 +111,10 @@ def load_mapping(
         needs={
             name: tuple(_dotted(p) for p in paths)
             for name, paths in doc.substitutions.needs.items()
+        },
+        asset_infos={
+            name: AssetInfo(name, asset.template or "", asset.description)
+            for name, asset in spec.assets.items()
         },
     )
 

@@ -18,6 +18,7 @@ from bridge.config.spec import (
     Stat,
 )
 from bridge.config.yamlsource import LineIndex
+from bridge.types import AssetInfo
 
 __all__ = ["Endpoint", "Feature", "Mapping", "ResolvedModel", "ResolvedTag"]
 
@@ -107,6 +108,8 @@ class Mapping:
     index: LineIndex  # key path -> line, for errors found after loading (e.g. model checks)
     # `validate --no-env`: variable -> the keys (dotted) whose value waits for it at run time.
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # asset -> its template and description (for outputs that describe the plant).
+    asset_infos: dict[str, AssetInfo] = field(default_factory=dict)
 
     def tags_of_source(self, source: str) -> list[ResolvedTag]:
         return [t for t in self.tags.values() if t.source == source]

@@ -6,7 +6,9 @@ feed and relay (``bridge.outbox.wiring``). ``Outputs`` builds both at start and,
 starts an added output, stops a removed one and restarts a changed one alone; an unchanged one
 is the same object with the same relay (an HMI's session and monitored items go on). Outputs
 that follow the gateway's (asset, model) pairs (``bridge.types.FollowsSlots``: the HMI server's
-nodes, the MES bodies' units) are handed the new pairs instead of being restarted.
+nodes, the MES bodies' units) are handed the new pairs instead of being restarted, and
+destinations that describe the plant (``bridge.destination.FollowsContext``: the lakehouse's
+context table, the twins) the new assets, tags and mapping revision.
 
 A removed destination's undelivered events stay in the store's outbox (``bridge outbox list``);
 the reload counts them and says so. They are sent if a destination of that name comes back.
@@ -22,7 +24,7 @@ import structlog
 
 from bridge import plugins
 from bridge.config.resolved import Endpoint
-from bridge.destination import DestinationContext
+from bridge.destination import DestinationContext, FollowsContext
 from bridge.errors import BridgeError
 from bridge.outbox.feed import OutboxFeed
 from bridge.outbox.relay import Relay
@@ -31,6 +33,7 @@ from bridge.prepare import Prepared, slots_of
 from bridge.runtime.alarms import StoreAlarms
 from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.fanout import PredictionFanout
+from bridge.runtime.plantfacts import asset_infos, tag_infos
 from bridge.store.alerts import AlertRepository
 from bridge.store.db import Store
 from bridge.store.hmihistory import StoreHmiHistory
@@ -71,6 +74,7 @@ class OutputsChange:
 class _Built:
     sinks: dict[str, Sink]
     durables: dict[str, Durable]
+    context: DestinationContext | None = None  # the destinations' (None: none was built)
 
 
 class Outputs:
@@ -109,6 +113,9 @@ class Outputs:
         self._slots = slots_of(prepared)
         built = self._build(prepared, self._slots, list(prepared.mapping.outputs))
         self.sinks: list[Sink] = list(built.sinks.values())
+        # Every live sink and every destination, changed in place like ``sinks``: those that
+        # show model versions get the registry's statuses (``bridge.runtime.live_models``).
+        self.all_outputs: list[object] = []
         self._sinks: dict[str, Sink] = built.sinks
         self._durables: dict[str, Durable] = built.durables
         self.alert_feed_hooks: list[AlertFeedsHook] = []
@@ -181,6 +188,21 @@ class Outputs:
             for destination in durable.destinations:
                 if isinstance(destination, FollowsSlots):
                     await _follow(name, destination, slots)
+        # Destinations that describe the plant take the new assets, tags and revision (the
+        # facts of a 100,000-tag mapping take a while: off the loop, once).
+        followers = [
+            (name, destination)
+            for name, durable in self._durables.items()
+            if name not in redo and name not in removed
+            for destination in durable.destinations
+            if isinstance(destination, FollowsContext)
+        ]
+        if followers:
+            context = built.context
+            if context is None:
+                context = await asyncio.to_thread(self._context_of, new, slots)
+            for name, destination in followers:
+                await _follow_context(name, destination, context)
 
         kept: dict[str, int] = {}
         for name in [*removed, *redo]:
@@ -234,6 +256,7 @@ class Outputs:
         )
         sinks: dict[str, Sink] = {}
         durables: dict[str, Durable] = {}
+        context_of: DestinationContext | None = None
         # The gateway id names the outbox leases: a restarted gateway takes its own back at once.
         repo = OutboxRepository(self._store, holder=self._gateway_id)
         holds = {name: m.alerts for name, m in mapping.models.items()}
@@ -243,18 +266,36 @@ class Outputs:
                 sinks[name] = sink_kinds[out.kind].factory(out.name, out.settings, context)
             elif out.kind in destination_kinds:
                 kind = destination_kinds[out.kind]
-                context_of = DestinationContext(
-                    self._gateway_id, tuple(slots), tags=self._tags, samples=self._samples
-                )
+                context_of = context_of or self._context_of(prepared, slots)
                 dest = kind.factory(out.name, out.settings, context_of)
                 durables[name] = durable_for([dest], repo, mapping.gateway.outbox, slots, holds)
-        return _Built(sinks, durables)
+        return _Built(sinks, durables, context_of)
+
+    def _context_of(
+        self, prepared: Prepared, slots: Sequence[PredictionSlot]
+    ) -> DestinationContext:
+        """What a destination is told: the gateway, its slots, the tag table and the mapping's
+        facts about the plant (blocking: a large mapping's tags take a while)."""
+        mapping = prepared.mapping
+        return DestinationContext(
+            self._gateway_id,
+            tuple(slots),
+            tags=self._tags,
+            samples=self._samples,
+            assets=asset_infos(mapping),
+            tag_infos=tag_infos(mapping),
+            revision=mapping.revision,
+        )
 
     def _fanout_sinks(self) -> None:
         # The store writer last: it may hold the runner back (backpressure), and the live
         # sinks (the HMI server) should have each prediction meanwhile.
         self.sinks[:] = list(self._sinks.values())
         self._fanout.sinks = [self._alerts, *self.sinks, self._store_sink]
+        self.all_outputs[:] = [
+            *self.sinks,
+            *(d for durable in self._durables.values() for d in durable.destinations),
+        ]
 
     async def _start(self, name: str) -> None:
         sink = self._sinks.get(name)
@@ -305,6 +346,13 @@ async def _follow(name: str, output: FollowsSlots, slots: Sequence[PredictionSlo
         await output.follow_slots(slots)
     except Exception:  # one output's trouble must not stop the reload of the others
         log.exception("output_follow_slots_failed", output=name)
+
+
+async def _follow_context(name: str, output: FollowsContext, context: DestinationContext) -> None:
+    try:
+        await output.follow_context(context)
+    except Exception:  # as above
+        log.exception("output_follow_context_failed", output=name)
 
 
 def _kind_known(out: Endpoint) -> bool:

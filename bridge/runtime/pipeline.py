@@ -249,7 +249,7 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         model_runner(prepared, name, table, fanout.publish, gid, boot_id) for name in mapping.models
     ]
     # Registry versions replace the mapping's files before the first tick (bridge.lifecycle).
-    live = live_models(mapping, store, runners, outputs.sinks, policy)
+    live = live_models(mapping, store, runners, outputs.all_outputs, policy)
     # Drift scores and explanations, drift alerts to the MES outbox and retraining webhooks.
     insight = build_insight(mapping, store, runners, outputs.alert_feeds, mapping.gateway.outbox)
     outputs.alert_feed_hooks.append(insight.set_alert_feeds)

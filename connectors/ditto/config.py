@@ -161,9 +161,14 @@ class DittoThing(BaseModel):
         None, description="Thing name (after `<namespace>:`). Default: the asset's name."
     )
     template: str | None = Field(
-        None, description="The asset's template (attribute `template`), e.g. pump."
+        None,
+        description="Attribute `template`, over the asset's template in the mapping, e.g. "
+        'pump ("" leaves the attribute out).',
     )
-    description: str = Field("", description="Free text for people (attribute `description`).")
+    description: str = Field(
+        "",
+        description="Attribute `description`, over the asset's description in the mapping.",
+    )
     policy_id: str | None = Field(
         None, description="Policy of this thing, if not the block's `policy_id`."
     )
@@ -232,8 +237,9 @@ class DittoSettings(Isa95Levels):
     )
     things: dict[str, DittoThing] = Field(
         default_factory=dict,
-        description="Per asset: thing name, template, description, policy and further "
-        "attributes, e.g. {pump-01: {template: pump, description: Feed pump 1}}.",
+        description="Per asset, all optional: thing name, policy, further attributes, and "
+        "template and description over the mapping's, e.g. {pump-01: {attributes: {serial: "
+        "P-1234}}}.",
     )
     telemetry: DittoTelemetry | None = Field(
         None,

@@ -17,7 +17,7 @@ import structlog
 
 from bridge.destination import DestinationContext, Envelope, Outcome, Retry
 from bridge.errors import ConnectorError
-from bridge.types import ComponentHealth, PredictionSlot, TagReading, Trigger
+from bridge.types import AssetInfo, ComponentHealth, PredictionSlot, TagReading, Trigger
 
 from .config import DittoSettings
 from .protocol import command, event_body, parse_body, thing_json, with_correlation
@@ -47,6 +47,7 @@ class DittoDestination:
         self._gateway_id = context.gateway_id
         self._slots: tuple[PredictionSlot, ...] = tuple(context.slots)
         self._units = _units_of(self._slots)
+        self._assets: dict[str, AssetInfo] = {a.asset: a for a in context.assets}
         self._where = f"outputs.{name}"
         self._tls_key = context.key_of(name, "http") + ".tls"
         telemetry = settings.telemetry
@@ -93,6 +94,14 @@ class DittoDestination:
         self._slots = tuple(slots)
         self._units = _units_of(self._slots)
         self._created.clear()
+
+    async def follow_context(self, context: DestinationContext) -> None:
+        """``bridge.destination.FollowsContext``: a reload's templates and descriptions go into
+        things created from now on, and every thing is written again with them."""
+        assets = {a.asset: a for a in context.assets}
+        if assets != self._assets:
+            self._assets = assets
+            self._created.clear()
 
     async def close(self) -> None:
         if self._closed:
@@ -150,7 +159,8 @@ class DittoDestination:
 
     def _create(self, asset: str, model: str, key: str) -> dict[str, Any]:
         s = self.settings
-        thing = thing_json(s, asset, self._gateway_id, self._slots, (model,) if model else ())
+        models = (model,) if model else ()
+        thing = thing_json(s, asset, self._gateway_id, self._slots, models, self._assets.get(asset))
         return command(s.namespace, s.thing_name(asset), "modify", "/", thing, key)
 
     async def deliver(self, batch: Sequence[Envelope]) -> list[Outcome]:

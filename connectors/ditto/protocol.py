@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from bridge.types import Prediction, PredictionSlot, TagReading, TagValue, Trigger
+from bridge.types import AssetInfo, Prediction, PredictionSlot, TagReading, TagValue, Trigger
 
 from .config import DittoSettings
 
@@ -106,17 +106,23 @@ def thing_json(
     gateway_id: str,
     slots: Sequence[PredictionSlot],
     models: Iterable[str] = (),
+    info: AssetInfo | None = None,
 ) -> dict[str, Any]:
     """The thing of ``asset`` as created: id, policy, attributes (static context) and the
-    features the events write, empty until they do."""
+    features the events write, empty until they do. ``template`` and ``description`` are the
+    mapping's (``info``) unless ``things.<asset>`` gives them."""
     thing = settings.things.get(asset)
     attributes: dict[str, Any] = {**settings.levels_of(asset), "asset": asset}
     attributes["gateway"] = gateway_id
+    template = info.template if info is not None else ""
+    description = info.description if info is not None else ""
     if thing is not None:
-        if thing.template is not None:
-            attributes["template"] = thing.template
-        if thing.description:
-            attributes["description"] = thing.description
+        template = thing.template if thing.template is not None else template
+        description = thing.description or description
+    if template:
+        attributes["template"] = template
+    if description:
+        attributes["description"] = description
     units = _units(asset, slots)
     if units:
         attributes["tags"] = {tag: {"unit": unit} for tag, unit in sorted(units.items())}

@@ -24,11 +24,11 @@ import structlog
 from bridge.cancel import cancel_and_wait
 from bridge.destination import Capabilities, DestinationContext, Envelope, Outcome, Retry
 from bridge.errors import ConnectorError
-from bridge.types import ComponentHealth, PredictionSlot, Trigger
+from bridge.types import ComponentHealth, ModelStatus, PredictionSlot, Trigger
 
 from .committer import Committer, KeptSegments
 from .config import LakehouseSettings
-from .context import context_rows
+from .context import Facts, context_rows
 from .delta import DeltaTables
 from .recent import RecentIds, ids_of
 from .rows import decode_prediction, encode_prediction, predictions_table
@@ -64,6 +64,7 @@ class LakehouseDestination:
         self.settings = settings
         self._gateway_id = context.gateway_id
         self._slots = tuple(context.slots)
+        self._facts = Facts(context.assets, context.tag_infos, context.revision)
         self._tag_reader = context.tags
         self._feed = context.samples if settings.telemetry.enabled else None
         # One delivery at a time: each is one spool append (and fsync), in order.
@@ -160,6 +161,31 @@ class LakehouseDestination:
     async def follow_slots(self, slots: Sequence[PredictionSlot]) -> None:
         """``bridge.types.FollowsSlots``: the context table gets the new model versions."""
         self._slots = tuple(slots)
+        if self._committer is not None:
+            self._committer.context_changed()
+
+    async def follow_context(self, context: DestinationContext) -> None:
+        """``bridge.destination.FollowsContext``: a reload's assets, tags and revision go into
+        the context table."""
+        self._facts = Facts(
+            context.assets, context.tag_infos, context.revision, self._facts.statuses
+        )
+        self._context_changed()
+
+    async def write_models(self, statuses: Sequence[ModelStatus]) -> None:
+        """What the model registry says serves (the gateway's registry watcher, every poll):
+        the context table's model rows take the active version and the candidate."""
+        known = {s.model: s for s in statuses}
+        before = self._facts.statuses
+        if before is not None and {m: _serving(s) for m, s in known.items()} == {
+            m: _serving(s) for m, s in before.items()
+        }:
+            return  # the usual poll: only the candidate's agreement or accuracy moved
+        f = self._facts
+        self._facts = Facts(f.assets, f.tags, f.revision, known)
+        self._context_changed()
+
+    def _context_changed(self) -> None:
         if self._committer is not None:
             self._committer.context_changed()
 
@@ -278,12 +304,13 @@ class LakehouseDestination:
     # -- context -------------------------------------------------------------------------------
 
     def _context_rows(self) -> list[dict[str, object]]:
-        # The tag table's tags, and those only the feed showed so far (a tag never read has
+        # The mapping's tags when the gateway told them (every tag of the tag table is one);
+        # else the tag table's, and those only the feed showed so far (a tag never read has
         # no reading in the table yet).
         tags = {t.tag: t for t in list(self._buffer.tags.values())}
-        if self._tag_reader is not None:
+        if self._tag_reader is not None and not self._facts.tags:
             tags.update((t.tag, t) for t in self._tag_reader(0.0))
-        return context_rows(self.settings, self._slots, tags.values())
+        return context_rows(self.settings, self._slots, tags.values(), self._facts)
 
     # -- health --------------------------------------------------------------------------------
 
@@ -320,3 +347,14 @@ class LakehouseDestination:
         if errors:
             return ComponentHealth(self.name, "degraded", "; ".join(errors), counters)
         return ComponentHealth(self.name, "ok", counters=counters)
+
+
+def _serving(status: ModelStatus) -> tuple[str, str, str, str, str]:
+    """What of a model's status the context table shows."""
+    return (
+        status.active_version,
+        status.active_sha256,
+        status.candidate_version,
+        status.candidate_sha256,
+        status.candidate_mode,
+    )

@@ -63,11 +63,11 @@ def _entity_id(body: str) -> str:
 
 
 def _templates_of(context: DestinationContext) -> Mapping[str, str] | None:
-    # The template of each asset, once the core's DestinationContext carries it
-    # (``asset_templates``: (asset, template) pairs); until then None, and the types come from
-    # ``asset_types`` and ``default_type``.
-    pairs: Any = getattr(context, "asset_templates", None)
-    return None if pairs is None else dict(pairs)
+    """The template of each asset made from one; None when the gateway told no assets (a tool,
+    a test): the types then come from ``asset_types`` and ``default_type`` alone."""
+    if not context.assets:
+        return None
+    return {a.asset: a.template for a in context.assets if a.template}
 
 
 class NgsiLdDestination:
@@ -88,8 +88,8 @@ class NgsiLdDestination:
             log.warning(
                 "ngsild_template_types_unused",
                 destination=self.name,
-                hint="this gateway does not tell destinations the assets' templates: give "
-                f"the types per asset ({context.key_of(name, 'asset_types')})",
+                hint="the assets' templates are not known here: give the types per asset "
+                f"({context.key_of(name, 'asset_types')})",
             )
         self._shaper = EntityShaper(
             settings,
@@ -163,6 +163,13 @@ class NgsiLdDestination:
     async def follow_slots(self, slots: Sequence[PredictionSlot]) -> None:
         """``bridge.types.FollowsSlots``: regressors' units after a mapping reload."""
         self._shaper.follow_slots(slots)
+
+    async def follow_context(self, context: DestinationContext) -> None:
+        """``bridge.destination.FollowsContext``: the assets' templates after a mapping reload
+        (an asset whose type changes is a new entity id from its next event on)."""
+        templates = _templates_of(context)
+        if templates is not None:
+            self._shaper.follow_templates(templates)
 
     def health(self) -> ComponentHealth:
         counters = {**self._counters, "in_flight": self._in_flight}

@@ -85,6 +85,12 @@ class EntityShaper:
     def follow_slots(self, slots: Sequence[PredictionSlot]) -> None:
         self._value_units = {(s.asset, s.model): s.unit for s in slots if s.unit}
 
+    def follow_templates(self, templates: Mapping[str, str]) -> None:
+        """The assets' templates after a mapping reload: their types (and ids) follow."""
+        if dict(templates) != self._templates:
+            self._templates = dict(templates)
+            self._asset_ids.clear()
+
     # -- ids --------------------------------------------------------------------------------
 
     def entity_type(self, asset: str) -> str:

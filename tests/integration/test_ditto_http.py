@@ -21,7 +21,7 @@ from support import free_port, wait_until
 from bridge.connectors.ditto.config import DittoSettings
 from bridge.connectors.ditto.destination import DittoDestination
 from bridge.destination import DestinationContext, Envelope, Retry
-from bridge.types import Prediction, PredictionSlot, Quality, Trigger
+from bridge.types import AssetInfo, Prediction, PredictionSlot, Quality, Trigger
 
 GATEWAY = "gw-ditto-http"
 NAMESPACE = "com.acme.dallas"
@@ -120,6 +120,38 @@ async def test_the_thing_is_created_once_and_its_features_written(ditto: DittoHt
     assert thing["features"]["prediction"]["properties"]["label"] == "cavitation"
     assert thing["features"]["model"]["properties"]["sha256"] == "ab" * 32
     assert destination.health().counters["things"] == 2
+
+
+async def test_the_things_attributes_come_from_the_mapping_and_follow_a_reload(
+    ditto: DittoHttpServer,
+) -> None:
+    assets = (AssetInfo("pump-01", "pump", "Feed pump 1"), AssetInfo("pump-02", "pump"))
+    destination = DittoDestination(
+        "twins",
+        settings(ditto.url, things={"pump-02": {"description": "Spare pump"}}),
+        DestinationContext(GATEWAY, SLOTS, assets=assets),
+    )
+    await destination.start()
+    try:
+        events = [Trigger(prediction("pump-01", 1)), Trigger(prediction("pump-02", 1))]
+        async with asyncio.timeout(10):
+            assert await destination.deliver(envelopes(destination, events)) == [None, None]
+
+        def described(asset: str) -> tuple[str, str]:
+            attributes = ditto.store.thing(f"{NAMESPACE}:{asset}")["attributes"]
+            return attributes.get("template"), attributes.get("description")
+
+        assert described("pump-01") == ("pump", "Feed pump 1")
+        assert described("pump-02") == ("pump", "Spare pump")  # `things:` over the mapping
+        # A reload describes pump-01 anew: its thing is written again before its next event.
+        reloaded = (AssetInfo("pump-01", "dosing-pump", "Dosing pump 1"), assets[1])
+        await destination.follow_context(DestinationContext(GATEWAY, SLOTS, assets=reloaded))
+        async with asyncio.timeout(10):
+            later = [Trigger(prediction("pump-01", 2))]
+            assert await destination.deliver(envelopes(destination, later)) == [None]
+        assert described("pump-01") == ("dosing-pump", "Dosing pump 1")
+    finally:
+        await destination.close()
 
 
 async def test_telemetry_is_merged_with_patch(ditto: DittoHttpServer) -> None:

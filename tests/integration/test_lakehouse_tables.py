@@ -5,6 +5,7 @@ tmp_path."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -19,7 +20,14 @@ from support import wait_until
 from bridge.connectors.lakehouse.config import LakehouseSettings
 from bridge.connectors.lakehouse.destination import LakehouseDestination
 from bridge.destination import DestinationContext
-from bridge.types import Contribution, Explanation, PredictionSlot
+from bridge.types import (
+    AssetInfo,
+    Contribution,
+    Explanation,
+    ModelStatus,
+    PredictionSlot,
+    TagInfo,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -270,6 +278,151 @@ async def test_the_context_table_keeps_versions_of_what_changed(tmp_path: Path) 
     await again.close()
     assert again.health().counters["context_inserted"] == 0
     assert context().height == 6
+
+
+async def test_the_context_table_holds_the_mappings_facts_and_the_registrys_states(
+    tmp_path: Path,
+) -> None:
+    settings = lake_settings(tmp_path)
+    slot = PredictionSlot("p1", "health", "1.0.0", "aa" * 32, labels=("ok", "bad"))
+    tags = (
+        TagInfo(
+            "p1.temp",
+            "p1",
+            "temp",
+            "degC",
+            scale=0.1,
+            offset=-5.0,
+            clamp=(-20.0, 150.0),
+            source="plc",
+            address="{table: holding, address: 0, type: float32}",
+            source_unit="degF",
+        ),
+        TagInfo("p1.vib", "p1", "vib", "mm/s", source="scada", address="nsu=urn:plant;s=P1.Vib"),
+    )
+    context = DestinationContext(
+        "gw",
+        (slot,),
+        samples=Feed(),
+        assets=(AssetInfo("p1", "pump", "Feed pump 1"), AssetInfo("p9")),
+        tag_infos=tags,
+        revision="r1" * 32,
+    )
+    lake = LakehouseDestination("lake", settings, context)
+    await lake.start()
+
+    def current() -> pl.DataFrame:
+        return read_table(tmp_path, "context").filter(pl.col("valid_to").is_null())
+
+    try:
+        # Every mapping tag has its row at start, read or not: 2 assets, 2 tags, 1 model.
+        await wait_until(
+            lambda: lake.health().counters["context_inserted"] == 5, 10, what="context written"
+        )
+        rows = {r["key"]: r for r in current().rows(named=True)}
+        p1, p9 = rows["asset:p1"], rows["asset:p9"]
+        assert (p1["template"], p1["description"]) == ("pump", "Feed pump 1")
+        assert (p9["template"], p9["description"]) == (None, None)
+        temp = rows["tag:p1.temp"]
+        assert (temp["unit"], temp["source_unit"], temp["scale"], temp["offset"]) == (
+            "degC",
+            "degF",
+            0.1,
+            -5.0,
+        )
+        assert (temp["clamp_low"], temp["clamp_high"]) == (-20.0, 150.0)
+        assert (temp["source"], temp["address"]) == (
+            "plc",
+            "{table: holding, address: 0, type: float32}",
+        )
+        vib = rows["tag:p1.vib"]
+        assert (vib["address"], vib["clamp_low"], vib["scale"]) == (
+            "nsu=urn:plant;s=P1.Vib",
+            None,
+            1.0,
+        )
+        model = rows["model:p1/health"]
+        assert (model["version"], model["state"], model["revision"]) == (
+            "1.0.0",
+            "active",
+            "r1" * 32,
+        )
+
+        # The registry: 1.1.0 in shadow beside the active 1.0.0; a poll that changes only the
+        # agreement writes nothing more.
+        shadow = ModelStatus("health", "1.0.0", "aa" * 32, "1.1.0", "bb" * 32, "shadow")
+        await lake.write_models([shadow])
+        await wait_until(
+            lambda: lake.health().counters["context_inserted"] == 6, 10, what="candidate row"
+        )
+        candidate = (
+            current().filter(pl.col("key") == "model:p1/health/candidate").row(0, named=True)
+        )
+        assert (candidate["version"], candidate["sha256"], candidate["state"]) == (
+            "1.1.0",
+            "bb" * 32,
+            "shadow",
+        )
+        agreed = ModelStatus(
+            "health", "1.0.0", "aa" * 32, "1.1.0", "bb" * 32, "shadow", agreement=(("p1", 0.9),)
+        )
+        await lake.write_models([agreed])
+
+        # A reload: a new revision and a tag's new scale; pump p1 described anew.
+        scaled = (dataclasses.replace(tags[0], scale=0.2), tags[1])
+        reloaded = dataclasses.replace(
+            context,
+            assets=(AssetInfo("p1", "pump", "Feed pump 1 (rebuilt)"), AssetInfo("p9")),
+            tag_infos=scaled,
+            revision="r2" * 32,
+        )
+        await lake.follow_context(reloaded)
+        # Closed: the asset p1, the tag p1.temp, the active and the candidate model rows.
+        await wait_until(
+            lambda: lake.health().counters["context_closed"] == 4, 10, what="reload written"
+        )
+    finally:
+        await lake.close()
+    assert lake.health().counters["context_inserted"] == 10
+    rows = {r["key"]: r for r in current().rows(named=True)}
+    assert rows["asset:p1"]["description"] == "Feed pump 1 (rebuilt)"
+    assert rows["tag:p1.temp"]["scale"] == 0.2
+    assert {rows[k]["revision"] for k in ("model:p1/health", "model:p1/health/candidate")} == {
+        "r2" * 32
+    }
+    history = read_table(tmp_path, "context").filter(pl.col("key") == "tag:p1.temp")
+    assert sorted(history["scale"].to_list()) == [0.1, 0.2]
+
+
+async def test_a_context_table_of_fewer_columns_gets_the_new_ones(tmp_path: Path) -> None:
+    settings = lake_settings(tmp_path)
+    # A context table as an earlier version wrote it: no template, scale, ... columns.
+    old = pa.table(
+        {
+            "kind": ["asset"],
+            "key": ["asset:p1"],
+            "asset": ["p1"],
+            "state": ["present"],
+            "digest": ["0" * 32],
+            "valid_from": pa.array([1_700_000_000_000_000], pa.timestamp("us", tz="UTC")),
+            "valid_to": pa.array([None], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    write_deltalake(str(tmp_path / "lake" / "context"), old)
+    context = DestinationContext("gw", assets=(AssetInfo("p1", "pump"),), samples=Feed())
+    lake = LakehouseDestination("lake", settings, context)
+    await lake.start()
+    try:
+        await wait_until(
+            lambda: lake.health().counters["context_closed"] == 1, 10, what="context written"
+        )
+    finally:
+        await lake.close()
+    table = read_table(tmp_path, "context")
+    assert {"template", "scale", "address", "revision"} <= set(table.columns)
+    now = table.filter(pl.col("valid_to").is_null()).row(0, named=True)
+    assert (now["key"], now["template"]) == ("asset:p1", "pump")
+    assert table.filter(pl.col("valid_to").is_not_null())["template"].to_list() == [None]
 
 
 async def test_optimize_and_vacuum_compact_the_files_on_schedule(tmp_path: Path) -> None:

@@ -82,9 +82,10 @@ outputs:
     site: dallas
     area: pumping
     line: line-1
-    # Types per asset: the core does not tell a destination the assets' templates yet
-    # (connectors/ngsild/README.md), so template_types alone would give every pump "Asset".
-    asset_types: {{pump-01: CentrifugalPump, pump-02: CentrifugalPump, pump-03: BoosterPump}}
+    # The type from each asset's template (the gateway tells the destination), one asset's
+    # own over it.
+    template_types: {{pump: CentrifugalPump}}
+    asset_types: {{pump-03: BoosterPump}}
     batch_size: 8
     tag_refresh_s: 0.2
 """

@@ -17,6 +17,7 @@ from bridge.connectors.ditto.config import DittoSettings
 from bridge.connectors.ditto.http import request_of
 from bridge.connectors.ditto.protocol import command, event_body, parse_body, thing_json
 from bridge.types import (
+    AssetInfo,
     Contribution,
     Explanation,
     Prediction,
@@ -182,6 +183,24 @@ def test_the_thing_carries_the_assets_static_context() -> None:
     other = thing_json(s, "pump-02", GATEWAY, SLOTS, ("pump-health",))
     assert other["attributes"]["line"] == "line-5"
     assert "template" not in other["attributes"] and "tags" not in other["attributes"]
+
+
+def test_template_and_description_come_from_the_mapping_unless_things_says() -> None:
+    info = AssetInfo("pump-01", "pump", "Feed pump 1")
+    bare = settings(things={})
+    attributes = thing_json(bare, "pump-01", GATEWAY, SLOTS, (), info)["attributes"]
+    assert (attributes["template"], attributes["description"]) == ("pump", "Feed pump 1")
+    assert schema_errors("thing", thing_json(bare, "pump-01", GATEWAY, SLOTS, (), info)) == []
+    # `things:` overrides either; a key it leaves out is the mapping's.
+    over = settings(things={"pump-01": {"description": "Feed pump 1 (spare)"}})
+    attributes = thing_json(over, "pump-01", GATEWAY, SLOTS, (), info)["attributes"]
+    assert (attributes["template"], attributes["description"]) == ("pump", "Feed pump 1 (spare)")
+    over = settings(things={"pump-01": {"template": "booster"}})
+    attributes = thing_json(over, "pump-01", GATEWAY, SLOTS, (), info)["attributes"]
+    assert (attributes["template"], attributes["description"]) == ("booster", "Feed pump 1")
+    # An asset without a template or description has neither attribute.
+    plain = thing_json(bare, "pump-02", GATEWAY, SLOTS, (), AssetInfo("pump-02"))["attributes"]
+    assert "template" not in plain and "description" not in plain
 
 
 def test_modify_replaces_a_prediction_and_merge_keeps_other_sources_telemetry() -> None:

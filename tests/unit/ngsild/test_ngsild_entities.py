@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -25,17 +24,10 @@ from bridge.connectors.ngsild.names import (
     type_of_template,
 )
 from bridge.destination import DestinationContext
-from bridge.types import Prediction, PredictionSlot, Quality, TagReading, Trigger
+from bridge.types import AssetInfo, Prediction, PredictionSlot, Quality, TagReading, Trigger
 
 T0 = 1714564800.25  # 2024-05-01T12:00:00.250Z
 LEVELS = {"enterprise": "acme", "site": "dallas", "area": "packaging", "line": "line-4"}
-
-
-@dataclass(frozen=True, slots=True)
-class WithTemplates(DestinationContext):
-    """The context as the core will build it once it names each asset's template."""
-
-    asset_templates: tuple[tuple[str, str], ...] = ()
 
 
 def settings(**extra: Any) -> NgsiLdSettings:
@@ -76,11 +68,11 @@ def destination(
     templates: dict[str, str] | None = None,
     **extra: Any,
 ) -> NgsiLdDestination:
-    context = WithTemplates(
+    context = DestinationContext(
         "gw",
         tuple(slots),
         tags=lambda since: list(readings),
-        asset_templates=tuple((templates or {}).items()),
+        assets=tuple(AssetInfo(a, t, f"{a} of {t}") for a, t in (templates or {}).items()),
     )
     dest = NgsiLdDestination("twin", settings(**extra), context)
     dest._tags.refresh(0.0)  # what start() does on the event loop
@@ -247,6 +239,29 @@ def test_entity_types_from_templates_and_overrides() -> None:
         "loose": "Machine",
     }
     assert encoded(dest, prediction("st-1"))["id"] == "urn:ngsi-ld:PumpStation:st-1"
+
+
+async def test_a_reload_that_changes_a_template_changes_the_type() -> None:
+    dest = destination(
+        templates={"pump-01": "pump", "pump-02": "pump"}, asset_types={"pump-02": "BoosterPump"}
+    )
+    assert encoded(dest, prediction("pump-01"))["id"] == "urn:ngsi-ld:Pump:pump-01"
+    moved = (AssetInfo("pump-01", "dosing-pump"), AssetInfo("pump-02", "mixer"))
+    await dest.follow_context(DestinationContext("gw", assets=moved))
+    assert encoded(dest, prediction("pump-01"))["id"] == "urn:ngsi-ld:DosingPump:pump-01"
+    assert encoded(dest, prediction("pump-02"))["type"] == "BoosterPump"  # still the override
+    # A context that names no assets (a tool's) leaves the templates as they are.
+    await dest.follow_context(DestinationContext("gw"))
+    assert encoded(dest, prediction("pump-01"))["type"] == "DosingPump"
+
+
+def test_an_asset_without_a_template_gets_the_default_type() -> None:
+    context = DestinationContext(
+        "gw", assets=(AssetInfo("pump-01", "pump"), AssetInfo("loose", "", "a loose asset"))
+    )
+    dest = NgsiLdDestination("twin", settings(default_type="Machine"), context)
+    assert encoded(dest, prediction("loose"))["type"] == "Machine"
+    assert encoded(dest, prediction("pump-01"))["type"] == "Pump"
 
 
 def test_only_the_chosen_tags_are_properties() -> None:

@@ -1,5 +1,6 @@
 """An ``ngsi-ld`` output in a mapping file: a bad entity type is one issue at its key with its
-line, before anything runs; template types the core cannot resolve yet are said at start."""
+line, before anything runs; template types are said at start to be unused where the gateway
+told the destination no assets (a tool, a test)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from bridge.connectors import ngsild
 from bridge.connectors.ngsild import NgsiLdDestination, NgsiLdSettings
 from bridge.destination import DestinationContext
 from bridge.errors import ConfigError
+from bridge.types import AssetInfo
 
 MAPPING = """version: 1
 sources: {{}}
@@ -67,3 +69,18 @@ def test_template_types_without_templates_from_the_core_are_reported() -> None:
         NgsiLdDestination("twin", settings, DestinationContext("gw"))
     (warning,) = [e for e in logs if e["event"] == "ngsild_template_types_unused"]
     assert "outputs.twin.asset_types" in warning["hint"]
+
+
+def test_template_types_with_templates_from_the_core_are_not_reported() -> None:
+    settings = NgsiLdSettings(
+        url="http://127.0.0.1:1026",
+        enterprise="acme",
+        site="dallas",
+        area="packaging",
+        line="line-4",
+        template_types={"pump": "CentrifugalPump"},
+    )
+    context = DestinationContext("gw", assets=(AssetInfo("pump-01", "pump"),))
+    with capture_logs() as logs:
+        NgsiLdDestination("twin", settings, context)
+    assert not [e for e in logs if e["event"] == "ngsild_template_types_unused"]
