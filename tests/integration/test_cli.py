@@ -86,6 +86,9 @@ def test_committed_schema_is_current() -> None:
         "webhook",
         "uns",
         "sparkplug",
+        "lakehouse",
+        "ngsi-ld",
+        "ditto",
     }
 
 

@@ -174,7 +174,9 @@ async def _no_hole_after_outage(tmp_path: Path, port: int, backfill: str = "{}")
 async def test_outage_leaves_no_hole_in_the_windows(tmp_path: Path) -> None:
     async with _plant() as (plant, port):
         await _no_hole_after_outage(tmp_path, port)
-        assert plant.count > OUTAGE_S / PERIOD_S
+        # The plant counted through the outage (a writer on a loaded machine counts a little
+        # slower than every PERIOD_S: 597 in 60 s once).
+        assert plant.count > 0.8 * OUTAGE_S / PERIOD_S
 
 
 @pytest.mark.timeout(180 + 2 * OUTAGE_S)
