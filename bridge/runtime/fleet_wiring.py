@@ -13,6 +13,7 @@ import structlog
 
 from bridge.cancel import cancel_and_wait
 from bridge.config.resolved import Mapping
+from bridge.config.spec import FleetSettings
 from bridge.fleet.leases import FleetLeases
 from bridge.fleet.mirror import FleetMirror
 from bridge.fleet.shard import Shard
@@ -26,9 +27,26 @@ from bridge.store.recent import RecentPredictions
 from bridge.store.sink import StoreSink
 from bridge.types import Sink
 
-__all__ = ["Fleet", "Resharder", "build_fleet", "windows_warm"]
+__all__ = ["Fleet", "Resharder", "build_fleet", "idle_in_transaction_s", "windows_warm"]
 
 log = structlog.get_logger(__name__)
+
+# Outside a fleet a silent session still holds its rows against the gateway's own reconnected
+# sessions; no transaction of the gateway waits this long between two of its statements.
+_IDLE_IN_TRANSACTION_ALONE_S = 60.0
+
+
+def idle_in_transaction_s(fleet: FleetSettings) -> float:
+    """How long the database keeps a silent session's transaction (and its row locks).
+
+    In a fleet a lease heartbeat locks every lease row: a gateway cut off from the database
+    inside such a transaction would stall every other gateway's heartbeat until their leases
+    ran out too. Rolled back within half of what remains of a lease after a missed heartbeat,
+    the others renew in time.
+    """
+    if not fleet.enabled:
+        return _IDLE_IN_TRANSACTION_ALONE_S
+    return (fleet.lease_s - fleet.heartbeat_s) / 2
 
 
 @dataclass

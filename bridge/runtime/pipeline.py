@@ -31,7 +31,7 @@ from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.apiserver import ApiServer, api_server, ops_server
 from bridge.runtime.collector import collect_between_events
 from bridge.runtime.fanout import PredictionFanout
-from bridge.runtime.fleet_wiring import Fleet, build_fleet
+from bridge.runtime.fleet_wiring import Fleet, build_fleet, idle_in_transaction_s
 from bridge.runtime.insight_wiring import Insight, StoreFeedback, build_insight
 from bridge.runtime.integrity import IntegrityWatch
 from bridge.runtime.live_models import LiveModels, live_models
@@ -203,6 +203,7 @@ async def build_gateway(prepared: Prepared) -> Gateway:
             mapping.gateway.store,
             synchronous=durability.synchronous,
             profile=durability.profile,
+            idle_in_transaction_s=idle_in_transaction_s(mapping.gateway.fleet),
         )
     )
     try:

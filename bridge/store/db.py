@@ -198,6 +198,7 @@ def open_store(
     synchronous: Synchronous = "NORMAL",
     profile: Profile = "default",
     must_exist: bool = False,
+    idle_in_transaction_s: float | None = None,
 ) -> Store:
     """Connect, check durability settings and migrate the schema to the newest revision.
 
@@ -208,6 +209,11 @@ def open_store(
     ``schema`` (PostgreSQL) puts the tables in that schema, which must exist; tests use it to
     keep their tables apart. The ``production`` profile refuses anything weaker than
     SQLite ``synchronous=FULL`` or PostgreSQL ``synchronous_commit=on`` with ``fsync=on``.
+
+    ``idle_in_transaction_s`` (PostgreSQL) has the server roll back a session of this store that
+    stays silent that long inside a transaction. A process cut off from the database mid
+    transaction would otherwise keep its row locks until the server notices the dead link
+    (TCP keepalive: hours), and every other writer of those rows would wait as long.
     """
     if profile == "production" and synchronous != "FULL":
         raise StoreError("production profile requires synchronous=FULL (refusing NORMAL)")
@@ -228,7 +234,11 @@ def open_store(
             event.listen(engine, "connect", _sqlite_pragmas(synchronous))
         else:
             # search_path as a connection option survives the pool's rollbacks, unlike a SET.
-            connect_args = {"options": f"-csearch_path={schema}"} if schema else {}
+            options = [f"-csearch_path={schema}"] if schema else []
+            if idle_in_transaction_s is not None:
+                ms = max(1, round(idle_in_transaction_s * 1000))
+                options.append(f"-cidle_in_transaction_session_timeout={ms}")
+            connect_args = {"options": " ".join(options)} if options else {}
             engine = create_engine(sa_url, pool_pre_ping=True, connect_args=connect_args)
             if engine.dialect.driver == "psycopg":
                 # The store writer COPYs batches into per-connection staging tables
