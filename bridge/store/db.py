@@ -234,12 +234,21 @@ def open_store(
             event.listen(engine, "connect", _sqlite_pragmas(synchronous))
         else:
             # search_path as a connection option survives the pool's rollbacks, unlike a SET.
-            options = [f"-csearch_path={schema}"] if schema else []
+            # Options the URL already carries (?options=-csearch_path%3D...) are kept: a
+            # connect argument would replace them.
+            given = sa_url.query.get("options")
+            options = [given] if isinstance(given, str) and given else []
+            if schema:
+                options.append(f"-csearch_path={schema}")
             if idle_in_transaction_s is not None:
                 ms = max(1, round(idle_in_transaction_s * 1000))
                 options.append(f"-cidle_in_transaction_session_timeout={ms}")
             connect_args = {"options": " ".join(options)} if options else {}
-            engine = create_engine(sa_url, pool_pre_ping=True, connect_args=connect_args)
+            engine = create_engine(
+                sa_url.difference_update_query(["options"]),
+                pool_pre_ping=True,
+                connect_args=connect_args,
+            )
             if engine.dialect.driver == "psycopg":
                 # The store writer COPYs batches into per-connection staging tables
                 # (bridge.store.bulk); made once per connection, never inside a batch.

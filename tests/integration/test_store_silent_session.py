@@ -127,3 +127,17 @@ async def test_a_session_cut_off_mid_transaction_does_not_keep_the_lease_rows(
             await asyncio.to_thread(cut.dispose)
             await proxy.stop()
             await asyncio.to_thread(direct.dispose)
+
+
+def test_the_timeout_joins_the_options_the_url_carries() -> None:
+    """A store URL may carry its own PostgreSQL options (a fleet's schema, say): the gateway's
+    timeout is added to them, not put in their place."""
+    with pg_schema("bridge_silent") as schema:
+        url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+        store = open_store(url, idle_in_transaction_s=2.5)
+        try:
+            with store.sessions() as s:
+                assert s.scalar(text("SHOW search_path")) == schema
+                assert s.scalar(text("SHOW idle_in_transaction_session_timeout")) == "2500ms"
+        finally:
+            store.dispose()
