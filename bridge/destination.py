@@ -119,6 +119,9 @@ class DestinationContext:
     assets: tuple[AssetInfo, ...] = ()
     tag_infos: tuple[TagInfo, ...] = ()
     revision: str = ""
+    # ``gateway.api.public_url`` when the gateway serves its API: where brokers fetch the
+    # documents connectors publish (bridge.plugins.register_document); None otherwise.
+    public_url: str | None = None
 
     def key_of(self, name: str, setting: str) -> str:
         """The mapping key of ``setting`` of the destination called ``name``."""

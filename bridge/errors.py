@@ -37,6 +37,17 @@ that any layer can raise them; a subclass lives beside the code that knows its c
     │                                                     that cannot be read as one
     ├── QuantizeError         bridge.lifecycle.quantize   a model that cannot be quantized, or
     │                                                     whose quantized copy leaves tolerance
+    ├── WriteError            bridge.errors               a write to a target (a PLC register
+    │   │                                                 or coil, a server's variable) or its
+    │   │                                                 read back failed; never retried by
+    │   │                                                 the writer: the Modbus and OPC UA
+    │   │                                                 target writers
+    │   ├── WriteRefused      bridge.errors               the device or server refused it: a
+    │   │                                                 Modbus exception, an OPC UA Bad status
+    │   ├── WriteTimedOut     bridge.errors               no answer within the source's timeout
+    │   ├── WriteNotConnected bridge.errors               no connection to the device or server
+    │   └── NotRepresentable  bridge.errors               the value does not fit the target's
+    │                                                     type (nothing was sent)
     └── StoreError            bridge.errors               the SQL store failed: every
         │                                                 repository of bridge.store (CLI
         │                                                 exit 4; a conflict exits 1)
@@ -57,6 +68,7 @@ plain exceptions, not part of this tree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = [
     "BridgeError",
@@ -65,7 +77,12 @@ __all__ = [
     "ConnectorError",
     "InferenceError",
     "NotConnected",
+    "NotRepresentable",
     "StoreError",
+    "WriteError",
+    "WriteNotConnected",
+    "WriteRefused",
+    "WriteTimedOut",
 ]
 
 
@@ -111,3 +128,48 @@ class InferenceError(BridgeError):
 
 class StoreError(BridgeError):
     """The SQL store failed."""
+
+
+class WriteError(BridgeError):
+    """A write to a target, or its read back, failed. The writer never retries: the caller
+    decides (a write-back action goes to ``fault``). ``kind`` names the case for records;
+    ``target`` is the target as the message shows it; ``maybe_written``: the request may have
+    reached the device (it timed out, or the link failed after it was sent), so what the target
+    holds is unknown until it is read back."""
+
+    kind: ClassVar[str] = "failed"
+
+    def __init__(self, message: str, *, target: str = "", maybe_written: bool = False) -> None:
+        super().__init__(message)
+        self.target = target
+        self.maybe_written = maybe_written
+
+
+class WriteRefused(WriteError):
+    """The device or server answered with a refusal; ``status`` names it (``IllegalDataAddress``
+    for Modbus exception 2, ``BadNotWritable``, ``BadTypeMismatch``, ``BadUserAccessDenied``)."""
+
+    kind: ClassVar[str] = "refused"
+
+    def __init__(self, message: str, *, status: str, target: str = "") -> None:
+        super().__init__(message, target=target)
+        self.status = status
+
+
+class WriteTimedOut(WriteError):
+    """No answer within the bound (the source's ``timeout_s``)."""
+
+    kind: ClassVar[str] = "timeout"
+
+
+class WriteNotConnected(WriteError):
+    """No connection to the device or server could be made, or it was lost."""
+
+    kind: ClassVar[str] = "not_connected"
+
+
+class NotRepresentable(WriteError):
+    """The value does not fit the target's type (a fraction for an integer, out of range, a
+    number for a bool): refused before anything was sent."""
+
+    kind: ClassVar[str] = "not_representable"

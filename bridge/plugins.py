@@ -6,6 +6,7 @@ entry-point group (see pyproject.toml); ``load_plugins()`` calls them once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -14,18 +15,24 @@ from typing import Any
 from pydantic import BaseModel
 
 from bridge.destination import Destination, DestinationContext
-from bridge.types import Sink, SinkContext, Source, SourceTag
+from bridge.types import Sink, SinkContext, Source, SourceTag, TargetWriter
 
 __all__ = [
+    "DOCUMENTS_PREFIX",
     "DestinationKind",
+    "Document",
     "SettingsCheck",
     "SettingsProblem",
     "SinkKind",
     "SourceKind",
+    "WriterFactory",
     "destination_kinds",
+    "document_url",
+    "documents",
     "load_plugins",
     "output_kinds",
     "register_destination",
+    "register_document",
     "register_sink",
     "register_source",
     "sink_kinds",
@@ -33,6 +40,8 @@ __all__ = [
 ]
 
 SourceFactory = Callable[[str, Any, Sequence[SourceTag]], Source]
+# (source name, its validated settings) -> a writer of targets through that source's device.
+WriterFactory = Callable[[str, Any], TargetWriter]
 SinkFactory = Callable[[str, Any, SinkContext], Sink]
 DestinationFactory = Callable[[str, Any, DestinationContext], Destination]
 
@@ -67,7 +76,11 @@ class SourceKind:
     mapping (``bridge validate``) needs the models, not the library.
 
     ``check``, optional, finds problems a model cannot see (files it names, see
-    ``SettingsCheck``)."""
+    ``SettingsCheck``).
+
+    ``writer``, optional, makes the ``TargetWriter`` that write-back actions write through
+    (None: this kind cannot be written); like ``factory``, it imports the protocol library
+    only when called."""
 
     kind: str
     settings_model: type[BaseModel]
@@ -76,6 +89,7 @@ class SourceKind:
     description: str = ""
     quick_address: Callable[[Any], BaseModel | None] | None = None
     check: SettingsCheck | None = None
+    writer: WriterFactory | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +115,25 @@ class DestinationKind:
     check: SettingsCheck | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A static document a connector publishes through the gateway's API (a JSON-LD @context
+    a context broker fetches, ...): served as it is at ``/contexts/<name>``, without a key."""
+
+    name: str
+    media_type: str
+    body: bytes
+
+
+# Where the gateway's API serves the documents.
+DOCUMENTS_PREFIX = "/contexts"
+# A document's name is the last segment of its URL: no "/", nothing to percent-encode.
+_DOCUMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+
 _sources: dict[str, SourceKind] = {}
 _sinks: dict[str, SinkKind] = {}
 _destinations: dict[str, DestinationKind] = {}
+_documents: dict[str, Document] = {}
 _loaded = False
 
 
@@ -119,6 +149,21 @@ def register_sink(kind: SinkKind) -> None:
 def register_destination(kind: DestinationKind) -> None:
     _not_taken(kind.kind, _sinks, "sink")
     _destinations[kind.kind] = kind
+
+
+def register_document(name: str, media_type: str, body: bytes) -> None:
+    """Publish ``body`` at ``/contexts/<name>`` of the gateway's API. Registering the same name
+    again with the same bytes changes nothing; different bytes are a programming error (two
+    connectors would fight over one URL that brokers cache)."""
+    if not _DOCUMENT_NAME.match(name):
+        raise ValueError(
+            f"document name {name!r}: use lower-case letters, digits, '.', '_' and '-' "
+            "(it is the last segment of a URL)"
+        )
+    found = _documents.get(name)
+    if found is not None and (found.media_type, found.body) != (media_type, body):
+        raise ValueError(f"document {name!r} is already registered with other content")
+    _documents[name] = Document(name, media_type, bytes(body))
 
 
 def _not_taken(kind: str, other: dict[str, Any], what: str) -> None:
@@ -150,6 +195,18 @@ def sink_kinds() -> dict[str, SinkKind]:
 def destination_kinds() -> dict[str, DestinationKind]:
     load_plugins()
     return dict(_destinations)
+
+
+def document_url(public_url: str, name: str) -> str:
+    """Where a client that reaches the gateway's API at ``public_url`` fetches document
+    ``name``."""
+    return f"{public_url.rstrip('/')}{DOCUMENTS_PREFIX}/{name}"
+
+
+def documents() -> dict[str, Document]:
+    """Every document the installed connectors publish, by name."""
+    load_plugins()
+    return dict(_documents)
 
 
 def output_kinds() -> dict[str, SinkKind | DestinationKind]:

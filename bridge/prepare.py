@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bridge import plugins
 from bridge.config import Mapping, load_mapping
+from bridge.config.dirs import spool_problems
 from bridge.config.files import file_problems
 from bridge.config.resolved import ResolvedModel
 from bridge.config.signing import check_mapping_signature
@@ -66,6 +67,7 @@ def prepare(
     unfilled = {k for keys in mapping.needs.values() for k in keys}
     issues = [i for i in connector_problems(mapping) if not _under(i.key, unfilled)]
     issues += file_problems(mapping, unfilled | {i.key for i in issues})
+    issues += spool_problems(mapping, unfilled)
     models: dict[str, LoadedModel] = {}
     labels: dict[str, tuple[str, ...]] = {}
     for name, model in mapping.models.items():

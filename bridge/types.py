@@ -45,7 +45,9 @@ __all__ = [
     "TagReading",
     "TagSample",
     "TagValue",
+    "TargetWriter",
     "Trigger",
+    "WriteValue",
 ]
 
 TagValue = float | int | bool | str | None
@@ -567,6 +569,32 @@ class Source(Protocol):
     def samples(self) -> AsyncIterator[Sequence[TagSample]]: ...
 
     async def close(self) -> None: ...
+
+
+# What a write-back writes: a bool to a coil or Boolean, a number to a register or variable.
+WriteValue = bool | int | float
+
+
+class TargetWriter(Protocol):
+    """Writes values to the targets of one source and reads them back (write-back actions):
+    its own connection with the source's settings, never the source's.
+
+    ``target`` is the mapping's target model of the source's kind (``ModbusTarget``,
+    ``OpcUaTarget`` of ``bridge.config.actions``), so no protocol type reaches the core. ``read``
+    decodes as ``write`` encodes (type, word order): after a write that took, it returns the
+    value as the target's type holds it (a float32 rounds), and whatever the target holds
+    otherwise. Every call is one attempt bounded by the source's timeout, plus the (itself
+    bounded) opening of the connection when there is none; the writer never retries, and the
+    call after a failure opens a new connection. Failures raise ``bridge.errors.WriteError``
+    (``WriteRefused``, ``WriteTimedOut``, ``WriteNotConnected``, ``NotRepresentable``); the
+    caller decides what follows. Calls may overlap: the writer runs them one at a time.
+    """
+
+    async def write(self, target: Any, value: WriteValue) -> None: ...
+
+    async def read(self, target: Any) -> WriteValue: ...
+
+    async def aclose(self) -> None: ...
 
 
 @runtime_checkable

@@ -5,11 +5,15 @@ Real HTTP (uvicorn + Starlette on a port of its own), real state: entities per t
 clause 5.6.8): an entity that does not exist is created; one that does gets each attribute of
 the request replaced whole (sub-attributes included), its other attributes kept. Answers 201
 (the ids created), 204 (all updated) or 207 (a BatchOperationResult) like a broker does.
+``POST /ngsi-ld/v1/temporal/entities/{id}/attrs`` (Add Attributes to Temporal Evolution of an
+Entity) appends attribute instances to the entity's history (``history``): 204, or 404
+ResourceNotFound for an entity it does not hold.
 
 Tests steer it: ``refuse`` makes the broker answer an entity with an error (a ProblemDetails,
 so the 207 path), ``fail_with`` answers whole requests with a status, ``stop``/``start`` take
-the port away and give it back (connection refused in between). Every request is recorded
-(headers, raw body, parsed body, and duplicate JSON keys if any).
+the port away and give it back (connection refused in between), ``temporal_fail_with``
+answers the temporal API alone with a status. Every request is recorded (headers, raw body,
+parsed body, and duplicate JSON keys if any).
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["BrokerRequest", "NgsiLdBroker"]
+__all__ = ["TEMPORAL", "UPSERT", "BrokerRequest", "NgsiLdBroker"]
 
 UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
+TEMPORAL = "/ngsi-ld/v1/temporal/entities/{entity_id}/attrs"
 _ERRORS = "https://uri.etsi.org/ngsi-ld/errors/"
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
@@ -74,11 +79,15 @@ class NgsiLdBroker:
     # tenant ("" the default) -> entity id -> entity (without @context)
     entities: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     requests: list[BrokerRequest] = field(default_factory=list)
+    # tenant -> entity id -> attribute -> instances added through the temporal API, in order
+    history: dict[str, dict[str, dict[str, list[Any]]]] = field(default_factory=dict)
     # entity id -> (status, NGSI-LD error type, detail) answered for that entity in a 207
     refuse: dict[str, tuple[int, str, str]] = field(default_factory=dict)
     # statuses answered to the next whole requests, one each, in order
     fail_with: list[int] = field(default_factory=list)
     retry_after: str | None = None
+    # statuses answered to the next temporal API requests, one each, in order
+    temporal_fail_with: list[int] = field(default_factory=list)
     _server: _Embedded | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -89,7 +98,7 @@ class NgsiLdBroker:
     def tenant(self, name: str | None = None) -> dict[str, dict[str, Any]]:
         return self.entities.setdefault(name or "", {})
 
-    async def _upsert(self, request: Request) -> Response:
+    async def _record(self, request: Request) -> Any:
         raw = await request.body()
         try:
             body, duplicates = _parse(raw)
@@ -105,6 +114,33 @@ class NgsiLdBroker:
                 tuple(duplicates),
             )
         )
+        return body
+
+    async def _temporal(self, request: Request) -> Response:
+        body = await self._record(request)
+        if self.temporal_fail_with:
+            status = self.temporal_fail_with.pop(0)
+            kind = "InternalError" if status >= 500 else "BadRequestData"
+            return _problem(status, kind, "told to fail")
+        if request.headers.get("content-type", "").split(";")[0] != "application/ld+json":
+            return _problem(415, "InvalidRequest", "expected application/ld+json")
+        if not isinstance(body, dict) or "@context" not in body:
+            return _problem(400, "BadRequestData", "the body must be an object with @context")
+        tenant = request.headers.get("ngsild-tenant") or ""
+        entity_id = request.path_params["entity_id"]  # percent-decoded by the router
+        if entity_id not in self.tenant(tenant):
+            return _problem(404, "ResourceNotFound", f"{entity_id}: no such entity")
+        attrs = self.history.setdefault(tenant, {}).setdefault(entity_id, {})
+        for name, instances in body.items():
+            if name == "@context":
+                continue
+            if not isinstance(instances, list):
+                return _problem(400, "BadRequestData", f"{name}: not an array of instances")
+            attrs.setdefault(name, []).extend(instances)
+        return Response(status_code=204)
+
+    async def _upsert(self, request: Request) -> Response:
+        body = await self._record(request)
         if self.fail_with:
             status = self.fail_with.pop(0)
             headers = {"Retry-After": self.retry_after} if self.retry_after else None
@@ -156,7 +192,12 @@ class NgsiLdBroker:
         return Response(status_code=204)
 
     async def start(self) -> None:
-        app = Starlette(routes=[Route(UPSERT, self._upsert, methods=["POST"])])
+        app = Starlette(
+            routes=[
+                Route(UPSERT, self._upsert, methods=["POST"]),
+                Route(TEMPORAL, self._temporal, methods=["POST"]),
+            ]
+        )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))

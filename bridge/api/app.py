@@ -14,6 +14,7 @@ from .alerts import build_alert_router
 from .audit import build_audit_router
 from .bodylimit import BodyLimit
 from .certificates import build_certificates_router
+from .contexts import CONTEXTS_PREFIX, build_contexts_router
 from .decisions import build_decisions_router
 from .docs import ASSETS_PREFIX, DOCS_PATHS, mount_docs
 from .guard import ApiGuard
@@ -39,8 +40,9 @@ log = structlog.get_logger(__name__)
 
 
 def create_app(services: ApiServices) -> FastAPI:
-    """Every operation but health, the docs, the probes and the scrape needs an API key (see
-    bridge.api.auth). ``ApiServices.from_store`` builds the services of an API over a store."""
+    """Every operation but health, the docs, the probes, the scrape and the published documents
+    (``/contexts/...``) needs an API key (see bridge.api.auth). ``ApiServices.from_store``
+    builds the services of an API over a store."""
     settings = services.settings
     app = FastAPI(
         title="bridge gateway",
@@ -66,6 +68,7 @@ def create_app(services: ApiServices) -> FastAPI:
         build_ops_router(services.ops, services.metrics.registry, metrics=services.metrics_on_api)
     )
     app.include_router(build_reload_router())
+    app.include_router(build_contexts_router())
     mount_docs(app)
     # The last added runs first: the request metrics, the guard, then the body cap.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -76,7 +79,8 @@ def create_app(services: ApiServices) -> FastAPI:
             settings.rate_limit_per_s, settings.rate_burst, settings.max_concurrent_per_key
         ),
         public=(HEALTH_PATH, *DOCS_PATHS, *OPS_PATHS),
-        public_prefixes=(ASSETS_PREFIX + "/", CONSOLE_PREFIX),
+        # Context brokers fetch the published @contexts anonymously.
+        public_prefixes=(ASSETS_PREFIX + "/", CONSOLE_PREFIX, CONTEXTS_PREFIX + "/"),
         sessions=services.sessions,
     )
     # Outermost: requests the guard or the body cap refuse are counted too.

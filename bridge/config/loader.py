@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from bridge import plugins, units
+from bridge.config.actions import resolve_actions
 from bridge.config.reference import ReferenceFileError, load_reference
 from bridge.config.resolved import Endpoint, Feature, Mapping, ResolvedModel, ResolvedTag
 from bridge.config.spec import AssetConfig, MappingFile, ModelConfig, TagConfig
@@ -95,6 +96,7 @@ def load_mapping(
     kinds = {name: str(block.get("kind")) for name, block in spec.sources.items()}
     tags, assets = _expand_assets(spec, kinds, issues)
     models = _resolve_models(spec, path.parent, assets, tags, issues)
+    actions = resolve_actions(spec, sources, kinds, tags, models, issues.add)
     if issues.items:
         raise ConfigError(issues.items)
     store = beside(spec.gateway.store, path.parent)
@@ -107,6 +109,7 @@ def load_mapping(
         assets=assets,
         models=models,
         outputs=outputs,
+        actions=actions,
         index=doc.index,
         needs={
             name: tuple(_dotted(p) for p in paths)

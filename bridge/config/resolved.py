@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bridge.config.actions import ResolvedAction
 from bridge.config.spec import (
     AlertConfig,
     DriftConfig,
@@ -110,6 +111,8 @@ class Mapping:
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # asset -> its template and description (for outputs that describe the plant).
     asset_infos: dict[str, AssetInfo] = field(default_factory=dict)
+    # `actions:`, every reference checked (bridge.config.actions, evaluated by bridge.actions).
+    actions: dict[str, ResolvedAction] = field(default_factory=dict)
 
     def tags_of_source(self, source: str) -> list[ResolvedTag]:
         return [t for t in self.tags.values() if t.source == source]

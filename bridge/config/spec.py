@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationInfo,
@@ -23,6 +22,8 @@ from pydantic_core import PydanticCustomError
 
 from bridge import units
 from bridge.client_tls import ClientTls, require_https
+from bridge.config.actions import ActionConfig
+from bridge.config.strict import Strict
 
 __all__ = [
     "AlertConfig",
@@ -65,10 +66,6 @@ def _checked_unit(text: str) -> str:
         except units.UnitError as exc:
             raise PydanticCustomError("unit_unknown", exc.message, {"hint": exc.hint}) from None
     return text
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ApiTlsSettings(Strict):
@@ -206,11 +203,33 @@ class ApiSettings(Strict):
         default_factory=ConsoleSettings,
         description="The web console for operators and OT engineers (login with an API key).",
     )
+    public_url: str | None = Field(
+        None,
+        description="The URL other systems reach this API at (through a proxy or NAT it is "
+        "not `host:port`), e.g. https://gw-07.plant:8000. Connectors that publish documents "
+        "(the NGSI-LD @context at <public_url>/contexts/bridge-ngsild.jsonld) name them with "
+        "it. Default: none, such documents are written inline instead.",
+    )
     insights: InsightsSettings = Field(
         default_factory=InsightsSettings,
         description="The anonymised insights for third parties (`GET /api/v1/insights`, keys "
         "of scope `insights`): aggregates only, k-anonymous, assets dropped or salted-hashed.",
     )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"{value!r} is not an absolute http:// or https:// URL with a host "
+                "(e.g. https://gw-07.plant:8000)"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(f"{value!r}: a base URL has no ?query or #fragment")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _public_needs_tls(self) -> ApiSettings:
@@ -694,6 +713,11 @@ class TagConfig(Strict):
         "and `heartbeat: true`, so consumers can tell unchanged from dead; a tag not heard "
         "from for longer than max_age_s is republished as Bad (stale). Default: off.",
     )
+    writable: bool = Field(
+        False,
+        description="An action (`actions:`) may write where this tag is read from. Without "
+        "it, an action whose target is this tag's address is refused.",
+    )
     description: str = Field("", description="Free text for people.")
 
     @field_validator("unit")
@@ -1017,4 +1041,9 @@ class MappingFile(Strict):
     models: dict[Name, ModelConfig] = Field(default_factory=dict, description="ONNX models.")
     outputs: dict[Name, dict[str, Any]] = Field(
         default_factory=dict, description="Where predictions go."
+    )
+    actions: dict[Name, ActionConfig] = Field(
+        default_factory=dict,
+        description="Write-back of setpoints to PLCs and SCADA: target, trigger, value, "
+        "limits, interlocks and mode of each (docs/actions.md).",
     )

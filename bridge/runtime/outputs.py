@@ -277,6 +277,7 @@ class Outputs:
         """What a destination is told: the gateway, its slots, the tag table and the mapping's
         facts about the plant (blocking: a large mapping's tags take a while)."""
         mapping = prepared.mapping
+        api = mapping.gateway.api
         return DestinationContext(
             self._gateway_id,
             tuple(slots),
@@ -285,6 +286,7 @@ class Outputs:
             assets=asset_infos(mapping),
             tag_infos=tag_infos(mapping),
             revision=mapping.revision,
+            public_url=api.public_url if api.enabled else None,
         )
 
     def _fanout_sinks(self) -> None:

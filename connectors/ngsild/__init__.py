@@ -11,6 +11,7 @@ from bridge.destination import Destination, DestinationContext
 from bridge.plugins import DestinationKind, register_destination
 
 from .config import NgsiLdSettings
+from .context import publish_context
 
 if TYPE_CHECKING:
     from .destination import NgsiLdDestination
@@ -35,6 +36,7 @@ def _destination(name: str, settings: Any, context: DestinationContext) -> Desti
 
 
 def register() -> None:
+    publish_context()
     register_destination(
         DestinationKind(
             kind=KIND,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Self
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -116,6 +116,14 @@ class NgsiLdSettings(Isa95Levels):
         description="Names of the tags published as Properties of each asset's entity (those an "
         "asset has). Default: every tag of the asset; [] publishes predictions only.",
     )
+    temporal: bool = Field(
+        True,
+        description="A prediction (or tag value) older than the one last upserted for the same "
+        "attribute (a backfilled prediction, a backlog sent late) never replaces the entity's "
+        "current value: true sends it to the broker's temporal API (POST "
+        "/ngsi-ld/v1/temporal/entities/{id}/attrs, Orion-LD with TRoE, Scorpio, Stellio); "
+        "false leaves it out (a broker without the temporal API).",
+    )
     tag_refresh_s: float = Field(
         0.5,
         gt=0,
@@ -172,3 +180,7 @@ class NgsiLdSettings(Isa95Levels):
     @property
     def upsert_url(self) -> str:
         return f"{self.url}/ngsi-ld/v1/entityOperations/upsert?options=update"
+
+    def temporal_url(self, entity_id: str) -> str:
+        """Where the late attributes of entity ``entity_id`` are added to its history."""
+        return f"{self.url}/ngsi-ld/v1/temporal/entities/{quote(entity_id, safe='')}/attrs"

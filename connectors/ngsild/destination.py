@@ -32,8 +32,9 @@ from bridge.retry import is_retryable_status, parse_retry_after
 from bridge.types import ComponentHealth, PredictionSlot, Trigger
 
 from .config import NgsiLdSettings
-from .context import entity_context
+from .context import entity_context, our_context_url
 from .entity import EntityShaper, asset_of
+from .late import LateAttributes, Split, temporal_body
 from .reply import ReplyError, outcomes_of, parse_batch_reply, whole_request_reason
 from .tagsnapshot import TagSnapshot
 from .units import UnitCodes
@@ -93,7 +94,10 @@ class NgsiLdDestination:
             )
         self._shaper = EntityShaper(
             settings,
-            entity_context(settings.context_url, settings.core_context_url),
+            entity_context(
+                our_context_url(settings.context_url, context.public_url),
+                settings.core_context_url,
+            ),
             UnitCodes(name),
             templates,
         )
@@ -115,7 +119,16 @@ class NgsiLdDestination:
         self._warned = False
         self._warned_at = -_LOG_EVERY_S
         self._unlogged = 0
-        self._counters = {"sent": 0, "rejected": 0, "retries": 0, "requests": 0, "levels": 0}
+        self._late = LateAttributes()
+        self._warned_late = False
+        self._counters = {
+            "sent": 0,
+            "rejected": 0,
+            "retries": 0,
+            "requests": 0,
+            "levels": 0,
+            "late": 0,
+        }
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -170,6 +183,11 @@ class NgsiLdDestination:
         templates = _templates_of(context)
         if templates is not None:
             self._shaper.follow_templates(templates)
+        # gateway.api.public_url may have changed: events encoded from now on name the new URL.
+        s = self._settings
+        self._shaper.follow_context(
+            entity_context(our_context_url(s.context_url, context.public_url), s.core_context_url)
+        )
 
     def health(self) -> ComponentHealth:
         counters = {**self._counters, "in_flight": self._in_flight}
@@ -201,11 +219,18 @@ class NgsiLdDestination:
     async def deliver(self, batch: Sequence[Envelope]) -> list[Outcome]:
         """Send the batch once, in one request; one outcome per envelope, in order."""
         ids = [_entity_id(body) for _, body in batch]
+        splits = [self._late.split(i, body) for i, (_, body) in zip(ids, batch, strict=True)]
         levels = self._levels_due(ids)
-        body = "[" + ",".join([*(b for _, b in batch), *levels.values()]) + "]"
+        body = "[" + ",".join([*(s.current for s in splits), *levels.values()]) + "]"
         self._in_flight += len(batch)
         try:
             outcomes, taken_levels = await self._upsert(body.encode(), ids, list(levels))
+            for i, (entity_id, split) in enumerate(zip(ids, splits, strict=True)):
+                if outcomes[i] is not None:
+                    continue
+                self._late.taken(entity_id, split)
+                if split.late:
+                    outcomes[i] = await self._history(entity_id, split)
         finally:
             self._in_flight -= len(batch)
         now = time.monotonic()
@@ -244,6 +269,46 @@ class NgsiLdDestination:
                 if level_id not in due and (taken is None or now - taken >= LEVEL_REFRESH_S):
                     due[level_id] = json.dumps(level, separators=(",", ":"), ensure_ascii=False)
         return due
+
+    async def _history(self, entity_id: str, split: Split) -> Outcome:
+        """Late attributes of an event whose current part the broker took: into the entity's
+        temporal history, or left out (``temporal: false``)."""
+        self._counters["late"] += 1
+        if not self._settings.temporal:
+            if not self._warned_late:
+                self._warned_late = True
+                log.info(
+                    "ngsild_late_attributes_left_out",
+                    destination=self.name,
+                    entity=entity_id,
+                    attributes=sorted(split.late),
+                    hint="older than the values the broker holds; set temporal: true to add "
+                    "them to the entity's history",
+                )
+            return None
+        client = self._client
+        if client is None:
+            raise ConnectorError(f"ngsi-ld destination {self.name!r} is not started")
+        self._counters["requests"] += 1
+        try:
+            response = await client.post(
+                self._settings.temporal_url(entity_id),
+                content=temporal_body(split),
+                headers=self._headers,
+            )
+        except httpx.TransportError as exc:
+            return Retry(redact_text(self._transport_error(exc)))
+        status = response.status_code
+        if 200 <= status < 300:
+            return None
+        if is_retryable_status(status):
+            after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            return Retry(f"HTTP {status} (temporal API)", after)
+        return whole_request_reason(
+            status,
+            response.content,
+            "the late attributes (temporal API; temporal: false leaves them out)",
+        )
 
     async def _upsert(
         self, body: bytes, ids: Sequence[str], levels: Sequence[str]

@@ -85,6 +85,10 @@ class EntityShaper:
     def follow_slots(self, slots: Sequence[PredictionSlot]) -> None:
         self._value_units = {(s.asset, s.model): s.unit for s in slots if s.unit}
 
+    def follow_context(self, context: list[Any]) -> None:
+        """The ``@context`` of the entities encoded from now on."""
+        self._context = context
+
     def follow_templates(self, templates: Mapping[str, str]) -> None:
         """The assets' templates after a mapping reload: their types (and ids) follow."""
         if dict(templates) != self._templates:

@@ -113,13 +113,13 @@ def error_outcome(error: Any) -> Outcome:
     return f"broker refused the entity: {reason}"
 
 
-def whole_request_reason(status: int, body: bytes) -> str:
+def whole_request_reason(status: int, body: bytes, what: str = "the batch") -> str:
     """The reason of a request refused as a whole (any 4xx but 408/425/429, a 3xx)."""
     try:
         doc = json.loads(body) if body else None
     except ValueError:
         doc = body.decode("utf-8", errors="replace")[:_EXCERPT]
-    return f"broker refused the batch: {describe(status, doc)}"
+    return f"broker refused {what}: {describe(status, doc)}"
 
 
 def outcomes_of(reply: BatchReply, ids: Sequence[str]) -> list[Outcome]:

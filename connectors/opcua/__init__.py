@@ -16,7 +16,7 @@ from bridge.plugins import (
     register_sink,
     register_source,
 )
-from bridge.types import Sink, SinkContext, Source, SourceTag
+from bridge.types import Sink, SinkContext, Source, SourceTag, TargetWriter
 
 if TYPE_CHECKING:
     from bridge.connectors.opcua.server import PredictionServer
@@ -59,6 +59,12 @@ def _source(name: str, settings: Any, tags: Sequence[SourceTag]) -> Source:
     from bridge.connectors.opcua.source import OpcUaSource
 
     return OpcUaSource(name, settings, tags)
+
+
+def _writer(name: str, settings: Any) -> TargetWriter:
+    from bridge.connectors.opcua.write import OpcUaWriter
+
+    return OpcUaWriter(name, settings)
 
 
 def _server(name: str, settings: Any, context: SinkContext) -> Sink:
@@ -108,6 +114,7 @@ def register() -> None:
             settings_model=OpcUaSourceSettings,
             address_model=OpcUaAddress,
             factory=_source,
+            writer=_writer,
             quick_address=_quick_address,
             description="OPC UA client: one subscription per server, nodes addressed by nsu= URI.",
             check=_source_files,

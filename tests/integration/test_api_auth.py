@@ -27,6 +27,7 @@ from bridge.api.keycache import KeyCache
 from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.cli import main
+from bridge.connectors import ngsild
 from bridge.runtime.alertsink import AlertSink
 from bridge.store import PredictionRepository, Store, open_store
 from bridge.store.alerts import AlertFilter, AlertRepository
@@ -73,6 +74,10 @@ def pred(asset: str, seq: int, ts: float, value: str | float | None) -> Predicti
     )
 
 
+# Open to anyone: health (details with a key) and the documents brokers fetch anonymously.
+PUBLIC_OPERATIONS = ("/api/v1/health", "/contexts/{name}")
+
+
 def _operations() -> list[tuple[str, str, str]]:
     """(method, path, required scope) of every secured operation, read from the OpenAPI."""
     engine = create_engine("sqlite://")  # never queried: the OpenAPI needs no database
@@ -81,7 +86,7 @@ def _operations() -> list[tuple[str, str, str]]:
     ops = []
     for path, item in spec["paths"].items():
         for method, op in item.items():
-            if path != "/api/v1/health":
+            if path not in PUBLIC_OPERATIONS:
                 assert SCOPE_EXTENSION in op, f"{method} {path} declares no scope"
                 ops.append((method.upper(), path, op[SCOPE_EXTENSION]))
     return sorted(ops)
@@ -181,6 +186,17 @@ async def test_every_operation_needs_a_key_of_enough_scope(
         ):
             r = await call(headers)
             assert r.status_code not in (401, 403, 500), (enough, r.text)
+
+
+async def test_published_documents_need_no_key(sqlite_api: Api) -> None:
+    ngsild.register()  # as the entry point does in an installed gateway
+    r = await sqlite_api.http.get("/contexts/bridge-ngsild.jsonld")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/ld+json"
+    spec = (await sqlite_api.http.get("/openapi.json")).json()
+    op = spec["paths"]["/contexts/{name}"]["get"]
+    assert SCOPE_EXTENSION not in op and "security" not in op
+    # Only that prefix is open: a path beside it still needs a key.
+    assert (await sqlite_api.http.get("/contextsx")).status_code == 401
 
 
 async def test_health_needs_no_key_and_the_openapi_declares_the_schemes(sqlite_api: Api) -> None:
