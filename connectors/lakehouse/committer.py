@@ -29,6 +29,7 @@ from bridge.retry import Backoff
 from .config import LakehouseSettings
 from .context import write_context
 from .delta import DeltaTables, SchemaConflictError
+from .sizing import SegmentSizing
 from .spool import Segment, TableSpool, read_segment
 
 __all__ = ["Committer", "KeptSegments"]
@@ -37,6 +38,9 @@ log = structlog.get_logger(__name__)
 
 _TICK_S = 0.25
 _MB = 1024 * 1024
+# The largest segment, as a share of max_spool_mb: the open segments of both tables and a few
+# sealed ones fit in the spool's bound.
+_SEGMENT_SHARE_OF_SPOOL = 0.25
 
 
 @dataclass(slots=True)
@@ -88,6 +92,9 @@ class Committer:
         self._kept = kept
         self._context_rows = context_rows
         self._context_due = True
+        target = int(settings.flush.target_file_mb * _MB)
+        cap = int(settings.max_spool_mb * _MB * _SEGMENT_SHARE_OF_SPOOL)
+        self.sizing = {t: SegmentSizing(s.dir, target, cap) for t, s in spools.items()}
         # One Delta operation at a time, also when a cancelled tick's thread still runs while
         # the closing tick starts: two commits of one segment would both pass the check.
         self._io = threading.Lock()
@@ -131,11 +138,11 @@ class Committer:
         """One pass: seal what is due (everything when ``final``), commit, then the context
         and the maintenance that is due."""
         flush = self._settings.flush
-        max_bytes = int(flush.target_file_mb * _MB)
-        for spool in self._spools.values():
+        for table, spool in self._spools.items():
             if final:
                 await asyncio.to_thread(spool.seal)
             else:
+                max_bytes = self.sizing[table].seal_bytes
                 await asyncio.to_thread(spool.seal_due, max_bytes, flush.max_age_s)
         for table in self._spools:
             if self._ready(table):
@@ -196,14 +203,22 @@ class Committer:
         if not segments:
             return
         state = self.states[table]
-        done = self._tables.committed(table, self._app_id) or 0
-        target = int(self._settings.flush.target_file_mb * _MB)
+        dt = self._tables.table(table)
+        done = (dt.transaction_version(self._app_id) if dt is not None else None) or 0
+        # Not found: the first commit creates the table, and fails if one is there after all
+        # (an object store's wrong "not found" must not let a held segment be written again).
+        create = dt is None
+        sizing = self.sizing[table]
         for segment in segments:
             if segment.seq > done:
                 data = read_segment(segment.path)
                 if data is not None:
                     self._tables.check_schema(table, data.schema)
-                    self._tables.append(table, data, self._app_id, segment.seq, target)
+                    files = self._tables.append(
+                        table, data, self._app_id, segment.seq, sizing.split_bytes, create=create
+                    )
+                    create = False
+                    sizing.learn(segment.size, files)
                     state.commits += 1
                     state.rows += data.num_rows
                     log.debug(

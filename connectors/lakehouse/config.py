@@ -103,8 +103,10 @@ class FlushSettings(BaseModel):
         128,
         gt=0,
         le=4096,
-        description="A segment is committed once its rows take this much in the spool (Arrow, "
-        "uncompressed; the Parquet files come out smaller, `optimize` merges them).",
+        description="Size of the Parquet files a commit aims for: a segment is sealed once its "
+        "spool bytes (Arrow) reach this times the spool bytes per Parquet byte of the largest "
+        "partition the table's last commit wrote (learned, kept across restarts; at most a "
+        "quarter of max_spool_mb).",
     )
     max_age_s: float = Field(
         300,

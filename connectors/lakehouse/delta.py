@@ -55,6 +55,14 @@ def _local(uri: str) -> bool:
     return len(scheme) <= 1 or scheme == "file"
 
 
+def _file_sizes(dt: DeltaTable) -> dict[str, int]:
+    """The table's current files (path -> bytes)."""
+    actions = pa.table(dt.get_add_actions(flatten=False))
+    paths = actions["path"].to_pylist()
+    sizes = actions["size_bytes"].to_pylist()
+    return dict(zip(paths, sizes, strict=True))
+
+
 class DeltaTables:
     """The tables under one URI (``<uri>/<table>``), with their partition columns."""
 
@@ -95,9 +103,15 @@ class DeltaTables:
         dt = self.table(table)
         return None if dt is None else dt.transaction_version(app_id)
 
+    def _current(self, table: str) -> DeltaTable | None:
+        """The handle the committer refreshed at the start of its pass (``table``), kept
+        current by the writes through it; opened if there is none."""
+        cached = self._open.get(table)
+        return cached if cached is not None else self.table(table)
+
     def check_schema(self, table: str, schema: pa.Schema) -> None:
         """Raise ``SchemaConflictError`` if a column of ``schema`` has another type in the table."""
-        dt = self.table(table)
+        dt = self._current(table)
         if dt is None:
             return
         existing = {f.name: f.type for f in dt.schema().fields}
@@ -107,15 +121,31 @@ class DeltaTables:
                 raise SchemaConflictError(table, f.name, _type_name(old), _type_name(f.type))
 
     def append(
-        self, table: str, data: pa.Table, app_id: str, version: int, target_file_size: int
-    ) -> None:
+        self,
+        table: str,
+        data: pa.Table,
+        app_id: str,
+        version: int,
+        target_file_size: int,
+        create: bool = False,
+    ) -> list[tuple[str, int]]:
         """One commit: the rows and the transaction ``(app_id, version)``; new columns are
-        added to the table's schema."""
-        dt = self.table(table)
+        added to the table's schema. Returns the Parquet files it added (path in the table,
+        bytes).
+
+        ``create``: the table was not found when the committer asked which segments it holds.
+        Then (and whenever the table is not found now) the table is created with mode
+        ``error``, which fails if a table is there after all: an object store answering "not
+        found" for a table that exists makes the commit fail and be retried (asking again),
+        never take a segment the table holds a second time. On an object store, creating
+        version 0 is a put-if-absent (delta-rs needs conditional puts or a lock there anyway).
+        """
+        dt = None if create else self._current(table)
+        before = _file_sizes(dt) if dt is not None else {}
         write_deltalake(
             dt if dt is not None else self.path(table),
             data,
-            mode="append",
+            mode="append" if dt is not None else "error",
             partition_by=self._partitions.get(table) or None,
             schema_mode="merge",
             storage_options=self._options,
@@ -125,6 +155,11 @@ class DeltaTables:
                 custom_metadata={"bridge.segment": str(version), "bridge.app": app_id},
             ),
         )
+        # A write through a handle brings it to the new version; a created table is opened.
+        after = dt if dt is not None else self.table(table)
+        if after is None:
+            return []
+        return [(path, size) for path, size in _file_sizes(after).items() if path not in before]
 
     def files(self, table: str) -> int:
         dt = self.table(table)

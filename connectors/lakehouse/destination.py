@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pyarrow as pa  # type: ignore[import-untyped]
 import structlog
 
 from bridge.cancel import cancel_and_wait
@@ -31,7 +32,12 @@ from .config import LakehouseSettings
 from .context import Facts, context_rows
 from .delta import DeltaTables
 from .recent import RecentIds, ids_of
-from .rows import decode_prediction, encode_prediction, predictions_table
+from .rows import (
+    decode_prediction,
+    encode_prediction,
+    predictions_from_bodies,
+    predictions_table,
+)
 from .spool import TableSpool
 from .telemetry import TelemetryBuffer
 
@@ -224,36 +230,61 @@ class LakehouseDestination:
         spool = self._spools.get("predictions")
         if spool is None:
             return [Retry("the lakehouse destination is not started")] * len(batch)
-        outcomes: list[Outcome] = []
-        rows: list[dict[str, object]] = []
+        keys = [key for key, _ in batch]
+        outcomes: list[Outcome] = [None] * len(batch)
+        # The usual batch is all ours: parsed at once into Arrow columns. Any other body (a
+        # drift alert, one that does not parse) sends the batch through the one-by-one path.
+        table = predictions_from_bodies([body for _, body in batch])
+        if table is None:
+            table, keys = self._decode_each(batch, outcomes)
+        if table is None:
+            return outcomes
         fresh: list[str] = []
-        for key, body in batch:
+        seen: set[str] = set()
+        keep: list[bool] = []
+        for pid, key in zip(table["id"].to_pylist(), keys, strict=True):
+            pid = str(pid or key)
+            repeat = pid in self._recent or pid in seen
+            keep.append(not repeat)
+            if repeat:
+                self._counters["repeats"] += 1
+            else:
+                seen.add(pid)
+                fresh.append(pid)
+        if not fresh:
+            return outcomes
+        if len(fresh) < table.num_rows:
+            table = table.filter(pa.array(keep, pa.bool_()))
+        if self._full():
+            self._counters["refused_full"] += len(fresh)
+            return [Retry("the lakehouse spool is full (max_spool_mb)")] * len(batch)
+        try:
+            await asyncio.to_thread(spool.append, table)
+        except OSError as exc:
+            return [Retry(f"lakehouse spool: {exc}")] * len(batch)
+        self._recent.add(fresh)
+        self._counters["accepted"] += len(fresh)
+        return outcomes
+
+    def _decode_each(
+        self, batch: Sequence[Envelope], outcomes: list[Outcome]
+    ) -> tuple[pa.Table | None, list[str]]:
+        """The rows of a batch body by body: an error or a skip in ``outcomes`` for the others;
+        returns the rows and their outbox keys."""
+        rows: list[dict[str, object]] = []
+        keys: list[str] = []
+        for i, (key, body) in enumerate(batch):
             try:
                 fields = decode_prediction(body)
             except ValueError as exc:
-                outcomes.append(f"not a lakehouse prediction body: {exc}")
+                outcomes[i] = f"not a lakehouse prediction body: {exc}"
                 continue
-            outcomes.append(None)
             if fields is None:
                 self._counters["skipped"] += 1  # a drift alert: no row of these tables
                 continue
-            pid = str(fields.get("id") or key)
-            if pid in self._recent or pid in fresh:
-                self._counters["repeats"] += 1
-                continue
             rows.append(fields)
-            fresh.append(pid)
-        if rows:
-            if self._full():
-                self._counters["refused_full"] += len(rows)
-                return [Retry("the lakehouse spool is full (max_spool_mb)")] * len(batch)
-            try:
-                await asyncio.to_thread(spool.append, predictions_table(rows))
-            except OSError as exc:
-                return [Retry(f"lakehouse spool: {exc}")] * len(batch)
-            self._recent.add(fresh)
-            self._counters["accepted"] += len(rows)
-        return outcomes
+            keys.append(key)
+        return (predictions_table(rows) if rows else None), keys
 
     # -- telemetry -----------------------------------------------------------------------------
 

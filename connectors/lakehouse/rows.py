@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
+import pyarrow.json as pj  # type: ignore[import-untyped]
 
 from bridge.types import Prediction, TagValue, Trigger
 
@@ -25,6 +26,7 @@ __all__ = [
     "TelemetryColumns",
     "decode_prediction",
     "encode_prediction",
+    "predictions_from_bodies",
     "predictions_table",
     "telemetry_schema",
 ]
@@ -93,6 +95,21 @@ def telemetry_schema(windows: bool) -> pa.Schema:
     return pa.schema(_TELEMETRY_BASE + (_TELEMETRY_WINDOW if windows else []))
 
 
+# One encoder for every body: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# The fields of a body as the bulk parser reads them: ``time`` stays epoch seconds until the
+# whole column is converted; ``lakehouse`` tells our bodies from any other.
+_BODY = pa.schema(
+    [
+        (BODY_FORMAT, pa.int64()),
+        ("time", pa.float64()),
+        *(f for f in PREDICTIONS if f.name not in ("date", "time")),
+    ]
+)
+
+_PARSE = pj.ParseOptions(explicit_schema=_BODY, unexpected_field_behavior="ignore")
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
@@ -131,7 +148,7 @@ def encode_prediction(event: Trigger, gateway_id: str) -> str:
             }
             for c in p.explanation.top
         ]
-    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(body)
 
 
 def decode_prediction(body: str) -> dict[str, Any] | None:
@@ -149,6 +166,36 @@ def _micros(seconds: float) -> int:
 
 def _day(seconds: float) -> int:
     return math.floor(seconds / 86400)
+
+
+def predictions_from_bodies(bodies: Sequence[str]) -> pa.Table | None:
+    """The rows of a batch of bodies ``encode_prediction`` made, parsed in one pass by Arrow's
+    JSON reader (no Python object per row); None when some body is not one of ours (a drift
+    alert, a body that does not parse): the caller then decodes them one by one."""
+    if not bodies:
+        return None
+    data = "\n".join(bodies).encode()
+    try:
+        parsed = pj.read_json(
+            pa.py_buffer(data),
+            # One block for the batch, one thread: a delivery is a few MB at most.
+            read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 1),
+            parse_options=_PARSE,
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    # A body holding a line break or two objects would shift the rows: then one by one.
+    if parsed.num_rows != len(bodies):
+        return None
+    ours = parsed[BODY_FORMAT]
+    if ours.null_count or not pc.all(pc.equal(ours, 1)).as_py():
+        return None
+    times = parsed["time"]
+    if times.null_count:
+        return None
+    columns = [_dates_of(times), _timestamps_of(times)]
+    columns += [parsed[f.name] for f in PREDICTIONS if f.name not in ("date", "time")]
+    return pa.table(columns, schema=PREDICTIONS)
 
 
 def predictions_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -195,16 +242,22 @@ def split_value(value: TagValue) -> tuple[float | None, str | None]:
     return (number if math.isfinite(number) else None), None
 
 
-def _timestamps(seconds: list[float | None]) -> pa.Array:
-    """Epoch seconds -> ``timestamp[us, UTC]`` (rounded to the microsecond), in one pass."""
-    floats = pa.array(seconds, pa.float64())
+def _timestamps_of(floats: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Epoch seconds (double) -> ``timestamp[us, UTC]`` (rounded to the microsecond)."""
     return pc.cast(pc.round(pc.multiply(floats, 1_000_000.0)), pa.int64()).cast(TIMESTAMP)
 
 
-def _dates(seconds: list[float]) -> pa.Array:
-    """Epoch seconds -> their UTC day (``date32``)."""
-    floats = pa.array(seconds, pa.float64())
+def _dates_of(floats: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Epoch seconds (double) -> their UTC day (``date32``)."""
     return pc.cast(pc.floor(pc.divide(floats, 86400.0)), pa.int32()).cast(pa.date32())
+
+
+def _timestamps(seconds: list[float | None]) -> pa.Array:
+    return _timestamps_of(pa.array(seconds, pa.float64()))
+
+
+def _dates(seconds: list[float]) -> pa.Array:
+    return _dates_of(pa.array(seconds, pa.float64()))
 
 
 @dataclass(slots=True)
