@@ -9,7 +9,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from emptyview import EmptyView
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 from stores import BACKENDS, temp_store
@@ -24,7 +25,6 @@ from stores import BACKENDS, temp_store
 from bridge.api import ApiServices, create_app
 from bridge.api.auth import SCOPE_EXTENSION
 from bridge.api.keycache import KeyCache
-from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.cli import main
 from bridge.connectors import ngsild
@@ -32,30 +32,9 @@ from bridge.runtime.alertsink import AlertSink
 from bridge.store import PredictionRepository, Store, open_store
 from bridge.store.alerts import AlertFilter, AlertRepository
 from bridge.store.apikeys import ApiKeyRepository
-from bridge.types import ComponentHealth, Prediction, PredictionSlot, Quality
+from bridge.types import Prediction, PredictionSlot, Quality
 
 LABELS = ("healthy", "bearing_fault", "cavitation")
-
-
-@dataclass
-class View:
-    gateway_id: str = "gw-auth"
-    start: float = field(default_factory=time.time)
-
-    def tag_states(self) -> Sequence[TagState]:
-        return []
-
-    def latest_predictions(self) -> Sequence[Prediction]:
-        return []
-
-    def models(self) -> Sequence[ModelInfo]:
-        return []
-
-    def health(self) -> Sequence[ComponentHealth]:
-        return [ComponentHealth("store", "ok")]
-
-    def started_at(self) -> float:
-        return self.start
 
 
 def pred(asset: str, seq: int, ts: float, value: str | float | None) -> Prediction:
@@ -81,7 +60,9 @@ PUBLIC_OPERATIONS = ("/api/v1/health", "/contexts/{name}")
 def _operations() -> list[tuple[str, str, str]]:
     """(method, path, required scope) of every secured operation, read from the OpenAPI."""
     engine = create_engine("sqlite://")  # never queried: the OpenAPI needs no database
-    spec = create_app(ApiServices.from_store(View(), Store(engine, sessionmaker(engine)))).openapi()
+    spec = create_app(
+        ApiServices.from_store(EmptyView("gw-auth"), Store(engine, sessionmaker(engine)))
+    ).openapi()
     engine.dispose()
     ops = []
     for path, item in spec["paths"].items():
@@ -125,7 +106,9 @@ async def _api(store: Store) -> AsyncIterator[Api]:
     keys = {s.label: repo.create(f"{s.label}-key", s)[1] for s in Scope}
     revoked, keys["revoked"] = repo.create("old", Scope.ADMIN)
     repo.revoke(revoked.key_id)
-    transport = httpx.ASGITransport(app=create_app(ApiServices.from_store(View(), store)))
+    transport = httpx.ASGITransport(
+        app=create_app(ApiServices.from_store(EmptyView("gw-auth"), store))
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as http:
         yield Api(http, store, keys)
 

@@ -4,41 +4,20 @@ authentication, and mutual TLS that refuses a client without a certificate of th
 from __future__ import annotations
 
 import ssl
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from emptyview import EmptyView
 from support import LOOPBACK, free_port
 from testca import TlsFiles, make_ca
 
 from bridge.api import ApiServices, create_app
-from bridge.api.view import ModelInfo, TagState
 from bridge.config.spec import ApiSettings, ApiTlsSettings
 from bridge.errors import ConnectorError
 from bridge.runtime.apiserver import ApiServer
 from bridge.store import open_store
-from bridge.types import ComponentHealth, Prediction
-
-
-class View:
-    gateway_id = "gw-tls"
-
-    def tag_states(self) -> Sequence[TagState]:
-        return []
-
-    def latest_predictions(self) -> Sequence[Prediction]:
-        return []
-
-    def models(self) -> Sequence[ModelInfo]:
-        return []
-
-    def health(self) -> Sequence[ComponentHealth]:
-        return [ComponentHealth("store", "ok")]
-
-    def started_at(self) -> float:
-        return time.time()
 
 
 @pytest.fixture
@@ -49,7 +28,7 @@ def ca(tmp_path: Path) -> TlsFiles:
 async def _serve(tmp_path: Path, tls: ApiTlsSettings) -> AsyncIterator[ApiServer]:
     store = open_store(f"sqlite:///{tmp_path / 'api.db'}")
     settings = ApiSettings(host=LOOPBACK, port=free_port(), tls=tls)
-    app = create_app(ApiServices.from_store(View(), store, settings))
+    app = create_app(ApiServices.from_store(EmptyView("gw-tls"), store, settings))
     server = ApiServer(app, settings.host, settings.port, tls=tls)
     await server.start()
     try:
@@ -119,7 +98,7 @@ async def test_mutual_tls_needs_a_client_certificate_of_the_ca(
 def test_missing_or_mismatched_tls_files_are_clear_errors(tmp_path: Path, ca: TlsFiles) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'api.db'}")
     try:
-        app = create_app(ApiServices.from_store(View(), store))
+        app = create_app(ApiServices.from_store(EmptyView("gw-tls"), store))
         missing = ApiTlsSettings(certificate=str(tmp_path / "nope.pem"), private_key="k.pem")
         with pytest.raises(ConnectorError, match=r"gateway.api.tls.certificate: no file"):
             ApiServer(app, LOOPBACK, free_port(), tls=missing)

@@ -18,13 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from emptyview import EmptyView
 from stores import BACKENDS, temp_store
 from support import LOOPBACK, free_port, wait_until
 
 from bridge import plugins
 from bridge.api import ApiServices
 from bridge.api.sessions import SESSION_COOKIE
-from bridge.api.view import ModelInfo, TagState
 from bridge.audit.verify import verify_chain
 from bridge.auth import Scope
 from bridge.cli import main
@@ -52,7 +52,7 @@ from bridge.store.auditchain import AuditEntry, NewAuditEntry
 from bridge.store.drift import DriftAlertRepository
 from bridge.store.outbox import OutboxRepository
 from bridge.store.tables import DeadLetterRow
-from bridge.types import ComponentHealth, Prediction, PredictionSlot, Quality
+from bridge.types import Prediction, PredictionSlot, Quality
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -156,25 +156,6 @@ async def test_lost_predictions_raise_alerts_recorded_as_the_gateways(store: Sto
 # -- acknowledgements over a real REST server ------------------------------------------------
 
 
-class View:
-    gateway_id = GATEWAY
-
-    def tag_states(self) -> Sequence[TagState]:
-        return []
-
-    def latest_predictions(self) -> Sequence[Prediction]:
-        return []
-
-    def models(self) -> Sequence[ModelInfo]:
-        return []
-
-    def health(self) -> Sequence[ComponentHealth]:
-        return [ComponentHealth("store", "ok")]
-
-    def started_at(self) -> float:
-        return time.time()
-
-
 @dataclass
 class Served:
     url: str
@@ -194,7 +175,7 @@ async def served(store: Store) -> AsyncIterator[Served]:
         record, key = repo.create(f"{scope.label}-person", scope)
         keys[scope.label], key_ids[scope.label] = key, record.key_id
     settings = ApiSettings(host=LOOPBACK, port=free_port())
-    app = create_gateway_app(ApiServices.from_store(View(), store, settings))
+    app = create_gateway_app(ApiServices.from_store(EmptyView(GATEWAY), store, settings))
     server = ApiServer(app, settings.host, settings.port)
     await server.start()
     try:

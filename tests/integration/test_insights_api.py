@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from emptyview import EmptyView
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from sqlalchemy import update
@@ -27,7 +28,6 @@ from support import LOOPBACK, free_port
 
 from bridge.api import ApiServices
 from bridge.api import insights as insights_api
-from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.cli import main
 from bridge.config.spec import ApiSettings, InsightsSettings
@@ -37,7 +37,7 @@ from bridge.runtime.apiserver import ApiServer
 from bridge.store import PredictionRepository, Store, open_store
 from bridge.store.alerts import AlertFilter, AlertRepository, AlertRow, NewAlert
 from bridge.store.apikeys import ApiKeyRepository
-from bridge.types import ComponentHealth, Explanation, InputSnapshot, Prediction, Quality
+from bridge.types import Explanation, InputSnapshot, Prediction, Quality
 
 # Monday 2026-11-02 00:00 UTC: the start of a day and of an ISO week.
 T0 = datetime(2026, 11, 2, tzinfo=UTC).timestamp()
@@ -69,26 +69,6 @@ SECRETS = [
     SALT_1,
     SALT_2,
 ]
-
-
-@dataclass
-class View:
-    gateway_id: str = GATEWAY
-
-    def tag_states(self) -> Sequence[TagState]:
-        return []
-
-    def latest_predictions(self) -> Sequence[Prediction]:
-        return []
-
-    def models(self) -> Sequence[ModelInfo]:
-        return []
-
-    def health(self) -> Sequence[ComponentHealth]:
-        return [ComponentHealth("store", "ok")]
-
-    def started_at(self) -> float:
-        return T0
 
 
 def _pred(
@@ -208,7 +188,7 @@ async def _serve(store: Store, insights: InsightsSettings) -> AsyncIterator[Serv
     settings = ApiSettings(
         host=LOOPBACK, port=free_port(), rate_limit_per_s=1000, rate_burst=1000, insights=insights
     )
-    app = create_gateway_app(ApiServices.from_store(View(), store, settings))
+    app = create_gateway_app(ApiServices.from_store(EmptyView(GATEWAY, T0), store, settings))
     server = ApiServer(app, settings.host, settings.port)
     await server.start()
     try:

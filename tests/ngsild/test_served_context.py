@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from emptyview import EmptyView
 from ngsild_broker import NgsiLdBroker
 from ngsild_checks import check_request
 from pydantic import ValidationError
@@ -22,7 +21,6 @@ from pyld import jsonld
 from support import LOOPBACK, free_port
 
 from bridge.api import ApiServices, create_app
-from bridge.api.view import ModelInfo, TagState
 from bridge.config.spec import ApiSettings
 from bridge.connectors import ngsild
 from bridge.connectors.ngsild import NgsiLdDestination, NgsiLdSettings
@@ -31,7 +29,7 @@ from bridge.connectors.ngsild.context import CONTEXT_FILE, DOCUMENT_NAME, entity
 from bridge.destination import DestinationContext, Envelope
 from bridge.runtime.apiserver import ApiServer
 from bridge.store import open_store
-from bridge.types import ComponentHealth, Prediction, Quality, Trigger
+from bridge.types import Prediction, Quality, Trigger
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,34 +38,15 @@ CORE_DOCUMENT = HERE / "ngsi-ld-core-context-v1.8.subset.jsonld"
 T0 = 1714564800.0
 
 
-@dataclass
-class View:
-    gateway_id: str = "gw-contexts"
-    start: float = field(default_factory=time.time)
-
-    def tag_states(self) -> Sequence[TagState]:
-        return []
-
-    def latest_predictions(self) -> Sequence[Prediction]:
-        return []
-
-    def models(self) -> Sequence[ModelInfo]:
-        return []
-
-    def health(self) -> Sequence[ComponentHealth]:
-        return [ComponentHealth("store", "ok")]
-
-    def started_at(self) -> float:
-        return self.start
-
-
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[str]:
     ngsild.register()  # as the entry point does in an installed gateway
     store = open_store(f"sqlite:///{tmp_path / 'api.db'}")
     settings = ApiSettings(host=LOOPBACK, port=free_port())
     server = ApiServer(
-        create_app(ApiServices.from_store(View(), store, settings)), settings.host, settings.port
+        create_app(ApiServices.from_store(EmptyView("gw-contexts"), store, settings)),
+        settings.host,
+        settings.port,
     )
     await server.start()
     try:

@@ -3,16 +3,16 @@ shadow/canary comparisons, against a hand-computed case on real SQLite and Postg
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import httpx
 import pytest
+from emptyview import EmptyView
 from stores import BACKENDS, temp_store
 
 from bridge.api import ApiServices, create_app
-from bridge.api.view import ModelInfo, TagState
 from bridge.auth import Scope
 from bridge.lifecycle.accuracy import accuracy, with_accuracy
 from bridge.lifecycle.shadow import judge
@@ -20,7 +20,7 @@ from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.db import Store
 from bridge.store.labels import LabelRepository
 from bridge.store.registry import Comparison, RegistryRepository, VersionRecord
-from bridge.types import ComponentHealth, Feedback, FeedbackAction, ModelStatus, Prediction
+from bridge.types import Feedback, FeedbackAction, ModelStatus
 
 Mode = Literal["shadow", "canary"]
 T0 = 1714564800.0
@@ -131,7 +131,9 @@ async def test_rest_metrics_show_the_accuracy(store: Store) -> None:
             "t",
         )
     key = ApiKeyRepository(store).create("reader", Scope.READ)[1]
-    transport = httpx.ASGITransport(app=create_app(ApiServices.from_store(_View(), store)))
+    transport = httpx.ASGITransport(
+        app=create_app(ApiServices.from_store(EmptyView("gw", T0), store))
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge.test") as http:
         r = await http.get(
             "/api/v1/models/m/versions/2/metrics", headers={"Authorization": f"Bearer {key}"}
@@ -142,22 +144,3 @@ async def test_rest_metrics_show_the_accuracy(store: Store) -> None:
     assert got["pump-a"]["candidate_accuracy"] == pytest.approx(1 / 3)
     assert (got["pump-a"]["candidate_judged"], got["pump-a"]["labelled"]) == (3, 5)
     assert got["pump-b"]["candidate_accuracy"] == 0.5 and got["pump-b"]["active_version"] == "1"
-
-
-class _View:
-    gateway_id = "gw"
-
-    def tag_states(self) -> Sequence[TagState]:
-        return []
-
-    def latest_predictions(self) -> Sequence[Prediction]:
-        return []
-
-    def models(self) -> Sequence[ModelInfo]:
-        return []
-
-    def health(self) -> Sequence[ComponentHealth]:
-        return [ComponentHealth("store", "ok")]
-
-    def started_at(self) -> float:
-        return T0
