@@ -27,6 +27,7 @@ from bridge.config.spec import CollectorSettings
 from bridge.lifecycle.policy import ModelPolicy, policy_of
 from bridge.pki.mapping import trust_dirs_of
 from bridge.prepare import Prepared
+from bridge.runtime.actions import ActionRunner
 from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.apiserver import ApiServer, api_server, ops_server
 from bridge.runtime.collector import collect_between_events
@@ -48,6 +49,7 @@ from bridge.runtime.stages import Hook, Stage, Tasks
 from bridge.runtime.tagtable import TagTable
 from bridge.runtime.tasks import TaskSet
 from bridge.runtime.view import RuntimeView
+from bridge.store.actions import ActionRepository
 from bridge.store.alerts import AlertRepository
 from bridge.store.audit import AuditRepository
 from bridge.store.auditchain import NewAuditEntry
@@ -101,6 +103,8 @@ class Gateway:
     mapping_name: str = ""
     # What handing freed native memory back to the system gave (bridge.runtime.memory).
     trims: TrimCounts = field(default_factory=TrimCounts)
+    # The write-back actions (arm, confirm, reset); None when the mapping has none.
+    actions: ActionRunner | None = None
 
     async def run(self, stop: asyncio.Event, *, reload_on_sighup: bool = False) -> None:
         """Run until ``stop`` is set; raise if a part of the gateway failed. Call it once.
@@ -358,6 +362,9 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
             mapping, store, boot_id, runners, store_sink, reloader, fanout, lambda: outputs.sinks
         )
         probes += [fleet.leases.health, fleet.mirror.health]
+    actions = _actions(mapping, store, table, runners, reloader, fleet)
+    if actions is not None:
+        probes.append(actions.health)
 
     async def resume_sequences() -> None:
         for runner in runners:
@@ -384,7 +391,17 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
                 *([fleet.leases] if fleet else []),
             ],
         ),
-        Stage("sinks", [store_sink, alerts, outputs, insight, *([fleet.mirror] if fleet else [])]),
+        Stage(
+            "sinks",
+            [
+                store_sink,
+                alerts,
+                outputs,
+                insight,
+                *([fleet.mirror] if fleet else []),
+                *([actions] if actions else []),
+            ],
+        ),
         Stage(
             "api",
             [
@@ -440,7 +457,46 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         audit,
         mapping.revision,
         mapping.path.name,
+        actions=actions,
     )
+
+
+def _actions(
+    mapping: Mapping,
+    store: Store,
+    table: TagTable,
+    runners: list[ModelRunner],
+    reloader: Reloader,
+    fleet: Fleet | None,
+) -> ActionRunner | None:
+    """The write-back actions, fed each runner's published predictions (after the other
+    sinks) and the tag table's changes. In a fleet only the asset's lease holder acts.
+    Changes to ``actions:`` apply at the next start, not on a reload."""
+    if not mapping.actions:
+        return None
+    gid = mapping.gateway.id
+
+    def serving(model: str) -> str | None:
+        for runner in runners:
+            if runner.model.name == model:
+                return runner.deployment.active.version
+        return None
+
+    shard = fleet.leases.shard if fleet is not None else None
+    actions = ActionRunner(
+        mapping.actions,
+        ActionRepository(store, gid, audit=mapping.gateway.audit.enabled),
+        AlertRepository(store, gateway=gid),
+        table,
+        mapping.sources,
+        mapping.models,
+        serving=serving,
+        served=None if shard is None else (lambda asset: asset in shard.assets()),
+    )
+    for runner in runners:
+        runner.publish = actions.tapping(runner.publish)
+    reloader.runner_hooks.append(lambda r: setattr(r, "publish", actions.tapping(r.publish)))
+    return actions
 
 
 def _audit_ledger(mapping: Mapping, store: Store) -> AuditLedger | None:

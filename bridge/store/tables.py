@@ -16,6 +16,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "ActionEventRow",
+    "ActionStateRow",
     "AssetLeaseRow",
     "Base",
     "DeadLetterRow",
@@ -178,3 +180,62 @@ class AssetLeaseRow(Base):
     expires_at: Mapped[float] = mapped_column(Double, default=0.0)
     claimed_by: Mapped[str] = mapped_column(String(200), default="")
     taken_at: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class ActionStateRow(Base):
+    """Where a write-back action stands (revision 0017), kept across restarts: armed under
+    which model version and by whom, fallen back to shadow (why), faulted (why; a faulted
+    action writes nothing until reset), and its last write. Values are JSON text, so a bool,
+    an int64 and a float keep their type and digits."""
+
+    __tablename__ = "action_state"
+
+    action: Mapped[str] = mapped_column(String(200), primary_key=True)
+    asset: Mapped[str] = mapped_column(String(200))
+    mode: Mapped[str] = mapped_column(String(16))
+    # A digest of the action's definition: a changed one is not armed by an older arming.
+    definition: Mapped[str] = mapped_column(String(64))
+    armed_version: Mapped[str | None] = mapped_column(String(100))
+    armed_by: Mapped[str | None] = mapped_column(String(200))
+    armed_at: Mapped[float | None] = mapped_column(Double)
+    fallback: Mapped[str | None] = mapped_column(Text)
+    fault: Mapped[str | None] = mapped_column(Text)
+    faulted_at: Mapped[float | None] = mapped_column(Double)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_value: Mapped[str | None] = mapped_column(Text)
+    last_time: Mapped[float | None] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
+class ActionEventRow(Base):
+    """One decision of an action that was not ``hold`` (revision 0017): refused, shadow,
+    await_confirm, confirmed, expired, attempted (recorded before the write is sent), written
+    (read back and matching) or fault; with what was asked, written and read back, the
+    prediction behind it, the interlock readings and limit checks, the reason and the actor."""
+
+    __tablename__ = "action_events"
+    __table_args__ = (
+        Index("ix_action_events_action_at", "action", "at"),
+        Index("ix_action_events_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    at: Mapped[float] = mapped_column(Double)
+    gateway: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(200))
+    asset: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(16))
+    mode: Mapped[str] = mapped_column(String(16))
+    requested: Mapped[str | None] = mapped_column(Text)
+    value: Mapped[str | None] = mapped_column(Text)
+    read_back: Mapped[str | None] = mapped_column(Text)
+    prediction_id: Mapped[str | None] = mapped_column(String(36))
+    model: Mapped[str | None] = mapped_column(String(200))
+    model_version: Mapped[str | None] = mapped_column(String(100))
+    # JSON: the prediction's lineage, the interlock readings, the limit checks.
+    lineage: Mapped[str | None] = mapped_column(Text)
+    interlocks: Mapped[str] = mapped_column(Text, default="[]")
+    checks: Mapped[str] = mapped_column(Text, default="[]")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(200))
