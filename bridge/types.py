@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "ActionControl",
+    "ActionView",
     "AlarmAnswer",
     "AlarmEvent",
     "AlarmEventKind",
@@ -21,6 +23,7 @@ __all__ = [
     "Feedback",
     "FeedbackAction",
     "FeedbackService",
+    "FollowsActions",
     "FollowsSlots",
     "HealthState",
     "HistoryBucket",
@@ -621,3 +624,68 @@ class FollowsSlots(Protocol):
     take the new units). Optional: an output without it keeps the slots it was built with."""
 
     async def follow_slots(self, slots: Sequence[PredictionSlot]) -> None: ...
+
+
+class ActionView(Protocol):
+    """What a view shows of one write-back action (``bridge.runtime.actions.ActionStatus``, a
+    frozen dataclass): its mode in the mapping, what it does now (``applied``), the model
+    version it is armed under, why it fell back or faulted, its last write (value, epoch
+    time, what the target held after it) and the request waiting for confirmation (value,
+    deadline as epoch time, id)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def applied(self) -> str: ...
+    @property
+    def armed_version(self) -> str | None: ...
+    @property
+    def fallback(self) -> str | None: ...
+    @property
+    def fault(self) -> str | None: ...
+    @property
+    def last_value(self) -> WriteValue | None: ...
+    @property
+    def last_time(self) -> float | None: ...
+    @property
+    def read_back(self) -> WriteValue | None: ...
+    @property
+    def pending_value(self) -> WriteValue | None: ...
+    @property
+    def pending_until(self) -> float | None: ...
+    @property
+    def pending_id(self) -> str | None: ...
+
+
+class ActionControl(Protocol):
+    """What a person may do to a write-back action from a view (the HMI server's methods).
+    ``actor`` says who (``opcua:<user>``); ``pending_id`` is the waiting request the person
+    saw: another one is neither confirmed nor refused. Each raises
+    ``bridge.errors.BridgeError`` with the reason when it cannot be done (nothing waits, a
+    stale id, no model version serving to arm under, an unknown action)."""
+
+    async def arm(self, name: str, actor: str, comment: str = "") -> object: ...
+
+    async def reset(self, name: str, actor: str, comment: str = "") -> object: ...
+
+    async def confirm(
+        self, name: str, actor: str, pending_id: str | None = None, comment: str = ""
+    ) -> str:
+        """The outcome: ``written``, ``fault`` or ``refused`` (by its interlocks or limits now)."""
+        ...
+
+    async def refuse(
+        self, name: str, actor: str, pending_id: str | None = None, comment: str = ""
+    ) -> None: ...
+
+
+@runtime_checkable
+class FollowsActions(Protocol):
+    """A sink that shows the write-back actions and lets operators act on them through
+    ``control`` (the HMI server's ``Actions`` folder). Optional. ``show_actions`` gets every
+    action's status after any of them changed, on the event loop: it only takes them (no I/O,
+    no await) and the sink shows the latest ones itself."""
+
+    def show_actions(self, statuses: Sequence[ActionView], control: ActionControl) -> None: ...

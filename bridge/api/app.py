@@ -10,6 +10,7 @@ from __future__ import annotations
 import structlog
 from fastapi import FastAPI
 
+from .actions import build_actions_router
 from .alerts import build_alert_router
 from .audit import build_audit_router
 from .bodylimit import BodyLimit
@@ -56,6 +57,7 @@ def create_app(services: ApiServices) -> FastAPI:
     install_openapi(app)
     app.include_router(build_router())
     app.include_router(build_alert_router())
+    app.include_router(build_actions_router())
     app.include_router(build_lineage_router())
     app.include_router(build_decisions_router())
     app.include_router(build_insights_router())

@@ -10,12 +10,13 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from pydantic import BaseModel, Field
 
 from bridge.auth import Scope
+from bridge.store.actions import ActionCoverage
 from bridge.store.apikeys import ApiKeyRecord
 from bridge.store.labels import FeedbackMetrics, LabelRecord
 from bridge.types import Feedback
 
 from .auth import audit_actor, require, secured
-from .deps import Explainers, Labels, Lineage, Queries, Settings
+from .deps import Explainers, Labels, Lineage, Queries, Services, Settings
 from .params import WIDE_RANGE, Since, Until, bounded_range
 from .schemas import ExplanationOut, PredictionOut
 from .timeparse import epoch_to_datetime
@@ -92,6 +93,45 @@ class FeedbackIn(BaseModel):
     comment: str = Field(default="", max_length=2000)
 
 
+class ActionCoverageOut(BaseModel):
+    """The write-back actions' decisions in the period (by the time each was recorded)."""
+
+    auto: int = Field(description="Writes the gateway made alone (mode `auto`).")
+    confirmed: int = Field(description="Requests a person confirmed (mode `confirm`).")
+    refused_by_person: int = Field(description="Requests a person refused.")
+    refused_by_rules: int = Field(
+        description="Decisions the limits or interlocks refused (also at confirmation)."
+    )
+    expired: int = Field(description="Requests not answered in time, or replaced by a newer.")
+    overridden: int = Field(
+        description="Automatic writes whose prediction an operator rejected (feedback "
+        "`reject`, at any time)."
+    )
+    shadow: int = Field(description="What would have been written (shadow, or not armed).")
+    faults: int = Field(description="Writes that failed or read back another value.")
+    await_confirm: int = Field(description="Requests for confirmation made.")
+    answered: int = Field(description="Requests a person answered (confirmed or refused).")
+    mean_time_to_acknowledge_s: float | None = Field(
+        description="Mean seconds from a request for confirmation to a person's answer."
+    )
+
+    @classmethod
+    def of(cls, c: ActionCoverage) -> ActionCoverageOut:
+        return cls(
+            auto=c.auto,
+            confirmed=c.confirmed,
+            refused_by_person=c.refused_by_person,
+            refused_by_rules=c.refused_by_rules,
+            expired=c.expired,
+            overridden=c.overridden,
+            shadow=c.shadow,
+            faults=c.faults,
+            await_confirm=c.await_confirm,
+            answered=c.answered,
+            mean_time_to_acknowledge_s=c.mean_time_to_acknowledge_s,
+        )
+
+
 class FeedbackMetricsOut(BaseModel):
     predictions: int = Field(description="Good predictions with a value in the period.")
     with_feedback: int = Field(description="Of those, predictions with any operator feedback.")
@@ -105,9 +145,12 @@ class FeedbackMetricsOut(BaseModel):
         description="Share of the predictions no operator overrode (rejected); null without "
         "predictions."
     )
+    actions: ActionCoverageOut | None = Field(
+        None, description="The write-back actions' decisions in the same period."
+    )
 
     @classmethod
-    def of(cls, m: FeedbackMetrics) -> FeedbackMetricsOut:
+    def of(cls, m: FeedbackMetrics, actions: ActionCoverage | None = None) -> FeedbackMetricsOut:
         return cls(
             predictions=m.predictions,
             with_feedback=m.with_feedback,
@@ -116,6 +159,7 @@ class FeedbackMetricsOut(BaseModel):
             rejected=m.rejected,
             mean_time_to_acknowledge_s=m.mean_time_to_acknowledge_s,
             autonomous_decision_coverage=m.autonomous_decision_coverage,
+            actions=None if actions is None else ActionCoverageOut.of(actions),
         )
 
 
@@ -205,10 +249,12 @@ def build_lineage_router() -> APIRouter:
     @router.get(
         "/feedback/metrics",
         response_model=FeedbackMetricsOut,
-        summary="Mean time to acknowledge and autonomous decision coverage",
+        summary="Mean time to acknowledge and autonomous decision coverage, of predictions "
+        "and of write-back actions",
         **secured(Scope.READ, WIDE_RANGE),
     )
     async def feedback_metrics(
+        services: Services,
         settings: Settings,
         queries: Queries,
         labels: Labels,
@@ -216,6 +262,8 @@ def build_lineage_router() -> APIRouter:
         until: Until = None,
     ) -> FeedbackMetricsOut:
         since_ts, until_ts = bounded_range(settings.max_history_days, since, until)
-        return FeedbackMetricsOut.of(await queries.run(labels.metrics, since_ts, until_ts))
+        metrics = await queries.run(labels.metrics, since_ts, until_ts)
+        coverage = await queries.run(services.action_log.coverage, since_ts, until_ts)
+        return FeedbackMetricsOut.of(metrics, coverage)
 
     return router

@@ -14,10 +14,12 @@ from typing import Protocol
 
 from fastapi import FastAPI
 
+from bridge.config.actions import ResolvedAction
 from bridge.config.spec import ApiSettings
 from bridge.lifecycle.service import RegistryService
 from bridge.lifecycle.version_stats import VersionStats
 from bridge.pki.trustlists import TrustDir
+from bridge.store.actions import ActionRepository
 from bridge.store.alerts import AlertRepository
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.audit import AuditRepository
@@ -39,6 +41,8 @@ from .sessions import SessionStore
 from .view import GatewayView
 
 __all__ = [
+    "ActionControl",
+    "ActionStatusView",
     "ApiServices",
     "Explainer",
     "LiveModelState",
@@ -69,6 +73,56 @@ class Explainer(Protocol):
     def feature_drift(self, asset: str) -> Mapping[str, float]: ...
 
 
+class ActionStatusView(Protocol):
+    """What the running gateway shows of one action (bridge.runtime.actions.ActionStatus)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def applied(self) -> str: ...
+    @property
+    def armed_version(self) -> str | None: ...
+    @property
+    def armed_by(self) -> str | None: ...
+    @property
+    def fallback(self) -> str | None: ...
+    @property
+    def fault(self) -> str | None: ...
+    @property
+    def pending_value(self) -> float | int | bool | None: ...
+    @property
+    def pending_until(self) -> float | None: ...
+    @property
+    def pending_id(self) -> str | None: ...
+
+
+class ActionControl(Protocol):
+    """The write-back actions of a running gateway (bridge.runtime.actions.ActionRunner): what
+    each one does now, and what people do to them (each call raises a BridgeError naming
+    why it cannot be done)."""
+
+    @property
+    def actions(self) -> Mapping[str, ResolvedAction]: ...
+
+    def statuses(self) -> Sequence[ActionStatusView]: ...
+
+    def serves(self, name: str) -> bool: ...
+
+    async def arm(self, name: str, actor: str, comment: str = "") -> object: ...
+
+    async def reset(self, name: str, actor: str, comment: str = "") -> object: ...
+
+    async def confirm(
+        self, name: str, actor: str, pending_id: str | None = None, comment: str = ""
+    ) -> str: ...
+
+    async def refuse(
+        self, name: str, actor: str, pending_id: str | None = None, comment: str = ""
+    ) -> None: ...
+
+
 def no_trust_lists() -> Sequence[TrustDir]:
     return ()
 
@@ -91,6 +145,8 @@ class ApiServices:
     audit: AuditRepository
     decisions: DecisionRepository
     insights: InsightRepository
+    # The actions' stored state and events (an API over a store alone reads them too).
+    action_log: ActionRepository
     # Only a running gateway has these: without them the admin API changes the registry (other
     # gateways follow within their poll) and no prediction is kept for explanation.
     live_models: LiveModelState | None = None
@@ -110,6 +166,8 @@ class ApiServices:
     # The trust lists of peer certificates of the running mapping, read on each request (a
     # reload may change them); an API without a mapping has none.
     trust_lists: Callable[[], Sequence[TrustDir]] = no_trust_lists
+    # The running gateway's write-back actions; None: it has none, or the API runs apart.
+    actions: ActionControl | None = None
 
     @classmethod
     def from_store(
@@ -126,6 +184,7 @@ class ApiServices:
         reloader: MappingReloader | None = None,
         audit_keys: Sequence[str] | None = None,
         trust_lists: Callable[[], Sequence[TrustDir]] | None = None,
+        actions: ActionControl | None = None,
     ) -> ApiServices:
         """The store-backed services. ``registry`` defaults to one that knows no mapping and
         no signing policy; the gateway passes its own."""
@@ -148,6 +207,8 @@ class ApiServices:
             audit=AuditRepository(store, view.gateway_id),
             decisions=DecisionRepository(store, timeout_s=settings.query_timeout_s),
             insights=InsightRepository(store, timeout_s=settings.query_timeout_s),
+            action_log=ActionRepository(store, view.gateway_id, timeout_s=settings.query_timeout_s),
+            actions=actions,
             audit_keys=audit_keys,
             trust_lists=trust_lists or no_trust_lists,
             live_models=live_models,

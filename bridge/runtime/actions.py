@@ -34,7 +34,7 @@ import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -104,6 +104,10 @@ class ActionStatus:
     last_time: float | None
     pending_value: float | int | bool | None
     pending_until: float | None  # wall clock
+    # The id of the request waiting for confirmation: a confirmation naming it cannot land on
+    # a newer request that replaced it meanwhile.
+    pending_id: str | None = None
+    read_back: WriteValue | None = None  # what the target held after the last write
 
 
 @dataclass(slots=True)
@@ -112,6 +116,7 @@ class _Pending:
     value: float | int | bool | None
     deadline: float  # monotonic
     until: float  # the same deadline on the wall clock, for people
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
 @dataclass(slots=True)
@@ -122,6 +127,11 @@ class _Meta:
     armed_by: str | None = None
     armed_at: float | None = None
     faulted_at: float | None = None
+    read_back: WriteValue | None = None
+
+
+# Called with every action's status after one of them changed (on the event loop; must not block).
+StatusCallback = Callable[[Sequence[ActionStatus]], None]
 
 
 def definition_of(action: ResolvedAction) -> str:
@@ -227,6 +237,7 @@ class ActionRunner:
                 self._by_prediction.setdefault(key, []).append(action)
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
+        self._watchers: list[StatusCallback] = []
         self.last_error = ""
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -251,6 +262,7 @@ class ActionRunner:
 
     async def start(self) -> None:
         await self._restore()
+        self._changed()
         self._unsubscribe = self._table.subscribe(self._on_readings)
         self._tasks = [
             asyncio.create_task(self._work(), name="actions:worker"),
@@ -356,6 +368,11 @@ class ActionRunner:
 
     def _serves(self, asset: str) -> bool:
         return self._served is None or self._served(asset)
+
+    def serves(self, name: str) -> bool:
+        """Whether this gateway acts for action ``name`` now (in a fleet: holds its asset's
+        lease); a request to confirm or arm it belongs to the gateway that does."""
+        return self._serves(self._action(name).asset)
 
     def _views(self, action: ResolvedAction) -> dict[str, TagView]:
         mono = self._mono()
@@ -504,6 +521,7 @@ class ActionRunner:
             self.counters["not_recorded"] += 1
             self.last_error = str(exc)
             log.error("action_not_written", action=action.name, reason=f"not recorded: {exc}")
+            self._changed()  # a confirmed request is gone
             return "refused"
         target = action.target
         bound = self.read_back_timeout_s
@@ -538,6 +556,7 @@ class ActionRunner:
             return "fault"
         now = self._wall()
         self._states[action.name].record_write(value, now)
+        self._meta[action.name].read_back = back
         self.counters["written"] += 1
         log.info(
             "action_written",
@@ -705,6 +724,7 @@ class ActionRunner:
             self.counters["not_recorded"] += 1
             self.last_error = str(exc)
             log.error("action_not_recorded", action=action.name, error=str(exc))
+        self._changed()
 
     # --- people ------------------------------------------------------------------------------
 
@@ -715,7 +735,7 @@ class ActionRunner:
             raise ActionError(f"unknown action {name!r}; the mapping has: {known}")
         return action
 
-    async def arm(self, name: str, actor: str) -> ActionStatus:
+    async def arm(self, name: str, actor: str, comment: str = "") -> ActionStatus:
         """Let an ``auto`` or ``confirm`` action act, under the model version serving now
         (a tag-triggered action under ``""``). Clears a fallback, not a fault."""
         action = self._action(name)
@@ -740,11 +760,12 @@ class ActionRunner:
                 f"action:{name}",
                 before,
                 {"armed_version": version},
+                comment,
             )
             await self._save(action, (), entry)
             return self._status(action)
 
-    async def reset(self, name: str, actor: str) -> ActionStatus:
+    async def reset(self, name: str, actor: str, comment: str = "") -> ActionStatus:
         """Clear a fault. The action stays in shadow until armed again: whoever resets it
         decides whether it may write after looking at why it faulted."""
         action = self._action(name)
@@ -758,19 +779,20 @@ class ActionRunner:
             meta.armed_by = meta.armed_at = None
             log.info("action_reset", action=name, actor=actor, fault=before["fault"])
             entry = NewAuditEntry(
-                actor, self._channel(actor), "action.reset", f"action:{name}", before, None
+                actor, self._channel(actor), "action.reset", f"action:{name}", before, None, comment
             )
             await self._save(action, (), entry)
             return self._status(action)
 
-    async def confirm(self, name: str, actor: str) -> str:
+    async def confirm(
+        self, name: str, actor: str, pending_id: str | None = None, comment: str = ""
+    ) -> str:
         """Write what ``name`` waits to have confirmed, if it still passes its interlocks and
-        limits now; the outcome (written, fault, refused)."""
+        limits now; the outcome (written, fault, refused). ``pending_id``: the request the
+        person saw (its ``ActionStatus.pending_id``); another one waiting is not confirmed."""
         action = self._action(name)
         async with self._lock:
-            pending = self._pending.pop(name, None)
-            if pending is None:
-                raise ActionError(f"action {name} has nothing waiting for confirmation")
+            pending = self._take_pending(name, pending_id)
             if pending.deadline <= self._mono():
                 await self._expire(action, pending, "not confirmed in time")
                 raise ActionError(f"the confirmation of action {name} expired")
@@ -782,27 +804,64 @@ class ActionRunner:
                 )
                 self.counters["refused"] += 1
                 log.info("action_refused", action=name, actor=actor, reasons=why)
+                # The person did confirm; the rules, judged again now, refuse the write.
+                confirmed = self._event(
+                    action, decision, pending.event, "confirmed", actor, reason=comment
+                )
                 reason = f"confirmed, but refused at confirmation: {why}"
-                await self._record_only(action, decision, pending.event, "refused", actor, reason)
+                await self._record_only(
+                    action, decision, pending.event, "refused", actor, reason, [confirmed]
+                )
                 return "refused"
             self.counters["confirmed"] += 1
             log.info("action_confirmed", action=name, actor=actor, value=decision.value)
-            confirmed = self._event(action, decision, pending.event, "confirmed", actor)
+            confirmed = self._event(
+                action, decision, pending.event, "confirmed", actor, reason=comment
+            )
             return await self._write(action, decision, pending.event, actor, [confirmed])
 
-    async def refuse(self, name: str, actor: str) -> None:
-        """Drop what ``name`` waits to have confirmed, recorded as refused by ``actor``."""
+    async def refuse(
+        self, name: str, actor: str, pending_id: str | None = None, comment: str = ""
+    ) -> None:
+        """Drop what ``name`` waits to have confirmed, recorded as refused by ``actor``
+        (``pending_id`` as for ``confirm``)."""
         action = self._action(name)
         async with self._lock:
-            pending = self._pending.pop(name, None)
-            if pending is None:
-                raise ActionError(f"action {name} has nothing waiting for confirmation")
+            pending = self._take_pending(name, pending_id)
             self.counters["refused"] += 1
             log.info("action_refused", action=name, actor=actor, reasons="refused by a person")
-            event = self._event(
-                action, None, pending.event, "refused", actor, reason=f"refused by {actor}"
-            )
+            why = f"refused by {actor}" + (f": {comment}" if comment else "")
+            event = self._event(action, None, pending.event, "declined", actor, reason=why)
             await self._save(action, [event], None)
+
+    def _take_pending(self, name: str, pending_id: str | None) -> _Pending:
+        pending = self._pending.get(name)
+        if pending is None:
+            raise ActionError(f"action {name} has nothing waiting for confirmation")
+        if pending_id is not None and pending.id != pending_id:
+            raise ActionError(
+                f"action {name} waits for confirmation of request {pending.id}, not "
+                f"{pending_id}: that one was replaced or has ended; look again"
+            )
+        del self._pending[name]
+        return pending
+
+    def subscribe(self, callback: StatusCallback) -> Callable[[], None]:
+        """Hand ``callback`` every action's status whenever one changes (a decision recorded,
+        arming, a reset, a fault, a confirmation asked for or ended); returns the function
+        that unsubscribes it."""
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback) if callback in self._watchers else None
+
+    def _changed(self) -> None:
+        if not self._watchers:
+            return
+        statuses = self.statuses()
+        for callback in list(self._watchers):
+            try:
+                callback(statuses)
+            except Exception:  # a view must not stop a decision
+                log.exception("action_status_callback_failed")
 
     @staticmethod
     def _channel(actor: str) -> str:
@@ -832,6 +891,8 @@ class ActionRunner:
             state.last_time,
             pending.value if pending is not None else None,
             pending.until if pending is not None else None,
+            pending.id if pending is not None else None,
+            meta.read_back,
         )
 
     def statuses(self) -> list[ActionStatus]:

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from bridge.api import ApiServices, GatewayView, close_app
 from bridge.api.ops import Operations, create_ops_app
 from bridge.api.reloadable import MappingReloader
-from bridge.api.services import Explainer
+from bridge.api.services import ActionControl, Explainer
 from bridge.cancel import cancel_and_wait
 from bridge.config.spec import ApiSettings, ApiTlsSettings
 from bridge.console.app import close_console, create_gateway_app
@@ -150,6 +150,7 @@ def api_server(
     reloader: MappingReloader | None = None,
     audit_keys: Sequence[str] | None = None,
     trust_lists: Callable[[], Sequence[TrustDir]] | None = None,
+    actions: ActionControl | None = None,
 ) -> ApiServer:
     """The gateway's REST API (not yet listening). Its registry service is the gateway's own,
     which knows the mapping and the signing policy, so an unfitting version is refused at the
@@ -166,6 +167,7 @@ def api_server(
         reloader=reloader,
         audit_keys=audit_keys,
         trust_lists=trust_lists,
+        actions=actions,
     )
     return ApiServer(create_gateway_app(services), settings.host, settings.port, tls=settings.tls)
 

@@ -27,7 +27,7 @@ from bridge.config.spec import CollectorSettings
 from bridge.lifecycle.policy import ModelPolicy, policy_of
 from bridge.pki.mapping import trust_dirs_of
 from bridge.prepare import Prepared
-from bridge.runtime.actions import ActionRunner
+from bridge.runtime.actions import ActionRunner, ActionStatus
 from bridge.runtime.alertsink import AlertSink
 from bridge.runtime.apiserver import ApiServer, api_server, ops_server
 from bridge.runtime.collector import collect_between_events
@@ -60,7 +60,7 @@ from bridge.store.outbox import OutboxRepository
 from bridge.store.registry import RegistryRepository
 from bridge.store.sequences import SequenceRepository
 from bridge.store.sink import StoreSink
-from bridge.types import ComponentHealth, Sink, TagSample
+from bridge.types import ComponentHealth, FollowsActions, Sink, TagSample
 
 __all__ = ["Gateway", "build_gateway"]
 
@@ -355,16 +355,26 @@ def _wire(prepared: Prepared, store: Store, policy: ModelPolicy) -> Gateway:
         integrity.append(watch)
     reloader.runner_hooks.append(lambda r: r.observers.append(ops.collector.predictions.observe))
     reloader.applied_hooks.append(lambda p: setattr(ops.collector, "revision", p.mapping.revision))
-    api = _api(mapping, view, store, live, insight, ops, reloader, metrics_on_api=address is None)
     fleet: Fleet | None = None
     if mapping.gateway.fleet.enabled:
         fleet = build_fleet(
             mapping, store, boot_id, runners, store_sink, reloader, fanout, lambda: outputs.sinks
         )
         probes += [fleet.leases.health, fleet.mirror.health]
-    actions = _actions(mapping, store, table, runners, reloader, fleet)
+    actions = _actions(mapping, store, table, runners, reloader, fleet, outputs.all_outputs)
     if actions is not None:
         probes.append(actions.health)
+    api = _api(
+        mapping,
+        view,
+        store,
+        live,
+        insight,
+        ops,
+        reloader,
+        metrics_on_api=address is None,
+        actions=actions,
+    )
 
     async def resume_sequences() -> None:
         for runner in runners:
@@ -468,10 +478,12 @@ def _actions(
     runners: list[ModelRunner],
     reloader: Reloader,
     fleet: Fleet | None,
+    shown_in: Sequence[object],
 ) -> ActionRunner | None:
     """The write-back actions, fed each runner's published predictions (after the other
     sinks) and the tag table's changes. In a fleet only the asset's lease holder acts.
-    Changes to ``actions:`` apply at the next start, not on a reload."""
+    Changes to ``actions:`` apply at the next start, not on a reload. The outputs of
+    ``shown_in`` (live, changed by a reload) that show actions get each status change."""
     if not mapping.actions:
         return None
     gid = mapping.gateway.id
@@ -496,6 +508,16 @@ def _actions(
     for runner in runners:
         runner.publish = actions.tapping(runner.publish)
     reloader.runner_hooks.append(lambda r: setattr(r, "publish", actions.tapping(r.publish)))
+
+    def show(statuses: Sequence[ActionStatus]) -> None:
+        for output in shown_in:
+            if isinstance(output, FollowsActions):
+                output.show_actions(statuses, actions)
+
+    actions.subscribe(show)
+    # An output a reload builds (a new HMI server) shows the actions at once, not at their next
+    # change.
+    reloader.applied_hooks.append(lambda _prepared: show(actions.statuses()))
     return actions
 
 
@@ -535,6 +557,7 @@ def _api(
     reloader: Reloader,
     *,
     metrics_on_api: bool,
+    actions: ActionRunner | None,
 ) -> ApiServer | None:
     if not mapping.gateway.api.enabled:
         return None
@@ -551,6 +574,7 @@ def _api(
         audit_keys=trusted_keys(mapping.gateway.audit, mapping.path.parent) or None,
         # The running mapping's, so a reload that moves a pki_dir moves them too.
         trust_lists=lambda: trust_dirs_of(reloader.prepared.mapping),
+        actions=actions,
     )
 
 

@@ -208,7 +208,7 @@ class RetentionJob:
         self.counters["low_disk_alerts"] += 1
 
     def _days(self, target: Target) -> float:
-        days: float = getattr(self._settings, f"{target.key}_days")
+        days: float = getattr(self._settings, target.setting)
         if self.low_disk and target.key in HISTORY:
             return min(days, self._settings.low_disk_history_days)
         return days

@@ -15,21 +15,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, case, func, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from bridge.errors import StoreError
 
 from .audit import append_entry, default_writer
 from .auditchain import NewAuditEntry
 from .db import Store, read_session
+from .labels import PredictionLabelRow
 from .sql import insert_ignoring
 from .tables import ActionEventRow, ActionStateRow
 
 __all__ = [
     "OUTCOMES",
+    "SYSTEM",
+    "ActionCoverage",
     "ActionEvent",
     "ActionEventFilter",
     "ActionRepository",
@@ -43,6 +46,7 @@ __all__ = [
 # cut short by a crash is still on record.
 OUTCOMES = (
     "refused",
+    "declined",
     "shadow",
     "await_confirm",
     "confirmed",
@@ -51,6 +55,9 @@ OUTCOMES = (
     "written",
     "fault",
 )
+
+
+SYSTEM = "system"  # the actor of the gateway's own decisions
 
 
 def encode_value(value: float | int | bool | None) -> str | None:
@@ -139,6 +146,31 @@ class ActionEventFilter:
     outcome: str | None = None
     since: float | None = None  # at or after
     until: float | None = None  # at or before
+
+
+@dataclass(frozen=True, slots=True)
+class ActionCoverage:
+    """What the actions decided in a period (by the time of each event): ``auto`` writes the
+    gateway made alone, ``confirmed`` requests a person confirmed, refusals by a person and by
+    the rules, ``expired`` requests, ``overridden`` automatic writes whose prediction a person
+    rejected (feedback ``reject``), ``shadow`` decisions; the mean seconds from a request for
+    confirmation to a person's answer (confirmed or refused)."""
+
+    auto: int
+    confirmed: int
+    refused_by_person: int
+    refused_by_rules: int
+    expired: int
+    overridden: int
+    shadow: int
+    faults: int
+    await_confirm: int
+    answered: int
+    mean_time_to_acknowledge_s: float | None
+
+
+def _count(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
 def _state(r: ActionStateRow) -> ActionStateRecord:
@@ -312,3 +344,81 @@ class ActionRepository:
         )
         with read_session(self._store, None) as session:
             return [float(t) for t in session.scalars(q)]
+
+    def latest(self, outcome: str) -> dict[str, ActionEvent]:
+        """The newest event of each action with ``outcome`` (e.g. its last ``written``)."""
+        newest = (
+            select(func.max(ActionEventRow.id))
+            .where(ActionEventRow.outcome == outcome)
+            .group_by(ActionEventRow.action)
+        )
+        q = select(ActionEventRow).where(ActionEventRow.id.in_(newest.scalar_subquery()))
+        with read_session(self._store, self._timeout_s) as session:
+            return {r.action: _event(r) for r in session.scalars(q)}
+
+    def coverage(self, since: float | None = None, until: float | None = None) -> ActionCoverage:
+        """Decision coverage over the events in [since, until], counted by the database."""
+        E = ActionEventRow
+        period: list[ColumnElement[bool]] = []
+        if since is not None:
+            period.append(E.at >= since)
+        if until is not None:
+            period.append(E.at <= until)
+        auto = and_(E.outcome == "written", E.actor == SYSTEM)
+        rejected = (
+            select(PredictionLabelRow.id)
+            .where(
+                PredictionLabelRow.prediction_id == E.prediction_id,
+                PredictionLabelRow.action == "reject",
+            )
+            .exists()
+        )
+        counts = select(
+            _count(auto),
+            _count(E.outcome == "confirmed"),
+            _count(E.outcome == "declined"),
+            _count(E.outcome == "refused"),
+            _count(E.outcome == "expired"),
+            _count(and_(auto, E.prediction_id.is_not(None), rejected)),
+            _count(E.outcome == "shadow"),
+            _count(E.outcome == "fault"),
+            _count(E.outcome == "await_confirm"),
+        ).where(*period)
+        # The request a person answered is the action's last one asked before the answer: the
+        # runner keeps one per action, a newer one expires the older.
+        asked = aliased(ActionEventRow)
+        asked_at = (
+            select(func.max(asked.at))
+            .where(
+                asked.action == E.action,
+                asked.outcome == "await_confirm",
+                asked.at <= E.at,
+            )
+            .scalar_subquery()
+        )
+        # A person's answer: confirmed (even when the rules judged again then refuse the
+        # write) or declined.
+        answer = E.outcome.in_(("confirmed", "declined"))
+        mtta = select(func.count(asked_at), func.avg(E.at - asked_at)).where(answer, *period)
+        try:
+            with read_session(self._store, self._timeout_s) as session:
+                row = session.execute(counts).one()
+                answered, mean = session.execute(mtta).one()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot compute the coverage of the actions: {exc}") from exc
+        n_auto, confirmed, by_person_n, by_rules, expired, overridden, shadow, faults, asked_n = (
+            int(x) for x in row
+        )
+        return ActionCoverage(
+            auto=n_auto,
+            confirmed=confirmed,
+            refused_by_person=by_person_n,
+            refused_by_rules=by_rules,
+            expired=expired,
+            overridden=overridden,
+            shadow=shadow,
+            faults=faults,
+            await_confirm=asked_n,
+            answered=int(answered),
+            mean_time_to_acknowledge_s=None if mean is None else float(mean),
+        )

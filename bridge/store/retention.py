@@ -30,14 +30,15 @@ from .alerts import AlertRow
 from .db import Store
 from .labels import PredictionLabelRow
 from .registry import ComparisonRow
-from .tables import OutboxAcceptedRow, OutboxRow, PredictionRow
+from .tables import ActionEventRow, OutboxAcceptedRow, OutboxRow, PredictionRow
 
 __all__ = ["HISTORY", "TARGETS", "RetentionStore", "Target"]
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One kind of row retention deletes: ``key`` names its setting (``<key>_days``)."""
+    """One kind of row retention deletes: ``key`` names its setting (``<key>_days``), or
+    ``follows`` names another target whose setting it shares."""
 
     key: str
     table: Any
@@ -45,6 +46,11 @@ class Target:
     time_column: Any
     # Extra condition a row must meet to be deleted; called at each batch.
     where: Callable[[str], ColumnElement[bool]] | None = None
+    follows: str | None = None
+
+    @property
+    def setting(self) -> str:
+        return f"{self.follows or self.key}_days"
 
 
 def _drift_only(drift_label: str) -> ColumnElement[bool]:
@@ -78,6 +84,14 @@ TARGETS: tuple[Target, ...] = (
         PredictionLabelRow.__table__,
         PredictionLabelRow.id,
         PredictionLabelRow.prediction_time,
+    ),
+    # The record of the actions' decisions is kept as long as the predictions that made them.
+    Target(
+        "action_events",
+        ActionEventRow.__table__,
+        ActionEventRow.id,
+        ActionEventRow.at,
+        follows="predictions",
     ),
     Target("predictions", PredictionRow.__table__, PredictionRow.id, PredictionRow.timestamp),
 )

@@ -55,6 +55,7 @@ from bridge.connectors.opcua._guard import GuardedServer
 from bridge.connectors.opcua._history import HistoryReader, page_for
 from bridge.connectors.opcua._publishing import Publishing
 from bridge.connectors.opcua._throttle import LoginThrottle
+from bridge.connectors.opcua.actions_folder import ActionsFolder
 from bridge.connectors.opcua.certs import load_der, thumbprint
 from bridge.connectors.opcua.convert import make_node_id
 from bridge.connectors.opcua.encode import (
@@ -76,6 +77,8 @@ from bridge.connectors.opcua.server_config import OpcUaServerSettings, ServerSec
 from bridge.connectors.opcua.trust import TrustList, UntrustedCertificate
 from bridge.errors import ConnectorError
 from bridge.types import (
+    ActionControl,
+    ActionView,
     ComponentHealth,
     ModelStatus,
     Prediction,
@@ -149,6 +152,8 @@ class PredictionServer:
         self._server: Server | None = None
         self._writer: BatchWriter | None = None
         self._models: ModelsFolder | None = None
+        # The write-back actions (actions_folder.py); built at start, fed by show_actions.
+        self._actions = ActionsFolder(self._nid, self._counters)
         self._namespace_index: int | None = None
         self._nodes: dict[tuple[str, str], dict[str, ua.NodeId]] = {}
         self._assets: set[str] = set()  # assets with a folder under Predictions
@@ -223,6 +228,7 @@ class PredictionServer:
             await self._build(server, ns)
             self._models = ModelsFolder(self._nid, ns)
             await self._models.build(server, list(self._slots.values()))
+            await self._actions.build(server, ns)
             await server.start()
         except Exception as exc:
             self._state, self._detail = "down", repr(exc)
@@ -427,6 +433,11 @@ class PredictionServer:
             failures += await writer.settle()
             self._count(len(items), failures)
 
+    def show_actions(self, statuses: Sequence[ActionView], control: ActionControl) -> None:
+        """Show the write-back actions in the ``Actions`` folder and call ``control`` from its
+        methods (``bridge.types.FollowsActions``; bridge.connectors.opcua.actions_folder)."""
+        self._actions.offer(statuses, control)
+
     async def write(self, batch: Sequence[Prediction]) -> None:
         """Show a batch; never waits on a client.
 
@@ -537,6 +548,7 @@ class PredictionServer:
         self._pending.clear()
         if self._alarms is not None:
             await self._alarms.close()
+        await self._actions.close()
         server, self._server = self._server, None
         self._writer = None
         if server is None:

@@ -280,7 +280,10 @@ async def test_an_exception_reply_faults_the_action_and_the_fault_lasts_across_a
         assert "IllegalDataAddress" in fault.reason and fault.read_back is None
         [status] = rig.actions.statuses()
         assert (status.applied, status.enabled) == ("fault", False)
-        alerts = AlertRepository(rig.gateway.store).page(AlertFilter(label=FAULT_LABEL), 10)
+        repo = AlertRepository(rig.gateway.store)
+        # The alert is stored right after the fault's event.
+        await wait_until(lambda: bool(repo.page(AlertFilter(label=FAULT_LABEL), 10)), 10)
+        alerts = repo.page(AlertFilter(label=FAULT_LABEL), 10)
         assert [(a.asset, a.previous) for a in alerts] == [("pump", "slow-down")]
         assert rig.gateway.actions is not None
         assert rig.gateway.actions.health().state == "degraded"

@@ -20,12 +20,15 @@ from bridge.api import ApiServices, ModelInfo, TagState, create_app
 from bridge.api.keycache import KeyCache
 from bridge.api.models_admin import registry_status
 from bridge.api.queries import QueryRunner
+from bridge.api.services import ActionStatusView
 from bridge.auth import Scope
+from bridge.config.actions import ResolvedAction
 from bridge.config.spec import ApiSettings
 from bridge.lifecycle.service import RegistryService
 from bridge.lifecycle.version_stats import VersionStats
 from bridge.pki.trustlists import TrustDir
 from bridge.store import PredictionRepository, Store, open_store
+from bridge.store.actions import ActionRepository, NewActionEvent
 from bridge.store.alerts import AlertRepository, NewAlert
 from bridge.store.apikeys import ApiKeyRepository
 from bridge.store.audit import AuditRepository
@@ -115,6 +118,36 @@ class Explainer:
         return {}
 
 
+@dataclass
+class Actions:
+    """What a running gateway's write-back actions offer the API (bridge.runtime.actions has
+    the real one, tested in test_actions_api); here a gateway whose mapping has none."""
+
+    actions: dict[str, ResolvedAction] = field(default_factory=dict)
+
+    def statuses(self) -> list[ActionStatusView]:
+        return []
+
+    def serves(self, name: str) -> bool:
+        return True
+
+    async def arm(self, name: str, actor: str, comment: str = "") -> object:
+        raise NotImplementedError
+
+    async def reset(self, name: str, actor: str, comment: str = "") -> object:
+        raise NotImplementedError
+
+    async def confirm(
+        self, name: str, actor: str, pending_id: str | None = None, comment: str = ""
+    ) -> str:
+        raise NotImplementedError
+
+    async def refuse(
+        self, name: str, actor: str, pending_id: str | None = None, comment: str = ""
+    ) -> None:
+        raise NotImplementedError
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = open_store(f"sqlite:///{tmp_path / 'services.db'}")
@@ -164,6 +197,10 @@ async def served(store: Store, tmp_path: Path) -> AsyncIterator[Served]:
         Feedback(predictions[1].id, "p1", "health", "confirm", "op", "rest", NOW - 59, "fault")
     )
     RegistryRepository(store).add(_version("1", "active"), "test")
+    ActionRepository(store).save(
+        None,
+        [NewActionEvent(str(uuid.uuid4()), NOW - 10, "cool", "p1", "shadow", "shadow", "system")],
+    )
     _, key = ApiKeyRepository(store).create("admin", Scope.ADMIN)
     # Every field built here, by hand: a new service the app needs must appear in this list.
     settings = ApiSettings(max_history_days=1)
@@ -183,6 +220,8 @@ async def served(store: Store, tmp_path: Path) -> AsyncIterator[Served]:
         audit=AuditRepository(store, "test"),
         decisions=DecisionRepository(store),
         insights=InsightRepository(store),
+        action_log=ActionRepository(store),
+        actions=Actions(),
         live_models=live,
         explainers={"health": Explainer({predictions[2].id: Explanation("temp high", ())})},
         trust_lists=lambda: [TrustDir(tmp_path / "pki", "clients", ("outputs.hmi",))],
@@ -255,6 +294,14 @@ async def test_one_route_per_service(served: Served) -> None:
     r = await http.get("/api/v1/insights", params={"from": NOW - 3600, "to": NOW})
     models = r.json()["models"]
     assert models["rows"] == [] and models["suppressed"] in (1, 2), r.text
+    # action log: the stored events of an action, and the coverage in the feedback metrics
+    r = await http.get("/api/v1/actions/cool/events")
+    assert [e["outcome"] for e in r.json()["items"]] == ["shadow"], r.text
+    r = await http.get("/api/v1/feedback/metrics")
+    assert r.json()["actions"]["shadow"] == 1, r.text
+    # actions: the running gateway's (none here: an empty list, not 503)
+    r = await http.get("/api/v1/actions")
+    assert r.status_code == 200 and r.json() == [], r.text
 
 
 async def test_the_app_uses_the_query_runner_it_is_given(served: Served) -> None:

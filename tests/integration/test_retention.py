@@ -198,6 +198,7 @@ async def test_old_rows_go_in_batches_and_newer_rows_undelivered_events_dead_let
         "drift": 1,
         "alerts": 1,
         "labels": 1,
+        "action_events": 0,
         "predictions": 250,
     }
     assert count(store, PredictionRow.id) == 5
