@@ -650,7 +650,45 @@ def resolve_actions(
         resolved = _resolve(name, action, spec, sources, kinds, tags, models, before)
         if resolved is not None and not before.count:
             out[name] = resolved
+    _one_asset_per_target(out, sources, add)
     return out
+
+
+def _one_asset_per_target(
+    actions: Mapping[str, ResolvedAction], sources: Mapping[str, Endpoint], add: AddIssue
+) -> None:
+    """Actions that write one place must act for one asset: in a fleet the asset's lease
+    holder is the only gateway that acts for it, so that place has one writer."""
+    seen: list[ResolvedAction] = []
+    for action in actions.values():
+        endpoint = sources.get(action.target.source)
+        unit = getattr(endpoint.settings, "unit", None) if endpoint is not None else None
+        for other in seen:
+            if other.asset != action.asset and _targets_overlap(other.target, action.target, unit):
+                shape = "modbus" if isinstance(action.target, ModbusTarget) else "opcua"
+                add(
+                    ("actions", action.name, "target", shape),
+                    f"action {action.name!r} (asset {action.asset!r}) writes where action "
+                    f"{other.name!r} (asset {other.asset!r}) writes",
+                    "give both actions the same asset (one gateway of a fleet acts for an "
+                    "asset, so a place has one writer), or write different places",
+                )
+                break
+        seen.append(action)
+
+
+def _targets_overlap(
+    a: ModbusTarget | OpcUaTarget, b: ModbusTarget | OpcUaTarget, default_unit: int | None
+) -> bool:
+    if a.source != b.source:
+        return False
+    if isinstance(a, OpcUaTarget) or isinstance(b, OpcUaTarget):
+        return isinstance(a, OpcUaTarget) and isinstance(b, OpcUaTarget) and a.node == b.node
+    unit_a = a.unit if a.unit is not None else default_unit
+    unit_b = b.unit if b.unit is not None else default_unit
+    if a.table != b.table or unit_a != unit_b:
+        return False
+    return a.address < b.address + b.register_count and b.address < a.address + a.register_count
 
 
 class _Counter:

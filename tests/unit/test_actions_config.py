@@ -218,3 +218,39 @@ def test_a_writable_tag_may_be_a_target(tmp_path: Path) -> None:
     head = HEAD.replace("type: float32}}", "type: float32}, writable: true}")
     (tmp_path / "mapping.yaml").write_text(head + GOOD.replace("address: 20", "address: 10"))
     assert "slow-down" in load_mapping(tmp_path / "mapping.yaml").actions
+
+
+SECOND = """  pump-02-slow-down:
+    asset: {asset}
+    target: {{modbus: {{source: plc, table: holding, address: {address}, type: float32}}}}
+    trigger: {{model: pump-health, label: bearing_fault}}
+    value: {{constant: 900}}
+    limits: {{min: 800, max: 1500}}
+"""
+
+
+def test_two_assets_may_not_write_one_place(tmp_path: Path) -> None:
+    """A fleet lets one gateway act for an asset: two assets' actions on one register could be
+    written by two gateways at once."""
+    head = HEAD.replace(
+        'pump-01: {template: pump, vars: {n: "01"}}',
+        'pump-01: {template: pump, vars: {n: "01"}}\n  pump-02: {template: pump, vars: {n: "02"}}',
+    )
+    # Registers 20-21 (float32) against 21-22: they share register 21.
+    body = GOOD + SECOND.format(asset="pump-02", address=21)
+    shutil.copytree(ROOT / "mappings" / "models", tmp_path / "models")
+    path = tmp_path / "mapping.yaml"
+    path.write_text(head + body)
+    with pytest.raises(ConfigError) as info:
+        load_mapping(path)
+    [issue] = info.value.issues
+    assert issue.key == "actions.pump-02-slow-down.target.modbus"
+    assert "where action 'slow-down' (asset 'pump-01') writes" in issue.message
+    lines = (head + body).splitlines()
+    assert issue.line == next(i for i, t in enumerate(lines, 1) if "address: 21" in t), str(issue)
+    # The same asset may: its gateway serialises its actions' writes.
+    path.write_text(head + GOOD + SECOND.format(asset="pump-01", address=21))
+    assert set(load_mapping(path).actions) == {"slow-down", "pump-02-slow-down"}
+    # Next to each other, not overlapping: fine.
+    path.write_text(head + GOOD + SECOND.format(asset="pump-02", address=22))
+    assert len(load_mapping(path).actions) == 2
