@@ -520,6 +520,13 @@ class ActionConfig(Strict):
         le=3600,
         description="With `mode: confirm`: a write not confirmed this long is dropped.",
     )
+    read_back_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="How long the device has to answer the write, and then the read-back. "
+        "Past it the action goes to `fault` (a write without an answer may have taken effect).",
+    )
 
     @field_validator("confirm_timeout_s")
     @classmethod
@@ -627,6 +634,7 @@ class ResolvedAction:
     # Tag name in expressions -> tag id.
     expression_tags: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    read_back_timeout_s: float = 5.0
 
 
 # --- resolution: references between sections ------------------------------------------------
@@ -790,6 +798,7 @@ def _resolve(
         max_age_s=max_age,
         expression_tags=expression_tags,
         description=action.description,
+        read_back_timeout_s=action.read_back_timeout_s,
     )
 
 

@@ -74,7 +74,6 @@ log = structlog.get_logger(__name__)
 FAULT_LABEL = "action_fault"  # the label of the alert a fault raises
 SYSTEM = "system"
 QUEUE_SIZE = 1000  # triggering events waiting for the worker; beyond, new ones are dropped
-READ_BACK_TIMEOUT_S = 5.0
 SWEEP_S = 0.1  # how often pending confirmations are checked against their deadline
 
 Publish = Callable[[Sequence[Prediction]], Awaitable[None]]
@@ -155,6 +154,7 @@ def definition_of(action: ResolvedAction) -> str:
         ],
         "interlocks": [cond(c) for c in action.interlocks],
         "confirm_timeout_s": action.confirm_timeout_s,
+        "read_back_timeout_s": action.read_back_timeout_s,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -204,7 +204,6 @@ class ActionRunner:
         serving: Callable[[str], str | None],
         served: Callable[[str], bool] | None = None,
         make_writer: MakeWriter | None = None,
-        read_back_timeout_s: float = READ_BACK_TIMEOUT_S,
         queue_size: int = QUEUE_SIZE,
         wall_clock: Callable[[], float] = time.time,
         monotonic_clock: Callable[[], float] = time.monotonic,
@@ -218,7 +217,6 @@ class ActionRunner:
         self._serving = serving
         self._served = served
         self._make_writer = make_writer or self._writer_of_kind
-        self.read_back_timeout_s = read_back_timeout_s
         self._wall = wall_clock
         self._mono = monotonic_clock
         self._queue: asyncio.Queue[Event] = asyncio.Queue(queue_size)
@@ -524,7 +522,7 @@ class ActionRunner:
             self._changed()  # a confirmed request is gone
             return "refused"
         target = action.target
-        bound = self.read_back_timeout_s
+        bound = action.read_back_timeout_s
         try:
             writer = self._writer(target.source)
             async with asyncio.timeout(bound):

@@ -61,6 +61,16 @@ class ClampingPlc(PlcSimulator):
         return pdu
 
 
+class MutePlc(PlcSimulator):
+    """A PLC that takes a write of registers (FC16) and never answers it."""
+
+    def _trace_packet(self, sending: bool, packet: bytes) -> bytes:
+        packet = super()._trace_packet(sending, packet)
+        if sending and len(packet) > 7 and packet[7] == 16:
+            return b""
+        return packet
+
+
 MAPPING = """
 version: 1
 gateway: {{id: act, store: "sqlite:///{store}", api: {{enabled: false}}}}
@@ -367,3 +377,16 @@ async def test_an_input_going_bad_drops_an_armed_action_to_shadow(make_rig: Make
         await rig.aux.start()
         await asyncio.sleep(0.5)
         assert rig.writes_seen() == writes and len(rig.events("written")) == 1
+
+
+async def test_a_write_unanswered_within_its_timeout_faults_the_action(make_rig: Make) -> None:
+    """The mapping's read_back_timeout_s bounds the wait (below the source's own 0.5 s)."""
+    async with make_rig(lower(read_back_timeout_s="0.2"), MutePlc) as rig:
+        await rig.actions.arm("slow-down", "key:op1")
+        await rig.set_temp(60)
+        await rig.outcome("fault")
+        [fault] = rig.events("fault")
+        assert fault.reason == ("no answer to the write within 0.2 s; it may have taken effect"), (
+            fault.reason
+        )
+        assert rig.writes_seen() == 1 and rig.events("written") == []
