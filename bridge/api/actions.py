@@ -34,7 +34,7 @@ from .params import MAX_LIMIT, WIDE_RANGE, Since, Until, bounded_range
 from .services import ActionControl, ActionStatusView, ApiServices
 from .timeparse import epoch_to_datetime
 
-__all__ = ["ActionEventOut", "ActionOut", "build_actions_router"]
+__all__ = ["ActionEventOut", "ActionOut", "build_actions_router", "describe_actions"]
 
 R = TypeVar("R")
 Value = float | int | bool | None
@@ -239,7 +239,8 @@ def _stored(
     return repo.states(), repo.latest("written"), repo.latest("await_confirm")
 
 
-async def _describe_all(services: ApiServices, control: ActionControl) -> list[ActionOut]:
+async def describe_actions(services: ApiServices, control: ActionControl) -> list[ActionOut]:
+    """Every action as ``GET /api/v1/actions`` shows it (the console's page shows the same)."""
     # The live statuses are taken here, on the loop that owns them; the store on query threads.
     statuses = control.statuses()
     served = {s.name: control.serves(s.name) for s in statuses}
@@ -287,7 +288,7 @@ def build_actions_router() -> APIRouter:
         **secured(Scope.READ, gone),
     )
     async def list_actions(services: Services) -> list[ActionOut]:
-        return await _describe_all(services, _control(services))
+        return await describe_actions(services, _control(services))
 
     @router.get(
         "/{name}/events",
@@ -328,7 +329,7 @@ def build_actions_router() -> APIRouter:
         )
 
     async def describe(services: ApiServices, control: ActionControl, name: str) -> ActionOut:
-        return next(a for a in await _describe_all(services, control) if a.name == name)
+        return next(a for a in await describe_actions(services, control) if a.name == name)
 
     def checked(services: ApiServices, name: str, *, faulted_ok: bool = False) -> ActionControl:
         control = _control(services)

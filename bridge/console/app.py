@@ -18,6 +18,7 @@ from bridge.api.app import create_app
 from bridge.api.services import ApiServices
 from bridge.errors import StoreError
 
+from .actions_page import build_actions_page_router
 from .live import LiveHub
 from .login import PREFIX, LoginRequired, login_redirect
 from .pages import build_console_router
@@ -40,6 +41,7 @@ def mount_console(app: FastAPI, services: ApiServices) -> None:
     app.state.console_hub = LiveHub(services.view, services.settings.console.live_period_s)
     app.mount(STATIC, StaticFiles(directory=_static_folder()), name="console-static")
     app.include_router(build_console_router())
+    app.include_router(build_actions_page_router())
 
     async def to_login(request: Request, exc: Exception) -> RedirectResponse:
         assert isinstance(exc, LoginRequired)
