@@ -56,6 +56,7 @@ from bridge.config.spec import GatewaySettings
 from bridge.errors import BridgeError, ConfigError
 from bridge.lifecycle.shadow import CandidateComparison
 from bridge.prepare import Prepared, prepare
+from bridge.runtime.actions import definition_of
 from bridge.runtime.fanout import PredictionFanout
 from bridge.runtime.insight_wiring import Insight
 from bridge.runtime.live_models import LiveModels, stored_comparison
@@ -108,6 +109,8 @@ class MappingDiff:
     removed: dict[str, tuple[str, ...]]
     changed: dict[str, tuple[str, ...]]
     gateway: tuple[str, ...] = ()
+    # Write-back actions added, removed or changed: the running ones stay until a restart.
+    actions: tuple[str, ...] = ()
 
     def changes(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -124,7 +127,9 @@ class MappingDiff:
         return out
 
     def restart_needed(self) -> list[str]:
-        return [k for k in self.gateway if not gateway_in_place(k)]
+        return [k for k in self.gateway if not gateway_in_place(k)] + [
+            f"actions.{name}" for name in self.actions
+        ]
 
 
 def gateway_keys(a: BaseModel, b: BaseModel, prefix: str = "gateway") -> list[str]:
@@ -173,7 +178,12 @@ def diff_mappings(old: Prepared, new: Prepared) -> MappingDiff:
     added, removed, changed = {}, {}, {}
     for section, (x, y, same) in rules.items():
         added[section], removed[section], changed[section] = _compare(x, y, same)
-    return MappingDiff(added, removed, changed, tuple(gateway_keys(a.gateway, b.gateway)))
+    before = {n: definition_of(x) for n, x in a.actions.items()}
+    after = {n: definition_of(x) for n, x in b.actions.items()}
+    actions = tuple(
+        sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+    )
+    return MappingDiff(added, removed, changed, tuple(gateway_keys(a.gateway, b.gateway)), actions)
 
 
 def _source_tags(mapping: Mapping, source: str) -> list[tuple[str, Any]]:

@@ -390,3 +390,16 @@ async def test_a_write_unanswered_within_its_timeout_faults_the_action(make_rig:
             fault.reason
         )
         assert rig.writes_seen() == 1 and rig.events("written") == []
+
+
+async def test_a_reload_that_changes_an_action_says_it_applies_at_the_next_start(
+    make_rig: Make, tmp_path: Path
+) -> None:
+    async with make_rig(lower()) as rig:
+        mapping = tmp_path / "mapping.yaml"
+        mapping.write_text(mapping.read_text().replace("max: 1500", "max: 1400"))
+        assert rig.gateway.reloader is not None
+        summary = await rig.gateway.reloader.reload()
+        assert "actions.slow-down" in summary.restart_needed, summary
+        # The running action keeps the limits it started with.
+        assert rig.actions.actions["slow-down"].limits.max == 1500
