@@ -868,6 +868,18 @@ def _check_target(
         return
     endpoint = sources.get(target.source)
     default_unit = getattr(endpoint.settings, "unit", None) if endpoint is not None else None
+    transport = getattr(endpoint.settings, "transport", "tcp") if endpoint is not None else "tcp"
+    if shape == "modbus" and transport != "tcp":
+        # RTU frames carry no transaction id: a second client on the line would take the
+        # source's replies for its own.
+        add(
+            (*where, "source"),
+            f"source {target.source!r} is Modbus {transport}: actions write through Modbus "
+            "TCP sources only",
+            "write through a Modbus TCP source to the device (a TCP gateway in front of the "
+            "RTU line), or leave this action out",
+        )
+        return
     for tag in tags.values():
         if tag.source != target.source or not _same_place(target, tag.address, default_unit):
             continue

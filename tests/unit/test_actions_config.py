@@ -254,3 +254,20 @@ def test_two_assets_may_not_write_one_place(tmp_path: Path) -> None:
     # Next to each other, not overlapping: fine.
     path.write_text(head + GOOD + SECOND.format(asset="pump-02", address=22))
     assert len(load_mapping(path).actions) == 2
+
+
+def test_an_rtu_source_cannot_be_written_through(tmp_path: Path) -> None:
+    head = HEAD.replace(
+        "plc: {kind: modbus, host: 127.0.0.1}",
+        "plc: {kind: modbus, host: 127.0.0.1, transport: rtu-over-tcp}",
+    )
+    shutil.copytree(ROOT / "mappings" / "models", tmp_path / "models")
+    path = tmp_path / "mapping.yaml"
+    path.write_text(head + GOOD)
+    with pytest.raises(ConfigError) as info:
+        load_mapping(path)
+    [issue] = info.value.issues
+    assert issue.key == "actions.slow-down.target.modbus.source"
+    assert "Modbus rtu-over-tcp" in issue.message and "TCP gateway" in issue.hint
+    lines = (head + GOOD).splitlines()
+    assert issue.line == next(i for i, t in enumerate(lines, 1) if "address: 20" in t)
