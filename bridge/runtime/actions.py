@@ -803,20 +803,26 @@ class ActionRunner:
                 self.counters["refused"] += 1
                 log.info("action_refused", action=name, actor=actor, reasons=why)
                 # The person did confirm; the rules, judged again now, refuse the write.
-                confirmed = self._event(
-                    action, decision, pending.event, "confirmed", actor, reason=comment
-                )
+                await self._confirmed(action, decision, pending, actor, comment)
                 reason = f"confirmed, but refused at confirmation: {why}"
-                await self._record_only(
-                    action, decision, pending.event, "refused", actor, reason, [confirmed]
-                )
+                await self._record_only(action, decision, pending.event, "refused", actor, reason)
                 return "refused"
             self.counters["confirmed"] += 1
             log.info("action_confirmed", action=name, actor=actor, value=decision.value)
-            confirmed = self._event(
-                action, decision, pending.event, "confirmed", actor, reason=comment
-            )
-            return await self._write(action, decision, pending.event, actor, [confirmed])
+            await self._confirmed(action, decision, pending, actor, comment)
+            return await self._write(action, decision, pending.event, actor)
+
+    async def _confirmed(
+        self,
+        action: ResolvedAction,
+        decision: Decision,
+        pending: _Pending,
+        actor: str,
+        comment: str,
+    ) -> None:
+        """A person's confirmation: an event and a ledger entry, before anything follows it."""
+        event = self._event(action, decision, pending.event, "confirmed", actor, reason=comment)
+        await self._save(action, [event], self._entry(action, "action.confirmed", actor, event))
 
     async def refuse(
         self, name: str, actor: str, pending_id: str | None = None, comment: str = ""
@@ -830,7 +836,7 @@ class ActionRunner:
             log.info("action_refused", action=name, actor=actor, reasons="refused by a person")
             why = f"refused by {actor}" + (f": {comment}" if comment else "")
             event = self._event(action, None, pending.event, "declined", actor, reason=why)
-            await self._save(action, [event], None)
+            await self._save(action, [event], self._entry(action, "action.declined", actor, event))
 
     def _take_pending(self, name: str, pending_id: str | None) -> _Pending:
         pending = self._pending.get(name)

@@ -497,7 +497,7 @@ def _actions(
     shard = fleet.leases.shard if fleet is not None else None
     actions = ActionRunner(
         mapping.actions,
-        ActionRepository(store, gid, audit=mapping.gateway.audit.enabled),
+        ActionRepository(store, gid),
         AlertRepository(store, gateway=gid),
         table,
         mapping.sources,

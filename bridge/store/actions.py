@@ -237,21 +237,20 @@ def _state_row(s: ActionStateRecord) -> dict[str, Any]:
 
 class ActionRepository:
     """``gateway`` names the writer of events and ledger entries (the runtime gives its gateway
-    id); ``audit``: append ledger entries (the gateway's ``audit:`` is on). With ``timeout_s``
-    the reads of events are stopped past it (QueryTimeoutError), as the API's reads are."""
+    id). A change made through the store is a ledger entry whatever the gateway's ``audit:``
+    says (docs/governance.md), so every entry given is appended. With ``timeout_s`` the reads
+    of events are stopped past it (QueryTimeoutError), as the API's reads are."""
 
     def __init__(
         self,
         store: Store,
         gateway: str | None = None,
         *,
-        audit: bool = False,
         timeout_s: float | None = None,
     ) -> None:
         self._store = store
         self._timeout_s = timeout_s
         self.gateway = gateway or default_writer()
-        self.audit = audit
 
     def states(self) -> dict[str, ActionStateRecord]:
         with read_session(self._store, None) as session:
@@ -271,7 +270,7 @@ class ActionRepository:
                 if events:
                     stmt = insert_ignoring(self._store, ActionEventRow.__table__, ["event_id"])
                     session.execute(stmt, [self._event_row(e) for e in events])
-                if entry is not None and self.audit:
+                if entry is not None:
                     # Last, as every append: the ledger's head stays locked the shortest time.
                     append_entry(session, self.gateway, entry)
         except SQLAlchemyError as exc:

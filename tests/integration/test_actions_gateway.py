@@ -33,6 +33,7 @@ from bridge.simulators.plc import PlcSimulator
 from bridge.simulators.plc.register_map import Signal
 from bridge.store.actions import ActionEvent, ActionEventFilter, ActionRepository
 from bridge.store.alerts import AlertFilter, AlertRepository
+from bridge.store.audit import AuditFilter, AuditRepository
 
 FROZEN = 3600.0
 SETPOINT = 1200.0
@@ -323,7 +324,10 @@ async def test_another_value_read_back_faults_the_action(make_rig: Make) -> None
 
 
 async def test_confirm_expires_without_writing_and_a_confirmation_writes(make_rig: Make) -> None:
-    async with make_rig(lower("confirm", confirm_timeout_s="0.5")) as rig:
+    # 3 s: the first request runs out while the test waits; the second is confirmed well inside.
+    async with make_rig(
+        lower("confirm", limits="{min: 800, max: 1500}", confirm_timeout_s="3")
+    ) as rig:
         await rig.actions.arm("slow-down", "key:op1")
         await rig.set_temp(60)
         await rig.outcome("await_confirm")
@@ -337,6 +341,22 @@ async def test_confirm_expires_without_writing_and_a_confirmation_writes(make_ri
         [confirmed] = rig.events("confirmed")
         [written] = rig.events("written")
         assert confirmed.actor == written.actor == "key:op2"
+        # A third request, declined by a person.
+        await rig.set_temp(20)
+        await rig.set_temp(80)
+        await rig.outcome("await_confirm", 3)
+        await rig.actions.refuse("slow-down", "key:op3", comment="not now")
+        assert await rig.setpoint() == SETPOINT - 50 and rig.writes_seen() == 1
+        # The people's decisions and the write are ledger entries, in order, with who and why.
+        ledger = AuditRepository(rig.gateway.store, "act").page(AuditFilter(action="action."), 100)
+        assert [(e.action, e.actor, e.subject) for e in ledger] == [
+            ("action.armed", "key:op1", "action:slow-down"),
+            ("action.confirmed", "key:op2", "action:slow-down"),
+            ("action.written", "key:op2", "action:slow-down"),
+            ("action.declined", "key:op3", "action:slow-down"),
+        ]
+        assert isinstance(ledger[2].after, dict) and ledger[2].after["read_back"] == SETPOINT - 50
+        assert "not now" in ledger[3].reason
 
 
 async def test_shadow_writes_nothing(make_rig: Make) -> None:
