@@ -10,7 +10,6 @@ removes old action events with the predictions."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from actions_rig import FROZEN, SETPOINT, first_readings, holding, plc_signals, running_gateway
 from emptyview import EmptyView
 from insight_models import logistic_classifier
 from stores import BACKENDS, temp_store
@@ -29,15 +29,12 @@ from support import LOOPBACK, free_port, wait_until
 from bridge.api import ApiServices, create_app
 from bridge.api.app import close_app
 from bridge.auth import Scope
-from bridge.config.actions import ModbusTarget
 from bridge.config.spec import RetentionSettings
 from bridge.connectors.modbus import ModbusSourceSettings
 from bridge.connectors.modbus.write import ModbusWriter
-from bridge.prepare import prepare
-from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.runtime.pipeline import Gateway
 from bridge.runtime.retention import RetentionJob
 from bridge.simulators.plc import PlcSimulator
-from bridge.simulators.plc.register_map import Signal
 from bridge.store import PredictionRepository
 from bridge.store.actions import ActionEventFilter, ActionRepository, NewActionEvent
 from bridge.store.alerts import AlertRepository
@@ -46,17 +43,6 @@ from bridge.store.db import Store
 from bridge.store.labels import LabelRepository
 from bridge.store.retention import RetentionStore
 from bridge.types import Feedback, Prediction, Quality
-
-SETPOINT = 1200.0
-FROZEN = 3600.0
-
-SIGNALS = (
-    Signal("Temp", "holding", 0, "uint16", "ABCD", "", lambda t: 20.0),
-    Signal("Setpoint", "holding", 1, "float32", "ABCD", "", lambda t: SETPOINT),
-    Signal("Running", "coil", 0, "bool", "ABCD", "", lambda t: 1.0),
-    Signal("I0", "input", 0, "uint16", "ABCD", "", lambda t: 0.0),
-    Signal("D0", "discrete", 0, "bool", "ABCD", "", lambda t: 0.0),
-)
 
 MAPPING = """
 version: 1
@@ -108,12 +94,12 @@ class Rig:
     operator: str  # the operate key's id
 
     async def setpoint(self) -> float:
-        back = await self.panel.read(_target(1, "float32"))
+        back = await self.panel.read(holding(1, "float32"))
         assert isinstance(back, float)
         return back
 
     async def set_temp(self, value: int) -> None:
-        await self.panel.write(_target(0, "uint16"), value)
+        await self.panel.write(holding(0, "uint16"), value)
 
     def count(self, outcome: str) -> int:
         repo = ActionRepository(self.gateway.store)
@@ -133,15 +119,9 @@ class Rig:
         return found
 
 
-def _target(address: int, type_: str) -> ModbusTarget:
-    return ModbusTarget.model_validate(
-        {"source": "plc", "table": "holding", "address": address, "type": type_}
-    )
-
-
 @contextlib.asynccontextmanager
 async def rig(tmp_path: Path, mode: str, more: str = "", address: int = 1) -> AsyncIterator[Rig]:
-    plc = PlcSimulator(port=free_port(), update_interval_s=FROZEN, signals=SIGNALS)
+    plc = PlcSimulator(port=free_port(), update_interval_s=FROZEN, signals=plc_signals())
     model = logistic_classifier(tmp_path / "health.onnx", [1.0], -50.0)  # fault above 50
     port = free_port()
     path = tmp_path / "mapping.yaml"
@@ -163,30 +143,14 @@ async def rig(tmp_path: Path, mode: str, more: str = "", address: int = 1) -> As
         await stack.enter_async_context(plc)
         panel = ModbusWriter("panel", settings)
         stack.push_async_callback(panel.aclose)
-        gateway = await build_gateway(prepare(path))
-        stop = asyncio.Event()
-        task = asyncio.create_task(gateway.run(stop))
-
-        async def halt() -> None:
-            stop.set()
-            await asyncio.wait_for(task, 30)
-
-        stack.push_async_callback(halt)
-        await asyncio.wait_for(gateway.started.wait(), 30)
+        gateway = await stack.enter_async_context(running_gateway(path))
         keys = ApiKeyRepository(gateway.store)
         _, read = keys.create("viewer", Scope.READ)
         operator, operate = keys.create("operator", Scope.OPERATE)
         http = await stack.enter_async_context(
             httpx.AsyncClient(base_url=f"http://{LOOPBACK}:{port}", timeout=10)
         )
-        await wait_until(
-            lambda: all(
-                gateway.table.get(f"pump.{t}").updated_mono is not None
-                for t in ("temp", "running", "setpoint")
-            ),
-            10,
-            what="first readings",
-        )
+        await first_readings(gateway, ("temp", "running", "setpoint"))
         yield Rig(
             gateway,
             plc,

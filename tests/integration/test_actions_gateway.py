@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from actions_rig import FROZEN, SETPOINT, first_readings, holding, plc_signals, running_gateway
 from insight_models import logistic_classifier
 from pymodbus.pdu import ModbusPDU
 from support import LOOPBACK, free_port, wait_until
@@ -26,28 +27,14 @@ from support import LOOPBACK, free_port, wait_until
 from bridge.config.actions import ModbusTarget
 from bridge.connectors.modbus import ModbusSourceSettings
 from bridge.connectors.modbus.write import ModbusWriter
-from bridge.prepare import prepare
 from bridge.runtime.actions import FAULT_LABEL, ActionRunner
-from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.runtime.pipeline import Gateway
 from bridge.simulators.plc import PlcSimulator
-from bridge.simulators.plc.register_map import Signal
 from bridge.store.actions import ActionEvent, ActionEventFilter, ActionRepository
 from bridge.store.alerts import AlertFilter, AlertRepository
 from bridge.store.audit import AuditFilter, AuditRepository
 
-FROZEN = 3600.0
-SETPOINT = 1200.0
 CLAMPED = 900.0  # what the clamping PLC keeps instead of any setpoint written
-
-
-def _signals() -> tuple[Signal, ...]:
-    return (
-        Signal("Temp", "holding", 0, "uint16", "ABCD", "", lambda t: 20.0),
-        Signal("Setpoint", "holding", 1, "float32", "ABCD", "", lambda t: SETPOINT),
-        Signal("Running", "coil", 0, "bool", "ABCD", "", lambda t: 1.0),
-        Signal("I0", "input", 0, "uint16", "ABCD", "", lambda t: 0.0),
-        Signal("D0", "discrete", 0, "bool", "ABCD", "", lambda t: 0.0),
-    )
 
 
 class ClampingPlc(PlcSimulator):
@@ -136,12 +123,12 @@ class Rig:
         return list(reversed(repo.events(ActionEventFilter(outcome=outcome), limit=1000)))
 
     async def setpoint(self) -> float:
-        back = await self.panel.read(target(1, "float32"))
+        back = await self.panel.read(holding(1, "float32"))
         assert isinstance(back, float)
         return back
 
     async def set_temp(self, value: int) -> None:
-        await self.panel.write(target(0, "uint16"), value)
+        await self.panel.write(holding(0, "uint16"), value)
 
     async def set_running(self, value: bool) -> None:
         await self.panel.write(
@@ -159,25 +146,6 @@ class Rig:
         await wait_until(seen, timeout, what=f"{count} {outcome} event(s)")
 
 
-def target(address: int, type_: str) -> ModbusTarget:
-    return ModbusTarget.model_validate(
-        {"source": "plc", "table": "holding", "address": address, "type": type_}
-    )
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(path: Path) -> AsyncIterator[Gateway]:
-    gateway = await build_gateway(prepare(path))
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop))
-    try:
-        await asyncio.wait_for(gateway.started.wait(), 30)
-        yield gateway
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
 Make = Callable[..., contextlib.AbstractAsyncContextManager[Rig]]
 
 
@@ -185,8 +153,8 @@ Make = Callable[..., contextlib.AbstractAsyncContextManager[Rig]]
 def make_rig(tmp_path: Path) -> Make:
     @contextlib.asynccontextmanager
     async def make(action: str, plc_class: type[PlcSimulator] = PlcSimulator) -> AsyncIterator[Rig]:
-        plc = plc_class(port=free_port(), update_interval_s=FROZEN, signals=_signals())
-        aux = PlcSimulator(port=free_port(), update_interval_s=FROZEN, signals=_signals())
+        plc = plc_class(port=free_port(), update_interval_s=FROZEN, signals=plc_signals())
+        aux = PlcSimulator(port=free_port(), update_interval_s=FROZEN, signals=plc_signals())
         model = logistic_classifier(tmp_path / "health.onnx", [1.0], -50.0)  # fault above 50
         path = tmp_path / "mapping.yaml"
         path.write_text(
@@ -204,15 +172,7 @@ def make_rig(tmp_path: Path) -> Make:
             stack.push_async_callback(panel.aclose)
             gateway = await stack.enter_async_context(running_gateway(path))
             rig = Rig(gateway, plc, aux, panel, tmp_path / "b.db")
-            # The first Good reading of every input before anything triggers.
-            await wait_until(
-                lambda: all(
-                    gateway.table.get(f"pump.{t}").updated_mono is not None
-                    for t in ("temp", "running", "setpoint", "load")
-                ),
-                10,
-                what="first readings",
-            )
+            await first_readings(gateway, ("temp", "running", "setpoint", "load"))
             yield rig
 
     return make

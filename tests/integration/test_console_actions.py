@@ -12,7 +12,6 @@ needs the running gateway."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import uuid
@@ -23,6 +22,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
+from actions_rig import FROZEN, SETPOINT, first_readings, holding, plc_signals, running_gateway
 from emptyview import EmptyView
 from insight_models import logistic_classifier
 from support import LOOPBACK, free_port, wait_until
@@ -31,30 +31,17 @@ from bridge.api import ApiServices
 from bridge.api.app import close_app
 from bridge.api.sessions import SESSION_COOKIE
 from bridge.auth import Scope
-from bridge.config.actions import ModbusTarget
 from bridge.connectors.modbus import ModbusSourceSettings
 from bridge.connectors.modbus.write import ModbusWriter
 from bridge.console.app import close_console, create_gateway_app
-from bridge.prepare import prepare
-from bridge.runtime.pipeline import build_gateway
 from bridge.simulators.plc import PlcSimulator
-from bridge.simulators.plc.register_map import Signal
 from bridge.store import open_store
 from bridge.store.actions import ActionEventFilter, ActionRepository
 from bridge.store.apikeys import ApiKeyRepository
 
-SETPOINT = 1200.0
-FROZEN = 3600.0
 PAGE = "/console/actions"
 ACTION = "/api/v1/actions/slow-down"
 
-SIGNALS = (
-    Signal("Temp", "holding", 0, "uint16", "ABCD", "", lambda t: 20.0),
-    Signal("Setpoint", "holding", 1, "float32", "ABCD", "", lambda t: SETPOINT),
-    Signal("Running", "coil", 0, "bool", "ABCD", "", lambda t: 1.0),
-    Signal("I0", "input", 0, "uint16", "ABCD", "", lambda t: 0.0),
-    Signal("D0", "discrete", 0, "bool", "ABCD", "", lambda t: 0.0),
-)
 
 MAPPING = """
 version: 1
@@ -211,12 +198,12 @@ class Rig:
     operator_id: str
 
     async def setpoint(self) -> float:
-        back = await self.panel.read(_target(1, "float32"))
+        back = await self.panel.read(holding(1, "float32"))
         assert isinstance(back, float)
         return back
 
     async def set_temp(self, value: int) -> None:
-        await self.panel.write(_target(0, "uint16"), value)
+        await self.panel.write(holding(0, "uint16"), value)
 
     def count(self, outcome: str) -> int:
         return len(self.repo.events(ActionEventFilter(outcome=outcome), limit=1000))
@@ -228,15 +215,9 @@ class Rig:
         return sum(1 for r in self.plc.requests if r.function_code == 16)
 
 
-def _target(address: int, type_: str) -> ModbusTarget:
-    return ModbusTarget.model_validate(
-        {"source": "plc", "table": "holding", "address": address, "type": type_}
-    )
-
-
 @contextlib.asynccontextmanager
 async def rig(tmp_path: Path, mode: str = "confirm", address: int = 1) -> AsyncIterator[Rig]:
-    plc = PlcSimulator(port=free_port(), update_interval_s=FROZEN, signals=SIGNALS)
+    plc = PlcSimulator(port=free_port(), update_interval_s=FROZEN, signals=plc_signals())
     model = logistic_classifier(tmp_path / "health.onnx", [1.0], -50.0)  # fault above 50
     port = free_port()
     path = tmp_path / "mapping.yaml"
@@ -258,30 +239,14 @@ async def rig(tmp_path: Path, mode: str = "confirm", address: int = 1) -> AsyncI
         await stack.enter_async_context(plc)
         panel = ModbusWriter("panel", settings)
         stack.push_async_callback(panel.aclose)
-        gateway = await build_gateway(prepare(path))
-        stop = asyncio.Event()
-        task = asyncio.create_task(gateway.run(stop))
-
-        async def halt() -> None:
-            stop.set()
-            await asyncio.wait_for(task, 30)
-
-        stack.push_async_callback(halt)
-        await asyncio.wait_for(gateway.started.wait(), 30)
+        gateway = await stack.enter_async_context(running_gateway(path))
         keys = ApiKeyRepository(gateway.store)
         _, read = keys.create("viewer", Scope.READ)
         operator, operate = keys.create("operator", Scope.OPERATE)
         http = await stack.enter_async_context(
             httpx.AsyncClient(base_url=f"http://{LOOPBACK}:{port}", timeout=10)
         )
-        await wait_until(
-            lambda: all(
-                gateway.table.get(f"pump.{t}").updated_mono is not None
-                for t in ("temp", "running", "setpoint")
-            ),
-            10,
-            what="first readings",
-        )
+        await first_readings(gateway, ("temp", "running", "setpoint"))
         yield Rig(
             plc,
             panel,

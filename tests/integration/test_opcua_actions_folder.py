@@ -15,27 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from actions_rig import FROZEN, SETPOINT, first_readings, holding, plc_signals, running_gateway
 from asyncua import Client, ua
 from asyncua.ua.status_codes import StatusCodes
 from insight_models import logistic_classifier
 from support import LOOPBACK, free_port, wait_until
 
-from bridge.config.actions import ModbusTarget
 from bridge.connectors.modbus import ModbusSourceSettings
 from bridge.connectors.modbus.write import ModbusWriter
-from bridge.prepare import prepare
 from bridge.runtime.actions import ActionRunner
-from bridge.runtime.pipeline import Gateway, build_gateway
+from bridge.runtime.pipeline import Gateway
 from bridge.simulators.plc import PlcSimulator
-from bridge.simulators.plc.register_map import Signal
 from bridge.store.actions import ActionEventFilter, ActionRepository
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "tests" / "peers" / "interop"
 MODULES = ROOT / "bench" / "nodeopcua" / "node_modules"
 NS = "urn:test:actions"
-FROZEN = 3600.0
-SETPOINT = 1200.0
 OPERATOR = ("ops", "0ps-pw")
 READER = ("viewer", "v1ew-pw")
 DEADLINE_S = 60.0
@@ -92,22 +88,6 @@ outputs:
 """
 
 
-def _signals() -> tuple[Signal, ...]:
-    return (
-        Signal("Temp", "holding", 0, "uint16", "ABCD", "", lambda t: 20.0),
-        Signal("Setpoint", "holding", 1, "float32", "ABCD", "", lambda t: SETPOINT),
-        Signal("Running", "coil", 0, "bool", "ABCD", "", lambda t: 1.0),
-        Signal("I0", "input", 0, "uint16", "ABCD", "", lambda t: 0.0),
-        Signal("D0", "discrete", 0, "bool", "ABCD", "", lambda t: 0.0),
-    )
-
-
-def target(address: int, type_: str) -> ModbusTarget:
-    return ModbusTarget.model_validate(
-        {"source": "plc", "table": "holding", "address": address, "type": type_}
-    )
-
-
 @dataclass
 class Rig:
     gateway: Gateway
@@ -121,12 +101,12 @@ class Rig:
         return self.gateway.actions
 
     async def setpoint(self) -> float:
-        back = await self.panel.read(target(1, "float32"))
+        back = await self.panel.read(holding(1, "float32"))
         assert isinstance(back, float)
         return back
 
     async def set_temp(self, value: int) -> None:
-        await self.panel.write(target(0, "uint16"), value)
+        await self.panel.write(holding(0, "uint16"), value)
 
     def outcomes(self) -> list[tuple[str, str, str]]:
         repo = ActionRepository(self.gateway.store)
@@ -143,24 +123,11 @@ class Rig:
         return status.pending_id
 
 
-@contextlib.asynccontextmanager
-async def running_gateway(path: Path) -> AsyncIterator[Gateway]:
-    gateway = await build_gateway(prepare(path))
-    stop = asyncio.Event()
-    task = asyncio.create_task(gateway.run(stop))
-    try:
-        await asyncio.wait_for(gateway.started.wait(), 30)
-        yield gateway
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
 @pytest.fixture
 async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
     monkeypatch.setenv("ACT_OPS_PW", OPERATOR[1])
     monkeypatch.setenv("ACT_VIEWER_PW", READER[1])
-    plc = PlcSimulator(port=free_port(), update_interval_s=FROZEN, signals=_signals())
+    plc = PlcSimulator(port=free_port(), update_interval_s=FROZEN, signals=plc_signals())
     model = logistic_classifier(tmp_path / "health.onnx", [1.0], -50.0)  # fault above 50
     hmi = free_port()
     path = tmp_path / "mapping.yaml"
@@ -175,14 +142,7 @@ async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         panel = ModbusWriter("panel", settings)
         stack.push_async_callback(panel.aclose)
         gateway = await stack.enter_async_context(running_gateway(path))
-        await wait_until(
-            lambda: all(
-                gateway.table.get(f"pump.{t}").updated_mono is not None
-                for t in ("temp", "running", "setpoint")
-            ),
-            10,
-            what="first readings",
-        )
+        await first_readings(gateway, ("temp", "running", "setpoint"))
         yield Rig(gateway, plc, panel, f"opc.tcp://127.0.0.1:{hmi}")
 
 
