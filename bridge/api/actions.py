@@ -27,11 +27,12 @@ from bridge.store.actions import (
     ActionStateRecord,
 )
 from bridge.store.apikeys import ApiKeyRecord
+from bridge.types import ActionView
 
 from .auth import audit_actor, require, secured
 from .deps import Queries, Services, Settings
 from .params import MAX_LIMIT, WIDE_RANGE, Since, Until, bounded_range
-from .services import ActionControl, ActionStatusView, ApiServices
+from .services import ActionControl, ApiServices
 from .timeparse import epoch_to_datetime
 
 __all__ = ["ActionEventOut", "ActionOut", "build_actions_router", "describe_actions"]
@@ -182,7 +183,7 @@ def _target(a: ResolvedAction) -> TargetOut:
 
 def _describe(
     a: ResolvedAction,
-    s: ActionStatusView,
+    s: ActionView,
     stored: ActionStateRecord | None,
     written: ActionEvent | None,
     asked: ActionEvent | None,

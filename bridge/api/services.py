@@ -31,7 +31,8 @@ from bridge.store.labels import LabelRepository
 from bridge.store.lineage import LineageRepository
 from bridge.store.outbox import OutboxRepository
 from bridge.store.registry import RegistryRepository
-from bridge.types import Explanation
+from bridge.types import ActionControl as PeopleActions
+from bridge.types import ActionView, Explanation
 
 from .keycache import KeyCache
 from .ops import ApiMetrics, Operations
@@ -42,7 +43,6 @@ from .view import GatewayView
 
 __all__ = [
     "ActionControl",
-    "ActionStatusView",
     "ApiServices",
     "Explainer",
     "LiveModelState",
@@ -73,32 +73,7 @@ class Explainer(Protocol):
     def feature_drift(self, asset: str) -> Mapping[str, float]: ...
 
 
-class ActionStatusView(Protocol):
-    """What the running gateway shows of one action (bridge.runtime.actions.ActionStatus)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def mode(self) -> str: ...
-    @property
-    def applied(self) -> str: ...
-    @property
-    def armed_version(self) -> str | None: ...
-    @property
-    def armed_by(self) -> str | None: ...
-    @property
-    def fallback(self) -> str | None: ...
-    @property
-    def fault(self) -> str | None: ...
-    @property
-    def pending_value(self) -> float | int | bool | None: ...
-    @property
-    def pending_until(self) -> float | None: ...
-    @property
-    def pending_id(self) -> str | None: ...
-
-
-class ActionControl(Protocol):
+class ActionControl(PeopleActions, Protocol):
     """The write-back actions of a running gateway (bridge.runtime.actions.ActionRunner): what
     each one does now, and what people do to them (each call raises a BridgeError naming
     why it cannot be done)."""
@@ -106,21 +81,9 @@ class ActionControl(Protocol):
     @property
     def actions(self) -> Mapping[str, ResolvedAction]: ...
 
-    def statuses(self) -> Sequence[ActionStatusView]: ...
+    def statuses(self) -> Sequence[ActionView]: ...
 
     def serves(self, name: str) -> bool: ...
-
-    async def arm(self, name: str, actor: str, comment: str = "") -> object: ...
-
-    async def reset(self, name: str, actor: str, comment: str = "") -> object: ...
-
-    async def confirm(
-        self, name: str, actor: str, pending_id: str | None = None, comment: str = ""
-    ) -> str: ...
-
-    async def refuse(
-        self, name: str, actor: str, pending_id: str | None = None, comment: str = ""
-    ) -> None: ...
 
 
 def no_trust_lists() -> Sequence[TrustDir]:

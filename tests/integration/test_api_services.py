@@ -20,7 +20,6 @@ from bridge.api import ApiServices, ModelInfo, TagState, create_app
 from bridge.api.keycache import KeyCache
 from bridge.api.models_admin import registry_status
 from bridge.api.queries import QueryRunner
-from bridge.api.services import ActionStatusView
 from bridge.auth import Scope
 from bridge.config.actions import ResolvedAction
 from bridge.config.spec import ApiSettings
@@ -45,7 +44,7 @@ from bridge.store.registry import (
     VersionRecord,
     VersionState,
 )
-from bridge.types import ComponentHealth, Explanation, Feedback, Prediction, Quality
+from bridge.types import ActionView, ComponentHealth, Explanation, Feedback, Prediction, Quality
 
 NOW = time.time()
 
@@ -125,7 +124,7 @@ class Actions:
 
     actions: dict[str, ResolvedAction] = field(default_factory=dict)
 
-    def statuses(self) -> list[ActionStatusView]:
+    def statuses(self) -> list[ActionView]:
         return []
 
     def serves(self, name: str) -> bool:
