@@ -37,6 +37,10 @@ that any layer can raise them; a subclass lives beside the code that knows its c
     │                                                     that cannot be read as one
     ├── QuantizeError         bridge.lifecycle.quantize   a model that cannot be quantized, or
     │                                                     whose quantized copy leaves tolerance
+    ├── ActionError           bridge.runtime.actions      a person's request on a write-back
+    │                                                     action cannot be done now: unknown,
+    │                                                     nothing or another request waiting,
+    │                                                     no serving model version to arm under
     ├── WriteError            bridge.errors               a write to a target (a PLC register
     │   │                                                 or coil, a server's variable) or its
     │   │                                                 read back failed; never retried by
