@@ -179,6 +179,8 @@ CLIENT_REFUSALS = {
     "other-ca": ("stranger", "TLSV1_ALERT_UNKNOWN_CA", "certificate verify failed"),
 }
 # The same refusals seen by a TLS 1.3 client, as the text of paho's receive error.
+# What paho logs when the broker's reset overtook its TLS alert.
+LOST_ALERT = "EOF occurred in violation of protocol"
 TLS13_ALERTS = {
     "no-certificate": "TLSV13_ALERT_CERTIFICATE_REQUIRED",
     "expired": "SSLV3_ALERT_CERTIFICATE_EXPIRED",
@@ -219,10 +221,16 @@ async def test_client_certificate_refused_tls13(
     error = await refused(mqtt)
     # Nothing but the missing CONNACK reaches the caller...
     assert str(error) == "Operation timed out"
-    # ...the reason is only in paho's log, once it has read the broker's alert.
+    # ...the reason is only in paho's log, once it has read the broker's alert. The broker
+    # closes right after its alert with the client's CONNECT unread, so its kernel may reset
+    # the connection and the alert is lost on the way: paho then logs an EOF. Either way
+    # the client is refused, and the broker's log says why.
     await wait_until(
-        lambda: any(TLS13_ALERTS[case] in r.getMessage() for r in caplog.records),
-        what=f"{TLS13_ALERTS[case]} logged by paho",
+        lambda: any(
+            TLS13_ALERTS[case] in r.getMessage() or LOST_ALERT in r.getMessage()
+            for r in caplog.records
+        ),
+        what=f"{TLS13_ALERTS[case]} (or the lost alert's EOF) logged by paho",
     )
     await wait_until(lambda: broker_reason in broker.log_text(), what=broker_reason)
     assert connected_users(broker) == []
