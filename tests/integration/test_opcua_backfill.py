@@ -76,7 +76,11 @@ async def _gateway(
         timing={"period_s": 1, "window_s": window_s, "max_samples": 10_000},
     ).replace(
         f'endpoint: "opc.tcp://127.0.0.1:{port}"}}',
-        f'endpoint: "opc.tcp://127.0.0.1:{port}", timeout_s: 2, backfill: {backfill}}}',
+        # The server keeps every sampled change between two Publish responses: with the
+        # default queue of one, two counts in one publishing interval (timer jitter) would
+        # deliver only the later, and the window's live part would miss a count.
+        f'endpoint: "opc.tcp://127.0.0.1:{port}", timeout_s: 2, server_queue_size: 100, '
+        f"backfill: {backfill}}}",
     )
     path = tmp_path / "mapping.yaml"
     path.write_text(text)
